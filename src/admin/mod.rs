@@ -1,0 +1,34 @@
+//! The internal metrics port: `GET /metrics`, rendered from the in-memory
+//! view part by part (never by querying the store), so that a scrape of many
+//! series neither buffers the whole exposition nor blocks ingest.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use actix_web::{web, HttpResponse};
+use futures_util::stream;
+
+use crate::metrics::view::View;
+
+/// Content type of the Prometheus text exposition format.
+pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Registers the metrics-port routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/metrics", web::get().to(metrics));
+}
+
+async fn metrics(view: web::Data<Arc<View>>) -> HttpResponse {
+    let view = Arc::clone(&view);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let parts = view.render_parts();
+    let body =
+        stream::iter(0..parts).map(move |part| Ok::<_, Infallible>(view.render_part(part, now)));
+    HttpResponse::Ok().content_type(TEXT_FORMAT).streaming(body)
+}
+
+use futures_util::StreamExt as _;

@@ -1,0 +1,203 @@
+//! Wires the service together: the store and its writer thread, the metric
+//! view, both listeners and their servers, the view's eviction timer, and an
+//! orderly shutdown (stop accepting, finish in-flight requests, close the store).
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::dev::{ServerHandle, Service};
+use actix_web::{web, App as ActixApp, HttpServer};
+use anyhow::Context;
+use futures_util::FutureExt;
+
+use crate::config::Settings;
+use crate::ingest::{self, IngestState};
+use crate::metrics::view::{View, Windows};
+use crate::metrics::Metrics;
+use crate::plugins::pelorus;
+use crate::store::{Store, StoreConfig};
+
+/// How often gauge series that left their window are dropped from memory.
+const EVICT_INTERVAL: Duration = Duration::from_secs(30);
+
+/// A started service: both listeners bound and serving.
+pub struct RunningApp {
+    pub ingest_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    ingest: ServerHandle,
+    metrics: ServerHandle,
+    servers: tokio::task::JoinHandle<()>,
+    store: Store,
+    evictor: tokio::task::JoinHandle<()>,
+    shutdown_timeout: Duration,
+}
+
+/// Builds everything from `settings` and starts serving. Must run inside a
+/// Tokio runtime. A store that cannot be opened yet does not stop start-up:
+/// ingest answers 503 and `/readyz` fails until it can be written.
+pub async fn start(settings: &Settings) -> anyhow::Result<RunningApp> {
+    let metrics = Arc::new(Metrics::new());
+    metrics.declare_source(pelorus::SOURCE, pelorus::EVENT_LABELS);
+    let windows = Windows {
+        commit: settings.metrics.commit_window,
+        exposure: settings.metrics.exposure_window,
+    };
+    let view = Arc::new(View::new(Arc::clone(&metrics), windows));
+
+    let store_config = StoreConfig {
+        path: settings.database_path(),
+        synchronous: settings.store.synchronous,
+        busy_timeout: settings.store.busy_timeout,
+        max_body_bytes: settings.store.max_body_bytes,
+        max_unauthenticated_rows: settings.store.max_unauthenticated_rows,
+        windows: windows.into(),
+    };
+    let started = Instant::now();
+    let sink = Arc::clone(&view);
+    let (store, opened) = tokio::task::spawn_blocking(move || Store::start(store_config, sink))
+        .await
+        .context("store start-up panicked")?;
+    match opened {
+        Ok(()) => {
+            let (commits, deploys, failures) = view.series_held();
+            tracing::info!(
+                path = %settings.database_path().display(),
+                synchronous = settings.store.synchronous.as_str(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                commits, deploys, failures,
+                "Store opened and metric view rebuilt"
+            );
+        }
+        Err(error) => tracing::error!(
+            error = %error,
+            "Store unavailable at start-up; ingest answers 503 and /readyz fails until it can be written"
+        ),
+    }
+
+    for source in settings.unsigned_sources() {
+        tracing::warn!(
+            source,
+            ingest_addr = %settings.ingest_addr,
+            "SOURCE ACCEPTS UNSIGNED DELIVERIES: anyone who can reach the ingest port can write events. \
+             Set [sources.{source}] secrets or secrets_file."
+        );
+    }
+
+    let ingest_listener = TcpListener::bind(settings.ingest_addr)
+        .with_context(|| format!("cannot bind server.ingest_addr {}", settings.ingest_addr))?;
+    let metrics_listener = TcpListener::bind(settings.metrics_addr)
+        .with_context(|| format!("cannot bind server.metrics_addr {}", settings.metrics_addr))?;
+    let ingest_addr = ingest_listener.local_addr()?;
+    let metrics_addr = metrics_listener.local_addr()?;
+
+    let ingest_state = web::Data::new(IngestState {
+        store: store.clone(),
+        metrics: Arc::clone(&metrics),
+        pelorus: settings.pelorus.clone(),
+    });
+    let request_metrics = Arc::clone(&metrics);
+    let shutdown_secs = settings.shutdown_timeout.as_secs();
+    let ingest_server = HttpServer::new(move || {
+        let timer = Arc::clone(&request_metrics);
+        ActixApp::new()
+            .app_data(ingest_state.clone())
+            .wrap_fn(move |req, srv| {
+                let started = Instant::now();
+                let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+                let timer = Arc::clone(&timer);
+                srv.call(req).map(move |res| {
+                    if let Ok(res) = &res {
+                        timer
+                            .request_duration
+                            .with_label_values(&[&route, res.status().as_str()])
+                            .observe(started.elapsed().as_secs_f64());
+                    }
+                    res
+                })
+            })
+            .configure(ingest::configure)
+            .default_service(web::to(ingest::not_found))
+    })
+    .disable_signals()
+    .shutdown_timeout(shutdown_secs)
+    .listen(ingest_listener)
+    .with_context(|| format!("cannot listen on {ingest_addr}"))?
+    .run();
+
+    let view_data = web::Data::new(Arc::clone(&view));
+    let metrics_server = HttpServer::new(move || {
+        ActixApp::new()
+            .app_data(view_data.clone())
+            .configure(crate::admin::configure)
+            .default_service(web::to(ingest::not_found))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(shutdown_secs)
+    .listen(metrics_listener)
+    .with_context(|| format!("cannot listen on {metrics_addr}"))?
+    .run();
+
+    let ingest = ingest_server.handle();
+    let metrics_handle = metrics_server.handle();
+    let servers = tokio::spawn(async move {
+        let (a, b) = tokio::join!(ingest_server, metrics_server);
+        for result in [a, b] {
+            if let Err(error) = result {
+                tracing::error!(error = %error, "Server stopped with an error");
+            }
+        }
+    });
+    let evict_view = Arc::clone(&view);
+    let evictor = tokio::spawn(async move {
+        let mut interval = tokio::time::interval(EVICT_INTERVAL);
+        loop {
+            interval.tick().await;
+            evict_view.evict_expired();
+        }
+    });
+
+    tracing::info!(%ingest_addr, %metrics_addr, version = env!("CARGO_PKG_VERSION"), "hookgauge listening");
+    Ok(RunningApp {
+        ingest_addr,
+        metrics_addr,
+        ingest,
+        metrics: metrics_handle,
+        servers,
+        store,
+        evictor,
+        shutdown_timeout: settings.shutdown_timeout,
+    })
+}
+
+impl RunningApp {
+    /// Serves until SIGTERM or SIGINT, then shuts down gracefully.
+    pub async fn run_until_signalled(self) -> anyhow::Result<()> {
+        wait_for_signal().await?;
+        tracing::info!(timeout = ?self.shutdown_timeout, "Shutting down: finishing in-flight requests");
+        self.shutdown().await;
+        Ok(())
+    }
+
+    /// Stops accepting, lets in-flight requests finish (within the shutdown
+    /// timeout), then commits what is queued and closes the store.
+    pub async fn shutdown(self) {
+        self.evictor.abort();
+        tokio::join!(self.ingest.stop(true), self.metrics.stop(true));
+        let _ = self.servers.await;
+        self.store.shutdown().await;
+        tracing::info!("Store closed; bye");
+    }
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    Ok(())
+}

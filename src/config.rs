@@ -1,0 +1,600 @@
+//! Configuration: compiled-in defaults, then an optional TOML file, then
+//! `HOOKGAUGE__SECTION__KEY` environment variables, then command-line flags,
+//! deserialised into `RawConfig` (as written) and checked into `Settings`
+//! (validated, secrets loaded from their files).
+//!
+//! Every error names the key it is about. Secrets are read here and nowhere
+//! else, and `Settings` prints them redacted.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::signature::Secret;
+
+/// Prefix of the environment variables that override the file.
+pub const ENV_PREFIX: &str = "HOOKGAUGE";
+
+/// The configuration as written in the file and the environment.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub store: RawStore,
+    #[serde(default)]
+    pub metrics: RawMetrics,
+    #[serde(default)]
+    pub log: RawLog,
+    #[serde(default)]
+    pub sources: RawSources,
+}
+
+/// `[server]`: listeners and the data directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawServer {
+    /// Public listener for webhooks, `/healthz` and `/readyz`.
+    pub ingest_addr: String,
+    /// Internal listener for `/metrics`.
+    pub metrics_addr: String,
+    /// Directory of the embedded store (`hookgauge.db`).
+    pub data_dir: PathBuf,
+    /// Allow a non-loopback ingest listener while an enabled source has no secret.
+    pub allow_unsigned: bool,
+    /// How long in-flight requests may take to finish on SIGTERM/SIGINT.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            ingest_addr: "127.0.0.1:8080".into(),
+            metrics_addr: "127.0.0.1:9464".into(),
+            data_dir: PathBuf::from("./data"),
+            allow_unsigned: false,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[store]`: durability and ledger limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStore {
+    /// `normal`: an acknowledged delivery survives a process crash.
+    /// `full`: it also survives power loss (fsync on every group commit).
+    pub synchronous: Synchronous,
+    /// How long a commit waits for a lock held by another process before the
+    /// delivery is answered 503.
+    #[serde(with = "humantime_serde")]
+    pub busy_timeout: Duration,
+    /// Largest raw body kept in a ledger row, in bytes; larger bodies are not kept.
+    pub max_body_bytes: usize,
+    /// Most ledger rows kept for unauthenticated requests; the oldest go first.
+    pub max_unauthenticated_rows: u64,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore {
+            synchronous: Synchronous::Normal,
+            busy_timeout: Duration::from_secs(2),
+            max_body_bytes: 1024 * 1024,
+            max_unauthenticated_rows: 10_000,
+        }
+    }
+}
+
+/// SQLite `synchronous` setting, as a durability promise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    Normal,
+    Full,
+}
+
+impl Synchronous {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Synchronous::Normal => "normal",
+            Synchronous::Full => "full",
+        }
+    }
+}
+
+/// `[metrics]`: how long Pelorus gauges stay exposed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMetrics {
+    /// `commit_timestamp` is exposed while the commit is younger than this.
+    #[serde(with = "humantime_serde")]
+    pub commit_window: Duration,
+    /// `deploy_timestamp` and the failure gauges are exposed while the event is
+    /// younger than this. Prometheus drops samples older than about an hour
+    /// unless its out-of-order window is raised; keep the two in step.
+    #[serde(with = "humantime_serde")]
+    pub exposure_window: Duration,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        RawMetrics {
+            commit_window: Duration::from_secs(90 * 24 * 3600),
+            exposure_window: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+/// `[log]`: log format and level.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `hookgauge=debug`; `RUST_LOG` wins.
+    pub level: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `[sources.*]`: one table per webhook source.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSources {
+    #[serde(default)]
+    pub pelorus: RawPelorus,
+}
+
+/// `[sources.pelorus]`: the Pelorus-compatible endpoint `POST /pelorus/webhook`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPelorus {
+    pub enabled: bool,
+    /// Shared secrets; two entries while a secret is rotated.
+    pub secrets: Vec<String>,
+    /// File with one secret per line (a mounted Kubernetes Secret).
+    pub secrets_file: Option<PathBuf>,
+    /// After a strict check fails, try Pelorus' whitespace-lenient check.
+    pub lenient_signatures: bool,
+}
+
+impl Default for RawPelorus {
+    fn default() -> Self {
+        RawPelorus {
+            enabled: true,
+            secrets: Vec::new(),
+            secrets_file: None,
+            lenient_signatures: true,
+        }
+    }
+}
+
+/// A configuration error, naming the key it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot load configuration: {0}")]
+    Load(#[source] ::config::ConfigError),
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+impl ConfigError {
+    fn invalid(key: &str, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Values given on the command line; they override file and environment.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub ingest_addr: Option<String>,
+    pub metrics_addr: Option<String>,
+}
+
+/// Validated settings the service runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub ingest_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub allow_unsigned: bool,
+    pub shutdown_timeout: Duration,
+    pub store: StoreSettings,
+    pub metrics: MetricsSettings,
+    pub log: RawLog,
+    pub pelorus: PelorusSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    pub synchronous: Synchronous,
+    pub busy_timeout: Duration,
+    pub max_body_bytes: usize,
+    pub max_unauthenticated_rows: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct MetricsSettings {
+    pub commit_window: Duration,
+    pub exposure_window: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct PelorusSettings {
+    pub enabled: bool,
+    pub secrets: Vec<Secret>,
+    pub lenient_signatures: bool,
+}
+
+impl Settings {
+    /// Loads defaults, the optional file, the environment and the overrides.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Settings, ConfigError> {
+        Self::load_from(file, overrides, std::env::vars())
+    }
+
+    /// As [`Settings::load`], reading the environment from `env` (tests).
+    pub fn load_from(
+        file: Option<&Path>,
+        overrides: &Overrides,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let env_map: ::config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
+            .collect();
+        let mut builder = ::config::Config::builder();
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::invalid(
+                    "--config",
+                    format!("file {} does not exist", path.display()),
+                ));
+            }
+            builder =
+                builder.add_source(::config::File::from(path).format(::config::FileFormat::Toml));
+        }
+        builder = builder.add_source(
+            ::config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("sources.pelorus.secrets")
+                .try_parsing(true)
+                .source(Some(env_map)),
+        );
+        let set = |b: ::config::ConfigBuilder<_>, key: &str, value: &Option<String>| match value {
+            Some(v) => b.set_override(key, v.clone()),
+            None => Ok(b),
+        };
+        let data_dir = overrides
+            .data_dir
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned());
+        builder = set(builder, "server.data_dir", &data_dir).map_err(ConfigError::Load)?;
+        builder = set(builder, "server.ingest_addr", &overrides.ingest_addr)
+            .map_err(ConfigError::Load)?;
+        builder = set(builder, "server.metrics_addr", &overrides.metrics_addr)
+            .map_err(ConfigError::Load)?;
+        let raw: RawConfig = builder
+            .build()
+            .map_err(ConfigError::Load)?
+            .try_deserialize()
+            .map_err(ConfigError::Load)?;
+        Settings::from_raw(raw)
+    }
+
+    /// Checks a `RawConfig` and reads the secret files it names.
+    pub fn from_raw(raw: RawConfig) -> Result<Settings, ConfigError> {
+        let ingest_addr = parse_addr("server.ingest_addr", &raw.server.ingest_addr)?;
+        let metrics_addr = parse_addr("server.metrics_addr", &raw.server.metrics_addr)?;
+        if ingest_addr == metrics_addr && ingest_addr.port() != 0 {
+            return Err(ConfigError::invalid(
+                "server.metrics_addr",
+                "must differ from server.ingest_addr: metrics must not be served on the public port",
+            ));
+        }
+        if raw.server.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::invalid("server.data_dir", "must not be empty"));
+        }
+        if raw.metrics.exposure_window.is_zero() {
+            return Err(ConfigError::invalid(
+                "metrics.exposure_window",
+                "must be greater than zero",
+            ));
+        }
+        if raw.metrics.commit_window.is_zero() {
+            return Err(ConfigError::invalid(
+                "metrics.commit_window",
+                "must be greater than zero",
+            ));
+        }
+        if raw.store.max_unauthenticated_rows == 0 {
+            return Err(ConfigError::invalid(
+                "store.max_unauthenticated_rows",
+                "must be at least 1",
+            ));
+        }
+        if raw.log.level.trim().is_empty() {
+            return Err(ConfigError::invalid("log.level", "must not be empty"));
+        }
+        let pelorus = PelorusSettings {
+            enabled: raw.sources.pelorus.enabled,
+            secrets: load_secrets(
+                "sources.pelorus",
+                &raw.sources.pelorus.secrets,
+                raw.sources.pelorus.secrets_file.as_deref(),
+            )?,
+            lenient_signatures: raw.sources.pelorus.lenient_signatures,
+        };
+        let settings = Settings {
+            ingest_addr,
+            metrics_addr,
+            data_dir: raw.server.data_dir,
+            allow_unsigned: raw.server.allow_unsigned,
+            shutdown_timeout: raw.server.shutdown_timeout,
+            store: StoreSettings {
+                synchronous: raw.store.synchronous,
+                busy_timeout: raw.store.busy_timeout,
+                max_body_bytes: raw.store.max_body_bytes,
+                max_unauthenticated_rows: raw.store.max_unauthenticated_rows,
+            },
+            metrics: MetricsSettings {
+                commit_window: raw.metrics.commit_window,
+                exposure_window: raw.metrics.exposure_window,
+            },
+            log: raw.log,
+            pelorus,
+        };
+        settings.check_public_bind()?;
+        Ok(settings)
+    }
+
+    /// Enabled sources that accept deliveries without any secret.
+    pub fn unsigned_sources(&self) -> Vec<&'static str> {
+        let mut unsigned = Vec::new();
+        if self.pelorus.enabled && self.pelorus.secrets.is_empty() {
+            unsigned.push("pelorus");
+        }
+        unsigned
+    }
+
+    /// Refuses a non-loopback ingest listener while a source is unsigned.
+    fn check_public_bind(&self) -> Result<(), ConfigError> {
+        if self.ingest_addr.ip().is_loopback() || self.allow_unsigned {
+            return Ok(());
+        }
+        match self.unsigned_sources().first() {
+            Some(source) => Err(ConfigError::invalid(
+                &format!("sources.{source}.secrets"),
+                format!(
+                    "source `{source}` is enabled without a secret while server.ingest_addr ({}) is not a \
+                     loopback address; set sources.{source}.secrets or sources.{source}.secrets_file, \
+                     disable the source, or set server.allow_unsigned = true",
+                    self.ingest_addr
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// The effective configuration as TOML, secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        let secrets = |s: &[Secret]| -> String {
+            let items: Vec<String> = s.iter().map(|s| format!("\"{s}\"")).collect();
+            format!("[{}]", items.join(", "))
+        };
+        let toml_str = |s: &str| serde_json::to_string(s).unwrap_or_default();
+        format!(
+            "[server]\n\
+             ingest_addr = {ingest}\n\
+             metrics_addr = {metrics}\n\
+             data_dir = {data_dir}\n\
+             allow_unsigned = {allow_unsigned}\n\
+             shutdown_timeout = \"{shutdown}\"\n\
+             \n\
+             [store]\n\
+             synchronous = \"{sync}\"\n\
+             busy_timeout = \"{busy}\"\n\
+             max_body_bytes = {max_body}\n\
+             max_unauthenticated_rows = {max_unauth}\n\
+             \n\
+             [metrics]\n\
+             commit_window = \"{commit_window}\"\n\
+             exposure_window = \"{exposure_window}\"\n\
+             \n\
+             [log]\n\
+             format = \"{log_format}\"\n\
+             level = {log_level}\n\
+             \n\
+             [sources.pelorus]\n\
+             enabled = {p_enabled}\n\
+             secrets = {p_secrets}\n\
+             lenient_signatures = {p_lenient}\n",
+            ingest = toml_str(&self.ingest_addr.to_string()),
+            metrics = toml_str(&self.metrics_addr.to_string()),
+            data_dir = toml_str(&self.data_dir.to_string_lossy()),
+            allow_unsigned = self.allow_unsigned,
+            shutdown = humantime::format_duration(self.shutdown_timeout),
+            sync = self.store.synchronous.as_str(),
+            busy = humantime::format_duration(self.store.busy_timeout),
+            max_body = self.store.max_body_bytes,
+            max_unauth = self.store.max_unauthenticated_rows,
+            commit_window = humantime::format_duration(self.metrics.commit_window),
+            exposure_window = humantime::format_duration(self.metrics.exposure_window),
+            log_format = match self.log.format {
+                LogFormat::Text => "text",
+                LogFormat::Json => "json",
+            },
+            log_level = toml_str(&self.log.level),
+            p_enabled = self.pelorus.enabled,
+            p_secrets = secrets(&self.pelorus.secrets),
+            p_lenient = self.pelorus.lenient_signatures,
+        )
+    }
+
+    /// Path of the embedded SQLite store.
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("hookgauge.db")
+    }
+}
+
+fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| {
+        ConfigError::invalid(
+            key,
+            format!("`{value}` is not a socket address such as 127.0.0.1:8080 or [::]:8080"),
+        )
+    })
+}
+
+/// Secrets from the inline list and from `secrets_file` (one per line; blank
+/// lines and surrounding whitespace ignored).
+fn load_secrets(
+    section: &str,
+    inline: &[String],
+    file: Option<&Path>,
+) -> Result<Vec<Secret>, ConfigError> {
+    let mut secrets = Vec::new();
+    for (i, value) in inline.iter().enumerate() {
+        if value.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                &format!("{section}.secrets[{i}]"),
+                "an empty secret would accept any signature made without a key",
+            ));
+        }
+        secrets.push(Secret::new(value.as_bytes()));
+    }
+    if let Some(path) = file {
+        let key = format!("{section}.secrets_file");
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::invalid(&key, format!("cannot read {}: {e}", path.display()))
+        })?;
+        let before = secrets.len();
+        secrets.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(|l| Secret::new(l.as_bytes())),
+        );
+        if secrets.len() == before {
+            return Err(ConfigError::invalid(
+                &key,
+                format!("{} holds no secret", path.display()),
+            ));
+        }
+    }
+    Ok(secrets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hookgauge.toml");
+        std::fs::write(&path, toml).unwrap();
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Settings::load_from(Some(&path), &Overrides::default(), env)
+    }
+
+    #[test]
+    fn defaults_listen_on_loopback() {
+        let settings = load("", &[]).unwrap();
+        assert_eq!(settings.ingest_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(settings.metrics_addr.to_string(), "127.0.0.1:9464");
+        assert_eq!(settings.data_dir, PathBuf::from("./data"));
+        assert_eq!(settings.unsigned_sources(), vec!["pelorus"]);
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let settings = load(
+            "[server]\ningest_addr = \"127.0.0.1:1\"\n",
+            &[
+                ("HOOKGAUGE__SERVER__INGEST_ADDR", "127.0.0.1:2"),
+                ("HOOKGAUGE__SOURCES__PELORUS__SECRETS", "one,two"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(settings.ingest_addr.port(), 2);
+        assert_eq!(settings.pelorus.secrets.len(), 2);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = load("[server]\ningest_adr = \"127.0.0.1:1\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("ingest_adr"), "{err}");
+    }
+
+    #[test]
+    fn bad_address_names_its_key() {
+        let err = load("[server]\nmetrics_addr = \"localhost\"\n", &[]).unwrap_err();
+        assert!(err.to_string().starts_with("server.metrics_addr:"), "{err}");
+    }
+
+    #[test]
+    fn public_bind_without_secret_is_refused() {
+        let err = load("[server]\ningest_addr = \"0.0.0.0:8080\"\n", &[]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("sources.pelorus.secrets:"),
+            "{err}"
+        );
+        assert!(load(
+            "[server]\ningest_addr = \"0.0.0.0:8080\"\nallow_unsigned = true\n",
+            &[]
+        )
+        .is_ok());
+        assert!(load(
+            "[server]\ningest_addr = \"0.0.0.0:8080\"\n[sources.pelorus]\nsecrets = [\"s\"]\n",
+            &[]
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn secrets_file_is_read_line_by_line_and_redacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret_path = dir.path().join("secret");
+        std::fs::write(&secret_path, "first-secret\n\n second-secret \n").unwrap();
+        let toml = format!(
+            "[sources.pelorus]\nsecrets_file = {}\n",
+            serde_json::to_string(&secret_path).unwrap()
+        );
+        let settings = load(&toml, &[]).unwrap();
+        assert_eq!(settings.pelorus.secrets.len(), 2);
+        assert_eq!(settings.pelorus.secrets[1].expose(), b"second-secret");
+        let printed = format!("{} {:?}", settings.to_redacted_toml(), settings);
+        assert!(!printed.contains("first-secret") && !printed.contains("second-secret"));
+    }
+
+    #[test]
+    fn redacted_toml_loads_back() {
+        let settings = load("[metrics]\nexposure_window = \"2h\"\n", &[]).unwrap();
+        let again = load(&settings.to_redacted_toml(), &[]).unwrap();
+        assert_eq!(again.metrics.exposure_window, Duration::from_secs(7200));
+    }
+}

@@ -1,0 +1,125 @@
+//! `IngestError`: every way a delivery can be refused, and the one place where
+//! each becomes an HTTP status and a JSON body. Bodies name the field and a
+//! bounded reason code; a 5xx body reveals nothing about the cause.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::HttpResponse;
+use serde_json::json;
+
+use crate::ledger::{DeliveryId, Outcome};
+use crate::plugins::pelorus::FieldProblem;
+use crate::signature::SignatureError;
+
+/// Seconds a sender is asked to wait after a 503.
+pub const RETRY_AFTER_SECONDS: u64 = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("the source is not enabled")]
+    SourceDisabled,
+    #[error("the body is larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("the body could not be read")]
+    BodyRead,
+    #[error("User-Agent must start with {expected}")]
+    BadUserAgent { expected: &'static str },
+    #[error("header {header} is missing")]
+    MissingHeader { header: &'static str },
+    #[error("header {header} has an unknown value")]
+    UnknownEvent { header: &'static str },
+    #[error("{0}")]
+    Unauthorized(SignatureError),
+    #[error("the body is not a JSON object: {message}")]
+    MalformedJson { message: String },
+    #[error("the payload failed validation")]
+    Invalid(Vec<FieldProblem>),
+    #[error("the store is unavailable; retry later")]
+    StoreUnavailable,
+}
+
+impl IngestError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            IngestError::SourceDisabled => StatusCode::NOT_FOUND,
+            IngestError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            IngestError::BodyRead => StatusCode::BAD_REQUEST,
+            IngestError::BadUserAgent { .. } => StatusCode::PRECONDITION_FAILED,
+            IngestError::MissingHeader { .. } | IngestError::UnknownEvent { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            IngestError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            IngestError::MalformedJson { .. } => StatusCode::BAD_REQUEST,
+            IngestError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            IngestError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Bounded reason code, also kept in the ledger.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            IngestError::SourceDisabled => "source_disabled",
+            IngestError::TooLarge { .. } => "body_too_large",
+            IngestError::BodyRead => "body_unreadable",
+            IngestError::BadUserAgent { .. } => "bad_user_agent",
+            IngestError::MissingHeader { .. } => "missing_header",
+            IngestError::UnknownEvent { .. } => "unknown_event",
+            IngestError::Unauthorized(e) => e.as_str(),
+            IngestError::MalformedJson { .. } => "invalid_json",
+            IngestError::Invalid(problems) => problems
+                .first()
+                .map(|p| p.reason.as_str())
+                .unwrap_or("invalid"),
+            IngestError::StoreUnavailable => "store_unavailable",
+        }
+    }
+
+    /// The field (or header) the error is about, if any.
+    fn field(&self) -> Option<&'static str> {
+        match self {
+            IngestError::BadUserAgent { .. } => Some("User-Agent"),
+            IngestError::MissingHeader { header } | IngestError::UnknownEvent { header } => {
+                Some(header)
+            }
+            IngestError::Unauthorized(_) => Some("X-Hub-Signature-256"),
+            IngestError::Invalid(problems) => problems.first().map(|p| p.field),
+            _ => None,
+        }
+    }
+
+    /// The ledger outcome of a delivery refused this way, if it gets a row.
+    pub fn outcome(&self) -> Option<Outcome> {
+        match self {
+            IngestError::Unauthorized(_) => Some(Outcome::Rejected),
+            IngestError::SourceDisabled | IngestError::StoreUnavailable => None,
+            _ => Some(Outcome::Invalid),
+        }
+    }
+
+    /// The HTTP response: `{"outcome", "delivery_id", "detail", "error",
+    /// "field", "reason"}`, plus `errors` listing every failing field on 422.
+    pub fn to_response(&self, delivery_id: Option<&DeliveryId>) -> HttpResponse {
+        let mut body = json!({
+            "outcome": self.outcome().map(Outcome::as_str),
+            "delivery_id": delivery_id.map(DeliveryId::as_str),
+            "detail": self.to_string(),
+            "error": self.status().canonical_reason().unwrap_or("error").to_ascii_lowercase().replace(' ', "_"),
+            "reason": self.reason(),
+            "field": self.field(),
+        });
+        if let IngestError::Invalid(problems) = self {
+            body["errors"] = problems
+                .iter()
+                .map(|p| json!({"field": p.field, "reason": p.reason.as_str()}))
+                .collect();
+        }
+        let mut response = HttpResponse::build(self.status());
+        if matches!(self, IngestError::StoreUnavailable) {
+            response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECONDS.to_string()));
+        }
+        if matches!(self, IngestError::TooLarge { .. }) {
+            // The rest of the body is not read: the connection cannot be reused.
+            response.insert_header((header::CONNECTION, "close"));
+        }
+        response.json(body)
+    }
+}

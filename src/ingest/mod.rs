@@ -1,0 +1,329 @@
+//! The public ingest port: webhook routes, `/healthz` and `/readyz`.
+//!
+//! The shared path owns what every source needs once: the body cap enforced
+//! on the bytes actually read, authentication on the raw bytes before any
+//! parsing, the ledger row, the commit, and the answer — 2xx only after the
+//! store has committed. Nothing on this port reads or reveals stored data.
+
+mod error;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actix_web::http::header::{self, HeaderMap};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use serde_json::json;
+
+pub use error::{IngestError, RETRY_AFTER_SECONDS};
+
+use crate::config::PelorusSettings;
+use crate::ledger::{Delivery, DeliveryId, Disposition, Outcome};
+use crate::metrics::Metrics;
+use crate::plugins::pelorus::{self, PayloadError, PelorusEvent};
+use crate::signature::{self, SignatureError};
+use crate::store::Store;
+
+/// How long `/readyz` waits for the store before answering 503.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Shared state of the ingest handlers.
+pub struct IngestState {
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub pelorus: PelorusSettings,
+}
+
+/// Registers the ingest routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/pelorus/webhook", web::post().to(pelorus_webhook))
+        .route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz));
+}
+
+/// Answer for paths and methods that do not exist.
+pub async fn not_found() -> HttpResponse {
+    HttpResponse::NotFound().json(json!({"error": "not_found", "detail": "no such endpoint"}))
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+async fn readyz(state: web::Data<IngestState>) -> HttpResponse {
+    match tokio::time::timeout(READY_TIMEOUT, state.store.check_writable()).await {
+        Ok(Ok(())) => HttpResponse::Ok().json(json!({"status": "ready"})),
+        Ok(Err(error)) => {
+            tracing::warn!(error = %error, "Not ready: store cannot be written");
+            HttpResponse::ServiceUnavailable()
+                .insert_header((header::RETRY_AFTER, RETRY_AFTER_SECONDS.to_string()))
+                .json(json!({"status": "unavailable", "reason": format!("store_{}", error.kind())}))
+        }
+        Err(_) => HttpResponse::ServiceUnavailable()
+            .insert_header((header::RETRY_AFTER, RETRY_AFTER_SECONDS.to_string()))
+            .json(json!({"status": "unavailable", "reason": "store_timeout"})),
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Reads the body, refusing it as soon as it is known to exceed `limit`
+/// bytes: from `Content-Length` before reading, else while reading (chunked
+/// bodies, lying lengths). The rest of an oversized body is never buffered.
+async fn read_body(
+    headers: &HeaderMap,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<Bytes, IngestError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(IngestError::TooLarge { limit });
+    }
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(0).min(limit as u64) as usize);
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|_| IngestError::BodyRead)?;
+        if body.len() + chunk.len() > limit {
+            return Err(IngestError::TooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// Exactly one value of a header, or why not.
+fn single_header<'a>(
+    headers: &'a HeaderMap,
+    name: &str,
+) -> Result<Option<&'a [u8]>, SignatureError> {
+    let mut values = headers.get_all(name);
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(SignatureError::Repeated);
+    }
+    Ok(first.map(|v| v.as_bytes()))
+}
+
+/// Strict HMAC over the raw body, then (if enabled) Pelorus' lenient check.
+fn authenticate_pelorus(
+    settings: &PelorusSettings,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), SignatureError> {
+    if settings.secrets.is_empty() {
+        return Ok(());
+    }
+    let value =
+        single_header(headers, pelorus::SIGNATURE_HEADER)?.ok_or(SignatureError::Missing)?;
+    let mac = signature::parse_sha256_header(value)?;
+    if signature::any_secret_matches(&settings.secrets, body, &mac) {
+        return Ok(());
+    }
+    if settings.lenient_signatures
+        && signature::pelorus_lenient_matches(&settings.secrets, body, &mac)
+    {
+        tracing::debug!("Pelorus delivery authenticated by the lenient check");
+        return Ok(());
+    }
+    Err(SignatureError::Mismatch)
+}
+
+/// `POST /pelorus/webhook`, compatible with the Pelorus webhook exporter.
+#[tracing::instrument(skip_all, fields(source = pelorus::SOURCE, delivery_id))]
+async fn pelorus_webhook(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<IngestState>,
+) -> HttpResponse {
+    let received_at_ms = now_ms();
+    let headers = req.headers();
+    if !state.pelorus.enabled {
+        tracing::info!(
+            "Delivery to a disabled source; enable it with [sources.pelorus] enabled = true"
+        );
+        return IngestError::SourceDisabled.to_response(None);
+    }
+    let mut event_label = "unknown";
+    let delivery =
+        |id: DeliveryId, event: &'static str, authenticated: bool, body: Option<Bytes>, d| {
+            Delivery {
+                id,
+                source: pelorus::SOURCE,
+                event,
+                received_at_ms,
+                authenticated,
+                body,
+                disposition: d,
+            }
+        };
+
+    // Pelorus' order: size, then User-Agent, then the other headers and the signature.
+    let body = match read_body(headers, payload, pelorus::MAX_BODY_BYTES).await {
+        Ok(body) => body,
+        Err(error) => {
+            let id = pelorus::content_delivery_id(b"");
+            let record = delivery(
+                id.clone(),
+                event_label,
+                false,
+                None,
+                Disposition::Invalid {
+                    reason: error.reason(),
+                },
+            );
+            return refuse(&state, record, error).await;
+        }
+    };
+    let content_id = pelorus::content_delivery_id(&body);
+    if !pelorus::user_agent_ok(headers.get(header::USER_AGENT).map(|v| v.as_bytes())) {
+        let error = IngestError::BadUserAgent {
+            expected: pelorus::USER_AGENT_PREFIX,
+        };
+        let record = delivery(
+            content_id,
+            event_label,
+            false,
+            None,
+            Disposition::Invalid {
+                reason: error.reason(),
+            },
+        );
+        return refuse(&state, record, error).await;
+    }
+    let event = match headers.get(pelorus::EVENT_HEADER) {
+        None => Err(IngestError::MissingHeader {
+            header: "X-Pelorus-Event",
+        }),
+        Some(value) => {
+            value
+                .to_str()
+                .ok()
+                .and_then(PelorusEvent::parse)
+                .ok_or(IngestError::UnknownEvent {
+                    header: "X-Pelorus-Event",
+                })
+        }
+    };
+    let event = match event {
+        Ok(event) => event,
+        Err(error) => {
+            let record = delivery(
+                content_id,
+                event_label,
+                false,
+                None,
+                Disposition::Invalid {
+                    reason: error.reason(),
+                },
+            );
+            return refuse(&state, record, error).await;
+        }
+    };
+    event_label = event.as_str();
+    if let Err(error) = authenticate_pelorus(&state.pelorus, headers, &body) {
+        tracing::warn!(
+            reason = error.as_str(),
+            "Delivery rejected: authentication failed"
+        );
+        let error = IngestError::Unauthorized(error);
+        let record = delivery(
+            content_id,
+            event_label,
+            false,
+            None,
+            Disposition::Rejected {
+                reason: error.reason(),
+            },
+        );
+        return refuse(&state, record, error).await;
+    }
+    if event == PelorusEvent::Ping {
+        state
+            .metrics
+            .count_delivery(pelorus::SOURCE, event_label, Outcome::Ignored);
+        return HttpResponse::Ok()
+            .json(json!({"outcome": "ignored", "delivery_id": null, "detail": "pong"}));
+    }
+    let parsed = match pelorus::parse_event(event, &body) {
+        Ok(parsed) => parsed,
+        Err(problem) => {
+            let error = match problem {
+                PayloadError::Malformed { message } => IngestError::MalformedJson { message },
+                PayloadError::Invalid(problems) => IngestError::Invalid(problems),
+            };
+            let record = delivery(
+                content_id,
+                event_label,
+                true,
+                Some(body),
+                Disposition::Invalid {
+                    reason: error.reason(),
+                },
+            );
+            return refuse(&state, record, error).await;
+        }
+    };
+    let id = pelorus::delivery_id(&parsed);
+    tracing::Span::current().record("delivery_id", tracing::field::display(&id));
+    let record = delivery(
+        id.clone(),
+        event_label,
+        true,
+        Some(body),
+        Disposition::Events(vec![parsed]),
+    );
+    match state.store.record(record).await {
+        Ok(recorded) => {
+            state
+                .metrics
+                .count_delivery(pelorus::SOURCE, event_label, recorded.outcome);
+            tracing::info!(
+                outcome = recorded.outcome.as_str(),
+                event = event_label,
+                "Delivery recorded"
+            );
+            let status = match recorded.outcome {
+                // Pelorus answers 202 to what it accepts.
+                Outcome::Accepted => StatusCode::ACCEPTED,
+                _ => StatusCode::OK,
+            };
+            let mut body = json!({
+                "outcome": recorded.outcome.as_str(),
+                "delivery_id": id.as_str(),
+                "detail": recorded.detail,
+            });
+            if let Some(by) = recorded.superseded_by {
+                body["superseded_by"] = by.into();
+            }
+            HttpResponse::build(status).json(body)
+        }
+        Err(error) => {
+            tracing::error!(error = %error, "Delivery not acknowledged: store unavailable");
+            IngestError::StoreUnavailable.to_response(Some(&id))
+        }
+    }
+}
+
+/// Records a refused delivery in the ledger (best effort: the refusal stands
+/// even when the store is down), counts it and answers.
+async fn refuse(state: &IngestState, record: Delivery, error: IngestError) -> HttpResponse {
+    let id = record.id.clone();
+    if let Some(outcome) = error.outcome() {
+        state
+            .metrics
+            .count_delivery(record.source, record.event, outcome);
+        if let Err(store_error) = state.store.record(record).await {
+            tracing::warn!(error = %store_error, "Refused delivery not written to the ledger");
+        }
+    }
+    error.to_response(Some(&id))
+}

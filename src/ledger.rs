@@ -1,0 +1,203 @@
+//! The delivery ledger's vocabulary: what a delivery is (`Delivery`), how it is
+//! identified (`DeliveryId`), what happened to it (`Outcome`) and what a
+//! committed delivery changed (`Effect`), which the metric view applies.
+//!
+//! Pure types and the rules that derive ids; no I/O happens here.
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use crate::events::{App, Event, ImageSha, IssueNumber, Namespace};
+
+/// What happened to a delivery. A closed set: these strings are labels and JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// New or newer information, committed.
+    Accepted,
+    /// Same delivery id seen before, or an identical event already stored.
+    Duplicate,
+    /// An older update for a resource that already holds a newer one.
+    Outdated,
+    /// Authentic and well-formed, but without DORA meaning.
+    Ignored,
+    /// Well-formed request whose payload or headers failed validation.
+    Invalid,
+    /// Authentication failed; only metadata is kept.
+    Rejected,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Accepted,
+        Outcome::Duplicate,
+        Outcome::Outdated,
+        Outcome::Ignored,
+        Outcome::Invalid,
+        Outcome::Rejected,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Accepted => "accepted",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Outdated => "outdated",
+            Outcome::Ignored => "ignored",
+            Outcome::Invalid => "invalid",
+            Outcome::Rejected => "rejected",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Outcome> {
+        Outcome::ALL.into_iter().find(|o| o.as_str() == value)
+    }
+}
+
+/// The id a delivery is deduplicated on: the sender's idempotency header where
+/// it has one, else a hash derived from the content (see [`DeliveryId::derived`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DeliveryId(String);
+
+impl DeliveryId {
+    /// Longest sender-supplied id kept; longer ones are replaced by their hash.
+    pub const MAX_LEN: usize = 200;
+
+    /// An id taken from a sender's header, if it is usable as one.
+    pub fn from_header(value: &str) -> Option<DeliveryId> {
+        let usable = !value.is_empty()
+            && value.len() <= Self::MAX_LEN
+            && value.bytes().all(|b| b.is_ascii_graphic());
+        usable.then(|| DeliveryId(value.to_owned()))
+    }
+
+    /// An id derived from `parts` (source, event identity, ...): the first 128
+    /// bits of their SHA-256, hex encoded. Stable across retries of one event.
+    pub fn derived(parts: &[&[u8]]) -> DeliveryId {
+        let mut hasher = Sha256::new();
+        for part in parts {
+            hasher.update((part.len() as u64).to_be_bytes());
+            hasher.update(part);
+        }
+        let digest = hasher.finalize();
+        DeliveryId(hex::encode(&digest[..16]))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for DeliveryId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// How the ingest path disposed of a delivery before it reached the store.
+#[derive(Debug, Clone)]
+pub enum Disposition {
+    /// Authentic and valid: these events are to be applied.
+    Events(Vec<Event>),
+    /// Authentic and valid, but carries no event.
+    Ignored { reason: &'static str },
+    /// Failed validation; `reason` is a bounded code.
+    Invalid { reason: &'static str },
+    /// Failed authentication.
+    Rejected { reason: &'static str },
+}
+
+/// One delivery as it goes into the ledger.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub id: DeliveryId,
+    /// Source name, e.g. `pelorus`.
+    pub source: &'static str,
+    /// Source-specific event kind from a closed set, e.g. `deploytime`.
+    pub event: &'static str,
+    pub received_at_ms: i64,
+    /// False when the sender was not (or could not yet be) authenticated.
+    pub authenticated: bool,
+    /// Raw body to keep for replay; `None` when it must not be kept.
+    pub body: Option<Bytes>,
+    pub disposition: Disposition,
+}
+
+/// What the store made of a delivery, once committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    pub outcome: Outcome,
+    /// Sentence for the response body and the ledger.
+    pub detail: String,
+    /// For `outdated`: the delivery whose newer information is kept.
+    pub superseded_by: Option<String>,
+}
+
+/// A committed change the metric view must reflect. Applying effects is
+/// commutative (counters add, gauges keep the newest time), so the order in
+/// which concurrent commits report them does not matter.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    Commit {
+        app: App,
+        commit: crate::events::CommitSha,
+        image_sha: Option<ImageSha>,
+        namespace: Option<Namespace>,
+        commit_link: Option<crate::events::CommitLink>,
+        time: i64,
+    },
+    Deploy {
+        app: App,
+        namespace: Namespace,
+        image_sha: ImageSha,
+        time: i64,
+    },
+    FailureCreated {
+        app: App,
+        issue_number: IssueNumber,
+        time: i64,
+        /// True the first time this failure is known to have been created.
+        first: bool,
+    },
+    FailureResolved {
+        app: App,
+        issue_number: IssueNumber,
+        time: i64,
+        first: bool,
+    },
+    LeadTime {
+        app: App,
+        seconds: f64,
+    },
+    TimeToRestore {
+        app: App,
+        seconds: f64,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_ids_separate_their_parts() {
+        let a = DeliveryId::derived(&[b"ab", b"c"]);
+        let b = DeliveryId::derived(&[b"a", b"bc"]);
+        assert_ne!(a, b);
+        assert_eq!(a, DeliveryId::derived(&[b"ab", b"c"]));
+        assert_eq!(a.as_str().len(), 32);
+    }
+
+    #[test]
+    fn header_ids_must_be_printable_and_bounded() {
+        assert!(DeliveryId::from_header("72d3162e-cc78-11e3-81ab-4c9367dc0958").is_some());
+        assert!(DeliveryId::from_header("").is_none());
+        assert!(DeliveryId::from_header("has space").is_none());
+        assert!(DeliveryId::from_header(&"x".repeat(201)).is_none());
+    }
+
+    #[test]
+    fn outcome_strings_round_trip() {
+        for outcome in Outcome::ALL {
+            assert_eq!(Outcome::parse(outcome.as_str()), Some(outcome));
+        }
+    }
+}

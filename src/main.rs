@@ -1,0 +1,97 @@
+//! The `hookgauge` binary: parses the command line, runs the chosen
+//! subcommand from the library, prints the error chain once and picks the
+//! exit code (0 ok, 1 failure, 2 configuration or usage error, 3 undelivered).
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+
+use hookgauge::cli::{Cli, Command, ServeArgs};
+use hookgauge::config::{Overrides, Settings};
+use hookgauge::send::SendResult;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        None => serve(cli.serve),
+        Some(Command::Serve(args)) => serve(args),
+        Some(Command::CheckConfig(args)) => check_config(args.config.as_deref()),
+        Some(Command::Send(args)) => {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    return fail(
+                        1,
+                        &anyhow::Error::new(error).context("cannot start a runtime"),
+                    )
+                }
+            };
+            match runtime.block_on(hookgauge::send::run(args)) {
+                Ok(SendResult::Delivered) => ExitCode::SUCCESS,
+                Ok(SendResult::Refused) => ExitCode::from(1),
+                Ok(SendResult::Undelivered) => ExitCode::from(3),
+                Err(error) => fail(2, &error),
+            }
+        }
+    }
+}
+
+fn fail(code: u8, error: &anyhow::Error) -> ExitCode {
+    eprintln!("hookgauge: error: {error:#}");
+    ExitCode::from(code)
+}
+
+fn load_settings(args: &ServeArgs) -> anyhow::Result<Settings> {
+    let overrides = Overrides {
+        data_dir: args.data_dir.clone(),
+        ingest_addr: args.ingest_addr.clone(),
+        metrics_addr: args.metrics_addr.clone(),
+    };
+    Ok(Settings::load(args.config.config.as_deref(), &overrides)?)
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let settings = match load_settings(&args) {
+        Ok(settings) => settings,
+        Err(error) => return fail(2, &error),
+    };
+    hookgauge::telemetry::init(settings.log.format, &settings.log.level);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the Tokio runtime");
+    let result = runtime.and_then(|runtime| {
+        runtime.block_on(async {
+            let app = hookgauge::app::start(&settings).await?;
+            app.run_until_signalled().await
+        })
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "hookgauge stopped");
+            fail(1, &error)
+        }
+    }
+}
+
+fn check_config(file: Option<&std::path::Path>) -> ExitCode {
+    match Settings::load(file, &Overrides::default()) {
+        Ok(settings) => {
+            print!("{}", settings.to_redacted_toml());
+            for source in settings.unsigned_sources() {
+                eprintln!(
+                    "warning: source `{source}` accepts unsigned deliveries; set sources.{source}.secrets \
+                     or sources.{source}.secrets_file"
+                );
+            }
+            eprintln!("configuration is valid");
+            ExitCode::SUCCESS
+        }
+        Err(error) => fail(2, &anyhow::Error::new(error)),
+    }
+}

@@ -1,0 +1,187 @@
+//! Metrics served on the metrics port: the DORA counters and histograms and
+//! hookgauge's self-metrics (one `prometheus::Registry` per app, no globals),
+//! plus the Pelorus gauges kept by [`view::View`].
+//!
+//! Only `view` changes the DORA series, and only from what the store
+//! committed. Labels come from closed sets or from validated event fields.
+
+pub mod view;
+
+use prometheus::{
+    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec,
+    IntGaugeVec, Opts, Registry,
+};
+
+use crate::ledger::Outcome;
+use crate::store::FaultKind;
+
+/// Buckets for lead time and time to restore: one minute to four weeks.
+pub const SPAN_BUCKETS: &[f64] = &[
+    60.0,
+    300.0,
+    900.0,
+    1_800.0,
+    3_600.0,
+    7_200.0,
+    14_400.0,
+    28_800.0,
+    86_400.0,
+    172_800.0,
+    345_600.0,
+    604_800.0,
+    1_209_600.0,
+    2_419_200.0,
+];
+
+/// Every series hookgauge registers.
+pub struct Metrics {
+    pub registry: Registry,
+    pub deployments: IntCounterVec,
+    pub failures: IntCounterVec,
+    pub failures_resolved: IntCounterVec,
+    pub lead_time: HistogramVec,
+    pub time_to_restore: HistogramVec,
+    pub deliveries: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub store_commit_duration: Histogram,
+    pub store_errors: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let vec =
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+            registry
+                .register(Box::new(vec.clone()))
+                .expect("metric registered once");
+            vec
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
+            let vec = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+                .expect("valid metric definition");
+            registry
+                .register(Box::new(vec.clone()))
+                .expect("metric registered once");
+            vec
+        };
+        let deployments = counter(
+            "hookgauge_deployments_total",
+            "Successful deployments recorded, by application and namespace.",
+            &["app", "namespace"],
+        );
+        let failures = counter(
+            "hookgauge_failures_total",
+            "Production failures recorded as created, by application.",
+            &["app"],
+        );
+        let failures_resolved = counter(
+            "hookgauge_failures_resolved_total",
+            "Production failures recorded as resolved, by application.",
+            &["app"],
+        );
+        let lead_time = histogram(
+            "hookgauge_lead_time_seconds",
+            "Time from a commit to its first deployment, observed once per commit.",
+            &["app"],
+            SPAN_BUCKETS.to_vec(),
+        );
+        let time_to_restore = histogram(
+            "hookgauge_time_to_restore_seconds",
+            "Time from a failure's creation to its resolution, observed once per failure.",
+            &["app"],
+            SPAN_BUCKETS.to_vec(),
+        );
+        let deliveries = counter(
+            "hookgauge_deliveries_total",
+            "Webhook deliveries received, by source, event and outcome.",
+            &["source", "event", "outcome"],
+        );
+        let request_duration = histogram(
+            "hookgauge_http_request_duration_seconds",
+            "Time to answer an HTTP request, by route and status code.",
+            &["route", "status"],
+            exponential_buckets(0.000_25, 2.0, 16).expect("valid buckets"),
+        );
+        let store_commit_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "hookgauge_store_commit_duration_seconds",
+                "Time to apply and commit one batch of deliveries to the store.",
+            )
+            .buckets(exponential_buckets(0.000_1, 2.0, 16).expect("valid buckets")),
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(store_commit_duration.clone()))
+            .expect("metric registered once");
+        let store_errors = counter(
+            "hookgauge_store_errors_total",
+            "Store operations that failed, by kind of fault; deliveries in them were answered 503.",
+            &["kind"],
+        );
+        for kind in FaultKind::ALL {
+            store_errors.with_label_values(&[kind.as_str()]);
+        }
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "hookgauge_build_info",
+                "Always 1; labelled with the running version.",
+            ),
+            &["version"],
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(build_info.clone()))
+            .expect("metric registered once");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        Metrics {
+            registry,
+            deployments,
+            failures,
+            failures_resolved,
+            lead_time,
+            time_to_restore,
+            deliveries,
+            request_duration,
+            store_commit_duration,
+            store_errors,
+        }
+    }
+
+    /// Creates the delivery series of a source at zero, so that rates exist
+    /// before the first delivery of each kind.
+    pub fn declare_source(&self, source: &str, events: &[&str]) {
+        for event in events {
+            for outcome in Outcome::ALL {
+                self.deliveries
+                    .with_label_values(&[source, event, outcome.as_str()]);
+            }
+        }
+    }
+
+    /// Counts one delivery.
+    pub fn count_delivery(&self, source: &str, event: &str, outcome: Outcome) {
+        self.deliveries
+            .with_label_values(&[source, event, outcome.as_str()])
+            .inc();
+    }
+
+    /// The registry's series in the text exposition format.
+    pub fn encode_registry(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        let encoder = prometheus::TextEncoder::new();
+        if let Err(error) = encoder.encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %error, "Could not encode metrics");
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,344 @@
+//! The Pelorus webhook format (SOURCES.md §13): header rules, payload parsing
+//! and validation, and delivery ids derived from event identity.
+//!
+//! Turns headers and a raw body into an [`Event`] or a precise error. Never
+//! touches the store, the metrics or the secrets.
+
+use serde_json::{Map, Value};
+
+use crate::events::{
+    App, Commit, CommitLink, CommitSha, Deploy, Event, EventTime, Failure, FailureChange,
+    FieldError, ImageSha, IssueNumber, Namespace,
+};
+use crate::ledger::DeliveryId;
+
+pub const SOURCE: &str = "pelorus";
+/// Largest body Pelorus accepts, in bytes.
+pub const MAX_BODY_BYTES: usize = 100_000;
+pub const EVENT_HEADER: &str = "x-pelorus-event";
+pub const SIGNATURE_HEADER: &str = "x-hub-signature-256";
+pub const USER_AGENT_PREFIX: &str = "Pelorus-Webhook/";
+/// Event labels of this source, `unknown` for deliveries refused before the
+/// event header was read.
+pub const EVENT_LABELS: &[&str] = &["committime", "deploytime", "failure", "ping", "unknown"];
+
+/// The `X-Pelorus-Event` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PelorusEvent {
+    CommitTime,
+    DeployTime,
+    Failure,
+    Ping,
+}
+
+impl PelorusEvent {
+    pub fn parse(value: &str) -> Option<PelorusEvent> {
+        match value {
+            "committime" => Some(PelorusEvent::CommitTime),
+            "deploytime" => Some(PelorusEvent::DeployTime),
+            "failure" => Some(PelorusEvent::Failure),
+            "ping" => Some(PelorusEvent::Ping),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PelorusEvent::CommitTime => "committime",
+            PelorusEvent::DeployTime => "deploytime",
+            PelorusEvent::Failure => "failure",
+            PelorusEvent::Ping => "ping",
+        }
+    }
+}
+
+/// True when the `User-Agent` starts with `Pelorus-Webhook/` (any case).
+pub fn user_agent_ok(user_agent: Option<&[u8]>) -> bool {
+    user_agent.is_some_and(|ua| {
+        ua.len() >= USER_AGENT_PREFIX.len()
+            && ua[..USER_AGENT_PREFIX.len()].eq_ignore_ascii_case(USER_AGENT_PREFIX.as_bytes())
+    })
+}
+
+/// One field that failed validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldProblem {
+    pub field: &'static str,
+    pub reason: FieldError,
+}
+
+/// Why a payload could not become an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PayloadError {
+    /// Not a JSON object; `message` is the parser's text, for the body only.
+    Malformed { message: String },
+    /// A JSON object whose fields failed validation, every failing field listed.
+    Invalid(Vec<FieldProblem>),
+}
+
+/// Collects field problems while values are parsed.
+struct Fields<'a> {
+    object: &'a Map<String, Value>,
+    problems: Vec<FieldProblem>,
+}
+
+impl<'a> Fields<'a> {
+    fn fail(&mut self, field: &'static str, reason: FieldError) {
+        self.problems.push(FieldProblem { field, reason });
+    }
+
+    fn text(&mut self, field: &'static str, required: bool) -> Option<&'a str> {
+        match self.object.get(field) {
+            None | Some(Value::Null) => {
+                if required {
+                    self.fail(field, FieldError::Missing);
+                }
+                None
+            }
+            Some(Value::String(s)) => Some(s),
+            Some(_) => {
+                self.fail(field, FieldError::WrongType);
+                None
+            }
+        }
+    }
+
+    fn parsed<T>(
+        &mut self,
+        field: &'static str,
+        required: bool,
+        parse: fn(&str) -> Result<T, FieldError>,
+    ) -> Option<T> {
+        let value = self.text(field, required)?;
+        parse(value).map_err(|reason| self.fail(field, reason)).ok()
+    }
+
+    /// Epoch seconds as a JSON integer or a string of digits (Pelorus
+    /// senders written in shell often quote it).
+    fn time(&mut self, field: &'static str) -> Option<EventTime> {
+        let seconds = match self.object.get(field) {
+            None | Some(Value::Null) => Err(FieldError::Missing),
+            Some(Value::Number(n)) => n.as_i64().ok_or(if n.is_f64() {
+                FieldError::NotInteger
+            } else {
+                FieldError::OutOfRange
+            }),
+            Some(Value::String(s)) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+                s.parse::<i64>().map_err(|_| FieldError::OutOfRange)
+            }
+            Some(Value::String(_)) => Err(FieldError::NotInteger),
+            Some(_) => Err(FieldError::WrongType),
+        };
+        seconds
+            .and_then(EventTime::from_epoch_seconds)
+            .map_err(|reason| self.fail(field, reason))
+            .ok()
+    }
+
+    fn finish<T>(self, value: Option<T>) -> Result<T, PayloadError> {
+        match value {
+            Some(value) if self.problems.is_empty() => Ok(value),
+            _ => Err(PayloadError::Invalid(self.problems)),
+        }
+    }
+}
+
+/// Parses and validates a Pelorus payload into its event.
+pub fn parse_event(event: PelorusEvent, body: &[u8]) -> Result<Event, PayloadError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| PayloadError::Malformed {
+        message: e.to_string(),
+    })?;
+    let Value::Object(object) = value else {
+        return Err(PayloadError::Malformed {
+            message: "the payload is not a JSON object".into(),
+        });
+    };
+    let mut f = Fields {
+        object: &object,
+        problems: Vec::new(),
+    };
+    if event == PelorusEvent::Ping {
+        return Err(PayloadError::Malformed {
+            message: "a ping carries no event".into(),
+        });
+    }
+    let app = f.parsed("app", true, App::parse);
+    match event {
+        PelorusEvent::CommitTime => {
+            let commit = f.parsed("commit_hash", true, CommitSha::parse);
+            let image_sha = f.parsed("image_sha", true, ImageSha::parse);
+            let namespace = f.parsed("namespace", true, Namespace::parse);
+            let commit_link = f.parsed("commit_link", false, CommitLink::parse);
+            let time = f.time("timestamp");
+            let event = (|| {
+                Some(Event::Commit(Commit {
+                    app: app?,
+                    commit: commit?,
+                    image_sha: Some(image_sha?),
+                    namespace: Some(namespace?),
+                    commit_link,
+                    time: time?,
+                }))
+            })();
+            f.finish(event)
+        }
+        PelorusEvent::DeployTime => {
+            let image_sha = f.parsed("image_sha", true, ImageSha::parse);
+            let namespace = f.parsed("namespace", true, Namespace::parse);
+            let commit = f.parsed("commit_hash", false, CommitSha::parse);
+            let time = f.time("timestamp");
+            let event = (|| {
+                Some(Event::Deploy(Deploy {
+                    app: app?,
+                    namespace: namespace?,
+                    image_sha: image_sha?,
+                    commit,
+                    environment: None,
+                    time: time?,
+                }))
+            })();
+            f.finish(event)
+        }
+        PelorusEvent::Failure | PelorusEvent::Ping => {
+            let issue_number = f.parsed("failure_id", true, IssueNumber::parse);
+            let change = f.parsed("failure_event", true, |v| match v {
+                "created" => Ok(FailureChange::Created),
+                "resolved" => Ok(FailureChange::Resolved),
+                _ => Err(FieldError::InvalidFormat),
+            });
+            let time = f.time("timestamp");
+            let event = (|| {
+                Some(Event::Failure(Failure {
+                    app: app?,
+                    issue_number: issue_number?,
+                    change: change?,
+                    time: time?,
+                }))
+            })();
+            f.finish(event)
+        }
+    }
+}
+
+/// Pelorus senders send no delivery id: the id is derived from the event's
+/// identity (DESIGN.md), plus the change and time for a failure, whose
+/// identity covers both ends and every update. A retry of the same event
+/// gets the same id; a newer update of the same resource gets a new one.
+pub fn delivery_id(event: &Event) -> DeliveryId {
+    let identity = event.identity();
+    match event {
+        Event::Failure(f) => DeliveryId::derived(&[
+            SOURCE.as_bytes(),
+            identity.as_bytes(),
+            f.change.as_str().as_bytes(),
+            &f.time.seconds().to_be_bytes(),
+        ]),
+        _ => DeliveryId::derived(&[SOURCE.as_bytes(), identity.as_bytes()]),
+    }
+}
+
+/// Id of a delivery refused before its event was known: a content hash.
+pub fn content_delivery_id(body: &[u8]) -> DeliveryId {
+    DeliveryId::derived(&[SOURCE.as_bytes(), body])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(event: PelorusEvent, body: &str) -> Vec<(&'static str, &'static str)> {
+        match parse_event(event, body.as_bytes()) {
+            Err(PayloadError::Invalid(p)) => {
+                p.iter().map(|p| (p.field, p.reason.as_str())).collect()
+            }
+            other => panic!("expected invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_failing_field_is_listed() {
+        let found = problems(
+            PelorusEvent::DeployTime,
+            r#"{"app": "", "namespace": "Bad_NS", "timestamp": 12}"#,
+        );
+        assert_eq!(
+            found,
+            vec![
+                ("app", "empty"),
+                ("image_sha", "missing_field"),
+                ("namespace", "invalid_format"),
+                ("timestamp", "out_of_range"),
+            ]
+        );
+    }
+
+    #[test]
+    fn timestamps_must_be_integers() {
+        let body = |ts: &str| {
+            format!(r#"{{"app":"a","failure_id":"1","failure_event":"created","timestamp":{ts}}}"#)
+        };
+        assert!(parse_event(PelorusEvent::Failure, body("1683022198").as_bytes()).is_ok());
+        assert!(parse_event(PelorusEvent::Failure, body("\"1683022198\"").as_bytes()).is_ok());
+        assert_eq!(
+            problems(PelorusEvent::Failure, &body("1683022198.5")),
+            vec![("timestamp", "not_integer")]
+        );
+        assert_eq!(
+            problems(PelorusEvent::Failure, &body("\"soon\"")),
+            vec![("timestamp", "not_integer")]
+        );
+        assert_eq!(
+            problems(PelorusEvent::Failure, &body("true")),
+            vec![("timestamp", "wrong_type")]
+        );
+        assert_eq!(
+            problems(PelorusEvent::Failure, &body("-5")),
+            vec![("timestamp", "out_of_range")]
+        );
+        assert_eq!(
+            problems(PelorusEvent::Failure, &body("99999999999999999999")),
+            vec![("timestamp", "not_integer")]
+        );
+    }
+
+    #[test]
+    fn non_objects_are_malformed() {
+        for body in ["[]", "\"x\"", "{", ""] {
+            assert!(matches!(
+                parse_event(PelorusEvent::CommitTime, body.as_bytes()),
+                Err(PayloadError::Malformed { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn user_agent_prefix_is_case_insensitive() {
+        assert!(user_agent_ok(Some(b"Pelorus-Webhook/test")));
+        assert!(user_agent_ok(Some(b"pelorus-webhook/1.0")));
+        assert!(!user_agent_ok(Some(b"curl/8.0")));
+        assert!(!user_agent_ok(Some(b"Pelorus-Webhook")));
+        assert!(!user_agent_ok(None));
+    }
+
+    #[test]
+    fn failure_updates_get_distinct_ids_and_retries_the_same() {
+        let event = |ts: i64| {
+            parse_event(
+                PelorusEvent::Failure,
+                format!(
+                    r#"{{"app":"a","failure_id":"1","failure_event":"created","timestamp":{ts}}}"#
+                )
+                .as_bytes(),
+            )
+            .unwrap()
+        };
+        assert_eq!(
+            delivery_id(&event(1683022198)),
+            delivery_id(&event(1683022198))
+        );
+        assert_ne!(
+            delivery_id(&event(1683022198)),
+            delivery_id(&event(1683022199))
+        );
+    }
+}

@@ -1,0 +1,257 @@
+//! `hookgauge send`: builds a Pelorus payload from flags, validates it with the
+//! same rules as the server, signs the exact bytes it sends, posts it and
+//! retries with jittered exponential backoff on connection errors and 5xx.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use backon::{ExponentialBuilder, Retryable};
+use serde_json::{json, Value};
+
+use crate::cli::{FailureEventArg, SendArgs, SendEvent};
+use crate::plugins::pelorus::{self, PayloadError, PelorusEvent};
+use crate::signature::{self, Secret};
+
+/// How `send` ended; `main` turns it into the exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendResult {
+    /// Accepted, or already recorded (duplicate).
+    Delivered,
+    /// The server answered, but did not record the event.
+    Refused,
+    /// No usable answer after every retry.
+    Undelivered,
+}
+
+enum Attempt {
+    Transient(String),
+}
+
+fn now_seconds() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The event header and JSON payload for the flags given.
+pub fn build_payload(event: &SendEvent, now: i64) -> (PelorusEvent, Value) {
+    match event {
+        SendEvent::Committime {
+            app,
+            commit,
+            image_sha,
+            namespace,
+            commit_link,
+            timestamp,
+        } => {
+            let mut payload = json!({
+                "app": app,
+                "commit_hash": commit,
+                "image_sha": image_sha,
+                "namespace": namespace,
+                "timestamp": timestamp.unwrap_or(now),
+            });
+            if let Some(link) = commit_link {
+                payload["commit_link"] = link.clone().into();
+            }
+            (PelorusEvent::CommitTime, payload)
+        }
+        SendEvent::Deploytime {
+            app,
+            image_sha,
+            namespace,
+            commit,
+            timestamp,
+        } => {
+            let mut payload = json!({
+                "app": app,
+                "image_sha": image_sha,
+                "namespace": namespace,
+                "timestamp": timestamp.unwrap_or(now),
+            });
+            if let Some(commit) = commit {
+                payload["commit_hash"] = commit.clone().into();
+            }
+            (PelorusEvent::DeployTime, payload)
+        }
+        SendEvent::Failure {
+            app,
+            failure_id,
+            event,
+            timestamp,
+        } => (
+            PelorusEvent::Failure,
+            json!({
+                "app": app,
+                "failure_id": failure_id,
+                "failure_event": match event {
+                    FailureEventArg::Created => "created",
+                    FailureEventArg::Resolved => "resolved",
+                },
+                "timestamp": timestamp.unwrap_or(now),
+            }),
+        ),
+    }
+}
+
+/// The webhook URL: the given URL when it has a path, else `/pelorus/webhook` on it.
+pub fn webhook_url(base: &str) -> anyhow::Result<reqwest::Url> {
+    let mut url =
+        reqwest::Url::parse(base).with_context(|| format!("--url `{base}` is not a URL"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        bail!("--url `{base}` must be an http:// or https:// URL");
+    }
+    if url.path() == "/" || url.path().is_empty() {
+        url.set_path("/pelorus/webhook");
+    }
+    Ok(url)
+}
+
+fn read_secret(args: &SendArgs) -> anyhow::Result<Option<Secret>> {
+    if let Some(path) = &args.secret_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("--secret-file: cannot read {}", path.display()))?;
+        let line = text
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .with_context(|| format!("--secret-file: {} holds no secret", path.display()))?;
+        return Ok(Some(Secret::new(line)));
+    }
+    match &args.secret {
+        Some(s) if s.trim().is_empty() => bail!("--secret (or HOOKGAUGE_SECRET) is empty"),
+        Some(s) => Ok(Some(Secret::new(s.as_bytes()))),
+        None => Ok(None),
+    }
+}
+
+/// Runs `hookgauge send`. Prints the server's answer on stdout.
+pub async fn run(args: SendArgs) -> anyhow::Result<SendResult> {
+    let url = webhook_url(&args.url)?;
+    let secret = read_secret(&args)?;
+    let (event, payload) = build_payload(&args.event, now_seconds());
+    let body = serde_json::to_vec(&payload).context("cannot serialise the payload")?;
+    if let Err(problem) = pelorus::parse_event(event, &body) {
+        match problem {
+            PayloadError::Invalid(problems) => {
+                let list: Vec<String> = problems
+                    .iter()
+                    .map(|p| format!("{}: {}", p.field, p.reason.as_str()))
+                    .collect();
+                bail!(
+                    "the event is invalid and was not sent ({})",
+                    list.join(", ")
+                );
+            }
+            PayloadError::Malformed { message } => bail!("the event could not be built: {message}"),
+        }
+    }
+    let client = reqwest::Client::builder()
+        .timeout(args.timeout)
+        .user_agent(format!(
+            "{}hookgauge-send-{}",
+            pelorus::USER_AGENT_PREFIX,
+            env!("CARGO_PKG_VERSION")
+        ))
+        .build()
+        .context("cannot build the HTTP client")?;
+    let mut request = client
+        .post(url.clone())
+        .header("content-type", "application/json")
+        .header(pelorus::EVENT_HEADER, event.as_str())
+        .body(body.clone());
+    if let Some(secret) = &secret {
+        request = request.header(
+            pelorus::SIGNATURE_HEADER,
+            format!("sha256={}", signature::sign_hex(secret, &body)),
+        );
+    }
+    let request = request.build().context("cannot build the request")?;
+
+    let attempt = || async {
+        let request = request.try_clone().expect("a byte body can be cloned");
+        let response = client
+            .execute(request)
+            .await
+            .map_err(|e| Attempt::Transient(format!("{url}: {e}")))?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            return Err(Attempt::Transient(format!("{status}: {text}")));
+        }
+        Ok((status, text))
+    };
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_secs(10))
+        .with_max_times(args.retries)
+        .with_jitter();
+    let answer = attempt
+        .retry(backoff)
+        .sleep(tokio::time::sleep)
+        .notify(|Attempt::Transient(why), wait| {
+            eprintln!("hookgauge send: attempt failed ({why}); retrying in {wait:.1?}");
+        })
+        .await;
+    match answer {
+        Ok((status, text)) => {
+            println!("{text}");
+            let outcome = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v.get("outcome").and_then(Value::as_str).map(str::to_owned));
+            match (status.is_success(), outcome.as_deref()) {
+                (true, Some("accepted" | "duplicate")) => Ok(SendResult::Delivered),
+                _ => {
+                    eprintln!(
+                        "hookgauge send: the server answered {status} with outcome {}",
+                        outcome.as_deref().unwrap_or("(none)")
+                    );
+                    Ok(SendResult::Refused)
+                }
+            }
+        }
+        Err(Attempt::Transient(why)) => {
+            eprintln!(
+                "hookgauge send: giving up after {} retries: {why}",
+                args.retries
+            );
+            Ok(SendResult::Undelivered)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_urls_get_the_webhook_path() {
+        assert_eq!(
+            webhook_url("http://127.0.0.1:8080").unwrap().as_str(),
+            "http://127.0.0.1:8080/pelorus/webhook"
+        );
+        assert_eq!(
+            webhook_url("https://h.example/custom/path")
+                .unwrap()
+                .as_str(),
+            "https://h.example/custom/path"
+        );
+        assert!(webhook_url("ftp://h.example").is_err());
+        assert!(webhook_url("not a url").is_err());
+    }
+
+    #[test]
+    fn timestamps_default_to_now() {
+        let event = SendEvent::Failure {
+            app: "a".into(),
+            failure_id: "1".into(),
+            event: FailureEventArg::Resolved,
+            timestamp: None,
+        };
+        let (kind, payload) = build_payload(&event, 1_700_000_000);
+        assert_eq!(kind, PelorusEvent::Failure);
+        assert_eq!(payload["timestamp"], 1_700_000_000);
+        assert_eq!(payload["failure_event"], "resolved");
+    }
+}

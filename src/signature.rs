@@ -1,0 +1,332 @@
+//! Authentication schemes: HMAC-SHA256 over the raw body with secret rotation,
+//! compared in constant time, and the Pelorus lenient re-serialisation check.
+//!
+//! Owns the secret material (`Secret`). Nothing here logs, formats or returns a
+//! secret or a computed MAC; errors carry only a bounded reason code.
+
+use std::fmt;
+
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+use sha2::Sha256;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// A shared secret. Prints as `[redacted]` in `Debug` and `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    pub fn new(value: impl Into<Vec<u8>>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret bytes, for computing a MAC. Never format them.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// Why a delivery failed authentication. Codes are bounded: they become
+/// ledger reasons and JSON `reason` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    #[error("the signature header is missing")]
+    Missing,
+    #[error("the signature header appears more than once")]
+    Repeated,
+    #[error("the signature header is not of the form sha256=<64 lowercase hex digits>")]
+    Malformed,
+    #[error("the signature uses an algorithm that is not accepted here")]
+    UnsupportedAlgorithm,
+    #[error("the signature does not match the body under any configured secret")]
+    Mismatch,
+}
+
+impl SignatureError {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignatureError::Missing => "missing_signature",
+            SignatureError::Repeated => "repeated_signature",
+            SignatureError::Malformed => "malformed_signature",
+            SignatureError::UnsupportedAlgorithm => "unsupported_algorithm",
+            SignatureError::Mismatch => "bad_signature",
+        }
+    }
+}
+
+/// Longest signature header value looked at; anything longer is malformed.
+const MAX_SIGNATURE_HEADER: usize = 256;
+
+/// Decodes a `sha256=<64 lowercase hex>` header value into the 32 MAC bytes.
+pub fn parse_sha256_header(value: &[u8]) -> Result<[u8; 32], SignatureError> {
+    if value.len() > MAX_SIGNATURE_HEADER {
+        return Err(SignatureError::Malformed);
+    }
+    let Some(hex_part) = value.strip_prefix(b"sha256=") else {
+        let other_algorithm = value
+            .iter()
+            .position(|&b| b == b'=')
+            .is_some_and(|eq| eq > 0 && value[..eq].iter().all(u8::is_ascii_alphanumeric));
+        return Err(if other_algorithm {
+            SignatureError::UnsupportedAlgorithm
+        } else {
+            SignatureError::Malformed
+        });
+    };
+    let lowercase_hex = hex_part.len() == 64
+        && hex_part
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
+    if !lowercase_hex {
+        return Err(SignatureError::Malformed);
+    }
+    let mut mac = [0u8; 32];
+    hex::decode_to_slice(hex_part, &mut mac).map_err(|_| SignatureError::Malformed)?;
+    Ok(mac)
+}
+
+/// True when `expected` is the HMAC-SHA256 of `message` under `secret`.
+/// The comparison runs in constant time (`Mac::verify_slice`).
+pub fn hmac_sha256_matches(secret: &Secret, message: &[u8], expected: &[u8]) -> bool {
+    let Ok(mut mac) = HmacSha256::new_from_slice(secret.expose()) else {
+        return false;
+    };
+    mac.update(message);
+    mac.verify_slice(expected).is_ok()
+}
+
+/// True when `expected` is the HMAC of `message` under any of `secrets`.
+/// Every secret is tried, so the time taken does not say which one matched.
+pub fn any_secret_matches(secrets: &[Secret], message: &[u8], expected: &[u8]) -> bool {
+    secrets.iter().fold(false, |found, secret| {
+        hmac_sha256_matches(secret, message, expected) | found
+    })
+}
+
+/// The lowercase hex HMAC-SHA256 of `message`, for senders (`hookgauge send`).
+pub fn sign_hex(secret: &Secret, message: &[u8]) -> String {
+    let mut mac = HmacSha256::new_from_slice(secret.expose()).expect("HMAC accepts any key length");
+    mac.update(message);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Pelorus' lenient check: the candidates a Pelorus sender may have signed for
+/// a JSON object it sent with different whitespace. SOURCES.md §13 lists them:
+/// five separator pairs, each as is, with `{ `…` }` outer braces, and both of
+/// those with a trailing newline. `None` when the body is not a JSON object.
+pub fn pelorus_lenient_candidates(body: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    if !value.is_object() {
+        return None;
+    }
+    const SEPARATORS: [(&str, &str); 5] = [
+        (", ", ": "),
+        (",", ":"),
+        (", ", ":"),
+        (",", " :"),
+        (", ", " :"),
+    ];
+    let mut candidates = Vec::with_capacity(20);
+    for (item, key) in SEPARATORS {
+        let mut plain = String::with_capacity(body.len() + 16);
+        write_python_json(&value, item, key, &mut plain);
+        let spaced = match plain.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+            Some(inner) if !inner.is_empty() => format!("{{ {inner} }}"),
+            _ => plain.clone(),
+        };
+        for form in [plain, spaced] {
+            let mut with_newline = form.clone().into_bytes();
+            with_newline.push(b'\n');
+            candidates.push(form.into_bytes());
+            candidates.push(with_newline);
+        }
+    }
+    Some(candidates)
+}
+
+/// True when the signature matches any lenient candidate under any secret.
+pub fn pelorus_lenient_matches(secrets: &[Secret], body: &[u8], expected: &[u8]) -> bool {
+    let Some(candidates) = pelorus_lenient_candidates(body) else {
+        return false;
+    };
+    candidates.iter().fold(false, |found, candidate| {
+        any_secret_matches(secrets, candidate, expected) | found
+    })
+}
+
+/// Serialises like Python's `json.dumps(value, ensure_ascii=True,
+/// separators=(item, key))`.
+fn write_python_json(value: &Value, item: &str, key: &str, out: &mut String) {
+    match value {
+        Value::Null => out.push_str("null"),
+        Value::Bool(true) => out.push_str("true"),
+        Value::Bool(false) => out.push_str("false"),
+        Value::Number(n) => out.push_str(&n.to_string()),
+        Value::String(s) => write_python_string(s, out),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, element) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(item);
+                }
+                write_python_json(element, item, key, out);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            out.push('{');
+            for (i, (name, element)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(item);
+                }
+                write_python_string(name, out);
+                out.push_str(key);
+                write_python_json(element, item, key, out);
+            }
+            out.push('}');
+        }
+    }
+}
+
+fn write_python_string(s: &str, out: &mut String) {
+    use std::fmt::Write;
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{08}' => out.push_str("\\b"),
+            '\u{0c}' => out.push_str("\\f"),
+            ' '..='~' => out.push(c),
+            _ => {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    let _ = write!(out, "\\u{unit:04x}");
+                }
+            }
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PELORUS_OBJECT: &str = r#"{"app":"mongo-todolist","commit_hash":"5379bad65a3f83853a75aabec9e0e43c75fd18fc","image_sha":"sha256:af4092ccbfa99a3ec1ea93058fe39b8ddfd8db1c7a18081db397c50a0b8ec77d","namespace":"mongo-persistent","timestamp":1678105701}"#;
+
+    fn lenient_hexes(secret: &str, body: &str) -> Vec<String> {
+        let secret = Secret::new(secret);
+        pelorus_lenient_candidates(body.as_bytes())
+            .unwrap()
+            .iter()
+            .map(|c| sign_hex(&secret, c))
+            .collect()
+    }
+
+    #[test]
+    fn github_documented_vector() {
+        let secret = Secret::new("It's a Secret to Everybody");
+        assert_eq!(
+            sign_hex(&secret, b"Hello, World!"),
+            "757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+        );
+        let header = b"sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+        let mac = parse_sha256_header(header).unwrap();
+        assert!(hmac_sha256_matches(&secret, b"Hello, World!", &mac));
+        assert!(!hmac_sha256_matches(&secret, b"Hello, World?", &mac));
+    }
+
+    #[test]
+    fn pelorus_documented_lenient_vectors() {
+        let hexes = lenient_hexes("My Secret Token", PELORUS_OBJECT);
+        assert_eq!(hexes.len(), 20);
+        for expected in [
+            "29a4606fccb6976cd43cb8a6cf210d402294e08fffda86f87c96fdb39d9fbc3c",
+            "9f6140a622159a4e1d379603afe6a0d288d45bc9ad99943c29ec77e3f2cf1cee",
+            "bd1f945ea524745eefdd2e9f6e915f51a6129928898012462bd29b93edbd31c2",
+        ] {
+            assert!(
+                hexes.iter().any(|h| h == expected),
+                "{expected} not produced"
+            );
+        }
+    }
+
+    #[test]
+    fn lenient_serialisation_escapes_like_python() {
+        let mut out = String::new();
+        let value: Value =
+            serde_json::from_str(r#"{"a":"é/😀\u007f\"\\\n","b":[1,true,null]}"#).unwrap();
+        write_python_json(&value, ", ", ": ", &mut out);
+        assert_eq!(
+            out,
+            r#"{"a": "\u00e9/\ud83d\ude00\u007f\"\\\n", "b": [1, true, null]}"#
+        );
+    }
+
+    #[test]
+    fn lenient_duplicate_key_keeps_first_position_and_last_value() {
+        let mut out = String::new();
+        let value: Value = serde_json::from_str(r#"{"a":1,"b":2,"a":3}"#).unwrap();
+        write_python_json(&value, ",", ":", &mut out);
+        assert_eq!(out, r#"{"a":3,"b":2}"#);
+    }
+
+    #[test]
+    fn header_parsing_is_strict() {
+        let hex = "a".repeat(64);
+        assert!(parse_sha256_header(format!("sha256={hex}").as_bytes()).is_ok());
+        assert_eq!(
+            parse_sha256_header(format!("sha256={}", "A".repeat(64)).as_bytes()),
+            Err(SignatureError::Malformed)
+        );
+        assert_eq!(
+            parse_sha256_header(format!("sha1={}", "a".repeat(40)).as_bytes()),
+            Err(SignatureError::UnsupportedAlgorithm)
+        );
+        assert_eq!(
+            parse_sha256_header(hex.as_bytes()),
+            Err(SignatureError::Malformed)
+        );
+        assert_eq!(
+            parse_sha256_header(format!("sha256={}", &hex[..63]).as_bytes()),
+            Err(SignatureError::Malformed)
+        );
+        assert_eq!(
+            parse_sha256_header(format!("sha256={hex}").repeat(5).as_bytes()),
+            Err(SignatureError::Malformed)
+        );
+    }
+
+    #[test]
+    fn rotation_accepts_either_secret() {
+        let old = Secret::new("old");
+        let new = Secret::new("new");
+        let mac = hex::decode(sign_hex(&new, b"body")).unwrap();
+        assert!(any_secret_matches(&[old.clone(), new], b"body", &mac));
+        assert!(!any_secret_matches(&[old], b"body", &mac));
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let secret = Secret::new("hunter2");
+        assert_eq!(format!("{secret:?} {secret}"), "[redacted] [redacted]");
+    }
+}

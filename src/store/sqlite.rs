@@ -1,0 +1,715 @@
+//! The embedded SQLite backend: schema migrations, the outcome rules applied
+//! inside one transaction per batch, and the queries the view is rebuilt from.
+//!
+//! Runs only on the store's writer thread. Dedupe and ordering rules are
+//! decided here, inside the transaction, never by callers.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
+
+use super::{CommitSink, FaultKind, RestoreWindows, Restored, StoreConfig};
+use crate::config::Synchronous;
+use crate::events::{
+    App, Commit, CommitLink, CommitSha, Deploy, Event, Failure, FailureChange, ImageSha,
+    IssueNumber, Namespace,
+};
+use crate::ledger::{Delivery, Disposition, Effect, Outcome, Recorded};
+
+/// Embedded migrations, applied in order; `PRAGMA user_version` records how
+/// many have run.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+
+const LEAD_TIME: &str = "lead_time";
+const TIME_TO_RESTORE: &str = "time_to_restore";
+
+pub fn now_seconds() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Classifies errors that mean "the database cannot be written now".
+pub fn fault_kind(error: &rusqlite::Error) -> Option<FaultKind> {
+    let rusqlite::Error::SqliteFailure(failure, _) = error else {
+        return None;
+    };
+    Some(match failure.code {
+        ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => FaultKind::Busy,
+        ErrorCode::DiskFull => FaultKind::Full,
+        ErrorCode::ReadOnly => FaultKind::ReadOnly,
+        ErrorCode::SystemIoFailure => FaultKind::Io,
+        ErrorCode::CannotOpen | ErrorCode::PermissionDenied | ErrorCode::NotADatabase => {
+            FaultKind::Open
+        }
+        _ => FaultKind::Other,
+    })
+}
+
+pub struct Database {
+    conn: Connection,
+    unauthenticated_rows: u64,
+}
+
+impl Database {
+    pub fn open(config: &StoreConfig) -> rusqlite::Result<Database> {
+        if let Some(dir) = config.path.parent() {
+            // A missing directory is created; failing that, open() reports it.
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let conn = Connection::open_with_flags(
+            &config.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(config.busy_timeout)?;
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_READONLY),
+                Some(format!("cannot switch to WAL journal (got {mode})")),
+            ));
+        }
+        let synchronous = match config.synchronous {
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+        };
+        conn.execute_batch(&format!(
+            "PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = OFF;"
+        ))?;
+        migrate(&conn)?;
+        let unauthenticated_rows: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM deliveries WHERE authenticated = 0",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(Database {
+            conn,
+            unauthenticated_rows: unauthenticated_rows as u64,
+        })
+    }
+
+    /// Takes and releases the write lock: fails when a write would fail.
+    pub fn probe(&mut self) -> rusqlite::Result<()> {
+        self.conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
+    }
+
+    /// Checkpoints the WAL and closes the connection.
+    pub fn close(self) {
+        let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+        if let Err((_, error)) = self.conn.close() {
+            tracing::warn!(error = %error, "Store did not close cleanly");
+        }
+    }
+
+    /// Applies a batch in one transaction. Each delivery runs inside its own
+    /// savepoint so that one bad row cannot poison the batch; a fault (busy,
+    /// full, read-only, I/O) aborts the whole transaction.
+    pub fn record_batch(
+        &mut self,
+        deliveries: &[&Delivery],
+        max_body_bytes: usize,
+        max_unauthenticated_rows: u64,
+    ) -> rusqlite::Result<Vec<rusqlite::Result<Applied>>> {
+        let mut tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut results = Vec::with_capacity(deliveries.len());
+        let mut added_unauthenticated = 0u64;
+        for delivery in deliveries {
+            let mut sp = tx.savepoint_with_name("delivery")?;
+            match record_one(&sp, delivery, max_body_bytes) {
+                Ok(result) => {
+                    sp.commit()?;
+                    if !delivery.authenticated {
+                        added_unauthenticated += 1;
+                    }
+                    results.push(Ok(result));
+                }
+                Err(error) if fault_kind(&error).is_some_and(|k| k != FaultKind::Other) => {
+                    return Err(error)
+                }
+                Err(error) => {
+                    // Not a fault of the database: undo this delivery only.
+                    sp.rollback()?;
+                    tracing::error!(error = %error, delivery_id = %delivery.id, "Delivery could not be applied");
+                    results.push(Err(error));
+                }
+            }
+        }
+        let total = self.unauthenticated_rows + added_unauthenticated;
+        let excess = total.saturating_sub(max_unauthenticated_rows);
+        if excess > 0 {
+            tx.execute(
+                "DELETE FROM deliveries WHERE seq IN \
+                 (SELECT seq FROM deliveries WHERE authenticated = 0 ORDER BY seq LIMIT ?1)",
+                params![excess as i64],
+            )?;
+        }
+        tx.commit()?;
+        self.unauthenticated_rows = total - excess;
+        Ok(results)
+    }
+
+    /// Streams every fact the view needs to `sink`.
+    pub fn restore(
+        &mut self,
+        now: i64,
+        windows: RestoreWindows,
+        sink: &dyn CommitSink,
+    ) -> rusqlite::Result<()> {
+        let commit_since = now - windows.commit_window.as_secs() as i64;
+        let exposure_since = now - windows.exposure_window.as_secs() as i64;
+        let conn = &self.conn;
+        let mut items: Vec<Restored> = Vec::new();
+
+        let mut stmt = conn.prepare(
+            "SELECT app, commit_sha, image_sha, namespace, commit_link, time FROM commits WHERE time >= ?1",
+        )?;
+        let rows = stmt.query_map([commit_since], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, i64>(5)?,
+            ))
+        })?;
+        for row in rows {
+            let (app, commit, image_sha, namespace, link, time) = row?;
+            let (Ok(app), Ok(commit)) = (App::parse(&app), CommitSha::parse(&commit)) else {
+                continue;
+            };
+            items.push(Restored::Commit {
+                app,
+                commit,
+                image_sha: ImageSha::parse(&image_sha).ok(),
+                namespace: Namespace::parse(&namespace).ok(),
+                commit_link: CommitLink::parse(&link).ok(),
+                time,
+            });
+        }
+
+        let mut stmt = conn.prepare(
+            "SELECT app, namespace, image_sha, MAX(time) FROM deploys WHERE time >= ?1 \
+             GROUP BY app, namespace, image_sha",
+        )?;
+        let rows = stmt.query_map([exposure_since], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?;
+        for row in rows {
+            let (app, namespace, image_sha, time) = row?;
+            if let (Ok(app), Ok(namespace), Ok(image_sha)) = (
+                App::parse(&app),
+                Namespace::parse(&namespace),
+                ImageSha::parse(&image_sha),
+            ) {
+                items.push(Restored::Deploy {
+                    app,
+                    namespace,
+                    image_sha,
+                    time,
+                });
+            }
+        }
+
+        let mut stmt = conn.prepare(
+            "SELECT app, issue_number, created, resolved FROM failures WHERE created >= ?1 OR resolved >= ?1",
+        )?;
+        let rows = stmt.query_map([exposure_since], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+                r.get::<_, Option<i64>>(3)?,
+            ))
+        })?;
+        for row in rows {
+            let (app, issue, created, resolved) = row?;
+            if let (Ok(app), Ok(issue_number)) = (App::parse(&app), IssueNumber::parse(&issue)) {
+                items.push(Restored::Failure {
+                    app,
+                    issue_number,
+                    created,
+                    resolved,
+                });
+            }
+        }
+
+        let mut stmt =
+            conn.prepare("SELECT app, namespace, COUNT(*) FROM deploys GROUP BY app, namespace")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        for row in rows {
+            let (app, namespace, count) = row?;
+            if let (Ok(app), Ok(namespace)) = (App::parse(&app), Namespace::parse(&namespace)) {
+                items.push(Restored::DeployCount {
+                    app,
+                    namespace,
+                    count: count as u64,
+                });
+            }
+        }
+
+        let mut stmt =
+            conn.prepare("SELECT app, COUNT(created), COUNT(resolved) FROM failures GROUP BY app")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        for row in rows {
+            let (app, created, resolved) = row?;
+            if let Ok(app) = App::parse(&app) {
+                items.push(Restored::FailureCounts {
+                    app,
+                    created: created as u64,
+                    resolved: resolved as u64,
+                });
+            }
+        }
+        sink.restore(&mut items.drain(..));
+
+        // Observations can be many: stream them rather than collect them.
+        let mut stmt = conn.prepare("SELECT kind, app, seconds FROM observations")?;
+        let mut rows = stmt.query([])?;
+        let mut observations = std::iter::from_fn(|| loop {
+            let row = rows.next().ok().flatten()?;
+            let (Ok(kind), Ok(app), Ok(seconds)) = (
+                row.get::<_, String>(0),
+                row.get::<_, String>(1),
+                row.get::<_, i64>(2),
+            ) else {
+                continue;
+            };
+            let Ok(app) = App::parse(&app) else { continue };
+            let seconds = seconds as f64;
+            match kind.as_str() {
+                LEAD_TIME => return Some(Restored::LeadTime { app, seconds }),
+                TIME_TO_RESTORE => return Some(Restored::TimeToRestore { app, seconds }),
+                _ => continue,
+            }
+        });
+        sink.restore(&mut observations);
+        Ok(())
+    }
+}
+
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let applied: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if applied as usize > MIGRATIONS.len() {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISMATCH),
+            Some(format!(
+                "the database schema is version {applied}, newer than this binary knows ({}); \
+                 run a newer hookgauge",
+                MIGRATIONS.len()
+            )),
+        ));
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
+        let version = index + 1;
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version = {version};\nCOMMIT;"
+        ))
+        .inspect_err(|_| {
+            let _ = conn.execute_batch("ROLLBACK;");
+        })?;
+        tracing::info!(version, "Store schema migrated");
+    }
+    Ok(())
+}
+
+/// What recording one delivery produced: its outcome and committed effects.
+pub type Applied = (Recorded, Vec<Effect>);
+
+/// What applying one event did.
+enum EventResult {
+    New(Vec<Effect>),
+    Duplicate,
+    Outdated { superseded_by: String },
+}
+
+fn record_one(
+    tx: &Connection,
+    delivery: &Delivery,
+    max_body_bytes: usize,
+) -> rusqlite::Result<Applied> {
+    let (outcome, reason, detail, keys, superseded_by, effects, keep_body) = match &delivery
+        .disposition
+    {
+        Disposition::Rejected { reason } => (
+            Outcome::Rejected,
+            Some(*reason),
+            "authentication failed".to_owned(),
+            Vec::new(),
+            None,
+            Vec::new(),
+            false,
+        ),
+        Disposition::Invalid { reason } => (
+            Outcome::Invalid,
+            Some(*reason),
+            "the delivery failed validation".to_owned(),
+            Vec::new(),
+            None,
+            Vec::new(),
+            delivery.authenticated,
+        ),
+        Disposition::Ignored { reason } => (
+            Outcome::Ignored,
+            Some(*reason),
+            format!("ignored: {reason}"),
+            Vec::new(),
+            None,
+            Vec::new(),
+            true,
+        ),
+        Disposition::Events(events) => {
+            let keys: Vec<String> = events.iter().map(Event::identity).collect();
+            if delivery_seen(tx, delivery)? {
+                (
+                    Outcome::Duplicate,
+                    Some("delivery_seen"),
+                    format!("delivery {} was already recorded", delivery.id),
+                    keys,
+                    None,
+                    Vec::new(),
+                    false,
+                )
+            } else {
+                let mut effects = Vec::new();
+                let mut any_new = false;
+                let mut superseded = None;
+                for event in events {
+                    match apply_event(tx, event, delivery.id.as_str())? {
+                        EventResult::New(mut e) => {
+                            any_new = true;
+                            effects.append(&mut e);
+                        }
+                        EventResult::Duplicate => {}
+                        EventResult::Outdated { superseded_by } => superseded = Some(superseded_by),
+                    }
+                }
+                if any_new {
+                    let detail = match events.as_slice() {
+                        [one] => format!("{} recorded", event_noun(one)),
+                        many => format!("{} events recorded", many.len()),
+                    };
+                    (Outcome::Accepted, None, detail, keys, None, effects, true)
+                } else if let Some(by) = superseded {
+                    (
+                        Outcome::Outdated,
+                        Some("newer_update_stored"),
+                        format!("a newer update is already stored (delivery {by})"),
+                        keys,
+                        Some(by),
+                        Vec::new(),
+                        false,
+                    )
+                } else {
+                    (
+                        Outcome::Duplicate,
+                        Some("event_stored"),
+                        "an identical event is already stored".to_owned(),
+                        keys,
+                        None,
+                        Vec::new(),
+                        false,
+                    )
+                }
+            }
+        }
+    };
+    let body = delivery
+        .body
+        .as_ref()
+        .filter(|b| keep_body && b.len() <= max_body_bytes)
+        .map(|b| b.as_ref());
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO deliveries (delivery_id, source, event, received_at_ms, outcome, reason, detail, \
+         event_keys, superseded_by, authenticated, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?;
+    insert.execute(params![
+        delivery.id.as_str(),
+        delivery.source,
+        delivery.event,
+        delivery.received_at_ms,
+        outcome.as_str(),
+        reason,
+        detail,
+        serde_json::to_string(&keys).unwrap_or_else(|_| "[]".into()),
+        superseded_by,
+        delivery.authenticated,
+        body,
+    ])?;
+    Ok((
+        Recorded {
+            outcome,
+            detail,
+            superseded_by,
+        },
+        effects,
+    ))
+}
+
+fn event_noun(event: &Event) -> &'static str {
+    match event {
+        Event::Commit(_) => "commit",
+        Event::Deploy(_) => "deploy",
+        Event::Failure(f) => match f.change {
+            FailureChange::Created => "failure creation",
+            FailureChange::Resolved => "failure resolution",
+        },
+    }
+}
+
+fn delivery_seen(tx: &Connection, delivery: &Delivery) -> rusqlite::Result<bool> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT 1 FROM deliveries WHERE source = ?1 AND delivery_id = ?2 \
+         AND outcome IN ('accepted', 'duplicate', 'outdated') LIMIT 1",
+    )?;
+    stmt.exists(params![delivery.source, delivery.id.as_str()])
+}
+
+fn apply_event(tx: &Connection, event: &Event, delivery_id: &str) -> rusqlite::Result<EventResult> {
+    match event {
+        Event::Commit(commit) => apply_commit(tx, commit, delivery_id),
+        Event::Deploy(deploy) => apply_deploy(tx, deploy, delivery_id),
+        Event::Failure(failure) => apply_failure(tx, failure, delivery_id),
+    }
+}
+
+fn image_text(image_sha: Option<&ImageSha>) -> String {
+    image_sha.map(ToString::to_string).unwrap_or_default()
+}
+
+/// Records a lead-time observation for `commit` unless one exists; returns
+/// the effect when it is new. Negative spans (clock skew) are not observed.
+fn observe_once(
+    tx: &Connection,
+    kind: &str,
+    app: &App,
+    subject: &str,
+    seconds: i64,
+) -> rusqlite::Result<Option<Effect>> {
+    if seconds < 0 {
+        return Ok(None);
+    }
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO observations (kind, app, subject, seconds) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+    )?;
+    if stmt.execute(params![kind, app.as_str(), subject, seconds])? == 0 {
+        return Ok(None);
+    }
+    let app = app.clone();
+    let seconds = seconds as f64;
+    Ok(Some(if kind == LEAD_TIME {
+        Effect::LeadTime { app, seconds }
+    } else {
+        Effect::TimeToRestore { app, seconds }
+    }))
+}
+
+fn apply_commit(
+    tx: &Connection,
+    commit: &Commit,
+    delivery_id: &str,
+) -> rusqlite::Result<EventResult> {
+    let image = image_text(commit.image_sha.as_ref());
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO commits (app, commit_sha, image_sha, namespace, commit_link, time, delivery_id) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+    )?;
+    let inserted = insert.execute(params![
+        commit.app.as_str(),
+        commit.commit.as_str(),
+        image,
+        commit
+            .namespace
+            .as_ref()
+            .map(Namespace::as_str)
+            .unwrap_or(""),
+        commit
+            .commit_link
+            .as_ref()
+            .map(CommitLink::as_str)
+            .unwrap_or(""),
+        commit.time.seconds(),
+        delivery_id,
+    ])?;
+    if inserted == 0 {
+        return Ok(EventResult::Duplicate);
+    }
+    let mut effects = vec![Effect::Commit {
+        app: commit.app.clone(),
+        commit: commit.commit.clone(),
+        image_sha: commit.image_sha,
+        namespace: commit.namespace.clone(),
+        commit_link: commit.commit_link.clone(),
+        time: commit.time.seconds(),
+    }];
+    // A deploy may have arrived first: its earliest time joins this commit.
+    let mut first_deploy = tx.prepare_cached(
+        "SELECT MIN(time) FROM deploys WHERE app = ?1 AND ((?2 <> '' AND image_sha = ?2) OR commit_sha = ?3)",
+    )?;
+    let deployed: Option<i64> = first_deploy
+        .query_row(
+            params![commit.app.as_str(), image, commit.commit.as_str()],
+            |r| r.get(0),
+        )
+        .optional()?
+        .flatten();
+    if let Some(deployed) = deployed {
+        let span = deployed - commit.time.seconds();
+        effects.extend(observe_once(
+            tx,
+            LEAD_TIME,
+            &commit.app,
+            commit.commit.as_str(),
+            span,
+        )?);
+    }
+    Ok(EventResult::New(effects))
+}
+
+fn apply_deploy(
+    tx: &Connection,
+    deploy: &Deploy,
+    delivery_id: &str,
+) -> rusqlite::Result<EventResult> {
+    let image = deploy.image_sha.to_string();
+    let commit = deploy.commit.as_ref().map(CommitSha::as_str).unwrap_or("");
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO deploys (app, namespace, image_sha, time, commit_sha, environment, delivery_id) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+    )?;
+    let inserted = insert.execute(params![
+        deploy.app.as_str(),
+        deploy.namespace.as_str(),
+        image,
+        deploy.time.seconds(),
+        commit,
+        deploy.environment.as_deref().unwrap_or(""),
+        delivery_id,
+    ])?;
+    if inserted == 0 {
+        return Ok(EventResult::Duplicate);
+    }
+    let mut effects = vec![Effect::Deploy {
+        app: deploy.app.clone(),
+        namespace: deploy.namespace.clone(),
+        image_sha: deploy.image_sha,
+        time: deploy.time.seconds(),
+    }];
+    // Every commit built into this image (or named by the deploy) that has no
+    // lead time yet gets one: this is its first deployment we know of.
+    let mut joined = tx.prepare_cached(
+        "SELECT commit_sha, MIN(time) FROM commits WHERE app = ?1 AND (image_sha = ?2 OR commit_sha = ?3) \
+         GROUP BY commit_sha",
+    )?;
+    let commits: Vec<(String, i64)> = joined
+        .query_map(params![deploy.app.as_str(), image, commit], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    for (commit_sha, commit_time) in commits {
+        let span = deploy.time.seconds() - commit_time;
+        effects.extend(observe_once(tx, LEAD_TIME, &deploy.app, &commit_sha, span)?);
+    }
+    Ok(EventResult::New(effects))
+}
+
+fn apply_failure(
+    tx: &Connection,
+    failure: &Failure,
+    delivery_id: &str,
+) -> rusqlite::Result<EventResult> {
+    let app = failure.app.as_str();
+    let issue = failure.issue_number.as_str();
+    let time = failure.time.seconds();
+    let mut select = tx.prepare_cached(
+        "SELECT created, created_delivery, resolved, resolved_delivery FROM failures \
+         WHERE app = ?1 AND issue_number = ?2",
+    )?;
+    type Ends = (Option<i64>, Option<String>, Option<i64>, Option<String>);
+    let stored: Option<Ends> = select
+        .query_row(params![app, issue], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()?;
+    let (created, created_by, resolved, resolved_by) = stored.clone().unwrap_or_default();
+    let (current, current_by) = match failure.change {
+        FailureChange::Created => (created, created_by),
+        FailureChange::Resolved => (resolved, resolved_by),
+    };
+    match current {
+        Some(existing) if existing == time => return Ok(EventResult::Duplicate),
+        Some(existing) if existing > time => {
+            return Ok(EventResult::Outdated {
+                superseded_by: current_by.unwrap_or_default(),
+            })
+        }
+        _ => {}
+    }
+    let first = current.is_none();
+    let sql = match (stored.is_some(), failure.change) {
+        (false, FailureChange::Created) => {
+            "INSERT INTO failures (app, issue_number, created, created_delivery) VALUES (?1, ?2, ?3, ?4)"
+        }
+        (false, FailureChange::Resolved) => {
+            "INSERT INTO failures (app, issue_number, resolved, resolved_delivery) VALUES (?1, ?2, ?3, ?4)"
+        }
+        (true, FailureChange::Created) => {
+            "UPDATE failures SET created = ?3, created_delivery = ?4 WHERE app = ?1 AND issue_number = ?2"
+        }
+        (true, FailureChange::Resolved) => {
+            "UPDATE failures SET resolved = ?3, resolved_delivery = ?4 WHERE app = ?1 AND issue_number = ?2"
+        }
+    };
+    tx.prepare_cached(sql)?
+        .execute(params![app, issue, time, delivery_id])?;
+    let mut effects = vec![match failure.change {
+        FailureChange::Created => Effect::FailureCreated {
+            app: failure.app.clone(),
+            issue_number: failure.issue_number.clone(),
+            time,
+            first,
+        },
+        FailureChange::Resolved => Effect::FailureResolved {
+            app: failure.app.clone(),
+            issue_number: failure.issue_number.clone(),
+            time,
+            first,
+        },
+    }];
+    let (created, resolved) = match failure.change {
+        FailureChange::Created => (Some(time), resolved),
+        FailureChange::Resolved => (created, Some(time)),
+    };
+    if let (Some(created), Some(resolved)) = (created, resolved) {
+        effects.extend(observe_once(
+            tx,
+            TIME_TO_RESTORE,
+            &failure.app,
+            issue,
+            resolved - created,
+        )?);
+    }
+    Ok(EventResult::New(effects))
+}
