@@ -464,8 +464,9 @@ impl CommitSink for View {
                     time,
                     first,
                 } => {
+                    let (created, _) = failure_counters(m, app);
                     if *first {
-                        m.failures.with_label_values(&[app.as_str()]).inc();
+                        created.inc();
                     }
                     self.set_failure(app, issue_number.as_str(), Some(*time), None);
                 }
@@ -475,8 +476,9 @@ impl CommitSink for View {
                     time,
                     first,
                 } => {
+                    let (_, resolved) = failure_counters(m, app);
                     if *first {
-                        m.failures_resolved.with_label_values(&[app.as_str()]).inc();
+                        resolved.inc();
                     }
                     self.set_failure(app, issue_number.as_str(), None, Some(*time));
                 }
@@ -503,6 +505,15 @@ impl CommitSink for View {
                 .inc();
         }
     }
+}
+
+/// Both failure counters of an app: they always exist together, so that
+/// ratios and restarts see the same series (a resolved count of 0 included).
+fn failure_counters(m: &Metrics, app: &App) -> (prometheus::IntCounter, prometheus::IntCounter) {
+    (
+        m.failures.with_label_values(&[app.as_str()]),
+        m.failures_resolved.with_label_values(&[app.as_str()]),
+    )
 }
 
 /// Raises a counter to `target` (never lowers it: a counter that went down

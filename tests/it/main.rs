@@ -1,1 +1,10 @@
+//! Integration tests, built into one binary: the real app on loopback port 0
+//! with a real SQLite file, or the real binary as a child process, driven
+//! over HTTP. `TEST_LOG=1` shows the app's logs.
 
+mod harness;
+
+mod cli;
+mod pelorus;
+mod signatures;
+mod store;

@@ -1,0 +1,241 @@
+//! The binary's command line: start-up refusals, `check-config`, `send`, and
+//! `promtool check metrics` on a real scrape.
+
+use std::process::Command;
+
+use crate::harness::*;
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let output = Command::new(binary())
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("the hookgauge binary runs");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn public_bind_without_a_secret_is_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    let (code, _, stderr) = run(
+        &[
+            "serve",
+            "--ingest-addr",
+            "0.0.0.0:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+            data_dir,
+        ],
+        &[],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("sources.pelorus.secrets"), "{stderr}");
+    assert!(!dir.path().join("hookgauge.db").exists(), "nothing started");
+}
+
+#[test]
+fn check_config_prints_the_effective_configuration_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("pelorus-secret");
+    std::fs::write(&secret_file, "file-secret-value\n").unwrap();
+    let config = dir.path().join("hookgauge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\ningest_addr = \"0.0.0.0:8080\"\n\n[sources.pelorus]\nsecrets = [\"inline-secret-value\"]\nsecrets_file = {:?}\n",
+            secret_file
+        ),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = run(
+        &["check-config", "--config", config.to_str().unwrap()],
+        &[("HOOKGAUGE__SERVER__METRICS_ADDR", "127.0.0.1:9999")],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("ingest_addr = \"0.0.0.0:8080\""),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("metrics_addr = \"127.0.0.1:9999\""),
+        "environment overrides the file: {stdout}"
+    );
+    assert!(
+        stdout.contains("secrets = [\"[redacted]\", \"[redacted]\"]"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("secret-value") && !stderr.contains("secret-value"));
+}
+
+#[test]
+fn check_config_names_the_bad_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hookgauge.toml");
+    std::fs::write(&config, "[metrics]\nexposure_window = \"soon\"\n").unwrap();
+    let (code, _, stderr) = run(&["check-config", "--config", config.to_str().unwrap()], &[]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("exposure_window"), "{stderr}");
+
+    std::fs::write(&config, "[store]\nsynchronous = \"sometimes\"\n").unwrap();
+    let (code, _, stderr) = run(&["check-config", "--config", config.to_str().unwrap()], &[]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("synchronous"), "{stderr}");
+
+    let (code, _, stderr) = run(
+        &["check-config", "--config", "/nonexistent/hookgauge.toml"],
+        &[],
+    );
+    assert_eq!(code, 2);
+    assert!(stderr.contains("does not exist"), "{stderr}");
+}
+
+#[test]
+fn readme_sample_configuration_loads() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme.find("```toml\n").expect("README has a TOML sample") + "```toml\n".len();
+    let sample = &readme[start..start + readme[start..].find("```").unwrap()];
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s3cr3t\n").unwrap();
+    let sample = sample.replace(
+        "/var/run/secrets/hookgauge/pelorus",
+        secret.to_str().unwrap(),
+    );
+    let config = dir.path().join("hookgauge.toml");
+    std::fs::write(&config, sample).unwrap();
+    let (code, _, stderr) = run(&["check-config", "--config", config.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{stderr}");
+}
+
+fn send_args<'a>(url: &'a str, image_sha: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["send", "--url", url, "--retries", "1", "--timeout", "5s"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[
+        "deploytime",
+        "--app",
+        "shop",
+        "--namespace",
+        "prod",
+        "--image-sha",
+        image_sha,
+    ]);
+    args
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_signs_posts_and_reports_the_outcome() {
+    let app = spawn_app().await;
+    let url = app.ingest.clone();
+    let image_sha = image(42);
+    let secret = [("HOOKGAUGE_SECRET", SECRET)];
+    let (code, stdout, stderr) =
+        tokio::task::block_in_place(|| run(&send_args(&url, &image_sha, &[]), &secret));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("\"outcome\":\"accepted\""), "{stdout}");
+
+    // Retried by a CI job: already recorded, still success.
+    let (code, stdout, _) =
+        tokio::task::block_in_place(|| run(&send_args(&url, &image_sha, &[]), &secret));
+    assert_eq!(code, 0);
+    assert!(stdout.contains("\"outcome\":\"duplicate\""), "{stdout}");
+
+    let other = image(43);
+    let (code, _, stderr) = tokio::task::block_in_place(|| {
+        run(
+            &send_args(&url, &other, &[]),
+            &[("HOOKGAUGE_SECRET", "wrong-secret")],
+        )
+    });
+    assert_eq!(code, 1, "refused by the server: {stderr}");
+    assert!(!stderr.contains("wrong-secret"));
+
+    let scrape = app.scrape().await;
+    let deploys = scrape.find(
+        "deploy_timestamp",
+        &[("app", "shop"), ("image_sha", image_sha.as_str())],
+    );
+    assert_eq!(deploys.len(), 1);
+    assert!(
+        (deploys[0].value - now() as f64).abs() < 60.0,
+        "timestamp defaults to now"
+    );
+    assert_eq!(
+        scrape.value("hookgauge_deployments_total", &[("app", "shop")]),
+        1.0
+    );
+    app.shutdown().await;
+}
+
+#[test]
+fn send_validates_before_sending_and_gives_up_on_unreachable_servers() {
+    let (code, _, stderr) = run(&send_args("http://127.0.0.1:9", "sha256:nothex", &[]), &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("image_sha"), "{stderr}");
+
+    // Nothing listens on port 9 of loopback: connection refused, retried, then 3.
+    let valid = image(1);
+    let (code, _, stderr) = run(&send_args("http://127.0.0.1:9", &valid, &[]), &[]);
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("retrying"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrape_passes_promtool_check_metrics() {
+    let app = spawn_app().await;
+    let t = now();
+    let commit = serde_json::json!({
+        "app": "shop \"quoted\" \\ app", "commit_hash": "abcdef1", "image_sha": image(1),
+        "namespace": "prod", "timestamp": t - 100, "commit_link": "https://git.example/shop/commit/abcdef1",
+    });
+    assert_eq!(
+        app.post_signed("committime", &serde_json::to_vec(&commit).unwrap())
+            .await
+            .status,
+        202
+    );
+    let deploy = deploy_body("shop \"quoted\" \\ app", "prod", &image(1), t);
+    assert_eq!(app.post_signed("deploytime", &deploy).await.status, 202);
+    for (change, time) in [("created", t - 50), ("resolved", t)] {
+        let failure = serde_json::json!({"app": "shop", "failure_id": "INC-9", "failure_event": change, "timestamp": time});
+        assert_eq!(
+            app.post_signed("failure", &serde_json::to_vec(&failure).unwrap())
+                .await
+                .status,
+            202
+        );
+    }
+    app.post_pelorus("deploytime", &deploy, Some("wrong")).await;
+    let scrape = app.scrape().await;
+    for family in [
+        "commit_timestamp",
+        "deploy_timestamp",
+        "failure_creation_timestamp",
+        "failure_resolution_timestamp",
+    ] {
+        assert_eq!(
+            scrape.find(family, &[]).len(),
+            1,
+            "{family} in\n{}",
+            scrape.text
+        );
+    }
+    assert_eq!(
+        scrape.find("commit_timestamp", &[])[0].labels["app"],
+        "shop \"quoted\" \\ app"
+    );
+    let (ok, output) = promtool_check_metrics(&scrape.text);
+    assert!(
+        ok,
+        "promtool check metrics failed:\n{output}\n---\n{}",
+        scrape.text
+    );
+    assert!(!scrape.text.contains(SECRET));
+    app.shutdown().await;
+}

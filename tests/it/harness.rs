@@ -1,0 +1,477 @@
+//! Test harness: starts the real app in-process on `127.0.0.1:0` with a
+//! temporary data directory and a real SQLite file, or the real binary as a
+//! child process, and talks HTTP to it.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use hookgauge::app::RunningApp;
+use hookgauge::config::{RawConfig, Settings};
+use sha2::Sha256;
+
+pub const SECRET: &str = "test-secret-for-hookgauge";
+pub const USER_AGENT: &str = "Pelorus-Webhook/test";
+
+static TRACING: Once = Once::new();
+
+/// Logs go to the test writer only when `TEST_LOG` is set.
+fn init_tracing() {
+    TRACING.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter("info")
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
+pub fn fixture(path: &str) -> Vec<u8> {
+    let full = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(path);
+    std::fs::read(&full).unwrap_or_else(|e| panic!("fixture {}: {e}", full.display()))
+}
+
+pub fn sign(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// A distinct valid image digest for each `n`.
+pub fn image(n: u64) -> String {
+    format!("sha256:{n:064x}")
+}
+
+pub fn deploy_body(app: &str, namespace: &str, image_sha: &str, timestamp: i64) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "app": app, "image_sha": image_sha, "namespace": namespace, "timestamp": timestamp,
+    }))
+    .unwrap()
+}
+
+/// Configuration for a test app: loopback port 0, data in `data_dir`.
+pub fn test_config(data_dir: &Path) -> RawConfig {
+    let mut raw = RawConfig::default();
+    raw.server.ingest_addr = "127.0.0.1:0".into();
+    raw.server.metrics_addr = "127.0.0.1:0".into();
+    raw.server.data_dir = data_dir.to_path_buf();
+    raw.server.shutdown_timeout = Duration::from_secs(5);
+    raw
+}
+
+pub struct TestApp {
+    pub ingest: String,
+    pub metrics: String,
+    pub data_dir: tempfile::TempDir,
+    pub raw: RawConfig,
+    app: Option<RunningApp>,
+    pub client: reqwest::Client,
+}
+
+/// Starts the app with default test configuration and one Pelorus secret.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|raw| raw.sources.pelorus.secrets = vec![SECRET.into()]).await
+}
+
+/// Starts the app after `configure` has adjusted the configuration.
+pub async fn spawn_app_with(configure: impl FnOnce(&mut RawConfig)) -> TestApp {
+    init_tracing();
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut raw = test_config(data_dir.path());
+    configure(&mut raw);
+    let app = hookgauge::app::start(&Settings::from_raw(raw.clone()).unwrap())
+        .await
+        .unwrap();
+    TestApp {
+        ingest: format!("http://{}", app.ingest_addr),
+        metrics: format!("http://{}", app.metrics_addr),
+        data_dir,
+        raw,
+        app: Some(app),
+        client: reqwest::Client::new(),
+    }
+}
+
+impl TestApp {
+    pub fn database(&self) -> PathBuf {
+        self.data_dir.path().join("hookgauge.db")
+    }
+
+    /// Stops the app gracefully and starts it again on the same data.
+    pub async fn restart(&mut self) {
+        self.app.take().unwrap().shutdown().await;
+        let app = hookgauge::app::start(&Settings::from_raw(self.raw.clone()).unwrap())
+            .await
+            .unwrap();
+        self.ingest = format!("http://{}", app.ingest_addr);
+        self.metrics = format!("http://{}", app.metrics_addr);
+        self.app = Some(app);
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(app) = self.app.take() {
+            app.shutdown().await;
+        }
+    }
+
+    /// Posts a Pelorus delivery signed with `secret` (unsigned when `None`).
+    pub async fn post_pelorus(&self, event: &str, body: &[u8], secret: Option<&str>) -> Reply {
+        let mut request = self
+            .client
+            .post(format!("{}/pelorus/webhook", self.ingest))
+            .header("User-Agent", USER_AGENT)
+            .header("X-Pelorus-Event", event)
+            .header("Content-Type", "application/json")
+            .body(body.to_vec());
+        if let Some(secret) = secret {
+            request = request.header("X-Hub-Signature-256", sign(secret, body));
+        }
+        Reply::from(request.send().await.unwrap()).await
+    }
+
+    /// Posts a delivery signed with the test secret.
+    pub async fn post_signed(&self, event: &str, body: &[u8]) -> Reply {
+        self.post_pelorus(event, body, Some(SECRET)).await
+    }
+
+    pub async fn scrape(&self) -> Scrape {
+        let text = self
+            .client
+            .get(format!("{}/metrics", self.metrics))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        Scrape::parse(&text)
+    }
+
+    pub async fn get(&self, url: String) -> Reply {
+        Reply::from(self.client.get(url).send().await.unwrap()).await
+    }
+
+    /// Ledger rows as (delivery_id, outcome, reason, body kept), oldest first.
+    pub fn ledger(&self) -> Vec<LedgerRow> {
+        ledger_rows(&self.database())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerRow {
+    pub delivery_id: String,
+    pub event: String,
+    pub outcome: String,
+    pub reason: Option<String>,
+    pub body: Option<Vec<u8>>,
+}
+
+pub fn ledger_rows(database: &Path) -> Vec<LedgerRow> {
+    let conn =
+        rusqlite::Connection::open_with_flags(database, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let mut stmt = conn
+        .prepare("SELECT delivery_id, event, outcome, reason, body FROM deliveries ORDER BY seq")
+        .unwrap();
+    stmt.query_map([], |r| {
+        Ok(LedgerRow {
+            delivery_id: r.get(0)?,
+            event: r.get(1)?,
+            outcome: r.get(2)?,
+            reason: r.get(3)?,
+            body: r.get(4)?,
+        })
+    })
+    .unwrap()
+    .collect::<Result<_, _>>()
+    .unwrap()
+}
+
+/// An HTTP answer with its JSON body.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub json: serde_json::Value,
+    pub text: String,
+}
+
+impl Reply {
+    pub async fn from(response: reqwest::Response) -> Reply {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+        Reply {
+            status,
+            headers,
+            json,
+            text,
+        }
+    }
+
+    pub fn outcome(&self) -> &str {
+        self.json["outcome"].as_str().unwrap_or("")
+    }
+}
+
+/// One sample of a scrape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+    pub timestamp_ms: Option<i64>,
+}
+
+/// A parsed scrape in the text exposition format.
+#[derive(Debug, Clone)]
+pub struct Scrape {
+    pub text: String,
+    pub samples: Vec<Sample>,
+}
+
+impl Scrape {
+    pub fn parse(text: &str) -> Scrape {
+        let samples = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(parse_sample)
+            .collect();
+        Scrape {
+            text: text.to_owned(),
+            samples,
+        }
+    }
+
+    /// Samples of `name` whose labels include all of `labels`.
+    pub fn find(&self, name: &str, labels: &[(&str, &str)]) -> Vec<&Sample> {
+        self.samples
+            .iter()
+            .filter(|s| s.name == name)
+            .filter(|s| {
+                labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+            })
+            .collect()
+    }
+
+    /// The value of the one sample of `name` with `labels`; 0 when absent.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        match self.find(name, labels).as_slice() {
+            [] => 0.0,
+            [one] => one.value,
+            many => panic!("{} samples of {name} {labels:?}", many.len()),
+        }
+    }
+
+    /// Samples of the DORA series (everything except self-metrics).
+    pub fn dora_samples(&self) -> Vec<Sample> {
+        let mut samples: Vec<Sample> = self
+            .samples
+            .iter()
+            .filter(|s| {
+                !s.name.starts_with("hookgauge_deliveries")
+                    && !s.name.starts_with("hookgauge_http_")
+                    && !s.name.starts_with("hookgauge_store_")
+                    && s.name != "hookgauge_build_info"
+            })
+            .cloned()
+            .collect();
+        samples.sort_by(|a, b| (&a.name, &a.labels).cmp(&(&b.name, &b.labels)));
+        samples
+    }
+}
+
+fn parse_sample(line: &str) -> Sample {
+    let (name, rest) = match line.find('{') {
+        Some(brace) => (&line[..brace], &line[brace..]),
+        None => {
+            let space = line.find(' ').unwrap();
+            (&line[..space], &line[space..])
+        }
+    };
+    let mut labels = BTreeMap::new();
+    let mut rest = rest;
+    if let Some(inner) = rest.strip_prefix('{') {
+        let mut chars = inner.char_indices().peekable();
+        let mut key = String::new();
+        let mut end = 0;
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '}' => {
+                    end = i + 1;
+                    break;
+                }
+                ',' => {}
+                '=' => {
+                    assert_eq!(chars.next().map(|(_, c)| c), Some('"'), "bad line {line}");
+                    let mut value = String::new();
+                    while let Some((_, c)) = chars.next() {
+                        match c {
+                            '\\' => match chars.next().map(|(_, c)| c) {
+                                Some('n') => value.push('\n'),
+                                Some(other) => value.push(other),
+                                None => {}
+                            },
+                            '"' => break,
+                            other => value.push(other),
+                        }
+                    }
+                    labels.insert(std::mem::take(&mut key), value);
+                }
+                other => key.push(other),
+            }
+        }
+        rest = &inner[end..];
+    }
+    let mut fields = rest.split_whitespace();
+    let value = fields.next().unwrap();
+    let value = match value {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        v => v.parse().unwrap_or_else(|_| panic!("bad value in {line}")),
+    };
+    let timestamp_ms = fields.next().map(|t| t.parse().unwrap());
+    Sample {
+        name: name.to_owned(),
+        labels,
+        value,
+        timestamp_ms,
+    }
+}
+
+/// Runs `promtool check metrics` on a scrape; returns its combined output.
+pub fn promtool_check_metrics(text: &str) -> (bool, String) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (Debian package `prometheus`; scripts/test installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let combined = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), combined)
+}
+
+/// The real `hookgauge` binary, run as a child process.
+pub struct Process {
+    pub child: Child,
+    pub ingest: String,
+    pub metrics: String,
+    pub log: PathBuf,
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_hookgauge")
+}
+
+impl Process {
+    /// Starts `hookgauge serve` with JSON logs to `log`, and waits (bounded)
+    /// for it to log the addresses it bound.
+    pub fn start(command: &mut Command, log: &Path) -> Process {
+        let log_file = std::fs::File::create(log).unwrap();
+        let mut process = Process {
+            child: command
+                .env("HOOKGAUGE__LOG__FORMAT", "json")
+                .stdout(Stdio::null())
+                .stderr(log_file)
+                .spawn()
+                .expect("the hookgauge binary starts"),
+            ingest: String::new(),
+            metrics: String::new(),
+            log: log.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            for line in text.lines() {
+                let Ok(entry) = serde_json::from_str::<serde_json::Value>(line) else {
+                    continue;
+                };
+                if entry["message"] == "hookgauge listening" {
+                    process.ingest = format!("http://{}", entry["ingest_addr"].as_str().unwrap());
+                    process.metrics = format!("http://{}", entry["metrics_addr"].as_str().unwrap());
+                    return process;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hookgauge did not start within 20 s; log:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGTERM and waits (bounded) for a clean exit.
+    pub fn terminate(mut self) -> String {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: kill(2) with our own child's pid and a valid signal number.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "hookgauge exited with {status}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hookgauge did not stop within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `url` until it answers `status`, for at most `limit`.
+pub async fn wait_for_status(
+    client: &reqwest::Client,
+    url: &str,
+    status: u16,
+    limit: Duration,
+) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(response) = client.get(url).send().await {
+            if response.status().as_u16() == status {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}

@@ -1,0 +1,336 @@
+//! Durability and store faults: restarts rebuild the same metrics, a locked
+//! or unwritable store answers 503 and acknowledges nothing, and the service
+//! recovers without a restart once the fault clears.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::harness::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_exposes_identical_metric_values() {
+    let mut app = spawn_app_with(|raw| {
+        raw.sources.pelorus.secrets = vec![SECRET.into()];
+        raw.metrics.commit_window = Duration::from_secs(20 * 365 * 86_400);
+    })
+    .await;
+    let t = now();
+    for (event, file) in [
+        ("committime", "pelorus/committime.json"),
+        ("deploytime", "pelorus/deploytime.json"),
+        ("failure", "pelorus/failure.created.json"),
+        ("failure", "pelorus/failure.resolved.json"),
+    ] {
+        assert_eq!(app.post_signed(event, &fixture(file)).await.status, 202);
+    }
+    for n in 0..5 {
+        let commit = serde_json::json!({
+            "app": "shop", "commit_hash": format!("{n:040x}"), "image_sha": image(n),
+            "namespace": "prod", "timestamp": t - 3_600 - n as i64,
+        });
+        assert_eq!(
+            app.post_signed("committime", &serde_json::to_vec(&commit).unwrap())
+                .await
+                .status,
+            202
+        );
+        let deploy = deploy_body("shop", "prod", &image(n), t - 60 + n as i64);
+        assert_eq!(app.post_signed("deploytime", &deploy).await.status, 202);
+    }
+    let failure = serde_json::json!({"app": "shop", "failure_id": "7", "failure_event": "created", "timestamp": t});
+    assert_eq!(
+        app.post_signed("failure", &serde_json::to_vec(&failure).unwrap())
+            .await
+            .status,
+        202
+    );
+
+    let before = app.scrape().await.dora_samples();
+    assert!(before.iter().any(|s| s.name == "deploy_timestamp"));
+    assert!(before
+        .iter()
+        .any(|s| s.name == "hookgauge_lead_time_seconds_count"
+            && s.labels["app"] == "shop"
+            && s.value == 5.0));
+    app.restart().await;
+    let after = app.scrape().await.dora_samples();
+    assert_eq!(before, after);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locked_store_answers_503_and_recovers_without_restart() {
+    let app = spawn_app_with(|raw| {
+        raw.sources.pelorus.secrets = vec![SECRET.into()];
+        raw.store.busy_timeout = Duration::from_millis(200);
+    })
+    .await;
+    let t = now();
+    assert_eq!(
+        app.post_signed("deploytime", &deploy_body("shop", "prod", &image(1), t))
+            .await
+            .status,
+        202
+    );
+
+    // Another process holds the write lock.
+    let other = rusqlite::Connection::open(app.database()).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE;").unwrap();
+    let refused = app
+        .post_signed("deploytime", &deploy_body("shop", "prod", &image(2), t))
+        .await;
+    assert_eq!(refused.status, 503, "{}", refused.text);
+    assert_eq!(refused.headers["retry-after"], "5");
+    assert_eq!(refused.json["error"], "service_unavailable");
+    assert_eq!(
+        refused.json["outcome"],
+        serde_json::Value::Null,
+        "nothing is acknowledged"
+    );
+    let ready = app.get(format!("{}/readyz", app.ingest)).await;
+    assert_eq!(
+        (ready.status, ready.json["reason"].as_str()),
+        (503, Some("store_busy"))
+    );
+    let scrape = app.scrape().await;
+    assert_eq!(scrape.value("hookgauge_deployments_total", &[]), 1.0);
+    assert!(scrape.value("hookgauge_store_errors_total", &[("kind", "busy")]) >= 1.0);
+    other.execute_batch("ROLLBACK;").unwrap();
+
+    // The sender's retry now succeeds: the refused delivery was never stored.
+    let retried = app
+        .post_signed("deploytime", &deploy_body("shop", "prod", &image(2), t))
+        .await;
+    assert_eq!((retried.status, retried.outcome()), (202, "accepted"));
+    assert_eq!(app.get(format!("{}/readyz", app.ingest)).await.status, 200);
+    assert_eq!(
+        app.scrape().await.value("hookgauge_deployments_total", &[]),
+        2.0
+    );
+    app.shutdown().await;
+}
+
+/// Runs `command` as an unprivileged user when the tests run as root, so
+/// that file permissions apply to the service as they do in production.
+fn as_unprivileged(command: &mut Command) -> Option<u32> {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let nobody = 65_534;
+    command.uid(nobody).gid(nobody);
+    Some(nobody)
+}
+
+fn set_mode(path: &std::path::Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_data_dir_answers_503_and_recovers_when_writable() {
+    let root = tempfile::tempdir().unwrap();
+    set_mode(root.path(), 0o755);
+    let data = root.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let client = reqwest::Client::new();
+    let command = || {
+        let mut command = Command::new(binary());
+        command
+            .args([
+                "serve",
+                "--ingest-addr",
+                "127.0.0.1:0",
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(&data)
+            .env("HOOKGAUGE__SOURCES__PELORUS__SECRETS", SECRET);
+        let user = as_unprivileged(&mut command);
+        (command, user)
+    };
+    let (mut first, user) = command();
+    if let Some(uid) = user {
+        std::os::unix::fs::chown(&data, Some(uid), Some(uid)).unwrap();
+    }
+    let post = |url: String, body: Vec<u8>| {
+        let client = client.clone();
+        async move {
+            Reply::from(
+                client
+                    .post(format!("{url}/pelorus/webhook"))
+                    .header("User-Agent", USER_AGENT)
+                    .header("X-Pelorus-Event", "deploytime")
+                    .header("X-Hub-Signature-256", sign(SECRET, &body))
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await
+        }
+    };
+    let t = now();
+    let server = Process::start(&mut first, &root.path().join("first.log"));
+    assert_eq!(
+        post(
+            server.ingest.clone(),
+            deploy_body("shop", "prod", &image(1), t)
+        )
+        .await
+        .status,
+        202
+    );
+    server.terminate();
+
+    // The data directory and the database become read-only for the service.
+    let database = data.join("hookgauge.db");
+    set_mode(&database, 0o444);
+    set_mode(&data, 0o555);
+    let (mut second, _) = command();
+    let server = Process::start(&mut second, &root.path().join("second.log"));
+    let refused = post(
+        server.ingest.clone(),
+        deploy_body("shop", "prod", &image(2), t),
+    )
+    .await;
+    assert_eq!(refused.status, 503, "{}", refused.text);
+    assert!(refused.headers.contains_key("retry-after"));
+    assert_eq!(
+        client
+            .get(format!("{}/readyz", server.ingest))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
+
+    // Writable again: the service recovers without a restart.
+    set_mode(&data, 0o755);
+    set_mode(&database, 0o644);
+    assert!(
+        wait_for_status(
+            &client,
+            &format!("{}/readyz", server.ingest),
+            200,
+            Duration::from_secs(10)
+        )
+        .await,
+        "store did not recover"
+    );
+    let accepted = post(
+        server.ingest.clone(),
+        deploy_body("shop", "prod", &image(3), t),
+    )
+    .await;
+    assert_eq!(
+        (accepted.status, accepted.outcome()),
+        (202, "accepted"),
+        "{}",
+        accepted.text
+    );
+    let metrics = Scrape::parse(
+        &client
+            .get(format!("{}/metrics", server.metrics))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        metrics.value("hookgauge_deployments_total", &[("app", "shop")]),
+        2.0
+    );
+    server.terminate();
+
+    // What was answered 503 was never stored.
+    let ledger = ledger_rows(&database);
+    let accepted: Vec<&LedgerRow> = ledger.iter().filter(|r| r.outcome == "accepted").collect();
+    assert_eq!(accepted.len(), 2);
+    assert!(accepted
+        .iter()
+        .all(|r| r.delivery_id != refused.json["delivery_id"].as_str().unwrap()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_work_and_closes_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new(binary());
+    command
+        .args([
+            "--ingest-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env(
+            "HOOKGAUGE__SOURCES__PELORUS__SECRETS",
+            format!("{SECRET},second-secret-value"),
+        );
+    let server = Process::start(&mut command, &dir.path().join("serve.log"));
+    let client = reqwest::Client::new();
+    let t = now();
+    let mut sends = Vec::new();
+    for n in 0..50 {
+        let client = client.clone();
+        let url = format!("{}/pelorus/webhook", server.ingest);
+        sends.push(tokio::spawn(async move {
+            let body = deploy_body("shop", "prod", &image(n), t);
+            client
+                .post(url)
+                .header("User-Agent", USER_AGENT)
+                .header("X-Pelorus-Event", "deploytime")
+                .header("X-Hub-Signature-256", sign(SECRET, &body))
+                .body(body)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }));
+    }
+    let mut acked = 0;
+    for send in sends {
+        if matches!(send.await.unwrap(), Ok(202)) {
+            acked += 1;
+        }
+    }
+    // A wrong signature, so that the log shows a refusal.
+    let body = deploy_body("shop", "prod", &image(99), t);
+    let rejected = client
+        .post(format!("{}/pelorus/webhook", server.ingest))
+        .header("User-Agent", USER_AGENT)
+        .header("X-Pelorus-Event", "deploytime")
+        .header("X-Hub-Signature-256", sign("wrong", &body))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rejected.status(), 401);
+    let log = server.terminate();
+    assert_eq!(acked, 50);
+    assert!(log.contains("Store closed"), "{log}");
+    assert!(
+        !log.contains(SECRET) && !log.contains("second-secret-value"),
+        "a secret was logged"
+    );
+    let database = dir.path().join("hookgauge.db");
+    assert!(
+        !dir.path().join("hookgauge.db-wal").exists(),
+        "WAL checkpointed and removed on close"
+    );
+    let conn = rusqlite::Connection::open(&database).unwrap();
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    let stored: i64 = conn
+        .query_row("SELECT COUNT(*) FROM deploys", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(stored, 50);
+}
