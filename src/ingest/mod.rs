@@ -7,6 +7,7 @@
 
 mod error;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -137,67 +138,51 @@ fn authenticate_pelorus(
     Err(SignatureError::Mismatch)
 }
 
-/// `POST /pelorus/webhook`, compatible with the Pelorus webhook exporter.
-#[tracing::instrument(skip_all, fields(source = pelorus::SOURCE, delivery_id))]
-async fn pelorus_webhook(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<IngestState>,
-) -> HttpResponse {
-    let received_at_ms = now_ms();
-    let headers = req.headers();
-    if !state.pelorus.enabled {
-        tracing::info!(
-            "Delivery to a disabled source; enable it with [sources.pelorus] enabled = true"
-        );
-        return IngestError::SourceDisabled.to_response(None);
-    }
-    let mut event_label = "unknown";
-    let delivery =
-        |id: DeliveryId, event: &'static str, authenticated: bool, body: Option<Bytes>, d| {
-            Delivery {
-                id,
-                source: pelorus::SOURCE,
-                event,
-                received_at_ms,
-                authenticated,
-                body,
-                disposition: d,
-            }
-        };
+/// A delivery refused before it reached the store's outcome rules.
+struct Refusal {
+    error: IngestError,
+    event: &'static str,
+    /// The body, once read; kept in the ledger only for authenticated senders.
+    body: Option<Bytes>,
+    authenticated: bool,
+}
 
-    // Pelorus' order: size, then User-Agent, then the other headers and the signature.
-    let body = match read_body(headers, payload, pelorus::MAX_BODY_BYTES).await {
-        Ok(body) => body,
-        Err(error) => {
-            let id = pelorus::content_delivery_id(b"");
-            let record = delivery(
-                id.clone(),
-                event_label,
-                false,
-                None,
-                Disposition::Invalid {
-                    reason: error.reason(),
-                },
-            );
-            return refuse(&state, record, error).await;
+impl Refusal {
+    fn before_auth(error: IngestError, event: &'static str, body: Option<Bytes>) -> Self {
+        Refusal {
+            error,
+            event,
+            body,
+            authenticated: false,
         }
-    };
-    let content_id = pelorus::content_delivery_id(&body);
+    }
+}
+
+/// What a Pelorus delivery turned out to be after every check passed.
+enum Checked {
+    Ping,
+    Event {
+        label: &'static str,
+        event: crate::events::Event,
+        body: Bytes,
+    },
+}
+
+/// Runs Pelorus' checks in Pelorus' order: size, then `User-Agent`, then the
+/// event header and the signature, then the payload.
+async fn check_pelorus(
+    settings: &PelorusSettings,
+    headers: &HeaderMap,
+    payload: web::Payload,
+) -> Result<Checked, Refusal> {
+    let body = read_body(headers, payload, pelorus::MAX_BODY_BYTES)
+        .await
+        .map_err(|error| Refusal::before_auth(error, "unknown", None))?;
     if !pelorus::user_agent_ok(headers.get(header::USER_AGENT).map(|v| v.as_bytes())) {
         let error = IngestError::BadUserAgent {
             expected: pelorus::USER_AGENT_PREFIX,
         };
-        let record = delivery(
-            content_id,
-            event_label,
-            false,
-            None,
-            Disposition::Invalid {
-                reason: error.reason(),
-            },
-        );
-        return refuse(&state, record, error).await;
+        return Err(Refusal::before_auth(error, "unknown", Some(body)));
     }
     let event = match headers.get(pelorus::EVENT_HEADER) {
         None => Err(IngestError::MissingHeader {
@@ -212,83 +197,78 @@ async fn pelorus_webhook(
                     header: "X-Pelorus-Event",
                 })
         }
-    };
-    let event = match event {
-        Ok(event) => event,
-        Err(error) => {
-            let record = delivery(
-                content_id,
-                event_label,
-                false,
-                None,
-                Disposition::Invalid {
-                    reason: error.reason(),
-                },
-            );
-            return refuse(&state, record, error).await;
-        }
-    };
-    event_label = event.as_str();
-    if let Err(error) = authenticate_pelorus(&state.pelorus, headers, &body) {
+    }
+    .map_err(|error| Refusal::before_auth(error, "unknown", Some(body.clone())))?;
+    let label = event.as_str();
+    if let Err(error) = authenticate_pelorus(settings, headers, &body) {
         tracing::warn!(
             reason = error.as_str(),
             "Delivery rejected: authentication failed"
         );
         let error = IngestError::Unauthorized(error);
-        let record = delivery(
-            content_id,
-            event_label,
-            false,
-            None,
-            Disposition::Rejected {
-                reason: error.reason(),
-            },
-        );
-        return refuse(&state, record, error).await;
+        return Err(Refusal::before_auth(error, label, Some(body)));
     }
     if event == PelorusEvent::Ping {
-        state
-            .metrics
-            .count_delivery(pelorus::SOURCE, event_label, Outcome::Ignored);
-        return HttpResponse::Ok()
-            .json(json!({"outcome": "ignored", "delivery_id": null, "detail": "pong"}));
+        return Ok(Checked::Ping);
     }
-    let parsed = match pelorus::parse_event(event, &body) {
-        Ok(parsed) => parsed,
-        Err(problem) => {
-            let error = match problem {
+    match pelorus::parse_event(event, &body) {
+        Ok(event) => Ok(Checked::Event { label, event, body }),
+        Err(problem) => Err(Refusal {
+            error: match problem {
                 PayloadError::Malformed { message } => IngestError::MalformedJson { message },
                 PayloadError::Invalid(problems) => IngestError::Invalid(problems),
-            };
-            let record = delivery(
-                content_id,
-                event_label,
-                true,
-                Some(body),
-                Disposition::Invalid {
-                    reason: error.reason(),
-                },
-            );
-            return refuse(&state, record, error).await;
+            },
+            event: label,
+            body: Some(body),
+            authenticated: true,
+        }),
+    }
+}
+
+/// `POST /pelorus/webhook`, compatible with the Pelorus webhook exporter.
+#[tracing::instrument(skip_all, fields(source = pelorus::SOURCE, delivery_id))]
+async fn pelorus_webhook(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<IngestState>,
+) -> HttpResponse {
+    let received_at_ms = now_ms();
+    if !state.pelorus.enabled {
+        tracing::info!(
+            "Delivery to a disabled source; enable it with [sources.pelorus] enabled = true"
+        );
+        return IngestError::SourceDisabled.to_response(None);
+    }
+    let (label, event, body) = match check_pelorus(&state.pelorus, req.headers(), payload).await {
+        Ok(Checked::Event { label, event, body }) => (label, event, body),
+        Ok(Checked::Ping) => {
+            state
+                .metrics
+                .count_delivery(pelorus::SOURCE, "ping", Outcome::Ignored);
+            return HttpResponse::Ok()
+                .json(json!({"outcome": "ignored", "delivery_id": null, "detail": "pong"}));
         }
+        Err(refusal) => return refuse(&state, refusal, received_at_ms).await,
     };
-    let id = pelorus::delivery_id(&parsed);
+    let id = pelorus::delivery_id(&event);
     tracing::Span::current().record("delivery_id", tracing::field::display(&id));
-    let record = delivery(
-        id.clone(),
-        event_label,
-        true,
-        Some(body),
-        Disposition::Events(vec![parsed]),
-    );
+    let record = Delivery {
+        id: id.clone(),
+        source: pelorus::SOURCE,
+        event: label,
+        received_at_ms,
+        authenticated: true,
+        body: Some(body),
+        disposition: Disposition::Events(vec![event]),
+    };
     match state.store.record(record).await {
         Ok(recorded) => {
             state
                 .metrics
-                .count_delivery(pelorus::SOURCE, event_label, recorded.outcome);
-            tracing::info!(
+                .count_delivery(pelorus::SOURCE, label, recorded.outcome);
+            tracing::debug!(
                 outcome = recorded.outcome.as_str(),
-                event = event_label,
+                event = label,
                 "Delivery recorded"
             );
             let status = match recorded.outcome {
@@ -314,16 +294,49 @@ async fn pelorus_webhook(
 }
 
 /// Records a refused delivery in the ledger (best effort: the refusal stands
-/// even when the store is down), counts it and answers.
-async fn refuse(state: &IngestState, record: Delivery, error: IngestError) -> HttpResponse {
-    let id = record.id.clone();
-    if let Some(outcome) = error.outcome() {
-        state
-            .metrics
-            .count_delivery(record.source, record.event, outcome);
-        if let Err(store_error) = state.store.record(record).await {
-            tracing::warn!(error = %store_error, "Refused delivery not written to the ledger");
-        }
+/// even when the store is down), counts it and answers. Its id is a hash of
+/// the body, or unique when the body was never read.
+async fn refuse(state: &IngestState, refusal: Refusal, received_at_ms: i64) -> HttpResponse {
+    static UNREAD: AtomicU64 = AtomicU64::new(0);
+    let id = match &refusal.body {
+        Some(body) => pelorus::content_delivery_id(body),
+        None => DeliveryId::derived(&[
+            pelorus::SOURCE.as_bytes(),
+            b"unread",
+            &received_at_ms.to_be_bytes(),
+            &UNREAD.fetch_add(1, Ordering::Relaxed).to_be_bytes(),
+        ]),
+    };
+    let Some(outcome) = refusal.error.outcome() else {
+        return refusal.error.to_response(Some(&id));
+    };
+    state
+        .metrics
+        .count_delivery(pelorus::SOURCE, refusal.event, outcome);
+    tracing::info!(
+        delivery_id = %id,
+        event = refusal.event,
+        reason = refusal.error.reason(),
+        "Delivery refused"
+    );
+    let record = Delivery {
+        id: id.clone(),
+        source: pelorus::SOURCE,
+        event: refusal.event,
+        received_at_ms,
+        authenticated: refusal.authenticated,
+        body: refusal.body.filter(|_| refusal.authenticated),
+        disposition: match outcome {
+            Outcome::Rejected => Disposition::Rejected {
+                reason: refusal.error.reason(),
+            },
+            _ => Disposition::Invalid {
+                reason: refusal.error.reason(),
+            },
+        },
+    };
+    if let Err(store_error) = state.store.record(record).await {
+        tracing::warn!(error = %store_error, "Refused delivery not written to the ledger");
     }
-    error.to_response(Some(&id))
+    refusal.error.to_response(Some(&id))
 }
