@@ -156,12 +156,15 @@ pub enum Effect {
         time: i64,
         /// True the first time this failure is known to have been created.
         first: bool,
+        /// Creation time while the failure is open after this change.
+        open_since: Option<i64>,
     },
     FailureResolved {
         app: App,
         issue_number: IssueNumber,
         time: i64,
         first: bool,
+        open_since: Option<i64>,
     },
     LeadTime {
         app: App,

@@ -8,7 +8,7 @@
 pub mod view;
 
 use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec,
+    exponential_buckets, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec,
     IntGaugeVec, Opts, Registry,
 };
 
@@ -45,6 +45,9 @@ pub struct Metrics {
     pub request_duration: HistogramVec,
     pub store_commit_duration: Histogram,
     pub store_errors: IntCounterVec,
+    pub last_deploy: GaugeVec,
+    pub open_failures: IntGaugeVec,
+    pub oldest_open_failure: GaugeVec,
 }
 
 impl Metrics {
@@ -123,6 +126,35 @@ impl Metrics {
         for kind in FaultKind::ALL {
             store_errors.with_label_values(&[kind.as_str()]);
         }
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let vec =
+                GaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+            registry
+                .register(Box::new(vec.clone()))
+                .expect("metric registered once");
+            vec
+        };
+        let last_deploy = gauge(
+            "hookgauge_last_deploy_timestamp_seconds",
+            "Time of the latest deployment recorded, by application and namespace.",
+            &["app", "namespace"],
+        );
+        let oldest_open_failure = gauge(
+            "hookgauge_oldest_open_failure_timestamp_seconds",
+            "Creation time of the oldest unresolved production failure, by application.",
+            &["app"],
+        );
+        let open_failures = IntGaugeVec::new(
+            Opts::new(
+                "hookgauge_open_failures",
+                "Production failures created and not yet resolved, by application.",
+            ),
+            &["app"],
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(open_failures.clone()))
+            .expect("metric registered once");
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "hookgauge_build_info",
@@ -148,6 +180,9 @@ impl Metrics {
             request_duration,
             store_commit_duration,
             store_errors,
+            last_deploy,
+            open_failures,
+            oldest_open_failure,
         }
     }
 

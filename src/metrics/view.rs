@@ -94,6 +94,9 @@ struct FailureEntry {
     resolved: Option<i64>,
 }
 
+/// Creation times of one app's unresolved failures, by failure id.
+type OpenFailures = HashMap<Box<str>, i64>;
+
 /// Exposure windows of the Pelorus gauges.
 #[derive(Debug, Clone, Copy)]
 pub struct Windows {
@@ -117,6 +120,8 @@ pub struct View {
     deploys: Sharded<DeployKey, i64>,
     failures: Sharded<FailureKey, FailureEntry>,
     names: Mutex<HashSet<Arc<str>>>,
+    /// Unresolved failures of each app, with their creation times.
+    open_failures: Mutex<HashMap<Arc<str>, OpenFailures>>,
 }
 
 fn now_seconds() -> i64 {
@@ -135,6 +140,7 @@ impl View {
             deploys: Sharded::new(),
             failures: Sharded::new(),
             names: Mutex::new(HashSet::new()),
+            open_failures: Mutex::new(HashMap::new()),
         }
     }
 
@@ -224,6 +230,46 @@ impl View {
             },
             FailureEntry::default,
         );
+    }
+
+    /// Raises the app's latest-deployment gauge to `time`.
+    fn set_last_deploy(&self, app: &App, namespace: &str, time: i64) {
+        let gauge = self
+            .metrics
+            .last_deploy
+            .with_label_values(&[app.as_str(), namespace]);
+        if (time as f64) > gauge.get() {
+            gauge.set(time as f64);
+        }
+    }
+
+    /// Records whether a failure is open (`Some(created)`) or not, and
+    /// refreshes the app's open-failure gauges.
+    fn set_open(&self, app: &App, issue: &str, open_since: Option<i64>) {
+        let app_name = self.intern(app.as_str());
+        let mut open = self.open_failures.lock().unwrap_or_else(|e| e.into_inner());
+        let issues = open.entry(app_name).or_default();
+        match open_since {
+            Some(created) => {
+                issues.insert(issue.into(), created);
+            }
+            None => {
+                issues.remove(issue);
+            }
+        }
+        let m = &self.metrics;
+        m.open_failures
+            .with_label_values(&[app.as_str()])
+            .set(issues.len() as i64);
+        match issues.values().min() {
+            Some(oldest) => m
+                .oldest_open_failure
+                .with_label_values(&[app.as_str()])
+                .set(*oldest as f64),
+            None => {
+                let _ = m.oldest_open_failure.remove_label_values(&[app.as_str()]);
+            }
+        }
     }
 
     /// Drops gauge series that have left their exposure window.
@@ -400,21 +446,30 @@ impl CommitSink for View {
                     app,
                     namespace,
                     count,
-                } => raise_to(
-                    &m.deployments
-                        .with_label_values(&[app.as_str(), namespace.as_str()]),
-                    count,
-                ),
+                    last,
+                } => {
+                    raise_to(
+                        &m.deployments
+                            .with_label_values(&[app.as_str(), namespace.as_str()]),
+                        count,
+                    );
+                    self.set_last_deploy(&app, namespace.as_str(), last);
+                }
+                Restored::OpenFailure {
+                    app,
+                    issue_number,
+                    created,
+                } => self.set_open(&app, issue_number.as_str(), Some(created)),
                 Restored::FailureCounts {
                     app,
                     created,
                     resolved,
                 } => {
-                    raise_to(&m.failures.with_label_values(&[app.as_str()]), created);
-                    raise_to(
-                        &m.failures_resolved.with_label_values(&[app.as_str()]),
-                        resolved,
-                    );
+                    let (created_total, resolved_total) = failure_counters(m, &app);
+                    raise_to(&created_total, created);
+                    raise_to(&resolved_total, resolved);
+                    // Exists (at 0 when none is open) for every app with failures.
+                    m.open_failures.with_label_values(&[app.as_str()]);
                 }
                 Restored::LeadTime { app, seconds } => m
                     .lead_time
@@ -456,6 +511,7 @@ impl CommitSink for View {
                     m.deployments
                         .with_label_values(&[app.as_str(), namespace.as_str()])
                         .inc();
+                    self.set_last_deploy(app, namespace.as_str(), *time);
                     self.set_deploy(app, namespace.as_str(), *image_sha, *time);
                 }
                 Effect::FailureCreated {
@@ -463,24 +519,28 @@ impl CommitSink for View {
                     issue_number,
                     time,
                     first,
+                    open_since,
                 } => {
                     let (created, _) = failure_counters(m, app);
                     if *first {
                         created.inc();
                     }
                     self.set_failure(app, issue_number.as_str(), Some(*time), None);
+                    self.set_open(app, issue_number.as_str(), *open_since);
                 }
                 Effect::FailureResolved {
                     app,
                     issue_number,
                     time,
                     first,
+                    open_since,
                 } => {
                     let (_, resolved) = failure_counters(m, app);
                     if *first {
                         resolved.inc();
                     }
                     self.set_failure(app, issue_number.as_str(), None, Some(*time));
+                    self.set_open(app, issue_number.as_str(), *open_since);
                 }
                 Effect::LeadTime { app, seconds } => m
                     .lead_time

@@ -116,10 +116,18 @@ pub enum Restored {
         created: Option<i64>,
         resolved: Option<i64>,
     },
+    /// How many deploys of an app into a namespace, and the latest one's time.
     DeployCount {
         app: App,
         namespace: Namespace,
         count: u64,
+        last: i64,
+    },
+    /// A failure created and not resolved since.
+    OpenFailure {
+        app: App,
+        issue_number: IssueNumber,
+        created: i64,
     },
     FailureCounts {
         app: App,

@@ -244,8 +244,33 @@ impl Database {
             }
         }
 
-        let mut stmt =
-            conn.prepare("SELECT app, namespace, COUNT(*) FROM deploys GROUP BY app, namespace")?;
+        let mut stmt = conn.prepare(
+            "SELECT app, namespace, COUNT(*), MAX(time) FROM deploys GROUP BY app, namespace",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?;
+        for row in rows {
+            let (app, namespace, count, last) = row?;
+            if let (Ok(app), Ok(namespace)) = (App::parse(&app), Namespace::parse(&namespace)) {
+                items.push(Restored::DeployCount {
+                    app,
+                    namespace,
+                    count: count as u64,
+                    last,
+                });
+            }
+        }
+
+        let mut stmt = conn.prepare(
+            "SELECT app, issue_number, created FROM failures \
+             WHERE created IS NOT NULL AND (resolved IS NULL OR resolved < created)",
+        )?;
         let rows = stmt.query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
@@ -254,12 +279,12 @@ impl Database {
             ))
         })?;
         for row in rows {
-            let (app, namespace, count) = row?;
-            if let (Ok(app), Ok(namespace)) = (App::parse(&app), Namespace::parse(&namespace)) {
-                items.push(Restored::DeployCount {
+            let (app, issue, created) = row?;
+            if let (Ok(app), Ok(issue_number)) = (App::parse(&app), IssueNumber::parse(&issue)) {
+                items.push(Restored::OpenFailure {
                     app,
-                    namespace,
-                    count: count as u64,
+                    issue_number,
+                    created,
                 });
             }
         }
@@ -337,6 +362,11 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
 
 /// What recording one delivery produced: its outcome and committed effects.
 pub type Applied = (Recorded, Vec<Effect>);
+
+/// A failure is open from its creation until a resolution at or after it.
+fn open_since(created: Option<i64>, resolved: Option<i64>) -> Option<i64> {
+    created.filter(|c| resolved.is_none_or(|r| r < *c))
+}
 
 /// What applying one event did.
 enum EventResult {
@@ -684,24 +714,27 @@ fn apply_failure(
     };
     tx.prepare_cached(sql)?
         .execute(params![app, issue, time, delivery_id])?;
+    let (created, resolved) = match failure.change {
+        FailureChange::Created => (Some(time), resolved),
+        FailureChange::Resolved => (created, Some(time)),
+    };
+    let open_since = open_since(created, resolved);
     let mut effects = vec![match failure.change {
         FailureChange::Created => Effect::FailureCreated {
             app: failure.app.clone(),
             issue_number: failure.issue_number.clone(),
             time,
             first,
+            open_since,
         },
         FailureChange::Resolved => Effect::FailureResolved {
             app: failure.app.clone(),
             issue_number: failure.issue_number.clone(),
             time,
             first,
+            open_since,
         },
     }];
-    let (created, resolved) = match failure.change {
-        FailureChange::Created => (Some(time), resolved),
-        FailureChange::Resolved => (created, Some(time)),
-    };
     if let (Some(created), Some(resolved)) = (created, resolved) {
         effects.extend(observe_once(
             tx,

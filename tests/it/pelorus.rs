@@ -737,3 +737,66 @@ async fn unknown_paths_and_methods_are_not_found_and_reveal_nothing() {
     );
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_failures_and_last_deploy_are_tracked_across_restarts() {
+    let mut app = spawn_app().await;
+    let t = now();
+    for (id, change, time) in [
+        ("INC-1", "created", t - 7_200),
+        ("INC-2", "created", t - 3_600),
+        ("INC-3", "created", t - 600),
+        ("INC-1", "resolved", t - 60),
+    ] {
+        let reply = app
+            .post_signed("failure", &failure_body(id, change, time))
+            .await;
+        assert_eq!(reply.outcome(), "accepted");
+    }
+    for time in [t - 100, t - 50] {
+        let body = deploy_body("shop", "prod", &image(time as u64), time);
+        assert_eq!(
+            app.post_signed("deploytime", &body).await.outcome(),
+            "accepted"
+        );
+    }
+    for _ in 0..2 {
+        let scrape = app.scrape().await;
+        assert_eq!(
+            scrape.value("hookgauge_open_failures", &[("app", "shop")]),
+            2.0
+        );
+        assert_eq!(
+            scrape.value(
+                "hookgauge_oldest_open_failure_timestamp_seconds",
+                &[("app", "shop")]
+            ),
+            (t - 3_600) as f64
+        );
+        assert_eq!(
+            scrape.value(
+                "hookgauge_last_deploy_timestamp_seconds",
+                &[("app", "shop"), ("namespace", "prod")]
+            ),
+            (t - 50) as f64
+        );
+        app.restart().await;
+    }
+    for id in ["INC-2", "INC-3"] {
+        assert_eq!(
+            app.post_signed("failure", &failure_body(id, "resolved", t))
+                .await
+                .outcome(),
+            "accepted"
+        );
+    }
+    let scrape = app.scrape().await;
+    assert_eq!(
+        scrape.value("hookgauge_open_failures", &[("app", "shop")]),
+        0.0
+    );
+    assert!(scrape
+        .find("hookgauge_oldest_open_failure_timestamp_seconds", &[])
+        .is_empty());
+    app.shutdown().await;
+}
