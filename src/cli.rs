@@ -14,6 +14,9 @@ Examples:
     hookgauge serve --config hookgauge.toml --metrics-addr 0.0.0.0:9464
   Check a configuration and print it with secrets redacted:
     hookgauge check-config --config hookgauge.toml
+  Backfill Prometheus with the last 30 days of stored history:
+    hookgauge export --from 30d -o history.om && \\
+      promtool tsdb create-blocks-from openmetrics history.om /prometheus/data
   Report a deployment from a CI job:
     HOOKGAUGE_SECRET=... hookgauge send --url https://hookgauge.example.com \\
       deploytime --app shop --namespace shop-prod --image-sha sha256:<64 hex>
@@ -55,6 +58,13 @@ pub enum Command {
     /// event was accepted or was already recorded (duplicate), 1 when the server
     /// refused it, 3 when it could not be delivered.
     Send(SendArgs),
+    /// Write the stored history as OpenMetrics, for backfilling Prometheus.
+    ///
+    /// The output is what scrapes would have produced at the time of each event
+    /// (Pelorus gauges, counters, histograms) and is accepted by
+    /// `promtool tsdb create-blocks-from openmetrics FILE DIR`. Runs beside a
+    /// serving hookgauge: it only reads the store.
+    Export(ExportArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -77,6 +87,27 @@ pub struct ServeArgs {
     /// Internal listener for /metrics [default: 127.0.0.1:9464].
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Directory of the embedded store [default: from the configuration, ./data].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Start of the history: epoch seconds, an RFC 3339 time, or a duration ago (30d).
+    #[arg(long, value_name = "TIME", default_value = "0")]
+    pub from: String,
+    /// End of the history, in the same forms as --from [default: now].
+    #[arg(long, value_name = "TIME")]
+    pub to: Option<String>,
+    /// Export only this application.
+    #[arg(long, value_name = "APP")]
+    pub app: Option<String>,
+    /// File to write [default: standard output].
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

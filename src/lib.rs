@@ -21,4 +21,5 @@ pub mod admin;
 pub mod app;
 pub mod ingest;
 
+pub mod export;
 pub mod send;

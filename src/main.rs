@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
-use hookgauge::cli::{Cli, Command, ServeArgs};
+use hookgauge::cli::{Cli, Command, ExportArgs, ServeArgs};
 use hookgauge::config::{Overrides, Settings};
 use hookgauge::send::SendResult;
 
@@ -17,6 +17,10 @@ fn main() -> ExitCode {
         None => serve(cli.serve),
         Some(Command::Serve(args)) => serve(args),
         Some(Command::CheckConfig(args)) => check_config(args.config.as_deref()),
+        Some(Command::Export(args)) => match export(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => fail(1, &error),
+        },
         Some(Command::Send(args)) => {
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -77,6 +81,54 @@ fn serve(args: ServeArgs) -> ExitCode {
             fail(1, &error)
         }
     }
+}
+
+fn export(args: ExportArgs) -> anyhow::Result<()> {
+    use hookgauge::export::{export, now_seconds, parse_time};
+    use hookgauge::store::history::{History, HistoryFilter};
+    use std::io::Write;
+
+    let overrides = Overrides {
+        data_dir: args.data_dir.clone(),
+        ..Overrides::default()
+    };
+    let settings = Settings::load(args.config.config.as_deref(), &overrides)?;
+    let now = now_seconds();
+    let from = parse_time(&args.from, now).map_err(|e| anyhow::anyhow!("--from: {e}"))?;
+    let to = match &args.to {
+        Some(to) => parse_time(to, now).map_err(|e| anyhow::anyhow!("--to: {e}"))?,
+        None => now,
+    };
+    anyhow::ensure!(from <= to, "--from ({from}) is after --to ({to})");
+    let history = History::open(&settings.database_path())?;
+    let filter = HistoryFilter {
+        from,
+        to,
+        app: args.app.clone(),
+    };
+    let summary = match &args.output {
+        Some(path) => {
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            let mut out = std::io::BufWriter::new(file);
+            let summary = export(&history, &filter, &mut out)?;
+            out.flush()
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            summary
+        }
+        None => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let summary = export(&history, &filter, &mut out)?;
+            out.flush().context("cannot write to standard output")?;
+            summary
+        }
+    };
+    eprintln!(
+        "hookgauge export: {} deploys, {} commits, {} failure events, {} samples",
+        summary.deploys, summary.commits, summary.failure_events, summary.samples
+    );
+    Ok(())
 }
 
 fn check_config(file: Option<&std::path::Path>) -> ExitCode {

@@ -13,6 +13,7 @@
 //! [`StoreError::Unavailable`] and nothing is applied; the next batch tries
 //! again, reopening the connection if needed, so the process recovers by itself.
 
+pub mod history;
 mod sqlite;
 
 use std::path::PathBuf;

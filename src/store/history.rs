@@ -1,0 +1,197 @@
+//! Read-only access to the stored history, for `hookgauge export`. Opens its
+//! own read-only connection, so it runs beside a serving process (WAL lets
+//! readers and the writer proceed together) and never writes.
+
+use std::path::Path;
+
+use rusqlite::{params, Connection, OpenFlags};
+
+use super::{sqlite::fault_kind, FaultKind, StoreError};
+
+/// Which part of the history to read: events whose time lies in `[from, to]`,
+/// of one app or of all.
+#[derive(Debug, Clone)]
+pub struct HistoryFilter {
+    pub from: i64,
+    pub to: i64,
+    pub app: Option<String>,
+}
+
+/// One stored deploy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeployRow {
+    pub app: String,
+    pub namespace: String,
+    pub image_sha: String,
+    pub time: i64,
+}
+
+/// One stored commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitRow {
+    pub app: String,
+    pub commit: String,
+    pub image_sha: String,
+    pub namespace: String,
+    pub commit_link: String,
+    pub time: i64,
+}
+
+/// One end of a stored failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureRow {
+    pub app: String,
+    pub issue_number: String,
+    pub time: i64,
+}
+
+/// One histogram observation and the time it was made.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObservationRow {
+    pub app: String,
+    pub time: i64,
+    pub seconds: f64,
+}
+
+pub struct History {
+    conn: Connection,
+}
+
+fn unavailable(error: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable {
+        kind: fault_kind(&error).unwrap_or(FaultKind::Other),
+        message: error.to_string(),
+    }
+}
+
+impl History {
+    /// Opens the database at `path` read-only.
+    pub fn open(path: &Path) -> Result<History, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Unavailable {
+                kind: FaultKind::Open,
+                message: format!("no store at {}", path.display()),
+            });
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(unavailable)?;
+        Ok(History { conn })
+    }
+
+    fn query<T>(
+        &self,
+        sql: &str,
+        filter: &HistoryFilter,
+        row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut stmt = self.conn.prepare(sql).map_err(unavailable)?;
+        let rows = stmt
+            .query_map(params![filter.from, filter.to, filter.app], row)
+            .map_err(unavailable)?;
+        rows.collect::<rusqlite::Result<Vec<T>>>()
+            .map_err(unavailable)
+    }
+
+    /// Deploys in the window, ordered by app, namespace and time.
+    pub fn deploys(&self, filter: &HistoryFilter) -> Result<Vec<DeployRow>, StoreError> {
+        self.query(
+            "SELECT app, namespace, image_sha, time FROM deploys WHERE time BETWEEN ?1 AND ?2 \
+             AND (?3 IS NULL OR app = ?3) ORDER BY app, namespace, time, image_sha",
+            filter,
+            |r| {
+                Ok(DeployRow {
+                    app: r.get(0)?,
+                    namespace: r.get(1)?,
+                    image_sha: r.get(2)?,
+                    time: r.get(3)?,
+                })
+            },
+        )
+    }
+
+    /// Commits in the window, ordered by series and time.
+    pub fn commits(&self, filter: &HistoryFilter) -> Result<Vec<CommitRow>, StoreError> {
+        self.query(
+            "SELECT app, commit_sha, image_sha, namespace, commit_link, time FROM commits \
+             WHERE time BETWEEN ?1 AND ?2 AND (?3 IS NULL OR app = ?3) \
+             ORDER BY app, commit_sha, image_sha, time",
+            filter,
+            |r| {
+                Ok(CommitRow {
+                    app: r.get(0)?,
+                    commit: r.get(1)?,
+                    image_sha: r.get(2)?,
+                    namespace: r.get(3)?,
+                    commit_link: r.get(4)?,
+                    time: r.get(5)?,
+                })
+            },
+        )
+    }
+
+    /// Failure creations (`resolved == false`) or resolutions of the whole
+    /// history up to `filter.to`, ordered by app and time; the caller counts
+    /// those before `filter.from` into its counters.
+    pub fn failure_ends(
+        &self,
+        filter: &HistoryFilter,
+        resolved: bool,
+    ) -> Result<Vec<FailureRow>, StoreError> {
+        let sql = if resolved {
+            "SELECT app, issue_number, resolved FROM failures WHERE resolved IS NOT NULL AND resolved <= ?2 \
+             AND ?1 IS NOT NULL AND (?3 IS NULL OR app = ?3) ORDER BY app, resolved, issue_number"
+        } else {
+            "SELECT app, issue_number, created FROM failures WHERE created IS NOT NULL AND created <= ?2 \
+             AND ?1 IS NOT NULL AND (?3 IS NULL OR app = ?3) ORDER BY app, created, issue_number"
+        };
+        self.query(sql, filter, |r| {
+            Ok(FailureRow {
+                app: r.get(0)?,
+                issue_number: r.get(1)?,
+                time: r.get(2)?,
+            })
+        })
+    }
+
+    /// Lead-time observations of the whole history up to `filter.to`, at the
+    /// time they were made (the commit's first deployment), ordered by app and time.
+    pub fn lead_times(&self, filter: &HistoryFilter) -> Result<Vec<ObservationRow>, StoreError> {
+        self.query(
+            "SELECT o.app, c.time + o.seconds AS at, o.seconds FROM observations o \
+             JOIN (SELECT app, commit_sha, MIN(time) AS time FROM commits GROUP BY app, commit_sha) c \
+               ON c.app = o.app AND c.commit_sha = o.subject \
+             WHERE o.kind = 'lead_time' AND at <= ?2 AND ?1 IS NOT NULL AND (?3 IS NULL OR o.app = ?3) \
+             ORDER BY o.app, at",
+            filter,
+            |r| {
+                Ok(ObservationRow {
+                    app: r.get(0)?,
+                    time: r.get(1)?,
+                    seconds: r.get::<_, i64>(2)? as f64,
+                })
+            },
+        )
+    }
+
+    /// Time-to-restore observations up to `filter.to`, at their resolution
+    /// (or creation, whichever came later), ordered by app and time.
+    pub fn restore_times(&self, filter: &HistoryFilter) -> Result<Vec<ObservationRow>, StoreError> {
+        self.query(
+            "SELECT o.app, MAX(f.created, f.resolved) AS at, o.seconds FROM observations o \
+             JOIN failures f ON f.app = o.app AND f.issue_number = o.subject \
+             WHERE o.kind = 'time_to_restore' AND at <= ?2 AND ?1 IS NOT NULL AND (?3 IS NULL OR o.app = ?3) \
+             ORDER BY o.app, at",
+            filter,
+            |r| {
+                Ok(ObservationRow {
+                    app: r.get(0)?,
+                    time: r.get(1)?,
+                    seconds: r.get::<_, i64>(2)? as f64,
+                })
+            },
+        )
+    }
+}
