@@ -60,6 +60,15 @@ pub fn now_seconds() -> i64 {
         .as_secs() as i64
 }
 
+/// Instance-free base series that the shipped recording rules
+/// (deploy/prometheus/rules/hookgauge.rules.yml) compute from the counters.
+/// Backfilled too, so that the window rules see one continuous series.
+const RECORDED_DEPLOYMENTS: &str = "hookgauge:deployments_total:max";
+const RECORDED_FAILURES: &str = "hookgauge:failures_total:max";
+const RECORDED_LEAD_TIME_BUCKETS: &str = "hookgauge:lead_time_seconds_bucket:max";
+const RECORDED_RESTORE_BUCKETS: &str = "hookgauge:time_to_restore_seconds_bucket:max";
+const RECORDED_HELP: &str = "Recorded by hookgauge.rules.yml; backfilled by hookgauge export.";
+
 /// Interval at which running totals are repeated between events, as a scrape
 /// would have seen them, so that backfilled counters are continuous series.
 pub const RESAMPLE_EVERY: i64 = 3_600;
@@ -152,9 +161,11 @@ fn write_counter<W: Write>(
 }
 
 /// A histogram's running state, per app, at each observation and hourly.
+/// With `recorded`, writes only the buckets, under that recorded-rule name.
 fn write_histogram<W: Write>(
     w: &mut Writer<'_, W>,
     name: &str,
+    recorded: Option<&str>,
     observations: &[ObservationRow],
     filter: &HistoryFilter,
 ) -> io::Result<()> {
@@ -162,7 +173,7 @@ fn write_histogram<W: Write>(
     for o in observations {
         by_app.entry(&o.app).or_default().push(o);
     }
-    let bucket_name = format!("{name}_bucket");
+    let bucket_name = recorded.map_or_else(|| format!("{name}_bucket"), str::to_owned);
     let (count_name, sum_name) = (format!("{name}_count"), format!("{name}_sum"));
     for (app, rows) in by_app {
         // The cumulative state after each observation.
@@ -191,8 +202,10 @@ fn write_histogram<W: Write>(
                 )?;
             }
             w.sample(&bucket_name, &[("app", app), ("le", "+Inf")], count, time)?;
-            w.sample(&count_name, &[("app", app)], count, time)?;
-            w.sample(&sum_name, &[("app", app)], *sum, time)?;
+            if recorded.is_none() {
+                w.sample(&count_name, &[("app", app)], count, time)?;
+                w.sample(&sum_name, &[("app", app)], *sum, time)?;
+            }
         }
     }
     Ok(())
@@ -234,6 +247,11 @@ pub fn export(
             times,
             filter,
         )?;
+    }
+    w.family(RECORDED_DEPLOYMENTS, "gauge", RECORDED_HELP)?;
+    for ((app, namespace), times) in &deploy_times {
+        let labels = [("app", *app), ("namespace", *namespace)];
+        write_counter(&mut w, RECORDED_DEPLOYMENTS, &labels, times, filter)?;
     }
 
     let mut deploys: Vec<_> = all_deploys
@@ -312,6 +330,12 @@ pub fn export(
                 filter,
             )?;
         }
+        if !resolved {
+            w.family(RECORDED_FAILURES, "gauge", RECORDED_HELP)?;
+            for (app, times) in &times {
+                write_counter(&mut w, RECORDED_FAILURES, &[("app", app)], times, filter)?;
+            }
+        }
         w.family(gauge, "gauge", gauge_help)?;
         let mut in_window: Vec<_> = ends.iter().filter(|f| f.time >= filter.from).collect();
         summary.failure_events += in_window.len();
@@ -332,10 +356,21 @@ pub fn export(
         "histogram",
         "Time from a commit to its first deployment, observed once per commit.",
     )?;
+    let lead_times = history.lead_times(filter)?;
     write_histogram(
         &mut w,
         "hookgauge_lead_time_seconds",
-        &history.lead_times(filter)?,
+        None,
+        &lead_times,
+        filter,
+    )?;
+    w.family(RECORDED_LEAD_TIME_BUCKETS, "gauge", RECORDED_HELP)?;
+    let recorded = Some(RECORDED_LEAD_TIME_BUCKETS);
+    write_histogram(
+        &mut w,
+        "hookgauge_lead_time_seconds",
+        recorded,
+        &lead_times,
         filter,
     )?;
     w.family(
@@ -343,12 +378,12 @@ pub fn export(
         "histogram",
         "Time from a failure's creation to its resolution, observed once per failure.",
     )?;
-    write_histogram(
-        &mut w,
-        "hookgauge_time_to_restore_seconds",
-        &history.restore_times(filter)?,
-        filter,
-    )?;
+    let restore_times = history.restore_times(filter)?;
+    let name = "hookgauge_time_to_restore_seconds";
+    write_histogram(&mut w, name, None, &restore_times, filter)?;
+    w.family(RECORDED_RESTORE_BUCKETS, "gauge", RECORDED_HELP)?;
+    let recorded = Some(RECORDED_RESTORE_BUCKETS);
+    write_histogram(&mut w, name, recorded, &restore_times, filter)?;
     writeln!(w.out, "# EOF")?;
     summary.samples = w.samples;
     Ok(summary)
