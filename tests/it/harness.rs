@@ -130,17 +130,7 @@ impl TestApp {
 
     /// Posts a Pelorus delivery signed with `secret` (unsigned when `None`).
     pub async fn post_pelorus(&self, event: &str, body: &[u8], secret: Option<&str>) -> Reply {
-        let mut request = self
-            .client
-            .post(format!("{}/pelorus/webhook", self.ingest))
-            .header("User-Agent", USER_AGENT)
-            .header("X-Pelorus-Event", event)
-            .header("Content-Type", "application/json")
-            .body(body.to_vec());
-        if let Some(secret) = secret {
-            request = request.header("X-Hub-Signature-256", sign(secret, body));
-        }
-        Reply::from(request.send().await.unwrap()).await
+        post_pelorus_to(&self.client, &self.ingest, event, body, secret).await
     }
 
     /// Posts a delivery signed with the test secret.
@@ -169,6 +159,27 @@ impl TestApp {
     pub fn ledger(&self) -> Vec<LedgerRow> {
         ledger_rows(&self.database())
     }
+}
+
+/// Posts a Pelorus delivery to the ingest port at `ingest`, signed with
+/// `secret` (unsigned when `None`).
+pub async fn post_pelorus_to(
+    client: &reqwest::Client,
+    ingest: &str,
+    event: &str,
+    body: &[u8],
+    secret: Option<&str>,
+) -> Reply {
+    let mut request = client
+        .post(format!("{ingest}/pelorus/webhook"))
+        .header("User-Agent", USER_AGENT)
+        .header("X-Pelorus-Event", event)
+        .header("Content-Type", "application/json")
+        .body(body.to_vec());
+    if let Some(secret) = secret {
+        request = request.header("X-Hub-Signature-256", sign(secret, body));
+    }
+    Reply::from(request.send().await.unwrap()).await
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -157,20 +157,7 @@ async fn read_only_data_dir_answers_503_and_recovers_when_writable() {
     }
     let post = |url: String, body: Vec<u8>| {
         let client = client.clone();
-        async move {
-            Reply::from(
-                client
-                    .post(format!("{url}/pelorus/webhook"))
-                    .header("User-Agent", USER_AGENT)
-                    .header("X-Pelorus-Event", "deploytime")
-                    .header("X-Hub-Signature-256", sign(SECRET, &body))
-                    .body(body)
-                    .send()
-                    .await
-                    .unwrap(),
-            )
-            .await
-        }
+        async move { post_pelorus_to(&client, &url, "deploytime", &body, Some(SECRET)).await }
     };
     let t = now();
     let server = Process::start(&mut first, &root.path().join("first.log"));
@@ -280,38 +267,25 @@ async fn sigterm_finishes_in_flight_work_and_closes_the_store() {
     let mut sends = Vec::new();
     for n in 0..50 {
         let client = client.clone();
-        let url = format!("{}/pelorus/webhook", server.ingest);
+        let url = server.ingest.clone();
         sends.push(tokio::spawn(async move {
             let body = deploy_body("shop", "prod", &image(n), t);
-            client
-                .post(url)
-                .header("User-Agent", USER_AGENT)
-                .header("X-Pelorus-Event", "deploytime")
-                .header("X-Hub-Signature-256", sign(SECRET, &body))
-                .body(body)
-                .send()
+            post_pelorus_to(&client, &url, "deploytime", &body, Some(SECRET))
                 .await
-                .map(|r| r.status().as_u16())
+                .status
         }));
     }
     let mut acked = 0;
     for send in sends {
-        if matches!(send.await.unwrap(), Ok(202)) {
+        if send.await.unwrap() == 202 {
             acked += 1;
         }
     }
     // A wrong signature, so that the log shows a refusal.
     let body = deploy_body("shop", "prod", &image(99), t);
-    let rejected = client
-        .post(format!("{}/pelorus/webhook", server.ingest))
-        .header("User-Agent", USER_AGENT)
-        .header("X-Pelorus-Event", "deploytime")
-        .header("X-Hub-Signature-256", sign("wrong", &body))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(rejected.status(), 401);
+    let rejected =
+        post_pelorus_to(&client, &server.ingest, "deploytime", &body, Some("wrong")).await;
+    assert_eq!(rejected.status, 401);
     let log = server.terminate();
     assert_eq!(acked, 50);
     assert!(log.contains("Store closed"), "{log}");
