@@ -53,6 +53,15 @@ pub struct ObservationRow {
     pub seconds: f64,
 }
 
+/// Maps `SELECT app, <time>, seconds` to an observation.
+fn observation_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ObservationRow> {
+    Ok(ObservationRow {
+        app: r.get(0)?,
+        time: r.get(1)?,
+        seconds: r.get::<_, i64>(2)? as f64,
+    })
+}
+
 pub struct History {
     conn: Connection,
 }
@@ -166,13 +175,7 @@ impl History {
              WHERE o.kind = 'lead_time' AND at <= ?2 AND ?1 IS NOT NULL AND (?3 IS NULL OR o.app = ?3) \
              ORDER BY o.app, at",
             filter,
-            |r| {
-                Ok(ObservationRow {
-                    app: r.get(0)?,
-                    time: r.get(1)?,
-                    seconds: r.get::<_, i64>(2)? as f64,
-                })
-            },
+            observation_row,
         )
     }
 
@@ -185,13 +188,7 @@ impl History {
              WHERE o.kind = 'time_to_restore' AND at <= ?2 AND ?1 IS NOT NULL AND (?3 IS NULL OR o.app = ?3) \
              ORDER BY o.app, at",
             filter,
-            |r| {
-                Ok(ObservationRow {
-                    app: r.get(0)?,
-                    time: r.get(1)?,
-                    seconds: r.get::<_, i64>(2)? as f64,
-                })
-            },
+            observation_row,
         )
     }
 }
