@@ -221,19 +221,28 @@ pub fn parse_event(event: PelorusEvent, body: &[u8]) -> Result<Event, PayloadErr
 }
 
 /// Pelorus senders send no delivery id: the id is derived from the event's
-/// identity (DESIGN.md), plus the change and time for a failure, whose
-/// identity covers both ends and every update. A retry of the same event
-/// gets the same id; a newer update of the same resource gets a new one.
+/// identity (DESIGN.md) and led by its time, plus the change for a failure,
+/// whose identity covers both ends and every update. A retry of the same
+/// event gets the same id; a newer update of the same resource gets a new
+/// one (a commit re-sent with another time too, and the commit table then
+/// finds it a duplicate).
 pub fn delivery_id(event: &Event) -> DeliveryId {
     let identity = event.identity();
     match event {
-        Event::Failure(f) => DeliveryId::derived(&[
-            SOURCE.as_bytes(),
-            identity.as_bytes(),
-            f.change.as_str().as_bytes(),
-            &f.time.seconds().to_be_bytes(),
-        ]),
-        _ => DeliveryId::derived(&[SOURCE.as_bytes(), identity.as_bytes()]),
+        Event::Commit(c) => {
+            DeliveryId::derived_at(c.time.seconds(), &[SOURCE.as_bytes(), identity.as_bytes()])
+        }
+        Event::Deploy(d) => {
+            DeliveryId::derived_at(d.time.seconds(), &[SOURCE.as_bytes(), identity.as_bytes()])
+        }
+        Event::Failure(f) => DeliveryId::derived_at(
+            f.time.seconds(),
+            &[
+                SOURCE.as_bytes(),
+                identity.as_bytes(),
+                f.change.as_str().as_bytes(),
+            ],
+        ),
     }
 }
 

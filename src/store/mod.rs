@@ -17,6 +17,7 @@ pub mod history;
 mod sqlite;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,8 @@ const MAX_BATCH: usize = 1024;
 const QUEUE_DEPTH: usize = 8192;
 /// Least time between two attempts to open an unopenable database.
 const REOPEN_INTERVAL: Duration = Duration::from_millis(500);
+/// How often committed WAL frames are copied into the database file.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Why the store could not do what was asked. Carries no payload data.
 #[derive(Debug, thiserror::Error)]
@@ -204,10 +207,25 @@ impl Store {
     ) -> (Store, Result<(), StoreError>) {
         let (commands, receiver) = mpsc::channel(QUEUE_DEPTH);
         let (first_open, first_open_result) = std::sync::mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let checkpointer = {
+            let stop = Arc::clone(&stop);
+            let mut checkpointer =
+                sqlite::Checkpointer::new(config.path.clone(), config.busy_timeout);
+            std::thread::Builder::new()
+                .name("hookgauge-checkpoint".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Acquire) {
+                        std::thread::sleep(CHECKPOINT_INTERVAL);
+                        checkpointer.run();
+                    }
+                })
+                .expect("the store checkpoint thread can be spawned")
+        };
         std::thread::Builder::new()
             .name("hookgauge-store".into())
             .spawn(move || {
-                let mut writer = Writer::new(config, sink);
+                let mut writer = Writer::new(config, sink, stop, checkpointer);
                 let _ = first_open.send(writer.ensure_open().map(|_| ()));
                 writer.run(receiver);
             })
@@ -254,6 +272,9 @@ impl Store {
 struct Writer {
     config: StoreConfig,
     sink: Arc<dyn CommitSink>,
+    /// Tells the checkpoint thread to stop; joined before the final close.
+    stop_checkpoints: Arc<AtomicBool>,
+    checkpointer: Option<std::thread::JoinHandle<()>>,
     db: Option<sqlite::Database>,
     restored: bool,
     last_open_attempt: Option<Instant>,
@@ -261,10 +282,17 @@ struct Writer {
 }
 
 impl Writer {
-    fn new(config: StoreConfig, sink: Arc<dyn CommitSink>) -> Self {
+    fn new(
+        config: StoreConfig,
+        sink: Arc<dyn CommitSink>,
+        stop_checkpoints: Arc<AtomicBool>,
+        checkpointer: std::thread::JoinHandle<()>,
+    ) -> Self {
         Writer {
             config,
             sink,
+            stop_checkpoints,
+            checkpointer: Some(checkpointer),
             db: None,
             restored: false,
             last_open_attempt: None,
@@ -352,6 +380,10 @@ impl Writer {
                 if !records.is_empty() {
                     self.commit_batch(&mut records);
                 }
+                self.stop_checkpoints.store(true, Ordering::Release);
+                if let Some(checkpointer) = self.checkpointer.take() {
+                    let _ = checkpointer.join();
+                }
                 if let Some(db) = self.db.take() {
                     db.close();
                 }
@@ -411,6 +443,13 @@ impl Writer {
 }
 
 type Batch = Vec<(Delivery, oneshot::Sender<Result<Recorded, StoreError>>)>;
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // However the writer ends, the checkpoint thread ends with it.
+        self.stop_checkpoints.store(true, Ordering::Release);
+    }
+}
 
 fn fault(error: rusqlite::Error) -> StoreError {
     StoreError::Unavailable {

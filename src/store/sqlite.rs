@@ -76,8 +76,11 @@ impl Database {
             Synchronous::Normal => "NORMAL",
             Synchronous::Full => "FULL",
         };
+        // Checkpoints run on their own connection (`checkpoint`), never on
+        // the commit path; the page cache keeps the indexes' hot pages.
         conn.execute_batch(&format!(
-            "PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = OFF;"
+            "PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = OFF; \
+             PRAGMA wal_autocheckpoint = 0; PRAGMA cache_size = -8192;"
         ))?;
         migrate(&conn)?;
         let unauthenticated_rows: i64 = conn.query_row(
@@ -368,6 +371,51 @@ fn open_since(created: Option<i64>, resolved: Option<i64>) -> Option<i64> {
     created.filter(|c| resolved.is_none_or(|r| r < *c))
 }
 
+/// Copies committed WAL frames into the database file from its own
+/// connection, so that the writer never does it (nor its fsync) while
+/// deliveries wait for their commit. PASSIVE: never blocks the writer.
+pub struct Checkpointer {
+    path: std::path::PathBuf,
+    busy_timeout: std::time::Duration,
+    conn: Option<Connection>,
+}
+
+impl Checkpointer {
+    pub fn new(path: std::path::PathBuf, busy_timeout: std::time::Duration) -> Self {
+        Checkpointer {
+            path,
+            busy_timeout,
+            conn: None,
+        }
+    }
+
+    pub fn run(&mut self) {
+        if self.conn.is_none() {
+            // The writer creates the file; until then there is nothing to do.
+            if !self.path.exists() {
+                return;
+            }
+            match Connection::open_with_flags(
+                &self.path,
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .and_then(|conn| conn.busy_timeout(self.busy_timeout).map(|_| conn))
+            {
+                Ok(conn) => self.conn = Some(conn),
+                Err(error) => {
+                    tracing::debug!(error = %error, "Checkpointer cannot open the store yet");
+                    return;
+                }
+            }
+        }
+        let Some(conn) = &self.conn else { return };
+        if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::debug!(error = %error, "Checkpoint failed; reopening");
+            self.conn = None;
+        }
+    }
+}
+
 /// What applying one event did.
 enum EventResult {
     New(Vec<Effect>),
@@ -596,7 +644,9 @@ fn apply_commit(
     }];
     // A deploy may have arrived first: its earliest time joins this commit.
     let mut first_deploy = tx.prepare_cached(
-        "SELECT MIN(time) FROM deploys WHERE app = ?1 AND ((?2 <> '' AND image_sha = ?2) OR commit_sha = ?3)",
+        "SELECT MIN(time) FROM (\
+           SELECT time FROM deploys WHERE app = ?1 AND image_sha = ?2 AND ?2 <> '' \
+           UNION ALL SELECT time FROM deploys WHERE app = ?1 AND commit_sha = ?3)",
     )?;
     let deployed: Option<i64> = first_deploy
         .query_row(
@@ -650,7 +700,9 @@ fn apply_deploy(
     // Every commit built into this image (or named by the deploy) that has no
     // lead time yet gets one: this is its first deployment we know of.
     let mut joined = tx.prepare_cached(
-        "SELECT commit_sha, MIN(time) FROM commits WHERE app = ?1 AND (image_sha = ?2 OR commit_sha = ?3) \
+        "SELECT commit_sha, MIN(time) FROM (\
+           SELECT commit_sha, time FROM commits INDEXED BY commits_by_image WHERE app = ?1 AND image_sha = ?2 \
+           UNION ALL SELECT commit_sha, time FROM commits WHERE app = ?1 AND commit_sha = ?3) \
          GROUP BY commit_sha",
     )?;
     let commits: Vec<(String, i64)> = joined

@@ -31,7 +31,8 @@ CREATE TABLE commits (
 CREATE INDEX commits_by_image ON commits (app, image_sha);
 CREATE INDEX commits_by_time ON commits (time);
 
--- Deployments, one per app + namespace + image digest + time.
+-- Deployments, one per app + namespace + image digest + time. The key also
+-- serves the lookup of an image's deploys (app, image_sha).
 CREATE TABLE deploys (
     app          TEXT    NOT NULL,
     namespace    TEXT    NOT NULL,
@@ -40,9 +41,8 @@ CREATE TABLE deploys (
     commit_sha   TEXT    NOT NULL,
     environment  TEXT    NOT NULL,
     delivery_id  TEXT    NOT NULL,
-    PRIMARY KEY (app, namespace, image_sha, time)
+    PRIMARY KEY (app, image_sha, namespace, time)
 ) WITHOUT ROWID;
-CREATE INDEX deploys_by_image ON deploys (app, image_sha, time);
 CREATE INDEX deploys_by_commit ON deploys (app, commit_sha, time);
 CREATE INDEX deploys_by_time ON deploys (time);
 
