@@ -6,5 +6,6 @@ mod harness;
 
 mod cli;
 mod pelorus;
+mod prometheus;
 mod signatures;
 mod store;

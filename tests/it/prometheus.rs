@@ -1,0 +1,536 @@
+//! End to end with a real Prometheus (Debian's `prometheus`): the real
+//! hookgauge binary is scraped with the shipped rules loaded, history is
+//! backfilled with `hookgauge export` and `promtool tsdb create-blocks-from`,
+//! a scripted history is driven over HTTP (with a retry and a restart), and
+//! the recorded results and every dashboard query are checked.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::*;
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Prometheus {
+    child: Child,
+    url: String,
+    client: reqwest::Client,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Prometheus {
+    /// Starts Prometheus on `storage` (which may already hold blocks),
+    /// scraping `target` every second and evaluating the shipped rules every second.
+    async fn start(dir: &Path, storage: &Path, target: &str) -> Prometheus {
+        let rules: Vec<String> = std::fs::read_dir(repo("deploy/prometheus/rules"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "yml"))
+            .map(|p| format!("  - {}", p.display()))
+            .collect();
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{}\n\
+             scrape_configs:\n  - job_name: hookgauge\n    honor_timestamps: true\n    static_configs:\n      - targets: [\"{target}\"]\n",
+            rules.join("\n")
+        );
+        let config_path = dir.join("prometheus.yml");
+        std::fs::write(&config_path, config).unwrap();
+        let port = free_port();
+        let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!("--storage.tsdb.path={}", storage.display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--storage.tsdb.retention.time=30d")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect(
+                "prometheus is installed (Debian package `prometheus`; scripts/test installs it)",
+            );
+        let prometheus = Prometheus {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            client: reqwest::Client::new(),
+        };
+        let ready = format!("{}/-/ready", prometheus.url);
+        assert!(
+            wait_for_status(&prometheus.client, &ready, 200, Duration::from_secs(30)).await,
+            "Prometheus did not become ready; log:\n{}",
+            std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
+        );
+        prometheus
+    }
+
+    /// Runs an instant query; returns (labels, value) per result.
+    async fn query(&self, expr: &str) -> Result<Vec<(BTreeMap<String, String>, f64)>, String> {
+        let response: Value = self
+            .client
+            .get(format!("{}/api/v1/query", self.url))
+            .query(&[("query", expr)])
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        if response["status"] != "success" {
+            return Err(format!("{expr}: {response}"));
+        }
+        let data = &response["data"];
+        let results = match data["resultType"].as_str() {
+            Some("vector") => data["result"].as_array().cloned().unwrap_or_default(),
+            Some("scalar") => vec![serde_json::json!({"metric": {}, "value": data["result"]})],
+            other => return Err(format!("{expr}: unexpected result type {other:?}")),
+        };
+        Ok(results
+            .iter()
+            .map(|r| {
+                let labels = r["metric"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_owned()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let value = r["value"][1]
+                    .as_str()
+                    .unwrap_or("NaN")
+                    .parse()
+                    .unwrap_or(f64::NAN);
+                (labels, value)
+            })
+            .collect())
+    }
+
+    /// The single value of `expr`, waiting (bounded) until it exists.
+    async fn value(&self, expr: &str) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match self.query(expr).await {
+                Ok(results) if results.len() == 1 => return results[0].1,
+                Ok(results) if results.len() > 1 => {
+                    panic!("{expr}: {} results: {results:?}", results.len())
+                }
+                Ok(_) | Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(250)).await
+                }
+                other => panic!("{expr}: no single value within 60 s: {other:?}"),
+            }
+        }
+    }
+}
+
+/// The quantile Prometheus' `histogram_quantile` computes from cumulative
+/// bucket counts, computed here from the raw observations.
+fn expected_quantile(q: f64, bounds: &[f64], observations: &[f64]) -> f64 {
+    let counts: Vec<f64> = bounds
+        .iter()
+        .map(|b| observations.iter().filter(|o| **o <= *b).count() as f64)
+        .collect();
+    let total = observations.len() as f64;
+    let rank = q * total;
+    let index = counts
+        .iter()
+        .position(|c| *c >= rank)
+        .expect("rank within the buckets");
+    let (lower, below) = if index == 0 {
+        (0.0, 0.0)
+    } else {
+        (bounds[index - 1], counts[index - 1])
+    };
+    lower + (bounds[index] - lower) * (rank - below) / (counts[index] - below)
+}
+
+fn assert_close(name: &str, actual: f64, expected: f64) {
+    assert!(
+        (actual - expected).abs() < 1e-6,
+        "{name}: got {actual}, expected {expected}"
+    );
+}
+
+/// Posts one Pelorus delivery to a running binary; returns the status.
+async fn post(
+    client: &reqwest::Client,
+    ingest: &str,
+    event: &str,
+    body: Value,
+    secret: &str,
+) -> u16 {
+    let body = serde_json::to_vec(&body).unwrap();
+    post_pelorus_to(client, ingest, event, &body, Some(secret))
+        .await
+        .status
+}
+
+fn commit(app: &str, n: u64, time: i64) -> Value {
+    serde_json::json!({"app": app, "commit_hash": format!("{n:040x}"), "image_sha": image(n), "namespace": "build", "timestamp": time})
+}
+
+fn deploy(app: &str, namespace: &str, n: u64, time: i64) -> Value {
+    serde_json::json!({"app": app, "image_sha": image(n), "namespace": namespace, "timestamp": time})
+}
+
+fn failure(app: &str, id: &str, change: &str, time: i64) -> Value {
+    serde_json::json!({"app": app, "failure_id": id, "failure_event": change, "timestamp": time})
+}
+
+/// Every PromQL expression of every shipped dashboard, with its location.
+fn dashboard_queries() -> Vec<(String, String)> {
+    fn walk(file: &str, panels: &[Value], out: &mut Vec<(String, String)>) {
+        for panel in panels {
+            let title = panel["title"].as_str().unwrap_or("?");
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                if let Some(expr) = target["expr"].as_str() {
+                    out.push((
+                        format!("{file} / {title} / {}", target["refId"]),
+                        expr.to_owned(),
+                    ));
+                }
+            }
+            walk(
+                file,
+                panel["panels"].as_array().map(Vec::as_slice).unwrap_or(&[]),
+                out,
+            );
+        }
+    }
+    let mut queries = Vec::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo("grafana/dashboards"))
+        .expect("grafana/dashboards exists")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 3, "three dashboards are shipped: {files:?}");
+    for file in files {
+        let dashboard: Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        walk(
+            &name,
+            dashboard["panels"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or(&[]),
+            &mut queries,
+        );
+    }
+    queries
+}
+
+/// Grafana's variables as a dashboard user would have them set.
+fn substitute(expr: &str) -> String {
+    expr.replace("${app}", "shop")
+        .replace("$app", "shop")
+        .replace("${namespace}", ".*")
+        .replace("$namespace", ".*")
+        .replace("$__rate_interval", "1m")
+        .replace("$__range", "1h")
+        .replace("$__interval", "15s")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_and_dashboards_compute_the_four_keys_in_a_real_prometheus() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let client = reqwest::Client::new();
+    let (ingest_port, metrics_port) = (free_port(), free_port());
+    let start_hookgauge = |log: &str| {
+        let mut command = Command::new(binary());
+        command
+            .args(["serve", "--data-dir"])
+            .arg(&data)
+            .args(["--ingest-addr", &format!("127.0.0.1:{ingest_port}")])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .env("HOOKGAUGE__SOURCES__PELORUS__SECRETS", SECRET);
+        Process::start(&mut command, &dir.path().join(log))
+    };
+    let t = now();
+
+    // History from before Prometheus existed: stored, then backfilled.
+    let hookgauge = start_hookgauge("hookgauge-1.log");
+    let ingest = hookgauge.ingest.clone();
+    let mut legacy = Vec::new();
+    for n in 0..3u64 {
+        let at = t - 3 * 86_400 + n as i64 * 3_600;
+        legacy.push(("committime", commit("legacy", 100 + n, at - 1_800)));
+        legacy.push(("deploytime", deploy("legacy", "legacy-prod", 100 + n, at)));
+    }
+    let failed = t - 2 * 86_400;
+    legacy.push(("failure", failure("legacy", "OLD-1", "created", failed)));
+    legacy.push((
+        "failure",
+        failure("legacy", "OLD-1", "resolved", failed + 600),
+    ));
+    for (event, body) in legacy {
+        assert_eq!(post(&client, &ingest, event, body, SECRET).await, 202);
+    }
+    let storage = dir.path().join("tsdb");
+    let export_file = dir.path().join("history.om");
+    let export = Command::new(binary())
+        .args(["export", "--data-dir"])
+        .arg(&data)
+        .args(["--from", "7d", "--to", &(t - 900).to_string(), "-o"])
+        .arg(&export_file)
+        .output()
+        .unwrap();
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    let blocks = Command::new("promtool")
+        .args(["tsdb", "create-blocks-from", "openmetrics"])
+        .arg(&export_file)
+        .arg(&storage)
+        .output()
+        .expect("promtool is installed");
+    assert!(
+        blocks.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&blocks.stdout),
+        String::from_utf8_lossy(&blocks.stderr)
+    );
+
+    let prometheus =
+        Prometheus::start(dir.path(), &storage, &format!("127.0.0.1:{metrics_port}")).await;
+
+    // Live history. Lead times: shop c1 → first deploy 7 080 s, c2 → 3 510 s
+    // (staging first), cart c3 → 1 700 s. Time to restore: shop INC-1 1 170 s.
+    let live = [
+        ("committime", commit("shop", 1, t - 7_200)),
+        ("committime", commit("shop", 2, t - 3_600)),
+        ("committime", commit("cart", 3, t - 1_800)),
+        ("deploytime", deploy("shop", "shop-prod", 1, t - 120)),
+        ("deploytime", deploy("cart", "cart-prod", 3, t - 100)),
+        ("failure", failure("shop", "INC-1", "created", t - 1_200)),
+    ];
+    for (event, body) in live {
+        assert_eq!(post(&client, &ingest, event, body, SECRET).await, 202);
+    }
+    // A restart in the middle: counters continue from the store.
+    hookgauge.terminate();
+    let hookgauge = start_hookgauge("hookgauge-2.log");
+    let later = [
+        ("deploytime", deploy("shop", "shop-staging", 2, t - 90)),
+        ("deploytime", deploy("shop", "shop-prod", 2, t - 60)),
+        ("failure", failure("shop", "INC-1", "resolved", t - 30)),
+        ("failure", failure("cart", "INC-2", "created", t - 20)),
+    ];
+    for (event, body) in later {
+        assert_eq!(post(&client, &ingest, event, body, SECRET).await, 202);
+    }
+    // A sender's retry, a bad signature and an invalid payload change no number.
+    assert_eq!(
+        post(
+            &client,
+            &ingest,
+            "deploytime",
+            deploy("shop", "shop-prod", 2, t - 60),
+            SECRET
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        post(
+            &client,
+            &ingest,
+            "deploytime",
+            deploy("shop", "shop-prod", 9, t - 10),
+            "wrong"
+        )
+        .await,
+        401
+    );
+    assert_eq!(
+        post(
+            &client,
+            &ingest,
+            "deploytime",
+            deploy("shop", "Shop_Prod", 9, t - 10),
+            SECRET
+        )
+        .await,
+        422
+    );
+
+    // Gap-tolerant hookgauge:* rules.
+    let increase1d = |app: &str, ns: &str| {
+        format!("hookgauge:deployments:increase1d{{app=\"{app}\",namespace=\"{ns}\"}}")
+    };
+    assert_close(
+        "shop prod today",
+        prometheus.value(&increase1d("shop", "shop-prod")).await,
+        2.0,
+    );
+    assert_close(
+        "shop staging today",
+        prometheus.value(&increase1d("shop", "shop-staging")).await,
+        1.0,
+    );
+    assert_close(
+        "cart prod today",
+        prometheus.value(&increase1d("cart", "cart-prod")).await,
+        1.0,
+    );
+    assert_close(
+        "legacy today (backfilled, 3 days old)",
+        prometheus.value(&increase1d("legacy", "legacy-prod")).await,
+        0.0,
+    );
+    let per_day = |app: &str| format!("hookgauge:deployments_per_day:7d{{app=\"{app}\"}}");
+    assert_close(
+        "shop per day",
+        prometheus.value(&per_day("shop")).await,
+        3.0 / 7.0,
+    );
+    assert_close(
+        "legacy per day",
+        prometheus.value(&per_day("legacy")).await,
+        3.0 / 7.0,
+    );
+    let cfr = |app: &str| format!("hookgauge:change_failure_rate:30d{{app=\"{app}\"}}");
+    assert_close(
+        "shop change failure rate",
+        prometheus.value(&cfr("shop")).await,
+        1.0 / 3.0,
+    );
+    assert_close(
+        "cart change failure rate",
+        prometheus.value(&cfr("cart")).await,
+        1.0,
+    );
+    assert_close(
+        "legacy change failure rate",
+        prometheus.value(&cfr("legacy")).await,
+        1.0 / 3.0,
+    );
+    let bounds: Vec<f64> = hookgauge::metrics::SPAN_BUCKETS.to_vec();
+    let shop_lead = [7_080.0, 3_510.0];
+    for (q, rule) in [(0.5, "p50_7d"), (0.9, "p90_7d")] {
+        let expr = format!("hookgauge:lead_time_seconds:{rule}{{app=\"shop\"}}");
+        assert_close(
+            &expr,
+            prometheus.value(&expr).await,
+            expected_quantile(q, &bounds, &shop_lead),
+        );
+    }
+    let expr = "hookgauge:time_to_restore_seconds:p50_30d{app=\"shop\"}";
+    assert_close(
+        expr,
+        prometheus.value(expr).await,
+        expected_quantile(0.5, &bounds, &[1_170.0]),
+    );
+
+    // Pelorus-compatible sdp:* rules (visible while the deploys are recent).
+    let by_commit = |n: u64| format!("sdp:lead_time:by_commit{{app=\"shop\",commit=\"{n:040x}\"}}");
+    assert_close(
+        "shop c1 lead time",
+        prometheus.value(&by_commit(1)).await,
+        7_080.0,
+    );
+    assert_close(
+        "shop c2 lead time",
+        prometheus.value(&by_commit(2)).await,
+        3_510.0,
+    );
+    assert_close(
+        "shop lead time",
+        prometheus.value("sdp:lead_time:by_app{app=\"shop\"}").await,
+        (7_080.0 + 3_510.0) / 2.0,
+    );
+    assert_close(
+        "global lead time",
+        prometheus.value("sdp:lead_time:global").await,
+        ((7_080.0 + 3_510.0) / 2.0 + 1_700.0) / 2.0,
+    );
+    assert_close(
+        "INC-1 time to restore",
+        prometheus
+            .value("sdp:time_to_restore:by_issue{app=\"shop\",issue_number=\"INC-1\"}")
+            .await,
+        1_170.0,
+    );
+    assert_close(
+        "cart Pelorus CFR",
+        prometheus
+            .value("sdp:change_failure_rate:by_app{app=\"cart\"}")
+            .await,
+        1.0,
+    );
+    assert_close(
+        "shop Pelorus CFR",
+        prometheus
+            .value("sdp:change_failure_rate:by_app{app=\"shop\"}")
+            .await,
+        0.0,
+    );
+
+    // The backfilled blocks were loaded: their first counter value is there.
+    assert_close(
+        "backfilled counter start",
+        prometheus
+            .value("min(min_over_time(hookgauge_deployments_total{app=\"legacy\"}[7d]))")
+            .await,
+        1.0,
+    );
+    assert_close(
+        "backfilled deploys",
+        prometheus
+            .value("sum(count_over_time(deploy_timestamp{app=\"legacy\"}[7d]))")
+            .await,
+        3.0,
+    );
+
+    // Alerts: the open failure is young, no threshold is crossed.
+    assert_close(
+        "open failures",
+        prometheus
+            .value("hookgauge_open_failures{app=\"cart\"}")
+            .await,
+        1.0,
+    );
+
+    // Every panel query of every dashboard returns data. rate() needs two
+    // scrapes in its window: wait (bounded) until there are a few.
+    let scrapes = "count_over_time(up{job=\"hookgauge\"}[1m]) >= 4";
+    prometheus.value(scrapes).await;
+    let mut empty = Vec::new();
+    for (location, expr) in dashboard_queries() {
+        let expr = substitute(&expr);
+        match prometheus.query(&expr).await {
+            Ok(results) if !results.is_empty() => {}
+            Ok(_) => empty.push(format!("{location}: no data: {expr}")),
+            Err(error) => empty.push(format!("{location}: error: {error}")),
+        }
+    }
+    assert!(
+        empty.is_empty(),
+        "dashboard queries without data:\n{}",
+        empty.join("\n")
+    );
+    hookgauge.terminate();
+}
