@@ -20,6 +20,9 @@ use crate::ledger::{Delivery, Disposition, Effect, Outcome, Recorded};
 /// many have run.
 const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
 
+/// WAL size (in pages) at which the writer completes a checkpoint itself.
+const WAL_RESTART_PAGES: u32 = 16_384;
+
 const LEAD_TIME: &str = "lead_time";
 const TIME_TO_RESTORE: &str = "time_to_restore";
 
@@ -76,11 +79,16 @@ impl Database {
             Synchronous::Normal => "NORMAL",
             Synchronous::Full => "FULL",
         };
-        // Checkpoints run on their own connection (`checkpoint`), never on
-        // the commit path; the page cache keeps the indexes' hot pages.
+        // The checkpoint thread (`Checkpointer`) copies WAL frames into the
+        // database in the background. It cannot finish while the writer keeps
+        // appending, so the WAL would never restart and would grow without
+        // bound; the writer's own checkpoint at WAL_RESTART_PAGES finds
+        // little left to copy, completes, and lets the next transaction
+        // reuse the WAL from its start. The page cache keeps hot index pages.
         conn.execute_batch(&format!(
             "PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = OFF; \
-             PRAGMA wal_autocheckpoint = 0; PRAGMA cache_size = -8192;"
+             PRAGMA wal_autocheckpoint = {WAL_RESTART_PAGES}; PRAGMA cache_size = -8192; \
+             PRAGMA temp_store = MEMORY;"
         ))?;
         migrate(&conn)?;
         let unauthenticated_rows: i64 = conn.query_row(
@@ -107,38 +115,75 @@ impl Database {
         }
     }
 
-    /// Applies a batch in one transaction. Each delivery runs inside its own
-    /// savepoint so that one bad row cannot poison the batch; a fault (busy,
-    /// full, read-only, I/O) aborts the whole transaction.
+    /// Applies a batch in one transaction (group commit). A delivery that
+    /// fails for a reason other than a database fault (a bug, a constraint)
+    /// must not take the others down: the batch is then rolled back and
+    /// replayed one transaction per delivery, so that only that one fails.
+    /// (Savepoints per delivery would isolate it too, but each costs a
+    /// statement journal on every delivery of every batch.) A fault (busy,
+    /// full, read-only, I/O) fails the whole batch.
     pub fn record_batch(
         &mut self,
         deliveries: &[&Delivery],
         max_body_bytes: usize,
         max_unauthenticated_rows: u64,
     ) -> rusqlite::Result<Vec<rusqlite::Result<Applied>>> {
-        let mut tx = self
+        match self.record_in_one_transaction(
+            deliveries,
+            max_body_bytes,
+            max_unauthenticated_rows,
+        )? {
+            Ok(results) => Ok(results.into_iter().map(Ok).collect()),
+            Err(failed) => {
+                tracing::error!(
+                    delivery_id = %deliveries[failed].id,
+                    "A delivery could not be applied; replaying its batch one delivery at a time"
+                );
+                let mut results = Vec::with_capacity(deliveries.len());
+                for delivery in deliveries {
+                    match self.record_in_one_transaction(
+                        &[delivery],
+                        max_body_bytes,
+                        max_unauthenticated_rows,
+                    )? {
+                        Ok(mut one) => results.push(Ok(one.remove(0))),
+                        Err(_) => results.push(Err(rusqlite::Error::SqliteFailure(
+                            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+                            Some(format!("delivery {} could not be applied", delivery.id)),
+                        ))),
+                    }
+                }
+                Ok(results)
+            }
+        }
+    }
+
+    /// One transaction for `deliveries`: `Ok(Err(index))` (rolled back) when
+    /// delivery `index` failed for a reason other than a database fault.
+    fn record_in_one_transaction(
+        &mut self,
+        deliveries: &[&Delivery],
+        max_body_bytes: usize,
+        max_unauthenticated_rows: u64,
+    ) -> rusqlite::Result<Result<Vec<Applied>, usize>> {
+        let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut results = Vec::with_capacity(deliveries.len());
         let mut added_unauthenticated = 0u64;
-        for delivery in deliveries {
-            let mut sp = tx.savepoint_with_name("delivery")?;
-            match record_one(&sp, delivery, max_body_bytes) {
+        for (index, delivery) in deliveries.iter().enumerate() {
+            match record_one(&tx, delivery, max_body_bytes) {
                 Ok(result) => {
-                    sp.commit()?;
-                    if !delivery.authenticated {
-                        added_unauthenticated += 1;
-                    }
-                    results.push(Ok(result));
+                    added_unauthenticated += u64::from(!delivery.authenticated);
+                    results.push(result);
                 }
                 Err(error) if fault_kind(&error).is_some_and(|k| k != FaultKind::Other) => {
                     return Err(error)
                 }
                 Err(error) => {
-                    // Not a fault of the database: undo this delivery only.
-                    sp.rollback()?;
                     tracing::error!(error = %error, delivery_id = %delivery.id, "Delivery could not be applied");
-                    results.push(Err(error));
+                    drop(tx);
+                    return Ok(Err(index));
                 }
             }
         }
@@ -153,7 +198,7 @@ impl Database {
         }
         tx.commit()?;
         self.unauthenticated_rows = total - excess;
-        Ok(results)
+        Ok(Ok(results))
     }
 
     /// Streams every fact the view needs to `sink`.
