@@ -5,7 +5,9 @@
 mod harness;
 
 mod cli;
+mod deploy;
 mod pelorus;
 mod prometheus;
+mod rules;
 mod signatures;
 mod store;

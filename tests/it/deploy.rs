@@ -1,0 +1,1069 @@
+//! The deployment files, checked without a cluster or a container engine:
+//! every manifest under deploy/kubernetes and deploy/compose parses, the
+//! Kubernetes objects, the Dockerfile, the compose services and the Prometheus
+//! configurations agree on ports, paths and names, the shipped configuration
+//! passes the real binary's `check-config`, and `promtool check config`
+//! accepts every Prometheus configuration.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::Deserialize;
+use serde_norway::Value;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const KUBERNETES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/kubernetes");
+const COMPOSE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/compose");
+const COMPOSE_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/compose/compose.yaml");
+const PROMETHEUS_CONFIG: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/deploy/prometheus/prometheus.yml"
+);
+const DOCKERFILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile");
+
+/// Manifests that are kept beside the others but are not applied with them.
+const NOT_IN_KUSTOMIZATION: &[&str] = &["secret.example.yaml", "prometheus-scrape-config.yaml"];
+
+const INGEST_PORT: u64 = 8080;
+const METRICS_PORT: u64 = 9464;
+const NAME_LABEL: &str = "app.kubernetes.io/name";
+
+// ---------------------------------------------------------------------------
+// Reading files
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The `.yaml` and `.yml` files directly in `dir`, sorted.
+fn yaml_files(dir: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
+        .map(|entry| entry.unwrap().path())
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no YAML files in {dir}");
+    files
+}
+
+/// Every non-empty document of a (possibly multi-document) YAML file.
+fn documents(path: &Path) -> Vec<Value> {
+    let text = read(path);
+    serde_norway::Deserializer::from_str(&text)
+        .enumerate()
+        .map(|(i, document)| {
+            Value::deserialize(document)
+                .unwrap_or_else(|e| panic!("{} document {}: {e}", path.display(), i + 1))
+        })
+        .filter(|value| !value.is_null())
+        .collect()
+}
+
+fn single_document(path: &Path) -> Value {
+    let mut docs = documents(path);
+    assert_eq!(docs.len(), 1, "{}: expected one document", path.display());
+    docs.remove(0)
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+fn text<'a>(value: &'a Value, what: &str) -> &'a str {
+    value
+        .as_str()
+        .unwrap_or_else(|| panic!("{what}: expected a string, got {value:?}"))
+}
+
+fn number(value: &Value, what: &str) -> u64 {
+    value
+        .as_u64()
+        .unwrap_or_else(|| panic!("{what}: expected a number, got {value:?}"))
+}
+
+fn list<'a>(value: &'a Value, what: &str) -> &'a [Value] {
+    value
+        .as_sequence()
+        .unwrap_or_else(|| panic!("{what}: expected a list, got {value:?}"))
+}
+
+/// A mapping of strings (labels, selectors) as a sorted map.
+fn string_map(value: &Value, what: &str) -> BTreeMap<String, String> {
+    value
+        .as_mapping()
+        .unwrap_or_else(|| panic!("{what}: expected a mapping, got {value:?}"))
+        .iter()
+        .map(|(k, v)| {
+            (
+                text(k, what).to_owned(),
+                text(v, &format!("{what}.{k:?}")).to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+// ---------------------------------------------------------------------------
+// Kubernetes objects
+
+/// Every Kubernetes object under deploy/kubernetes, with the file it is in
+/// (kustomization.yaml excluded).
+fn manifests() -> Vec<(String, Value)> {
+    yaml_files(KUBERNETES)
+        .iter()
+        .filter(|p| file_name(p) != "kustomization.yaml")
+        .flat_map(|p| documents(p).into_iter().map(move |d| (file_name(p), d)))
+        .collect()
+}
+
+fn object(kind: &str, name: &str) -> Value {
+    let found: Vec<Value> = manifests()
+        .into_iter()
+        .map(|(_, doc)| doc)
+        .filter(|doc| {
+            doc["kind"].as_str() == Some(kind) && doc["metadata"]["name"].as_str() == Some(name)
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "expected exactly one {kind} {name}");
+    found.into_iter().next().unwrap()
+}
+
+fn deployment() -> Value {
+    object("Deployment", "hookgauge")
+}
+
+fn container(deployment: &Value) -> &Value {
+    let containers = list(
+        &deployment["spec"]["template"]["spec"]["containers"],
+        "containers",
+    );
+    assert_eq!(containers.len(), 1, "one container");
+    &containers[0]
+}
+
+/// The container's ports by name.
+fn container_ports(deployment: &Value) -> BTreeMap<String, u64> {
+    list(&container(deployment)["ports"], "container ports")
+        .iter()
+        .map(|p| {
+            (
+                text(&p["name"], "port name").to_owned(),
+                number(&p["containerPort"], "containerPort"),
+            )
+        })
+        .collect()
+}
+
+/// The embedded `hookgauge.toml` of the ConfigMap.
+fn configmap_toml() -> String {
+    text(
+        &object("ConfigMap", "hookgauge-config")["data"]["hookgauge.toml"],
+        "hookgauge-config data.hookgauge.toml",
+    )
+    .to_owned()
+}
+
+/// The value of `key = "..."` in the embedded TOML (string keys only).
+fn toml_string(toml: &str, key: &str) -> String {
+    let values: Vec<&str> = toml
+        .lines()
+        .filter_map(|line| {
+            let (k, v) = line.split_once('=')?;
+            (k.trim() == key).then(|| v.trim().trim_matches('"'))
+        })
+        .collect();
+    assert_eq!(values.len(), 1, "{key} once in hookgauge.toml");
+    values[0].to_owned()
+}
+
+fn volume_mount<'a>(container: &'a Value, volume: &str) -> &'a Value {
+    list(&container["volumeMounts"], "volumeMounts")
+        .iter()
+        .find(|m| m["name"].as_str() == Some(volume))
+        .unwrap_or_else(|| panic!("no volumeMount of volume {volume}"))
+}
+
+fn volume<'a>(deployment: &'a Value, name: &str) -> &'a Value {
+    list(
+        &deployment["spec"]["template"]["spec"]["volumes"],
+        "volumes",
+    )
+    .iter()
+    .find(|v| v["name"].as_str() == Some(name))
+    .unwrap_or_else(|| panic!("no volume {name}"))
+}
+
+// ---------------------------------------------------------------------------
+// The Dockerfile
+
+/// The Dockerfile's instructions as (KEYWORD, arguments), continuation lines
+/// joined and comments dropped.
+fn dockerfile() -> Vec<(String, String)> {
+    let mut instructions = Vec::new();
+    let mut current = String::new();
+    for line in read(Path::new(DOCKERFILE)).lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(body) = line.strip_suffix('\\') {
+            current.push_str(body);
+            current.push(' ');
+            continue;
+        }
+        current.push_str(line);
+        let (keyword, rest) = current
+            .split_once(char::is_whitespace)
+            .unwrap_or((current.as_str(), ""));
+        instructions.push((keyword.to_ascii_uppercase(), rest.trim().to_owned()));
+        current.clear();
+    }
+    assert!(current.is_empty(), "Dockerfile ends inside a continuation");
+    instructions
+}
+
+fn dockerfile_args(keyword: &str) -> Vec<String> {
+    dockerfile()
+        .into_iter()
+        .filter(|(k, _)| k == keyword)
+        .map(|(_, rest)| rest)
+        .collect()
+}
+
+/// The `ENV` defaults of the image (`KEY=VALUE` form, values without spaces).
+fn dockerfile_env() -> Vec<(String, String)> {
+    dockerfile_args("ENV")
+        .iter()
+        .flat_map(|rest| {
+            rest.split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .map(|pair| {
+            let (k, v) = pair
+                .split_once('=')
+                .unwrap_or_else(|| panic!("ENV {pair}: use KEY=VALUE"));
+            (k.to_owned(), v.trim_matches('"').to_owned())
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Docker Compose
+
+fn compose() -> Value {
+    single_document(Path::new(COMPOSE_FILE))
+}
+
+fn compose_service<'a>(compose: &'a Value, name: &str) -> &'a Value {
+    let service = &compose["services"][name];
+    assert!(service.is_mapping(), "compose.yaml has no service {name}");
+    service
+}
+
+/// Bind mounts of a compose service in short syntax, as (host path resolved
+/// against deploy/compose, container path).
+fn bind_mounts(service: &Value) -> Vec<(PathBuf, String)> {
+    list(&service["volumes"], "volumes")
+        .iter()
+        .filter_map(|v| {
+            let spec = text(v, "volume");
+            let mut parts = spec.split(':');
+            let source = parts.next().unwrap();
+            let target = parts.next().unwrap_or_else(|| panic!("volume {spec}"));
+            (source.starts_with('.') || source.starts_with('/'))
+                .then(|| (Path::new(COMPOSE).join(source), target.to_owned()))
+        })
+        .collect()
+}
+
+/// The host path mounted at `target` in a compose service.
+fn mounted_at(service: &Value, target: &str) -> PathBuf {
+    bind_mounts(service)
+        .into_iter()
+        .find(|(_, t)| t == target)
+        .unwrap_or_else(|| panic!("nothing is mounted at {target}"))
+        .0
+}
+
+/// A compose `environment:` value with `${VAR:-default}` replaced by its default.
+fn compose_default(value: &str) -> String {
+    match value
+        .strip_prefix("${")
+        .and_then(|v| v.strip_suffix('}'))
+        .and_then(|v| v.split_once(":-"))
+    {
+        Some((_, default)) => default.to_owned(),
+        None => {
+            assert!(!value.contains('$'), "unexpected interpolation in {value}");
+            value.to_owned()
+        }
+    }
+}
+
+/// Published ports of a compose service as (host address, container port).
+fn published_ports(service: &Value) -> Vec<(Option<String>, u64)> {
+    list(&service["ports"], "ports")
+        .iter()
+        .map(|p| {
+            let spec = text(p, "port");
+            let parts: Vec<&str> = spec.split(':').collect();
+            let container: u64 = parts.last().unwrap().parse().unwrap();
+            let host_ip = (parts.len() == 3).then(|| parts[0].to_owned());
+            (host_ip, container)
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Tools
+
+/// Runs the built binary with only the given `HOOKGAUGE*` variables.
+fn run_hookgauge(args: &[&str], env: &[(String, String)]) -> (i32, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hookgauge"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("HOOKGAUGE") {
+            command.env_remove(key);
+        }
+    }
+    let output = command
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("the hookgauge binary runs");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn promtool_check_config(config: &Path) {
+    let output = Command::new("promtool")
+        .args(["check", "config"])
+        .arg(config)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "promtool could not be run ({e}); it is needed to check {}: install it \
+                 (Debian package `prometheus`; scripts/test does)",
+                config.display()
+            )
+        });
+    assert!(
+        output.status.success(),
+        "promtool check config {} failed:\n{}{}",
+        config.display(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The effective configuration `check-config` prints must listen as a container does.
+fn assert_container_listeners(stdout: &str) {
+    for line in [
+        format!("ingest_addr = \"0.0.0.0:{INGEST_PORT}\""),
+        format!("metrics_addr = \"0.0.0.0:{METRICS_PORT}\""),
+        "data_dir = \"/data\"".to_owned(),
+    ] {
+        assert!(
+            stdout.lines().any(|l| l == line),
+            "no `{line}` in:\n{stdout}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+
+#[test]
+fn every_deployment_yaml_file_parses() {
+    let mut files = yaml_files(KUBERNETES);
+    files.extend(yaml_files(COMPOSE));
+    files.push(PathBuf::from(PROMETHEUS_CONFIG));
+    for file in files {
+        assert!(
+            !documents(&file).is_empty(),
+            "{}: no YAML document",
+            file.display()
+        );
+    }
+}
+
+#[test]
+fn kubernetes_manifests_are_named_labelled_objects_of_the_expected_kinds() {
+    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+    for (file, doc) in manifests() {
+        for key in ["apiVersion", "kind"] {
+            assert!(
+                !text(&doc[key], &format!("{file}: {key}")).is_empty(),
+                "{file}: empty {key}"
+            );
+        }
+        let name = text(&doc["metadata"]["name"], &format!("{file}: metadata.name"));
+        assert!(!name.is_empty(), "{file}: empty metadata.name");
+        let labels = string_map(&doc["metadata"]["labels"], &format!("{file}: labels"));
+        assert_eq!(
+            labels.get(NAME_LABEL).map(String::as_str),
+            Some("hookgauge"),
+            "{file}: label {NAME_LABEL}"
+        );
+        let kind = text(&doc["kind"], "kind");
+        let namespaced = !matches!(kind, "Namespace");
+        if namespaced && file != "prometheus-scrape-config.yaml" {
+            assert_eq!(
+                doc["metadata"]["namespace"].as_str(),
+                Some("hookgauge"),
+                "{file}: metadata.namespace"
+            );
+        }
+        *kinds.entry(kind.to_owned()).or_default() += 1;
+    }
+    for (kind, at_least) in [
+        ("Namespace", 1),
+        ("Deployment", 1),
+        ("Service", 2),
+        ("PersistentVolumeClaim", 1),
+        ("ConfigMap", 1),
+        ("Secret", 1),
+        ("ServiceMonitor", 1),
+        ("NetworkPolicy", 1),
+    ] {
+        assert!(
+            kinds.get(kind).copied().unwrap_or(0) >= at_least,
+            "expected at least {at_least} {kind}; kinds found: {kinds:?}"
+        );
+    }
+    assert_eq!(kinds.get("Deployment"), Some(&1), "one Deployment");
+}
+
+#[test]
+fn kustomization_lists_every_manifest_that_exists_except_the_examples() {
+    let kustomization = single_document(&Path::new(KUBERNETES).join("kustomization.yaml"));
+    assert_eq!(
+        kustomization["kind"].as_str(),
+        Some("Kustomization"),
+        "kind"
+    );
+    let resources: Vec<&str> = list(&kustomization["resources"], "resources")
+        .iter()
+        .map(|r| text(r, "resource"))
+        .collect();
+    let unique: BTreeSet<&str> = resources.iter().copied().collect();
+    assert_eq!(unique.len(), resources.len(), "duplicate resources");
+    for resource in &resources {
+        assert!(
+            Path::new(KUBERNETES).join(resource).is_file(),
+            "kustomization.yaml lists {resource}, which does not exist"
+        );
+        assert!(
+            !NOT_IN_KUSTOMIZATION.contains(resource),
+            "{resource} must not be applied with the rest"
+        );
+    }
+    for file in yaml_files(KUBERNETES) {
+        let name = file_name(&file);
+        if name == "kustomization.yaml" || NOT_IN_KUSTOMIZATION.contains(&name.as_str()) {
+            continue;
+        }
+        assert!(
+            unique.contains(name.as_str()),
+            "{name} is not listed in kustomization.yaml"
+        );
+    }
+}
+
+#[test]
+fn deployment_runs_one_replica_with_probes_on_the_ingest_port() {
+    let deployment = deployment();
+    let spec = &deployment["spec"];
+    assert_eq!(spec["replicas"].as_u64(), Some(1), "replicas");
+    assert_eq!(
+        spec["strategy"]["type"].as_str(),
+        Some("Recreate"),
+        "strategy: the store's volume is ReadWriteOnce"
+    );
+    let selector = string_map(&spec["selector"]["matchLabels"], "selector");
+    let pod_labels = string_map(&spec["template"]["metadata"]["labels"], "pod labels");
+    assert!(selects(&selector, &pod_labels), "selector matches the pod");
+
+    let container = container(&deployment);
+    let ports = container_ports(&deployment);
+    assert_eq!(
+        ports,
+        BTreeMap::from([
+            ("ingest".to_owned(), INGEST_PORT),
+            ("metrics".to_owned(), METRICS_PORT)
+        ]),
+        "container ports"
+    );
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        let get = &container[probe]["httpGet"];
+        assert_eq!(get["path"].as_str(), Some(path), "{probe} path");
+        assert_eq!(get["port"].as_str(), Some("ingest"), "{probe} port");
+    }
+    if !container["startupProbe"].is_null() {
+        assert_eq!(
+            container["startupProbe"]["httpGet"]["path"].as_str(),
+            Some("/healthz"),
+            "startupProbe path"
+        );
+    }
+    let args: Vec<&str> = list(&container["args"], "args")
+        .iter()
+        .map(|a| text(a, "arg"))
+        .collect();
+    assert_eq!(
+        args,
+        ["serve", "--config", "/etc/hookgauge/hookgauge.toml"],
+        "args"
+    );
+    let grace = number(
+        &spec["template"]["spec"]["terminationGracePeriodSeconds"],
+        "terminationGracePeriodSeconds",
+    );
+    assert!(
+        grace >= 35,
+        "terminationGracePeriodSeconds {grace}: more than the 30s shutdown_timeout"
+    );
+    let resources = &container["resources"];
+    for (kind, resource) in [
+        ("requests", "cpu"),
+        ("requests", "memory"),
+        ("limits", "memory"),
+    ] {
+        assert!(
+            !resources[kind][resource].is_null(),
+            "resources.{kind}.{resource}"
+        );
+    }
+}
+
+#[test]
+fn deployment_runs_as_non_root_on_a_read_only_root_filesystem() {
+    let deployment = deployment();
+    let pod = &deployment["spec"]["template"]["spec"]["securityContext"];
+    let security = &container(&deployment)["securityContext"];
+    assert_eq!(
+        security["readOnlyRootFilesystem"].as_bool(),
+        Some(true),
+        "readOnlyRootFilesystem"
+    );
+    assert_eq!(
+        security["runAsNonRoot"].as_bool(),
+        Some(true),
+        "runAsNonRoot"
+    );
+    assert_eq!(
+        pod["runAsNonRoot"].as_bool(),
+        Some(true),
+        "pod runAsNonRoot"
+    );
+    assert_eq!(
+        security["allowPrivilegeEscalation"].as_bool(),
+        Some(false),
+        "allowPrivilegeEscalation"
+    );
+    let dropped: Vec<&str> = list(&security["capabilities"]["drop"], "capabilities.drop")
+        .iter()
+        .map(|c| text(c, "capability"))
+        .collect();
+    assert_eq!(dropped, ["ALL"], "capabilities.drop");
+    let seccomp = security["seccompProfile"]["type"]
+        .as_str()
+        .or(pod["seccompProfile"]["type"].as_str());
+    assert_eq!(seccomp, Some("RuntimeDefault"), "seccompProfile");
+    for key in ["runAsUser", "runAsGroup", "fsGroup"] {
+        let id = number(&pod[key], key);
+        assert_ne!(id, 0, "pod {key} must not be root");
+    }
+}
+
+#[test]
+fn deployment_mounts_the_config_the_secret_and_the_store_where_the_config_expects_them() {
+    let deployment = deployment();
+    let container = container(&deployment);
+    let toml = configmap_toml();
+
+    // The ConfigMap at /etc/hookgauge, as --config names it.
+    let config = volume(&deployment, "config");
+    assert_eq!(
+        config["configMap"]["name"].as_str(),
+        Some("hookgauge-config")
+    );
+    assert_eq!(
+        volume_mount(container, "config")["mountPath"].as_str(),
+        Some("/etc/hookgauge")
+    );
+
+    // The Secret's key as the file sources.pelorus.secrets_file names.
+    let secret_volume = &volume(&deployment, "pelorus-secret")["secret"];
+    let secret_name = text(&secret_volume["secretName"], "secretName");
+    let items = list(&secret_volume["items"], "secret items");
+    assert_eq!(items.len(), 1, "one secret item");
+    let key = text(&items[0]["key"], "secret item key");
+    let file = text(&items[0]["path"], "secret item path");
+    let mount = text(
+        &volume_mount(container, "pelorus-secret")["mountPath"],
+        "secret mountPath",
+    );
+    assert_eq!(
+        toml_string(&toml, "secrets_file"),
+        format!("{mount}/{file}"),
+        "secrets_file is the mounted Secret"
+    );
+    assert_eq!(
+        secret_name, "hookgauge-pelorus",
+        "the Secret secret.example.yaml describes"
+    );
+    let example = object("Secret", secret_name);
+    assert!(
+        example["stringData"][key].is_string(),
+        "secret.example.yaml has key {key}"
+    );
+
+    // The store on the PVC at data_dir.
+    let claim = text(
+        &volume(&deployment, "data")["persistentVolumeClaim"]["claimName"],
+        "claimName",
+    );
+    let pvc = object("PersistentVolumeClaim", claim);
+    let modes: Vec<&str> = list(&pvc["spec"]["accessModes"], "accessModes")
+        .iter()
+        .map(|m| text(m, "access mode"))
+        .collect();
+    assert_eq!(modes, ["ReadWriteOnce"], "accessModes");
+    assert_eq!(
+        volume_mount(container, "data")["mountPath"].as_str(),
+        Some(toml_string(&toml, "data_dir").as_str()),
+        "the PVC is mounted at data_dir"
+    );
+    assert!(
+        volume_mount(container, "data")["readOnly"].as_bool() != Some(true),
+        "data is writable"
+    );
+}
+
+#[test]
+fn configmap_configuration_passes_check_config_with_container_listeners() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("pelorus");
+    std::fs::write(&secret, "dummy-secret-for-the-test\n").unwrap();
+    let quoted_secret = serde_json::to_string(&secret).unwrap();
+    let toml: String = configmap_toml()
+        .lines()
+        .map(|line| {
+            if line.trim_start().starts_with("secrets_file") {
+                format!("secrets_file = {quoted_secret}\n")
+            } else {
+                format!("{line}\n")
+            }
+        })
+        .collect();
+    assert!(toml.contains(&quoted_secret), "secrets_file was replaced");
+    let config = dir.path().join("hookgauge.toml");
+    std::fs::write(&config, &toml).unwrap();
+    let config = config.to_str().unwrap();
+
+    // The file alone, and the file under the image's environment, as in the pod.
+    for env in [Vec::new(), dockerfile_env()] {
+        let (code, stdout, stderr) = run_hookgauge(&["check-config", "--config", config], &env);
+        assert_eq!(code, 0, "check-config failed:\n{stderr}");
+        assert_container_listeners(&stdout);
+        assert!(
+            !stderr.contains("warning"),
+            "unsigned source warning:\n{stderr}"
+        );
+        assert!(
+            !stdout.contains("dummy-secret-for-the-test"),
+            "secret printed"
+        );
+    }
+}
+
+#[test]
+fn dockerfile_builds_locked_and_runs_as_non_root_with_container_defaults() {
+    let from = dockerfile_args("FROM");
+    assert!(
+        from.first()
+            .is_some_and(|f| f.starts_with("rust:") && f.contains("-bookworm")),
+        "builder stage: {from:?}"
+    );
+    assert_eq!(
+        from.last().map(String::as_str),
+        Some("debian:bookworm-slim"),
+        "runtime stage"
+    );
+    let builds: Vec<String> = dockerfile_args("RUN")
+        .into_iter()
+        .filter(|r| r.contains("cargo build"))
+        .collect();
+    assert!(!builds.is_empty(), "no cargo build");
+    for build in &builds {
+        assert!(
+            build.contains("--locked") && build.contains("--release"),
+            "{build}"
+        );
+    }
+    let user = dockerfile_args("USER");
+    let user = user.last().expect("a USER instruction");
+    assert!(
+        !["root", "0"].contains(&user.split(':').next().unwrap()),
+        "USER {user}"
+    );
+    assert_eq!(dockerfile_args("VOLUME"), ["/data"], "VOLUME");
+    assert_eq!(dockerfile_args("ENTRYPOINT"), ["[\"hookgauge\"]"]);
+    assert_eq!(dockerfile_args("CMD"), ["[\"serve\"]"]);
+
+    // The image's environment alone (plus a secret) gives container listeners.
+    let mut env = dockerfile_env();
+    env.push((
+        "HOOKGAUGE__SOURCES__PELORUS__SECRETS".into(),
+        "dummy-secret".into(),
+    ));
+    let (code, stdout, stderr) = run_hookgauge(&["check-config"], &env);
+    assert_eq!(code, 0, "check-config failed:\n{stderr}");
+    assert_container_listeners(&stdout);
+}
+
+#[test]
+fn dockerfile_healthcheck_probes_healthz_on_the_ingest_port() {
+    let checks = dockerfile_args("HEALTHCHECK");
+    assert_eq!(checks.len(), 1, "one HEALTHCHECK");
+    assert!(checks[0].contains("/healthz"), "{}", checks[0]);
+    assert!(
+        checks[0].contains(&INGEST_PORT.to_string()),
+        "{}",
+        checks[0]
+    );
+}
+
+#[test]
+fn ports_agree_across_dockerfile_services_deployment_and_network_policy() {
+    let deployment = deployment();
+    let ports = container_ports(&deployment);
+    let pod_labels = string_map(
+        &deployment["spec"]["template"]["metadata"]["labels"],
+        "pod labels",
+    );
+
+    let exposed: BTreeSet<u64> = dockerfile_args("EXPOSE")
+        .iter()
+        .flat_map(|e| {
+            e.split_whitespace()
+                .map(|p| p.trim_end_matches("/tcp").parse::<u64>().unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(
+        exposed,
+        ports.values().copied().collect(),
+        "Dockerfile EXPOSE vs container ports"
+    );
+
+    for (service, port_name) in [
+        ("hookgauge-ingest", "ingest"),
+        ("hookgauge-metrics", "metrics"),
+    ] {
+        let service = object("Service", service);
+        let selector = string_map(&service["spec"]["selector"], "Service selector");
+        assert!(selects(&selector, &pod_labels), "Service selects the pod");
+        let service_ports = list(&service["spec"]["ports"], "Service ports");
+        assert_eq!(service_ports.len(), 1, "one port per Service");
+        let port = &service_ports[0];
+        assert_eq!(port["name"].as_str(), Some(port_name), "Service port name");
+        assert_eq!(
+            port["port"].as_u64(),
+            Some(ports[port_name]),
+            "Service port number"
+        );
+        assert_eq!(
+            port["targetPort"].as_str(),
+            Some(port_name),
+            "targetPort names the container port"
+        );
+    }
+
+    // NetworkPolicy: ingest open to all, metrics only from selected peers.
+    let policy = object("NetworkPolicy", "hookgauge");
+    let selector = string_map(&policy["spec"]["podSelector"]["matchLabels"], "podSelector");
+    assert!(selects(&selector, &pod_labels), "policy selects the pod");
+    let mut open = BTreeSet::new();
+    let mut restricted = BTreeSet::new();
+    for rule in list(&policy["spec"]["ingress"], "ingress rules") {
+        let rule_ports: Vec<u64> = list(&rule["ports"], "rule ports")
+            .iter()
+            .map(|p| number(&p["port"], "rule port"))
+            .collect();
+        if rule["from"].is_null() {
+            open.extend(rule_ports);
+        } else {
+            assert!(!list(&rule["from"], "from").is_empty(), "empty from");
+            restricted.extend(rule_ports);
+        }
+    }
+    assert_eq!(
+        open,
+        BTreeSet::from([INGEST_PORT]),
+        "only ingest is open to all"
+    );
+    assert_eq!(
+        restricted,
+        BTreeSet::from([METRICS_PORT]),
+        "metrics from selected peers"
+    );
+
+    // Compose: ingest published, metrics at most on loopback.
+    let compose = compose();
+    let published = published_ports(compose_service(&compose, "hookgauge"));
+    assert!(
+        published.iter().any(|(_, port)| *port == INGEST_PORT),
+        "ingest published: {published:?}"
+    );
+    for (host, port) in &published {
+        if *port == METRICS_PORT {
+            assert_eq!(
+                host.as_deref(),
+                Some("127.0.0.1"),
+                "metrics published on loopback only"
+            );
+        }
+    }
+}
+
+#[test]
+fn servicemonitor_scrapes_the_metrics_service_as_job_hookgauge() {
+    let monitor = object("ServiceMonitor", "hookgauge");
+    let spec = &monitor["spec"];
+    let metrics = object("Service", "hookgauge-metrics");
+    let ingest = object("Service", "hookgauge-ingest");
+    let selector = string_map(&spec["selector"]["matchLabels"], "ServiceMonitor selector");
+    let metrics_labels = string_map(&metrics["metadata"]["labels"], "metrics labels");
+    assert!(
+        selects(&selector, &metrics_labels),
+        "selects hookgauge-metrics"
+    );
+    assert!(
+        !selects(
+            &selector,
+            &string_map(&ingest["metadata"]["labels"], "ingest labels")
+        ),
+        "must not select hookgauge-ingest"
+    );
+    let job_label = text(&spec["jobLabel"], "jobLabel");
+    assert_eq!(
+        metrics_labels.get(job_label).map(String::as_str),
+        Some("hookgauge"),
+        "job label value"
+    );
+    let endpoints = list(&spec["endpoints"], "endpoints");
+    assert_eq!(endpoints.len(), 1, "one endpoint");
+    let endpoint = &endpoints[0];
+    assert_eq!(endpoint["port"].as_str(), Some("metrics"), "endpoint port");
+    assert_eq!(endpoint["path"].as_str(), Some("/metrics"), "endpoint path");
+    assert_eq!(endpoint["honorTimestamps"].as_bool(), Some(true));
+    assert_eq!(
+        endpoint["honorLabels"].as_bool(),
+        Some(true),
+        "hookgauge's own namespace label must win"
+    );
+}
+
+#[test]
+fn prometheus_config_passes_promtool_and_scrapes_job_hookgauge() {
+    promtool_check_config(Path::new(PROMETHEUS_CONFIG));
+    let config = single_document(Path::new(PROMETHEUS_CONFIG));
+    let job = list(&config["scrape_configs"], "scrape_configs")
+        .iter()
+        .find(|j| j["job_name"].as_str() == Some("hookgauge"))
+        .expect("a scrape job named hookgauge");
+    assert_eq!(job["honor_timestamps"].as_bool(), Some(true));
+    let targets = list(&job["static_configs"][0]["targets"], "targets");
+    assert_eq!(
+        targets[0].as_str(),
+        Some(format!("hookgauge:{METRICS_PORT}").as_str())
+    );
+    let rule_files: Vec<&str> = list(&config["rule_files"], "rule_files")
+        .iter()
+        .map(|r| text(r, "rule file"))
+        .collect();
+    assert_eq!(rule_files, ["rules/*.yml"], "rule_files");
+}
+
+#[test]
+fn compose_prometheus_config_passes_promtool_with_the_rules_where_it_looks_for_them() {
+    let compose = compose();
+    let prometheus = compose_service(&compose, "prometheus");
+    let container_config = "/etc/prometheus/prometheus.yml";
+    let host_config = mounted_at(prometheus, container_config);
+    promtool_check_config(&host_config);
+
+    // Inside the container the rule files resolve against the config's
+    // directory: each must be mounted there from the directory beside the
+    // host file.
+    let config = single_document(&host_config);
+    let host_dir = host_config.parent().unwrap();
+    let container_dir = Path::new(container_config).parent().unwrap();
+    for pattern in list(&config["rule_files"], "rule_files") {
+        let dir = Path::new(text(pattern, "rule file")).parent().unwrap();
+        let target = container_dir.join(dir);
+        let source = mounted_at(prometheus, target.to_str().unwrap());
+        assert_eq!(
+            source.canonicalize().unwrap(),
+            host_dir.join(dir).canonicalize().unwrap(),
+            "{} is mounted from the rules beside the config",
+            target.display()
+        );
+    }
+
+    // The scrape target is the compose service.
+    let job = list(&config["scrape_configs"], "scrape_configs")
+        .iter()
+        .find(|j| j["job_name"].as_str() == Some("hookgauge"))
+        .expect("a scrape job named hookgauge");
+    let target = text(&job["static_configs"][0]["targets"][0], "target");
+    let (host, port) = target.split_once(':').unwrap();
+    compose_service(&compose, host);
+    assert_eq!(port, METRICS_PORT.to_string());
+}
+
+#[test]
+fn kubernetes_scrape_config_passes_promtool_and_targets_the_metrics_service() {
+    let snippet = object("ConfigMap", "hookgauge-prometheus-scrape");
+    let text_config = text(&snippet["data"]["hookgauge.yml"], "data.hookgauge.yml");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hookgauge.yml");
+    std::fs::write(&path, text_config).unwrap();
+    promtool_check_config(&path);
+
+    let config = single_document(&path);
+    let jobs = list(&config["scrape_configs"], "scrape_configs");
+    assert_eq!(jobs.len(), 1, "one job");
+    assert_eq!(jobs[0]["job_name"].as_str(), Some("hookgauge"));
+    assert_eq!(jobs[0]["honor_timestamps"].as_bool(), Some(true));
+    let target = text(&jobs[0]["static_configs"][0]["targets"][0], "target");
+    assert_eq!(
+        target,
+        format!("hookgauge-metrics.hookgauge.svc:{METRICS_PORT}")
+    );
+}
+
+#[test]
+fn compose_mounts_exist_and_match_the_grafana_provisioning() {
+    let compose = compose();
+    let services = compose["services"].as_mapping().expect("services");
+    let volumes = compose["volumes"].as_mapping().expect("named volumes");
+    for (name, service) in services {
+        let name = text(name, "service name");
+        if service["volumes"].is_null() {
+            continue;
+        }
+        for (source, _) in bind_mounts(service) {
+            assert!(
+                source.exists(),
+                "{name}: {} does not exist",
+                source.display()
+            );
+        }
+        for v in list(&service["volumes"], "volumes") {
+            let source = text(v, "volume").split(':').next().unwrap();
+            if !(source.starts_with('.') || source.starts_with('/')) {
+                assert!(
+                    volumes.contains_key(source),
+                    "{name}: named volume {source} is not declared"
+                );
+            }
+        }
+    }
+
+    // hookgauge: built from the repository, store on a named volume, a secret set.
+    let hookgauge = compose_service(&compose, "hookgauge");
+    let context = Path::new(COMPOSE).join(text(&hookgauge["build"]["context"], "build context"));
+    assert_eq!(
+        context.canonicalize().unwrap(),
+        Path::new(ROOT).canonicalize().unwrap(),
+        "build context is the repository"
+    );
+    assert!(context.join("Dockerfile").is_file());
+    assert!(
+        list(&hookgauge["volumes"], "volumes")
+            .iter()
+            .any(|v| v.as_str().is_some_and(|v| v.ends_with(":/data"))),
+        "a volume at /data"
+    );
+
+    // The environment compose gives hookgauge, over the image's, passes check-config.
+    let mut env = dockerfile_env();
+    for (key, value) in string_map(&hookgauge["environment"], "environment") {
+        env.push((key, compose_default(&value)));
+    }
+    assert!(
+        env.iter()
+            .any(|(k, _)| k.starts_with("HOOKGAUGE__SOURCES__PELORUS__SECRETS")),
+        "compose must give hookgauge a secret"
+    );
+    let (code, stdout, stderr) = run_hookgauge(&["check-config"], &env);
+    assert_eq!(code, 0, "check-config failed:\n{stderr}");
+    assert_container_listeners(&stdout);
+
+    // Prometheus: the datasource URL names it.
+    let prometheus = compose_service(&compose, "prometheus");
+    assert!(
+        published_ports(prometheus).iter().any(|(_, p)| *p == 9090),
+        "Prometheus on 9090"
+    );
+    let datasources = Path::new(ROOT).join("grafana/provisioning/datasources");
+    let grafana = compose_service(&compose, "grafana");
+    assert_eq!(
+        mounted_at(grafana, "/etc/grafana/provisioning/datasources")
+            .canonicalize()
+            .unwrap(),
+        datasources.canonicalize().unwrap()
+    );
+    for file in yaml_files(datasources.to_str().unwrap()) {
+        for source in list(&single_document(&file)["datasources"], "datasources") {
+            if source["type"].as_str() == Some("prometheus") {
+                assert_eq!(
+                    source["url"].as_str(),
+                    Some("http://prometheus:9090"),
+                    "{}",
+                    file.display()
+                );
+            }
+        }
+    }
+
+    // Grafana: dashboards mounted where the provider looks for them.
+    let providers = Path::new(ROOT).join("grafana/provisioning/dashboards");
+    assert_eq!(
+        mounted_at(grafana, "/etc/grafana/provisioning/dashboards")
+            .canonicalize()
+            .unwrap(),
+        providers.canonicalize().unwrap()
+    );
+    let dashboards_target = "/var/lib/grafana/dashboards/hookgauge";
+    assert_eq!(
+        mounted_at(grafana, dashboards_target)
+            .canonicalize()
+            .unwrap(),
+        Path::new(ROOT)
+            .join("grafana/dashboards")
+            .canonicalize()
+            .unwrap()
+    );
+    for file in yaml_files(providers.to_str().unwrap()) {
+        for provider in list(&single_document(&file)["providers"], "providers") {
+            assert_eq!(
+                provider["options"]["path"].as_str(),
+                Some(dashboards_target),
+                "{}",
+                file.display()
+            );
+        }
+    }
+}
