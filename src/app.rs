@@ -95,6 +95,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApp> {
         store: store.clone(),
         metrics: Arc::clone(&metrics),
         pelorus: settings.pelorus.clone(),
+        sources: settings.sources.clone(),
     });
     let request_metrics = Arc::clone(&metrics);
     let shutdown_secs = settings.shutdown_timeout.as_secs();

@@ -6,13 +6,16 @@
 //! Every error names the key it is about. Secrets are read here and nowhere
 //! else, and `Settings` prints them redacted.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::signature::Secret;
+use crate::events::{App, Namespace};
+use crate::plugins::{self, Plugin, SourceOptions};
+use crate::signature::{Secret, Verifier};
 
 /// Prefix of the environment variables that override the file.
 pub const ENV_PREFIX: &str = "HOOKGAUGE";
@@ -157,11 +160,75 @@ pub enum LogFormat {
 }
 
 /// `[sources.*]`: one table per webhook source.
+/// `[sources]`: the Pelorus endpoint and the native sources. A native
+/// source's section (`[sources.github]`) holds the options of its default
+/// instance and, as sub-tables, named instances (`[sources.github.acme]`,
+/// served at `/hooks/github/acme`). Unknown sources and options are refused
+/// when the settings are checked, naming the key.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawSources {
     #[serde(default)]
     pub pelorus: RawPelorus,
+    #[serde(flatten)]
+    pub native: BTreeMap<String, serde_json::Value>,
+}
+
+/// Options of one native source instance, as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSourceOptions {
+    /// Serve this instance (default: true once its section exists).
+    pub enabled: Option<bool>,
+    /// Shared secrets or tokens; two entries while one is rotated.
+    #[serde(deserialize_with = "string_list")]
+    pub secrets: Vec<String>,
+    /// File with one secret per line (a mounted Kubernetes Secret).
+    pub secrets_file: Option<PathBuf>,
+    /// Branches whose pushes count (default: the repository's default branch).
+    #[serde(deserialize_with = "string_list")]
+    pub branches: Vec<String>,
+    /// Environments that count as production (default: `production`).
+    #[serde(deserialize_with = "string_list")]
+    pub environments: Vec<String>,
+    /// Environment → namespace (default: the environment as a label).
+    pub namespaces: BTreeMap<String, String>,
+    /// Labels that make an issue an incident (default: `incident`).
+    #[serde(deserialize_with = "string_list")]
+    pub incident_labels: Vec<String>,
+    /// Repository / project / service → application name.
+    pub apps: BTreeMap<String, String>,
+    /// Opt-in deploy signals (workflows, pipelines, jobs, status contexts).
+    #[serde(deserialize_with = "string_list")]
+    pub deploy_workflows: Vec<String>,
+}
+
+/// A list written as a TOML array or, from the environment, as one
+/// comma-separated string; numbers and booleans are taken as their text.
+fn string_list<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Vec<String>, D::Error> {
+    let scalar = |value: &serde_json::Value| match value {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    };
+    match serde_json::Value::deserialize(de)? {
+        serde_json::Value::Array(items) => items
+            .iter()
+            .map(|item| {
+                scalar(item).ok_or_else(|| serde::de::Error::custom("expected a list of strings"))
+            })
+            .collect(),
+        serde_json::Value::Null => Ok(Vec::new()),
+        serde_json::Value::String(s) => Ok(s
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(str::to_owned)
+            .collect()),
+        other => scalar(&other)
+            .map(|one| vec![one])
+            .ok_or_else(|| serde::de::Error::custom("expected a list of strings")),
+    }
 }
 
 /// `[sources.pelorus]`: the Pelorus-compatible endpoint `POST /pelorus/webhook`.
@@ -226,6 +293,102 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     pub log: RawLog,
     pub pelorus: PelorusSettings,
+    /// Native source instances, enabled or not.
+    pub sources: Vec<SourceInstance>,
+}
+
+/// One native source instance: `/hooks/<source>` or `/hooks/<source>/<name>`.
+#[derive(Clone)]
+pub struct SourceInstance {
+    pub plugin: &'static dyn Plugin,
+    pub name: Option<String>,
+    pub enabled: bool,
+    pub verifier: Verifier,
+    pub options: SourceOptions,
+}
+
+impl SourceInstance {
+    /// `github` or `github.acme`: the configuration key of this instance.
+    pub fn key(&self) -> String {
+        match &self.name {
+            Some(name) => format!("{}.{name}", self.plugin.source()),
+            None => self.plugin.source().to_owned(),
+        }
+    }
+}
+
+impl SourceInstance {
+    /// This instance's section of `check-config`, secrets redacted.
+    fn to_redacted_toml(&self) -> String {
+        let text = |s: &str| serde_json::to_string(s).unwrap_or_default();
+        let list = |items: &[String]| {
+            let quoted: Vec<String> = items.iter().map(|i| text(i)).collect();
+            format!("[{}]", quoted.join(", "))
+        };
+        let secrets = match &self.verifier {
+            Verifier::Open => 0,
+            Verifier::HmacHex { secrets, .. }
+            | Verifier::HmacHexList { secrets, .. }
+            | Verifier::Token { secrets, .. }
+            | Verifier::Bearer { secrets } => secrets.len(),
+            Verifier::StandardWebhooks { keys } => keys.len(),
+        };
+        let mut out = format!(
+            "\n[sources.{}]\nenabled = {}\nsecrets = [{}]\n",
+            self.key(),
+            self.enabled,
+            vec!["\"[redacted]\""; secrets].join(", ")
+        );
+        let o = &self.options;
+        let options = self.plugin.options();
+        let mut line = |name: &str, value: String| {
+            if options.contains(&name) {
+                out.push_str(&format!("{name} = {value}\n"));
+            }
+        };
+        line("branches", list(&o.branches));
+        line("environments", list(&o.environments));
+        line("incident_labels", list(&o.incident_labels));
+        line("deploy_workflows", list(&o.deploy_workflows));
+        let table = |entries: Vec<(String, String)>| {
+            let pairs: Vec<String> = entries
+                .iter()
+                .map(|(k, v)| format!("{} = {}", text(k), text(v)))
+                .collect();
+            format!("{{ {} }}", pairs.join(", "))
+        };
+        line(
+            "namespaces",
+            table(
+                o.namespaces
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().to_owned()))
+                    .collect(),
+            ),
+        );
+        line(
+            "apps",
+            table(
+                o.apps
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().to_owned()))
+                    .collect(),
+            ),
+        );
+        out
+    }
+}
+
+impl std::fmt::Debug for SourceInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceInstance")
+            .field("source", &self.plugin.source())
+            .field("name", &self.name)
+            .field("enabled", &self.enabled)
+            .field("verifier", &self.verifier)
+            .field("options", &self.options)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -367,17 +530,24 @@ impl Settings {
             },
             log: raw.log,
             pelorus,
+            sources: native_sources(&raw.sources.native)?,
         };
         settings.check_public_bind()?;
         Ok(settings)
     }
 
     /// Enabled sources that accept deliveries without any secret.
-    pub fn unsigned_sources(&self) -> Vec<&'static str> {
+    pub fn unsigned_sources(&self) -> Vec<String> {
         let mut unsigned = Vec::new();
         if self.pelorus.enabled && self.pelorus.secrets.is_empty() {
-            unsigned.push("pelorus");
+            unsigned.push("pelorus".to_owned());
         }
+        unsigned.extend(
+            self.sources
+                .iter()
+                .filter(|s| s.enabled && s.verifier.is_open())
+                .map(SourceInstance::key),
+        );
         unsigned
     }
 
@@ -407,7 +577,7 @@ impl Settings {
             format!("[{}]", items.join(", "))
         };
         let toml_str = |s: &str| serde_json::to_string(s).unwrap_or_default();
-        format!(
+        let mut out = format!(
             "[server]\n\
              ingest_addr = {ingest}\n\
              metrics_addr = {metrics}\n\
@@ -452,7 +622,11 @@ impl Settings {
             p_enabled = self.pelorus.enabled,
             p_secrets = secrets(&self.pelorus.secrets),
             p_lenient = self.pelorus.lenient_signatures,
-        )
+        );
+        for instance in &self.sources {
+            out.push_str(&instance.to_redacted_toml());
+        }
+        out
     }
 
     /// Path of the embedded SQLite store.
@@ -472,6 +646,129 @@ fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
 
 /// Secrets from the inline list and from `secrets_file` (one per line; blank
 /// lines and surrounding whitespace ignored).
+/// Keys every native instance takes, besides its source's own options.
+const COMMON_OPTIONS: &[&str] = &["enabled", "secrets", "secrets_file"];
+
+/// Builds the native source instances of `[sources.*]`.
+fn native_sources(
+    sections: &BTreeMap<String, serde_json::Value>,
+) -> Result<Vec<SourceInstance>, ConfigError> {
+    let mut instances = Vec::new();
+    for (source, section) in sections {
+        let key = format!("sources.{source}");
+        let plugin = plugins::plugin(source).ok_or_else(|| {
+            let known: Vec<&str> = plugins::SOURCES.iter().map(|p| p.source()).collect();
+            ConfigError::invalid(
+                &key,
+                format!(
+                    "unknown source; known sources: pelorus, {}",
+                    known.join(", ")
+                ),
+            )
+        })?;
+        let serde_json::Value::Object(table) = section else {
+            return Err(ConfigError::invalid(&key, "must be a table"));
+        };
+        let is_option = |k: &str| COMMON_OPTIONS.contains(&k) || plugin.options().contains(&k);
+        let mut own = serde_json::Map::new();
+        for (k, v) in table {
+            if is_option(k) {
+                own.insert(k.clone(), v.clone());
+            } else if v.is_object() {
+                let valid_name = !k.is_empty()
+                    && k.len() <= 63
+                    && k.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                    });
+                if !valid_name {
+                    return Err(ConfigError::invalid(
+                        &format!("{key}.{k}"),
+                        "an instance name is 1 to 63 characters of a-z, 0-9, - and _",
+                    ));
+                }
+                instances.push(source_instance(plugin, Some(k), v, &format!("{key}.{k}"))?);
+            } else {
+                return Err(ConfigError::invalid(
+                    &format!("{key}.{k}"),
+                    format!(
+                        "not an option of {source}; its options: {}",
+                        COMMON_OPTIONS
+                            .iter()
+                            .chain(plugin.options())
+                            .copied()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+        }
+        if !own.is_empty() {
+            let own = serde_json::Value::Object(own);
+            instances.push(source_instance(plugin, None, &own, &key)?);
+        }
+    }
+    Ok(instances)
+}
+
+fn source_instance(
+    plugin: &'static dyn Plugin,
+    name: Option<&str>,
+    table: &serde_json::Value,
+    key: &str,
+) -> Result<SourceInstance, ConfigError> {
+    if let serde_json::Value::Object(map) = table {
+        let is_option = |k: &str| COMMON_OPTIONS.contains(&k) || plugin.options().contains(&k);
+        if let Some(k) = map.keys().find(|k| !is_option(k)) {
+            return Err(ConfigError::invalid(
+                &format!("{key}.{k}"),
+                format!("not an option of {}", plugin.source()),
+            ));
+        }
+    }
+    let raw: RawSourceOptions = serde_json::from_value(table.clone())
+        .map_err(|e| ConfigError::invalid(key, e.to_string()))?;
+    let secrets = load_secrets(key, &raw.secrets, raw.secrets_file.as_deref())?;
+    let verifier = plugin
+        .verifier(secrets)
+        .map_err(|reason| ConfigError::invalid(&format!("{key}.secrets"), reason))?;
+    let mut options = plugin.defaults();
+    if !raw.branches.is_empty() {
+        options.branches = raw.branches;
+    }
+    if !raw.environments.is_empty() {
+        options.environments = raw.environments;
+    }
+    if !raw.incident_labels.is_empty() {
+        options.incident_labels = raw.incident_labels;
+    }
+    options.deploy_workflows = raw.deploy_workflows;
+    for (environment, namespace) in raw.namespaces {
+        let parsed = Namespace::parse(&namespace).map_err(|e| {
+            ConfigError::invalid(
+                &format!("{key}.namespaces.{environment}"),
+                format!("not an RFC 1123 label ({})", e.as_str()),
+            )
+        })?;
+        options.namespaces.insert(environment, parsed);
+    }
+    for (source_key, app) in raw.apps {
+        let parsed = App::parse(&app).map_err(|e| {
+            ConfigError::invalid(
+                &format!("{key}.apps.{source_key}"),
+                format!("not a valid application name ({})", e.as_str()),
+            )
+        })?;
+        options.apps.insert(source_key, parsed);
+    }
+    Ok(SourceInstance {
+        plugin,
+        name: name.map(str::to_owned),
+        enabled: raw.enabled.unwrap_or(true),
+        verifier,
+        options,
+    })
+}
+
 fn load_secrets(
     section: &str,
     inline: &[String],

@@ -243,16 +243,34 @@ pub struct Commit {
     pub namespace: Option<Namespace>,
     pub commit_link: Option<CommitLink>,
     pub time: EventTime,
+    /// Reported by a push to a tracked branch. The events of one delivery
+    /// list such commits in branch order (oldest first), and the store keeps
+    /// that order: a deploy of a commit also ships the pushed commits before it.
+    pub pushed: bool,
 }
 
-/// A successful deployment of an image of an application into a namespace.
+/// A successful deployment of an application into a namespace, naming the
+/// image it ran, the commit it was built from, or both.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Deploy {
     pub app: App,
     pub namespace: Namespace,
-    pub image_sha: ImageSha,
+    /// `None` when the sender only knows the commit: the store then takes the
+    /// digest from the commit→digest links, now or when one arrives.
+    pub image_sha: Option<ImageSha>,
     pub commit: Option<CommitSha>,
     pub environment: Option<Box<str>>,
+    pub time: EventTime,
+}
+
+/// A fact linking a commit to the image digest built from it (a registry
+/// package published, a build pipeline's result), so that deploys that name
+/// only the commit can be shown with their image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub app: App,
+    pub commit: CommitSha,
+    pub image_sha: ImageSha,
     pub time: EventTime,
 }
 
@@ -287,9 +305,20 @@ pub enum Event {
     Commit(Commit),
     Deploy(Deploy),
     Failure(Failure),
+    Link(Link),
 }
 
 impl Event {
+    /// When the event happened.
+    pub fn time(&self) -> EventTime {
+        match self {
+            Event::Commit(c) => c.time,
+            Event::Deploy(d) => d.time,
+            Event::Failure(f) => f.time,
+            Event::Link(l) => l.time,
+        }
+    }
+
     /// The identity this event is deduplicated on (DESIGN.md), as text.
     pub fn identity(&self) -> String {
         match self {
@@ -299,14 +328,29 @@ impl Event {
                 c.commit.as_str(),
                 c.image_sha.map(|s| s.to_string()).unwrap_or_default()
             ),
-            Event::Deploy(d) => format!(
-                "deploy/{}/{}/{}/{}",
-                d.app.as_str(),
-                d.namespace.as_str(),
-                d.image_sha,
-                d.time.seconds()
-            ),
+            Event::Deploy(d) => match (&d.image_sha, &d.commit) {
+                (Some(image), _) => format!(
+                    "deploy/{}/{}/{}/{}",
+                    d.app.as_str(),
+                    d.namespace.as_str(),
+                    image,
+                    d.time.seconds()
+                ),
+                (None, commit) => format!(
+                    "deploy/{}/{}/commit:{}/{}",
+                    d.app.as_str(),
+                    d.namespace.as_str(),
+                    commit.as_ref().map(CommitSha::as_str).unwrap_or_default(),
+                    d.time.seconds()
+                ),
+            },
             Event::Failure(f) => format!("failure/{}/{}", f.app.as_str(), f.issue_number.as_str()),
+            Event::Link(l) => format!(
+                "link/{}/{}/{}",
+                l.app.as_str(),
+                l.commit.as_str(),
+                l.image_sha
+            ),
         }
     }
 }

@@ -259,6 +259,8 @@ pub fn export(
         .filter(|d| d.time >= filter.from)
         .collect();
     summary.deploys = deploys.len();
+    // A deploy whose image is not known yet has no deploy_timestamp series.
+    deploys.retain(|d| !d.image_sha.is_empty());
     w.family(
         "deploy_timestamp",
         "gauge",

@@ -161,7 +161,16 @@ pub enum Effect {
         commit_link: Option<crate::events::CommitLink>,
         time: i64,
     },
+    /// A new deploy: counted, and shown with its image when it is known.
     Deploy {
+        app: App,
+        namespace: Namespace,
+        image_sha: Option<ImageSha>,
+        time: i64,
+    },
+    /// A stored deploy whose image became known through a link: shown, not
+    /// counted again.
+    DeployImage {
         app: App,
         namespace: Namespace,
         image_sha: ImageSha,

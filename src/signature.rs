@@ -1,5 +1,8 @@
 //! Authentication schemes: HMAC-SHA256 over the raw body with secret rotation,
-//! compared in constant time, and the Pelorus lenient re-serialisation check.
+//! compared in constant time, the Pelorus lenient re-serialisation check, and
+//! the closed set of schemes the native sources use ([`Verifier`]): hex HMAC
+//! headers, PagerDuty's signature list, static tokens, bearer tokens, basic
+//! auth and Standard Webhooks.
 //!
 //! Owns the secret material (`Secret`). Nothing here logs, formats or returns a
 //! secret or a computed MAC; errors carry only a bounded reason code.
@@ -53,6 +56,8 @@ pub enum SignatureError {
     UnsupportedAlgorithm,
     #[error("the signature does not match the body under any configured secret")]
     Mismatch,
+    #[error("the signed timestamp is missing, malformed or outside the accepted window")]
+    StaleTimestamp,
 }
 
 impl SignatureError {
@@ -63,6 +68,7 @@ impl SignatureError {
             SignatureError::Malformed => "malformed_signature",
             SignatureError::UnsupportedAlgorithm => "unsupported_algorithm",
             SignatureError::Mismatch => "bad_signature",
+            SignatureError::StaleTimestamp => "stale_timestamp",
         }
     }
 }
@@ -328,5 +334,401 @@ mod tests {
     fn secrets_never_print() {
         let secret = Secret::new("hunter2");
         assert_eq!(format!("{secret:?} {secret}"), "[redacted] [redacted]");
+    }
+}
+
+/// Seconds a Standard Webhooks timestamp may be away from now.
+pub const STANDARD_WEBHOOKS_TOLERANCE: i64 = 300;
+
+/// Why a delivery failed authentication, and the header that carried it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthFailure {
+    pub error: SignatureError,
+    pub header: &'static str,
+}
+
+/// How one source instance authenticates a delivery. A closed set: every
+/// scheme SOURCES.md names, each comparing in constant time, each trying
+/// every configured secret (rotation).
+#[derive(Debug, Clone)]
+pub enum Verifier {
+    /// No secret configured: every delivery passes (loopback only, warned).
+    Open,
+    /// HMAC-SHA256 of the raw body, hex, in the first of `headers` present
+    /// (header name, required prefix); a bad first choice is not rescued by
+    /// another.
+    HmacHex {
+        headers: &'static [(&'static str, &'static str)],
+        secrets: Vec<Secret>,
+    },
+    /// A comma-separated list of `prefix<hex>` HMACs, one per active secret of
+    /// the sender (PagerDuty); any match authenticates.
+    HmacHexList {
+        header: &'static str,
+        prefix: &'static str,
+        secrets: Vec<Secret>,
+    },
+    /// A static token carried in clear in `header` (GitLab's secret token).
+    Token {
+        header: &'static str,
+        secrets: Vec<Secret>,
+    },
+    /// `Authorization: Bearer <token>`, or basic auth whose password is the
+    /// token (senders that can only put credentials in the URL).
+    Bearer { secrets: Vec<Secret> },
+    /// Standard Webhooks v1: HMAC-SHA256 over `id.timestamp.body` under the
+    /// base64-decoded `whsec_` keys, timestamp within ±5 minutes.
+    StandardWebhooks { keys: Vec<Secret> },
+}
+
+impl Verifier {
+    /// True when no secret is configured.
+    pub fn is_open(&self) -> bool {
+        matches!(self, Verifier::Open)
+    }
+
+    /// Checks the delivery's credentials over the raw `body`.
+    pub fn verify(
+        &self,
+        headers: &actix_web::http::header::HeaderMap,
+        body: &[u8],
+        now: i64,
+    ) -> Result<(), AuthFailure> {
+        let single = |name: &'static str| -> Result<Option<&[u8]>, AuthFailure> {
+            let mut values = headers.get_all(name);
+            let first = values.next();
+            if values.next().is_some() {
+                return Err(AuthFailure {
+                    error: SignatureError::Repeated,
+                    header: name,
+                });
+            }
+            Ok(first.map(|v| v.as_bytes()))
+        };
+        let fail = |error, header| Err(AuthFailure { error, header });
+        match self {
+            Verifier::Open => Ok(()),
+            Verifier::HmacHex {
+                headers: names,
+                secrets,
+            } => {
+                for &(name, prefix) in names.iter() {
+                    let Some(value) = single(name)? else { continue };
+                    let mac = parse_prefixed_hex(value, prefix).map_err(|error| AuthFailure {
+                        error,
+                        header: name,
+                    })?;
+                    return if any_secret_matches(secrets, body, &mac) {
+                        Ok(())
+                    } else {
+                        fail(SignatureError::Mismatch, name)
+                    };
+                }
+                fail(SignatureError::Missing, names[0].0)
+            }
+            Verifier::HmacHexList {
+                header,
+                prefix,
+                secrets,
+            } => {
+                let Some(value) = single(header)? else {
+                    return fail(SignatureError::Missing, header);
+                };
+                if value.len() > 16 * MAX_SIGNATURE_HEADER {
+                    return fail(SignatureError::Malformed, header);
+                }
+                let macs: Vec<[u8; 32]> = value
+                    .split(|&b| b == b',')
+                    .map(|entry| entry.trim_ascii())
+                    .filter(|entry| entry.starts_with(prefix.as_bytes()))
+                    .filter_map(|entry| parse_prefixed_hex(entry, prefix).ok())
+                    .collect();
+                if macs.is_empty() {
+                    return fail(SignatureError::Malformed, header);
+                }
+                let found = macs.iter().fold(false, |found, mac| {
+                    any_secret_matches(secrets, body, mac) | found
+                });
+                if found {
+                    Ok(())
+                } else {
+                    fail(SignatureError::Mismatch, header)
+                }
+            }
+            Verifier::Token { header, secrets } => {
+                let Some(value) = single(header)? else {
+                    return fail(SignatureError::Missing, header);
+                };
+                if any_token_matches(secrets, value) {
+                    Ok(())
+                } else {
+                    fail(SignatureError::Mismatch, header)
+                }
+            }
+            Verifier::Bearer { secrets } => {
+                const AUTHORIZATION: &str = "authorization";
+                let Some(value) = single(AUTHORIZATION)? else {
+                    return fail(SignatureError::Missing, AUTHORIZATION);
+                };
+                let token = bearer_or_basic_password(value).ok_or(AuthFailure {
+                    error: SignatureError::Malformed,
+                    header: AUTHORIZATION,
+                })?;
+                if any_token_matches(secrets, &token) {
+                    Ok(())
+                } else {
+                    fail(SignatureError::Mismatch, AUTHORIZATION)
+                }
+            }
+            Verifier::StandardWebhooks { keys } => {
+                let (id_header, ts_header, sig_header) =
+                    ("webhook-id", "webhook-timestamp", "webhook-signature");
+                let id = single(id_header)?.ok_or(AuthFailure {
+                    error: SignatureError::Missing,
+                    header: id_header,
+                })?;
+                let timestamp = single(ts_header)?.ok_or(AuthFailure {
+                    error: SignatureError::Missing,
+                    header: ts_header,
+                })?;
+                let signatures = single(sig_header)?.ok_or(AuthFailure {
+                    error: SignatureError::Missing,
+                    header: sig_header,
+                })?;
+                let seconds = std::str::from_utf8(timestamp)
+                    .ok()
+                    .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|t| t.parse::<i64>().ok());
+                match seconds {
+                    Some(ts) if (now - ts).abs() <= STANDARD_WEBHOOKS_TOLERANCE => {}
+                    _ => return fail(SignatureError::StaleTimestamp, ts_header),
+                }
+                if id.contains(&b'.') || id.is_empty() {
+                    return fail(SignatureError::Malformed, id_header);
+                }
+                let mut message = Vec::with_capacity(id.len() + timestamp.len() + body.len() + 2);
+                message.extend_from_slice(id);
+                message.push(b'.');
+                message.extend_from_slice(timestamp);
+                message.push(b'.');
+                message.extend_from_slice(body);
+                let macs: Vec<Vec<u8>> = signatures
+                    .split(|&b| b == b' ')
+                    .filter_map(|entry| entry.strip_prefix(b"v1,"))
+                    .filter_map(|b64| {
+                        use base64::Engine as _;
+                        base64::engine::general_purpose::STANDARD.decode(b64).ok()
+                    })
+                    .filter(|mac| mac.len() == 32)
+                    .collect();
+                if macs.is_empty() {
+                    return fail(SignatureError::Malformed, sig_header);
+                }
+                let found = macs.iter().fold(false, |found, mac| {
+                    any_secret_matches(keys, &message, mac) | found
+                });
+                if found {
+                    Ok(())
+                } else {
+                    fail(SignatureError::Mismatch, sig_header)
+                }
+            }
+        }
+    }
+}
+
+/// Decodes `prefix` + 64 hex digits (either case) into the 32 MAC bytes.
+fn parse_prefixed_hex(value: &[u8], prefix: &str) -> Result<[u8; 32], SignatureError> {
+    if value.len() > MAX_SIGNATURE_HEADER {
+        return Err(SignatureError::Malformed);
+    }
+    let Some(hex_part) = value.strip_prefix(prefix.as_bytes()) else {
+        let other_algorithm = value
+            .iter()
+            .position(|&b| b == b'=')
+            .is_some_and(|eq| eq > 0 && value[..eq].iter().all(u8::is_ascii_alphanumeric));
+        return Err(if other_algorithm {
+            SignatureError::UnsupportedAlgorithm
+        } else {
+            SignatureError::Malformed
+        });
+    };
+    let mut mac = [0u8; 32];
+    if hex_part.len() != 64 {
+        return Err(SignatureError::Malformed);
+    }
+    hex::decode_to_slice(hex_part, &mut mac).map_err(|_| SignatureError::Malformed)?;
+    Ok(mac)
+}
+
+/// Constant-time comparison of `presented` against every secret: the MACs of
+/// both under a fixed key are compared, so lengths leak nothing either.
+fn any_token_matches(secrets: &[Secret], presented: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    const KEY: &[u8] = b"hookgauge token comparison";
+    let digest = |bytes: &[u8]| {
+        let mut mac = HmacSha256::new_from_slice(KEY).expect("HMAC accepts any key length");
+        mac.update(bytes);
+        mac.finalize().into_bytes()
+    };
+    let presented = digest(presented);
+    secrets.iter().fold(false, |found, secret| {
+        bool::from(digest(secret.expose()).ct_eq(&presented)) | found
+    })
+}
+
+/// The token of `Bearer <token>`, or the password of `Basic <base64>`.
+fn bearer_or_basic_password(value: &[u8]) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let text = std::str::from_utf8(value).ok()?.trim();
+    let (scheme, rest) = text.split_once(' ')?;
+    let rest = rest.trim();
+    if scheme.eq_ignore_ascii_case("bearer") && !rest.is_empty() {
+        return Some(rest.as_bytes().to_vec());
+    }
+    if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(rest)
+            .ok()?;
+        let colon = decoded.iter().position(|&b| b == b':')?;
+        return Some(decoded[colon + 1..].to_vec());
+    }
+    None
+}
+
+/// Decodes a Standard Webhooks secret (`whsec_` + base64 of the key bytes).
+pub fn standard_webhooks_key(secret: &Secret) -> Option<Secret> {
+    use base64::Engine as _;
+    let encoded = secret.expose().strip_prefix(b"whsec_")?;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()?;
+    (!key.is_empty()).then(|| Secret::new(key))
+}
+
+/// Standard Webhooks v1 signature header value (`v1,<base64>`) of a message.
+pub fn standard_webhooks_sign(key: &Secret, id: &str, timestamp: i64, body: &[u8]) -> String {
+    use base64::Engine as _;
+    let mut mac = HmacSha256::new_from_slice(key.expose()).expect("HMAC accepts any key length");
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    )
+}
+
+#[cfg(test)]
+mod verifier_tests {
+    use super::*;
+    use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn github_documented_vector_verifies() {
+        let verifier = Verifier::HmacHex {
+            headers: &[("x-hub-signature-256", "sha256=")],
+            secrets: vec![Secret::new("It's a Secret to Everybody")],
+        };
+        let h = headers(&[(
+            "x-hub-signature-256",
+            "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17",
+        )]);
+        assert_eq!(verifier.verify(&h, b"Hello, World!", 0), Ok(()));
+        assert_eq!(
+            verifier.verify(&h, b"Hello, World?", 0).unwrap_err().error,
+            SignatureError::Mismatch
+        );
+    }
+
+    #[test]
+    fn standard_webhooks_documented_vector_verifies_within_the_window() {
+        let key =
+            standard_webhooks_key(&Secret::new("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD")).unwrap();
+        let verifier = Verifier::StandardWebhooks {
+            keys: vec![key.clone()],
+        };
+        let body = br#"{"email":"test@example.com","username":"test_user"}"#;
+        let h = headers(&[
+            ("webhook-id", "msg_27UH4WbU6Z5A5EzD8u03UvzRbpk"),
+            ("webhook-timestamp", "1649367553"),
+            (
+                "webhook-signature",
+                "v2,AAAA v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=",
+            ),
+        ]);
+        assert_eq!(verifier.verify(&h, body, 1649367553 + 300), Ok(()));
+        assert_eq!(
+            verifier
+                .verify(&h, body, 1649367553 + 301)
+                .unwrap_err()
+                .error,
+            SignatureError::StaleTimestamp
+        );
+        assert_eq!(
+            standard_webhooks_sign(&key, "msg_27UH4WbU6Z5A5EzD8u03UvzRbpk", 1649367553, body),
+            "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw="
+        );
+    }
+
+    #[test]
+    fn pagerduty_list_matches_any_entry() {
+        let secret = Secret::new("pd-secret");
+        let good = sign_hex(&secret, b"{}");
+        let verifier = Verifier::HmacHexList {
+            header: "x-pagerduty-signature",
+            prefix: "v1=",
+            secrets: vec![secret],
+        };
+        let value = format!("v1={},v1={good}", "0".repeat(64));
+        let h = headers(&[("x-pagerduty-signature", value.as_str())]);
+        assert_eq!(verifier.verify(&h, b"{}", 0), Ok(()));
+    }
+
+    #[test]
+    fn tokens_compare_whole_values() {
+        let verifier = Verifier::Token {
+            header: "x-gitlab-token",
+            secrets: vec![Secret::new("abc")],
+        };
+        assert!(verifier
+            .verify(&headers(&[("x-gitlab-token", "abc")]), b"", 0)
+            .is_ok());
+        for wrong in ["ab", "abcd", "ABC"] {
+            assert_eq!(
+                verifier
+                    .verify(&headers(&[("x-gitlab-token", wrong)]), b"", 0)
+                    .unwrap_err()
+                    .error,
+                SignatureError::Mismatch
+            );
+        }
+    }
+
+    #[test]
+    fn bearer_and_basic_password_are_accepted() {
+        let verifier = Verifier::Bearer {
+            secrets: vec![Secret::new("tok")],
+        };
+        assert!(verifier
+            .verify(&headers(&[("authorization", "Bearer tok")]), b"", 0)
+            .is_ok());
+        // "user:tok"
+        assert!(verifier
+            .verify(&headers(&[("authorization", "Basic dXNlcjp0b2s=")]), b"", 0)
+            .is_ok());
+        assert!(verifier
+            .verify(&headers(&[("authorization", "Bearer nope")]), b"", 0)
+            .is_err());
     }
 }

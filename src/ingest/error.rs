@@ -7,16 +7,21 @@ use actix_web::HttpResponse;
 use serde_json::json;
 
 use crate::ledger::{DeliveryId, Outcome};
-use crate::plugins::pelorus::FieldProblem;
-use crate::signature::SignatureError;
+use crate::plugins::FieldProblem;
+use crate::signature::AuthFailure;
 
 /// Seconds a sender is asked to wait after a 503.
 pub const RETRY_AFTER_SECONDS: u64 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
-    #[error("the source is not enabled")]
+    #[error("no such source")]
+    UnknownSource,
+    /// Answered like an unknown source; the log says how to enable it.
+    #[error("no such source")]
     SourceDisabled,
+    #[error("the body must be sent as application/json")]
+    UnsupportedMediaType,
     #[error("the body is larger than {limit} bytes")]
     TooLarge { limit: usize },
     #[error("the body could not be read")]
@@ -27,8 +32,8 @@ pub enum IngestError {
     MissingHeader { header: &'static str },
     #[error("header {header} has an unknown value")]
     UnknownEvent { header: &'static str },
-    #[error("{0}")]
-    Unauthorized(SignatureError),
+    #[error("{}", .0.error)]
+    Unauthorized(AuthFailure),
     #[error("the body is not a JSON object: {message}")]
     MalformedJson { message: String },
     #[error("the payload failed validation")]
@@ -40,7 +45,8 @@ pub enum IngestError {
 impl IngestError {
     pub fn status(&self) -> StatusCode {
         match self {
-            IngestError::SourceDisabled => StatusCode::NOT_FOUND,
+            IngestError::UnknownSource | IngestError::SourceDisabled => StatusCode::NOT_FOUND,
+            IngestError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             IngestError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             IngestError::BodyRead => StatusCode::BAD_REQUEST,
             IngestError::BadUserAgent { .. } => StatusCode::PRECONDITION_FAILED,
@@ -57,13 +63,16 @@ impl IngestError {
     /// Bounded reason code, also kept in the ledger.
     pub fn reason(&self) -> &'static str {
         match self {
-            IngestError::SourceDisabled => "source_disabled",
+            // A disabled source answers exactly as an unknown one: the body
+            // does not tell a scanner which sources exist.
+            IngestError::UnknownSource | IngestError::SourceDisabled => "unknown_source",
+            IngestError::UnsupportedMediaType => "unsupported_media_type",
             IngestError::TooLarge { .. } => "body_too_large",
             IngestError::BodyRead => "body_unreadable",
             IngestError::BadUserAgent { .. } => "bad_user_agent",
             IngestError::MissingHeader { .. } => "missing_header",
             IngestError::UnknownEvent { .. } => "unknown_event",
-            IngestError::Unauthorized(e) => e.as_str(),
+            IngestError::Unauthorized(failure) => failure.error.as_str(),
             IngestError::MalformedJson { .. } => "invalid_json",
             IngestError::Invalid(problems) => problems
                 .first()
@@ -80,7 +89,8 @@ impl IngestError {
             IngestError::MissingHeader { header } | IngestError::UnknownEvent { header } => {
                 Some(header)
             }
-            IngestError::Unauthorized(_) => Some("X-Hub-Signature-256"),
+            IngestError::Unauthorized(failure) => Some(failure.header),
+            IngestError::UnsupportedMediaType => Some("Content-Type"),
             IngestError::Invalid(problems) => problems.first().map(|p| p.field),
             _ => None,
         }
@@ -90,7 +100,9 @@ impl IngestError {
     pub fn outcome(&self) -> Option<Outcome> {
         match self {
             IngestError::Unauthorized(_) => Some(Outcome::Rejected),
-            IngestError::SourceDisabled | IngestError::StoreUnavailable => None,
+            IngestError::UnknownSource
+            | IngestError::SourceDisabled
+            | IngestError::StoreUnavailable => None,
             _ => Some(Outcome::Invalid),
         }
     }

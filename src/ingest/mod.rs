@@ -20,11 +20,12 @@ use serde_json::json;
 
 pub use error::{IngestError, RETRY_AFTER_SECONDS};
 
-use crate::config::PelorusSettings;
+use crate::config::{PelorusSettings, SourceInstance};
 use crate::ledger::{Delivery, DeliveryId, Disposition, Outcome};
 use crate::metrics::Metrics;
-use crate::plugins::pelorus::{self, PayloadError, PelorusEvent};
-use crate::signature::{self, SignatureError};
+use crate::plugins::pelorus::{self, PelorusEvent};
+use crate::plugins::{self, payload, Mapping, PayloadError};
+use crate::signature::{self, AuthFailure, SignatureError};
 use crate::store::Store;
 
 /// How long `/readyz` waits for the store before answering 503.
@@ -35,11 +36,15 @@ pub struct IngestState {
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub pelorus: PelorusSettings,
+    /// Native source instances, enabled or not.
+    pub sources: Vec<SourceInstance>,
 }
 
 /// Registers the ingest routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/pelorus/webhook", web::post().to(pelorus_webhook))
+        .route("/hooks/{source}", web::post().to(native_webhook))
+        .route("/hooks/{source}/{name}", web::post().to(native_webhook))
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz));
 }
@@ -205,7 +210,10 @@ async fn check_pelorus(
             reason = error.as_str(),
             "Delivery rejected: authentication failed"
         );
-        let error = IngestError::Unauthorized(error);
+        let error = IngestError::Unauthorized(AuthFailure {
+            error,
+            header: "X-Hub-Signature-256",
+        });
         return Err(Refusal::before_auth(error, label, Some(body)));
     }
     if event == PelorusEvent::Ping {
@@ -248,7 +256,7 @@ async fn pelorus_webhook(
             return HttpResponse::Ok()
                 .json(json!({"outcome": "ignored", "delivery_id": null, "detail": "pong"}));
         }
-        Err(refusal) => return refuse(&state, refusal, received_at_ms).await,
+        Err(refusal) => return refuse(&state, pelorus::SOURCE, refusal, received_at_ms).await,
     };
     let id = pelorus::delivery_id(&event);
     tracing::Span::current().record("delivery_id", tracing::field::display(&id));
@@ -296,12 +304,17 @@ async fn pelorus_webhook(
 /// Records a refused delivery in the ledger (best effort: the refusal stands
 /// even when the store is down), counts it and answers. Its id is a hash of
 /// the body, or unique when the body was never read.
-async fn refuse(state: &IngestState, refusal: Refusal, received_at_ms: i64) -> HttpResponse {
+async fn refuse(
+    state: &IngestState,
+    source: &'static str,
+    refusal: Refusal,
+    received_at_ms: i64,
+) -> HttpResponse {
     static UNREAD: AtomicU64 = AtomicU64::new(0);
     let id = match &refusal.body {
-        Some(body) => pelorus::content_delivery_id(body),
+        Some(body) => DeliveryId::derived(&[source.as_bytes(), body]),
         None => DeliveryId::derived(&[
-            pelorus::SOURCE.as_bytes(),
+            source.as_bytes(),
             b"unread",
             &received_at_ms.to_be_bytes(),
             &UNREAD.fetch_add(1, Ordering::Relaxed).to_be_bytes(),
@@ -310,9 +323,7 @@ async fn refuse(state: &IngestState, refusal: Refusal, received_at_ms: i64) -> H
     let Some(outcome) = refusal.error.outcome() else {
         return refusal.error.to_response(Some(&id));
     };
-    state
-        .metrics
-        .count_delivery(pelorus::SOURCE, refusal.event, outcome);
+    state.metrics.count_delivery(source, refusal.event, outcome);
     tracing::info!(
         delivery_id = %id,
         event = refusal.event,
@@ -321,7 +332,7 @@ async fn refuse(state: &IngestState, refusal: Refusal, received_at_ms: i64) -> H
     );
     let record = Delivery {
         id: id.clone(),
-        source: pelorus::SOURCE,
+        source,
         event: refusal.event,
         received_at_ms,
         authenticated: refusal.authenticated,
@@ -339,4 +350,172 @@ async fn refuse(state: &IngestState, refusal: Refusal, received_at_ms: i64) -> H
         tracing::warn!(error = %store_error, "Refused delivery not written to the ledger");
     }
     refusal.error.to_response(Some(&id))
+}
+
+/// True for `application/json` and `application/<x>+json`, any parameters.
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|essence| {
+            let essence = essence.trim().to_ascii_lowercase();
+            essence == "application/json"
+                || (essence.starts_with("application/") && essence.ends_with("+json"))
+        })
+        .unwrap_or(false)
+}
+
+fn now_seconds() -> i64 {
+    now_ms() / 1000
+}
+
+/// What a native delivery turned out to be after every check passed.
+struct NativeChecked {
+    event: &'static str,
+    id: DeliveryId,
+    body: Bytes,
+    disposition: Disposition,
+}
+
+/// The shared runner's checks for one native source instance: body cap,
+/// media type, authentication on the raw bytes, then the plugin's mapping.
+async fn check_native(
+    instance: &SourceInstance,
+    headers: &HeaderMap,
+    payload: web::Payload,
+) -> Result<NativeChecked, Refusal> {
+    let plugin = instance.plugin;
+    let event = plugin.event(headers, None);
+    let body = read_body(headers, payload, plugin.max_body_bytes())
+        .await
+        .map_err(|error| Refusal::before_auth(error, event, None))?;
+    if let Err(failure) = instance.verifier.verify(headers, &body, now_seconds()) {
+        tracing::warn!(
+            source = plugin.source(),
+            reason = failure.error.as_str(),
+            "Delivery rejected: authentication failed"
+        );
+        let error = IngestError::Unauthorized(failure);
+        return Err(Refusal::before_auth(error, event, Some(body)));
+    }
+    let authenticated = |error, event| Refusal {
+        error,
+        event,
+        body: None,
+        authenticated: true,
+    };
+    if !is_json(headers) {
+        let mut refusal = authenticated(IngestError::UnsupportedMediaType, event);
+        refusal.body = Some(body);
+        return Err(refusal);
+    }
+    let value = match payload::parse_object(&body) {
+        Ok(value) => value,
+        Err(problem) => {
+            let mut refusal = authenticated(payload_error(problem), event);
+            refusal.body = Some(body);
+            return Err(refusal);
+        }
+    };
+    let event = plugin.event(headers, Some(&value));
+    let id = plugin
+        .delivery_id(headers, &value)
+        .unwrap_or_else(|| DeliveryId::derived(&[plugin.source().as_bytes(), &body]));
+    let disposition = match plugin.map(headers, &value, &instance.options) {
+        Ok(Mapping::Events(events)) if events.is_empty() => Disposition::Ignored {
+            reason: "no_events",
+        },
+        Ok(Mapping::Events(events)) => Disposition::Events(events),
+        Ok(Mapping::Ignored(reason)) => Disposition::Ignored { reason },
+        Err(problem) => {
+            let mut refusal = authenticated(payload_error(problem), event);
+            refusal.body = Some(body);
+            return Err(refusal);
+        }
+    };
+    Ok(NativeChecked {
+        event,
+        id,
+        body,
+        disposition,
+    })
+}
+
+fn payload_error(problem: PayloadError) -> IngestError {
+    match problem {
+        PayloadError::Malformed { message } => IngestError::MalformedJson { message },
+        PayloadError::Invalid(problems) => IngestError::Invalid(problems),
+    }
+}
+
+/// `POST /hooks/<source>[/<name>]`: every native source through one runner.
+#[tracing::instrument(skip_all, fields(source, delivery_id))]
+async fn native_webhook(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<IngestState>,
+) -> HttpResponse {
+    let received_at_ms = now_ms();
+    let source = req.match_info().get("source").unwrap_or_default();
+    let name = req.match_info().get("name");
+    let Some(plugin) = plugins::plugin(source) else {
+        return IngestError::UnknownSource.to_response(None);
+    };
+    tracing::Span::current().record("source", plugin.source());
+    let instance = state
+        .sources
+        .iter()
+        .find(|i| i.plugin.source() == plugin.source() && i.name.as_deref() == name);
+    let Some(instance) = instance.filter(|i| i.enabled) else {
+        let key = match name {
+            Some(name) => format!("sources.{}.{name}", plugin.source()),
+            None => format!("sources.{}", plugin.source()),
+        };
+        tracing::info!(
+            "Delivery to a source that is not enabled; configure [{key}] with its secrets to enable it"
+        );
+        return IngestError::SourceDisabled.to_response(None);
+    };
+    let checked = match check_native(instance, req.headers(), payload).await {
+        Ok(checked) => checked,
+        Err(refusal) => return refuse(&state, plugin.source(), refusal, received_at_ms).await,
+    };
+    tracing::Span::current().record("delivery_id", tracing::field::display(&checked.id));
+    let record = Delivery {
+        id: checked.id.clone(),
+        source: plugin.source(),
+        event: checked.event,
+        received_at_ms,
+        authenticated: true,
+        body: Some(checked.body),
+        disposition: checked.disposition,
+    };
+    match state.store.record(record).await {
+        Ok(recorded) => {
+            state
+                .metrics
+                .count_delivery(plugin.source(), checked.event, recorded.outcome);
+            tracing::debug!(
+                outcome = recorded.outcome.as_str(),
+                event = checked.event,
+                "Delivery recorded"
+            );
+            let mut body = json!({
+                "outcome": recorded.outcome.as_str(),
+                "delivery_id": checked.id.as_str(),
+                "detail": recorded.detail,
+            });
+            if let Some(by) = recorded.superseded_by {
+                body["superseded_by"] = by.into();
+            }
+            // Every committed outcome is a 200: senders disable hooks that
+            // answer 4xx to what they consider ordinary events.
+            HttpResponse::Ok().json(body)
+        }
+        Err(error) => {
+            tracing::error!(error = %error, "Delivery not acknowledged: store unavailable");
+            IngestError::StoreUnavailable.to_response(Some(&checked.id))
+        }
+    }
 }

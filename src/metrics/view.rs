@@ -512,8 +512,16 @@ impl CommitSink for View {
                         .with_label_values(&[app.as_str(), namespace.as_str()])
                         .inc();
                     self.set_last_deploy(app, namespace.as_str(), *time);
-                    self.set_deploy(app, namespace.as_str(), *image_sha, *time);
+                    if let Some(image_sha) = image_sha {
+                        self.set_deploy(app, namespace.as_str(), *image_sha, *time);
+                    }
                 }
+                Effect::DeployImage {
+                    app,
+                    namespace,
+                    image_sha,
+                    time,
+                } => self.set_deploy(app, namespace.as_str(), *image_sha, *time),
                 Effect::FailureCreated {
                     app,
                     issue_number,

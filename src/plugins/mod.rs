@@ -1,5 +1,229 @@
 //! Source plugins: how a delivery from one kind of sender is recognised,
 //! authenticated and mapped to events. A plugin never touches the store or
 //! the metrics; the ingest path does that once for all sources.
+//!
+//! `pelorus` keeps its own endpoint and rules (Pelorus compatibility). Every
+//! other source implements [`Plugin`] and is listed once in [`SOURCES`]; the
+//! shared runner in `ingest` does the body cap, the media type, the
+//! signature check on the raw bytes, the ledger, the metrics and the answer.
 
+pub mod bitbucket;
+pub mod gitea;
+pub mod github;
+pub mod gitlab;
+pub mod pagerduty;
+pub mod payload;
 pub mod pelorus;
+pub mod standard;
+pub mod timestamp;
+
+use std::collections::BTreeMap;
+
+use actix_web::http::header::HeaderMap;
+use serde_json::Value;
+
+use crate::events::{App, Event, FieldError, Namespace};
+use crate::ledger::DeliveryId;
+use crate::signature::{Secret, Verifier};
+
+/// One field that failed validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldProblem {
+    pub field: &'static str,
+    pub reason: FieldError,
+}
+
+/// Why a payload could not become an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PayloadError {
+    /// Not a JSON object; `message` is the parser's text, for the body only.
+    Malformed { message: String },
+    /// A JSON object whose fields failed validation, every failing field listed.
+    Invalid(Vec<FieldProblem>),
+}
+
+/// What an authentic, well-formed delivery means.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mapping {
+    /// These events (one or more) are to be recorded.
+    Events(Vec<Event>),
+    /// No DORA meaning; the reason is a bounded code a person can act on.
+    Ignored(&'static str),
+}
+
+/// The options of one source instance (`[sources.<source>]` or
+/// `[sources.<source>.<name>]`), validated. Each source reads the ones it
+/// documents; `check` refuses the others.
+#[derive(Debug, Clone, Default)]
+pub struct SourceOptions {
+    /// Branches whose pushes count; empty: the repository's default branch.
+    pub branches: Vec<String>,
+    /// Environments that are production (case-insensitive).
+    pub environments: Vec<String>,
+    /// Environment → namespace; unmapped environments are turned into a label.
+    pub namespaces: BTreeMap<String, Namespace>,
+    /// Labels that make an issue an incident (case-insensitive).
+    pub incident_labels: Vec<String>,
+    /// Source key (repository, project, service) → application name.
+    pub apps: BTreeMap<String, App>,
+    /// Opt-in deploy signals: workflow files or names (GitHub `workflow_run`),
+    /// pipeline or job names (GitLab), status contexts (Gitea), status keys
+    /// (Bitbucket).
+    pub deploy_workflows: Vec<String>,
+}
+
+impl SourceOptions {
+    /// The application a source key (repository full name, project path,
+    /// service id) belongs to: the configured rename, else the key itself.
+    pub fn app(&self, key: &str) -> Result<App, FieldError> {
+        match self.apps.get(key) {
+            Some(app) => Ok(app.clone()),
+            None => App::parse(key),
+        }
+    }
+
+    pub fn is_production(&self, environment: &str) -> bool {
+        self.environments
+            .iter()
+            .any(|e| e.eq_ignore_ascii_case(environment))
+    }
+
+    /// The namespace of an environment: the configured one, else the
+    /// environment's name as an RFC 1123 label (lowercase, other characters
+    /// as `-`, trimmed to 63).
+    pub fn namespace(&self, environment: &str) -> Result<Namespace, FieldError> {
+        if let Some(namespace) = self.namespaces.get(environment) {
+            return Ok(namespace.clone());
+        }
+        let mut label: String = environment
+            .chars()
+            .map(|c| match c.to_ascii_lowercase() {
+                c @ ('a'..='z' | '0'..='9') => c,
+                _ => '-',
+            })
+            .collect();
+        label.truncate(Namespace::MAX_LEN);
+        Namespace::parse(label.trim_matches('-'))
+    }
+
+    pub fn is_incident_label(&self, label: &str) -> bool {
+        self.incident_labels
+            .iter()
+            .any(|l| l.eq_ignore_ascii_case(label))
+    }
+
+    pub fn is_tracked_branch(&self, branch: &str, default_branch: Option<&str>) -> bool {
+        if self.branches.is_empty() {
+            default_branch == Some(branch)
+        } else {
+            self.branches.iter().any(|b| b == branch)
+        }
+    }
+
+    pub fn is_deploy_workflow(&self, candidates: &[&str]) -> bool {
+        self.deploy_workflows
+            .iter()
+            .any(|w| candidates.iter().any(|c| !c.is_empty() && c == w))
+    }
+}
+
+/// A native source. Implementations are unit structs listed in [`SOURCES`].
+pub trait Plugin: Sync {
+    /// Name in paths (`/hooks/<source>`), configuration and labels.
+    fn source(&self) -> &'static str;
+
+    /// The option keys this source reads, besides `enabled`, `secrets` and
+    /// `secrets_file`.
+    fn options(&self) -> &'static [&'static str];
+
+    /// Option defaults, applied before the configured values.
+    fn defaults(&self) -> SourceOptions {
+        SourceOptions {
+            environments: vec!["production".into()],
+            incident_labels: vec!["incident".into()],
+            ..SourceOptions::default()
+        }
+    }
+
+    /// How deliveries are authenticated under the configured secrets (an
+    /// empty list: none configured).
+    fn verifier(&self, secrets: Vec<Secret>) -> Result<Verifier, String>;
+
+    /// Largest body accepted, in bytes.
+    fn max_body_bytes(&self) -> usize {
+        25 * 1024 * 1024
+    }
+
+    /// The event label, from a closed set: from the headers, or from the
+    /// payload once it is parsed (`None` before authentication).
+    fn event(&self, headers: &HeaderMap, payload: Option<&Value>) -> &'static str;
+
+    /// The sender's id of this delivery, if it has one (else the runner
+    /// derives one from the body).
+    fn delivery_id(&self, headers: &HeaderMap, payload: &Value) -> Option<DeliveryId>;
+
+    /// What the delivery means.
+    fn map(
+        &self,
+        headers: &HeaderMap,
+        payload: &Value,
+        options: &SourceOptions,
+    ) -> Result<Mapping, PayloadError>;
+}
+
+/// Every native source, in documentation order.
+pub const SOURCES: &[&dyn Plugin] = &[
+    &github::GitHub,
+    &gitlab::GitLab,
+    &gitea::Gitea,
+    &bitbucket::BitbucketCloud,
+    &pagerduty::PagerDuty,
+    &standard::StandardWebhooks,
+];
+
+/// The plugin named `source`, if there is one.
+pub fn plugin(source: &str) -> Option<&'static dyn Plugin> {
+    SOURCES.iter().copied().find(|p| p.source() == source)
+}
+
+/// A header's value as text, when present and readable.
+pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// A delivery id from the first of `names` present and usable.
+pub fn header_delivery_id(headers: &HeaderMap, names: &[&str]) -> Option<DeliveryId> {
+    names
+        .iter()
+        .filter_map(|name| header(headers, name))
+        .find_map(DeliveryId::from_header)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environments_become_rfc1123_namespaces() {
+        let options = SourceOptions::default();
+        assert_eq!(
+            options.namespace("Production EU").unwrap().as_str(),
+            "production-eu"
+        );
+        assert_eq!(options.namespace("_prod_").unwrap().as_str(), "prod");
+        assert_eq!(
+            options.namespace(&"x".repeat(80)).unwrap().as_str().len(),
+            63
+        );
+        assert!(options.namespace("***").is_err());
+    }
+
+    #[test]
+    fn source_names_are_unique() {
+        let mut names: Vec<_> = SOURCES.iter().map(|p| p.source()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), SOURCES.len());
+        assert!(!names.contains(&pelorus::SOURCE));
+    }
+}

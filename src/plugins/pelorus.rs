@@ -60,21 +60,7 @@ pub fn user_agent_ok(user_agent: Option<&[u8]>) -> bool {
     })
 }
 
-/// One field that failed validation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldProblem {
-    pub field: &'static str,
-    pub reason: FieldError,
-}
-
-/// Why a payload could not become an event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PayloadError {
-    /// Not a JSON object; `message` is the parser's text, for the body only.
-    Malformed { message: String },
-    /// A JSON object whose fields failed validation, every failing field listed.
-    Invalid(Vec<FieldProblem>),
-}
+pub use super::{FieldProblem, PayloadError};
 
 /// Collects field problems while values are parsed.
 struct Fields<'a> {
@@ -178,6 +164,7 @@ pub fn parse_event(event: PelorusEvent, body: &[u8]) -> Result<Event, PayloadErr
                     namespace: Some(namespace?),
                     commit_link,
                     time: time?,
+                    pushed: false,
                 }))
             })();
             f.finish(event)
@@ -191,7 +178,7 @@ pub fn parse_event(event: PelorusEvent, body: &[u8]) -> Result<Event, PayloadErr
                 Some(Event::Deploy(Deploy {
                     app: app?,
                     namespace: namespace?,
-                    image_sha: image_sha?,
+                    image_sha: Some(image_sha?),
                     commit,
                     environment: None,
                     time: time?,
@@ -228,21 +215,17 @@ pub fn parse_event(event: PelorusEvent, body: &[u8]) -> Result<Event, PayloadErr
 /// finds it a duplicate).
 pub fn delivery_id(event: &Event) -> DeliveryId {
     let identity = event.identity();
+    let time = event.time().seconds();
     match event {
-        Event::Commit(c) => {
-            DeliveryId::derived_at(c.time.seconds(), &[SOURCE.as_bytes(), identity.as_bytes()])
-        }
-        Event::Deploy(d) => {
-            DeliveryId::derived_at(d.time.seconds(), &[SOURCE.as_bytes(), identity.as_bytes()])
-        }
         Event::Failure(f) => DeliveryId::derived_at(
-            f.time.seconds(),
+            time,
             &[
                 SOURCE.as_bytes(),
                 identity.as_bytes(),
                 f.change.as_str().as_bytes(),
             ],
         ),
+        _ => DeliveryId::derived_at(time, &[SOURCE.as_bytes(), identity.as_bytes()]),
     }
 }
 

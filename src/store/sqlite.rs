@@ -12,13 +12,16 @@ use super::{CommitSink, FaultKind, RestoreWindows, Restored, StoreConfig};
 use crate::config::Synchronous;
 use crate::events::{
     App, Commit, CommitLink, CommitSha, Deploy, Event, Failure, FailureChange, ImageSha,
-    IssueNumber, Namespace,
+    IssueNumber, Link, Namespace,
 };
 use crate::ledger::{Delivery, Disposition, Effect, Outcome, Recorded};
 
 /// Embedded migrations, applied in order; `PRAGMA user_version` records how
 /// many have run.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_init.sql"),
+    include_str!("migrations/0002_native_sources.sql"),
+];
 
 /// WAL size (in pages) at which the writer completes a checkpoint itself.
 const WAL_RESTART_PAGES: u32 = 16_384;
@@ -595,6 +598,7 @@ fn event_noun(event: &Event) -> &'static str {
     match event {
         Event::Commit(_) => "commit",
         Event::Deploy(_) => "deploy",
+        Event::Link(_) => "commit-to-image link",
         Event::Failure(f) => match f.change {
             FailureChange::Created => "failure creation",
             FailureChange::Resolved => "failure resolution",
@@ -615,6 +619,7 @@ fn apply_event(tx: &Connection, event: &Event, delivery_id: &str) -> rusqlite::R
         Event::Commit(commit) => apply_commit(tx, commit, delivery_id),
         Event::Deploy(deploy) => apply_deploy(tx, deploy, delivery_id),
         Event::Failure(failure) => apply_failure(tx, failure, delivery_id),
+        Event::Link(link) => apply_link(tx, link, delivery_id),
     }
 }
 
@@ -654,13 +659,16 @@ fn apply_commit(
     commit: &Commit,
     delivery_id: &str,
 ) -> rusqlite::Result<EventResult> {
+    let app = commit.app.as_str();
     let image = image_text(commit.image_sha.as_ref());
     let mut insert = tx.prepare_cached(
-        "INSERT INTO commits (app, commit_sha, image_sha, namespace, commit_link, time, delivery_id) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+        "INSERT INTO commits (app, commit_sha, image_sha, namespace, commit_link, time, delivery_id, pushed_seq) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, CASE WHEN ?8 THEN \
+           (SELECT COALESCE(MAX(pushed_seq), 0) + 1 FROM commits WHERE app = ?1 AND pushed_seq IS NOT NULL) END) \
+         ON CONFLICT DO NOTHING",
     )?;
     let inserted = insert.execute(params![
-        commit.app.as_str(),
+        app,
         commit.commit.as_str(),
         image,
         commit
@@ -675,6 +683,7 @@ fn apply_commit(
             .unwrap_or(""),
         commit.time.seconds(),
         delivery_id,
+        commit.pushed,
     ])?;
     if inserted == 0 {
         return Ok(EventResult::Duplicate);
@@ -687,17 +696,26 @@ fn apply_commit(
         commit_link: commit.commit_link.clone(),
         time: commit.time.seconds(),
     }];
+    // A commit that names its image is also a commit→digest link.
+    if let Some(image_sha) = commit.image_sha {
+        let link = Link {
+            app: commit.app.clone(),
+            commit: commit.commit.clone(),
+            image_sha,
+            time: commit.time,
+        };
+        if let EventResult::New(mut more) = apply_link(tx, &link, delivery_id)? {
+            effects.append(&mut more);
+        }
+    }
     // A deploy may have arrived first: its earliest time joins this commit.
     let mut first_deploy = tx.prepare_cached(
         "SELECT MIN(time) FROM (\
-           SELECT time FROM deploys WHERE app = ?1 AND image_sha = ?2 AND ?2 <> '' \
+           SELECT time FROM deploys INDEXED BY deploys_by_image WHERE app = ?1 AND image_sha = ?2 AND ?2 <> '' \
            UNION ALL SELECT time FROM deploys WHERE app = ?1 AND commit_sha = ?3)",
     )?;
     let deployed: Option<i64> = first_deploy
-        .query_row(
-            params![commit.app.as_str(), image, commit.commit.as_str()],
-            |r| r.get(0),
-        )
+        .query_row(params![app, image, commit.commit.as_str()], |r| r.get(0))
         .optional()?
         .flatten();
     if let Some(deployed) = deployed {
@@ -709,8 +727,97 @@ fn apply_commit(
             commit.commit.as_str(),
             span,
         )?);
+        if commit.pushed {
+            // The deploy also shipped the commits pushed before this one.
+            effects.extend(observe_shipped(tx, &commit.app, &commit.commit, deployed)?);
+        }
     }
     Ok(EventResult::New(effects))
+}
+
+/// Lead time for every pushed commit a deploy of `commit` at `deployed`
+/// shipped: those pushed to the branch after the last commit an earlier
+/// deploy named, up to and including `commit`, that have none yet.
+fn observe_shipped(
+    tx: &Connection,
+    app: &App,
+    commit: &CommitSha,
+    deployed: i64,
+) -> rusqlite::Result<Vec<Effect>> {
+    let mut position = tx.prepare_cached(
+        "SELECT MIN(pushed_seq) FROM commits WHERE app = ?1 AND commit_sha = ?2 AND pushed_seq IS NOT NULL",
+    )?;
+    let Some(seq): Option<i64> = position
+        .query_row(params![app.as_str(), commit.as_str()], |r| r.get(0))
+        .optional()?
+        .flatten()
+    else {
+        return Ok(Vec::new());
+    };
+    let mut previous = tx.prepare_cached(
+        "SELECT c.pushed_seq FROM commits AS c INDEXED BY commits_by_pushed_seq \
+         WHERE c.app = ?1 AND c.pushed_seq IS NOT NULL AND c.pushed_seq < ?2 AND EXISTS (\
+           SELECT 1 FROM deploys d WHERE d.app = c.app AND d.commit_sha = c.commit_sha) \
+         ORDER BY c.pushed_seq DESC LIMIT 1",
+    )?;
+    let since: i64 = previous
+        .query_row(params![app.as_str(), seq], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
+    let mut shipped = tx.prepare_cached(
+        "SELECT commit_sha, MIN(time) FROM commits INDEXED BY commits_by_pushed_seq \
+         WHERE app = ?1 AND pushed_seq IS NOT NULL AND pushed_seq > ?2 AND pushed_seq <= ?3 \
+         GROUP BY commit_sha",
+    )?;
+    let commits: Vec<(String, i64)> = shipped
+        .query_map(params![app.as_str(), since, seq], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut effects = Vec::new();
+    for (commit_sha, commit_time) in commits {
+        effects.extend(observe_once(
+            tx,
+            LEAD_TIME,
+            app,
+            &commit_sha,
+            deployed - commit_time,
+        )?);
+    }
+    Ok(effects)
+}
+
+/// Every commit built into `image` (`''`: none) or named `commit` that has
+/// no lead time yet gets one from a deploy at `deployed`.
+fn observe_deployed(
+    tx: &Connection,
+    app: &App,
+    image: &str,
+    commit: &str,
+    deployed: i64,
+) -> rusqlite::Result<Vec<Effect>> {
+    let mut joined = tx.prepare_cached(
+        "SELECT commit_sha, MIN(time) FROM (\
+           SELECT commit_sha, time FROM commits INDEXED BY commits_by_image WHERE app = ?1 AND image_sha = ?2 AND ?2 <> '' \
+           UNION ALL SELECT commit_sha, time FROM commits WHERE app = ?1 AND commit_sha = ?3) \
+         GROUP BY commit_sha",
+    )?;
+    let commits: Vec<(String, i64)> = joined
+        .query_map(params![app.as_str(), image, commit], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut effects = Vec::new();
+    for (commit_sha, commit_time) in commits {
+        effects.extend(observe_once(
+            tx,
+            LEAD_TIME,
+            app,
+            &commit_sha,
+            deployed - commit_time,
+        )?);
+    }
+    Ok(effects)
 }
 
 fn apply_deploy(
@@ -718,17 +825,34 @@ fn apply_deploy(
     deploy: &Deploy,
     delivery_id: &str,
 ) -> rusqlite::Result<EventResult> {
-    let image = deploy.image_sha.to_string();
+    let app = deploy.app.as_str();
     let commit = deploy.commit.as_ref().map(CommitSha::as_str).unwrap_or("");
+    let time = deploy.time.seconds();
+    // A deploy that names only its commit takes the newest image linked to it.
+    let image_sha = match (deploy.image_sha, &deploy.commit) {
+        (Some(image), _) => Some(image),
+        (None, Some(commit)) => latest_link(tx, &deploy.app, commit)?,
+        (None, None) => None,
+    };
+    let image = image_text(image_sha.as_ref());
+    // The same deploy reported again, by this sender or another: same time,
+    // and the same image or the same commit.
+    let mut seen = tx.prepare_cached(
+        "SELECT 1 FROM deploys WHERE app = ?1 AND namespace = ?2 AND time = ?3 \
+         AND ((?4 <> '' AND image_sha = ?4) OR (?5 <> '' AND commit_sha = ?5)) LIMIT 1",
+    )?;
+    if seen.exists(params![app, deploy.namespace.as_str(), time, image, commit])? {
+        return Ok(EventResult::Duplicate);
+    }
     let mut insert = tx.prepare_cached(
-        "INSERT INTO deploys (app, namespace, image_sha, time, commit_sha, environment, delivery_id) \
+        "INSERT INTO deploys (app, namespace, time, image_sha, commit_sha, environment, delivery_id) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
     )?;
     let inserted = insert.execute(params![
-        deploy.app.as_str(),
+        app,
         deploy.namespace.as_str(),
+        time,
         image,
-        deploy.time.seconds(),
         commit,
         deploy.environment.as_deref().unwrap_or(""),
         delivery_id,
@@ -739,25 +863,73 @@ fn apply_deploy(
     let mut effects = vec![Effect::Deploy {
         app: deploy.app.clone(),
         namespace: deploy.namespace.clone(),
-        image_sha: deploy.image_sha,
-        time: deploy.time.seconds(),
+        image_sha,
+        time,
     }];
     // Every commit built into this image (or named by the deploy) that has no
     // lead time yet gets one: this is its first deployment we know of.
-    let mut joined = tx.prepare_cached(
-        "SELECT commit_sha, MIN(time) FROM (\
-           SELECT commit_sha, time FROM commits INDEXED BY commits_by_image WHERE app = ?1 AND image_sha = ?2 \
-           UNION ALL SELECT commit_sha, time FROM commits WHERE app = ?1 AND commit_sha = ?3) \
-         GROUP BY commit_sha",
+    effects.extend(observe_deployed(tx, &deploy.app, &image, commit, time)?);
+    if let Some(commit) = &deploy.commit {
+        effects.extend(observe_shipped(tx, &deploy.app, commit, time)?);
+    }
+    Ok(EventResult::New(effects))
+}
+
+/// The image most recently linked to `commit` of `app`, if any.
+fn latest_link(
+    tx: &Connection,
+    app: &App,
+    commit: &CommitSha,
+) -> rusqlite::Result<Option<ImageSha>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT image_sha FROM links WHERE app = ?1 AND commit_sha = ?2 ORDER BY time DESC, image_sha LIMIT 1",
     )?;
-    let commits: Vec<(String, i64)> = joined
-        .query_map(params![deploy.app.as_str(), image, commit], |r| {
+    let image: Option<String> = stmt
+        .query_row(params![app.as_str(), commit.as_str()], |r| r.get(0))
+        .optional()?;
+    Ok(image.and_then(|i| ImageSha::parse(&i).ok()))
+}
+
+/// Records a commit→digest link and gives its image to the deploys of that
+/// commit that were stored without one.
+fn apply_link(tx: &Connection, link: &Link, delivery_id: &str) -> rusqlite::Result<EventResult> {
+    let app = link.app.as_str();
+    let image = link.image_sha.to_string();
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO links (app, commit_sha, image_sha, time, delivery_id) VALUES (?1, ?2, ?3, ?4, ?5) \
+         ON CONFLICT DO NOTHING",
+    )?;
+    if insert.execute(params![
+        app,
+        link.commit.as_str(),
+        image,
+        link.time.seconds(),
+        delivery_id
+    ])? == 0
+    {
+        return Ok(EventResult::Duplicate);
+    }
+    let mut resolve = tx.prepare_cached(
+        "UPDATE deploys SET image_sha = ?3 WHERE app = ?1 AND commit_sha = ?2 AND image_sha = '' \
+         RETURNING namespace, time",
+    )?;
+    let resolved: Vec<(String, i64)> = resolve
+        .query_map(params![app, link.commit.as_str(), image], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })?
         .collect::<rusqlite::Result<_>>()?;
-    for (commit_sha, commit_time) in commits {
-        let span = deploy.time.seconds() - commit_time;
-        effects.extend(observe_once(tx, LEAD_TIME, &deploy.app, &commit_sha, span)?);
+    let mut effects = Vec::new();
+    for (namespace, time) in resolved {
+        let Ok(namespace) = Namespace::parse(&namespace) else {
+            continue;
+        };
+        effects.push(Effect::DeployImage {
+            app: link.app.clone(),
+            namespace,
+            image_sha: link.image_sha,
+            time,
+        });
+        effects.extend(observe_deployed(tx, &link.app, &image, "", time)?);
     }
     Ok(EventResult::New(effects))
 }

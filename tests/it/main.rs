@@ -10,4 +10,5 @@ mod pelorus;
 mod prometheus;
 mod rules;
 mod signatures;
+mod sources;
 mod store;

@@ -1,0 +1,242 @@
+//! Bitbucket Cloud webhooks (SOURCES.md §4): `X-Hub-Signature: sha256=<hex>`
+//! over the raw body, delivery id from `X-Request-UUID`; pushes to tracked
+//! branches → commits, bug issues → failures, and, opt-in, a successful
+//! commit status of a configured key → deploy.
+//!
+//! Maps headers and payload only; never touches the store or the metrics.
+
+use actix_web::http::header::HeaderMap;
+use serde_json::Value;
+
+use super::github::known_event;
+use super::payload::{self, Reader};
+use super::{FieldProblem, Mapping, PayloadError, Plugin, SourceOptions};
+use crate::events::{App, Commit, CommitLink, CommitSha, Deploy, Event, Failure, FailureChange};
+use crate::ledger::DeliveryId;
+use crate::signature::{Secret, Verifier};
+
+pub struct BitbucketCloud;
+
+const EVENTS: &[&str] = &[
+    "repo:push",
+    "repo:commit_status_created",
+    "repo:commit_status_updated",
+    "issue:created",
+    "issue:updated",
+    "pullrequest:fulfilled",
+];
+
+/// Bitbucket drops payloads over 256 KB; nothing larger is genuine.
+const MAX_BODY_BYTES: usize = 256 * 1024;
+
+impl Plugin for BitbucketCloud {
+    fn source(&self) -> &'static str {
+        "bitbucket"
+    }
+
+    fn options(&self) -> &'static [&'static str] {
+        &[
+            "branches",
+            "environments",
+            "namespaces",
+            "apps",
+            "deploy_workflows",
+        ]
+    }
+
+    fn verifier(&self, secrets: Vec<Secret>) -> Result<Verifier, String> {
+        Ok(if secrets.is_empty() {
+            Verifier::Open
+        } else {
+            Verifier::HmacHex {
+                headers: &[("x-hub-signature", "sha256=")],
+                secrets,
+            }
+        })
+    }
+
+    fn max_body_bytes(&self) -> usize {
+        MAX_BODY_BYTES
+    }
+
+    fn event(&self, headers: &HeaderMap, _payload: Option<&Value>) -> &'static str {
+        known_event(super::header(headers, "x-event-key"), EVENTS)
+    }
+
+    fn delivery_id(&self, headers: &HeaderMap, _payload: &Value) -> Option<DeliveryId> {
+        super::header_delivery_id(headers, &["x-request-uuid"])
+    }
+
+    fn map(
+        &self,
+        headers: &HeaderMap,
+        payload: &Value,
+        options: &SourceOptions,
+    ) -> Result<Mapping, PayloadError> {
+        match self.event(headers, Some(payload)) {
+            "repo:push" => push(payload, options),
+            "repo:commit_status_created" | "repo:commit_status_updated" => status(payload, options),
+            "issue:created" | "issue:updated" => issue(payload, options),
+            _ => Ok(Mapping::Ignored("event_not_used")),
+        }
+    }
+}
+
+fn app_of(r: &mut Reader<'_>, options: &SourceOptions) -> Option<App> {
+    r.parsed("repository.full_name", |key| options.app(key))
+}
+
+fn push(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadError> {
+    let changes = payload::at(payload, "push.changes")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let main_branch = payload::text(payload, "repository.mainbranch.name");
+    let tracked: Vec<&Value> = changes
+        .iter()
+        .filter(|c| payload::text(c, "new.type") == Some("branch"))
+        .filter(|c| payload::at(c, "closed").and_then(Value::as_bool) != Some(true))
+        .filter(|c| {
+            payload::text(c, "new.name")
+                .is_some_and(|name| options.is_tracked_branch(name, main_branch))
+        })
+        .collect();
+    if tracked.is_empty() {
+        return Ok(Mapping::Ignored("branch_not_tracked"));
+    }
+    let mut r = Reader::new(payload);
+    let Some(app) = app_of(&mut r, options) else {
+        return r.finish(None);
+    };
+    let mut events = Vec::new();
+    for change in tracked {
+        let tip = payload::text(change, "new.target.hash");
+        let tip_time = payload::at(change, "new.target.date");
+        for commit in payload::at(change, "commits")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            let hash = r.text_in(commit, "hash", "push.changes[].commits[].hash");
+            let Some(sha) = hash.and_then(|h| {
+                CommitSha::parse(h)
+                    .map_err(|e| r.fail("push.changes[].commits[].hash", e))
+                    .ok()
+            }) else {
+                continue;
+            };
+            // Some payloads carry no commit date: the tip takes the push
+            // target's date, the others are left to the poller.
+            let time = match (payload::at(commit, "date"), tip_time) {
+                (Some(date), _) => date,
+                (None, Some(date)) if hash == tip => date,
+                (None, _) => continue,
+            };
+            let Some(time) = r.time_of(time, "push.changes[].commits[].date") else {
+                continue;
+            };
+            events.push(Event::Commit(Commit {
+                app: app.clone(),
+                commit: sha,
+                image_sha: None,
+                namespace: None,
+                commit_link: payload::text(commit, "links.html.href")
+                    .and_then(|u| CommitLink::parse(u).ok()),
+                time,
+                pushed: true,
+            }));
+        }
+    }
+    events.sort_by_key(|e| e.time());
+    if events.is_empty() && !r.has_problems() {
+        return Ok(Mapping::Ignored("push_without_dated_commits"));
+    }
+    r.finish(Some(events)).map(Mapping::Events)
+}
+
+fn status(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadError> {
+    let key = payload::text(payload, "commit_status.key").unwrap_or_default();
+    let name = payload::text(payload, "commit_status.name").unwrap_or_default();
+    if options.deploy_workflows.is_empty() || !options.is_deploy_workflow(&[key, name]) {
+        return Ok(Mapping::Ignored("status_not_a_deploy"));
+    }
+    if payload::text(payload, "commit_status.state") != Some("SUCCESSFUL") {
+        return Ok(Mapping::Ignored("status_not_successful"));
+    }
+    let environment = options
+        .environments
+        .first()
+        .map(String::as_str)
+        .unwrap_or("production");
+    let namespace = options.namespace(environment).map_err(|reason| {
+        PayloadError::Invalid(vec![FieldProblem {
+            field: "environments",
+            reason,
+        }])
+    })?;
+    let mut r = Reader::new(payload);
+    let app = app_of(&mut r, options);
+    let commit = r.parsed_first(
+        &[
+            "commit_status.commit.hash",
+            "commit_status.links.commit.href",
+        ],
+        |value| {
+            let sha = value
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or_default();
+            CommitSha::parse(sha)
+        },
+    );
+    let time = r.time("commit_status.updated_on");
+    let deploy = (|| {
+        Some(Event::Deploy(Deploy {
+            app: app?,
+            namespace,
+            image_sha: None,
+            commit: Some(commit?),
+            environment: Some(environment.into()),
+            time: time?,
+        }))
+    })();
+    r.finish(deploy).map(|e| Mapping::Events(vec![e]))
+}
+
+fn issue(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadError> {
+    let kind = payload::text(payload, "issue.kind")
+        .or_else(|| payload::text(payload, "issue.type"))
+        .unwrap_or_default();
+    if kind != "bug" {
+        return Ok(Mapping::Ignored("issue_not_a_bug"));
+    }
+    let created = payload::at(payload, "changes").is_none();
+    let resolved = matches!(
+        payload::text(payload, "changes.status.new"),
+        Some("resolved" | "closed")
+    );
+    let change = if created {
+        FailureChange::Created
+    } else if resolved {
+        FailureChange::Resolved
+    } else {
+        return Ok(Mapping::Ignored("issue_change_not_used"));
+    };
+    let mut r = Reader::new(payload);
+    let app = app_of(&mut r, options);
+    let number = r.issue_number("issue.id");
+    let time = match change {
+        FailureChange::Created => r.time("issue.created_on"),
+        FailureChange::Resolved => r.time("issue.updated_on"),
+    };
+    let failure = (|| {
+        Some(Event::Failure(Failure {
+            app: app?,
+            issue_number: number?,
+            change,
+            time: time?,
+        }))
+    })();
+    r.finish(failure).map(|e| Mapping::Events(vec![e]))
+}

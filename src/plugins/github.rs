@@ -1,0 +1,345 @@
+//! GitHub webhooks (SOURCES.md §1): `X-Hub-Signature-256`, delivery id from
+//! `X-GitHub-Delivery`; pushes to tracked branches → commits, successful
+//! `deployment_status` (or, opt-in, a deploy workflow's `workflow_run`) →
+//! deploys, incident-labelled issues → failures, container packages → links.
+//!
+//! Maps headers and payload only; never touches the store or the metrics.
+
+use actix_web::http::header::HeaderMap;
+use serde_json::Value;
+
+use super::payload::{self, Reader};
+use super::{Mapping, PayloadError, Plugin, SourceOptions};
+use crate::events::{
+    App, Commit, CommitLink, CommitSha, Deploy, Event, Failure, FailureChange, ImageSha, Link,
+};
+use crate::ledger::DeliveryId;
+use crate::signature::{Secret, Verifier};
+
+pub struct GitHub;
+
+const EVENTS: &[&str] = &[
+    "ping",
+    "push",
+    "deployment",
+    "deployment_status",
+    "workflow_run",
+    "issues",
+    "registry_package",
+    "package",
+];
+
+/// All-zero SHA GitHub and GitLab send for a deleted or created ref.
+pub const ZERO_SHA: &str = "0000000000000000000000000000000000000000";
+
+impl Plugin for GitHub {
+    fn source(&self) -> &'static str {
+        "github"
+    }
+
+    fn options(&self) -> &'static [&'static str] {
+        &[
+            "branches",
+            "environments",
+            "namespaces",
+            "incident_labels",
+            "apps",
+            "deploy_workflows",
+        ]
+    }
+
+    fn verifier(&self, secrets: Vec<Secret>) -> Result<Verifier, String> {
+        Ok(if secrets.is_empty() {
+            Verifier::Open
+        } else {
+            Verifier::HmacHex {
+                headers: &[("x-hub-signature-256", "sha256=")],
+                secrets,
+            }
+        })
+    }
+
+    fn event(&self, headers: &HeaderMap, _payload: Option<&Value>) -> &'static str {
+        known_event(super::header(headers, "x-github-event"), EVENTS)
+    }
+
+    fn delivery_id(&self, headers: &HeaderMap, _payload: &Value) -> Option<DeliveryId> {
+        super::header_delivery_id(headers, &["x-github-delivery"])
+    }
+
+    fn map(
+        &self,
+        headers: &HeaderMap,
+        payload: &Value,
+        options: &SourceOptions,
+    ) -> Result<Mapping, PayloadError> {
+        match self.event(headers, Some(payload)) {
+            "ping" => Ok(Mapping::Ignored("ping")),
+            "push" => push(payload, options),
+            "deployment" => Ok(Mapping::Ignored("deployment_created_awaiting_status")),
+            "deployment_status" if !options.deploy_workflows.is_empty() => {
+                Ok(Mapping::Ignored("deploys_come_from_workflow_runs"))
+            }
+            "deployment_status" => deployment_status(payload, options),
+            "workflow_run" => workflow_run(payload, options),
+            "issues" => issue(payload, options),
+            "registry_package" | "package" => package(payload, options),
+            _ => Ok(Mapping::Ignored("event_not_used")),
+        }
+    }
+}
+
+/// The header value if it is one of `known`, else `other`.
+pub fn known_event(value: Option<&str>, known: &[&'static str]) -> &'static str {
+    value
+        .and_then(|v| known.iter().copied().find(|k| *k == v))
+        .unwrap_or("other")
+}
+
+fn app_of(r: &mut Reader<'_>, options: &SourceOptions) -> Option<App> {
+    r.parsed("repository.full_name", |key| options.app(key))
+}
+
+/// Commit events for the `commits[]` of a push, oldest first, reporting
+/// problems under `commits[].<field>`.
+pub fn pushed_commits<'a>(
+    r: &mut Reader<'a>,
+    commits: &'a [Value],
+    app: &App,
+    fields: [&'static str; 3],
+) -> Vec<Event> {
+    let [id_field, time_field, url_field] = fields;
+    let mut events = Vec::with_capacity(commits.len());
+    for item in commits {
+        let commit = r
+            .text_in(item, leaf(id_field), id_field)
+            .and_then(|id| CommitSha::parse(id).map_err(|e| r.fail(id_field, e)).ok());
+        let time = r.time_in(item, leaf(time_field), time_field);
+        let link = payload::text(item, leaf(url_field)).and_then(|u| CommitLink::parse(u).ok());
+        if let (Some(commit), Some(time)) = (commit, time) {
+            events.push(Event::Commit(Commit {
+                app: app.clone(),
+                commit,
+                image_sha: None,
+                namespace: None,
+                commit_link: link,
+                time,
+                pushed: true,
+            }));
+        }
+    }
+    // Branch order is oldest first; senders differ, commit times do not.
+    events.sort_by_key(|e| e.time());
+    events
+}
+
+/// The last segment of a `commits[].id`-style field name.
+fn leaf(field: &'static str) -> &'static str {
+    field.rsplit('.').next().unwrap_or(field)
+}
+
+fn push(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadError> {
+    let git_ref = payload::text(payload, "ref").unwrap_or_default();
+    let Some(branch) = git_ref.strip_prefix("refs/heads/") else {
+        return Ok(Mapping::Ignored("not_a_branch_push"));
+    };
+    let deleted = payload::at(payload, "deleted").and_then(Value::as_bool) == Some(true)
+        || payload::text(payload, "after") == Some(ZERO_SHA);
+    if deleted {
+        return Ok(Mapping::Ignored("branch_deleted"));
+    }
+    let default_branch = payload::text(payload, "repository.default_branch")
+        .or_else(|| payload::text(payload, "repository.master_branch"));
+    if !options.is_tracked_branch(branch, default_branch) {
+        return Ok(Mapping::Ignored("branch_not_tracked"));
+    }
+    let commits = payload::at(payload, "commits")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if commits.is_empty() {
+        return Ok(Mapping::Ignored("push_without_commits"));
+    }
+    let mut r = Reader::new(payload);
+    let app = app_of(&mut r, options);
+    let events = match &app {
+        Some(app) => pushed_commits(
+            &mut r,
+            commits,
+            app,
+            ["commits[].id", "commits[].timestamp", "commits[].url"],
+        ),
+        None => Vec::new(),
+    };
+    r.finish(Some(events)).map(Mapping::Events)
+}
+
+/// A digest named in a deployment's free-form payload, if valid.
+fn payload_digest(payload: &Value) -> Option<ImageSha> {
+    [
+        "deployment.payload.image_sha",
+        "deployment.payload.image_digest",
+    ]
+    .iter()
+    .find_map(|path| payload::text(payload, path))
+    .and_then(|d| ImageSha::parse(d).ok())
+}
+
+fn deployment_status(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadError> {
+    if payload::text(payload, "deployment_status.state") != Some("success") {
+        return Ok(Mapping::Ignored("deployment_not_successful"));
+    }
+    let environment = payload::text(payload, "deployment_status.environment")
+        .or_else(|| payload::text(payload, "deployment.environment"))
+        .unwrap_or_default();
+    if !options.is_production(environment) {
+        return Ok(Mapping::Ignored("environment_not_production"));
+    }
+    let mut r = Reader::new(payload);
+    let app = app_of(&mut r, options);
+    let namespace = r.parsed_first(
+        &["deployment_status.environment", "deployment.environment"],
+        |e| options.namespace(e),
+    );
+    let commit = r.parsed("deployment.sha", CommitSha::parse);
+    let time = r.time("deployment_status.created_at");
+    let deploy = (|| {
+        Some(Event::Deploy(Deploy {
+            app: app?,
+            namespace: namespace?,
+            image_sha: payload_digest(payload),
+            commit: Some(commit?),
+            environment: Some(environment.into()),
+            time: time?,
+        }))
+    })();
+    r.finish(deploy).map(|e| Mapping::Events(vec![e]))
+}
+
+fn workflow_run(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadError> {
+    if options.deploy_workflows.is_empty() {
+        return Ok(Mapping::Ignored("workflow_runs_not_configured_as_deploys"));
+    }
+    let path = payload::text(payload, "workflow_run.path").unwrap_or_default();
+    let name = payload::text(payload, "workflow_run.name").unwrap_or_default();
+    let file = path.rsplit('/').next().unwrap_or_default();
+    if !options.is_deploy_workflow(&[path, name, file]) {
+        return Ok(Mapping::Ignored("workflow_not_a_deploy"));
+    }
+    let completed = payload::text(payload, "action") == Some("completed")
+        && payload::text(payload, "workflow_run.conclusion") == Some("success");
+    if !completed {
+        return Ok(Mapping::Ignored("workflow_run_not_successful"));
+    }
+    let mut r = Reader::new(payload);
+    let app = app_of(&mut r, options);
+    // A workflow names no environment: the first production one stands for it.
+    let environment = options
+        .environments
+        .first()
+        .map(String::as_str)
+        .unwrap_or("production");
+    let namespace = options.namespace(environment).map_err(|reason| {
+        PayloadError::Invalid(vec![super::FieldProblem {
+            field: "environments",
+            reason,
+        }])
+    })?;
+    let commit = r.parsed("workflow_run.head_sha", CommitSha::parse);
+    let time = r.time("workflow_run.updated_at");
+    let deploy = (|| {
+        Some(Event::Deploy(Deploy {
+            app: app?,
+            namespace,
+            image_sha: None,
+            commit: Some(commit?),
+            environment: Some(environment.into()),
+            time: time?,
+        }))
+    })();
+    r.finish(deploy).map(|e| Mapping::Events(vec![e]))
+}
+
+fn issue(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadError> {
+    let action = payload::text(payload, "action").unwrap_or_default();
+    let labelled = payload::at(payload, "issue.labels")
+        .and_then(Value::as_array)
+        .is_some_and(|labels| {
+            labels.iter().any(|l| {
+                payload::text(l, "name").is_some_and(|name| options.is_incident_label(name))
+            })
+        });
+    let change = match action {
+        "opened" if labelled => FailureChange::Created,
+        "labeled"
+            if payload::text(payload, "label.name")
+                .is_some_and(|name| options.is_incident_label(name)) =>
+        {
+            FailureChange::Created
+        }
+        "closed" if labelled => FailureChange::Resolved,
+        "opened" | "labeled" | "closed" => return Ok(Mapping::Ignored("issue_not_an_incident")),
+        _ => return Ok(Mapping::Ignored("issue_action_not_used")),
+    };
+    let mut r = Reader::new(payload);
+    let app = app_of(&mut r, options);
+    let number = r.issue_number("issue.number");
+    let time = match change {
+        FailureChange::Created => r.time("issue.created_at"),
+        FailureChange::Resolved => r.time("issue.closed_at"),
+    };
+    let failure = (|| {
+        Some(Event::Failure(Failure {
+            app: app?,
+            issue_number: number?,
+            change,
+            time: time?,
+        }))
+    })();
+    r.finish(failure).map(|e| Mapping::Events(vec![e]))
+}
+
+fn package(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadError> {
+    if payload::text(payload, "action") != Some("published") {
+        return Ok(Mapping::Ignored("package_action_not_used"));
+    }
+    let root = ["registry_package", "package"]
+        .iter()
+        .find_map(|key| payload::at(payload, key))
+        .unwrap_or(&Value::Null);
+    let kind = payload::text(root, "package_type").unwrap_or_default();
+    if !(kind.eq_ignore_ascii_case("container") || kind.eq_ignore_ascii_case("docker")) {
+        return Ok(Mapping::Ignored("not_a_container_package"));
+    }
+    let digest = [
+        "package_version.container_metadata.tag.digest",
+        "package_version.name",
+    ]
+    .iter()
+    .filter_map(|path| payload::text(root, path))
+    .find_map(|d| ImageSha::parse(d).ok());
+    let revision = payload::at(root, "package_version.container_metadata.labels.all_labels")
+        .and_then(|labels| labels.get("org.opencontainers.image.revision"))
+        .and_then(Value::as_str)
+        .and_then(|c| CommitSha::parse(c).ok());
+    let (Some(image_sha), Some(commit)) = (digest, revision) else {
+        return Ok(Mapping::Ignored("package_without_digest_and_revision"));
+    };
+    let mut r = Reader::new(payload);
+    let app = app_of(&mut r, options);
+    let time = r.time_first(&[
+        "registry_package.package_version.updated_at",
+        "package.package_version.updated_at",
+        "registry_package.updated_at",
+        "package.updated_at",
+    ]);
+    let link = (|| {
+        Some(Event::Link(Link {
+            app: app?,
+            commit,
+            image_sha,
+            time: time?,
+        }))
+    })();
+    r.finish(link).map(|e| Mapping::Events(vec![e]))
+}

@@ -1,0 +1,340 @@
+//! GitLab project, group and system hooks (SOURCES.md §2): `X-Gitlab-Token`
+//! compared in constant time, or, when a `whsec_` signing token is
+//! configured, the Standard Webhooks signature (and the token is ignored).
+//! Pushes → commits, successful production deployments → deploys, incident
+//! issues and work items → failures; pipelines and jobs are opt-in deploys.
+//!
+//! Maps headers and payload only; never touches the store or the metrics.
+
+use actix_web::http::header::HeaderMap;
+use serde_json::Value;
+
+use super::github::{known_event, pushed_commits, ZERO_SHA};
+use super::payload::{self, Reader};
+use super::{FieldProblem, Mapping, PayloadError, Plugin, SourceOptions};
+use crate::events::{App, CommitSha, Deploy, Event, Failure, FailureChange, FieldError};
+use crate::ledger::DeliveryId;
+use crate::signature::{self, Secret, Verifier};
+
+pub struct GitLab;
+
+/// `object_kind` (or a system hook's `event_name`) values this source reads.
+const KINDS: &[&str] = &[
+    "push",
+    "tag_push",
+    "issue",
+    "work_item",
+    "merge_request",
+    "pipeline",
+    "build",
+    "deployment",
+    "release",
+    "note",
+];
+
+impl Plugin for GitLab {
+    fn source(&self) -> &'static str {
+        "gitlab"
+    }
+
+    fn options(&self) -> &'static [&'static str] {
+        &[
+            "branches",
+            "environments",
+            "namespaces",
+            "incident_labels",
+            "apps",
+            "deploy_workflows",
+        ]
+    }
+
+    fn verifier(&self, secrets: Vec<Secret>) -> Result<Verifier, String> {
+        if secrets.is_empty() {
+            return Ok(Verifier::Open);
+        }
+        let signing: Vec<&Secret> = secrets
+            .iter()
+            .filter(|s| s.expose().starts_with(b"whsec_"))
+            .collect();
+        if signing.is_empty() {
+            return Ok(Verifier::Token {
+                header: "x-gitlab-token",
+                secrets,
+            });
+        }
+        let keys = signing
+            .into_iter()
+            .map(|s| {
+                signature::standard_webhooks_key(s).ok_or_else(|| {
+                    "a whsec_ signing token must be whsec_ followed by base64".to_owned()
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Verifier::StandardWebhooks { keys })
+    }
+
+    fn event(&self, headers: &HeaderMap, payload: Option<&Value>) -> &'static str {
+        let from_body = payload.and_then(|p| {
+            payload::text(p, "object_kind").or_else(|| payload::text(p, "event_name"))
+        });
+        if let Some(kind) = from_body {
+            return known_event(Some(kind), KINDS);
+        }
+        match super::header(headers, "x-gitlab-event") {
+            Some("Push Hook") => "push",
+            Some("Tag Push Hook") => "tag_push",
+            Some("Issue Hook" | "Confidential Issue Hook") => "issue",
+            Some("Merge Request Hook") => "merge_request",
+            Some("Pipeline Hook") => "pipeline",
+            Some("Job Hook") => "build",
+            Some("Deployment Hook") => "deployment",
+            Some("Release Hook") => "release",
+            Some("Note Hook" | "Confidential Note Hook") => "note",
+            _ => "other",
+        }
+    }
+
+    fn delivery_id(&self, headers: &HeaderMap, _payload: &Value) -> Option<DeliveryId> {
+        super::header_delivery_id(
+            headers,
+            &["idempotency-key", "webhook-id", "x-gitlab-event-uuid"],
+        )
+    }
+
+    fn map(
+        &self,
+        headers: &HeaderMap,
+        payload: &Value,
+        options: &SourceOptions,
+    ) -> Result<Mapping, PayloadError> {
+        match self.event(headers, Some(payload)) {
+            "push" => push(payload, options),
+            "deployment" => deployment(payload, options),
+            "issue" | "work_item" => issue(payload, options),
+            "pipeline" => pipeline(payload, options),
+            "build" => job(payload, options),
+            _ => Ok(Mapping::Ignored("event_not_used")),
+        }
+    }
+}
+
+fn app_of(r: &mut Reader<'_>, options: &SourceOptions) -> Option<App> {
+    r.parsed_first(
+        &["project.path_with_namespace", "project_path_with_namespace"],
+        |key| options.app(key),
+    )
+}
+
+fn push(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadError> {
+    let git_ref = payload::text(payload, "ref").unwrap_or_default();
+    let Some(branch) = git_ref.strip_prefix("refs/heads/") else {
+        return Ok(Mapping::Ignored("not_a_branch_push"));
+    };
+    if payload::text(payload, "after") == Some(ZERO_SHA) {
+        return Ok(Mapping::Ignored("branch_deleted"));
+    }
+    let default_branch = payload::text(payload, "project.default_branch");
+    if !options.is_tracked_branch(branch, default_branch) {
+        return Ok(Mapping::Ignored("branch_not_tracked"));
+    }
+    let commits = payload::at(payload, "commits")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if commits.is_empty() {
+        return Ok(Mapping::Ignored("push_without_commits"));
+    }
+    let mut r = Reader::new(payload);
+    let app = app_of(&mut r, options);
+    let events = match &app {
+        Some(app) => pushed_commits(
+            &mut r,
+            commits,
+            app,
+            ["commits[].id", "commits[].timestamp", "commits[].url"],
+        ),
+        None => Vec::new(),
+    };
+    r.finish(Some(events)).map(Mapping::Events)
+}
+
+fn is_production(options: &SourceOptions, environment: &str, tier: Option<&str>) -> bool {
+    options.is_production(environment) || tier == Some("production")
+}
+
+/// The 40-hex commit at the end of a `…/-/commit/<sha>` URL.
+fn commit_from_url(url: &str) -> Result<CommitSha, FieldError> {
+    let sha = url
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or_default();
+    match CommitSha::parse(sha) {
+        Ok(commit) if sha.len() == 40 => Ok(commit),
+        Ok(_) | Err(_) => Err(FieldError::InvalidFormat),
+    }
+}
+
+fn deployment(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadError> {
+    if payload::text(payload, "status") != Some("success") {
+        return Ok(Mapping::Ignored("deployment_not_successful"));
+    }
+    let environment = payload::text(payload, "environment").unwrap_or_default();
+    let tier = payload::text(payload, "environment_tier");
+    if !is_production(options, environment, tier) {
+        return Ok(Mapping::Ignored("environment_not_production"));
+    }
+    let mut r = Reader::new(payload);
+    let app = app_of(&mut r, options);
+    let namespace = r.parsed("environment", |e| options.namespace(e));
+    let commit = r.parsed("commit_url", commit_from_url);
+    let time = r.time("status_changed_at");
+    let deploy = (|| {
+        Some(Event::Deploy(Deploy {
+            app: app?,
+            namespace: namespace?,
+            image_sha: None,
+            commit: Some(commit?),
+            environment: Some(environment.into()),
+            time: time?,
+        }))
+    })();
+    r.finish(deploy).map(|e| Mapping::Events(vec![e]))
+}
+
+fn issue(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadError> {
+    let incident_type = payload::text(payload, "object_attributes.type")
+        .is_some_and(|t| t.eq_ignore_ascii_case("incident"))
+        || payload::text(payload, "object_attributes.issue_type") == Some("incident");
+    let titles = |path: &str| -> Vec<&str> {
+        payload::at(payload, path)
+            .and_then(Value::as_array)
+            .map(|labels| {
+                labels
+                    .iter()
+                    .filter_map(|l| payload::text(l, "title"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let labelled = titles("labels")
+        .iter()
+        .any(|t| options.is_incident_label(t));
+    let label_added = {
+        let current = titles("changes.labels.current");
+        let previous = titles("changes.labels.previous");
+        current
+            .iter()
+            .any(|t| options.is_incident_label(t) && !previous.contains(t))
+    };
+    let incident = incident_type || labelled;
+    let action = payload::text(payload, "object_attributes.action").unwrap_or_default();
+    let change = match action {
+        "open" if incident => FailureChange::Created,
+        "update" if label_added => FailureChange::Created,
+        "close" if incident => FailureChange::Resolved,
+        "open" | "close" => return Ok(Mapping::Ignored("issue_not_an_incident")),
+        _ => return Ok(Mapping::Ignored("issue_action_not_used")),
+    };
+    let mut r = Reader::new(payload);
+    let app = app_of(&mut r, options);
+    let number = r.issue_number("object_attributes.iid");
+    let time = match change {
+        FailureChange::Created => r.time("object_attributes.created_at"),
+        FailureChange::Resolved => r.time_first(&[
+            "object_attributes.closed_at",
+            "object_attributes.updated_at",
+        ]),
+    };
+    let failure = (|| {
+        Some(Event::Failure(Failure {
+            app: app?,
+            issue_number: number?,
+            change,
+            time: time?,
+        }))
+    })();
+    r.finish(failure).map(|e| Mapping::Events(vec![e]))
+}
+
+/// A deploy from an opt-in pipeline or job.
+fn configured_deploy(
+    payload: &Value,
+    options: &SourceOptions,
+    commit_path: &'static str,
+    time_path: &'static str,
+    environment: Option<&str>,
+) -> Result<Mapping, PayloadError> {
+    let environment = environment
+        .or_else(|| options.environments.first().map(String::as_str))
+        .unwrap_or("production");
+    let mut r = Reader::new(payload);
+    let app = app_of(&mut r, options);
+    let namespace = options.namespace(environment).map_err(|reason| {
+        PayloadError::Invalid(vec![FieldProblem {
+            field: "environment",
+            reason,
+        }])
+    })?;
+    let commit = r.parsed(commit_path, CommitSha::parse);
+    let time = r.time(time_path);
+    let deploy = (|| {
+        Some(Event::Deploy(Deploy {
+            app: app?,
+            namespace,
+            image_sha: None,
+            commit: Some(commit?),
+            environment: Some(environment.into()),
+            time: time?,
+        }))
+    })();
+    r.finish(deploy).map(|e| Mapping::Events(vec![e]))
+}
+
+fn pipeline(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadError> {
+    let name = payload::text(payload, "object_attributes.name").unwrap_or_default();
+    let git_ref = payload::text(payload, "object_attributes.ref").unwrap_or_default();
+    if options.deploy_workflows.is_empty() || !options.is_deploy_workflow(&[name, git_ref]) {
+        return Ok(Mapping::Ignored("pipeline_not_a_deploy"));
+    }
+    if payload::text(payload, "object_attributes.status") != Some("success") {
+        return Ok(Mapping::Ignored("pipeline_not_successful"));
+    }
+    let environment = payload::at(payload, "builds")
+        .and_then(Value::as_array)
+        .and_then(|builds| {
+            builds
+                .iter()
+                .find_map(|b| payload::text(b, "environment.name"))
+        });
+    if let Some(environment) = environment {
+        if !options.is_production(environment) {
+            return Ok(Mapping::Ignored("environment_not_production"));
+        }
+    }
+    configured_deploy(
+        payload,
+        options,
+        "object_attributes.sha",
+        "object_attributes.finished_at",
+        environment,
+    )
+}
+
+fn job(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadError> {
+    let name = payload::text(payload, "build_name").unwrap_or_default();
+    if options.deploy_workflows.is_empty() || !options.is_deploy_workflow(&[name]) {
+        return Ok(Mapping::Ignored("job_not_a_deploy"));
+    }
+    if payload::text(payload, "build_status") != Some("success") {
+        return Ok(Mapping::Ignored("job_not_successful"));
+    }
+    let environment = payload::text(payload, "environment.name");
+    let tier = payload::text(payload, "environment.deployment_tier");
+    if let Some(environment) = environment {
+        if !is_production(options, environment, tier) {
+            return Ok(Mapping::Ignored("environment_not_production"));
+        }
+    }
+    configured_deploy(payload, options, "sha", "build_finished_at", environment)
+}

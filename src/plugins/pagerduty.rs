@@ -1,0 +1,97 @@
+//! PagerDuty v3 webhook subscriptions (SOURCES.md §11):
+//! `X-PagerDuty-Signature` lists `v1=<hex>` HMACs, one per active secret;
+//! delivery id from `X-Webhook-Id`. `incident.triggered` → failure created,
+//! `incident.resolved` → failure resolved; the app is the service id (or
+//! its configured rename).
+//!
+//! Maps headers and payload only; never touches the store or the metrics.
+
+use actix_web::http::header::HeaderMap;
+use serde_json::Value;
+
+use super::github::known_event;
+use super::payload::{self, Reader};
+use super::{Mapping, PayloadError, Plugin, SourceOptions};
+use crate::events::{Event, Failure, FailureChange};
+use crate::ledger::DeliveryId;
+use crate::signature::{Secret, Verifier};
+
+pub struct PagerDuty;
+
+const EVENTS: &[&str] = &[
+    "incident.triggered",
+    "incident.resolved",
+    "incident.reopened",
+    "incident.acknowledged",
+    "pagey.ping",
+];
+
+/// PagerDuty drops payloads over 256 KB.
+const MAX_BODY_BYTES: usize = 256 * 1024;
+
+impl Plugin for PagerDuty {
+    fn source(&self) -> &'static str {
+        "pagerduty"
+    }
+
+    fn options(&self) -> &'static [&'static str] {
+        &["apps"]
+    }
+
+    fn verifier(&self, secrets: Vec<Secret>) -> Result<Verifier, String> {
+        Ok(if secrets.is_empty() {
+            Verifier::Open
+        } else {
+            Verifier::HmacHexList {
+                header: "x-pagerduty-signature",
+                prefix: "v1=",
+                secrets,
+            }
+        })
+    }
+
+    fn max_body_bytes(&self) -> usize {
+        MAX_BODY_BYTES
+    }
+
+    fn event(&self, _headers: &HeaderMap, payload: Option<&Value>) -> &'static str {
+        match payload {
+            Some(p) => known_event(payload::text(p, "event.event_type"), EVENTS),
+            None => "unknown",
+        }
+    }
+
+    fn delivery_id(&self, headers: &HeaderMap, _payload: &Value) -> Option<DeliveryId> {
+        super::header_delivery_id(headers, &["x-webhook-id"])
+    }
+
+    fn map(
+        &self,
+        headers: &HeaderMap,
+        payload: &Value,
+        options: &SourceOptions,
+    ) -> Result<Mapping, PayloadError> {
+        let change = match self.event(headers, Some(payload)) {
+            "incident.triggered" => FailureChange::Created,
+            "incident.resolved" => FailureChange::Resolved,
+            "pagey.ping" => return Ok(Mapping::Ignored("ping")),
+            _ => return Ok(Mapping::Ignored("event_not_used")),
+        };
+        let mut r = Reader::new(payload);
+        let app = r.parsed("event.data.service.id", |id| options.app(id));
+        let number = r.issue_number("event.data.id");
+        let time = match change {
+            FailureChange::Created => r.time_first(&["event.data.created_at", "event.occurred_at"]),
+            FailureChange::Resolved => r.time("event.occurred_at"),
+        };
+        let failure = (|| {
+            Some(Event::Failure(Failure {
+                app: app?,
+                issue_number: number?,
+                change,
+                time: time?,
+            }))
+        })();
+        r.finish(failure).map(|e| Mapping::Events(vec![e]))
+    }
+}

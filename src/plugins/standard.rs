@@ -1,0 +1,101 @@
+//! The generic Standard Webhooks source (SOURCES.md §14): `webhook-id`,
+//! `webhook-timestamp` (±5 minutes) and `webhook-signature` (`v1,<base64>`
+//! HMAC-SHA256 over `id.timestamp.body` under the `whsec_` keys). The body is
+//! `{"type", "timestamp", "data"}` with a Pelorus event as `data`; `type` is
+//! the Pelorus event (`committime`, `deploytime`, `failure`) or one of
+//! `commit`, `deploy`, `failure.created`, `failure.resolved`.
+//! `hookgauge send --standard-webhooks` produces exactly this.
+//!
+//! Maps headers and payload only; never touches the store or the metrics.
+
+use actix_web::http::header::HeaderMap;
+use serde_json::Value;
+
+use super::payload;
+use super::pelorus::{self, PelorusEvent};
+use super::{FieldProblem, Mapping, PayloadError, Plugin, SourceOptions};
+use crate::events::FieldError;
+use crate::ledger::DeliveryId;
+use crate::signature::{self, Secret, Verifier};
+
+pub struct StandardWebhooks;
+
+const EVENTS: &[&str] = &[
+    "committime",
+    "deploytime",
+    "failure",
+    "commit",
+    "deploy",
+    "failure.created",
+    "failure.resolved",
+];
+
+impl Plugin for StandardWebhooks {
+    fn source(&self) -> &'static str {
+        "standard-webhooks"
+    }
+
+    fn options(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    fn verifier(&self, secrets: Vec<Secret>) -> Result<Verifier, String> {
+        if secrets.is_empty() {
+            return Ok(Verifier::Open);
+        }
+        let keys = secrets
+            .iter()
+            .map(|s| {
+                signature::standard_webhooks_key(s)
+                    .ok_or_else(|| "each secret must be whsec_ followed by base64".to_owned())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Verifier::StandardWebhooks { keys })
+    }
+
+    fn event(&self, _headers: &HeaderMap, payload: Option<&Value>) -> &'static str {
+        match payload {
+            Some(p) => super::github::known_event(payload::text(p, "type"), EVENTS),
+            None => "unknown",
+        }
+    }
+
+    fn delivery_id(&self, headers: &HeaderMap, _payload: &Value) -> Option<DeliveryId> {
+        super::header_delivery_id(headers, &["webhook-id"])
+    }
+
+    fn map(
+        &self,
+        headers: &HeaderMap,
+        payload: &Value,
+        _options: &SourceOptions,
+    ) -> Result<Mapping, PayloadError> {
+        let invalid = |field, reason| PayloadError::Invalid(vec![FieldProblem { field, reason }]);
+        let (event, failure_event) = match self.event(headers, Some(payload)) {
+            "committime" | "commit" => (PelorusEvent::CommitTime, None),
+            "deploytime" | "deploy" => (PelorusEvent::DeployTime, None),
+            "failure" => (PelorusEvent::Failure, None),
+            "failure.created" => (PelorusEvent::Failure, Some("created")),
+            "failure.resolved" => (PelorusEvent::Failure, Some("resolved")),
+            _ => {
+                let reason = if payload::at(payload, "type").is_some() {
+                    FieldError::InvalidFormat
+                } else {
+                    FieldError::Missing
+                };
+                return Err(invalid("type", reason));
+            }
+        };
+        let Some(Value::Object(data)) = payload::at(payload, "data") else {
+            return Err(invalid("data", FieldError::Missing));
+        };
+        let mut data = data.clone();
+        if let Some(end) = failure_event {
+            data.entry("failure_event").or_insert_with(|| end.into());
+        }
+        let bytes = serde_json::to_vec(&data).map_err(|e| PayloadError::Malformed {
+            message: e.to_string(),
+        })?;
+        pelorus::parse_event(event, &bytes).map(|e| Mapping::Events(vec![e]))
+    }
+}
