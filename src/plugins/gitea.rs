@@ -8,7 +8,7 @@
 use actix_web::http::header::HeaderMap;
 use serde_json::Value;
 
-use super::github::{known_event, pushed_commits, ZERO_SHA};
+use super::github::{branch_push, known_event};
 use super::payload::{self, Reader};
 use super::{FieldProblem, Mapping, PayloadError, Plugin, SourceOptions};
 use crate::events::{App, CommitSha, Deploy, Event, Failure, FailureChange};
@@ -93,36 +93,12 @@ fn app_of(r: &mut Reader<'_>, options: &SourceOptions) -> Option<App> {
 }
 
 fn push(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadError> {
-    let git_ref = payload::text(payload, "ref").unwrap_or_default();
-    let Some(branch) = git_ref.strip_prefix("refs/heads/") else {
-        return Ok(Mapping::Ignored("not_a_branch_push"));
-    };
-    if payload::text(payload, "after") == Some(ZERO_SHA) {
-        return Ok(Mapping::Ignored("branch_deleted"));
-    }
-    let default_branch = payload::text(payload, "repository.default_branch");
-    if !options.is_tracked_branch(branch, default_branch) {
-        return Ok(Mapping::Ignored("branch_not_tracked"));
-    }
-    let commits = payload::at(payload, "commits")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    if commits.is_empty() {
-        return Ok(Mapping::Ignored("push_without_commits"));
-    }
-    let mut r = Reader::new(payload);
-    let app = app_of(&mut r, options);
-    let events = match &app {
-        Some(app) => pushed_commits(
-            &mut r,
-            commits,
-            app,
-            ["commits[].id", "commits[].timestamp", "commits[].url"],
-        ),
-        None => Vec::new(),
-    };
-    r.finish(Some(events)).map(Mapping::Events)
+    branch_push(
+        payload,
+        options,
+        &["repository.default_branch"],
+        &["repository.full_name"],
+    )
 }
 
 fn issue(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadError> {

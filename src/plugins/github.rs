@@ -139,6 +139,24 @@ fn leaf(field: &'static str) -> &'static str {
 }
 
 fn push(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadError> {
+    branch_push(
+        payload,
+        options,
+        &["repository.default_branch", "repository.master_branch"],
+        &["repository.full_name"],
+    )
+}
+
+/// A push in the GitHub shape (GitHub, GitLab, Gitea): `ref`, `after`,
+/// `commits[]` with `id`, `timestamp` and `url`. Commits of a tracked branch
+/// become commit events; deleted branches, tags and other branches are
+/// ignored.
+pub fn branch_push(
+    payload: &Value,
+    options: &SourceOptions,
+    default_branch_paths: &[&str],
+    app_paths: &[&'static str],
+) -> Result<Mapping, PayloadError> {
     let git_ref = payload::text(payload, "ref").unwrap_or_default();
     let Some(branch) = git_ref.strip_prefix("refs/heads/") else {
         return Ok(Mapping::Ignored("not_a_branch_push"));
@@ -148,8 +166,9 @@ fn push(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadErro
     if deleted {
         return Ok(Mapping::Ignored("branch_deleted"));
     }
-    let default_branch = payload::text(payload, "repository.default_branch")
-        .or_else(|| payload::text(payload, "repository.master_branch"));
+    let default_branch = default_branch_paths
+        .iter()
+        .find_map(|path| payload::text(payload, path));
     if !options.is_tracked_branch(branch, default_branch) {
         return Ok(Mapping::Ignored("branch_not_tracked"));
     }
@@ -161,7 +180,7 @@ fn push(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadErro
         return Ok(Mapping::Ignored("push_without_commits"));
     }
     let mut r = Reader::new(payload);
-    let app = app_of(&mut r, options);
+    let app = r.parsed_first(app_paths, |key| options.app(key));
     let events = match &app {
         Some(app) => pushed_commits(
             &mut r,
