@@ -649,6 +649,10 @@ fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
 /// Keys every native instance takes, besides its source's own options.
 const COMMON_OPTIONS: &[&str] = &["enabled", "secrets", "secrets_file"];
 
+fn is_option(plugin: &dyn Plugin, key: &str) -> bool {
+    COMMON_OPTIONS.contains(&key) || plugin.options().contains(&key)
+}
+
 /// Builds the native source instances of `[sources.*]`.
 fn native_sources(
     sections: &BTreeMap<String, serde_json::Value>,
@@ -669,10 +673,9 @@ fn native_sources(
         let serde_json::Value::Object(table) = section else {
             return Err(ConfigError::invalid(&key, "must be a table"));
         };
-        let is_option = |k: &str| COMMON_OPTIONS.contains(&k) || plugin.options().contains(&k);
         let mut own = serde_json::Map::new();
         for (k, v) in table {
-            if is_option(k) {
+            if is_option(plugin, k) {
                 own.insert(k.clone(), v.clone());
             } else if v.is_object() {
                 let valid_name = !k.is_empty()
@@ -717,8 +720,7 @@ fn source_instance(
     key: &str,
 ) -> Result<SourceInstance, ConfigError> {
     if let serde_json::Value::Object(map) = table {
-        let is_option = |k: &str| COMMON_OPTIONS.contains(&k) || plugin.options().contains(&k);
-        if let Some(k) = map.keys().find(|k| !is_option(k)) {
+        if let Some(k) = map.keys().find(|k| !is_option(plugin, k)) {
             return Err(ConfigError::invalid(
                 &format!("{key}.{k}"),
                 format!("not an option of {}", plugin.source()),
@@ -728,9 +730,13 @@ fn source_instance(
     let raw: RawSourceOptions = serde_json::from_value(table.clone())
         .map_err(|e| ConfigError::invalid(key, e.to_string()))?;
     let secrets = load_secrets(key, &raw.secrets, raw.secrets_file.as_deref())?;
-    let verifier = plugin
-        .verifier(secrets)
-        .map_err(|reason| ConfigError::invalid(&format!("{key}.secrets"), reason))?;
+    let verifier = if secrets.is_empty() {
+        Verifier::Open
+    } else {
+        plugin
+            .verifier(secrets)
+            .map_err(|reason| ConfigError::invalid(&format!("{key}.secrets"), reason))?
+    };
     let mut options = plugin.defaults();
     if !raw.branches.is_empty() {
         options.branches = raw.branches;

@@ -78,10 +78,16 @@ const MAX_SIGNATURE_HEADER: usize = 256;
 
 /// Decodes a `sha256=<64 lowercase hex>` header value into the 32 MAC bytes.
 pub fn parse_sha256_header(value: &[u8]) -> Result<[u8; 32], SignatureError> {
+    parse_prefixed_hex(value, "sha256=")
+}
+
+/// Decodes `prefix` + 64 lowercase hex digits into the 32 MAC bytes; a
+/// different `<algorithm>=` prefix is reported as such.
+fn parse_prefixed_hex(value: &[u8], prefix: &str) -> Result<[u8; 32], SignatureError> {
     if value.len() > MAX_SIGNATURE_HEADER {
         return Err(SignatureError::Malformed);
     }
-    let Some(hex_part) = value.strip_prefix(b"sha256=") else {
+    let Some(hex_part) = value.strip_prefix(prefix.as_bytes()) else {
         let other_algorithm = value
             .iter()
             .position(|&b| b == b'=')
@@ -102,6 +108,19 @@ pub fn parse_sha256_header(value: &[u8]) -> Result<[u8; 32], SignatureError> {
     let mut mac = [0u8; 32];
     hex::decode_to_slice(hex_part, &mut mac).map_err(|_| SignatureError::Malformed)?;
     Ok(mac)
+}
+
+/// Exactly one value of a header, or `Repeated`.
+pub fn single_header<'a>(
+    headers: &'a actix_web::http::header::HeaderMap,
+    name: &str,
+) -> Result<Option<&'a [u8]>, SignatureError> {
+    let mut values = headers.get_all(name);
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(SignatureError::Repeated);
+    }
+    Ok(first.map(|v| v.as_bytes()))
 }
 
 /// True when `expected` is the HMAC-SHA256 of `message` under `secret`.
@@ -394,18 +413,16 @@ impl Verifier {
         body: &[u8],
         now: i64,
     ) -> Result<(), AuthFailure> {
-        let single = |name: &'static str| -> Result<Option<&[u8]>, AuthFailure> {
-            let mut values = headers.get_all(name);
-            let first = values.next();
-            if values.next().is_some() {
-                return Err(AuthFailure {
-                    error: SignatureError::Repeated,
-                    header: name,
-                });
-            }
-            Ok(first.map(|v| v.as_bytes()))
-        };
         let fail = |error, header| Err(AuthFailure { error, header });
+        let single = |header: &'static str| {
+            single_header(headers, header).map_err(|error| AuthFailure { error, header })
+        };
+        let required = |header: &'static str| {
+            single(header)?.ok_or(AuthFailure {
+                error: SignatureError::Missing,
+                header,
+            })
+        };
         match self {
             Verifier::Open => Ok(()),
             Verifier::HmacHex {
@@ -431,9 +448,7 @@ impl Verifier {
                 prefix,
                 secrets,
             } => {
-                let Some(value) = single(header)? else {
-                    return fail(SignatureError::Missing, header);
-                };
+                let value = required(header)?;
                 if value.len() > 16 * MAX_SIGNATURE_HEADER {
                     return fail(SignatureError::Malformed, header);
                 }
@@ -456,9 +471,7 @@ impl Verifier {
                 }
             }
             Verifier::Token { header, secrets } => {
-                let Some(value) = single(header)? else {
-                    return fail(SignatureError::Missing, header);
-                };
+                let value = required(header)?;
                 if any_token_matches(secrets, value) {
                     Ok(())
                 } else {
@@ -467,9 +480,7 @@ impl Verifier {
             }
             Verifier::Bearer { secrets } => {
                 const AUTHORIZATION: &str = "authorization";
-                let Some(value) = single(AUTHORIZATION)? else {
-                    return fail(SignatureError::Missing, AUTHORIZATION);
-                };
+                let value = required(AUTHORIZATION)?;
                 let token = bearer_or_basic_password(value).ok_or(AuthFailure {
                     error: SignatureError::Malformed,
                     header: AUTHORIZATION,
@@ -483,18 +494,9 @@ impl Verifier {
             Verifier::StandardWebhooks { keys } => {
                 let (id_header, ts_header, sig_header) =
                     ("webhook-id", "webhook-timestamp", "webhook-signature");
-                let id = single(id_header)?.ok_or(AuthFailure {
-                    error: SignatureError::Missing,
-                    header: id_header,
-                })?;
-                let timestamp = single(ts_header)?.ok_or(AuthFailure {
-                    error: SignatureError::Missing,
-                    header: ts_header,
-                })?;
-                let signatures = single(sig_header)?.ok_or(AuthFailure {
-                    error: SignatureError::Missing,
-                    header: sig_header,
-                })?;
+                let id = required(id_header)?;
+                let timestamp = required(ts_header)?;
+                let signatures = required(sig_header)?;
                 let seconds = std::str::from_utf8(timestamp)
                     .ok()
                     .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
@@ -535,30 +537,6 @@ impl Verifier {
             }
         }
     }
-}
-
-/// Decodes `prefix` + 64 hex digits (either case) into the 32 MAC bytes.
-fn parse_prefixed_hex(value: &[u8], prefix: &str) -> Result<[u8; 32], SignatureError> {
-    if value.len() > MAX_SIGNATURE_HEADER {
-        return Err(SignatureError::Malformed);
-    }
-    let Some(hex_part) = value.strip_prefix(prefix.as_bytes()) else {
-        let other_algorithm = value
-            .iter()
-            .position(|&b| b == b'=')
-            .is_some_and(|eq| eq > 0 && value[..eq].iter().all(u8::is_ascii_alphanumeric));
-        return Err(if other_algorithm {
-            SignatureError::UnsupportedAlgorithm
-        } else {
-            SignatureError::Malformed
-        });
-    };
-    let mut mac = [0u8; 32];
-    if hex_part.len() != 64 {
-        return Err(SignatureError::Malformed);
-    }
-    hex::decode_to_slice(hex_part, &mut mac).map_err(|_| SignatureError::Malformed)?;
-    Ok(mac)
 }
 
 /// Constant-time comparison of `presented` against every secret: the MACs of

@@ -7,7 +7,7 @@ use actix_web::HttpResponse;
 use serde_json::json;
 
 use crate::ledger::{DeliveryId, Outcome};
-use crate::plugins::FieldProblem;
+use crate::plugins::{FieldProblem, PayloadError};
 use crate::signature::AuthFailure;
 
 /// Seconds a sender is asked to wait after a 503.
@@ -40,6 +40,15 @@ pub enum IngestError {
     Invalid(Vec<FieldProblem>),
     #[error("the store is unavailable; retry later")]
     StoreUnavailable,
+}
+
+impl From<PayloadError> for IngestError {
+    fn from(problem: PayloadError) -> Self {
+        match problem {
+            PayloadError::Malformed { message } => IngestError::MalformedJson { message },
+            PayloadError::Invalid(problems) => IngestError::Invalid(problems),
+        }
+    }
 }
 
 impl IngestError {

@@ -24,7 +24,7 @@ use crate::config::{PelorusSettings, SourceInstance};
 use crate::ledger::{Delivery, DeliveryId, Disposition, Outcome};
 use crate::metrics::Metrics;
 use crate::plugins::pelorus::{self, PelorusEvent};
-use crate::plugins::{self, payload, Mapping, PayloadError};
+use crate::plugins::{self, payload, Mapping};
 use crate::signature::{self, AuthFailure, SignatureError};
 use crate::store::Store;
 
@@ -106,19 +106,6 @@ async fn read_body(
     Ok(body.freeze())
 }
 
-/// Exactly one value of a header, or why not.
-fn single_header<'a>(
-    headers: &'a HeaderMap,
-    name: &str,
-) -> Result<Option<&'a [u8]>, SignatureError> {
-    let mut values = headers.get_all(name);
-    let first = values.next();
-    if values.next().is_some() {
-        return Err(SignatureError::Repeated);
-    }
-    Ok(first.map(|v| v.as_bytes()))
-}
-
 /// Strict HMAC over the raw body, then (if enabled) Pelorus' lenient check.
 fn authenticate_pelorus(
     settings: &PelorusSettings,
@@ -128,8 +115,8 @@ fn authenticate_pelorus(
     if settings.secrets.is_empty() {
         return Ok(());
     }
-    let value =
-        single_header(headers, pelorus::SIGNATURE_HEADER)?.ok_or(SignatureError::Missing)?;
+    let value = signature::single_header(headers, pelorus::SIGNATURE_HEADER)?
+        .ok_or(SignatureError::Missing)?;
     let mac = signature::parse_sha256_header(value)?;
     if signature::any_secret_matches(&settings.secrets, body, &mac) {
         return Ok(());
@@ -159,6 +146,16 @@ impl Refusal {
             event,
             body,
             authenticated: false,
+        }
+    }
+
+    /// Refused after authentication: the body is kept for replay.
+    fn after_auth(error: IngestError, event: &'static str, body: Bytes) -> Self {
+        Refusal {
+            error,
+            event,
+            body: Some(body),
+            authenticated: true,
         }
     }
 }
@@ -221,15 +218,7 @@ async fn check_pelorus(
     }
     match pelorus::parse_event(event, &body) {
         Ok(event) => Ok(Checked::Event { label, event, body }),
-        Err(problem) => Err(Refusal {
-            error: match problem {
-                PayloadError::Malformed { message } => IngestError::MalformedJson { message },
-                PayloadError::Invalid(problems) => IngestError::Invalid(problems),
-            },
-            event: label,
-            body: Some(body),
-            authenticated: true,
-        }),
+        Err(problem) => Err(Refusal::after_auth(problem.into(), label, body)),
     }
 }
 
@@ -399,24 +388,13 @@ async fn check_native(
         let error = IngestError::Unauthorized(failure);
         return Err(Refusal::before_auth(error, event, Some(body)));
     }
-    let authenticated = |error, event| Refusal {
-        error,
-        event,
-        body: None,
-        authenticated: true,
-    };
     if !is_json(headers) {
-        let mut refusal = authenticated(IngestError::UnsupportedMediaType, event);
-        refusal.body = Some(body);
-        return Err(refusal);
+        let error = IngestError::UnsupportedMediaType;
+        return Err(Refusal::after_auth(error, event, body));
     }
     let value = match payload::parse_object(&body) {
         Ok(value) => value,
-        Err(problem) => {
-            let mut refusal = authenticated(payload_error(problem), event);
-            refusal.body = Some(body);
-            return Err(refusal);
-        }
+        Err(problem) => return Err(Refusal::after_auth(problem.into(), event, body)),
     };
     let event = plugin.event(headers, Some(&value));
     let id = plugin
@@ -428,11 +406,7 @@ async fn check_native(
         },
         Ok(Mapping::Events(events)) => Disposition::Events(events),
         Ok(Mapping::Ignored(reason)) => Disposition::Ignored { reason },
-        Err(problem) => {
-            let mut refusal = authenticated(payload_error(problem), event);
-            refusal.body = Some(body);
-            return Err(refusal);
-        }
+        Err(problem) => return Err(Refusal::after_auth(problem.into(), event, body)),
     };
     Ok(NativeChecked {
         event,
@@ -440,13 +414,6 @@ async fn check_native(
         body,
         disposition,
     })
-}
-
-fn payload_error(problem: PayloadError) -> IngestError {
-    match problem {
-        PayloadError::Malformed { message } => IngestError::MalformedJson { message },
-        PayloadError::Invalid(problems) => IngestError::Invalid(problems),
-    }
 }
 
 /// `POST /hooks/<source>[/<name>]`: every native source through one runner.

@@ -8,10 +8,9 @@
 use actix_web::http::header::HeaderMap;
 use serde_json::Value;
 
-use super::github::known_event;
 use super::payload::{self, Reader};
-use super::{FieldProblem, Mapping, PayloadError, Plugin, SourceOptions};
-use crate::events::{App, Commit, CommitLink, CommitSha, Deploy, Event, Failure, FailureChange};
+use super::{known_event, DeployFields, Mapping, PayloadError, Plugin, SourceOptions};
+use crate::events::{App, Commit, CommitLink, CommitSha, Event, FailureChange};
 use crate::ledger::DeliveryId;
 use crate::signature::{Secret, Verifier};
 
@@ -45,13 +44,9 @@ impl Plugin for BitbucketCloud {
     }
 
     fn verifier(&self, secrets: Vec<Secret>) -> Result<Verifier, String> {
-        Ok(if secrets.is_empty() {
-            Verifier::Open
-        } else {
-            Verifier::HmacHex {
-                headers: &[("x-hub-signature", "sha256=")],
-                secrets,
-            }
+        Ok(Verifier::HmacHex {
+            headers: &[("x-hub-signature", "sha256=")],
+            secrets,
         })
     }
 
@@ -163,45 +158,19 @@ fn status(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadEr
     if payload::text(payload, "commit_status.state") != Some("SUCCESSFUL") {
         return Ok(Mapping::Ignored("status_not_successful"));
     }
-    let environment = options
-        .environments
-        .first()
-        .map(String::as_str)
-        .unwrap_or("production");
-    let namespace = options.namespace(environment).map_err(|reason| {
-        PayloadError::Invalid(vec![FieldProblem {
-            field: "environments",
-            reason,
-        }])
-    })?;
-    let mut r = Reader::new(payload);
-    let app = app_of(&mut r, options);
-    let commit = r.parsed_first(
-        &[
-            "commit_status.commit.hash",
-            "commit_status.links.commit.href",
-        ],
-        |value| {
-            let sha = value
-                .trim_end_matches('/')
-                .rsplit('/')
-                .next()
-                .unwrap_or_default();
-            CommitSha::parse(sha)
+    super::commit_deploy(
+        payload,
+        options,
+        DeployFields {
+            app: &["repository.full_name"],
+            commit: &[
+                "commit_status.commit.hash",
+                "commit_status.links.commit.href",
+            ],
+            time: "commit_status.updated_on",
         },
-    );
-    let time = r.time("commit_status.updated_on");
-    let deploy = (|| {
-        Some(Event::Deploy(Deploy {
-            app: app?,
-            namespace,
-            image_sha: None,
-            commit: Some(commit?),
-            environment: Some(environment.into()),
-            time: time?,
-        }))
-    })();
-    r.finish(deploy).map(|e| Mapping::Events(vec![e]))
+        None,
+    )
 }
 
 fn issue(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadError> {
@@ -230,13 +199,5 @@ fn issue(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadErr
         FailureChange::Created => r.time("issue.created_on"),
         FailureChange::Resolved => r.time("issue.updated_on"),
     };
-    let failure = (|| {
-        Some(Event::Failure(Failure {
-            app: app?,
-            issue_number: number?,
-            change,
-            time: time?,
-        }))
-    })();
-    r.finish(failure).map(|e| Mapping::Events(vec![e]))
+    r.finish_failure(app, number, change, time)
 }

@@ -9,9 +9,9 @@ use actix_web::http::header::HeaderMap;
 use serde_json::Value;
 
 use super::payload::{self, Reader};
-use super::{Mapping, PayloadError, Plugin, SourceOptions};
+use super::{known_event, DeployFields, Mapping, PayloadError, Plugin, SourceOptions};
 use crate::events::{
-    App, Commit, CommitLink, CommitSha, Deploy, Event, Failure, FailureChange, ImageSha, Link,
+    App, Commit, CommitLink, CommitSha, Deploy, Event, FailureChange, ImageSha, Link,
 };
 use crate::ledger::DeliveryId;
 use crate::signature::{Secret, Verifier};
@@ -38,24 +38,13 @@ impl Plugin for GitHub {
     }
 
     fn options(&self) -> &'static [&'static str] {
-        &[
-            "branches",
-            "environments",
-            "namespaces",
-            "incident_labels",
-            "apps",
-            "deploy_workflows",
-        ]
+        super::FORGE_OPTIONS
     }
 
     fn verifier(&self, secrets: Vec<Secret>) -> Result<Verifier, String> {
-        Ok(if secrets.is_empty() {
-            Verifier::Open
-        } else {
-            Verifier::HmacHex {
-                headers: &[("x-hub-signature-256", "sha256=")],
-                secrets,
-            }
+        Ok(Verifier::HmacHex {
+            headers: &[("x-hub-signature-256", "sha256=")],
+            secrets,
         })
     }
 
@@ -82,18 +71,11 @@ impl Plugin for GitHub {
             }
             "deployment_status" => deployment_status(payload, options),
             "workflow_run" => workflow_run(payload, options),
-            "issues" => issue(payload, options),
+            "issues" => forge_issue(payload, options),
             "registry_package" | "package" => package(payload, options),
             _ => Ok(Mapping::Ignored("event_not_used")),
         }
     }
-}
-
-/// The header value if it is one of `known`, else `other`.
-pub fn known_event(value: Option<&str>, known: &[&'static str]) -> &'static str {
-    value
-        .and_then(|v| known.iter().copied().find(|k| *k == v))
-        .unwrap_or("other")
 }
 
 fn app_of(r: &mut Reader<'_>, options: &SourceOptions) -> Option<App> {
@@ -232,7 +214,7 @@ fn deployment_status(payload: &Value, options: &SourceOptions) -> Result<Mapping
             time: time?,
         }))
     })();
-    r.finish(deploy).map(|e| Mapping::Events(vec![e]))
+    r.finish_event(deploy)
 }
 
 fn workflow_run(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadError> {
@@ -250,36 +232,23 @@ fn workflow_run(payload: &Value, options: &SourceOptions) -> Result<Mapping, Pay
     if !completed {
         return Ok(Mapping::Ignored("workflow_run_not_successful"));
     }
-    let mut r = Reader::new(payload);
-    let app = app_of(&mut r, options);
     // A workflow names no environment: the first production one stands for it.
-    let environment = options
-        .environments
-        .first()
-        .map(String::as_str)
-        .unwrap_or("production");
-    let namespace = options.namespace(environment).map_err(|reason| {
-        PayloadError::Invalid(vec![super::FieldProblem {
-            field: "environments",
-            reason,
-        }])
-    })?;
-    let commit = r.parsed("workflow_run.head_sha", CommitSha::parse);
-    let time = r.time("workflow_run.updated_at");
-    let deploy = (|| {
-        Some(Event::Deploy(Deploy {
-            app: app?,
-            namespace,
-            image_sha: None,
-            commit: Some(commit?),
-            environment: Some(environment.into()),
-            time: time?,
-        }))
-    })();
-    r.finish(deploy).map(|e| Mapping::Events(vec![e]))
+    super::commit_deploy(
+        payload,
+        options,
+        DeployFields {
+            app: &["repository.full_name"],
+            commit: &["workflow_run.head_sha"],
+            time: "workflow_run.updated_at",
+        },
+        None,
+    )
 }
 
-fn issue(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadError> {
+/// An issue event in the GitHub shape (GitHub, Gitea/Forgejo): opened with
+/// an incident label, or given one (`labeled`, Gitea's `label_updated`) →
+/// failure created; closed with one → resolved.
+pub fn forge_issue(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadError> {
     let action = payload::text(payload, "action").unwrap_or_default();
     let labelled = payload::at(payload, "issue.labels")
         .and_then(Value::as_array)
@@ -289,7 +258,7 @@ fn issue(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadErr
             })
         });
     let change = match action {
-        "opened" if labelled => FailureChange::Created,
+        "opened" | "label_updated" if labelled => FailureChange::Created,
         "labeled"
             if payload::text(payload, "label.name")
                 .is_some_and(|name| options.is_incident_label(name)) =>
@@ -297,7 +266,9 @@ fn issue(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadErr
             FailureChange::Created
         }
         "closed" if labelled => FailureChange::Resolved,
-        "opened" | "labeled" | "closed" => return Ok(Mapping::Ignored("issue_not_an_incident")),
+        "opened" | "labeled" | "label_updated" | "closed" => {
+            return Ok(Mapping::Ignored("issue_not_an_incident"))
+        }
         _ => return Ok(Mapping::Ignored("issue_action_not_used")),
     };
     let mut r = Reader::new(payload);
@@ -307,15 +278,7 @@ fn issue(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadErr
         FailureChange::Created => r.time("issue.created_at"),
         FailureChange::Resolved => r.time("issue.closed_at"),
     };
-    let failure = (|| {
-        Some(Event::Failure(Failure {
-            app: app?,
-            issue_number: number?,
-            change,
-            time: time?,
-        }))
-    })();
-    r.finish(failure).map(|e| Mapping::Events(vec![e]))
+    r.finish_failure(app, number, change, time)
 }
 
 fn package(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadError> {
@@ -360,5 +323,5 @@ fn package(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadE
             time: time?,
         }))
     })();
-    r.finish(link).map(|e| Mapping::Events(vec![e]))
+    r.finish_event(link)
 }

@@ -9,14 +9,17 @@
 use actix_web::http::header::HeaderMap;
 use serde_json::Value;
 
-use super::github::{branch_push, known_event};
+use super::github::branch_push;
 use super::payload::{self, Reader};
-use super::{FieldProblem, Mapping, PayloadError, Plugin, SourceOptions};
-use crate::events::{App, CommitSha, Deploy, Event, Failure, FailureChange, FieldError};
+use super::{known_event, DeployFields, Mapping, PayloadError, Plugin, SourceOptions};
+use crate::events::{App, CommitSha, Deploy, Event, FailureChange, FieldError};
 use crate::ledger::DeliveryId;
 use crate::signature::{self, Secret, Verifier};
 
 pub struct GitLab;
+
+/// Where project, group and system hooks name the project.
+const APP_PATHS: &[&str] = &["project.path_with_namespace", "project_path_with_namespace"];
 
 /// `object_kind` (or a system hook's `event_name`) values this source reads.
 const KINDS: &[&str] = &[
@@ -38,20 +41,10 @@ impl Plugin for GitLab {
     }
 
     fn options(&self) -> &'static [&'static str] {
-        &[
-            "branches",
-            "environments",
-            "namespaces",
-            "incident_labels",
-            "apps",
-            "deploy_workflows",
-        ]
+        super::FORGE_OPTIONS
     }
 
     fn verifier(&self, secrets: Vec<Secret>) -> Result<Verifier, String> {
-        if secrets.is_empty() {
-            return Ok(Verifier::Open);
-        }
         let signing: Vec<&Secret> = secrets
             .iter()
             .filter(|s| s.expose().starts_with(b"whsec_"))
@@ -119,19 +112,11 @@ impl Plugin for GitLab {
 }
 
 fn app_of(r: &mut Reader<'_>, options: &SourceOptions) -> Option<App> {
-    r.parsed_first(
-        &["project.path_with_namespace", "project_path_with_namespace"],
-        |key| options.app(key),
-    )
+    r.parsed_first(APP_PATHS, |key| options.app(key))
 }
 
 fn push(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadError> {
-    branch_push(
-        payload,
-        options,
-        &["project.default_branch"],
-        &["project.path_with_namespace", "project_path_with_namespace"],
-    )
+    branch_push(payload, options, &["project.default_branch"], APP_PATHS)
 }
 
 fn is_production(options: &SourceOptions, environment: &str, tier: Option<&str>) -> bool {
@@ -175,7 +160,7 @@ fn deployment(payload: &Value, options: &SourceOptions) -> Result<Mapping, Paylo
             time: time?,
         }))
     })();
-    r.finish(deploy).map(|e| Mapping::Events(vec![e]))
+    r.finish_event(deploy)
 }
 
 fn issue(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadError> {
@@ -222,49 +207,7 @@ fn issue(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadErr
             "object_attributes.updated_at",
         ]),
     };
-    let failure = (|| {
-        Some(Event::Failure(Failure {
-            app: app?,
-            issue_number: number?,
-            change,
-            time: time?,
-        }))
-    })();
-    r.finish(failure).map(|e| Mapping::Events(vec![e]))
-}
-
-/// A deploy from an opt-in pipeline or job.
-fn configured_deploy(
-    payload: &Value,
-    options: &SourceOptions,
-    commit_path: &'static str,
-    time_path: &'static str,
-    environment: Option<&str>,
-) -> Result<Mapping, PayloadError> {
-    let environment = environment
-        .or_else(|| options.environments.first().map(String::as_str))
-        .unwrap_or("production");
-    let mut r = Reader::new(payload);
-    let app = app_of(&mut r, options);
-    let namespace = options.namespace(environment).map_err(|reason| {
-        PayloadError::Invalid(vec![FieldProblem {
-            field: "environment",
-            reason,
-        }])
-    })?;
-    let commit = r.parsed(commit_path, CommitSha::parse);
-    let time = r.time(time_path);
-    let deploy = (|| {
-        Some(Event::Deploy(Deploy {
-            app: app?,
-            namespace,
-            image_sha: None,
-            commit: Some(commit?),
-            environment: Some(environment.into()),
-            time: time?,
-        }))
-    })();
-    r.finish(deploy).map(|e| Mapping::Events(vec![e]))
+    r.finish_failure(app, number, change, time)
 }
 
 fn pipeline(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadError> {
@@ -288,13 +231,12 @@ fn pipeline(payload: &Value, options: &SourceOptions) -> Result<Mapping, Payload
             return Ok(Mapping::Ignored("environment_not_production"));
         }
     }
-    configured_deploy(
-        payload,
-        options,
-        "object_attributes.sha",
-        "object_attributes.finished_at",
-        environment,
-    )
+    let fields = DeployFields {
+        app: APP_PATHS,
+        commit: &["object_attributes.sha"],
+        time: "object_attributes.finished_at",
+    };
+    super::commit_deploy(payload, options, fields, environment)
 }
 
 fn job(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadError> {
@@ -312,5 +254,10 @@ fn job(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadError
             return Ok(Mapping::Ignored("environment_not_production"));
         }
     }
-    configured_deploy(payload, options, "sha", "build_finished_at", environment)
+    let fields = DeployFields {
+        app: APP_PATHS,
+        commit: &["sha"],
+        time: "build_finished_at",
+    };
+    super::commit_deploy(payload, options, fields, environment)
 }

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use actix_web::http::header::HeaderMap;
 use serde_json::Value;
 
-use crate::events::{App, Event, FieldError, Namespace};
+use crate::events::{App, CommitSha, Deploy, Event, FieldError, Namespace};
 use crate::ledger::DeliveryId;
 use crate::signature::{Secret, Verifier};
 
@@ -145,8 +145,8 @@ pub trait Plugin: Sync {
         }
     }
 
-    /// How deliveries are authenticated under the configured secrets (an
-    /// empty list: none configured).
+    /// How deliveries are authenticated under the configured secrets (at
+    /// least one; without any, the instance is open and loopback-only).
     fn verifier(&self, secrets: Vec<Secret>) -> Result<Verifier, String>;
 
     /// Largest body accepted, in bytes.
@@ -184,6 +184,75 @@ pub const SOURCES: &[&dyn Plugin] = &[
 /// The plugin named `source`, if there is one.
 pub fn plugin(source: &str) -> Option<&'static dyn Plugin> {
     SOURCES.iter().copied().find(|p| p.source() == source)
+}
+
+/// The options the forges (GitHub, GitLab, Gitea) read.
+pub const FORGE_OPTIONS: &[&str] = &[
+    "branches",
+    "environments",
+    "namespaces",
+    "incident_labels",
+    "apps",
+    "deploy_workflows",
+];
+
+/// An event name if it is one of `known`, else `other`: labels stay bounded.
+pub fn known_event(value: Option<&str>, known: &[&'static str]) -> &'static str {
+    value
+        .and_then(|v| known.iter().copied().find(|k| *k == v))
+        .unwrap_or("other")
+}
+
+/// Where an opt-in deploy signal (a workflow run, a pipeline, a job, a
+/// commit status) keeps the facts of its deploy.
+pub struct DeployFields {
+    /// The source key of the application, first present wins.
+    pub app: &'static [&'static str],
+    /// The commit, as a SHA or a URL ending in one; first present wins.
+    pub commit: &'static [&'static str],
+    pub time: &'static str,
+}
+
+/// The deploy an opt-in signal reports. Such signals rarely name an
+/// environment; without one, the first production environment stands for it.
+pub fn commit_deploy(
+    payload: &Value,
+    options: &SourceOptions,
+    fields: DeployFields,
+    environment: Option<&str>,
+) -> Result<Mapping, PayloadError> {
+    let environment = environment
+        .or_else(|| options.environments.first().map(String::as_str))
+        .unwrap_or("production");
+    let namespace = options.namespace(environment).map_err(|reason| {
+        PayloadError::Invalid(vec![FieldProblem {
+            field: "environment",
+            reason,
+        }])
+    })?;
+    let mut r = payload::Reader::new(payload);
+    let app = r.parsed_first(fields.app, |key| options.app(key));
+    let commit = r.parsed_first(fields.commit, |value| {
+        CommitSha::parse(
+            value
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or_default(),
+        )
+    });
+    let time = r.time(fields.time);
+    let deploy = (|| {
+        Some(Event::Deploy(Deploy {
+            app: app?,
+            namespace,
+            image_sha: None,
+            commit: Some(commit?),
+            environment: Some(environment.into()),
+            time: time?,
+        }))
+    })();
+    r.finish_event(deploy)
 }
 
 /// A header's value as text, when present and readable.

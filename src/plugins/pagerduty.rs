@@ -9,10 +9,10 @@
 use actix_web::http::header::HeaderMap;
 use serde_json::Value;
 
-use super::github::known_event;
+use super::known_event;
 use super::payload::{self, Reader};
 use super::{Mapping, PayloadError, Plugin, SourceOptions};
-use crate::events::{Event, Failure, FailureChange};
+use crate::events::FailureChange;
 use crate::ledger::DeliveryId;
 use crate::signature::{Secret, Verifier};
 
@@ -39,14 +39,10 @@ impl Plugin for PagerDuty {
     }
 
     fn verifier(&self, secrets: Vec<Secret>) -> Result<Verifier, String> {
-        Ok(if secrets.is_empty() {
-            Verifier::Open
-        } else {
-            Verifier::HmacHexList {
-                header: "x-pagerduty-signature",
-                prefix: "v1=",
-                secrets,
-            }
+        Ok(Verifier::HmacHexList {
+            header: "x-pagerduty-signature",
+            prefix: "v1=",
+            secrets,
         })
     }
 
@@ -84,14 +80,6 @@ impl Plugin for PagerDuty {
             FailureChange::Created => r.time_first(&["event.data.created_at", "event.occurred_at"]),
             FailureChange::Resolved => r.time("event.occurred_at"),
         };
-        let failure = (|| {
-            Some(Event::Failure(Failure {
-                app: app?,
-                issue_number: number?,
-                change,
-                time: time?,
-            }))
-        })();
-        r.finish(failure).map(|e| Mapping::Events(vec![e]))
+        r.finish_failure(app, number, change, time)
     }
 }

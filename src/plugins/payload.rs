@@ -6,8 +6,8 @@
 
 use serde_json::Value;
 
-use super::{timestamp, FieldProblem, PayloadError};
-use crate::events::{EventTime, FieldError, IssueNumber};
+use super::{timestamp, FieldProblem, Mapping, PayloadError};
+use crate::events::{App, Event, EventTime, Failure, FailureChange, FieldError, IssueNumber};
 
 /// Parses a body that must be a JSON object.
 pub fn parse_object(body: &[u8]) -> Result<Value, PayloadError> {
@@ -157,6 +157,30 @@ impl<'a> Reader<'a> {
             None => Err(FieldError::Missing),
         };
         parsed.map_err(|reason| self.fail(path, reason)).ok()
+    }
+
+    /// The one event of a delivery, when nothing failed, else every problem.
+    pub fn finish_event(self, event: Option<Event>) -> Result<Mapping, PayloadError> {
+        self.finish(event).map(|e| Mapping::Events(vec![e]))
+    }
+
+    /// The failure a delivery reports, when nothing failed, else every problem.
+    pub fn finish_failure(
+        self,
+        app: Option<App>,
+        issue_number: Option<IssueNumber>,
+        change: FailureChange,
+        time: Option<EventTime>,
+    ) -> Result<Mapping, PayloadError> {
+        let failure = (|| {
+            Some(Event::Failure(Failure {
+                app: app?,
+                issue_number: issue_number?,
+                change,
+                time: time?,
+            }))
+        })();
+        self.finish_event(failure)
     }
 
     /// `Ok(value)` when nothing failed, else every problem.

@@ -40,9 +40,6 @@ impl Plugin for StandardWebhooks {
     }
 
     fn verifier(&self, secrets: Vec<Secret>) -> Result<Verifier, String> {
-        if secrets.is_empty() {
-            return Ok(Verifier::Open);
-        }
         let keys = secrets
             .iter()
             .map(|s| {
@@ -55,7 +52,7 @@ impl Plugin for StandardWebhooks {
 
     fn event(&self, _headers: &HeaderMap, payload: Option<&Value>) -> &'static str {
         match payload {
-            Some(p) => super::github::known_event(payload::text(p, "type"), EVENTS),
+            Some(p) => super::known_event(payload::text(p, "type"), EVENTS),
             None => "unknown",
         }
     }

@@ -774,6 +774,17 @@ fn observe_shipped(
             Ok((r.get(0)?, r.get(1)?))
         })?
         .collect::<rusqlite::Result<_>>()?;
+    observe_lead_times(tx, app, commits, deployed)
+}
+
+/// A lead-time observation from a deploy at `deployed` for each (commit,
+/// commit time) that has none yet.
+fn observe_lead_times(
+    tx: &Connection,
+    app: &App,
+    commits: Vec<(String, i64)>,
+    deployed: i64,
+) -> rusqlite::Result<Vec<Effect>> {
     let mut effects = Vec::new();
     for (commit_sha, commit_time) in commits {
         effects.extend(observe_once(
@@ -807,17 +818,7 @@ fn observe_deployed(
             Ok((r.get(0)?, r.get(1)?))
         })?
         .collect::<rusqlite::Result<_>>()?;
-    let mut effects = Vec::new();
-    for (commit_sha, commit_time) in commits {
-        effects.extend(observe_once(
-            tx,
-            LEAD_TIME,
-            app,
-            &commit_sha,
-            deployed - commit_time,
-        )?);
-    }
-    Ok(effects)
+    observe_lead_times(tx, app, commits, deployed)
 }
 
 fn apply_deploy(
