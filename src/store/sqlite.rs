@@ -711,7 +711,7 @@ fn apply_commit(
     // A deploy may have arrived first: its earliest time joins this commit.
     let mut first_deploy = tx.prepare_cached(
         "SELECT MIN(time) FROM (\
-           SELECT time FROM deploys INDEXED BY deploys_by_image WHERE app = ?1 AND image_sha = ?2 AND ?2 <> '' \
+           SELECT time FROM deploys WHERE app = ?1 AND image_sha = ?2 AND ?2 <> '' \
            UNION ALL SELECT time FROM deploys WHERE app = ?1 AND commit_sha = ?3)",
     )?;
     let deployed: Option<i64> = first_deploy
@@ -839,8 +839,10 @@ fn apply_deploy(
     // The same deploy reported again, by this sender or another: same time,
     // and the same image or the same commit.
     let mut seen = tx.prepare_cached(
-        "SELECT 1 FROM deploys WHERE app = ?1 AND namespace = ?2 AND time = ?3 \
-         AND ((?4 <> '' AND image_sha = ?4) OR (?5 <> '' AND commit_sha = ?5)) LIMIT 1",
+        "SELECT 1 FROM deploys WHERE ?4 <> '' AND app = ?1 AND image_sha = ?4 AND namespace = ?2 AND time = ?3 \
+         UNION ALL SELECT 1 FROM deploys INDEXED BY deploys_by_commit \
+           WHERE ?5 <> '' AND app = ?1 AND commit_sha = ?5 AND time = ?3 AND namespace = ?2 \
+         LIMIT 1",
     )?;
     if seen.exists(params![app, deploy.namespace.as_str(), time, image, commit])? {
         return Ok(EventResult::Duplicate);

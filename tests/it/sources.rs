@@ -665,3 +665,50 @@ async fn deploy_of_a_pushed_head_measures_every_commit_it_shipped() {
     );
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_same_deploy_from_two_sources_counts_once() {
+    let app = spawn_sources().await;
+    let t = crate::harness::now() - 120;
+    let commit = "ab".repeat(20);
+    let iso = chrono::DateTime::from_timestamp(t, 0)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let github = serde_json::to_vec(&json!({
+        "action": "created",
+        "deployment_status": {"state": "success", "environment": "production", "created_at": iso},
+        "deployment": {"id": 7, "sha": commit, "environment": "production", "payload": {}},
+        "repository": {"full_name": "acme/shop", "default_branch": "main"},
+    }))
+    .unwrap();
+    let headers = provider_headers("github", "deployment_status", "gh-7", &github, SECRET);
+    let first = post(&app, "/hooks/github", &headers, &github).await;
+    assert_eq!(first.outcome(), "accepted", "{}", first.text);
+    // The pipeline also reports it, with the image, through Standard Webhooks.
+    let body = serde_json::to_vec(&json!({
+        "type": "deploytime",
+        "data": {"app": "acme/shop", "namespace": "production", "image_sha": crate::harness::image(9),
+                 "commit_hash": commit, "timestamp": t},
+    }))
+    .unwrap();
+    let now = crate::harness::now();
+    let sw = vec![
+        ("webhook-id".to_owned(), "msg_dup".to_owned()),
+        ("webhook-timestamp".to_owned(), now.to_string()),
+        (
+            "webhook-signature".to_owned(),
+            standard_signature("msg_dup", now, &body),
+        ),
+    ];
+    let second = post(&app, "/hooks/standard-webhooks", &sw, &body).await;
+    assert_eq!(second.outcome(), "duplicate", "{}", second.text);
+    let scrape = app.scrape().await;
+    assert_eq!(
+        scrape.value(
+            "hookgauge_deployments_total",
+            &[("app", "acme/shop"), ("namespace", "production")]
+        ),
+        1.0
+    );
+    app.shutdown().await;
+}

@@ -1,7 +1,9 @@
 -- Deploys reported by forges name a commit and often no image: image_sha is
 -- '' until a commit→digest link resolves it. The identity becomes
--- app + namespace + time + image + commit, and a second report of the same
--- deploy (same time, same image or same commit) is found by the key prefix.
+-- app + image + namespace + time + commit. A second report of the same deploy
+-- (same time, and the same image or the same commit) is found through the key
+-- (by image) or deploys_by_commit; both lead with a column that is nearly
+-- unique, so the probe stays one seek however many deploys share a second.
 CREATE TABLE deploys_v2 (
     app          TEXT    NOT NULL,
     namespace    TEXT    NOT NULL,
@@ -10,13 +12,12 @@ CREATE TABLE deploys_v2 (
     commit_sha   TEXT    NOT NULL,
     environment  TEXT    NOT NULL,
     delivery_id  TEXT    NOT NULL,
-    PRIMARY KEY (app, namespace, time, image_sha, commit_sha)
+    PRIMARY KEY (app, image_sha, namespace, time, commit_sha)
 ) WITHOUT ROWID;
 INSERT INTO deploys_v2 (app, namespace, time, image_sha, commit_sha, environment, delivery_id)
     SELECT app, namespace, time, image_sha, commit_sha, environment, delivery_id FROM deploys;
 DROP TABLE deploys;
 ALTER TABLE deploys_v2 RENAME TO deploys;
-CREATE INDEX deploys_by_image ON deploys (app, image_sha);
 CREATE INDEX deploys_by_commit ON deploys (app, commit_sha, time);
 CREATE INDEX deploys_by_time ON deploys (time);
 
