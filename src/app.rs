@@ -95,6 +95,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApp> {
         store: store.clone(),
         metrics: Arc::clone(&metrics),
         pelorus: settings.pelorus.clone(),
+        plugins: settings.plugins.clone(),
         sources: settings.sources.clone(),
     });
     let request_metrics = Arc::clone(&metrics);

@@ -51,6 +51,9 @@ pub struct RawServer {
     /// How long in-flight requests may take to finish on SIGTERM/SIGINT.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Directory of declarative plugin files (`*.toml`) to load besides the
+    /// shipped ones.
+    pub plugins_dir: Option<PathBuf>,
 }
 
 impl Default for RawServer {
@@ -61,6 +64,7 @@ impl Default for RawServer {
             data_dir: PathBuf::from("./data"),
             allow_unsigned: false,
             shutdown_timeout: Duration::from_secs(30),
+            plugins_dir: None,
         }
     }
 }
@@ -200,6 +204,11 @@ pub struct RawSourceOptions {
     /// Opt-in deploy signals (workflows, pipelines, jobs, status contexts).
     #[serde(deserialize_with = "string_list")]
     pub deploy_workflows: Vec<String>,
+    /// Issue or work item types that are incidents (Jira, Azure DevOps).
+    #[serde(deserialize_with = "string_list")]
+    pub issue_types: Vec<String>,
+    /// GitHub only: also accept the SHA-1 `X-Hub-Signature`.
+    pub legacy_sha1_signatures: bool,
 }
 
 /// A list written as a TOML array or, from the environment, as one
@@ -293,6 +302,8 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     pub log: RawLog,
     pub pelorus: PelorusSettings,
+    /// Every source this process knows: built-in, then declarative.
+    pub plugins: Vec<&'static dyn Plugin>,
     /// Native source instances, enabled or not.
     pub sources: Vec<SourceInstance>,
 }
@@ -325,14 +336,7 @@ impl SourceInstance {
             let quoted: Vec<String> = items.iter().map(|i| text(i)).collect();
             format!("[{}]", quoted.join(", "))
         };
-        let secrets = match &self.verifier {
-            Verifier::Open => 0,
-            Verifier::HmacHex { secrets, .. }
-            | Verifier::HmacHexList { secrets, .. }
-            | Verifier::Token { secrets, .. }
-            | Verifier::Bearer { secrets } => secrets.len(),
-            Verifier::StandardWebhooks { keys } => keys.len(),
-        };
+        let secrets = self.verifier.secret_count();
         let mut out = format!(
             "\n[sources.{}]\nenabled = {}\nsecrets = [{}]\n",
             self.key(),
@@ -350,6 +354,11 @@ impl SourceInstance {
         line("environments", list(&o.environments));
         line("incident_labels", list(&o.incident_labels));
         line("deploy_workflows", list(&o.deploy_workflows));
+        line("issue_types", list(&o.issue_types));
+        line(
+            "legacy_sha1_signatures",
+            o.legacy_sha1_signatures.to_string(),
+        );
         let table = |entries: Vec<(String, String)>| {
             let pairs: Vec<String> = entries
                 .iter()
@@ -503,6 +512,8 @@ impl Settings {
         if raw.log.level.trim().is_empty() {
             return Err(ConfigError::invalid("log.level", "must not be empty"));
         }
+        let plugins = plugins::all(raw.server.plugins_dir.as_deref())
+            .map_err(|e| ConfigError::invalid("server.plugins_dir", format!("plugin file {e}")))?;
         let pelorus = PelorusSettings {
             enabled: raw.sources.pelorus.enabled,
             secrets: load_secrets(
@@ -530,7 +541,8 @@ impl Settings {
             },
             log: raw.log,
             pelorus,
-            sources: native_sources(&raw.sources.native)?,
+            sources: native_sources(&raw.sources.native, &plugins)?,
+            plugins,
         };
         settings.check_public_bind()?;
         Ok(settings)
@@ -656,20 +668,25 @@ fn is_option(plugin: &dyn Plugin, key: &str) -> bool {
 /// Builds the native source instances of `[sources.*]`.
 fn native_sources(
     sections: &BTreeMap<String, serde_json::Value>,
+    known: &[&'static dyn Plugin],
 ) -> Result<Vec<SourceInstance>, ConfigError> {
     let mut instances = Vec::new();
     for (source, section) in sections {
         let key = format!("sources.{source}");
-        let plugin = plugins::plugin(source).ok_or_else(|| {
-            let known: Vec<&str> = plugins::SOURCES.iter().map(|p| p.source()).collect();
-            ConfigError::invalid(
-                &key,
-                format!(
-                    "unknown source; known sources: pelorus, {}",
-                    known.join(", ")
-                ),
-            )
-        })?;
+        let plugin = known
+            .iter()
+            .copied()
+            .find(|p| p.source() == source)
+            .ok_or_else(|| {
+                let known: Vec<&str> = known.iter().map(|p| p.source()).collect();
+                ConfigError::invalid(
+                    &key,
+                    format!(
+                        "unknown source; known sources: pelorus, {}",
+                        known.join(", ")
+                    ),
+                )
+            })?;
         let serde_json::Value::Object(table) = section else {
             return Err(ConfigError::invalid(&key, "must be a table"));
         };
@@ -730,13 +747,6 @@ fn source_instance(
     let raw: RawSourceOptions = serde_json::from_value(table.clone())
         .map_err(|e| ConfigError::invalid(key, e.to_string()))?;
     let secrets = load_secrets(key, &raw.secrets, raw.secrets_file.as_deref())?;
-    let verifier = if secrets.is_empty() {
-        Verifier::Open
-    } else {
-        plugin
-            .verifier(secrets)
-            .map_err(|reason| ConfigError::invalid(&format!("{key}.secrets"), reason))?
-    };
     let mut options = plugin.defaults();
     if !raw.branches.is_empty() {
         options.branches = raw.branches;
@@ -747,7 +757,11 @@ fn source_instance(
     if !raw.incident_labels.is_empty() {
         options.incident_labels = raw.incident_labels;
     }
+    if !raw.issue_types.is_empty() {
+        options.issue_types = raw.issue_types;
+    }
     options.deploy_workflows = raw.deploy_workflows;
+    options.legacy_sha1_signatures = raw.legacy_sha1_signatures;
     for (environment, namespace) in raw.namespaces {
         let parsed = Namespace::parse(&namespace).map_err(|e| {
             ConfigError::invalid(
@@ -766,6 +780,13 @@ fn source_instance(
         })?;
         options.apps.insert(source_key, parsed);
     }
+    let verifier = if secrets.is_empty() {
+        Verifier::Open
+    } else {
+        plugin
+            .verifier(secrets, &options)
+            .map_err(|reason| ConfigError::invalid(&format!("{key}.secrets"), reason))?
+    };
     Ok(SourceInstance {
         plugin,
         name: name.map(str::to_owned),

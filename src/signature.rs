@@ -84,30 +84,145 @@ pub fn parse_sha256_header(value: &[u8]) -> Result<[u8; 32], SignatureError> {
 /// Decodes `prefix` + 64 lowercase hex digits into the 32 MAC bytes; a
 /// different `<algorithm>=` prefix is reported as such.
 fn parse_prefixed_hex(value: &[u8], prefix: &str) -> Result<[u8; 32], SignatureError> {
+    let mac = parse_mac(value, prefix, HmacAlgorithm::Sha256, MacEncoding::Hex)?;
+    mac.try_into().map_err(|_| SignatureError::Malformed)
+}
+
+/// Decodes `prefix` + the encoded MAC of `algorithm` (lowercase hex, or
+/// standard base64 with padding). A different `<algorithm>=` prefix is
+/// reported as such; a wrong length or alphabet is malformed.
+fn parse_mac(
+    value: &[u8],
+    prefix: &str,
+    algorithm: HmacAlgorithm,
+    encoding: MacEncoding,
+) -> Result<Vec<u8>, SignatureError> {
     if value.len() > MAX_SIGNATURE_HEADER {
         return Err(SignatureError::Malformed);
     }
-    let Some(hex_part) = value.strip_prefix(prefix.as_bytes()) else {
+    let Some(encoded) = value.strip_prefix(prefix.as_bytes()) else {
         let other_algorithm = value
             .iter()
             .position(|&b| b == b'=')
             .is_some_and(|eq| eq > 0 && value[..eq].iter().all(u8::is_ascii_alphanumeric));
-        return Err(if other_algorithm {
+        return Err(if other_algorithm && !prefix.is_empty() {
             SignatureError::UnsupportedAlgorithm
         } else {
             SignatureError::Malformed
         });
     };
-    let lowercase_hex = hex_part.len() == 64
-        && hex_part
-            .iter()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
-    if !lowercase_hex {
-        return Err(SignatureError::Malformed);
+    let len = algorithm.output_len();
+    match encoding {
+        MacEncoding::Hex => {
+            let lowercase_hex = encoded.len() == 2 * len
+                && encoded
+                    .iter()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
+            if !lowercase_hex {
+                return Err(SignatureError::Malformed);
+            }
+            hex::decode(encoded).map_err(|_| SignatureError::Malformed)
+        }
+        MacEncoding::Base64 => {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .ok()
+                .filter(|mac| mac.len() == len)
+                .ok_or(SignatureError::Malformed)
+        }
     }
-    let mut mac = [0u8; 32];
-    hex::decode_to_slice(hex_part, &mut mac).map_err(|_| SignatureError::Malformed)?;
-    Ok(mac)
+}
+
+/// The hash under an HMAC signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HmacAlgorithm {
+    /// Only where a sender offers nothing better and the user opts in
+    /// (GitHub's legacy `X-Hub-Signature`, declarative plugins).
+    Sha1,
+    Sha256,
+    Sha512,
+}
+
+impl HmacAlgorithm {
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "sha1" => Some(HmacAlgorithm::Sha1),
+            "sha256" => Some(HmacAlgorithm::Sha256),
+            "sha512" => Some(HmacAlgorithm::Sha512),
+            _ => None,
+        }
+    }
+
+    fn output_len(self) -> usize {
+        match self {
+            HmacAlgorithm::Sha1 => 20,
+            HmacAlgorithm::Sha256 => 32,
+            HmacAlgorithm::Sha512 => 64,
+        }
+    }
+
+    /// True when `expected` is this HMAC of `message` under `secret`,
+    /// compared in constant time (`Mac::verify_slice`).
+    fn matches(self, secret: &Secret, message: &[u8], expected: &[u8]) -> bool {
+        fn check<M: Mac + hmac::digest::KeyInit>(
+            key: &[u8],
+            message: &[u8],
+            expected: &[u8],
+        ) -> bool {
+            let Ok(mut mac) = <M as hmac::digest::KeyInit>::new_from_slice(key) else {
+                return false;
+            };
+            mac.update(message);
+            mac.verify_slice(expected).is_ok()
+        }
+        let key = secret.expose();
+        match self {
+            HmacAlgorithm::Sha1 => check::<Hmac<sha1::Sha1>>(key, message, expected),
+            HmacAlgorithm::Sha256 => check::<HmacSha256>(key, message, expected),
+            HmacAlgorithm::Sha512 => check::<Hmac<sha2::Sha512>>(key, message, expected),
+        }
+    }
+
+    /// True when `expected` matches under any of `secrets`; every secret is
+    /// tried, so the time taken does not say which one matched.
+    fn any_matches(self, secrets: &[Secret], message: &[u8], expected: &[u8]) -> bool {
+        secrets.iter().fold(false, |found, secret| {
+            self.matches(secret, message, expected) | found
+        })
+    }
+}
+
+/// How a MAC is written in its header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MacEncoding {
+    /// Lowercase hexadecimal.
+    Hex,
+    /// Standard base64 with padding.
+    Base64,
+}
+
+/// One header that may carry an HMAC of the raw body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HmacHeader {
+    /// Lowercase header name.
+    pub name: &'static str,
+    /// What precedes the MAC (`sha256=`), possibly nothing.
+    pub prefix: &'static str,
+    pub algorithm: HmacAlgorithm,
+    pub encoding: MacEncoding,
+}
+
+impl HmacHeader {
+    /// `name: <prefix><lowercase hex HMAC-SHA256>`, the common form.
+    pub const fn sha256_hex(name: &'static str, prefix: &'static str) -> Self {
+        HmacHeader {
+            name,
+            prefix,
+            algorithm: HmacAlgorithm::Sha256,
+            encoding: MacEncoding::Hex,
+        }
+    }
 }
 
 /// Exactly one value of a header, or `Repeated`.
@@ -126,19 +241,13 @@ pub fn single_header<'a>(
 /// True when `expected` is the HMAC-SHA256 of `message` under `secret`.
 /// The comparison runs in constant time (`Mac::verify_slice`).
 pub fn hmac_sha256_matches(secret: &Secret, message: &[u8], expected: &[u8]) -> bool {
-    let Ok(mut mac) = HmacSha256::new_from_slice(secret.expose()) else {
-        return false;
-    };
-    mac.update(message);
-    mac.verify_slice(expected).is_ok()
+    HmacAlgorithm::Sha256.matches(secret, message, expected)
 }
 
 /// True when `expected` is the HMAC of `message` under any of `secrets`.
 /// Every secret is tried, so the time taken does not say which one matched.
 pub fn any_secret_matches(secrets: &[Secret], message: &[u8], expected: &[u8]) -> bool {
-    secrets.iter().fold(false, |found, secret| {
-        hmac_sha256_matches(secret, message, expected) | found
-    })
+    HmacAlgorithm::Sha256.any_matches(secrets, message, expected)
 }
 
 /// The lowercase hex HMAC-SHA256 of `message`, for senders (`hookgauge send`).
@@ -373,11 +482,10 @@ pub struct AuthFailure {
 pub enum Verifier {
     /// No secret configured: every delivery passes (loopback only, warned).
     Open,
-    /// HMAC-SHA256 of the raw body, hex, in the first of `headers` present
-    /// (header name, required prefix); a bad first choice is not rescued by
-    /// another.
-    HmacHex {
-        headers: &'static [(&'static str, &'static str)],
+    /// An HMAC of the raw body in the first of `headers` present; a bad
+    /// first choice is not rescued by another.
+    Hmac {
+        headers: Vec<HmacHeader>,
         secrets: Vec<Secret>,
     },
     /// A comma-separated list of `prefix<hex>` HMACs, one per active secret of
@@ -395,6 +503,13 @@ pub enum Verifier {
     /// `Authorization: Bearer <token>`, or basic auth whose password is the
     /// token (senders that can only put credentials in the URL).
     Bearer { secrets: Vec<Secret> },
+    /// A token in a query parameter of the webhook URL, for senders that can
+    /// set nothing else (Tekton's CloudEvents sink). Weaker than a signature:
+    /// the URL is the secret, and URLs end up in proxy logs.
+    QueryToken {
+        parameter: &'static str,
+        secrets: Vec<Secret>,
+    },
     /// Standard Webhooks v1: HMAC-SHA256 over `id.timestamp.body` under the
     /// base64-decoded `whsec_` keys, timestamp within ±5 minutes.
     StandardWebhooks { keys: Vec<Secret> },
@@ -406,10 +521,25 @@ impl Verifier {
         matches!(self, Verifier::Open)
     }
 
-    /// Checks the delivery's credentials over the raw `body`.
+    /// How many secrets (or keys) are configured.
+    pub fn secret_count(&self) -> usize {
+        match self {
+            Verifier::Open => 0,
+            Verifier::Hmac { secrets, .. }
+            | Verifier::HmacHexList { secrets, .. }
+            | Verifier::Token { secrets, .. }
+            | Verifier::Bearer { secrets }
+            | Verifier::QueryToken { secrets, .. } => secrets.len(),
+            Verifier::StandardWebhooks { keys } => keys.len(),
+        }
+    }
+
+    /// Checks the delivery's credentials over the raw `body`; `query` is the
+    /// request URL's query string (for [`Verifier::QueryToken`]).
     pub fn verify(
         &self,
         headers: &actix_web::http::header::HeaderMap,
+        query: &str,
         body: &[u8],
         now: i64,
     ) -> Result<(), AuthFailure> {
@@ -425,23 +555,30 @@ impl Verifier {
         };
         match self {
             Verifier::Open => Ok(()),
-            Verifier::HmacHex {
-                headers: names,
+            Verifier::Hmac {
+                headers: candidates,
                 secrets,
             } => {
-                for &(name, prefix) in names.iter() {
+                for candidate in candidates {
+                    let name = candidate.name;
                     let Some(value) = single(name)? else { continue };
-                    let mac = parse_prefixed_hex(value, prefix).map_err(|error| AuthFailure {
+                    let mac = parse_mac(
+                        value,
+                        candidate.prefix,
+                        candidate.algorithm,
+                        candidate.encoding,
+                    )
+                    .map_err(|error| AuthFailure {
                         error,
                         header: name,
                     })?;
-                    return if any_secret_matches(secrets, body, &mac) {
+                    return if candidate.algorithm.any_matches(secrets, body, &mac) {
                         Ok(())
                     } else {
                         fail(SignatureError::Mismatch, name)
                     };
                 }
-                fail(SignatureError::Missing, names[0].0)
+                fail(SignatureError::Missing, candidates[0].name)
             }
             Verifier::HmacHexList {
                 header,
@@ -489,6 +626,18 @@ impl Verifier {
                     Ok(())
                 } else {
                     fail(SignatureError::Mismatch, AUTHORIZATION)
+                }
+            }
+            Verifier::QueryToken { parameter, secrets } => {
+                let presented = query
+                    .split('&')
+                    .filter_map(|pair| pair.split_once('='))
+                    .find(|(name, _)| name == parameter)
+                    .map(|(_, value)| value);
+                match presented {
+                    None => fail(SignatureError::Missing, parameter),
+                    Some(token) if any_token_matches(secrets, token.as_bytes()) => Ok(()),
+                    Some(_) => fail(SignatureError::Mismatch, parameter),
                 }
             }
             Verifier::StandardWebhooks { keys } => {
@@ -614,17 +763,20 @@ mod verifier_tests {
 
     #[test]
     fn github_documented_vector_verifies() {
-        let verifier = Verifier::HmacHex {
-            headers: &[("x-hub-signature-256", "sha256=")],
+        let verifier = Verifier::Hmac {
+            headers: vec![HmacHeader::sha256_hex("x-hub-signature-256", "sha256=")],
             secrets: vec![Secret::new("It's a Secret to Everybody")],
         };
         let h = headers(&[(
             "x-hub-signature-256",
             "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17",
         )]);
-        assert_eq!(verifier.verify(&h, b"Hello, World!", 0), Ok(()));
+        assert_eq!(verifier.verify(&h, "", b"Hello, World!", 0), Ok(()));
         assert_eq!(
-            verifier.verify(&h, b"Hello, World?", 0).unwrap_err().error,
+            verifier
+                .verify(&h, "", b"Hello, World?", 0)
+                .unwrap_err()
+                .error,
             SignatureError::Mismatch
         );
     }
@@ -645,10 +797,10 @@ mod verifier_tests {
                 "v2,AAAA v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=",
             ),
         ]);
-        assert_eq!(verifier.verify(&h, body, 1649367553 + 300), Ok(()));
+        assert_eq!(verifier.verify(&h, "", body, 1649367553 + 300), Ok(()));
         assert_eq!(
             verifier
-                .verify(&h, body, 1649367553 + 301)
+                .verify(&h, "", body, 1649367553 + 301)
                 .unwrap_err()
                 .error,
             SignatureError::StaleTimestamp
@@ -670,7 +822,7 @@ mod verifier_tests {
         };
         let value = format!("v1={},v1={good}", "0".repeat(64));
         let h = headers(&[("x-pagerduty-signature", value.as_str())]);
-        assert_eq!(verifier.verify(&h, b"{}", 0), Ok(()));
+        assert_eq!(verifier.verify(&h, "", b"{}", 0), Ok(()));
     }
 
     #[test]
@@ -680,12 +832,12 @@ mod verifier_tests {
             secrets: vec![Secret::new("abc")],
         };
         assert!(verifier
-            .verify(&headers(&[("x-gitlab-token", "abc")]), b"", 0)
+            .verify(&headers(&[("x-gitlab-token", "abc")]), "", b"", 0)
             .is_ok());
         for wrong in ["ab", "abcd", "ABC"] {
             assert_eq!(
                 verifier
-                    .verify(&headers(&[("x-gitlab-token", wrong)]), b"", 0)
+                    .verify(&headers(&[("x-gitlab-token", wrong)]), "", b"", 0)
                     .unwrap_err()
                     .error,
                 SignatureError::Mismatch
@@ -699,14 +851,19 @@ mod verifier_tests {
             secrets: vec![Secret::new("tok")],
         };
         assert!(verifier
-            .verify(&headers(&[("authorization", "Bearer tok")]), b"", 0)
+            .verify(&headers(&[("authorization", "Bearer tok")]), "", b"", 0)
             .is_ok());
         // "user:tok"
         assert!(verifier
-            .verify(&headers(&[("authorization", "Basic dXNlcjp0b2s=")]), b"", 0)
+            .verify(
+                &headers(&[("authorization", "Basic dXNlcjp0b2s=")]),
+                "",
+                b"",
+                0
+            )
             .is_ok());
         assert!(verifier
-            .verify(&headers(&[("authorization", "Bearer nope")]), b"", 0)
+            .verify(&headers(&[("authorization", "Bearer nope")]), "", b"", 0)
             .is_err());
     }
 }

@@ -24,7 +24,7 @@ use crate::config::{PelorusSettings, SourceInstance};
 use crate::ledger::{Delivery, DeliveryId, Disposition, Outcome};
 use crate::metrics::Metrics;
 use crate::plugins::pelorus::{self, PelorusEvent};
-use crate::plugins::{self, payload, Mapping};
+use crate::plugins::{payload, Mapping, Plugin};
 use crate::signature::{self, AuthFailure, SignatureError};
 use crate::store::Store;
 
@@ -36,6 +36,8 @@ pub struct IngestState {
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub pelorus: PelorusSettings,
+    /// Every source this process knows (an unknown one is a 404).
+    pub plugins: Vec<&'static dyn Plugin>,
     /// Native source instances, enabled or not.
     pub sources: Vec<SourceInstance>,
 }
@@ -372,6 +374,7 @@ struct NativeChecked {
 async fn check_native(
     instance: &SourceInstance,
     headers: &HeaderMap,
+    query: &str,
     payload: web::Payload,
 ) -> Result<NativeChecked, Refusal> {
     let plugin = instance.plugin;
@@ -379,7 +382,10 @@ async fn check_native(
     let body = read_body(headers, payload, plugin.max_body_bytes())
         .await
         .map_err(|error| Refusal::before_auth(error, event, None))?;
-    if let Err(failure) = instance.verifier.verify(headers, &body, now_seconds()) {
+    if let Err(failure) = instance
+        .verifier
+        .verify(headers, query, &body, now_seconds())
+    {
         tracing::warn!(
             source = plugin.source(),
             reason = failure.error.as_str(),
@@ -426,7 +432,7 @@ async fn native_webhook(
     let received_at_ms = now_ms();
     let source = req.match_info().get("source").unwrap_or_default();
     let name = req.match_info().get("name");
-    let Some(plugin) = plugins::plugin(source) else {
+    let Some(plugin) = state.plugins.iter().copied().find(|p| p.source() == source) else {
         return IngestError::UnknownSource.to_response(None);
     };
     tracing::Span::current().record("source", plugin.source());
@@ -444,7 +450,7 @@ async fn native_webhook(
         );
         return IngestError::SourceDisabled.to_response(None);
     };
-    let checked = match check_native(instance, req.headers(), payload).await {
+    let checked = match check_native(instance, req.headers(), req.query_string(), payload).await {
         Ok(checked) => checked,
         Err(refusal) => return refuse(&state, plugin.source(), refusal, received_at_ms).await,
     };

@@ -12,7 +12,7 @@ use super::payload::{self, Reader};
 use super::{known_event, DeployFields, Mapping, PayloadError, Plugin, SourceOptions};
 use crate::events::{App, Commit, CommitLink, CommitSha, Event, FailureChange};
 use crate::ledger::DeliveryId;
-use crate::signature::{Secret, Verifier};
+use crate::signature::{HmacHeader, Secret, Verifier};
 
 pub struct BitbucketCloud;
 
@@ -43,11 +43,8 @@ impl Plugin for BitbucketCloud {
         ]
     }
 
-    fn verifier(&self, secrets: Vec<Secret>) -> Result<Verifier, String> {
-        Ok(Verifier::HmacHex {
-            headers: &[("x-hub-signature", "sha256=")],
-            secrets,
-        })
+    fn verifier(&self, secrets: Vec<Secret>, _options: &SourceOptions) -> Result<Verifier, String> {
+        Ok(signed(secrets))
     }
 
     fn max_body_bytes(&self) -> usize {
@@ -74,6 +71,14 @@ impl Plugin for BitbucketCloud {
             "issue:created" | "issue:updated" => issue(payload, options),
             _ => Ok(Mapping::Ignored("event_not_used")),
         }
+    }
+}
+
+/// Cloud and Data Center both sign the raw body as `X-Hub-Signature: sha256=<hex>`.
+fn signed(secrets: Vec<Secret>) -> Verifier {
+    Verifier::Hmac {
+        headers: vec![HmacHeader::sha256_hex("x-hub-signature", "sha256=")],
+        secrets,
     }
 }
 
@@ -200,4 +205,118 @@ fn issue(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadErr
         FailureChange::Resolved => r.time("issue.updated_on"),
     };
     r.finish_failure(app, number, change, time)
+}
+
+/// Bitbucket Data Center / Server webhooks (SOURCES.md §5): signed like
+/// Bitbucket Cloud, delivery id from `X-Request-Id`; a branch created or
+/// moved on a tracked branch → a commit for its new tip.
+pub struct BitbucketDataCenter;
+
+const DATA_CENTER_EVENTS: &[&str] = &[
+    "repo:refs_changed",
+    "pr:merged",
+    "pr:opened",
+    "diagnostics:ping",
+];
+
+impl Plugin for BitbucketDataCenter {
+    fn source(&self) -> &'static str {
+        "bitbucket-datacenter"
+    }
+
+    fn options(&self) -> &'static [&'static str] {
+        &["branches", "apps"]
+    }
+
+    /// The payload does not name the default branch: `main` and `master`
+    /// count unless `branches` says otherwise.
+    fn defaults(&self) -> SourceOptions {
+        SourceOptions {
+            branches: vec!["main".into(), "master".into()],
+            ..SourceOptions::default()
+        }
+    }
+
+    fn verifier(&self, secrets: Vec<Secret>, _options: &SourceOptions) -> Result<Verifier, String> {
+        Ok(signed(secrets))
+    }
+
+    fn max_body_bytes(&self) -> usize {
+        MAX_BODY_BYTES
+    }
+
+    fn event(&self, headers: &HeaderMap, _payload: Option<&Value>) -> &'static str {
+        known_event(super::header(headers, "x-event-key"), DATA_CENTER_EVENTS)
+    }
+
+    fn delivery_id(&self, headers: &HeaderMap, _payload: &Value) -> Option<DeliveryId> {
+        super::header_delivery_id(headers, &["x-request-id"])
+    }
+
+    fn map(
+        &self,
+        headers: &HeaderMap,
+        payload: &Value,
+        options: &SourceOptions,
+    ) -> Result<Mapping, PayloadError> {
+        match self.event(headers, Some(payload)) {
+            "repo:refs_changed" => refs_changed(payload, options),
+            "diagnostics:ping" => Ok(Mapping::Ignored("ping")),
+            _ => Ok(Mapping::Ignored("event_not_used")),
+        }
+    }
+}
+
+/// Branch tips moved by a push. The payload carries no commit time; the
+/// push's `date` stands for it (the poller can refine it).
+fn refs_changed(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadError> {
+    let changes = payload::at(payload, "changes")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let tracked: Vec<&Value> = changes
+        .iter()
+        .filter(|c| payload::text(c, "ref.type") == Some("BRANCH"))
+        .filter(|c| matches!(payload::text(c, "type"), Some("ADD" | "UPDATE")))
+        .filter(|c| {
+            payload::text(c, "ref.displayId")
+                .is_some_and(|name| options.is_tracked_branch(name, None))
+        })
+        .collect();
+    if tracked.is_empty() {
+        return Ok(Mapping::Ignored("branch_not_tracked"));
+    }
+    let mut r = Reader::new(payload);
+    let project = r.text("repository.project.key");
+    let slug = r.text("repository.slug");
+    let app = match (project, slug) {
+        (Some(project), Some(slug)) => options
+            .app(&format!("{project}/{slug}"))
+            .map_err(|e| r.fail("repository.slug", e))
+            .ok(),
+        _ => None,
+    };
+    let time = r.time("date");
+    let mut events = Vec::new();
+    for change in tracked {
+        let sha = r
+            .text_in(change, "toHash", "changes[].toHash")
+            .and_then(|h| {
+                CommitSha::parse(h)
+                    .map_err(|e| r.fail("changes[].toHash", e))
+                    .ok()
+            });
+        if let (Some(app), Some(commit), Some(time)) = (&app, sha, time) {
+            events.push(Event::Commit(Commit {
+                app: app.clone(),
+                commit,
+                image_sha: None,
+                namespace: None,
+                commit_link: None,
+                time,
+                pushed: true,
+            }));
+        }
+    }
+    r.finish(Some(events)).map(Mapping::Events)
 }

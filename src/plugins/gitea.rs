@@ -12,7 +12,7 @@ use super::github::{branch_push, forge_issue};
 use super::payload;
 use super::{known_event, DeployFields, Mapping, PayloadError, Plugin, SourceOptions};
 use crate::ledger::DeliveryId;
-use crate::signature::{Secret, Verifier};
+use crate::signature::{HmacHeader, Secret, Verifier};
 
 pub struct Gitea;
 
@@ -36,12 +36,12 @@ impl Plugin for Gitea {
         super::FORGE_OPTIONS
     }
 
-    fn verifier(&self, secrets: Vec<Secret>) -> Result<Verifier, String> {
-        Ok(Verifier::HmacHex {
-            headers: &[
-                ("x-forgejo-signature", ""),
-                ("x-gitea-signature", ""),
-                ("x-hub-signature-256", "sha256="),
+    fn verifier(&self, secrets: Vec<Secret>, _options: &SourceOptions) -> Result<Verifier, String> {
+        Ok(Verifier::Hmac {
+            headers: vec![
+                HmacHeader::sha256_hex("x-forgejo-signature", ""),
+                HmacHeader::sha256_hex("x-gitea-signature", ""),
+                HmacHeader::sha256_hex("x-hub-signature-256", "sha256="),
             ],
             secrets,
         })

@@ -14,7 +14,7 @@ use crate::events::{
     App, Commit, CommitLink, CommitSha, Deploy, Event, FailureChange, ImageSha, Link,
 };
 use crate::ledger::DeliveryId;
-use crate::signature::{Secret, Verifier};
+use crate::signature::{HmacAlgorithm, HmacHeader, MacEncoding, Secret, Verifier};
 
 pub struct GitHub;
 
@@ -38,14 +38,31 @@ impl Plugin for GitHub {
     }
 
     fn options(&self) -> &'static [&'static str] {
-        super::FORGE_OPTIONS
+        &[
+            "branches",
+            "environments",
+            "namespaces",
+            "incident_labels",
+            "apps",
+            "deploy_workflows",
+            "legacy_sha1_signatures",
+        ]
     }
 
-    fn verifier(&self, secrets: Vec<Secret>) -> Result<Verifier, String> {
-        Ok(Verifier::HmacHex {
-            headers: &[("x-hub-signature-256", "sha256=")],
-            secrets,
-        })
+    /// `X-Hub-Signature-256`; the SHA-1 `X-Hub-Signature` only when
+    /// `legacy_sha1_signatures` is set (GitHub Enterprise Server before 3.x),
+    /// and only when the SHA-256 header is absent.
+    fn verifier(&self, secrets: Vec<Secret>, options: &SourceOptions) -> Result<Verifier, String> {
+        let mut headers = vec![HmacHeader::sha256_hex("x-hub-signature-256", "sha256=")];
+        if options.legacy_sha1_signatures {
+            headers.push(HmacHeader {
+                name: "x-hub-signature",
+                prefix: "sha1=",
+                algorithm: HmacAlgorithm::Sha1,
+                encoding: MacEncoding::Hex,
+            });
+        }
+        Ok(Verifier::Hmac { headers, secrets })
     }
 
     fn event(&self, headers: &HeaderMap, _payload: Option<&Value>) -> &'static str {
@@ -115,9 +132,9 @@ pub fn pushed_commits<'a>(
     events
 }
 
-/// The last segment of a `commits[].id`-style field name.
+/// The path inside an item of a `commits[].author.date`-style field name.
 fn leaf(field: &'static str) -> &'static str {
-    field.rsplit('.').next().unwrap_or(field)
+    field.rsplit_once("[].").map_or(field, |(_, inside)| inside)
 }
 
 fn push(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadError> {

@@ -44,7 +44,7 @@ impl Plugin for GitLab {
         super::FORGE_OPTIONS
     }
 
-    fn verifier(&self, secrets: Vec<Secret>) -> Result<Verifier, String> {
+    fn verifier(&self, secrets: Vec<Secret>, _options: &SourceOptions) -> Result<Verifier, String> {
         let signing: Vec<&Secret> = secrets
             .iter()
             .filter(|s| s.expose().starts_with(b"whsec_"))

@@ -7,10 +7,14 @@
 //! shared runner in `ingest` does the body cap, the media type, the
 //! signature check on the raw bytes, the ledger, the metrics and the answer.
 
+pub mod azure;
 pub mod bitbucket;
+pub mod declarative;
 pub mod gitea;
 pub mod github;
 pub mod gitlab;
+pub mod jira;
+pub mod opsgenie;
 pub mod pagerduty;
 pub mod payload;
 pub mod pelorus;
@@ -51,6 +55,12 @@ pub enum Mapping {
     Ignored(&'static str),
 }
 
+impl std::fmt::Debug for dyn Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.source())
+    }
+}
+
 /// The options of one source instance (`[sources.<source>]` or
 /// `[sources.<source>.<name>]`), validated. Each source reads the ones it
 /// documents; `check` refuses the others.
@@ -70,6 +80,10 @@ pub struct SourceOptions {
     /// pipeline or job names (GitLab), status contexts (Gitea), status keys
     /// (Bitbucket).
     pub deploy_workflows: Vec<String>,
+    /// Issue types that are incidents (Jira), case-insensitive.
+    pub issue_types: Vec<String>,
+    /// Also accept GitHub's SHA-1 `X-Hub-Signature` (opt-in, GitHub only).
+    pub legacy_sha1_signatures: bool,
 }
 
 impl SourceOptions {
@@ -147,7 +161,7 @@ pub trait Plugin: Sync {
 
     /// How deliveries are authenticated under the configured secrets (at
     /// least one; without any, the instance is open and loopback-only).
-    fn verifier(&self, secrets: Vec<Secret>) -> Result<Verifier, String>;
+    fn verifier(&self, secrets: Vec<Secret>, options: &SourceOptions) -> Result<Verifier, String>;
 
     /// Largest body accepted, in bytes.
     fn max_body_bytes(&self) -> usize {
@@ -171,19 +185,31 @@ pub trait Plugin: Sync {
     ) -> Result<Mapping, PayloadError>;
 }
 
-/// Every native source, in documentation order.
+/// Every built-in native source, in documentation order. Declarative
+/// sources ([`declarative`]) follow them in [`Settings::plugins`].
+///
+/// [`Settings::plugins`]: crate::config::Settings::plugins
 pub const SOURCES: &[&dyn Plugin] = &[
     &github::GitHub,
     &gitlab::GitLab,
     &gitea::Gitea,
     &bitbucket::BitbucketCloud,
+    &bitbucket::BitbucketDataCenter,
+    &azure::AzureDevOps,
+    &jira::Jira,
     &pagerduty::PagerDuty,
+    &opsgenie::Opsgenie,
     &standard::StandardWebhooks,
 ];
 
-/// The plugin named `source`, if there is one.
-pub fn plugin(source: &str) -> Option<&'static dyn Plugin> {
-    SOURCES.iter().copied().find(|p| p.source() == source)
+/// The built-in plugins followed by the declarative ones: every source
+/// this process serves. A bad plugin file is an error naming it.
+pub fn all(
+    plugins_dir: Option<&std::path::Path>,
+) -> Result<Vec<&'static dyn Plugin>, declarative::PluginFileError> {
+    let mut all: Vec<&'static dyn Plugin> = SOURCES.to_vec();
+    all.extend(declarative::load(plugins_dir)?);
+    Ok(all)
 }
 
 /// The options the forges (GitHub, GitLab, Gitea) read.
@@ -221,33 +247,49 @@ pub fn commit_deploy(
     fields: DeployFields,
     environment: Option<&str>,
 ) -> Result<Mapping, PayloadError> {
+    let mut r = payload::Reader::new(payload);
+    let commit = r.parsed_first(fields.commit, commit_in);
+    deploy_event(r, options, fields.app, &[fields.time], commit, environment)
+}
+
+/// The commit SHA a value ends in: a SHA, a URL or a `ref:sha` pair.
+pub fn commit_in(value: &str) -> Result<CommitSha, FieldError> {
+    CommitSha::parse(
+        value
+            .trim_end_matches('/')
+            .rsplit(['/', ':'])
+            .next()
+            .unwrap_or_default(),
+    )
+}
+
+/// The deploy read with `r`: the app from the first of `app` present, the
+/// time from the first of `time`, the namespace of `environment` (else of
+/// the first production environment). Every problem `r` collected, before
+/// or here, is reported.
+pub fn deploy_event(
+    mut r: payload::Reader<'_>,
+    options: &SourceOptions,
+    app: &[&'static str],
+    time: &[&'static str],
+    commit: Option<CommitSha>,
+    environment: Option<&str>,
+) -> Result<Mapping, PayloadError> {
     let environment = environment
         .or_else(|| options.environments.first().map(String::as_str))
         .unwrap_or("production");
-    let namespace = options.namespace(environment).map_err(|reason| {
-        PayloadError::Invalid(vec![FieldProblem {
-            field: "environment",
-            reason,
-        }])
-    })?;
-    let mut r = payload::Reader::new(payload);
-    let app = r.parsed_first(fields.app, |key| options.app(key));
-    let commit = r.parsed_first(fields.commit, |value| {
-        CommitSha::parse(
-            value
-                .trim_end_matches('/')
-                .rsplit('/')
-                .next()
-                .unwrap_or_default(),
-        )
-    });
-    let time = r.time(fields.time);
+    let app = r.parsed_first(app, |key| options.app(key));
+    let time = r.time_first(time);
+    let namespace = options
+        .namespace(environment)
+        .map_err(|reason| r.fail("environment", reason))
+        .ok();
     let deploy = (|| {
         Some(Event::Deploy(Deploy {
             app: app?,
-            namespace,
+            namespace: namespace?,
             image_sha: None,
-            commit: Some(commit?),
+            commit,
             environment: Some(environment.into()),
             time: time?,
         }))

@@ -38,7 +38,7 @@ impl Plugin for PagerDuty {
         &["apps"]
     }
 
-    fn verifier(&self, secrets: Vec<Secret>) -> Result<Verifier, String> {
+    fn verifier(&self, secrets: Vec<Secret>, _options: &SourceOptions) -> Result<Verifier, String> {
         Ok(Verifier::HmacHexList {
             header: "x-pagerduty-signature",
             prefix: "v1=",

@@ -39,7 +39,7 @@ impl Plugin for StandardWebhooks {
         &[]
     }
 
-    fn verifier(&self, secrets: Vec<Secret>) -> Result<Verifier, String> {
+    fn verifier(&self, secrets: Vec<Secret>, _options: &SourceOptions) -> Result<Verifier, String> {
         let keys = secrets
             .iter()
             .map(|s| {

@@ -7,6 +7,7 @@ mod harness;
 mod cli;
 mod deploy;
 mod pelorus;
+mod pipelines;
 mod prometheus;
 mod rules;
 mod signatures;

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::harness::{fixture, ledger_rows, spawn_app_with, Reply, TestApp};
 
-const SECRET: &str = "native-test-secret";
+pub const SECRET: &str = "native-test-secret";
 const WHSEC: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 
 fn hmac_hex(secret: &[u8], message: &[u8]) -> String {
@@ -32,7 +32,7 @@ fn standard_signature(id: &str, timestamp: i64, body: &[u8]) -> String {
     )
 }
 
-async fn spawn_sources() -> TestApp {
+pub async fn spawn_sources() -> TestApp {
     spawn_app_with(|raw| {
         let sources = &mut raw.sources.native;
         sources.insert(
@@ -50,12 +50,50 @@ async fn spawn_sources() -> TestApp {
         );
         sources.insert("pagerduty".into(), json!({"secrets": [SECRET]}));
         sources.insert("standard-webhooks".into(), json!({"secrets": [WHSEC]}));
+        sources.insert("bitbucket-datacenter".into(), json!({"secrets": [SECRET]}));
+        sources.insert(
+            "azure-devops".into(),
+            json!({"secrets": [SECRET], "deploy_workflows": ["ConsumerAddressModule"]}),
+        );
+        sources.insert("jira".into(), json!({"secrets": [SECRET]}));
+        sources.insert("opsgenie".into(), json!({"secrets": [SECRET]}));
+        sources.insert("argocd".into(), json!({"secrets": [SECRET]}));
+        sources.insert(
+            "tekton".into(),
+            json!({"secrets": [SECRET], "deploy_workflows": ["deploy-shop"]}),
+        );
+        sources.insert(
+            "jenkins".into(),
+            json!({"secrets": [SECRET], "deploy_workflows": ["shop-deploy"]}),
+        );
     })
     .await
 }
 
+/// Basic auth as a sender puts it when the URL carries `user:secret@`.
+fn basic(secret: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("hookgauge:{secret}"))
+    )
+}
+
+/// Where a source's deliveries go; Tekton carries its token in the URL.
+pub fn hook_path(source: &str, secret: &str) -> String {
+    match source {
+        "tekton" => format!("/hooks/tekton?token={secret}"),
+        _ => format!("/hooks/{source}"),
+    }
+}
+
+/// Sources whose senders give a delivery id (else the content hash is one).
+fn has_delivery_id(source: &str) -> bool {
+    !matches!(source, "argocd" | "opsgenie" | "jenkins")
+}
+
 /// The headers a provider sends with `body`, signed with `secret`.
-fn provider_headers(
+pub fn provider_headers(
     source: &str,
     event: &str,
     id: &str,
@@ -89,11 +127,28 @@ fn provider_headers(
             h("X-Webhook-Id", id.into()),
             h("X-PagerDuty-Signature", format!("v1={sig}")),
         ],
+        "bitbucket-datacenter" => vec![
+            h("X-Event-Key", event.into()),
+            h("X-Request-Id", id.into()),
+            h("X-Hub-Signature", format!("sha256={sig}")),
+        ],
+        // The body carries the id; the subscription's basic auth the secret.
+        "azure-devops" | "jenkins" => vec![h("Authorization", basic(secret))],
+        "jira" => vec![
+            h("X-Atlassian-Webhook-Identifier", id.into()),
+            h("X-Hub-Signature", format!("sha256={sig}")),
+        ],
+        "opsgenie" | "argocd" => vec![h("Authorization", format!("Bearer {secret}"))],
+        "tekton" => vec![
+            h("Ce-Id", id.into()),
+            h("Ce-Type", event.into()),
+            h("Ce-Specversion", "1.0".into()),
+        ],
         other => panic!("no headers for {other}"),
     }
 }
 
-async fn post(app: &TestApp, path: &str, headers: &[(String, String)], body: &[u8]) -> Reply {
+pub async fn post(app: &TestApp, path: &str, headers: &[(String, String)], body: &[u8]) -> Reply {
     let mut request = app
         .client
         .post(format!("{}{path}", app.ingest))
@@ -371,6 +426,70 @@ const FIXTURES: &[(&str, &str, &str, &str, Option<&str>)] = &[
         "accepted",
         None,
     ),
+    (
+        "bitbucket-datacenter",
+        "bitbucket-datacenter/pr.merged.json",
+        "pr:merged",
+        "ignored",
+        Some("event_not_used"),
+    ),
+    // A feature branch deleted.
+    (
+        "bitbucket-datacenter",
+        "bitbucket-datacenter/repo.refs_changed.json",
+        "repo:refs_changed",
+        "ignored",
+        Some("branch_not_tracked"),
+    ),
+    (
+        "azure-devops",
+        "azuredevops/build.complete.json",
+        "",
+        "accepted",
+        None,
+    ),
+    (
+        "azure-devops",
+        "azuredevops/git.pullrequest.merged.json",
+        "",
+        "ignored",
+        Some("event_not_used"),
+    ),
+    (
+        "azure-devops",
+        "azuredevops/git.push.json",
+        "",
+        "accepted",
+        None,
+    ),
+    (
+        "argocd",
+        "argocd/app-deleted.json",
+        "",
+        "ignored",
+        Some("app_deleted"),
+    ),
+    (
+        "argocd",
+        "argocd/sync-running.json",
+        "",
+        "ignored",
+        Some("sync_running"),
+    ),
+    (
+        "argocd",
+        "argocd/sync-succeeded.degraded.json",
+        "",
+        "ignored",
+        Some("app_not_healthy"),
+    ),
+    (
+        "argocd",
+        "argocd/sync-succeeded.healthy.json",
+        "",
+        "accepted",
+        None,
+    ),
 ];
 
 #[tokio::test]
@@ -380,9 +499,19 @@ async fn every_provider_fixture_maps_as_specified() {
         let body = fixture(file);
         let id = format!("fixture-{i}");
         let headers = provider_headers(source, event, &id, &body, SECRET);
-        let reply = post(&app, &format!("/hooks/{source}"), &headers, &body).await;
+        let path = hook_path(source, SECRET);
+        let reply = post(&app, &path, &headers, &body).await;
         assert_eq!(reply.status, 200, "{file}: {}", reply.text);
         assert_eq!(reply.outcome(), *outcome, "{file}: {}", reply.text);
+        let id = if *source == "azure-devops" {
+            let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            value["id"].as_str().unwrap().to_owned()
+        } else if has_delivery_id(source) {
+            id
+        } else {
+            // The content hash: the same body, the same id.
+            reply.json["delivery_id"].as_str().unwrap().to_owned()
+        };
         assert_eq!(reply.json["delivery_id"], id.as_str(), "{file}");
         let rows = ledger_rows(&app.database());
         let row = rows
@@ -395,7 +524,7 @@ async fn every_provider_fixture_maps_as_specified() {
         let kept = (*outcome != "duplicate").then_some(body.as_slice());
         assert_eq!(row.body.as_deref(), kept, "{file}: body kept for replay");
         // A redelivery with the same id changes nothing.
-        let again = post(&app, &format!("/hooks/{source}"), &headers, &body).await;
+        let again = post(&app, &path, &headers, &body).await;
         if *outcome == "accepted" {
             assert_eq!(again.outcome(), "duplicate", "{file}: {}", again.text);
         }
@@ -411,6 +540,10 @@ async fn every_provider_fixture_maps_as_specified() {
     assert_eq!(deploys("Codertocat/Hello-World", "production"), 1.0);
     assert_eq!(deploys("vedant8600317/test", "production"), 1.0);
     assert_eq!(deploys("team_name/repo_name", "production"), 1.0);
+    // Azure DevOps: the opted-in build definition; Argo CD: the synced app in
+    // its destination namespace.
+    assert_eq!(deploys("ConsumerAddressModule", "production"), 1.0);
+    assert_eq!(deploys("aaaaaaa", "aaaaaaa"), 1.0);
     let failures = |app: &str| scrape.value("hookgauge_failures_total", &[("app", app)]);
     let resolved = |app: &str| scrape.value("hookgauge_failures_resolved_total", &[("app", app)]);
     // GitHub: issue 1 labelled (created), issue 98 closed (resolved).
@@ -435,6 +568,10 @@ async fn every_provider_fixture_maps_as_specified() {
         (
             "example/example",
             "67b56589a6f8eca8f7a1b4e3b4b4f1b4f6bb3a0e",
+        ),
+        (
+            "Fabrikam-Fiber-Git",
+            "33b55f7cb7e7e245323987634f960cf4a6e6bc74",
         ),
     ] {
         let stored: i64 = conn
@@ -478,15 +615,30 @@ async fn bad_credentials_are_refused_for_every_source() {
             "repo:commit_status_updated",
         ),
         ("pagerduty", "pagerduty/incident.triggered.json", ""),
+        (
+            "bitbucket-datacenter",
+            "bitbucket-datacenter/repo.refs_changed.json",
+            "repo:refs_changed",
+        ),
+        ("azure-devops", "azuredevops/git.push.json", ""),
+        ("jira", "azuredevops/git.push.json", ""),
+        ("opsgenie", "azuredevops/git.push.json", ""),
+        ("argocd", "argocd/sync-succeeded.healthy.json", ""),
+        (
+            "tekton",
+            "argocd/sync-succeeded.healthy.json",
+            "dev.tekton.event.pipelinerun.successful.v1",
+        ),
+        ("jenkins", "argocd/sync-succeeded.healthy.json", ""),
     ];
     for (source, file, event) in cases {
         let body = fixture(file);
-        let path = format!("/hooks/{source}");
         let wrong = provider_headers(source, event, "w", &body, "not-the-secret");
         let missing: Vec<_> = provider_headers(source, event, "m", &body, SECRET)
             .into_iter()
             .filter(|(name, _)| {
-                !name.to_ascii_lowercase().contains("signature") && !name.ends_with("Token")
+                let name = name.to_ascii_lowercase();
+                !name.contains("signature") && !name.ends_with("token") && name != "authorization"
             })
             .collect();
         let signed = provider_headers(source, event, "a", &body, SECRET);
@@ -497,11 +649,21 @@ async fn bad_credentials_are_refused_for_every_source() {
             ("missing signature", missing, body.clone()),
             ("altered body", signed, altered),
         ] {
-            let reply = post(&app, &path, &headers, &body).await;
-            if source == "gitlab" && what == "altered body" {
-                // A secret token does not sign the body: GitLab documents it.
+            let path = match what {
+                "wrong secret" => hook_path(source, "not-the-secret"),
+                "missing signature" => format!("/hooks/{source}"),
+                _ => hook_path(source, SECRET),
+            };
+            let body_signed = !matches!(
+                source,
+                "gitlab" | "azure-devops" | "opsgenie" | "argocd" | "tekton" | "jenkins"
+            );
+            if !body_signed && what == "altered body" {
+                // A token or password does not sign the body: these senders
+                // offer nothing better (SOURCES.md).
                 continue;
             }
+            let reply = post(&app, &path, &headers, &body).await;
             assert_eq!(reply.status, 401, "{source} {what}: {}", reply.text);
             assert_eq!(reply.outcome(), "rejected", "{source} {what}");
             assert!(

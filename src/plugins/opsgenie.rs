@@ -1,0 +1,82 @@
+//! Opsgenie outgoing Webhook integration (SOURCES.md §12): no signature; a
+//! bearer token in a custom header, or basic auth in the URL whose password
+//! is the secret. Delivery id is the content hash. An alert created with an
+//! incident tag → failure created; the same alert closed → resolved.
+//!
+//! Maps headers and payload only; never touches the store or the metrics.
+
+use actix_web::http::header::HeaderMap;
+use serde_json::Value;
+
+use super::payload::{self, Reader};
+use super::{known_event, Mapping, PayloadError, Plugin, SourceOptions};
+use crate::events::{App, FailureChange};
+use crate::ledger::DeliveryId;
+use crate::signature::{Secret, Verifier};
+
+pub struct Opsgenie;
+
+const EVENTS: &[&str] = &["Create", "Close", "Acknowledge", "AddNote", "Delete"];
+
+/// Tags of the form `app:<name>` name the application outright.
+const APP_TAG: &str = "app:";
+
+impl Plugin for Opsgenie {
+    fn source(&self) -> &'static str {
+        "opsgenie"
+    }
+
+    fn options(&self) -> &'static [&'static str] {
+        &["incident_labels", "apps"]
+    }
+
+    fn verifier(&self, secrets: Vec<Secret>, _options: &SourceOptions) -> Result<Verifier, String> {
+        Ok(Verifier::Bearer { secrets })
+    }
+
+    fn event(&self, _headers: &HeaderMap, payload: Option<&Value>) -> &'static str {
+        match payload {
+            Some(p) => known_event(payload::text(p, "action"), EVENTS),
+            None => "unknown",
+        }
+    }
+
+    fn delivery_id(&self, _headers: &HeaderMap, _payload: &Value) -> Option<DeliveryId> {
+        None
+    }
+
+    fn map(
+        &self,
+        headers: &HeaderMap,
+        payload: &Value,
+        options: &SourceOptions,
+    ) -> Result<Mapping, PayloadError> {
+        let change = match self.event(headers, Some(payload)) {
+            "Create" => FailureChange::Created,
+            "Close" => FailureChange::Resolved,
+            _ => return Ok(Mapping::Ignored("event_not_used")),
+        };
+        let tags: Vec<&str> = payload::at(payload, "alert.tags")
+            .and_then(Value::as_array)
+            .map(|t| t.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        // Both ends need the tag: a close of an untagged alert must not
+        // count as a restored failure.
+        if !tags.iter().any(|t| options.is_incident_label(t)) {
+            return Ok(Mapping::Ignored("alert_not_an_incident"));
+        }
+        let mut r = Reader::new(payload);
+        let app = match tags.iter().find_map(|t| t.strip_prefix(APP_TAG)) {
+            Some(name) => App::parse(name).map_err(|e| r.fail("alert.tags", e)).ok(),
+            None => r.parsed("alert.entity", |entity| options.app(entity)),
+        };
+        let number = r.issue_number("alert.alertId");
+        // `createdAt` is epoch milliseconds, `updatedAt` nanoseconds; the
+        // timestamp parser tells them apart by magnitude.
+        let time = match change {
+            FailureChange::Created => r.time("alert.createdAt"),
+            FailureChange::Resolved => r.time("alert.updatedAt"),
+        };
+        r.finish_failure(app, number, change, time)
+    }
+}
