@@ -20,6 +20,9 @@ Examples:
   Report a deployment from a CI job:
     HOOKGAUGE_SECRET=... hookgauge send --url https://hookgauge.example.com \\
       deploytime --app shop --namespace shop-prod --image-sha sha256:<64 hex>
+  The same as a Standard Webhooks message (the secret is whsec_...):
+    HOOKGAUGE_SECRET=whsec_... hookgauge send --standard-webhooks \\
+      --url https://hookgauge.example.com deploytime --app shop ...
 
 Every configuration key can also be set as HOOKGAUGE__SECTION__KEY, e.g.
 HOOKGAUGE__SERVER__INGEST_ADDR=0.0.0.0:8080.";
@@ -132,6 +135,10 @@ pub struct SendArgs {
     /// File holding the shared secret (first non-empty line).
     #[arg(long, value_name = "FILE")]
     pub secret_file: Option<PathBuf>,
+    /// Send as a Standard Webhooks message (`{"type", "timestamp", "data"}`,
+    /// signed with a `whsec_` secret) to `/hooks/standard-webhooks`.
+    #[arg(long)]
+    pub standard_webhooks: bool,
     /// Retries after the first attempt, on connection errors and 5xx answers.
     #[arg(long, value_name = "N", default_value_t = 5)]
     pub retries: usize,

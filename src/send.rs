@@ -95,15 +95,15 @@ pub fn build_payload(event: &SendEvent, now: i64) -> (PelorusEvent, Value) {
     }
 }
 
-/// The webhook URL: the given URL when it has a path, else `/pelorus/webhook` on it.
-pub fn webhook_url(base: &str) -> anyhow::Result<reqwest::Url> {
+/// The webhook URL: the given URL when it has a path, else `default_path` on it.
+pub fn webhook_url(base: &str, default_path: &str) -> anyhow::Result<reqwest::Url> {
     let mut url =
         reqwest::Url::parse(base).with_context(|| format!("--url `{base}` is not a URL"))?;
     if !matches!(url.scheme(), "http" | "https") {
         bail!("--url `{base}` must be an http:// or https:// URL");
     }
     if url.path() == "/" || url.path().is_empty() {
-        url.set_path("/pelorus/webhook");
+        url.set_path(default_path);
     }
     Ok(url)
 }
@@ -126,10 +126,55 @@ fn read_secret(args: &SendArgs) -> anyhow::Result<Option<Secret>> {
     }
 }
 
+/// The Standard Webhooks `type` of a Pelorus event (SOURCES.md §14).
+fn standard_type(event: &SendEvent) -> &'static str {
+    match event {
+        SendEvent::Committime { .. } => "commit",
+        SendEvent::Deploytime { .. } => "deploy",
+        SendEvent::Failure {
+            event: FailureEventArg::Created,
+            ..
+        } => "failure.created",
+        SendEvent::Failure {
+            event: FailureEventArg::Resolved,
+            ..
+        } => "failure.resolved",
+    }
+}
+
+/// A Standard Webhooks message around `data`, and its id: derived from the
+/// event, so that every retry, and sending the same event again, carries
+/// the same id.
+pub fn standard_message(kind: &str, data: &Value, now: i64) -> (String, Vec<u8>) {
+    use sha2::Digest as _;
+    let event = serde_json::to_vec(&json!({"type": kind, "data": data})).unwrap_or_default();
+    let id = format!("msg_{}", &hex::encode(sha2::Sha256::digest(&event))[..32]);
+    let timestamp = chrono::DateTime::from_timestamp(now, 0)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default();
+    let body = json!({"type": kind, "timestamp": timestamp, "data": data});
+    (id, serde_json::to_vec(&body).unwrap_or_default())
+}
+
 /// Runs `hookgauge send`. Prints the server's answer on stdout.
 pub async fn run(args: SendArgs) -> anyhow::Result<SendResult> {
-    let url = webhook_url(&args.url)?;
+    let default_path = if args.standard_webhooks {
+        "/hooks/standard-webhooks"
+    } else {
+        "/pelorus/webhook"
+    };
+    let url = webhook_url(&args.url, default_path)?;
     let secret = read_secret(&args)?;
+    let standard_key = match (&secret, args.standard_webhooks) {
+        (_, false) => None,
+        (Some(secret), true) => Some(
+            signature::standard_webhooks_key(secret)
+                .context("--standard-webhooks needs a whsec_ secret (whsec_ followed by base64)")?,
+        ),
+        (None, true) => {
+            bail!("--standard-webhooks needs a whsec_ secret (--secret, --secret-file or HOOKGAUGE_SECRET)")
+        }
+    };
     let (event, payload) = build_payload(&args.event, now_seconds());
     let body = serde_json::to_vec(&payload).context("cannot serialise the payload")?;
     if let Err(problem) = pelorus::parse_event(event, &body) {
@@ -156,21 +201,47 @@ pub async fn run(args: SendArgs) -> anyhow::Result<SendResult> {
         ))
         .build()
         .context("cannot build the HTTP client")?;
-    let mut request = client
-        .post(url.clone())
-        .header("content-type", "application/json")
-        .header(pelorus::EVENT_HEADER, event.as_str())
-        .body(body.clone());
-    if let Some(secret) = &secret {
-        request = request.header(
-            pelorus::SIGNATURE_HEADER,
-            format!("sha256={}", signature::sign_hex(secret, &body)),
-        );
-    }
-    let request = request.build().context("cannot build the request")?;
+    let standard = standard_key.as_ref().map(|key| {
+        (
+            key,
+            standard_message(standard_type(&args.event), &payload, now_seconds()),
+        )
+    });
+    // Built for each attempt: a Standard Webhooks signature covers the
+    // attempt's own timestamp.
+    let build = || {
+        let request = client
+            .post(url.clone())
+            .header("content-type", "application/json");
+        let request = match (&standard, &secret) {
+            (Some((key, (id, message))), _) => {
+                let now = now_seconds();
+                request
+                    .header("webhook-id", id.as_str())
+                    .header("webhook-timestamp", now.to_string())
+                    .header(
+                        "webhook-signature",
+                        signature::standard_webhooks_sign(key, id, now, message),
+                    )
+                    .body(message.clone())
+            }
+            (None, Some(secret)) => request
+                .header(pelorus::EVENT_HEADER, event.as_str())
+                .header(
+                    pelorus::SIGNATURE_HEADER,
+                    format!("sha256={}", signature::sign_hex(secret, &body)),
+                )
+                .body(body.clone()),
+            (None, None) => request
+                .header(pelorus::EVENT_HEADER, event.as_str())
+                .body(body.clone()),
+        };
+        request.build()
+    };
+    build().context("cannot build the request")?;
 
     let attempt = || async {
-        let request = request.try_clone().expect("a byte body can be cloned");
+        let request = build().map_err(|e| Attempt::Transient(e.to_string()))?;
         let response = client
             .execute(request)
             .await
@@ -228,17 +299,19 @@ mod tests {
     #[test]
     fn base_urls_get_the_webhook_path() {
         assert_eq!(
-            webhook_url("http://127.0.0.1:8080").unwrap().as_str(),
+            webhook_url("http://127.0.0.1:8080", "/pelorus/webhook")
+                .unwrap()
+                .as_str(),
             "http://127.0.0.1:8080/pelorus/webhook"
         );
         assert_eq!(
-            webhook_url("https://h.example/custom/path")
+            webhook_url("https://h.example/custom/path", "/pelorus/webhook")
                 .unwrap()
                 .as_str(),
             "https://h.example/custom/path"
         );
-        assert!(webhook_url("ftp://h.example").is_err());
-        assert!(webhook_url("not a url").is_err());
+        assert!(webhook_url("ftp://h.example", "/").is_err());
+        assert!(webhook_url("not a url", "/").is_err());
     }
 
     #[test]

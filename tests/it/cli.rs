@@ -239,3 +239,41 @@ async fn scrape_passes_promtool_check_metrics() {
     assert!(!scrape.text.contains(SECRET));
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_standard_webhooks_signs_a_message_the_generic_source_accepts() {
+    const WHSEC: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+    let app = spawn_app_with(|raw| {
+        raw.sources.native.insert(
+            "standard-webhooks".into(),
+            serde_json::json!({"secrets": [WHSEC]}),
+        );
+    })
+    .await;
+    let url = app.ingest.clone();
+    let image_sha = image(44);
+    let args = send_args(&url, &image_sha, &[]);
+    let mut standard = vec!["send", "--standard-webhooks"];
+    standard.extend_from_slice(&args[1..]);
+    let secret = [("HOOKGAUGE_SECRET", WHSEC)];
+    let (code, stdout, stderr) = tokio::task::block_in_place(|| run(&standard, &secret));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("\"outcome\":\"accepted\""), "{stdout}");
+    // Sent again: the same message id, recognised as a replay.
+    let (code, stdout, _) = tokio::task::block_in_place(|| run(&standard, &secret));
+    assert_eq!(code, 0);
+    assert!(stdout.contains("\"outcome\":\"duplicate\""), "{stdout}");
+    // A Pelorus-style secret cannot sign a Standard Webhooks message.
+    let (code, _, stderr) =
+        tokio::task::block_in_place(|| run(&standard, &[("HOOKGAUGE_SECRET", "plain-secret")]));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("whsec_"), "{stderr}");
+    assert!(!stderr.contains("plain-secret"), "{stderr}");
+    let scrape = app.scrape().await;
+    let deploys = scrape.find(
+        "deploy_timestamp",
+        &[("app", "shop"), ("image_sha", image_sha.as_str())],
+    );
+    assert_eq!(deploys.len(), 1);
+    app.shutdown().await;
+}
