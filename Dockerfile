@@ -25,8 +25,10 @@ RUN mkdir src \
     && cargo build --release --locked --bin hookgauge \
     && rm -rf src
 
-# The real sources. `touch` makes them newer than the placeholders, so Cargo rebuilds the crate.
+# The real sources, and the shipped declarative plugins they compile in. `touch` makes them
+# newer than the placeholders, so Cargo rebuilds the crate.
 COPY src ./src
+COPY plugins ./plugins
 RUN touch src/main.rs src/lib.rs \
     && cargo build --release --locked --bin hookgauge \
     && ./target/release/hookgauge --version

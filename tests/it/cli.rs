@@ -95,23 +95,48 @@ fn check_config_names_the_bad_key() {
     assert!(stderr.contains("does not exist"), "{stderr}");
 }
 
+/// Every TOML block of the README: plugin files (they start with `#
+/// plugins/<name>.toml`) load as plugins, and every configuration sample
+/// passes `check-config` with those plugins, secret files pointing at a real
+/// file.
 #[test]
-fn readme_sample_configuration_loads() {
+fn readme_toml_samples_load() {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let start = readme.find("```toml\n").expect("README has a TOML sample") + "```toml\n".len();
-    let sample = &readme[start..start + readme[start..].find("```").unwrap()];
+    let blocks: Vec<&str> = readme
+        .split("```toml\n")
+        .skip(1)
+        .map(|rest| &rest[..rest.find("```").unwrap()])
+        .collect();
+    assert!(blocks.len() > 10, "the README's TOML samples: {}", blocks.len());
     let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
     let secret = dir.path().join("secret");
     std::fs::write(&secret, "s3cr3t\n").unwrap();
-    let sample = sample.replace(
-        "/var/run/secrets/hookgauge/pelorus",
-        secret.to_str().unwrap(),
-    );
-    let config = dir.path().join("hookgauge.toml");
-    std::fs::write(&config, sample).unwrap();
-    let (code, _, stderr) = run(&["check-config", "--config", config.to_str().unwrap()], &[]);
-    assert_eq!(code, 0, "{stderr}");
+    let (files, configs): (Vec<&str>, Vec<&str>) =
+        blocks.iter().partition(|b| b.starts_with("# plugins/"));
+    for file in files {
+        let name = file.lines().next().unwrap().trim_start_matches("# plugins/");
+        std::fs::write(plugins.join(name), file).unwrap();
+    }
+    for (i, sample) in configs.iter().enumerate() {
+        let sample: String = sample
+            .lines()
+            .map(|line| match line.split_once("secrets_file = ") {
+                Some((key, _)) => format!("{key}secrets_file = {:?}", secret),
+                None => line.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let config = dir.path().join(format!("sample-{i}.toml"));
+        std::fs::write(&config, &sample).unwrap();
+        let (code, _, stderr) = run(
+            &["check-config", "--config", config.to_str().unwrap()],
+            &[("HOOKGAUGE__SERVER__PLUGINS_DIR", plugins.to_str().unwrap())],
+        );
+        assert_eq!(code, 0, "README sample:\n{sample}\n{stderr}");
+    }
 }
 
 fn send_args<'a>(url: &'a str, image_sha: &'a str, extra: &[&'a str]) -> Vec<&'a str> {

@@ -227,6 +227,20 @@ fn dockerfile() -> Vec<(String, String)> {
     instructions
 }
 
+/// Every file under `dir`, recursively.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
 fn dockerfile_args(keyword: &str) -> Vec<String> {
     dockerfile()
         .into_iter()
@@ -716,6 +730,43 @@ fn dockerfile_builds_locked_and_runs_as_non_root_with_container_defaults() {
         !["root", "0"].contains(&user.split(':').next().unwrap()),
         "USER {user}"
     );
+    // Everything the crate compiles in is in the build context: `src/` and
+    // the files `include_str!` names outside it (the shipped plugins).
+    let copied: Vec<String> = dockerfile_args("COPY")
+        .iter()
+        .filter(|c| !c.starts_with("--from"))
+        .filter_map(|c| c.split_whitespace().next().map(str::to_owned))
+        .collect();
+    let mut needed = vec!["src".to_owned()];
+    for entry in walk(&Path::new(ROOT).join("src")) {
+        let code = std::fs::read_to_string(&entry).unwrap_or_default();
+        for included in code.split("include_str!(\"").skip(1) {
+            let relative = included.split('"').next().unwrap();
+            let file = entry
+                .parent()
+                .unwrap()
+                .join(relative)
+                .canonicalize()
+                .unwrap();
+            let top = file
+                .strip_prefix(Path::new(ROOT).canonicalize().unwrap())
+                .unwrap();
+            needed.push(
+                top.components()
+                    .next()
+                    .unwrap()
+                    .as_os_str()
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+        }
+    }
+    for dir in needed {
+        assert!(
+            copied.contains(&dir),
+            "the Dockerfile does not COPY {dir}: {copied:?}"
+        );
+    }
     assert_eq!(dockerfile_args("VOLUME"), ["/data"], "VOLUME");
     assert_eq!(dockerfile_args("ENTRYPOINT"), ["[\"hookgauge\"]"]);
     assert_eq!(dockerfile_args("CMD"), ["[\"serve\"]"]);
