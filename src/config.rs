@@ -302,6 +302,8 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     pub log: RawLog,
     pub pelorus: PelorusSettings,
+    /// Where the user's plugin files were loaded from, if anywhere.
+    pub plugins_dir: Option<PathBuf>,
     /// Every source this process knows: built-in, then declarative.
     pub plugins: Vec<&'static dyn Plugin>,
     /// Native source instances, enabled or not.
@@ -543,6 +545,7 @@ impl Settings {
             pelorus,
             sources: native_sources(&raw.sources.native, &plugins)?,
             plugins,
+            plugins_dir: raw.server.plugins_dir,
         };
         settings.check_public_bind()?;
         Ok(settings)
@@ -596,6 +599,7 @@ impl Settings {
              data_dir = {data_dir}\n\
              allow_unsigned = {allow_unsigned}\n\
              shutdown_timeout = \"{shutdown}\"\n\
+             {plugins_dir}\
              \n\
              [store]\n\
              synchronous = \"{sync}\"\n\
@@ -620,6 +624,10 @@ impl Settings {
             data_dir = toml_str(&self.data_dir.to_string_lossy()),
             allow_unsigned = self.allow_unsigned,
             shutdown = humantime::format_duration(self.shutdown_timeout),
+            plugins_dir = match &self.plugins_dir {
+                Some(dir) => format!("plugins_dir = {}\n", toml_str(&dir.to_string_lossy())),
+                None => String::new(),
+            },
             sync = self.store.synchronous.as_str(),
             busy = humantime::format_duration(self.store.busy_timeout),
             max_body = self.store.max_body_bytes,

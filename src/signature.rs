@@ -46,11 +46,11 @@ impl fmt::Display for Secret {
 /// ledger reasons and JSON `reason` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureError {
-    #[error("the signature header is missing")]
+    #[error("the credential (signature, token or password) is missing")]
     Missing,
-    #[error("the signature header appears more than once")]
+    #[error("the credential appears more than once")]
     Repeated,
-    #[error("the signature header is not of the form sha256=<64 lowercase hex digits>")]
+    #[error("the credential is not of the form the source expects (for GitHub-style signatures, sha256=<64 lowercase hex digits>)")]
     Malformed,
     #[error("the signature uses an algorithm that is not accepted here")]
     UnsupportedAlgorithm,
@@ -629,12 +629,16 @@ impl Verifier {
                 }
             }
             Verifier::QueryToken { parameter, secrets } => {
-                let presented = query
-                    .split('&')
-                    .filter_map(|pair| pair.split_once('='))
-                    .find(|(name, _)| name == parameter)
+                // Decoded as a form: a token with `+`, `/` or `=` may arrive
+                // percent-encoded. A repeated parameter is refused.
+                let mut presented = form_urlencoded::parse(query.as_bytes())
+                    .filter(|(name, _)| name == parameter)
                     .map(|(_, value)| value);
-                match presented {
+                let token = presented.next();
+                if presented.next().is_some() {
+                    return fail(SignatureError::Repeated, parameter);
+                }
+                match token {
                     None => fail(SignatureError::Missing, parameter),
                     Some(token) if any_token_matches(secrets, token.as_bytes()) => Ok(()),
                     Some(_) => fail(SignatureError::Mismatch, parameter),
@@ -843,6 +847,66 @@ mod verifier_tests {
                 SignatureError::Mismatch
             );
         }
+    }
+
+    #[test]
+    fn query_tokens_are_form_decoded_and_single() {
+        let verifier = Verifier::QueryToken {
+            parameter: "token",
+            secrets: vec![Secret::new("a+b/c=")],
+        };
+        let h = HeaderMap::new();
+        assert!(verifier
+            .verify(&h, "x=1&token=a%2Bb%2Fc%3D", b"", 0)
+            .is_ok());
+        let error = |q| verifier.verify(&h, q, b"", 0).unwrap_err().error;
+        assert_eq!(
+            error("token=a+b/c="),
+            SignatureError::Mismatch,
+            "+ is a space"
+        );
+        assert_eq!(error("x=1"), SignatureError::Missing);
+        assert_eq!(
+            error("token=a%2Bb%2Fc%3D&token=x"),
+            SignatureError::Repeated
+        );
+    }
+
+    #[test]
+    fn hmac_headers_take_other_algorithms_and_base64() {
+        use base64::Engine as _;
+        let secret = Secret::new("k");
+        let mut mac = Hmac::<sha2::Sha512>::new_from_slice(b"k").unwrap();
+        mac.update(b"body");
+        let b64 = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        let verifier = Verifier::Hmac {
+            headers: vec![HmacHeader {
+                name: "x-sig",
+                prefix: "sha512=",
+                algorithm: HmacAlgorithm::Sha512,
+                encoding: MacEncoding::Base64,
+            }],
+            secrets: vec![secret],
+        };
+        let value = format!("sha512={b64}");
+        assert!(verifier
+            .verify(&headers(&[("x-sig", value.as_str())]), "", b"body", 0)
+            .is_ok());
+        assert_eq!(
+            verifier
+                .verify(&headers(&[("x-sig", value.as_str())]), "", b"bodY", 0)
+                .unwrap_err()
+                .error,
+            SignatureError::Mismatch
+        );
+        let short = format!("sha512={}", &b64[..20]);
+        assert_eq!(
+            verifier
+                .verify(&headers(&[("x-sig", short.as_str())]), "", b"body", 0)
+                .unwrap_err()
+                .error,
+            SignatureError::Malformed
+        );
     }
 
     #[test]

@@ -402,7 +402,7 @@ async fn check_native(
         Ok(value) => value,
         Err(problem) => return Err(Refusal::after_auth(problem.into(), event, body)),
     };
-    let event = plugin.event(headers, Some(&value));
+    let event = plugin.event_for(headers, &value, &instance.options);
     let id = plugin
         .delivery_id(headers, &value)
         .unwrap_or_else(|| DeliveryId::derived(&[plugin.source().as_bytes(), &body]));

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::github::pushed_commits;
 use super::payload::{self, Reader};
-use super::{known_event, Mapping, PayloadError, Plugin, SourceOptions};
+use super::{Mapping, PayloadError, Plugin, SourceOptions};
 use crate::events::{CommitSha, FailureChange, FieldError};
 use crate::ledger::DeliveryId;
 use crate::signature::{Secret, Verifier};
@@ -34,21 +34,17 @@ const EVENTS: &[&str] = &[
 /// (Basic, Agile, Scrum, CMMI).
 const CLOSED_STATES: &[&str] = &["Closed", "Resolved", "Done"];
 
+/// The account of the Fabrikam samples that the subscription wizard's
+/// *Test* button sends (and the events reference shows): not real data.
+const SAMPLE_ACCOUNT: &str = "f844ec47-a9db-4511-8281-8b63f4eaf94e";
+
 impl Plugin for AzureDevOps {
     fn source(&self) -> &'static str {
         "azure-devops"
     }
 
     fn options(&self) -> &'static [&'static str] {
-        &[
-            "branches",
-            "environments",
-            "namespaces",
-            "incident_labels",
-            "issue_types",
-            "apps",
-            "deploy_workflows",
-        ]
+        super::LIST_OPTIONS
     }
 
     fn defaults(&self) -> SourceOptions {
@@ -65,10 +61,7 @@ impl Plugin for AzureDevOps {
     }
 
     fn event(&self, _headers: &HeaderMap, payload: Option<&Value>) -> &'static str {
-        match payload {
-            Some(p) => known_event(payload::text(p, "eventType"), EVENTS),
-            None => "unknown",
-        }
+        super::body_event(payload, "eventType", EVENTS)
     }
 
     fn delivery_id(&self, _headers: &HeaderMap, payload: &Value) -> Option<DeliveryId> {
@@ -81,6 +74,9 @@ impl Plugin for AzureDevOps {
         payload: &Value,
         options: &SourceOptions,
     ) -> Result<Mapping, PayloadError> {
+        if payload::text(payload, "resourceContainers.account.id") == Some(SAMPLE_ACCOUNT) {
+            return Ok(Mapping::Ignored("test_sample"));
+        }
         match self.event(headers, Some(payload)) {
             "git.push" => push(payload, options),
             "build.complete" => build(payload, options),
@@ -319,11 +315,27 @@ fn work_item(
     if !is_type && !tagged {
         return Ok(Mapping::Ignored("work_item_not_an_incident"));
     }
-    let closing = changed(payload, "Microsoft.VSTS.Common.ResolvedDate").or_else(|| {
-        changed(payload, "System.State")
-            .filter(|s| s.as_str().is_some_and(|s| CLOSED_STATES.contains(&s)))
-            .and_then(|_| changed(payload, "System.ChangedDate"))
-    });
+    // Resolved, then Closed, are two updates: the resolved date stays the
+    // same across them, so the second is a duplicate rather than a later
+    // restore. Without one, the change into a closed state from an open one.
+    let closed = |state: Option<&Value>| {
+        state
+            .and_then(Value::as_str)
+            .is_some_and(|s| CLOSED_STATES.contains(&s))
+    };
+    let state_change = payload::at(payload, "resource.fields").and_then(|f| f.get("System.State"));
+    let newly_closed =
+        state_change.is_some_and(|c| closed(c.get("newValue")) && !closed(c.get("oldValue")));
+    let resolved_date = fields
+        .get("Microsoft.VSTS.Common.ResolvedDate")
+        .filter(|v| !v.is_null());
+    let closing = changed(payload, "Microsoft.VSTS.Common.ResolvedDate")
+        .map(|date| resolved_date.unwrap_or(date))
+        .or_else(|| {
+            newly_closed
+                .then(|| resolved_date.or_else(|| changed(payload, "System.ChangedDate")))
+                .flatten()
+        });
     let mut r = Reader::new(payload);
     let app = match field("System.TeamProject") {
         Some(project) => options

@@ -241,10 +241,6 @@ impl Plugin for BitbucketDataCenter {
         Ok(signed(secrets))
     }
 
-    fn max_body_bytes(&self) -> usize {
-        MAX_BODY_BYTES
-    }
-
     fn event(&self, headers: &HeaderMap, _payload: Option<&Value>) -> &'static str {
         known_event(super::header(headers, "x-event-key"), DATA_CENTER_EVENTS)
     }
@@ -267,8 +263,9 @@ impl Plugin for BitbucketDataCenter {
     }
 }
 
-/// Branch tips moved by a push. The payload carries no commit time; the
-/// push's `date` stands for it (the poller can refine it).
+/// Branch tips moved by a push. The payload carries no commit time: the
+/// push's `date` stands for it, which makes the lead time of such a commit
+/// a little short (the time between commit and push is not counted).
 fn refs_changed(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadError> {
     let changes = payload::at(payload, "changes")
         .and_then(Value::as_array)

@@ -25,7 +25,7 @@ use toml::Spanned;
 use super::payload::Reader;
 use super::{timestamp, FieldProblem, Mapping, PayloadError, Plugin, SourceOptions};
 use crate::events::{
-    Commit, CommitSha, Deploy, Event, EventTime, Failure, FailureChange, FieldError, ImageSha,
+    App, Commit, CommitSha, Deploy, Event, EventTime, Failure, FailureChange, FieldError, ImageSha,
     IssueNumber, Link, Namespace,
 };
 use crate::ledger::DeliveryId;
@@ -38,19 +38,11 @@ pub const SHIPPED: &[(&str, &str)] = &[
     ("jenkins.toml", include_str!("../../plugins/jenkins.toml")),
 ];
 
-/// Options every declarative source takes; rules refer to the lists.
-const OPTIONS: &[&str] = &[
-    "branches",
-    "environments",
-    "namespaces",
-    "incident_labels",
-    "issue_types",
-    "apps",
-    "deploy_workflows",
-];
-
 /// Largest body a declarative source accepts unless its file says otherwise.
 const DEFAULT_MAX_BODY_BYTES: usize = 5 * 1024 * 1024;
+
+/// The most a file may allow (GitHub's ceiling, the largest of any sender).
+const MAX_BODY_BYTES: usize = 25 * 1024 * 1024;
 
 /// A plugin file that cannot be used: where, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +68,7 @@ pub fn load(dir: Option<&Path>) -> Result<Vec<&'static dyn Plugin>, PluginFileEr
         loaded.push((format!("plugins/{name}"), parse(name, text)?));
     }
     let shipped = loaded.len();
+    let mut replaced = vec![false; shipped];
     if let Some(dir) = dir {
         for path in toml_files(dir)? {
             let file = path.display().to_string();
@@ -86,7 +79,8 @@ pub fn load(dir: Option<&Path>) -> Result<Vec<&'static dyn Plugin>, PluginFileEr
             })?;
             let plugin = parse(&file, &text)?;
             match loaded.iter().position(|(_, p)| p.source == plugin.source) {
-                Some(i) if i < shipped => {
+                Some(i) if i < shipped && !replaced[i] => {
+                    replaced[i] = true;
                     tracing::info!(
                         source = plugin.source,
                         file,
@@ -169,7 +163,7 @@ struct AuthFile {
 #[serde(deny_unknown_fields)]
 struct DeliveryFile {
     /// Header with the sender's delivery id.
-    id_header: Option<String>,
+    id_header: Option<Spanned<String>>,
     /// Body field with the delivery id, when no header has it.
     id: Option<Spanned<String>>,
 }
@@ -423,16 +417,38 @@ impl Loader<'_> {
         Ok(leak(value.clone()))
     }
 
+    /// A header name as `http` accepts it, lowercased.
+    fn header_name(&self, name: &str, span: Range<usize>) -> Result<&'static str, PluginFileError> {
+        actix_web::http::header::HeaderName::from_bytes(name.as_bytes())
+            .map(|h| leak(h.as_str().to_owned()))
+            .map_err(|_| self.error(span, format!("`{name}` is not a valid header name")))
+    }
+
     fn auth(&self, auth: Spanned<AuthFile>) -> Result<Auth, PluginFileError> {
         let span = auth.span();
         let auth = auth.into_inner();
-        let header = |what: &str| {
-            auth.header
-                .as_ref()
-                .map(|h| leak(h.get_ref().to_ascii_lowercase()))
-                .ok_or_else(|| self.error(span.clone(), format!("scheme `{what}` needs `header`")))
-        };
         let scheme = auth.scheme.get_ref().as_str();
+        // Keys that mean nothing under the scheme are mistakes, not defaults.
+        let allowed: &[&str] = match scheme {
+            "hmac" => &["header", "prefix", "algorithm", "encoding"],
+            "token" => &["header"],
+            "query-token" => &["parameter"],
+            _ => &[],
+        };
+        let given = [
+            ("header", auth.header.is_some()),
+            ("prefix", !auth.prefix.is_empty()),
+            ("algorithm", auth.algorithm.is_some()),
+            ("encoding", auth.encoding.is_some()),
+            ("parameter", auth.parameter.is_some()),
+        ];
+        if let Some((key, _)) = given.iter().find(|(k, set)| *set && !allowed.contains(k)) {
+            return Err(self.error(span, format!("`{key}` does not apply to scheme `{scheme}`")));
+        }
+        let header = |what: &str| match &auth.header {
+            Some(h) => self.header_name(h.get_ref(), h.span()),
+            None => Err(self.error(span.clone(), format!("scheme `{what}` needs `header`"))),
+        };
         Ok(match scheme {
             "hmac" => {
                 let algorithm = match &auth.algorithm {
@@ -456,11 +472,25 @@ impl Loader<'_> {
             "token" => Auth::Token(header("token")?),
             "bearer" | "basic" => Auth::Bearer,
             "standard-webhooks" => Auth::StandardWebhooks,
-            "query-token" => Auth::QueryToken(leak(
-                auth.parameter
-                    .as_ref()
-                    .map_or("token".to_owned(), |p| p.get_ref().clone()),
-            )),
+            "query-token" => {
+                let parameter = match &auth.parameter {
+                    None => "token".to_owned(),
+                    Some(p) => {
+                        let valid = !p.get_ref().is_empty()
+                            && p.get_ref().bytes().all(|b| {
+                                b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')
+                            });
+                        if !valid {
+                            return Err(self.error(
+                                p.span(),
+                                "`parameter` must be letters, digits, _, - and .",
+                            ));
+                        }
+                        p.get_ref().clone()
+                    }
+                };
+                Auth::QueryToken(leak(parameter))
+            }
             "none" => Auth::None,
             other => {
                 return Err(self.error(
@@ -473,7 +503,12 @@ impl Loader<'_> {
         })
     }
 
-    fn field(&self, key: &str, value: Spanned<FieldValue>) -> Result<Field, PluginFileError> {
+    fn field(
+        &self,
+        key: &str,
+        value: Spanned<FieldValue>,
+        required: bool,
+    ) -> Result<Field, PluginFileError> {
         let span = value.span();
         let spec = match value.into_inner() {
             FieldValue::Paths(paths) => FieldFile {
@@ -493,6 +528,32 @@ impl Loader<'_> {
                 span,
                 format!("fields.{key} needs exactly one of `path` and `value`"),
             ));
+        }
+        if spec.optional && required {
+            return Err(self.error(
+                span,
+                format!("fields.{key} is required: it cannot be optional"),
+            ));
+        }
+        if let Some(constant) = &spec.value {
+            let checked = match key {
+                "app" => App::parse(constant).map(drop),
+                "time" => timestamp::parse_text(constant).map(drop),
+                "commit" => CommitSha::parse(constant).map(drop),
+                "image" => ImageSha::parse(constant).map(drop),
+                "namespace" => Namespace::parse(constant).map(drop),
+                "id" => IssueNumber::parse(constant).map(drop),
+                _ => Ok(()),
+            };
+            if let Err(reason) = checked {
+                return Err(self.error(
+                    span,
+                    format!(
+                        "fields.{key}: `{constant}` is not valid ({})",
+                        reason.as_str()
+                    ),
+                ));
+            }
         }
         let pattern = match &spec.pattern {
             None => None,
@@ -523,18 +584,19 @@ impl Loader<'_> {
                     format!("headers.{header} must be a string or a list of strings"),
                 )
             })?;
-            headers.push((header.to_ascii_lowercase(), values.into_vec()));
+            let name = self.header_name(header, span.clone())?;
+            headers.push((name.to_owned(), values.into_vec()));
         }
         let when = match &rule.when {
             None => None,
-            Some(when) => Some(JsonPath::parse(&format!("$[?{}]", when.get_ref())).map_err(
-                |e| {
+            Some(when) => Some(
+                JsonPath::parse(&format!("$[?({})]", when.get_ref())).map_err(|e| {
                     self.error(
                         when.span(),
                         format!("`when` is not a JSONPath filter expression: {e}"),
                     )
-                },
-            )?),
+                })?,
+            ),
         };
         let in_option = match rule.in_option {
             None => None,
@@ -602,7 +664,8 @@ impl Loader<'_> {
                     format!("fields.{key} is not a field of what this rule emits"),
                 ));
             }
-            let field = self.field(&key, value)?;
+            let required = kinds.iter().any(|k| k.fields().0.contains(&key.as_str()));
+            let field = self.field(&key, value, required)?;
             let slot = match key.as_str() {
                 "app" => &mut fields.app,
                 "time" => &mut fields.time,
@@ -664,19 +727,43 @@ pub fn parse(file: &str, text: &str) -> Result<Declarative, PluginFileError> {
     } else {
         loader.label(&raw.otherwise, "otherwise")?
     };
-    let rules = raw
-        .rules
-        .into_iter()
-        .map(|rule| loader.rule(rule))
-        .collect::<Result<Vec<_>, _>>()?;
+    let count = raw.rules.len();
+    let mut rules = Vec::with_capacity(count);
+    for (i, rule) in raw.rules.into_iter().enumerate() {
+        let span = rule.span();
+        let rule = loader.rule(rule)?;
+        let unconditional =
+            rule.headers.is_empty() && rule.when.is_none() && rule.in_option.is_none();
+        if unconditional && i + 1 < count {
+            return Err(loader.error(
+                span,
+                format!("rule `{}` has no headers, when or in_option: the rules after it could never apply", rule.name),
+            ));
+        }
+        rules.push(rule);
+    }
     if rules.is_empty() {
         return Err(loader.error(0..0, "a plugin needs at least one [[rule]]"));
     }
+    let max_body_bytes = raw.max_body_bytes.map_or(Ok(DEFAULT_MAX_BODY_BYTES), |n| {
+        if (1..=MAX_BODY_BYTES).contains(&n) {
+            Ok(n)
+        } else {
+            Err(loader.error(
+                0..0,
+                format!("max_body_bytes must be 1 to {MAX_BODY_BYTES}"),
+            ))
+        }
+    })?;
+    let id_header = match &raw.delivery.id_header {
+        None => None,
+        Some(h) => Some(loader.header_name(h.get_ref(), h.span())?.to_owned()),
+    };
     Ok(Declarative {
         source,
-        max_body_bytes: raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+        max_body_bytes,
         auth,
-        id_header: raw.delivery.id_header.map(|h| h.to_ascii_lowercase()),
+        id_header,
         id_path,
         otherwise,
         rules,
@@ -923,7 +1010,7 @@ impl Plugin for Declarative {
     }
 
     fn options(&self) -> &'static [&'static str] {
-        OPTIONS
+        super::LIST_OPTIONS
     }
 
     fn defaults(&self) -> SourceOptions {
@@ -971,6 +1058,16 @@ impl Plugin for Declarative {
             return "unknown";
         };
         self.rule(headers, payload, None)
+            .map_or("other", |rule| rule.name)
+    }
+
+    fn event_for(
+        &self,
+        headers: &HeaderMap,
+        payload: &Value,
+        options: &SourceOptions,
+    ) -> &'static str {
+        self.rule(headers, payload, Some(options))
             .map_or("other", |rule| rule.name)
     }
 
@@ -1048,6 +1145,33 @@ mod tests {
             e.starts_with("p.toml:1: `github` is a built-in source"),
             "{e}"
         );
+        let e = error("source = \"x\"\n[auth]\nscheme = \"bearer\"\nheader = \"x-token\"\n[[rule]]\nname=\"r\"\nignore=\"i\"\n");
+        assert!(
+            e.contains("`header` does not apply to scheme `bearer`"),
+            "{e}"
+        );
+        let e = error("source = \"x\"\n[auth]\nscheme = \"token\"\nheader = \"bad header\"\n[[rule]]\nname=\"r\"\nignore=\"i\"\n");
+        assert!(
+            e.starts_with("p.toml:4: `bad header` is not a valid header name"),
+            "{e}"
+        );
+        let e = error(&format!("{base}[[rule]]\nname = \"r\"\nemit = \"deploy\"\nfields.app = {{ path = \"$.a\", optional = true }}\nfields.time = \"$.t\"\n"));
+        assert!(
+            e.contains("fields.app is required: it cannot be optional"),
+            "{e}"
+        );
+        let e = error(&format!("{base}[[rule]]\nname = \"r\"\nemit = \"deploy\"\nfields.app = \"$.a\"\nfields.time = {{ value = \"soon\" }}\n"));
+        assert!(e.contains("fields.time: `soon` is not valid"), "{e}");
+        let e = error(&format!(
+            "{base}[[rule]]\nname = \"r\"\nwhen = \"@.a, 0\"\nignore = \"i\"\n"
+        ));
+        assert!(e.contains("is not a JSONPath filter"), "{e}");
+        let e = error(&format!("{base}[[rule]]\nname = \"all\"\nignore = \"i\"\n[[rule]]\nname = \"r\"\nwhen = \"@.a\"\nignore = \"j\"\n"));
+        assert!(e.starts_with("p.toml:4: rule `all` has no headers"), "{e}");
+        let e = error(&format!(
+            "max_body_bytes = 0\n{base}[[rule]]\nname = \"r\"\nignore = \"i\"\n"
+        ));
+        assert!(e.contains("max_body_bytes must be 1 to"), "{e}");
         let e = error("source = \"x\"\nsorce = 1\n");
         assert!(e.starts_with("p.toml:2: unknown field `sorce`"), "{e}");
         let e = error(&format!("{base}[[rule]]\nname = \"r\"\nemit = \"deploy\"\nfields.app = \"$.a\"\nfields.time = {{ path = \"$.t\", pattern = \"(\" }}\n"));

@@ -9,7 +9,7 @@ use actix_web::http::header::HeaderMap;
 use serde_json::Value;
 
 use super::payload::{self, Reader};
-use super::{known_event, Mapping, PayloadError, Plugin, SourceOptions};
+use super::{Mapping, PayloadError, Plugin, SourceOptions};
 use crate::events::{App, FailureChange};
 use crate::ledger::DeliveryId;
 use crate::signature::{HmacHeader, Secret, Verifier};
@@ -50,10 +50,7 @@ impl Plugin for Jira {
     }
 
     fn event(&self, _headers: &HeaderMap, payload: Option<&Value>) -> &'static str {
-        match payload {
-            Some(p) => known_event(payload::text(p, "webhookEvent"), EVENTS),
-            None => "unknown",
-        }
+        super::body_event(payload, "webhookEvent", EVENTS)
     }
 
     fn delivery_id(&self, headers: &HeaderMap, _payload: &Value) -> Option<DeliveryId> {
@@ -136,7 +133,8 @@ fn app_of(
     options: &SourceOptions,
 ) -> Option<App> {
     if let Some(name) = labels.iter().find_map(|l| l.strip_prefix(APP_LABEL)) {
-        return App::parse(name)
+        return options
+            .app(name)
             .map_err(|e| r.fail("issue.fields.labels", e))
             .ok();
     }

@@ -172,6 +172,18 @@ pub trait Plugin: Sync {
     /// payload once it is parsed (`None` before authentication).
     fn event(&self, headers: &HeaderMap, payload: Option<&Value>) -> &'static str;
 
+    /// The event label of a parsed delivery under the instance's options;
+    /// the same as [`Plugin::event`] unless the label depends on them
+    /// (declarative rules that consult option lists).
+    fn event_for(
+        &self,
+        headers: &HeaderMap,
+        payload: &Value,
+        _options: &SourceOptions,
+    ) -> &'static str {
+        self.event(headers, Some(payload))
+    }
+
     /// The sender's id of this delivery, if it has one (else the runner
     /// derives one from the body).
     fn delivery_id(&self, headers: &HeaderMap, payload: &Value) -> Option<DeliveryId>;
@@ -218,6 +230,27 @@ pub const FORGE_OPTIONS: &[&str] = &[
     "environments",
     "namespaces",
     "incident_labels",
+    "apps",
+    "deploy_workflows",
+];
+
+/// The event named by the body field at `path` (one of `known`, else
+/// `other`); `unknown` before the body is parsed.
+pub fn body_event(payload: Option<&Value>, path: &str, known: &[&'static str]) -> &'static str {
+    match payload {
+        Some(p) => known_event(payload::text(p, path), known),
+        None => "unknown",
+    }
+}
+
+/// Every list option a source can read; Azure DevOps and declarative
+/// plugins take them all.
+pub const LIST_OPTIONS: &[&str] = &[
+    "branches",
+    "environments",
+    "namespaces",
+    "incident_labels",
+    "issue_types",
     "apps",
     "deploy_workflows",
 ];

@@ -9,8 +9,9 @@ use actix_web::http::header::HeaderMap;
 use serde_json::Value;
 
 use super::payload::{self, Reader};
-use super::{known_event, Mapping, PayloadError, Plugin, SourceOptions};
-use crate::events::{App, FailureChange};
+use super::timestamp;
+use super::{Mapping, PayloadError, Plugin, SourceOptions};
+use crate::events::FailureChange;
 use crate::ledger::DeliveryId;
 use crate::signature::{Secret, Verifier};
 
@@ -35,10 +36,7 @@ impl Plugin for Opsgenie {
     }
 
     fn event(&self, _headers: &HeaderMap, payload: Option<&Value>) -> &'static str {
-        match payload {
-            Some(p) => known_event(payload::text(p, "action"), EVENTS),
-            None => "unknown",
-        }
+        super::body_event(payload, "action", EVENTS)
     }
 
     fn delivery_id(&self, _headers: &HeaderMap, _payload: &Value) -> Option<DeliveryId> {
@@ -67,15 +65,21 @@ impl Plugin for Opsgenie {
         }
         let mut r = Reader::new(payload);
         let app = match tags.iter().find_map(|t| t.strip_prefix(APP_TAG)) {
-            Some(name) => App::parse(name).map_err(|e| r.fail("alert.tags", e)).ok(),
+            Some(name) => options.app(name).map_err(|e| r.fail("alert.tags", e)).ok(),
             None => r.parsed("alert.entity", |entity| options.app(entity)),
         };
         let number = r.issue_number("alert.alertId");
-        // `createdAt` is epoch milliseconds, `updatedAt` nanoseconds; the
-        // timestamp parser tells them apart by magnitude.
+        // `createdAt` is epoch milliseconds and `updatedAt` nanoseconds, as
+        // every published sample shows (13 and 19 digits, the same instant
+        // range): the close is timed by the alert's own update.
         let time = match change {
             FailureChange::Created => r.time("alert.createdAt"),
-            FailureChange::Resolved => r.time("alert.updatedAt"),
+            FailureChange::Resolved => {
+                let updated = payload::at(payload, "alert.updatedAt").unwrap_or(&Value::Null);
+                timestamp::from_epoch_nanos(updated)
+                    .map_err(|e| r.fail("alert.updatedAt", e))
+                    .ok()
+            }
         };
         r.finish_failure(app, number, change, time)
     }

@@ -9,8 +9,7 @@
 use actix_web::http::header::HeaderMap;
 use serde_json::Value;
 
-use super::known_event;
-use super::payload::{self, Reader};
+use super::payload::Reader;
 use super::{Mapping, PayloadError, Plugin, SourceOptions};
 use crate::events::FailureChange;
 use crate::ledger::DeliveryId;
@@ -51,10 +50,7 @@ impl Plugin for PagerDuty {
     }
 
     fn event(&self, _headers: &HeaderMap, payload: Option<&Value>) -> &'static str {
-        match payload {
-            Some(p) => known_event(payload::text(p, "event.event_type"), EVENTS),
-            None => "unknown",
-        }
+        super::body_event(payload, "event.event_type", EVENTS)
     }
 
     fn delivery_id(&self, headers: &HeaderMap, _payload: &Value) -> Option<DeliveryId> {

@@ -51,10 +51,7 @@ impl Plugin for StandardWebhooks {
     }
 
     fn event(&self, _headers: &HeaderMap, payload: Option<&Value>) -> &'static str {
-        match payload {
-            Some(p) => super::known_event(payload::text(p, "type"), EVENTS),
-            None => "unknown",
-        }
+        super::body_event(payload, "type", EVENTS)
     }
 
     fn delivery_id(&self, headers: &HeaderMap, _payload: &Value) -> Option<DeliveryId> {

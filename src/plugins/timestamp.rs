@@ -11,8 +11,8 @@ use serde_json::Value;
 
 use crate::events::{EventTime, FieldError};
 
-/// Numbers at or above this are epoch milliseconds or finer (as seconds they
-/// would lie past the year 5000, far outside the accepted range anyway).
+/// Numbers at or above this are epoch milliseconds (as seconds they would
+/// lie past the year 5000, far outside the accepted range anyway).
 const MILLISECONDS_FROM: i64 = 100_000_000_000;
 
 /// A timestamp string in any accepted format, as epoch seconds.
@@ -33,18 +33,27 @@ pub fn parse_text(text: &str) -> Result<EventTime, FieldError> {
     EventTime::from_epoch_seconds(seconds)
 }
 
+/// Epoch nanoseconds (Opsgenie's `updatedAt`) as a timestamp.
+pub fn from_epoch_nanos(value: &Value) -> Result<EventTime, FieldError> {
+    let nanos = match value {
+        Value::Number(n) => n.as_i64().ok_or(FieldError::NotInteger)?,
+        Value::Null => return Err(FieldError::Missing),
+        _ => return Err(FieldError::WrongType),
+    };
+    EventTime::from_epoch_seconds(nanos.div_euclid(1_000_000_000))
+}
+
 /// A timestamp given as a string or as epoch seconds / milliseconds.
 pub fn parse_value(value: &Value) -> Result<EventTime, FieldError> {
     match value {
         Value::String(text) => parse_text(text),
         Value::Number(n) => {
             let whole = n.as_i64().ok_or(FieldError::NotInteger)?;
-            // Milliseconds, microseconds or nanoseconds (Opsgenie's
-            // `updatedAt`): divide until the value reads as seconds.
-            let mut seconds = whole;
-            while seconds >= MILLISECONDS_FROM {
-                seconds = seconds.div_euclid(1000);
-            }
+            let seconds = if whole >= MILLISECONDS_FROM {
+                whole.div_euclid(1000)
+            } else {
+                whole
+            };
             EventTime::from_epoch_seconds(seconds)
         }
         Value::Null => Err(FieldError::Missing),

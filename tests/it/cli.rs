@@ -108,7 +108,11 @@ fn readme_toml_samples_load() {
         .skip(1)
         .map(|rest| &rest[..rest.find("```").unwrap()])
         .collect();
-    assert!(blocks.len() > 10, "the README's TOML samples: {}", blocks.len());
+    assert!(
+        blocks.len() > 10,
+        "the README's TOML samples: {}",
+        blocks.len()
+    );
     let dir = tempfile::tempdir().unwrap();
     let plugins = dir.path().join("plugins");
     std::fs::create_dir(&plugins).unwrap();
@@ -117,7 +121,11 @@ fn readme_toml_samples_load() {
     let (files, configs): (Vec<&str>, Vec<&str>) =
         blocks.iter().partition(|b| b.starts_with("# plugins/"));
     for file in files {
-        let name = file.lines().next().unwrap().trim_start_matches("# plugins/");
+        let name = file
+            .lines()
+            .next()
+            .unwrap()
+            .trim_start_matches("# plugins/");
         std::fs::write(plugins.join(name), file).unwrap();
     }
     for (i, sample) in configs.iter().enumerate() {

@@ -227,6 +227,18 @@ async fn tekton_build_links_the_digest_and_the_deploy_finds_it() {
     // Tekton retries with the same Ce-Id.
     let reply = deliver(&app, "tekton", successful, "ce-deploy", &deploy).await;
     assert_eq!(reply["outcome"], "duplicate", "{reply}");
+    // A build that reports a digest but a branch, not a commit: nothing to link.
+    let branch_only = pipeline_run(
+        "build-shop",
+        t + 30,
+        json!([{"name": "IMAGE_DIGEST", "value": DIGEST}, {"name": "revision", "value": "main"}]),
+    );
+    let reply = deliver(&app, "tekton", successful, "ce-branch", &branch_only).await;
+    assert_eq!(
+        reason(&app, &reply["delivery_id"]).as_deref(),
+        Some("pipeline_not_a_deploy"),
+        "{reply}"
+    );
     let failed = pipeline_run("deploy-shop", t + 90, json!([]));
     let reply = deliver(
         &app,
@@ -467,5 +479,111 @@ async fn github_sha1_signatures_only_when_enabled() {
     let reply = post(&app, "/hooks/github/ghes", &headers, &body).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     assert_eq!(reply.json["outcome"], "ignored");
+    app.shutdown().await;
+}
+
+/// An Azure DevOps sample as a real organisation would send it: the same
+/// payload from another account than the documentation's.
+fn azure_delivery(file: &str) -> Value {
+    let mut body: Value = serde_json::from_slice(&crate::harness::fixture(file)).unwrap();
+    body["resourceContainers"]["account"]["id"] = json!("0d2f4b56-7c1e-4a8b-9f30-6e5d4c3b2a19");
+    body
+}
+
+#[tokio::test]
+async fn azure_devops_pushes_builds_and_work_items_map() {
+    let app = spawn_sources().await;
+    let push = azure_delivery("azuredevops/git.push.json");
+    let reply = deliver(&app, "azure-devops", "", "", &push).await;
+    assert_eq!(reply["outcome"], "accepted", "{reply}");
+    assert_eq!(reply["delivery_id"], push["id"], "the body's id");
+    let build = azure_delivery("azuredevops/build.complete.json");
+    let reply = deliver(&app, "azure-devops", "", "", &build).await;
+    assert_eq!(reply["outcome"], "accepted", "{reply}");
+
+    // A bug created, resolved, then closed: one failure, restored once,
+    // timed by the resolved date that both updates carry.
+    let created = now() - 7200;
+    let at = |t: i64| chrono::DateTime::from_timestamp(t, 0).unwrap().to_rfc3339();
+    let bug = json!({
+        "id": "9d3c4a60-0001-4c1e-9a39-1b0f4c1e0001",
+        "eventType": "workitem.created",
+        "resource": {"id": 5, "rev": 1, "fields": {
+            "System.WorkItemType": "Bug", "System.State": "New",
+            "System.TeamProject": "FabrikamCloud", "System.CreatedDate": at(created)
+        }}
+    });
+    let reply = deliver(&app, "azure-devops", "", "", &bug).await;
+    assert_eq!(reply["outcome"], "accepted", "{reply}");
+    let update = |id: &str, from: &str, to: &str, changed: i64| {
+        json!({
+            "id": id,
+            "eventType": "workitem.updated",
+            "resource": {
+                "id": 2, "workItemId": 5, "rev": 3,
+                "fields": {
+                    "System.State": {"oldValue": from, "newValue": to},
+                    "System.ChangedDate": {"oldValue": at(created), "newValue": at(changed)}
+                },
+                "revision": {"id": 5, "fields": {
+                    "System.WorkItemType": "Bug", "System.State": to,
+                    "System.TeamProject": "FabrikamCloud", "System.CreatedDate": at(created),
+                    "Microsoft.VSTS.Common.ResolvedDate": at(created + 1200)
+                }}
+            }
+        })
+    };
+    let reply = deliver(
+        &app,
+        "azure-devops",
+        "",
+        "",
+        &update("u-1", "Active", "Resolved", created + 1200),
+    )
+    .await;
+    assert_eq!(reply["outcome"], "accepted", "{reply}");
+    let reply = deliver(
+        &app,
+        "azure-devops",
+        "",
+        "",
+        &update("u-2", "Resolved", "Closed", created + 3600),
+    )
+    .await;
+    assert_eq!(
+        reason(&app, &reply["delivery_id"]).as_deref(),
+        Some("work_item_change_not_used"),
+        "{reply}"
+    );
+
+    let scrape = app.scrape().await;
+    assert_eq!(
+        scrape.value(
+            "hookgauge_deployments_total",
+            &[
+                ("app", "ConsumerAddressModule"),
+                ("namespace", "production")
+            ]
+        ),
+        1.0
+    );
+    let project = [("app", "FabrikamCloud")];
+    assert_eq!(
+        scrape.value("hookgauge_failures_resolved_total", &project),
+        1.0
+    );
+    assert_eq!(
+        scrape.value("hookgauge_time_to_restore_seconds_sum", &project),
+        1200.0
+    );
+    let conn = rusqlite::Connection::open(app.database()).unwrap();
+    let pushed: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM commits WHERE app = 'Fabrikam-Fiber-Git' AND commit_sha = '33b55f7cb7e7e245323987634f960cf4a6e6bc74'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(pushed, 1);
     app.shutdown().await;
 }
