@@ -11,11 +11,13 @@ use actix_web::{web, App as ActixApp, HttpServer};
 use anyhow::Context;
 use futures_util::FutureExt;
 
+use crate::admin::{worker, AdminState};
 use crate::config::Settings;
 use crate::ingest::{self, IngestState};
 use crate::metrics::view::{View, Windows};
 use crate::metrics::Metrics;
 use crate::plugins::pelorus;
+use crate::store::deliveries::Ledger;
 use crate::store::{Store, StoreConfig};
 
 /// How often gauge series that left their window are dropped from memory.
@@ -30,6 +32,8 @@ pub struct RunningApp {
     servers: tokio::task::JoinHandle<()>,
     store: Store,
     evictor: tokio::task::JoinHandle<()>,
+    /// The redelivery worker and retention.
+    background: Vec<tokio::task::JoinHandle<()>>,
     shutdown_timeout: Duration,
 }
 
@@ -98,6 +102,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApp> {
         plugins: settings.plugins.clone(),
         sources: settings.sources.clone(),
     });
+    let replay_state = ingest_state.clone();
     let request_metrics = Arc::clone(&metrics);
     let shutdown_secs = settings.shutdown_timeout.as_secs();
     let ingest_server = HttpServer::new(move || {
@@ -127,10 +132,34 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApp> {
     .with_context(|| format!("cannot listen on {ingest_addr}"))?
     .run();
 
+    let ledger = Ledger::new(settings.database_path());
+    let worker_wake = Arc::new(tokio::sync::Notify::new());
+    let admin_state = web::Data::new(AdminState {
+        api_keys: settings.admin.api_keys.clone(),
+        ledger: ledger.clone(),
+        store: store.clone(),
+        worker_wake: Arc::clone(&worker_wake),
+    });
+    let background = vec![
+        tokio::spawn(worker::redeliveries(
+            ledger.clone(),
+            store.clone(),
+            replay_state.into_inner(),
+            Arc::clone(&metrics),
+            worker_wake,
+        )),
+        tokio::spawn(worker::retention(
+            ledger,
+            store.clone(),
+            Arc::clone(&metrics),
+            settings.retention.clone(),
+        )),
+    ];
     let view_data = web::Data::new(Arc::clone(&view));
     let metrics_server = HttpServer::new(move || {
         ActixApp::new()
             .app_data(view_data.clone())
+            .app_data(admin_state.clone())
             .configure(crate::admin::configure)
             .default_service(web::to(ingest::not_found))
     })
@@ -169,6 +198,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApp> {
         servers,
         store,
         evictor,
+        background,
         shutdown_timeout: settings.shutdown_timeout,
     })
 }
@@ -186,6 +216,9 @@ impl RunningApp {
     /// timeout), then commits what is queued and closes the store.
     pub async fn shutdown(self) {
         self.evictor.abort();
+        for task in &self.background {
+            task.abort();
+        }
         tokio::join!(self.ingest.stop(true), self.metrics.stop(true));
         let _ = self.servers.await;
         self.store.shutdown().await;

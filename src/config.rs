@@ -33,7 +33,52 @@ pub struct RawConfig {
     #[serde(default)]
     pub log: RawLog,
     #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
+    pub retention: RawRetention,
+    #[serde(default)]
     pub sources: RawSources,
+}
+
+/// `[admin]`: who may use the admin API and the deliveries page.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    /// Keys accepted as `Authorization: Bearer <key>`; without any, the
+    /// admin API answers loopback clients only.
+    #[serde(deserialize_with = "string_list")]
+    pub api_keys: Vec<String>,
+    /// File with one key per line.
+    pub api_keys_file: Option<PathBuf>,
+}
+
+/// `[retention]`: how long the ledger keeps what.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRetention {
+    /// Days raw bodies are kept (redelivery needs them).
+    pub body_days: u32,
+    /// Days ledger rows (metadata) are kept.
+    pub ledger_days: u32,
+    /// Days events are kept; 0 keeps them for ever (they are the history).
+    pub events_days: u32,
+    /// Total size of kept bodies; the oldest go first beyond it (0: no cap).
+    pub max_body_bytes_total: u64,
+    /// How often retention runs.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for RawRetention {
+    fn default() -> Self {
+        RawRetention {
+            body_days: 7,
+            ledger_days: 90,
+            events_days: 0,
+            max_body_bytes_total: 1024 * 1024 * 1024,
+            interval: Duration::from_secs(60),
+        }
+    }
 }
 
 /// `[server]`: listeners and the data directory.
@@ -302,6 +347,8 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     pub log: RawLog,
     pub pelorus: PelorusSettings,
+    pub admin: AdminSettings,
+    pub retention: RetentionSettings,
     /// Where the user's plugin files were loaded from, if anywhere.
     pub plugins_dir: Option<PathBuf>,
     /// Every source this process knows: built-in, then declarative.
@@ -400,6 +447,17 @@ impl std::fmt::Debug for SourceInstance {
             .field("options", &self.options)
             .finish()
     }
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    pub api_keys: Vec<Secret>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RetentionSettings {
+    pub policy: crate::store::RetentionPolicy,
+    pub interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -516,6 +574,41 @@ impl Settings {
         }
         let plugins = plugins::all(raw.server.plugins_dir.as_deref())
             .map_err(|e| ConfigError::invalid("server.plugins_dir", format!("plugin file {e}")))?;
+        if raw.retention.ledger_days == 0 || raw.retention.body_days == 0 {
+            return Err(ConfigError::invalid(
+                "retention",
+                "body_days and ledger_days must be at least 1",
+            ));
+        }
+        if raw.retention.body_days > raw.retention.ledger_days {
+            return Err(ConfigError::invalid(
+                "retention.body_days",
+                "must not exceed retention.ledger_days: a body is kept in its ledger row",
+            ));
+        }
+        if raw.retention.interval.is_zero() {
+            return Err(ConfigError::invalid(
+                "retention.interval",
+                "must be greater than zero",
+            ));
+        }
+        let admin = AdminSettings {
+            api_keys: load_keys(
+                "admin",
+                "api_keys",
+                &raw.admin.api_keys,
+                raw.admin.api_keys_file.as_deref(),
+            )?,
+        };
+        let retention = RetentionSettings {
+            policy: crate::store::RetentionPolicy {
+                body_days: raw.retention.body_days,
+                ledger_days: raw.retention.ledger_days,
+                events_days: raw.retention.events_days,
+                max_body_bytes_total: raw.retention.max_body_bytes_total,
+            },
+            interval: raw.retention.interval,
+        };
         let pelorus = PelorusSettings {
             enabled: raw.sources.pelorus.enabled,
             secrets: load_secrets(
@@ -543,6 +636,8 @@ impl Settings {
             },
             log: raw.log,
             pelorus,
+            admin,
+            retention,
             sources: native_sources(&raw.sources.native, &plugins)?,
             plugins,
             plugins_dir: raw.server.plugins_dir,
@@ -615,6 +710,16 @@ impl Settings {
              format = \"{log_format}\"\n\
              level = {log_level}\n\
              \n\
+             [admin]\n\
+             api_keys = {admin_keys}\n\
+             \n\
+             [retention]\n\
+             body_days = {r_body}\n\
+             ledger_days = {r_ledger}\n\
+             events_days = {r_events}\n\
+             max_body_bytes_total = {r_total}\n\
+             interval = \"{r_interval}\"\n\
+             \n\
              [sources.pelorus]\n\
              enabled = {p_enabled}\n\
              secrets = {p_secrets}\n\
@@ -639,6 +744,12 @@ impl Settings {
                 LogFormat::Json => "json",
             },
             log_level = toml_str(&self.log.level),
+            admin_keys = secrets(&self.admin.api_keys),
+            r_body = self.retention.policy.body_days,
+            r_ledger = self.retention.policy.ledger_days,
+            r_events = self.retention.policy.events_days,
+            r_total = self.retention.policy.max_body_bytes_total,
+            r_interval = humantime::format_duration(self.retention.interval),
             p_enabled = self.pelorus.enabled,
             p_secrets = secrets(&self.pelorus.secrets),
             p_lenient = self.pelorus.lenient_signatures,
@@ -809,18 +920,28 @@ fn load_secrets(
     inline: &[String],
     file: Option<&Path>,
 ) -> Result<Vec<Secret>, ConfigError> {
+    load_keys(section, "secrets", inline, file)
+}
+
+/// Secrets from `<section>.<name>` and `<section>.<name>_file`.
+fn load_keys(
+    section: &str,
+    name: &str,
+    inline: &[String],
+    file: Option<&Path>,
+) -> Result<Vec<Secret>, ConfigError> {
     let mut secrets = Vec::new();
     for (i, value) in inline.iter().enumerate() {
         if value.trim().is_empty() {
             return Err(ConfigError::invalid(
-                &format!("{section}.secrets[{i}]"),
+                &format!("{section}.{name}[{i}]"),
                 "an empty secret would accept any signature made without a key",
             ));
         }
         secrets.push(Secret::new(value.as_bytes()));
     }
     if let Some(path) = file {
-        let key = format!("{section}.secrets_file");
+        let key = format!("{section}.{name}_file");
         let text = std::fs::read_to_string(path).map_err(|e| {
             ConfigError::invalid(&key, format!("cannot read {}: {e}", path.display()))
         })?;

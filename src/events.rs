@@ -319,6 +319,16 @@ impl Event {
         }
     }
 
+    /// The application the event belongs to.
+    pub fn app(&self) -> &App {
+        match self {
+            Event::Commit(c) => &c.app,
+            Event::Deploy(d) => &d.app,
+            Event::Failure(f) => &f.app,
+            Event::Link(l) => &l.app,
+        }
+    }
+
     /// The identity this event is deduplicated on (DESIGN.md), as text.
     pub fn identity(&self) -> String {
         match self {

@@ -136,6 +136,45 @@ pub struct Delivery {
     /// Raw body to keep for replay; `None` when it must not be kept.
     pub body: Option<Bytes>,
     pub disposition: Disposition,
+    /// The request headers as a JSON object, credential values redacted.
+    pub headers: Option<String>,
+    /// The named instance (`/hooks/<source>/<name>`) it was sent to.
+    pub instance: Option<String>,
+    /// A redelivery being finished: the queued ledger row it updates.
+    pub queued_row: Option<i64>,
+}
+
+/// Where a ledger row stands. Rows recorded in their request are `Done` at
+/// once; redeliveries go `Queued` → `Processing` → `Done`, or `Errored`
+/// (retried while attempts remain).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Queued,
+    Processing,
+    Done,
+    Errored,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Queued => "queued",
+            State::Processing => "processing",
+            State::Done => "done",
+            State::Errored => "errored",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<State> {
+        [
+            State::Queued,
+            State::Processing,
+            State::Done,
+            State::Errored,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == value)
+    }
 }
 
 /// What the store made of a delivery, once committed.

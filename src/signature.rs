@@ -521,6 +521,18 @@ impl Verifier {
         matches!(self, Verifier::Open)
     }
 
+    /// The headers this verifier reads credentials from (they are never
+    /// stored or shown).
+    pub fn header_names(&self) -> Vec<&'static str> {
+        match self {
+            Verifier::Open | Verifier::QueryToken { .. } => Vec::new(),
+            Verifier::Hmac { headers, .. } => headers.iter().map(|h| h.name).collect(),
+            Verifier::HmacHexList { header, .. } | Verifier::Token { header, .. } => vec![header],
+            Verifier::Bearer { .. } => vec!["authorization"],
+            Verifier::StandardWebhooks { .. } => vec!["webhook-signature"],
+        }
+    }
+
     /// How many secrets (or keys) are configured.
     pub fn secret_count(&self) -> usize {
         match self {
@@ -694,7 +706,7 @@ impl Verifier {
 
 /// Constant-time comparison of `presented` against every secret: the MACs of
 /// both under a fixed key are compared, so lengths leak nothing either.
-fn any_token_matches(secrets: &[Secret], presented: &[u8]) -> bool {
+pub fn any_token_matches(secrets: &[Secret], presented: &[u8]) -> bool {
     use subtle::ConstantTimeEq;
     const KEY: &[u8] = b"hookgauge token comparison";
     let digest = |bytes: &[u8]| {

@@ -1,6 +1,12 @@
 //! The internal metrics port: `GET /metrics`, rendered from the in-memory
 //! view part by part (never by querying the store), so that a scrape of many
-//! series neither buffers the whole exposition nor blocks ingest.
+//! series neither buffers the whole exposition nor blocks ingest; the admin
+//! API (`api`), the deliveries page (`page`) and the ledger's background
+//! work (`worker`).
+
+pub mod api;
+pub mod page;
+pub mod worker;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -10,13 +16,35 @@ use actix_web::{web, HttpResponse};
 use futures_util::stream;
 
 use crate::metrics::view::View;
+use crate::signature::Secret;
+use crate::store::deliveries::Ledger;
+use crate::store::Store;
+
+/// What the admin routes share.
+pub struct AdminState {
+    pub api_keys: Vec<Secret>,
+    pub ledger: Ledger,
+    pub store: Store,
+    /// Wakes the redelivery worker when a redelivery is queued.
+    pub worker_wake: Arc<tokio::sync::Notify>,
+}
+
+/// Now, in epoch milliseconds.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
 
 /// Content type of the Prometheus text exposition format.
 pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Registers the metrics-port routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/metrics", web::get().to(metrics));
+    cfg.route("/metrics", web::get().to(metrics))
+        .configure(api::configure)
+        .configure(page::configure);
 }
 
 async fn metrics(view: web::Data<Arc<View>>) -> HttpResponse {

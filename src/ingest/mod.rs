@@ -16,7 +16,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use serde_json::json;
+use serde_json::{json, Value};
 
 pub use error::{IngestError, RETRY_AFTER_SECONDS};
 
@@ -224,6 +224,45 @@ async fn check_pelorus(
     }
 }
 
+/// What a stored, once authenticated delivery is when run through its
+/// source again (a redelivery): the event label and disposition, or why it
+/// cannot be run (the source or instance is no longer configured).
+pub fn replay(
+    state: &IngestState,
+    source: &str,
+    instance: Option<&str>,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<(&'static str, Disposition), String> {
+    let invalid = |refusal: Refusal| Disposition::Invalid {
+        reason: refusal.error.reason(),
+    };
+    if source == pelorus::SOURCE {
+        let event = headers
+            .get(pelorus::EVENT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(PelorusEvent::parse)
+            .ok_or("the stored delivery has no usable X-Pelorus-Event header")?;
+        let label = event.as_str();
+        return Ok(match pelorus::parse_event(event, &body) {
+            Ok(event) => (label, Disposition::Events(vec![event])),
+            Err(problem) => (
+                label,
+                invalid(Refusal::after_auth(problem.into(), label, body)),
+            ),
+        });
+    }
+    let instance = state
+        .sources
+        .iter()
+        .find(|i| i.plugin.source() == source && i.name.as_deref() == instance && i.enabled)
+        .ok_or_else(|| format!("source {source} is not configured (or not enabled) any more"))?;
+    Ok(match map_native(instance, headers, body) {
+        Ok(checked) => (checked.event, checked.disposition),
+        Err(refusal) => (refusal.event, invalid(refusal)),
+    })
+}
+
 /// `POST /pelorus/webhook`, compatible with the Pelorus webhook exporter.
 #[tracing::instrument(skip_all, fields(source = pelorus::SOURCE, delivery_id))]
 async fn pelorus_webhook(
@@ -247,7 +286,18 @@ async fn pelorus_webhook(
             return HttpResponse::Ok()
                 .json(json!({"outcome": "ignored", "delivery_id": null, "detail": "pong"}));
         }
-        Err(refusal) => return refuse(&state, pelorus::SOURCE, refusal, received_at_ms).await,
+        Err(refusal) => {
+            let headers = recorded_headers(req.headers(), &[]);
+            return refuse(
+                &state,
+                pelorus::SOURCE,
+                refusal,
+                received_at_ms,
+                headers,
+                None,
+            )
+            .await;
+        }
     };
     let id = pelorus::delivery_id(&event);
     tracing::Span::current().record("delivery_id", tracing::field::display(&id));
@@ -259,6 +309,9 @@ async fn pelorus_webhook(
         authenticated: true,
         body: Some(body),
         disposition: Disposition::Events(vec![event]),
+        headers: Some(recorded_headers(req.headers(), &[])),
+        instance: None,
+        queued_row: None,
     };
     match state.store.record(record).await {
         Ok(recorded) => {
@@ -292,6 +345,53 @@ async fn pelorus_webhook(
     }
 }
 
+/// Parts of header names that mark a credential: such values are stored
+/// and shown as `[redacted]`.
+const CREDENTIAL_WORDS: &[&str] = &[
+    "authorization",
+    "signature",
+    "token",
+    "secret",
+    "password",
+    "cookie",
+    "api-key",
+    "apikey",
+];
+
+/// The most header text kept per ledger row.
+const MAX_RECORDED_HEADER_BYTES: usize = 8 * 1024;
+
+/// The request headers as the ledger keeps them: a JSON object (repeated
+/// headers joined by `, `), credential values and the `credentials` headers
+/// of the source redacted, at most [`MAX_RECORDED_HEADER_BYTES`].
+pub fn recorded_headers(headers: &HeaderMap, credentials: &[&str]) -> String {
+    let mut names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut object = serde_json::Map::new();
+    let mut total = 0;
+    for name in names {
+        let redacted =
+            credentials.contains(&name) || CREDENTIAL_WORDS.iter().any(|w| name.contains(w));
+        let value = if redacted {
+            "[redacted]".to_owned()
+        } else {
+            headers
+                .get_all(name)
+                .map(|v| v.to_str().unwrap_or("[not text]"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        total += name.len() + value.len();
+        if total > MAX_RECORDED_HEADER_BYTES {
+            object.insert("…".into(), "[truncated]".into());
+            break;
+        }
+        object.insert(name.to_owned(), value.into());
+    }
+    Value::Object(object).to_string()
+}
+
 /// Records a refused delivery in the ledger (best effort: the refusal stands
 /// even when the store is down), counts it and answers. Its id is a hash of
 /// the body, or unique when the body was never read.
@@ -300,6 +400,8 @@ async fn refuse(
     source: &'static str,
     refusal: Refusal,
     received_at_ms: i64,
+    headers: String,
+    instance: Option<String>,
 ) -> HttpResponse {
     static UNREAD: AtomicU64 = AtomicU64::new(0);
     let id = match &refusal.body {
@@ -336,6 +438,9 @@ async fn refuse(
                 reason: refusal.error.reason(),
             },
         },
+        headers: Some(headers),
+        instance,
+        queued_row: None,
     };
     if let Err(store_error) = state.store.record(record).await {
         tracing::warn!(error = %store_error, "Refused delivery not written to the ledger");
@@ -394,6 +499,19 @@ async fn check_native(
         let error = IngestError::Unauthorized(failure);
         return Err(Refusal::before_auth(error, event, Some(body)));
     }
+    map_native(instance, headers, body)
+}
+
+/// What an authentic delivery to a native instance is: media type, JSON,
+/// event label, delivery id and the plugin's mapping. Redeliveries run
+/// through here with the headers and body stored at receipt.
+fn map_native(
+    instance: &SourceInstance,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<NativeChecked, Refusal> {
+    let plugin = instance.plugin;
+    let event = plugin.event(headers, None);
     if !is_json(headers) {
         let error = IngestError::UnsupportedMediaType;
         return Err(Refusal::after_auth(error, event, body));
@@ -452,7 +570,19 @@ async fn native_webhook(
     };
     let checked = match check_native(instance, req.headers(), req.query_string(), payload).await {
         Ok(checked) => checked,
-        Err(refusal) => return refuse(&state, plugin.source(), refusal, received_at_ms).await,
+        Err(refusal) => {
+            let headers = recorded_headers(req.headers(), &instance.verifier.header_names());
+            let name = instance.name.clone();
+            return refuse(
+                &state,
+                plugin.source(),
+                refusal,
+                received_at_ms,
+                headers,
+                name,
+            )
+            .await;
+        }
     };
     tracing::Span::current().record("delivery_id", tracing::field::display(&checked.id));
     let record = Delivery {
@@ -463,6 +593,12 @@ async fn native_webhook(
         authenticated: true,
         body: Some(checked.body),
         disposition: checked.disposition,
+        headers: Some(recorded_headers(
+            req.headers(),
+            &instance.verifier.header_names(),
+        )),
+        instance: instance.name.clone(),
+        queued_row: None,
     };
     match state.store.record(record).await {
         Ok(recorded) => {

@@ -8,8 +8,8 @@
 pub mod view;
 
 use prometheus::{
-    exponential_buckets, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec,
-    IntGaugeVec, Opts, Registry,
+    exponential_buckets, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 use crate::ledger::Outcome;
@@ -48,6 +48,12 @@ pub struct Metrics {
     pub last_deploy: GaugeVec,
     pub open_failures: IntGaugeVec,
     pub oldest_open_failure: GaugeVec,
+    pub store_rows: IntGauge,
+    pub store_body_bytes: IntGauge,
+    pub store_last_prune: Gauge,
+    pub store_pruned: IntCounterVec,
+    pub deliveries_pending: IntGauge,
+    pub redeliveries: IntCounterVec,
 }
 
 impl Metrics {
@@ -169,6 +175,49 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        let int_gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric definition");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("metric registered once");
+            g
+        };
+        let store_rows = int_gauge(
+            "hookgauge_store_ledger_rows",
+            "Rows in the delivery ledger, as of the last retention run.",
+        );
+        let store_body_bytes = int_gauge(
+            "hookgauge_store_body_bytes",
+            "Bytes of raw bodies kept in the ledger, as of the last retention run.",
+        );
+        let deliveries_pending = int_gauge(
+            "hookgauge_store_pending_redeliveries",
+            "Redeliveries queued, processing or waiting to be retried.",
+        );
+        let store_last_prune = Gauge::new(
+            "hookgauge_store_last_prune_timestamp_seconds",
+            "When retention last completed a run.",
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(store_last_prune.clone()))
+            .expect("metric registered once");
+        let store_pruned = counter(
+            "hookgauge_store_pruned_total",
+            "What retention removed: bodies dropped, ledger rows and events deleted.",
+            &["what"],
+        );
+        for what in ["bodies", "rows", "events"] {
+            store_pruned.with_label_values(&[what]);
+        }
+        let redeliveries = counter(
+            "hookgauge_redeliveries_total",
+            "Redelivery attempts, by result (done, or errored and retried later).",
+            &["result"],
+        );
+        for result in ["done", "errored"] {
+            redeliveries.with_label_values(&[result]);
+        }
         Metrics {
             registry,
             deployments,
@@ -183,6 +232,12 @@ impl Metrics {
             last_deploy,
             open_failures,
             oldest_open_failure,
+            store_rows,
+            store_body_bytes,
+            store_last_prune,
+            store_pruned,
+            deliveries_pending,
+            redeliveries,
         }
     }
 

@@ -13,8 +13,11 @@
 //! [`StoreError::Unavailable`] and nothing is applied; the next batch tries
 //! again, reopening the connection if needed, so the process recovers by itself.
 
+pub mod deliveries;
 pub mod history;
 mod sqlite;
+
+pub use sqlite::{Pruned, ReplayRefusal, RetentionPolicy};
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,7 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Synchronous;
 use crate::events::{App, CommitLink, CommitSha, ImageSha, IssueNumber, Namespace};
-use crate::ledger::{Delivery, Effect, Recorded};
+use crate::ledger::{Delivery, Effect, Recorded, State};
 
 /// Most deliveries applied in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -186,6 +189,24 @@ enum Command {
     Probe {
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    Enqueue {
+        original: i64,
+        now_ms: i64,
+        reply: oneshot::Sender<Result<Result<i64, ReplayRefusal>, StoreError>>,
+    },
+    Mark {
+        row: i64,
+        state: State,
+        error: Option<String>,
+        next_attempt_ms: Option<i64>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Prune {
+        policy: RetentionPolicy,
+        now_ms: i64,
+        batch: u32,
+        reply: oneshot::Sender<Result<Pruned, StoreError>>,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -253,6 +274,68 @@ impl Store {
             .await
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Queues a redelivery of ledger row `original`; the new row's seq.
+    pub async fn enqueue_replay(
+        &self,
+        original: i64,
+        now_ms: i64,
+    ) -> Result<Result<i64, ReplayRefusal>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Enqueue {
+            original,
+            now_ms,
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Sets the processing state of a queued row.
+    pub async fn mark(
+        &self,
+        row: i64,
+        state: State,
+        error: Option<String>,
+        next_attempt_ms: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Mark {
+            row,
+            state,
+            error,
+            next_attempt_ms,
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// One bounded retention step (see [`RetentionPolicy`]); it queues
+    /// behind deliveries like any write, so ingest is never held long.
+    pub async fn prune(
+        &self,
+        policy: RetentionPolicy,
+        now_ms: i64,
+        batch: u32,
+    ) -> Result<Pruned, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Prune {
+            policy,
+            now_ms,
+            batch,
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn send(&self, command: Command) -> Result<(), StoreError> {
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| StoreError::Closed)
     }
 
     /// Finishes the queued work, checkpoints and closes the database.
@@ -354,6 +437,34 @@ impl Writer {
                 match command {
                     Command::Record { delivery, reply } => records.push((delivery, reply)),
                     Command::Probe { reply } => probes.push(reply),
+                    Command::Enqueue {
+                        original,
+                        now_ms,
+                        reply,
+                    } => {
+                        let result = self.write(|db| db.enqueue_replay(original, now_ms));
+                        let _ = reply.send(result);
+                    }
+                    Command::Mark {
+                        row,
+                        state,
+                        error,
+                        next_attempt_ms,
+                        reply,
+                    } => {
+                        let result =
+                            self.write(|db| db.mark(row, state, error.as_deref(), next_attempt_ms));
+                        let _ = reply.send(result);
+                    }
+                    Command::Prune {
+                        policy,
+                        now_ms,
+                        batch,
+                        reply,
+                    } => {
+                        let result = self.write(|db| db.prune(&policy, now_ms, batch));
+                        let _ = reply.send(result);
+                    }
                     Command::Shutdown { reply } => shutdown = Some(reply),
                 }
                 if records.len() < MAX_BATCH && shutdown.is_none() {
@@ -391,6 +502,18 @@ impl Writer {
                 return;
             }
         }
+    }
+
+    /// Runs one write outside the batch path, reopening as needed.
+    fn write<T>(
+        &mut self,
+        f: impl FnOnce(&mut sqlite::Database) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let result = self.ensure_open().and_then(|db| f(db).map_err(fault));
+        if let Err(StoreError::Unavailable { kind, .. }) = &result {
+            self.forget_connection_after(*kind);
+        }
+        result
     }
 
     fn commit_batch(&mut self, records: &mut Batch) {

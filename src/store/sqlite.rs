@@ -14,13 +14,58 @@ use crate::events::{
     App, Commit, CommitLink, CommitSha, Deploy, Event, Failure, FailureChange, ImageSha,
     IssueNumber, Link, Namespace,
 };
-use crate::ledger::{Delivery, Disposition, Effect, Outcome, Recorded};
+use crate::ledger::{Delivery, Disposition, Effect, Outcome, Recorded, State};
+
+/// Why a ledger row cannot be redelivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayRefusal {
+    NotFound,
+    /// Its sender was never authenticated: there is nothing to trust.
+    NotAuthenticated,
+    /// Its body was not kept, or has been pruned.
+    NoBody,
+    /// It is itself a redelivery still queued or being processed.
+    NotFinished,
+}
+
+impl ReplayRefusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplayRefusal::NotFound => "not_found",
+            ReplayRefusal::NotAuthenticated => "not_authenticated",
+            ReplayRefusal::NoBody => "body_not_kept",
+            ReplayRefusal::NotFinished => "not_finished",
+        }
+    }
+}
+
+/// How long ledger rows, bodies and events are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    pub body_days: u32,
+    pub ledger_days: u32,
+    /// 0: events are kept for ever.
+    pub events_days: u32,
+    /// 0: no cap on the bodies' total size.
+    pub max_body_bytes_total: u64,
+}
+
+/// What one retention step removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pruned {
+    pub bodies: usize,
+    pub rows: usize,
+    pub events: usize,
+    /// A limit was reached: another step has more to do.
+    pub more: bool,
+}
 
 /// Embedded migrations, applied in order; `PRAGMA user_version` records how
 /// many have run.
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_native_sources.sql"),
+    include_str!("migrations/0003_ledger_admin.sql"),
 ];
 
 /// WAL size (in pages) at which the writer completes a checkpoint itself.
@@ -102,6 +147,158 @@ impl Database {
         Ok(Database {
             conn,
             unauthenticated_rows: unauthenticated_rows as u64,
+        })
+    }
+
+    /// Queues a redelivery of ledger row `original`: a new row, linked to
+    /// it, with its body, headers and instance, in state `queued`.
+    pub fn enqueue_replay(
+        &mut self,
+        original: i64,
+        now_ms: i64,
+    ) -> rusqlite::Result<Result<i64, ReplayRefusal>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let found: Option<(bool, bool, String)> = tx
+            .query_row(
+                "SELECT authenticated, body IS NOT NULL, state FROM deliveries WHERE seq = ?1",
+                params![original],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let refusal = match found {
+            None => Some(ReplayRefusal::NotFound),
+            Some((false, _, _)) => Some(ReplayRefusal::NotAuthenticated),
+            Some((_, false, _)) => Some(ReplayRefusal::NoBody),
+            Some((_, _, state)) if state != "done" => Some(ReplayRefusal::NotFinished),
+            Some(_) => None,
+        };
+        if let Some(refusal) = refusal {
+            return Ok(Err(refusal));
+        }
+        tx.execute(
+            "INSERT INTO deliveries (delivery_id, source, event, received_at_ms, outcome, reason, detail, \
+             event_keys, superseded_by, authenticated, body, headers, instance, apps, replay_of, state, \
+             attempts, next_attempt_ms) \
+             SELECT delivery_id, source, event, ?2, '', NULL, 'queued for redelivery', '[]', NULL, \
+             authenticated, body, headers, instance, '[]', seq, 'queued', 0, ?2 \
+             FROM deliveries WHERE seq = ?1",
+            params![original, now_ms],
+        )?;
+        let row = tx.last_insert_rowid();
+        tx.commit()?;
+        Ok(Ok(row))
+    }
+
+    /// Moves a queued row to `processing`, or to `errored` with the error
+    /// and the time of the next attempt (`None`: no more attempts).
+    pub fn mark(
+        &mut self,
+        row: i64,
+        state: State,
+        error: Option<&str>,
+        next_attempt_ms: Option<i64>,
+    ) -> rusqlite::Result<()> {
+        let attempted = i64::from(state == State::Errored);
+        self.conn
+            .prepare_cached(
+                "UPDATE deliveries SET state = ?2, error = ?3, next_attempt_ms = ?4, \
+                 attempts = attempts + ?5 WHERE seq = ?1 AND state <> 'done'",
+            )?
+            .execute(params![
+                row,
+                state.as_str(),
+                error,
+                next_attempt_ms,
+                attempted
+            ])?;
+        Ok(())
+    }
+
+    /// One bounded step of retention: at most `batch` bodies dropped and
+    /// `batch` rows deleted per kind, in one short transaction.
+    pub fn prune(
+        &mut self,
+        policy: &RetentionPolicy,
+        now_ms: i64,
+        batch: u32,
+    ) -> rusqlite::Result<Pruned> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let day_ms = 86_400_000i64;
+        let body_cutoff = now_ms - policy.body_days as i64 * day_ms;
+        let mut bodies = tx
+            .prepare_cached(
+                "UPDATE deliveries SET body = NULL WHERE seq IN (SELECT seq FROM deliveries \
+                 INDEXED BY deliveries_with_body WHERE body IS NOT NULL AND received_at_ms < ?1 \
+                 AND state = 'done' ORDER BY seq LIMIT ?2)",
+            )?
+            .execute(params![body_cutoff, batch])?;
+        if policy.max_body_bytes_total > 0 && bodies < batch as usize {
+            let total: f64 = tx.query_row(
+                "SELECT total(length(body)) FROM deliveries INDEXED BY deliveries_with_body WHERE body IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )?;
+            if total as u64 > policy.max_body_bytes_total {
+                // The oldest bodies go first, until the total fits.
+                let mut excess = total as u64 - policy.max_body_bytes_total;
+                let oldest: Vec<(i64, i64)> = tx
+                    .prepare_cached(
+                        "SELECT seq, length(body) FROM deliveries INDEXED BY deliveries_with_body \
+                         WHERE body IS NOT NULL AND state = 'done' ORDER BY seq LIMIT ?1",
+                    )?
+                    .query_map(params![batch], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<_>>()?;
+                let mut drop_body =
+                    tx.prepare_cached("UPDATE deliveries SET body = NULL WHERE seq = ?1")?;
+                for (seq, len) in oldest {
+                    if excess == 0 {
+                        break;
+                    }
+                    drop_body.execute(params![seq])?;
+                    excess = excess.saturating_sub(len as u64);
+                    bodies += 1;
+                }
+            }
+        }
+        let rows_cutoff = now_ms - policy.ledger_days as i64 * day_ms;
+        let rows = tx
+            .prepare_cached(
+                "DELETE FROM deliveries WHERE seq IN (SELECT seq FROM deliveries \
+                 INDEXED BY deliveries_by_received_at WHERE received_at_ms < ?1 \
+                 AND state IN ('done', 'errored') ORDER BY received_at_ms LIMIT ?2)",
+            )?
+            .execute(params![rows_cutoff, batch])?;
+        let mut events = 0;
+        if policy.events_days > 0 {
+            let cutoff = now_ms / 1000 - policy.events_days as i64 * 86_400;
+            for table in ["commits", "deploys"] {
+                // Both tables are keyed without rowid; their time index
+                // bounds the step (rows sharing the last second go too).
+                events += tx.execute(
+                    &format!(
+                        "DELETE FROM {table} WHERE time IN (SELECT time FROM {table} WHERE time < ?1 \
+                         ORDER BY time LIMIT ?2)"
+                    ),
+                    params![cutoff, batch],
+                )?;
+            }
+            events += tx.execute(
+                "DELETE FROM failures WHERE (app, issue_number) IN (SELECT app, issue_number FROM failures \
+                 WHERE coalesce(resolved, created) < ?1 LIMIT ?2)",
+                params![cutoff, batch],
+            )?;
+        }
+        tx.commit()?;
+        let limit = batch as usize;
+        Ok(Pruned {
+            bodies,
+            rows,
+            events,
+            more: bodies >= limit || rows >= limit || events >= limit,
         })
     }
 
@@ -567,23 +764,56 @@ fn record_one(
         .as_ref()
         .filter(|b| keep_body && b.len() <= max_body_bytes)
         .map(|b| b.as_ref());
-    let mut insert = tx.prepare_cached(
-        "INSERT INTO deliveries (delivery_id, source, event, received_at_ms, outcome, reason, detail, \
-         event_keys, superseded_by, authenticated, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-    )?;
-    insert.execute(params![
-        delivery.id.as_str(),
-        delivery.source,
-        delivery.event,
-        delivery.received_at_ms,
-        outcome.as_str(),
-        reason,
-        detail,
-        serde_json::to_string(&keys).unwrap_or_else(|_| "[]".into()),
-        superseded_by,
-        delivery.authenticated,
-        body,
-    ])?;
+    let apps = match &delivery.disposition {
+        Disposition::Events(events) => {
+            let mut apps: Vec<&str> = events.iter().map(|e| e.app().as_str()).collect();
+            apps.sort_unstable();
+            apps.dedup();
+            serde_json::to_string(&apps).unwrap_or_else(|_| "[]".into())
+        }
+        _ => "[]".to_owned(),
+    };
+    let keys = serde_json::to_string(&keys).unwrap_or_else(|_| "[]".into());
+    if let Some(row) = delivery.queued_row {
+        // A redelivery finishing: its queued row takes the outcome.
+        tx.prepare_cached(
+            "UPDATE deliveries SET event = ?2, outcome = ?3, reason = ?4, detail = ?5, event_keys = ?6, \
+             superseded_by = ?7, apps = ?8, state = 'done', error = NULL, next_attempt_ms = NULL \
+             WHERE seq = ?1",
+        )?
+        .execute(params![
+            row,
+            delivery.event,
+            outcome.as_str(),
+            reason,
+            detail,
+            keys,
+            superseded_by,
+            apps,
+        ])?;
+    } else {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO deliveries (delivery_id, source, event, received_at_ms, outcome, reason, detail, \
+             event_keys, superseded_by, authenticated, body, headers, instance, apps) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        )?;
+        insert.execute(params![
+            delivery.id.as_str(),
+            delivery.source,
+            delivery.event,
+            delivery.received_at_ms,
+            outcome.as_str(),
+            reason,
+            detail,
+            keys,
+            superseded_by,
+            delivery.authenticated,
+            body,
+            delivery.headers,
+            delivery.instance,
+            apps,
+        ])?;
+    }
     Ok((
         Recorded {
             outcome,

@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod admin;
 mod cli;
 mod deploy;
 mod pelorus;

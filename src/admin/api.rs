@@ -1,0 +1,388 @@
+//! The admin API on the metrics port (README "Admin API"): the delivery
+//! ledger, its redelivery and the stored events, as JSON with stable field
+//! names. Every route checks [`authorize`] first.
+
+use std::net::IpAddr;
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::AdminState;
+use crate::ledger::{Outcome, State};
+use crate::signature::{self, Secret};
+use crate::store::deliveries::{DeliveryFilter, EventFilter};
+use crate::store::{ReplayRefusal, StoreError};
+
+/// Most rows one page of a listing returns.
+pub const MAX_LIMIT: u32 = 500;
+const DEFAULT_LIMIT: u32 = 50;
+
+/// Name of the cookie the deliveries page keeps the API key in.
+pub const KEY_COOKIE: &str = "hookgauge_admin_key";
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/v1/deliveries", web::get().to(list))
+        .route("/api/v1/deliveries/{id}", web::get().to(detail))
+        .route(
+            "/api/v1/deliveries/{id}/redeliver",
+            web::post().to(redeliver),
+        )
+        .route("/api/v1/events", web::get().to(events))
+        .route("/api/v1/sources", web::get().to(sources));
+}
+
+/// Why a request may not use the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    /// Keys are configured and none was presented, or a wrong one.
+    BadKey,
+    /// No key is configured and the client is not on loopback.
+    NotLoopback,
+}
+
+impl Denied {
+    pub fn response(self) -> HttpResponse {
+        match self {
+            Denied::BadKey => HttpResponse::Unauthorized()
+                .insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"hookgauge admin\""))
+                .json(json!({"error": "unauthorized", "field": "authorization", "reason": "missing_or_wrong_api_key"})),
+            Denied::NotLoopback => HttpResponse::Forbidden().json(json!({
+                "error": "forbidden",
+                "field": "admin.api_keys",
+                "reason": "no_api_key_configured_and_client_not_on_loopback"
+            })),
+        }
+    }
+}
+
+/// The key a request presents: `Authorization: Bearer <key>`, or the
+/// deliveries page's cookie.
+fn presented_key(req: &HttpRequest) -> Option<String> {
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, key)| key.trim().to_owned());
+    bearer.or_else(|| req.cookie(KEY_COOKIE).map(|c| c.value().to_owned()))
+}
+
+/// Checks a request against the configured API keys (constant time, every
+/// key tried); with none configured, only loopback clients pass.
+pub fn authorize(req: &HttpRequest, keys: &[Secret]) -> Result<(), Denied> {
+    if keys.is_empty() {
+        let loopback = req
+            .peer_addr()
+            .map(|a| a.ip())
+            .is_some_and(|ip: IpAddr| ip.is_loopback());
+        return if loopback {
+            Ok(())
+        } else {
+            Err(Denied::NotLoopback)
+        };
+    }
+    match presented_key(req) {
+        Some(key) if signature::any_token_matches(keys, key.as_bytes()) => Ok(()),
+        _ => Err(Denied::BadKey),
+    }
+}
+
+/// A refused admin request: the status, the parameter and a bounded reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Problem {
+    pub status: StatusCode,
+    pub field: &'static str,
+    pub reason: &'static str,
+}
+
+impl Problem {
+    pub fn response(self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status);
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.insert_header((header::RETRY_AFTER, "5"));
+        }
+        response.json(json!({"error": self.reason, "field": self.field, "reason": self.reason}))
+    }
+}
+
+fn problem(status: StatusCode, field: &'static str, reason: &'static str) -> Problem {
+    Problem {
+        status,
+        field,
+        reason,
+    }
+}
+
+fn unavailable(error: &StoreError) -> Problem {
+    tracing::warn!(error = %error, "Admin API: store unavailable");
+    problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store",
+        "store_unavailable",
+    )
+}
+
+/// Query parameters of `GET /api/v1/deliveries`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    pub source: Option<String>,
+    pub event: Option<String>,
+    pub outcome: Option<String>,
+    pub state: Option<String>,
+    pub app: Option<String>,
+    /// Epoch milliseconds, inclusive.
+    pub since: Option<i64>,
+    /// Epoch milliseconds, exclusive.
+    pub until: Option<i64>,
+    /// Text in the reason or detail.
+    pub q: Option<String>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<i64>,
+    pub limit: Option<u32>,
+}
+
+impl ListQuery {
+    /// The store filter, or a 400 naming the parameter.
+    pub fn filter(&self) -> Result<DeliveryFilter, Problem> {
+        let text = |v: &Option<String>| {
+            v.as_ref()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+        };
+        let outcome = text(&self.outcome);
+        if let Some(o) = &outcome {
+            if Outcome::parse(o).is_none() {
+                return Err(problem(
+                    StatusCode::BAD_REQUEST,
+                    "outcome",
+                    "unknown_outcome",
+                ));
+            }
+        }
+        let state = text(&self.state);
+        if let Some(s) = &state {
+            if State::parse(s).is_none() {
+                return Err(problem(StatusCode::BAD_REQUEST, "state", "unknown_state"));
+            }
+        }
+        let limit = self.limit.unwrap_or(DEFAULT_LIMIT);
+        if limit == 0 || limit > MAX_LIMIT {
+            return Err(problem(StatusCode::BAD_REQUEST, "limit", "out_of_range"));
+        }
+        Ok(DeliveryFilter {
+            source: text(&self.source),
+            event: text(&self.event),
+            outcome,
+            state,
+            app: text(&self.app),
+            since_ms: self.since,
+            until_ms: self.until,
+            text: text(&self.q),
+            before: self.cursor,
+            limit,
+        })
+    }
+}
+
+/// A bad query string: a 400 naming the parameter serde complained of.
+pub fn bad_query(error: &actix_web::error::QueryPayloadError) -> HttpResponse {
+    let message = error.to_string();
+    let field = message.split('`').nth(1).unwrap_or("query").to_owned();
+    HttpResponse::BadRequest()
+        .json(json!({"error": "bad_query", "field": field, "reason": message}))
+}
+
+async fn list(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
+    if let Err(denied) = authorize(&req, &state.api_keys) {
+        return denied.response();
+    }
+    let query = match web::Query::<ListQuery>::from_query(req.query_string()) {
+        Ok(q) => q.into_inner(),
+        Err(e) => return bad_query(&e),
+    };
+    let filter = match query.filter() {
+        Ok(f) => f,
+        Err(problem) => return problem.response(),
+    };
+    let limit = filter.limit as usize;
+    match state.ledger.list(filter).await {
+        Ok(rows) => {
+            let next = (rows.len() == limit)
+                .then(|| rows.last().map(|r| r.id))
+                .flatten();
+            HttpResponse::Ok().json(json!({"deliveries": rows, "next_cursor": next}))
+        }
+        Err(error) => unavailable(&error).response(),
+    }
+}
+
+fn path_id(req: &HttpRequest) -> Result<i64, Problem> {
+    req.match_info()
+        .get("id")
+        .and_then(|id| id.parse::<i64>().ok())
+        .filter(|id| *id > 0)
+        .ok_or_else(|| problem(StatusCode::BAD_REQUEST, "id", "not_a_ledger_row_id"))
+}
+
+async fn detail(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
+    if let Err(denied) = authorize(&req, &state.api_keys) {
+        return denied.response();
+    }
+    let id = match path_id(&req) {
+        Ok(id) => id,
+        Err(problem) => return problem.response(),
+    };
+    match state.ledger.get(id).await {
+        Ok(Some(detail)) => HttpResponse::Ok().json(detail),
+        Ok(None) => problem(StatusCode::NOT_FOUND, "id", "no_such_delivery").response(),
+        Err(error) => unavailable(&error).response(),
+    }
+}
+
+/// Queues a redelivery of a ledger row; the answer names the new row.
+pub async fn queue_redelivery(state: &AdminState, id: i64) -> Result<i64, Problem> {
+    match state.store.enqueue_replay(id, super::now_ms()).await {
+        Ok(Ok(row)) => {
+            state.worker_wake.notify_one();
+            Ok(row)
+        }
+        Ok(Err(refusal)) => {
+            let status = match refusal {
+                ReplayRefusal::NotFound => StatusCode::NOT_FOUND,
+                _ => StatusCode::CONFLICT,
+            };
+            Err(problem(status, "id", refusal.as_str()))
+        }
+        Err(error) => Err(unavailable(&error)),
+    }
+}
+
+async fn redeliver(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
+    if let Err(denied) = authorize(&req, &state.api_keys) {
+        return denied.response();
+    }
+    let id = match path_id(&req) {
+        Ok(id) => id,
+        Err(problem) => return problem.response(),
+    };
+    match queue_redelivery(&state, id).await {
+        Ok(row) => HttpResponse::Accepted()
+            .insert_header((header::LOCATION, format!("/api/v1/deliveries/{row}")))
+            .json(json!({"id": row, "replay_of": id, "state": State::Queued.as_str()})),
+        Err(problem) => problem.response(),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    kind: Option<String>,
+    app: Option<String>,
+    /// Epoch seconds, inclusive.
+    since: Option<i64>,
+    /// Epoch seconds, exclusive: the `next_until` of the previous page.
+    until: Option<i64>,
+    limit: Option<u32>,
+}
+
+async fn events(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
+    if let Err(denied) = authorize(&req, &state.api_keys) {
+        return denied.response();
+    }
+    let query = match web::Query::<EventsQuery>::from_query(req.query_string()) {
+        Ok(q) => q.into_inner(),
+        Err(e) => return bad_query(&e),
+    };
+    const KINDS: [&str; 4] = ["commit", "deploy", "failure_created", "failure_resolved"];
+    if let Some(kind) = &query.kind {
+        if !KINDS.contains(&kind.as_str()) {
+            return problem(StatusCode::BAD_REQUEST, "kind", "unknown_kind").response();
+        }
+    }
+    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
+    if limit == 0 || limit > MAX_LIMIT {
+        return problem(StatusCode::BAD_REQUEST, "limit", "out_of_range").response();
+    }
+    let filter = EventFilter {
+        kind: query.kind,
+        app: query.app,
+        since: query.since,
+        until: query.until,
+        limit,
+    };
+    match state.ledger.events(filter).await {
+        Ok(events) => {
+            let next = (events.len() == limit as usize)
+                .then(|| events.last().map(|e| e.time))
+                .flatten();
+            HttpResponse::Ok().json(json!({"events": events, "next_until": next}))
+        }
+        Err(error) => unavailable(&error).response(),
+    }
+}
+
+async fn sources(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
+    if let Err(denied) = authorize(&req, &state.api_keys) {
+        return denied.response();
+    }
+    match state.ledger.sources(super::now_ms()).await {
+        Ok(sources) => HttpResponse::Ok().json(json!({"sources": sources})),
+        Err(error) => unavailable(&error).response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    #[test]
+    fn without_keys_only_loopback_clients_pass() {
+        let from = |addr: &str| {
+            TestRequest::default()
+                .peer_addr(addr.parse().unwrap())
+                .to_http_request()
+        };
+        assert_eq!(authorize(&from("127.0.0.1:5000"), &[]), Ok(()));
+        assert_eq!(authorize(&from("[::1]:5000"), &[]), Ok(()));
+        assert_eq!(
+            authorize(&from("10.0.0.7:5000"), &[]),
+            Err(Denied::NotLoopback)
+        );
+    }
+
+    #[test]
+    fn keys_are_bearer_tokens_or_the_page_cookie() {
+        let keys = [Secret::new("k1"), Secret::new("k2")];
+        let with = |name: &str, value: &str| {
+            TestRequest::default()
+                .peer_addr("10.0.0.7:5000".parse().unwrap())
+                .insert_header((name, value))
+                .to_http_request()
+        };
+        assert_eq!(
+            authorize(&with("authorization", "Bearer k2"), &keys),
+            Ok(())
+        );
+        assert_eq!(
+            authorize(&with("authorization", "bearer k1"), &keys),
+            Ok(())
+        );
+        assert_eq!(
+            authorize(&with("cookie", &format!("{KEY_COOKIE}=k1")), &keys),
+            Ok(())
+        );
+        assert_eq!(
+            authorize(&with("authorization", "Bearer k3"), &keys),
+            Err(Denied::BadKey)
+        );
+        assert_eq!(
+            authorize(&with("authorization", "Basic azE6azE="), &keys),
+            Err(Denied::BadKey)
+        );
+    }
+}

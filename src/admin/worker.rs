@@ -1,0 +1,206 @@
+//! Background work on the ledger: the redelivery worker (queued rows run
+//! through their source again, errored ones retried with backoff) and
+//! retention (bounded prune steps, then the size self-metrics).
+//!
+//! One worker processes redeliveries one at a time, oldest first: updates of
+//! one resource are applied in the order they were queued.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+use tokio::sync::Notify;
+
+use crate::config::RetentionSettings;
+use crate::ingest::{self, IngestState};
+use crate::ledger::{Delivery, DeliveryId, State};
+use crate::metrics::Metrics;
+use crate::plugins::pelorus;
+use crate::store::deliveries::{Ledger, Pending};
+use crate::store::Store;
+
+/// Attempts a redelivery gets before it stays `errored`.
+pub const MAX_ATTEMPTS: i64 = 8;
+/// How often due retries are looked for when nothing wakes the worker.
+const POLL: Duration = Duration::from_secs(1);
+/// Rows removed per kind in one retention step.
+const PRUNE_BATCH: u32 = 500;
+
+/// Wait before retry `attempt` (1-based): 2 s doubling, at most 5 minutes.
+pub fn backoff_ms(attempt: i64) -> i64 {
+    let exponent = attempt.clamp(1, 16) as u32 - 1;
+    (2_000i64 << exponent).min(300_000)
+}
+
+/// Runs redeliveries until the task is aborted.
+pub async fn redeliveries(
+    ledger: Ledger,
+    store: Store,
+    ingest: Arc<IngestState>,
+    metrics: Arc<Metrics>,
+    wake: Arc<Notify>,
+) {
+    loop {
+        let due = ledger
+            .pending(super::now_ms(), 16)
+            .await
+            .unwrap_or_default();
+        for pending in &due {
+            process(pending, &store, &ingest, &metrics).await;
+        }
+        if due.is_empty() {
+            let _ = tokio::time::timeout(POLL, wake.notified()).await;
+        }
+    }
+}
+
+fn header_map(headers: &serde_json::Value) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    if let Some(object) = headers.as_object() {
+        for (name, value) in object {
+            let (Ok(name), Some(Ok(value))) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                value.as_str().map(HeaderValue::from_str),
+            ) else {
+                continue;
+            };
+            map.insert(name, value);
+        }
+    }
+    map
+}
+
+async fn process(pending: &Pending, store: &Store, ingest: &IngestState, metrics: &Metrics) {
+    if store
+        .mark(pending.row, State::Processing, None, Some(super::now_ms()))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let source = ingest
+        .plugins
+        .iter()
+        .map(|p| p.source())
+        .chain([pelorus::SOURCE])
+        .find(|s| *s == pending.source);
+    let headers = header_map(&pending.headers);
+    let replayed = match source {
+        None => Err(format!("source {} is not known any more", pending.source)),
+        Some(source) => ingest::replay(
+            ingest,
+            source,
+            pending.instance.as_deref(),
+            &headers,
+            bytes::Bytes::from(pending.body.clone()),
+        )
+        .map(|(event, disposition)| (source, event, disposition)),
+    };
+    let result = match replayed {
+        Ok((source, event, disposition)) => {
+            let delivery = Delivery {
+                id: DeliveryId::from_header(&pending.delivery_id)
+                    .unwrap_or_else(|| DeliveryId::derived(&[pending.delivery_id.as_bytes()])),
+                source,
+                event,
+                received_at_ms: super::now_ms(),
+                authenticated: true,
+                body: None,
+                disposition,
+                headers: None,
+                instance: pending.instance.clone(),
+                queued_row: Some(pending.row),
+            };
+            match store.record(delivery).await {
+                Ok(recorded) => {
+                    metrics.count_delivery(source, event, recorded.outcome);
+                    tracing::info!(
+                        row = pending.row,
+                        outcome = recorded.outcome.as_str(),
+                        "Redelivery processed"
+                    );
+                    Ok(())
+                }
+                Err(error) => Err(error.to_string()),
+            }
+        }
+        Err(why) => Err(why),
+    };
+    match result {
+        Ok(()) => metrics.redeliveries.with_label_values(&["done"]).inc(),
+        Err(why) => {
+            metrics.redeliveries.with_label_values(&["errored"]).inc();
+            let attempt = pending.attempts + 1;
+            let next = (attempt < MAX_ATTEMPTS).then(|| super::now_ms() + backoff_ms(attempt));
+            tracing::warn!(row = pending.row, attempt, error = %why, "Redelivery failed");
+            let _ = store
+                .mark(pending.row, State::Errored, Some(why), next)
+                .await;
+        }
+    }
+}
+
+/// Runs retention every `settings.interval` until the task is aborted.
+pub async fn retention(
+    ledger: Ledger,
+    store: Store,
+    metrics: Arc<Metrics>,
+    settings: RetentionSettings,
+) {
+    let mut interval = tokio::time::interval(settings.interval);
+    loop {
+        interval.tick().await;
+        loop {
+            match store
+                .prune(settings.policy.clone(), super::now_ms(), PRUNE_BATCH)
+                .await
+            {
+                Ok(pruned) => {
+                    metrics
+                        .store_pruned
+                        .with_label_values(&["bodies"])
+                        .inc_by(pruned.bodies as u64);
+                    metrics
+                        .store_pruned
+                        .with_label_values(&["rows"])
+                        .inc_by(pruned.rows as u64);
+                    metrics
+                        .store_pruned
+                        .with_label_values(&["events"])
+                        .inc_by(pruned.events as u64);
+                    if !pruned.more {
+                        metrics
+                            .store_last_prune
+                            .set(super::now_ms() as f64 / 1000.0);
+                        break;
+                    }
+                    // Let deliveries queued meanwhile go first.
+                    tokio::task::yield_now().await;
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, "Retention step failed; trying at the next run");
+                    break;
+                }
+            }
+        }
+        if let Ok(size) = ledger.size().await {
+            metrics.store_rows.set(size.rows);
+            metrics.store_body_bytes.set(size.body_bytes);
+            metrics.deliveries_pending.set(size.pending);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_five_minutes() {
+        assert_eq!(backoff_ms(1), 2_000);
+        assert_eq!(backoff_ms(2), 4_000);
+        assert_eq!(backoff_ms(7), 128_000);
+        assert_eq!(backoff_ms(8), 256_000);
+        assert_eq!(backoff_ms(20), 300_000);
+    }
+}

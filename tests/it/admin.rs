@@ -1,0 +1,418 @@
+//! The admin API and deliveries page on the metrics port: filters and
+//! pagination, redaction, API keys, redelivery after a configuration change,
+//! processing states, and retention while ingest goes on.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::harness::{deploy_body, fixture, image, now, spawn_app_with, Reply, TestApp, SECRET};
+use crate::sources::{post, provider_headers};
+
+const KEY: &str = "admin-test-key-0123456789";
+
+async fn get(app: &TestApp, path: &str, key: Option<&str>) -> Reply {
+    let mut request = app.client.get(format!("{}{path}", app.metrics));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    Reply::from(request.send().await.unwrap()).await
+}
+
+async fn post_admin(app: &TestApp, path: &str, key: Option<&str>) -> Reply {
+    let mut request = app.client.post(format!("{}{path}", app.metrics));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    Reply::from(request.send().await.unwrap()).await
+}
+
+/// Waits (bounded) until ledger row `id` is no longer queued or processing.
+async fn settled(app: &TestApp, id: i64, key: Option<&str>) -> Value {
+    for _ in 0..100 {
+        let reply = get(app, &format!("/api/v1/deliveries/{id}"), key).await;
+        let state = reply.json["state"].as_str().unwrap_or("").to_owned();
+        if state != "queued" && state != "processing" {
+            return reply.json;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("row {id} still pending");
+}
+
+async fn github(app: &TestApp, event: &str, id: &str, body: &[u8]) -> Reply {
+    let headers = provider_headers("github", event, id, body, SECRET);
+    post(app, "/hooks/github", &headers, body).await
+}
+
+#[tokio::test]
+async fn listing_filters_pages_and_redacts() {
+    let app = spawn_app_with(|raw| {
+        raw.sources.pelorus.secrets = vec![SECRET.into()];
+        raw.sources
+            .native
+            .insert("github".into(), json!({"secrets": [SECRET]}));
+    })
+    .await;
+    let t = now() - 60;
+    for i in 0..3 {
+        let reply = app
+            .post_signed(
+                "deploytime",
+                &deploy_body("shop", "prod", &image(i), t + i as i64),
+            )
+            .await;
+        assert_eq!(reply.status, 202, "{}", reply.text);
+    }
+    let ping = fixture("github/ping.json");
+    assert_eq!(
+        github(&app, "ping", "gh-ping", &ping).await.outcome(),
+        "ignored"
+    );
+    let rejected = app
+        .post_pelorus(
+            "deploytime",
+            &deploy_body("shop", "prod", &image(9), t),
+            Some("wrong"),
+        )
+        .await;
+    assert_eq!(rejected.status, 401);
+
+    let all = get(&app, "/api/v1/deliveries", None).await;
+    assert_eq!(all.status, 200, "{}", all.text);
+    let rows = all.json["deliveries"].as_array().unwrap();
+    assert_eq!(rows.len(), 5);
+    let ids: Vec<i64> = rows.iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
+
+    let ignored = get(&app, "/api/v1/deliveries?outcome=ignored", None).await;
+    let rows = ignored.json["deliveries"].as_array().unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["source"], "github");
+    assert_eq!(rows[0]["reason"], "ping");
+    let by_app = get(&app, "/api/v1/deliveries?app=shop&source=pelorus", None).await;
+    assert_eq!(by_app.json["deliveries"].as_array().unwrap().len(), 3);
+    let by_text = get(&app, "/api/v1/deliveries?q=bad_sig", None).await;
+    assert_eq!(by_text.json["deliveries"][0]["outcome"], "rejected");
+
+    // Two per page, following the cursor, covers everything once.
+    let mut seen = Vec::new();
+    let mut path = "/api/v1/deliveries?limit=2".to_owned();
+    loop {
+        let page = get(&app, &path, None).await;
+        let rows = page.json["deliveries"].as_array().unwrap();
+        seen.extend(rows.iter().map(|r| r["id"].as_i64().unwrap()));
+        match page.json["next_cursor"].as_i64() {
+            Some(cursor) => path = format!("/api/v1/deliveries?limit=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids);
+
+    for (path, field) in [
+        ("/api/v1/deliveries?outcome=maybe", "outcome"),
+        ("/api/v1/deliveries?limit=0", "limit"),
+        ("/api/v1/deliveries?colour=red", "colour"),
+        ("/api/v1/deliveries/abc", "id"),
+        ("/api/v1/events?kind=tea", "kind"),
+    ] {
+        let reply = get(&app, path, None).await;
+        assert_eq!(reply.status, 400, "{path}: {}", reply.text);
+        assert!(
+            reply.text.contains(field),
+            "{path} names {field}: {}",
+            reply.text
+        );
+    }
+    assert_eq!(
+        get(&app, "/api/v1/deliveries/999999", None).await.status,
+        404
+    );
+
+    // The detail of the GitHub ping: headers with the signature redacted.
+    let ping_row = ids[1];
+    let detail = get(&app, &format!("/api/v1/deliveries/{ping_row}"), None).await;
+    assert_eq!(detail.json["headers"]["x-github-event"], "ping");
+    assert_eq!(detail.json["headers"]["x-hub-signature-256"], "[redacted]");
+    assert!(detail.json["body"].as_str().unwrap().contains("zen"));
+    let accepted = get(&app, &format!("/api/v1/deliveries/{}", ids[2]), None).await;
+    assert_eq!(accepted.json["events"][0]["kind"], "deploy");
+    assert_eq!(accepted.json["events"][0]["app"], "shop");
+
+    // No response, JSON or HTML, ever carries a secret or a signature.
+    let signature = crate::harness::sign(SECRET, &ping);
+    let hex = signature.trim_start_matches("sha256=");
+    let mut texts = Vec::new();
+    for path in [
+        "/api/v1/deliveries".to_owned(),
+        format!("/api/v1/deliveries/{ping_row}"),
+        "/api/v1/events".to_owned(),
+        "/api/v1/sources".to_owned(),
+        "/".to_owned(),
+        format!("/deliveries/{ping_row}"),
+        "/sources".to_owned(),
+    ] {
+        let reply = get(&app, &path, None).await;
+        assert_eq!(reply.status, 200, "{path}");
+        texts.push(reply.text);
+    }
+    for text in &texts {
+        assert!(!text.contains(SECRET), "a secret in a response");
+        assert!(!text.contains(hex), "a signature in a response");
+    }
+    let events = get(&app, "/api/v1/events?kind=deploy&app=shop", None).await;
+    assert_eq!(events.json["events"].as_array().unwrap().len(), 3);
+    let sources = get(&app, "/api/v1/sources", None).await;
+    let pelorus = sources.json["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["source"] == "pelorus")
+        .unwrap()
+        .clone();
+    assert_eq!(pelorus["last_24h"]["accepted"], 3);
+    assert_eq!(pelorus["last_error"]["outcome"], "rejected");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn api_keys_are_required_once_configured() {
+    let app = spawn_app_with(|raw| {
+        raw.sources.pelorus.secrets = vec![SECRET.into()];
+        raw.admin.api_keys = vec![KEY.into(), "second-key-for-rotation".into()];
+    })
+    .await;
+    for path in ["/api/v1/deliveries", "/api/v1/events", "/api/v1/sources"] {
+        assert_eq!(get(&app, path, None).await.status, 401, "{path}");
+        assert_eq!(get(&app, path, Some("wrong")).await.status, 401, "{path}");
+        assert_eq!(get(&app, path, Some(KEY)).await.status, 200, "{path}");
+        assert_eq!(
+            get(&app, path, Some("second-key-for-rotation"))
+                .await
+                .status,
+            200
+        );
+    }
+    let denied = get(&app, "/api/v1/deliveries", Some(&format!("{KEY}x"))).await;
+    assert_eq!(denied.json["field"], "authorization");
+    assert!(!denied.text.contains(KEY));
+    assert_eq!(
+        post_admin(&app, "/api/v1/deliveries/1/redeliver", None)
+            .await
+            .status,
+        401
+    );
+    // The page sends a browser without the key to the sign-in form.
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let page = client
+        .get(format!("{}/", app.metrics))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 303);
+    assert_eq!(page.headers()["location"], "/login");
+    // Prometheus still scrapes without a key.
+    assert_eq!(get(&app, "/metrics", None).await.status, 200);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn redelivery_after_a_config_change_accepts_what_was_ignored() {
+    let mut app = spawn_app_with(|raw| {
+        raw.sources
+            .native
+            .insert("github".into(), json!({"secrets": [SECRET]}));
+    })
+    .await;
+    // A deployment_status to "production"... in a repository whose
+    // environments are named "prod": ignored until the config says so.
+    let body = fixture("github/deployment_status.success.json");
+    let mut payload: Value = serde_json::from_slice(&body).unwrap();
+    payload["deployment"]["environment"] = json!("prod");
+    payload["deployment_status"]["environment"] = json!("prod");
+    let body = serde_json::to_vec(&payload).unwrap();
+    let first = github(&app, "deployment_status", "gh-deploy-1", &body).await;
+    assert_eq!(first.outcome(), "ignored", "{}", first.text);
+    let rows = get(&app, "/api/v1/deliveries", None).await;
+    let original = rows.json["deliveries"][0]["id"].as_i64().unwrap();
+
+    app.raw.sources.native.insert(
+        "github".into(),
+        json!({"secrets": ["rotated-secret"], "environments": ["prod"]}),
+    );
+    app.restart().await;
+    let queued = post_admin(
+        &app,
+        &format!("/api/v1/deliveries/{original}/redeliver"),
+        None,
+    )
+    .await;
+    assert_eq!(queued.status, 202, "{}", queued.text);
+    assert_eq!(queued.json["state"], "queued");
+    let replay = queued.json["id"].as_i64().unwrap();
+    let done = settled(&app, replay, None).await;
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(done["outcome"], "accepted", "{done}");
+    assert_eq!(done["replay_of"], original);
+    assert_eq!(done["delivery_id"], "gh-deploy-1");
+    let scrape = app.scrape().await;
+    assert_eq!(
+        scrape.value(
+            "hookgauge_deployments_total",
+            &[("app", "Codertocat/Hello-World"), ("namespace", "prod")]
+        ),
+        1.0
+    );
+    // Redelivered again: the deploy is already recorded.
+    let again = post_admin(
+        &app,
+        &format!("/api/v1/deliveries/{original}/redeliver"),
+        None,
+    )
+    .await;
+    let again = settled(&app, again.json["id"].as_i64().unwrap(), None).await;
+    assert_eq!(again["outcome"], "duplicate", "{again}");
+    let detail = get(&app, &format!("/api/v1/deliveries/{original}"), None).await;
+    assert_eq!(detail.json["replays"].as_array().unwrap().len(), 2);
+    let scrape = app.scrape().await;
+    assert_eq!(
+        scrape.value(
+            "hookgauge_deployments_total",
+            &[("app", "Codertocat/Hello-World"), ("namespace", "prod")]
+        ),
+        1.0
+    );
+
+    // A rejected delivery has nothing trustworthy to replay.
+    let wrong = provider_headers("github", "ping", "gh-bad", b"{}", "not-the-secret");
+    assert_eq!(post(&app, "/hooks/github", &wrong, b"{}").await.status, 401);
+    let rejected = get(&app, "/api/v1/deliveries?outcome=rejected", None).await;
+    let rejected_id = rejected.json["deliveries"][0]["id"].as_i64().unwrap();
+    let refused = post_admin(
+        &app,
+        &format!("/api/v1/deliveries/{rejected_id}/redeliver"),
+        None,
+    )
+    .await;
+    assert_eq!(refused.status, 409, "{}", refused.text);
+    assert_eq!(refused.json["reason"], "not_authenticated");
+
+    // A source removed from the configuration: the redelivery errors, and
+    // is kept for a retry with its error shown.
+    app.raw.sources.native.clear();
+    app.restart().await;
+    let queued = post_admin(
+        &app,
+        &format!("/api/v1/deliveries/{original}/redeliver"),
+        None,
+    )
+    .await;
+    let errored = settled(&app, queued.json["id"].as_i64().unwrap(), None).await;
+    assert_eq!(errored["state"], "errored", "{errored}");
+    assert_eq!(errored["attempts"], 1);
+    assert!(
+        errored["error"].as_str().unwrap().contains("github"),
+        "{errored}"
+    );
+    let scrape = app.scrape().await;
+    assert_eq!(
+        scrape.value("hookgauge_redeliveries_total", &[("result", "errored")]),
+        1.0
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn retention_prunes_old_bodies_and_rows_while_ingest_goes_on() {
+    let app = spawn_app_with(|raw| {
+        raw.sources.pelorus.secrets = vec![SECRET.into()];
+        raw.retention.interval = Duration::from_millis(100);
+        raw.retention.body_days = 7;
+        raw.retention.ledger_days = 30;
+    })
+    .await;
+    let t = now() - 60;
+    for i in 0..40 {
+        let reply = app
+            .post_signed(
+                "deploytime",
+                &deploy_body("shop", "prod", &image(i), t + i as i64),
+            )
+            .await;
+        assert_eq!(reply.status, 202);
+    }
+    // Time passes for the first 30: ten of them past the ledger's age, twenty
+    // past the bodies' only.
+    let day_ms = 86_400_000i64;
+    {
+        let conn = rusqlite::Connection::open(app.database()).unwrap();
+        conn.execute(
+            "UPDATE deliveries SET received_at_ms = received_at_ms - ?1 WHERE seq <= 10",
+            [31 * day_ms],
+        )
+        .unwrap();
+        conn.execute(
+            "UPDATE deliveries SET received_at_ms = received_at_ms - ?1 WHERE seq > 10 AND seq <= 30",
+            [8 * day_ms],
+        )
+        .unwrap();
+    }
+    // Ingest continues meanwhile and is acknowledged as usual.
+    for i in 40..60 {
+        let reply = app
+            .post_signed(
+                "deploytime",
+                &deploy_body("shop", "prod", &image(i), t + i as i64),
+            )
+            .await;
+        assert_eq!(reply.status, 202, "{}", reply.text);
+    }
+    let counts = || {
+        let conn = rusqlite::Connection::open(app.database()).unwrap();
+        let rows: i64 = conn
+            .query_row("SELECT COUNT(*) FROM deliveries", [], |r| r.get(0))
+            .unwrap();
+        let bodies: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM deliveries WHERE body IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        (rows, bodies)
+    };
+    let mut last = (0, 0);
+    for _ in 0..100 {
+        last = counts();
+        if last == (50, 30) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(last, (50, 30), "rows and bodies after retention");
+    // Events are the history: all 60 deploys are still stored.
+    let conn = rusqlite::Connection::open(app.database()).unwrap();
+    let deploys: i64 = conn
+        .query_row("SELECT COUNT(*) FROM deploys", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(deploys, 60);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let scrape = app.scrape().await;
+    assert_eq!(scrape.value("hookgauge_store_ledger_rows", &[]), 50.0);
+    assert_eq!(
+        scrape.value("hookgauge_store_pruned_total", &[("what", "rows")]),
+        10.0
+    );
+    // Every body older than a week went, those of the rows deleted after too.
+    assert_eq!(
+        scrape.value("hookgauge_store_pruned_total", &[("what", "bodies")]),
+        30.0
+    );
+    assert!(
+        scrape.value("hookgauge_store_last_prune_timestamp_seconds", &[]) > (now() - 60) as f64
+    );
+    app.shutdown().await;
+}
