@@ -100,6 +100,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApp> {
         metrics: Arc::clone(&metrics),
         pelorus: settings.pelorus.clone(),
         plugins: settings.plugins.clone(),
+        unauthenticated_rows: ingest::RateLimit::new(settings.store.max_unauthenticated_per_second),
         sources: settings.sources.clone(),
     });
     let replay_state = ingest_state.clone();
@@ -136,6 +137,10 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApp> {
     let worker_wake = Arc::new(tokio::sync::Notify::new());
     let admin_state = web::Data::new(AdminState {
         api_keys: settings.admin.api_keys.clone(),
+        source_names: std::iter::once(pelorus::SOURCE)
+            .chain(settings.plugins.iter().map(|p| p.source()))
+            .map(str::to_owned)
+            .collect(),
         ledger: ledger.clone(),
         store: store.clone(),
         worker_wake: Arc::clone(&worker_wake),

@@ -129,6 +129,9 @@ pub struct RawStore {
     pub max_body_bytes: usize,
     /// Most ledger rows kept for unauthenticated requests; the oldest go first.
     pub max_unauthenticated_rows: u64,
+    /// Ledger rows written for unauthenticated requests per second; the rest
+    /// are answered and counted only.
+    pub max_unauthenticated_per_second: u32,
 }
 
 impl Default for RawStore {
@@ -138,6 +141,7 @@ impl Default for RawStore {
             busy_timeout: Duration::from_secs(2),
             max_body_bytes: 1024 * 1024,
             max_unauthenticated_rows: 10_000,
+            max_unauthenticated_per_second: 50,
         }
     }
 }
@@ -466,6 +470,7 @@ pub struct StoreSettings {
     pub busy_timeout: Duration,
     pub max_body_bytes: usize,
     pub max_unauthenticated_rows: u64,
+    pub max_unauthenticated_per_second: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -629,6 +634,7 @@ impl Settings {
                 busy_timeout: raw.store.busy_timeout,
                 max_body_bytes: raw.store.max_body_bytes,
                 max_unauthenticated_rows: raw.store.max_unauthenticated_rows,
+                max_unauthenticated_per_second: raw.store.max_unauthenticated_per_second,
             },
             metrics: MetricsSettings {
                 commit_window: raw.metrics.commit_window,
@@ -701,6 +707,7 @@ impl Settings {
              busy_timeout = \"{busy}\"\n\
              max_body_bytes = {max_body}\n\
              max_unauthenticated_rows = {max_unauth}\n\
+             max_unauthenticated_per_second = {max_unauth_rate}\n\
              \n\
              [metrics]\n\
              commit_window = \"{commit_window}\"\n\
@@ -737,6 +744,7 @@ impl Settings {
             busy = humantime::format_duration(self.store.busy_timeout),
             max_body = self.store.max_body_bytes,
             max_unauth = self.store.max_unauthenticated_rows,
+            max_unauth_rate = self.store.max_unauthenticated_per_second,
             commit_window = humantime::format_duration(self.metrics.commit_window),
             exposure_window = humantime::format_duration(self.metrics.exposure_window),
             log_format = match self.log.format {

@@ -57,9 +57,59 @@ impl Denied {
     }
 }
 
-/// The key a request presents: `Authorization: Bearer <key>`, or the
-/// deliveries page's cookie.
-fn presented_key(req: &HttpRequest) -> Option<String> {
+/// How a request may prove it holds a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credentials {
+    /// `Authorization: Bearer <key>` only (the API: no ambient credential a
+    /// browser would attach by itself).
+    Bearer,
+    /// The bearer header or the page's session cookie.
+    BearerOrSession,
+}
+
+/// The session cookie's value for `key`: derived from it, so the cookie
+/// never holds the key itself.
+pub fn session_token(key: &Secret) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac =
+        Hmac::<sha2::Sha256>::new_from_slice(key.expose()).expect("HMAC accepts any key length");
+    mac.update(b"hookgauge deliveries page session v1");
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// True when the `Host` header names this machine: with no key configured,
+/// a request whose name is anything else may come through DNS rebinding.
+fn loopback_host(req: &HttpRequest) -> bool {
+    let Some(host) = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return true;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Checks a request against the configured API keys (constant time, every
+/// key tried); with none configured, only loopback clients that address
+/// this machine by a loopback name pass.
+pub fn authorize(req: &HttpRequest, keys: &[Secret], accepted: Credentials) -> Result<(), Denied> {
+    if keys.is_empty() {
+        let loopback = req
+            .peer_addr()
+            .map(|a| a.ip())
+            .is_some_and(|ip: IpAddr| ip.is_loopback());
+        return if loopback && loopback_host(req) {
+            Ok(())
+        } else {
+            Err(Denied::NotLoopback)
+        };
+    }
     let bearer = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -67,26 +117,46 @@ fn presented_key(req: &HttpRequest) -> Option<String> {
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, key)| key.trim().to_owned());
-    bearer.or_else(|| req.cookie(KEY_COOKIE).map(|c| c.value().to_owned()))
-}
-
-/// Checks a request against the configured API keys (constant time, every
-/// key tried); with none configured, only loopback clients pass.
-pub fn authorize(req: &HttpRequest, keys: &[Secret]) -> Result<(), Denied> {
-    if keys.is_empty() {
-        let loopback = req
-            .peer_addr()
-            .map(|a| a.ip())
-            .is_some_and(|ip: IpAddr| ip.is_loopback());
-        return if loopback {
+    if let Some(key) = bearer {
+        return if signature::any_token_matches(keys, key.as_bytes()) {
             Ok(())
         } else {
-            Err(Denied::NotLoopback)
+            Err(Denied::BadKey)
         };
     }
-    match presented_key(req) {
-        Some(key) if signature::any_token_matches(keys, key.as_bytes()) => Ok(()),
-        _ => Err(Denied::BadKey),
+    if accepted == Credentials::BearerOrSession {
+        if let Some(cookie) = req.cookie(KEY_COOKIE) {
+            let tokens: Vec<Secret> = keys.iter().map(|k| Secret::new(session_token(k))).collect();
+            if signature::any_token_matches(&tokens, cookie.value().as_bytes()) {
+                return Ok(());
+            }
+        }
+    }
+    Err(Denied::BadKey)
+}
+
+/// A form post from another site (the browser says so in `Origin` or
+/// `Sec-Fetch-Site`): refused on every state-changing route.
+pub fn cross_site(req: &HttpRequest) -> bool {
+    let fetch_site = req
+        .headers()
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok());
+    if fetch_site.is_some_and(|s| s != "same-origin" && s != "none") {
+        return true;
+    }
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok());
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok());
+    match (origin, host) {
+        (Some(origin), Some(host)) => origin.split_once("://").map(|(_, h)| h) != Some(host),
+        (Some(_), None) => true,
+        _ => false,
     }
 }
 
@@ -197,7 +267,7 @@ pub fn bad_query(error: &actix_web::error::QueryPayloadError) -> HttpResponse {
 }
 
 async fn list(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
-    if let Err(denied) = authorize(&req, &state.api_keys) {
+    if let Err(denied) = authorize(&req, &state.api_keys, Credentials::Bearer) {
         return denied.response();
     }
     let query = match web::Query::<ListQuery>::from_query(req.query_string()) {
@@ -229,7 +299,7 @@ fn path_id(req: &HttpRequest) -> Result<i64, Problem> {
 }
 
 async fn detail(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
-    if let Err(denied) = authorize(&req, &state.api_keys) {
+    if let Err(denied) = authorize(&req, &state.api_keys, Credentials::Bearer) {
         return denied.response();
     }
     let id = match path_id(&req) {
@@ -262,7 +332,10 @@ pub async fn queue_redelivery(state: &AdminState, id: i64) -> Result<i64, Proble
 }
 
 async fn redeliver(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
-    if let Err(denied) = authorize(&req, &state.api_keys) {
+    if cross_site(&req) {
+        return problem(StatusCode::FORBIDDEN, "origin", "cross_site_request").response();
+    }
+    if let Err(denied) = authorize(&req, &state.api_keys, Credentials::Bearer) {
         return denied.response();
     }
     let id = match path_id(&req) {
@@ -290,7 +363,7 @@ struct EventsQuery {
 }
 
 async fn events(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
-    if let Err(denied) = authorize(&req, &state.api_keys) {
+    if let Err(denied) = authorize(&req, &state.api_keys, Credentials::Bearer) {
         return denied.response();
     }
     let query = match web::Query::<EventsQuery>::from_query(req.query_string()) {
@@ -315,21 +388,20 @@ async fn events(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse 
         limit,
     };
     match state.ledger.events(filter).await {
-        Ok(events) => {
-            let next = (events.len() == limit as usize)
-                .then(|| events.last().map(|e| e.time))
-                .flatten();
-            HttpResponse::Ok().json(json!({"events": events, "next_until": next}))
-        }
+        Ok(page) => HttpResponse::Ok().json(page),
         Err(error) => unavailable(&error).response(),
     }
 }
 
 async fn sources(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
-    if let Err(denied) = authorize(&req, &state.api_keys) {
+    if let Err(denied) = authorize(&req, &state.api_keys, Credentials::Bearer) {
         return denied.response();
     }
-    match state.ledger.sources(super::now_ms()).await {
+    match state
+        .ledger
+        .sources(state.source_names.clone(), super::now_ms())
+        .await
+    {
         Ok(sources) => HttpResponse::Ok().json(json!({"sources": sources})),
         Err(error) => unavailable(&error).response(),
     }
@@ -340,49 +412,96 @@ mod tests {
     use super::*;
     use actix_web::test::TestRequest;
 
-    #[test]
-    fn without_keys_only_loopback_clients_pass() {
-        let from = |addr: &str| {
-            TestRequest::default()
-                .peer_addr(addr.parse().unwrap())
-                .to_http_request()
-        };
-        assert_eq!(authorize(&from("127.0.0.1:5000"), &[]), Ok(()));
-        assert_eq!(authorize(&from("[::1]:5000"), &[]), Ok(()));
-        assert_eq!(
-            authorize(&from("10.0.0.7:5000"), &[]),
-            Err(Denied::NotLoopback)
-        );
+    const ANY: Credentials = Credentials::BearerOrSession;
+
+    fn request(peer: &str, headers: &[(&str, &str)]) -> HttpRequest {
+        let mut request = TestRequest::default().peer_addr(peer.parse().unwrap());
+        for (name, value) in headers {
+            request = request.insert_header((*name, *value));
+        }
+        request.to_http_request()
     }
 
     #[test]
-    fn keys_are_bearer_tokens_or_the_page_cookie() {
+    fn without_keys_only_loopback_clients_by_loopback_names_pass() {
+        assert_eq!(authorize(&request("127.0.0.1:5000", &[]), &[], ANY), Ok(()));
+        assert_eq!(authorize(&request("[::1]:5000", &[]), &[], ANY), Ok(()));
+        assert_eq!(
+            authorize(&request("10.0.0.7:5000", &[]), &[], ANY),
+            Err(Denied::NotLoopback)
+        );
+        // A rebound name reaching loopback is not this machine's.
+        let rebound = request("127.0.0.1:5000", &[("host", "attacker.example:9464")]);
+        assert_eq!(authorize(&rebound, &[], ANY), Err(Denied::NotLoopback));
+        for host in [
+            "localhost:9464",
+            "127.0.0.1:9464",
+            "[::1]:9464",
+            "localhost",
+        ] {
+            let named = request("127.0.0.1:5000", &[("host", host)]);
+            assert_eq!(authorize(&named, &[], ANY), Ok(()), "{host}");
+        }
+    }
+
+    #[test]
+    fn keys_are_bearer_tokens_or_the_page_session() {
         let keys = [Secret::new("k1"), Secret::new("k2")];
-        let with = |name: &str, value: &str| {
-            TestRequest::default()
-                .peer_addr("10.0.0.7:5000".parse().unwrap())
-                .insert_header((name, value))
-                .to_http_request()
-        };
+        let with = |name: &str, value: &str| request("10.0.0.7:5000", &[(name, value)]);
         assert_eq!(
-            authorize(&with("authorization", "Bearer k2"), &keys),
+            authorize(&with("authorization", "Bearer k2"), &keys, ANY),
             Ok(())
         );
         assert_eq!(
-            authorize(&with("authorization", "bearer k1"), &keys),
+            authorize(&with("authorization", "bearer k1"), &keys, ANY),
             Ok(())
         );
+        let session = format!("{KEY_COOKIE}={}", session_token(&keys[0]));
+        assert_eq!(authorize(&with("cookie", &session), &keys, ANY), Ok(()));
+        // The API takes no cookie, and the cookie is never the key itself.
         assert_eq!(
-            authorize(&with("cookie", &format!("{KEY_COOKIE}=k1")), &keys),
-            Ok(())
-        );
-        assert_eq!(
-            authorize(&with("authorization", "Bearer k3"), &keys),
+            authorize(&with("cookie", &session), &keys, Credentials::Bearer),
             Err(Denied::BadKey)
         );
+        let raw = format!("{KEY_COOKIE}=k1");
         assert_eq!(
-            authorize(&with("authorization", "Basic azE6azE="), &keys),
+            authorize(&with("cookie", &raw), &keys, ANY),
             Err(Denied::BadKey)
+        );
+        for wrong in ["Bearer k3", "Basic azE6azE="] {
+            assert_eq!(
+                authorize(&with("authorization", wrong), &keys, ANY),
+                Err(Denied::BadKey),
+                "{wrong}"
+            );
+        }
+    }
+
+    #[test]
+    fn cross_site_posts_are_recognised() {
+        let same = request(
+            "127.0.0.1:1",
+            &[
+                ("origin", "http://127.0.0.1:9464"),
+                ("host", "127.0.0.1:9464"),
+            ],
+        );
+        assert!(!cross_site(&same));
+        let other = request(
+            "127.0.0.1:1",
+            &[
+                ("origin", "http://evil.example"),
+                ("host", "127.0.0.1:9464"),
+            ],
+        );
+        assert!(cross_site(&other));
+        assert!(cross_site(&request(
+            "127.0.0.1:1",
+            &[("sec-fetch-site", "cross-site")]
+        )));
+        assert!(
+            !cross_site(&request("127.0.0.1:1", &[])),
+            "curl sends neither"
         );
     }
 }

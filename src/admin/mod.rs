@@ -23,6 +23,8 @@ use crate::store::Store;
 /// What the admin routes share.
 pub struct AdminState {
     pub api_keys: Vec<Secret>,
+    /// Every source this process serves, for the per-source summary.
+    pub source_names: Vec<String>,
     pub ledger: Ledger,
     pub store: Store,
     /// Wakes the redelivery worker when a redelivery is queued.

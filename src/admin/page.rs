@@ -12,7 +12,10 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
-use super::api::{authorize, queue_redelivery, Denied, ListQuery, KEY_COOKIE};
+use super::api::{
+    authorize, cross_site, queue_redelivery, session_token, Credentials, Denied, ListQuery,
+    KEY_COOKIE,
+};
 use super::AdminState;
 use crate::signature;
 use crate::store::deliveries::{DeliveryDetail, DeliveryRow, SourceSummary};
@@ -57,7 +60,7 @@ th{background:#eef0f3}pre{background:#fff;border:1px solid #dde1e6;padding:.6rem
 .ignored{background:#fdf1c7;color:#6b4e00}.invalid,.rejected,.errored{background:#fbd5d5;color:#8a1212}\
 .queued,.processing{background:#dbe9ff;color:#123f8a}form.filters{display:flex;flex-wrap:wrap;gap:.6rem;margin:0 0 1rem}\
 label{display:flex;flex-direction:column;font-size:.85em}input,select,button{font:inherit;padding:.25rem .4rem}\
-button{cursor:pointer}.muted{color:#5b6470}";
+button{cursor:pointer}.muted{color:#5b6470}table.fields th{width:12rem}";
 
 fn page(title: &str, body: &str) -> HttpResponse {
     let html = format!(
@@ -74,8 +77,9 @@ fn page(title: &str, body: &str) -> HttpResponse {
         .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
         .insert_header((
             "Content-Security-Policy",
-            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
         ))
+        .insert_header((header::X_FRAME_OPTIONS, "DENY"))
         .body(html)
 }
 
@@ -114,7 +118,7 @@ fn status_badge(row: &DeliveryRow) -> String {
 }
 
 async fn index(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
-    if let Err(denied) = authorize(&req, &state.api_keys) {
+    if let Err(denied) = authorize(&req, &state.api_keys, Credentials::BearerOrSession) {
         return denied_page(denied);
     }
     let query = web::Query::<ListQuery>::from_query(req.query_string())
@@ -152,7 +156,7 @@ async fn index(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
             .iter()
             .map(|o| {
                 let selected = if query.outcome.as_deref() == Some(o.as_str()) { " selected" } else { "" };
-                format!("<option{selected}>{}</option>", o.as_str())
+                format!("<option value=\"{0}\"{selected}>{0}</option>", o.as_str())
             })
             .collect::<String>(),
         value(&query.app),
@@ -186,12 +190,21 @@ async fn index(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
         if rows.len() == limit {
             if let Some(last) = rows.last() {
                 let mut next = format!("/?cursor={}", last.id);
-                for (key, v) in [
+                let times = [("since", query.since), ("until", query.until)];
+                for (key, v) in times {
+                    if let Some(v) = v {
+                        let _ = write!(next, "&{key}={v}");
+                    }
+                }
+                let texts = [
                     ("source", &query.source),
+                    ("event", &query.event),
                     ("outcome", &query.outcome),
+                    ("state", &query.state),
                     ("app", &query.app),
                     ("q", &query.q),
-                ] {
+                ];
+                for (key, v) in texts {
                     if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
                         let _ = write!(next, "&{key}={}", enc(v));
                     }
@@ -329,7 +342,7 @@ fn detail_body(d: &DeliveryDetail) -> String {
 }
 
 async fn detail(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
-    if let Err(denied) = authorize(&req, &state.api_keys) {
+    if let Err(denied) = authorize(&req, &state.api_keys, Credentials::BearerOrSession) {
         return denied_page(denied);
     }
     let Some(id) = req
@@ -361,36 +374,11 @@ fn not_found() -> HttpResponse {
     response
 }
 
-/// A form post from another site (the browser says so in `Origin` or
-/// `Sec-Fetch-Site`) is refused: the page's actions are same-origin only.
-fn cross_site(req: &HttpRequest) -> bool {
-    let fetch_site = req
-        .headers()
-        .get("sec-fetch-site")
-        .and_then(|v| v.to_str().ok());
-    if fetch_site.is_some_and(|s| s != "same-origin" && s != "none") {
-        return true;
-    }
-    let origin = req
-        .headers()
-        .get(header::ORIGIN)
-        .and_then(|v| v.to_str().ok());
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok());
-    match (origin, host) {
-        (Some(origin), Some(host)) => origin.split_once("://").map(|(_, h)| h) != Some(host),
-        (Some(_), None) => true,
-        _ => false,
-    }
-}
-
 async fn redeliver(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
     if cross_site(&req) {
         return HttpResponse::Forbidden().body("cross-site request refused");
     }
-    if let Err(denied) = authorize(&req, &state.api_keys) {
+    if let Err(denied) = authorize(&req, &state.api_keys, Credentials::BearerOrSession) {
         return denied_page(denied);
     }
     let Some(id) = req
@@ -458,10 +446,14 @@ fn sources_body(sources: &[SourceSummary]) -> String {
 }
 
 async fn sources(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
-    if let Err(denied) = authorize(&req, &state.api_keys) {
+    if let Err(denied) = authorize(&req, &state.api_keys, Credentials::BearerOrSession) {
         return denied_page(denied);
     }
-    match state.ledger.sources(super::now_ms()).await {
+    match state
+        .ledger
+        .sources(state.source_names.clone(), super::now_ms())
+        .await
+    {
         Ok(sources) => page("Sources", &sources_body(&sources)),
         Err(error) => page(
             "Sources",
@@ -496,17 +488,24 @@ async fn login(
     if cross_site(&req) {
         return HttpResponse::Forbidden().body("cross-site request refused");
     }
-    if !signature::any_token_matches(&state.api_keys, form.key.trim().as_bytes()) {
+    let presented = form.key.trim();
+    let key = state
+        .api_keys
+        .iter()
+        .find(|k| signature::any_token_matches(std::slice::from_ref(*k), presented.as_bytes()));
+    let Some(key) = key else {
         let mut response = page(
             "Sign in",
             &format!("<p role=\"alert\">That key is not accepted.</p>{LOGIN_FORM}"),
         );
         *response.status_mut() = actix_web::http::StatusCode::UNAUTHORIZED;
         return response;
-    }
-    let cookie = Cookie::build(KEY_COOKIE, form.key.trim().to_owned())
+    };
+    let secure = req.connection_info().scheme() == "https";
+    let cookie = Cookie::build(KEY_COOKIE, session_token(key))
         .path("/")
         .http_only(true)
+        .secure(secure)
         .same_site(SameSite::Strict)
         .finish();
     HttpResponse::SeeOther()

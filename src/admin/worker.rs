@@ -2,8 +2,10 @@
 //! through their source again, errored ones retried with backoff) and
 //! retention (bounded prune steps, then the size self-metrics).
 //!
-//! One worker processes redeliveries one at a time, oldest first: updates of
-//! one resource are applied in the order they were queued.
+//! One worker processes redeliveries one at a time, oldest due first, so
+//! redeliveries never race each other; a retried one runs after those queued
+//! while it waited. Each redelivery's events are applied by the store's
+//! usual rules (event time decides `outdated`), whatever the order.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,16 +42,28 @@ pub async fn redeliveries(
     metrics: Arc<Metrics>,
     wake: Arc<Notify>,
 ) {
+    let mut store_down = 0u32;
     loop {
-        let due = ledger
+        let due: Vec<Pending> = ledger
             .pending(super::now_ms(), 16)
             .await
             .unwrap_or_default();
+        let mut faulted = false;
         for pending in &due {
-            process(pending, &store, &ingest, &metrics).await;
+            if process(pending, &store, &ingest, &metrics).await.is_err() {
+                faulted = true;
+                break;
+            }
         }
-        if due.is_empty() {
-            let _ = tokio::time::timeout(POLL, wake.notified()).await;
+        if faulted {
+            // The store cannot be written: wait, longer each time.
+            store_down = (store_down + 1).min(6);
+            tokio::time::sleep(POLL * (1 << store_down)).await;
+        } else {
+            store_down = 0;
+            if due.is_empty() {
+                let _ = tokio::time::timeout(POLL, wake.notified()).await;
+            }
         }
     }
 }
@@ -70,14 +84,26 @@ fn header_map(headers: &serde_json::Value) -> HeaderMap {
     map
 }
 
-async fn process(pending: &Pending, store: &Store, ingest: &IngestState, metrics: &Metrics) {
-    if store
-        .mark(pending.row, State::Processing, None, Some(super::now_ms()))
-        .await
-        .is_err()
-    {
-        return;
+/// Runs one redelivery. `Err` only when the store could not be written.
+async fn process(
+    pending: &Pending,
+    store: &Store,
+    ingest: &IngestState,
+    metrics: &Metrics,
+) -> Result<(), crate::store::StoreError> {
+    if pending.attempts >= MAX_ATTEMPTS {
+        // Every attempt was used, the last one without an answer (a crash).
+        let error = format!("gave up after {MAX_ATTEMPTS} attempts");
+        return store
+            .mark(pending.row, State::Errored, Some(error), None)
+            .await;
     }
+    // Claimed: should this attempt never finish, it is taken up again in a
+    // while, with one attempt fewer left.
+    let retry_at = super::now_ms() + backoff_ms(pending.attempts + 1);
+    store
+        .mark(pending.row, State::Processing, None, Some(retry_at))
+        .await?;
     let source = ingest
         .plugins
         .iter()
@@ -87,14 +113,16 @@ async fn process(pending: &Pending, store: &Store, ingest: &IngestState, metrics
     let headers = header_map(&pending.headers);
     let replayed = match source {
         None => Err(format!("source {} is not known any more", pending.source)),
-        Some(source) => ingest::replay(
-            ingest,
-            source,
-            pending.instance.as_deref(),
-            &headers,
-            bytes::Bytes::from(pending.body.clone()),
-        )
-        .map(|(event, disposition)| (source, event, disposition)),
+        Some(source) => {
+            let body = bytes::Bytes::from(pending.body.clone());
+            let run = std::panic::AssertUnwindSafe(|| {
+                ingest::replay(ingest, source, pending.instance.as_deref(), &headers, body)
+            });
+            match std::panic::catch_unwind(run) {
+                Ok(replayed) => replayed.map(|(event, disposition)| (source, event, disposition)),
+                Err(_) => Err("the source's mapping failed unexpectedly".to_owned()),
+            }
+        }
     };
     let result = match replayed {
         Ok((source, event, disposition)) => {
@@ -113,7 +141,6 @@ async fn process(pending: &Pending, store: &Store, ingest: &IngestState, metrics
             };
             match store.record(delivery).await {
                 Ok(recorded) => {
-                    metrics.count_delivery(source, event, recorded.outcome);
                     tracing::info!(
                         row = pending.row,
                         outcome = recorded.outcome.as_str(),
@@ -127,15 +154,18 @@ async fn process(pending: &Pending, store: &Store, ingest: &IngestState, metrics
         Err(why) => Err(why),
     };
     match result {
-        Ok(()) => metrics.redeliveries.with_label_values(&["done"]).inc(),
+        Ok(()) => {
+            metrics.redeliveries.with_label_values(&["done"]).inc();
+            Ok(())
+        }
         Err(why) => {
             metrics.redeliveries.with_label_values(&["errored"]).inc();
             let attempt = pending.attempts + 1;
-            let next = (attempt < MAX_ATTEMPTS).then(|| super::now_ms() + backoff_ms(attempt));
+            let next = (attempt < MAX_ATTEMPTS).then_some(retry_at);
             tracing::warn!(row = pending.row, attempt, error = %why, "Redelivery failed");
-            let _ = store
+            store
                 .mark(pending.row, State::Errored, Some(why), next)
-                .await;
+                .await
         }
     }
 }
@@ -150,11 +180,31 @@ pub async fn retention(
     let mut interval = tokio::time::interval(settings.interval);
     loop {
         interval.tick().await;
+        // The bodies' total, measured on a read connection, not under the
+        // write lock.
+        let excess = match ledger.size().await {
+            Ok(size) => {
+                (size.body_bytes as u64).saturating_sub(settings.policy.max_body_bytes_total)
+            }
+            Err(_) => 0,
+        };
+        let mut excess = if settings.policy.max_body_bytes_total == 0 {
+            0
+        } else {
+            excess
+        };
         loop {
-            match store
-                .prune(settings.policy.clone(), super::now_ms(), PRUNE_BATCH)
-                .await
-            {
+            let step = store
+                .prune(
+                    settings.policy.clone(),
+                    super::now_ms(),
+                    PRUNE_BATCH,
+                    excess,
+                )
+                .await;
+            // What is left over the cap is measured again at the next run.
+            excess = 0;
+            match step {
                 Ok(pruned) => {
                     metrics
                         .store_pruned

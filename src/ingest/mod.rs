@@ -38,6 +38,8 @@ pub struct IngestState {
     pub pelorus: PelorusSettings,
     /// Every source this process knows (an unknown one is a 404).
     pub plugins: Vec<&'static dyn Plugin>,
+    /// Ledger rows for unauthenticated requests, per second.
+    pub unauthenticated_rows: RateLimit,
     /// Native source instances, enabled or not.
     pub sources: Vec<SourceInstance>,
 }
@@ -358,22 +360,25 @@ const CREDENTIAL_WORDS: &[&str] = &[
     "apikey",
 ];
 
-/// The most header text kept per ledger row.
-const MAX_RECORDED_HEADER_BYTES: usize = 8 * 1024;
+/// The most header text kept per ledger row, and per header value.
+const MAX_RECORDED_HEADER_BYTES: usize = 16 * 1024;
+const MAX_RECORDED_VALUE_BYTES: usize = 1024;
 
 /// The request headers as the ledger keeps them: a JSON object (repeated
 /// headers joined by `, `), credential values and the `credentials` headers
-/// of the source redacted, at most [`MAX_RECORDED_HEADER_BYTES`].
+/// of the source redacted. Long values are cut; past
+/// [`MAX_RECORDED_HEADER_BYTES`] the rest is dropped, the `x-` headers that
+/// name events and deliveries (what a redelivery needs) coming first.
 pub fn recorded_headers(headers: &HeaderMap, credentials: &[&str]) -> String {
     let mut names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
-    names.sort_unstable();
+    names.sort_unstable_by_key(|n| (!n.starts_with("x-") && !n.starts_with("ce-"), *n));
     names.dedup();
     let mut object = serde_json::Map::new();
     let mut total = 0;
     for name in names {
         let redacted =
             credentials.contains(&name) || CREDENTIAL_WORDS.iter().any(|w| name.contains(w));
-        let value = if redacted {
+        let mut value = if redacted {
             "[redacted]".to_owned()
         } else {
             headers
@@ -382,6 +387,14 @@ pub fn recorded_headers(headers: &HeaderMap, credentials: &[&str]) -> String {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        if value.len() > MAX_RECORDED_VALUE_BYTES {
+            let mut cut = MAX_RECORDED_VALUE_BYTES;
+            while !value.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            value.truncate(cut);
+            value.push('…');
+        }
         total += name.len() + value.len();
         if total > MAX_RECORDED_HEADER_BYTES {
             object.insert("…".into(), "[truncated]".into());
@@ -442,10 +455,57 @@ async fn refuse(
         instance,
         queued_row: None,
     };
-    if let Err(store_error) = state.store.record(record).await {
-        tracing::warn!(error = %store_error, "Refused delivery not written to the ledger");
+    // Unauthenticated rows are also rate-limited: a flood of forged
+    // requests is answered and counted, but only a trickle reaches the disk.
+    if refusal.authenticated || state.unauthenticated_rows.admit(received_at_ms / 1000) {
+        if let Err(store_error) = state.store.record(record).await {
+            tracing::warn!(error = %store_error, "Refused delivery not written to the ledger");
+        }
     }
     refusal.error.to_response(Some(&id))
+}
+
+/// At most `per_second` admissions in each wall-clock second.
+#[derive(Debug)]
+pub struct RateLimit {
+    per_second: u32,
+    /// The current second in the high 32 bits, admissions in the low 32.
+    window: AtomicU64,
+}
+
+impl RateLimit {
+    pub fn new(per_second: u32) -> Self {
+        RateLimit {
+            per_second,
+            window: AtomicU64::new(0),
+        }
+    }
+
+    /// True when one more admission fits in second `now`.
+    pub fn admit(&self, now: i64) -> bool {
+        let second = (now.max(0) as u64) & 0xffff_ffff;
+        let mut current = self.window.load(Ordering::Relaxed);
+        loop {
+            let (at, used) = (current >> 32, current & 0xffff_ffff);
+            let next = if at == second {
+                if used >= u64::from(self.per_second) {
+                    return false;
+                }
+                current + 1
+            } else {
+                (second << 32) | 1
+            };
+            match self.window.compare_exchange_weak(
+                current,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => current = actual,
+            }
+        }
+    }
 }
 
 /// True for `application/json` and `application/<x>+json`, any parameters.

@@ -91,6 +91,14 @@ pub struct StoredEvent {
     pub delivery_id: String,
 }
 
+/// One page of stored events.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EventPage {
+    pub events: Vec<StoredEvent>,
+    /// Pass as `until` for the next page; `None` on the last.
+    pub next_until: Option<i64>,
+}
+
 /// Which stored events to list, newest first.
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
@@ -297,16 +305,25 @@ impl Ledger {
                 return Ok(None);
             };
             let events = produced(conn, &row.delivery_id)?;
+            // The newer fact usually comes from the same source (one seek);
+            // else from another one (rare: an outdated row being looked at).
             let superseded_by_row = match &row.superseded_by {
-                Some(by) => conn
-                    .query_row(
+                Some(by) => {
+                    let same: Option<i64> = conn.query_row(
                         "SELECT MAX(seq) FROM deliveries WHERE source = ?1 AND delivery_id = ?2 \
                          AND outcome = 'accepted'",
                         params![row.source, by],
                         |r| r.get(0),
-                    )
-                    .optional()?
-                    .flatten(),
+                    )?;
+                    match same {
+                        Some(seq) => Some(seq),
+                        None => conn.query_row(
+                            "SELECT MAX(seq) FROM deliveries WHERE delivery_id = ?1 AND outcome = 'accepted'",
+                            params![by],
+                            |r| r.get(0),
+                        )?,
+                    }
+                }
                 None => None,
             };
             let replays = conn
@@ -328,119 +345,106 @@ impl Ledger {
         .await
     }
 
-    pub async fn events(&self, filter: EventFilter) -> Result<Vec<StoredEvent>, StoreError> {
+    /// One page of stored events, newest first; a page ends on a whole
+    /// second and `next_until` continues it.
+    pub async fn events(&self, filter: EventFilter) -> Result<EventPage, StoreError> {
         self.read(move |conn| {
-            let since = filter.since.unwrap_or(i64::MIN);
-            let until = filter.until.unwrap_or(i64::MAX);
-            let app = filter.app.clone();
-            let limit = i64::from(filter.limit);
-            let wanted = |kind: &str| filter.kind.as_deref().is_none_or(|k| k == kind);
-            let mut events = Vec::new();
-            if wanted("commit") {
-                events.extend(
-                    conn.prepare(
-                        "SELECT app, time, namespace, commit_sha, image_sha, delivery_id FROM commits \
-                         WHERE time >= ?1 AND time < ?2 AND (?3 IS NULL OR app = ?3) ORDER BY time DESC LIMIT ?4",
-                    )?
-                    .query_map(params![since, until, app, limit], |r| {
-                        Ok(fact("commit", r.get(0)?, r.get(1)?, r.get(5)?)
-                            .namespace(r.get(2)?)
-                            .commit(r.get(3)?)
-                            .image(r.get(4)?))
-                    })?
-                    .collect::<rusqlite::Result<Vec<_>>>()?,
-                );
+            let mut events = read_events(
+                conn,
+                &EventFilter {
+                    limit: filter.limit + 1,
+                    ..filter.clone()
+                },
+            )?;
+            let limit = filter.limit as usize;
+            if events.len() <= limit {
+                return Ok(EventPage {
+                    events,
+                    next_until: None,
+                });
             }
-            if wanted("deploy") {
-                events.extend(
-                    conn.prepare(
-                        "SELECT app, time, namespace, commit_sha, image_sha, delivery_id FROM deploys \
-                         WHERE time >= ?1 AND time < ?2 AND (?3 IS NULL OR app = ?3) ORDER BY time DESC LIMIT ?4",
-                    )?
-                    .query_map(params![since, until, app, limit], |r| {
-                        Ok(fact("deploy", r.get(0)?, r.get(1)?, r.get(5)?)
-                            .namespace(r.get(2)?)
-                            .commit(r.get(3)?)
-                            .image(r.get(4)?))
-                    })?
-                    .collect::<rusqlite::Result<Vec<_>>>()?,
-                );
+            // A page ends on a whole second, so that `until` (exclusive)
+            // neither skips nor repeats events that share one.
+            let boundary = events[limit - 1].time;
+            let spills = events[limit].time == boundary;
+            events.truncate(limit);
+            if !spills {
+                return Ok(EventPage {
+                    events,
+                    next_until: Some(boundary),
+                });
             }
-            for (kind, column) in [("failure_created", "created"), ("failure_resolved", "resolved")] {
-                if !wanted(kind) {
-                    continue;
-                }
-                events.extend(
-                    conn.prepare(&format!(
-                        "SELECT app, {column}, issue_number, {column}_delivery FROM failures \
-                         WHERE {column} IS NOT NULL AND {column} >= ?1 AND {column} < ?2 \
-                         AND (?3 IS NULL OR app = ?3) ORDER BY {column} DESC LIMIT ?4"
-                    ))?
-                    .query_map(params![since, until, app, limit], |r| {
-                        let mut event = fact(kind, r.get(0)?, r.get(1)?, r.get::<_, Option<String>>(3)?.unwrap_or_default());
-                        event.issue_number = Some(r.get(2)?);
-                        Ok(event)
-                    })?
-                    .collect::<rusqlite::Result<Vec<_>>>()?,
-                );
+            events.retain(|e| e.time != boundary);
+            if !events.is_empty() {
+                return Ok(EventPage {
+                    events,
+                    next_until: Some(boundary + 1),
+                });
             }
-            events.sort_by_key(|e| std::cmp::Reverse(e.time));
-            events.truncate(filter.limit as usize);
-            Ok(events)
+            // More than a page in one second: that whole second, then on.
+            let mut second = EventFilter {
+                since: Some(boundary),
+                until: Some(boundary + 1),
+                limit: u32::MAX / 2,
+                ..filter
+            };
+            second.kind = second.kind.take();
+            let all = read_events(conn, &second)?;
+            Ok(EventPage {
+                events: all,
+                next_until: Some(boundary),
+            })
         })
         .await
     }
 
-    pub async fn sources(&self, now_ms: i64) -> Result<Vec<SourceSummary>, StoreError> {
+    /// What each of `sources` has been sending: a few index seeks per
+    /// source, never a scan of the ledger.
+    pub async fn sources(
+        &self,
+        sources: Vec<String>,
+        now_ms: i64,
+    ) -> Result<Vec<SourceSummary>, StoreError> {
         self.read(move |conn| {
-            let mut summaries: Vec<SourceSummary> = conn
-                .prepare(
-                    "SELECT source, MAX(received_at_ms) FROM deliveries INDEXED BY deliveries_by_source \
-                     GROUP BY source ORDER BY source",
-                )?
-                .query_map([], |r| {
-                    Ok(SourceSummary {
-                        source: r.get(0)?,
-                        last_received_at_ms: r.get(1)?,
-                        last_24h: Default::default(),
-                        last_error: None,
-                    })
-                })?
-                .collect::<rusqlite::Result<_>>()?;
+            let mut last = conn.prepare(
+                "SELECT MAX(received_at_ms) FROM deliveries INDEXED BY deliveries_by_source WHERE source = ?1",
+            )?;
             let mut counts = conn.prepare(
-                "SELECT source, CASE WHEN outcome = '' THEN state ELSE outcome END, COUNT(*) FROM deliveries \
-                 WHERE received_at_ms >= ?1 GROUP BY 1, 2",
+                "SELECT CASE WHEN outcome = '' THEN state ELSE outcome END, COUNT(*) FROM deliveries \
+                 INDEXED BY deliveries_by_source WHERE source = ?1 AND received_at_ms >= ?2 GROUP BY 1",
             )?;
-            let rows = counts.query_map(params![now_ms - 86_400_000], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
-            })?;
-            for item in rows {
-                let (source, outcome, count) = item?;
-                if let Some(s) = summaries.iter_mut().find(|s| s.source == source) {
-                    s.last_24h.insert(outcome, count);
-                }
-            }
-            let mut errors = conn.prepare(
-                "SELECT source, seq, received_at_ms, CASE WHEN state = 'errored' THEN 'errored' ELSE outcome END, \
-                 coalesce(error, reason) FROM deliveries WHERE seq IN (SELECT MAX(seq) FROM deliveries \
-                 WHERE outcome IN ('rejected', 'invalid') OR state = 'errored' GROUP BY source)",
+            let mut error = conn.prepare(
+                "SELECT seq, received_at_ms, CASE WHEN state = 'errored' THEN 'errored' ELSE outcome END, \
+                 coalesce(error, reason) FROM deliveries INDEXED BY deliveries_errors \
+                 WHERE source = ?1 AND (outcome IN ('rejected', 'invalid') OR state = 'errored') \
+                 ORDER BY seq DESC LIMIT 1",
             )?;
-            let rows = errors.query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    LastError {
-                        id: r.get(1)?,
-                        received_at_ms: r.get(2)?,
-                        outcome: r.get(3)?,
-                        reason: r.get(4)?,
-                    },
-                ))
-            })?;
-            for item in rows {
-                let (source, error) = item?;
-                if let Some(s) = summaries.iter_mut().find(|s| s.source == source) {
-                    s.last_error = Some(error);
-                }
+            let mut summaries = Vec::new();
+            for source in sources {
+                let Some(last_received_at_ms) =
+                    last.query_row(params![source], |r| r.get::<_, Option<i64>>(0))?
+                else {
+                    continue;
+                };
+                let last_24h = counts
+                    .query_map(params![source, now_ms - 86_400_000], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<_>>()?;
+                let last_error = error
+                    .query_row(params![source], |r| {
+                        Ok(LastError {
+                            id: r.get(0)?,
+                            received_at_ms: r.get(1)?,
+                            outcome: r.get(2)?,
+                            reason: r.get(3)?,
+                        })
+                    })
+                    .optional()?;
+                summaries.push(SourceSummary {
+                    source,
+                    last_received_at_ms,
+                    last_24h,
+                    last_error,
+                });
             }
             Ok(summaries)
         })
@@ -497,6 +501,75 @@ impl Ledger {
         })
         .await
     }
+}
+
+/// Stored events matching `filter`, at most `filter.limit` of each kind,
+/// newest first.
+fn read_events(conn: &Connection, filter: &EventFilter) -> rusqlite::Result<Vec<StoredEvent>> {
+    let since = filter.since.unwrap_or(i64::MIN);
+    let until = filter.until.unwrap_or(i64::MAX);
+    let app = filter.app.clone();
+    let limit = i64::from(filter.limit);
+    let wanted = |kind: &str| filter.kind.as_deref().is_none_or(|k| k == kind);
+    let mut events = Vec::new();
+    if wanted("commit") {
+        events.extend(
+            conn.prepare(
+                "SELECT app, time, namespace, commit_sha, image_sha, delivery_id FROM commits \
+                 WHERE time >= ?1 AND time < ?2 AND (?3 IS NULL OR app = ?3) ORDER BY time DESC LIMIT ?4",
+            )?
+            .query_map(params![since, until, app, limit], |r| {
+                Ok(fact("commit", r.get(0)?, r.get(1)?, r.get(5)?)
+                    .namespace(r.get(2)?)
+                    .commit(r.get(3)?)
+                    .image(r.get(4)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?,
+        );
+    }
+    if wanted("deploy") {
+        events.extend(
+            conn.prepare(
+                "SELECT app, time, namespace, commit_sha, image_sha, delivery_id FROM deploys \
+                 WHERE time >= ?1 AND time < ?2 AND (?3 IS NULL OR app = ?3) ORDER BY time DESC LIMIT ?4",
+            )?
+            .query_map(params![since, until, app, limit], |r| {
+                Ok(fact("deploy", r.get(0)?, r.get(1)?, r.get(5)?)
+                    .namespace(r.get(2)?)
+                    .commit(r.get(3)?)
+                    .image(r.get(4)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?,
+        );
+    }
+    for (kind, column) in [
+        ("failure_created", "created"),
+        ("failure_resolved", "resolved"),
+    ] {
+        if !wanted(kind) {
+            continue;
+        }
+        events.extend(
+            conn.prepare(&format!(
+                "SELECT app, {column}, issue_number, {column}_delivery FROM failures \
+                 WHERE {column} IS NOT NULL AND {column} >= ?1 AND {column} < ?2 \
+                 AND (?3 IS NULL OR app = ?3) ORDER BY {column} DESC LIMIT ?4"
+            ))?
+            .query_map(params![since, until, app, limit], |r| {
+                let mut event = fact(
+                    kind,
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+                );
+                event.issue_number = Some(r.get(2)?);
+                Ok(event)
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?,
+        );
+    }
+    events.sort_by_key(|e| std::cmp::Reverse(e.time));
+    Ok(events)
 }
 
 fn fact(kind: &'static str, app: String, time: i64, delivery_id: String) -> StoredEvent {

@@ -205,6 +205,7 @@ enum Command {
         policy: RetentionPolicy,
         now_ms: i64,
         batch: u32,
+        body_excess: u64,
         reply: oneshot::Sender<Result<Pruned, StoreError>>,
     },
     Shutdown {
@@ -319,12 +320,14 @@ impl Store {
         policy: RetentionPolicy,
         now_ms: i64,
         batch: u32,
+        body_excess: u64,
     ) -> Result<Pruned, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Prune {
             policy,
             now_ms,
             batch,
+            body_excess,
             reply,
         })
         .await?;
@@ -460,9 +463,10 @@ impl Writer {
                         policy,
                         now_ms,
                         batch,
+                        body_excess,
                         reply,
                     } => {
-                        let result = self.write(|db| db.prune(&policy, now_ms, batch));
+                        let result = self.write(|db| db.prune(&policy, now_ms, batch, body_excess));
                         let _ = reply.send(result);
                     }
                     Command::Shutdown { reply } => shutdown = Some(reply),

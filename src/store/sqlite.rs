@@ -200,7 +200,9 @@ impl Database {
         error: Option<&str>,
         next_attempt_ms: Option<i64>,
     ) -> rusqlite::Result<()> {
-        let attempted = i64::from(state == State::Errored);
+        // An attempt counts when it starts: one that never finishes (a crash,
+        // a panic) still uses one up.
+        let attempted = i64::from(state == State::Processing);
         self.conn
             .prepare_cached(
                 "UPDATE deliveries SET state = ?2, error = ?3, next_attempt_ms = ?4, \
@@ -217,61 +219,68 @@ impl Database {
     }
 
     /// One bounded step of retention: at most `batch` bodies dropped and
-    /// `batch` rows deleted per kind, in one short transaction.
+    /// `batch` rows deleted per kind, in one short transaction. Each step
+    /// seeks to its cutoff through an index and touches only what it
+    /// removes; `body_excess` (bytes of bodies beyond the total cap, measured
+    /// by the caller on a read connection) drops the oldest bodies too.
     pub fn prune(
         &mut self,
         policy: &RetentionPolicy,
         now_ms: i64,
         batch: u32,
+        body_excess: u64,
     ) -> rusqlite::Result<Pruned> {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let day_ms = 86_400_000i64;
-        let body_cutoff = now_ms - policy.body_days as i64 * day_ms;
+        // The newest row older than a cutoff, found with one seek.
+        let last_before = |cutoff: i64| -> rusqlite::Result<i64> {
+            tx.query_row(
+                "SELECT seq FROM deliveries INDEXED BY deliveries_by_received_at \
+                 WHERE received_at_ms < ?1 ORDER BY received_at_ms DESC LIMIT 1",
+                params![cutoff],
+                |r| r.get(0),
+            )
+            .optional()
+            .map(|seq| seq.unwrap_or(0))
+        };
+        // Bodies of finished rows (not of redeliveries still to run).
+        let body_seq = last_before(now_ms - policy.body_days as i64 * day_ms)?;
         let mut bodies = tx
             .prepare_cached(
                 "UPDATE deliveries SET body = NULL WHERE seq IN (SELECT seq FROM deliveries \
-                 INDEXED BY deliveries_with_body WHERE body IS NOT NULL AND received_at_ms < ?1 \
-                 AND state = 'done' ORDER BY seq LIMIT ?2)",
+                 INDEXED BY deliveries_with_body WHERE body IS NOT NULL AND seq <= ?1 \
+                 AND next_attempt_ms IS NULL ORDER BY seq LIMIT ?2)",
             )?
-            .execute(params![body_cutoff, batch])?;
-        if policy.max_body_bytes_total > 0 && bodies < batch as usize {
-            let total: f64 = tx.query_row(
-                "SELECT total(length(body)) FROM deliveries INDEXED BY deliveries_with_body WHERE body IS NOT NULL",
-                [],
-                |r| r.get(0),
-            )?;
-            if total as u64 > policy.max_body_bytes_total {
-                // The oldest bodies go first, until the total fits.
-                let mut excess = total as u64 - policy.max_body_bytes_total;
-                let oldest: Vec<(i64, i64)> = tx
-                    .prepare_cached(
-                        "SELECT seq, length(body) FROM deliveries INDEXED BY deliveries_with_body \
-                         WHERE body IS NOT NULL AND state = 'done' ORDER BY seq LIMIT ?1",
-                    )?
-                    .query_map(params![batch], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<rusqlite::Result<_>>()?;
-                let mut drop_body =
-                    tx.prepare_cached("UPDATE deliveries SET body = NULL WHERE seq = ?1")?;
-                for (seq, len) in oldest {
-                    if excess == 0 {
-                        break;
-                    }
-                    drop_body.execute(params![seq])?;
-                    excess = excess.saturating_sub(len as u64);
-                    bodies += 1;
+            .execute(params![body_seq, batch])?;
+        if body_excess > 0 && bodies < batch as usize {
+            let oldest: Vec<(i64, i64)> = tx
+                .prepare_cached(
+                    "SELECT seq, length(body) FROM deliveries INDEXED BY deliveries_with_body \
+                     WHERE body IS NOT NULL AND next_attempt_ms IS NULL ORDER BY seq LIMIT ?1",
+                )?
+                .query_map(params![batch], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut drop_body =
+                tx.prepare_cached("UPDATE deliveries SET body = NULL WHERE seq = ?1")?;
+            let mut excess = body_excess;
+            for (seq, len) in oldest {
+                if excess == 0 {
+                    break;
                 }
+                drop_body.execute(params![seq])?;
+                excess = excess.saturating_sub(len as u64);
+                bodies += 1;
             }
         }
-        let rows_cutoff = now_ms - policy.ledger_days as i64 * day_ms;
+        let rows_seq = last_before(now_ms - policy.ledger_days as i64 * day_ms)?;
         let rows = tx
             .prepare_cached(
                 "DELETE FROM deliveries WHERE seq IN (SELECT seq FROM deliveries \
-                 INDEXED BY deliveries_by_received_at WHERE received_at_ms < ?1 \
-                 AND state IN ('done', 'errored') ORDER BY received_at_ms LIMIT ?2)",
+                 WHERE seq <= ?1 AND next_attempt_ms IS NULL ORDER BY seq LIMIT ?2)",
             )?
-            .execute(params![rows_cutoff, batch])?;
+            .execute(params![rows_seq, batch])?;
         let mut events = 0;
         if policy.events_days > 0 {
             let cutoff = now_ms / 1000 - policy.events_days as i64 * 86_400;
@@ -286,9 +295,10 @@ impl Database {
                     params![cutoff, batch],
                 )?;
             }
+            // Failures go once resolved before the cutoff; open ones stay.
             events += tx.execute(
                 "DELETE FROM failures WHERE (app, issue_number) IN (SELECT app, issue_number FROM failures \
-                 WHERE coalesce(resolved, created) < ?1 LIMIT ?2)",
+                 WHERE resolved IS NOT NULL AND resolved < ?1 AND coalesce(created, 0) < ?1 LIMIT ?2)",
                 params![cutoff, batch],
             )?;
         }
@@ -776,12 +786,13 @@ fn record_one(
     let keys = serde_json::to_string(&keys).unwrap_or_else(|_| "[]".into());
     if let Some(row) = delivery.queued_row {
         // A redelivery finishing: its queued row takes the outcome.
-        tx.prepare_cached(
-            "UPDATE deliveries SET event = ?2, outcome = ?3, reason = ?4, detail = ?5, event_keys = ?6, \
-             superseded_by = ?7, apps = ?8, state = 'done', error = NULL, next_attempt_ms = NULL \
-             WHERE seq = ?1",
-        )?
-        .execute(params![
+        let updated = tx
+            .prepare_cached(
+                "UPDATE deliveries SET event = ?2, outcome = ?3, reason = ?4, detail = ?5, event_keys = ?6, \
+                 superseded_by = ?7, apps = ?8, state = 'done', error = NULL, next_attempt_ms = NULL \
+                 WHERE seq = ?1 AND state = 'processing'",
+            )?
+            .execute(params![
             row,
             delivery.event,
             outcome.as_str(),
@@ -791,6 +802,11 @@ fn record_one(
             superseded_by,
             apps,
         ])?;
+        if updated != 1 {
+            // The row went (retention) or was finished elsewhere: nothing of
+            // this delivery may commit without its ledger row.
+            return Err(rusqlite::Error::QueryReturnedNoRows);
+        }
     } else {
         let mut insert = tx.prepare_cached(
             "INSERT INTO deliveries (delivery_id, source, event, received_at_ms, outcome, reason, detail, \

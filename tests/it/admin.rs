@@ -416,3 +416,52 @@ async fn retention_prunes_old_bodies_and_rows_while_ingest_goes_on() {
     );
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn event_pages_end_on_whole_seconds_and_cover_everything_once() {
+    let app = spawn_app_with(|raw| raw.sources.pelorus.secrets = vec![SECRET.into()]).await;
+    let t = now() - 600;
+    // Five deploys in one second, three in seconds of their own.
+    let times = [t, t, t, t, t, t - 1, t - 2, t - 3];
+    for (i, time) in times.iter().enumerate() {
+        let reply = app
+            .post_signed(
+                "deploytime",
+                &deploy_body("shop", &format!("ns{i}"), &image(i as u64), *time),
+            )
+            .await;
+        assert_eq!(reply.status, 202, "{}", reply.text);
+    }
+    for limit in [1, 2, 3, 7, 8, 50] {
+        let mut seen = Vec::new();
+        let mut path = format!("/api/v1/events?kind=deploy&limit={limit}");
+        for _ in 0..20 {
+            let page = get(&app, &path, None).await;
+            assert_eq!(page.status, 200, "{}", page.text);
+            for event in page.json["events"].as_array().unwrap() {
+                seen.push(event["namespace"].as_str().unwrap().to_owned());
+            }
+            match page.json["next_until"].as_i64() {
+                Some(until) => {
+                    path = format!("/api/v1/events?kind=deploy&limit={limit}&until={until}")
+                }
+                None => break,
+            }
+        }
+        seen.sort();
+        let expected: Vec<String> = (0..times.len()).map(|i| format!("ns{i}")).collect();
+        assert_eq!(seen, expected, "limit {limit}: every event once");
+    }
+    // A cross-site form post to the API is refused whatever the credentials.
+    let reply = Reply::from(
+        app.client
+            .post(format!("{}/api/v1/deliveries/1/redeliver", app.metrics))
+            .header("Origin", "http://evil.example")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, 403, "{}", reply.text);
+    app.shutdown().await;
+}

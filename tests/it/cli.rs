@@ -97,8 +97,8 @@ fn check_config_names_the_bad_key() {
 
 /// Every TOML block of the README: plugin files (they start with `#
 /// plugins/<name>.toml`) load as plugins, and every configuration sample
-/// passes `check-config` with those plugins, secret files pointing at a real
-/// file.
+/// passes `check-config` with those plugins, secret and key files pointing
+/// at a real file.
 #[test]
 fn readme_toml_samples_load() {
     let readme =
@@ -131,8 +131,8 @@ fn readme_toml_samples_load() {
     for (i, sample) in configs.iter().enumerate() {
         let sample: String = sample
             .lines()
-            .map(|line| match line.split_once("secrets_file = ") {
-                Some((key, _)) => format!("{key}secrets_file = {:?}", secret),
+            .map(|line| match line.split_once("_file = ") {
+                Some((key, _)) => format!("{key}_file = {:?}", secret),
                 None => line.to_owned(),
             })
             .collect::<Vec<_>>()

@@ -7,6 +7,7 @@ mod harness;
 mod admin;
 mod cli;
 mod deploy;
+mod page;
 mod pelorus;
 mod pipelines;
 mod prometheus;

@@ -14,5 +14,7 @@ ALTER TABLE deliveries ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE deliveries ADD COLUMN next_attempt_ms INTEGER;
 ALTER TABLE deliveries ADD COLUMN error TEXT;
 CREATE INDEX deliveries_pending ON deliveries (next_attempt_ms) WHERE state IN ('queued', 'processing', 'errored');
-CREATE INDEX deliveries_by_source ON deliveries (source, seq);
+CREATE INDEX deliveries_by_source ON deliveries (source, received_at_ms);
+CREATE INDEX deliveries_errors ON deliveries (source, seq)
+    WHERE outcome IN ('rejected', 'invalid') OR state = 'errored';
 CREATE INDEX deliveries_with_body ON deliveries (seq) WHERE body IS NOT NULL;
