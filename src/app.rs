@@ -20,6 +20,12 @@ use crate::plugins::pelorus;
 use crate::store::deliveries::Ledger;
 use crate::store::{Store, StoreConfig};
 
+/// The longest the request line and headers may take to arrive.
+pub const INGEST_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Open connections each ingest worker serves at most; more wait in the
+/// listen backlog.
+const MAX_CONNECTIONS_PER_WORKER: usize = 4096;
+
 /// How often gauge series that left their window are dropped from memory.
 const EVICT_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -129,6 +135,12 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApp> {
     })
     .disable_signals()
     .shutdown_timeout(shutdown_secs)
+    // Headers must arrive within 5 s (a slow-loris client is cut off) and
+    // a connection is dropped 1 s after a response it does not read.
+    .client_request_timeout(INGEST_HEADER_TIMEOUT)
+    .client_disconnect_timeout(Duration::from_secs(1))
+    .keep_alive(Duration::from_secs(75))
+    .max_connections(MAX_CONNECTIONS_PER_WORKER)
     .listen(ingest_listener)
     .with_context(|| format!("cannot listen on {ingest_addr}"))?
     .run();

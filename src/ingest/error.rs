@@ -26,6 +26,8 @@ pub enum IngestError {
     TooLarge { limit: usize },
     #[error("the body could not be read")]
     BodyRead,
+    #[error("the body did not arrive within {seconds} s")]
+    BodyTimeout { seconds: u64 },
     #[error("User-Agent must start with {expected}")]
     BadUserAgent { expected: &'static str },
     #[error("header {header} is missing")]
@@ -58,6 +60,7 @@ impl IngestError {
             IngestError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             IngestError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             IngestError::BodyRead => StatusCode::BAD_REQUEST,
+            IngestError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             IngestError::BadUserAgent { .. } => StatusCode::PRECONDITION_FAILED,
             IngestError::MissingHeader { .. } | IngestError::UnknownEvent { .. } => {
                 StatusCode::BAD_REQUEST
@@ -78,6 +81,7 @@ impl IngestError {
             IngestError::UnsupportedMediaType => "unsupported_media_type",
             IngestError::TooLarge { .. } => "body_too_large",
             IngestError::BodyRead => "body_unreadable",
+            IngestError::BodyTimeout { .. } => "body_read_timeout",
             IngestError::BadUserAgent { .. } => "bad_user_agent",
             IngestError::MissingHeader { .. } => "missing_header",
             IngestError::UnknownEvent { .. } => "unknown_event",
@@ -137,7 +141,10 @@ impl IngestError {
         if matches!(self, IngestError::StoreUnavailable) {
             response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECONDS.to_string()));
         }
-        if matches!(self, IngestError::TooLarge { .. }) {
+        if matches!(
+            self,
+            IngestError::TooLarge { .. } | IngestError::BodyTimeout { .. }
+        ) {
             // The rest of the body is not read: the connection cannot be reused.
             response.insert_header((header::CONNECTION, "close"));
         }

@@ -100,15 +100,31 @@ async fn read_body(
         return Err(IngestError::TooLarge { limit });
     }
     let mut body = BytesMut::with_capacity(declared.unwrap_or(0).min(limit as u64) as usize);
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|_| IngestError::BodyRead)?;
-        if body.len() + chunk.len() > limit {
-            return Err(IngestError::TooLarge { limit });
+    let read = async {
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|_| IngestError::BodyRead)?;
+            if body.len() + chunk.len() > limit {
+                return Err(IngestError::TooLarge { limit });
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
+        Ok(())
+    };
+    // A body trickled byte by byte (slow loris) holds a connection and a
+    // buffer: every sender delivers well within this.
+    match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
+        Ok(result) => result?,
+        Err(_) => {
+            return Err(IngestError::BodyTimeout {
+                seconds: BODY_READ_TIMEOUT.as_secs(),
+            })
+        }
     }
     Ok(body.freeze())
 }
+
+/// The longest a request body may take to arrive.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Strict HMAC over the raw body, then (if enabled) Pelorus' lenient check.
 fn authenticate_pelorus(

@@ -483,7 +483,7 @@ impl Ledger {
         self.read(|conn| {
             let rows: i64 = conn.query_row("SELECT COUNT(*) FROM deliveries", [], |r| r.get(0))?;
             let body_bytes: f64 = conn.query_row(
-                "SELECT total(length(body)) FROM deliveries INDEXED BY deliveries_with_body WHERE body IS NOT NULL",
+                "SELECT total(length(body)) FROM deliveries WHERE body IS NOT NULL",
                 [],
                 |r| r.get(0),
             )?;

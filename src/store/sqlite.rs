@@ -101,6 +101,8 @@ pub fn fault_kind(error: &rusqlite::Error) -> Option<FaultKind> {
 pub struct Database {
     conn: Connection,
     unauthenticated_rows: u64,
+    /// Rows up to this seq have had their bodies pruned (retention).
+    body_watermark: i64,
 }
 
 impl Database {
@@ -147,6 +149,7 @@ impl Database {
         Ok(Database {
             conn,
             unauthenticated_rows: unauthenticated_rows as u64,
+            body_watermark: 0,
         })
     }
 
@@ -245,25 +248,47 @@ impl Database {
             .optional()
             .map(|seq| seq.unwrap_or(0))
         };
-        // Bodies of finished rows (not of redeliveries still to run).
+        // Bodies of finished rows (not of redeliveries still to run), from
+        // the watermark up: rows below it have none left to drop, so no
+        // index on bodies is needed (one would cost every insert).
         let body_seq = last_before(now_ms - policy.body_days as i64 * day_ms)?;
-        let mut bodies = tx
+        let candidates: Vec<(i64, bool, bool)> = tx
             .prepare_cached(
-                "UPDATE deliveries SET body = NULL WHERE seq IN (SELECT seq FROM deliveries \
-                 INDEXED BY deliveries_with_body WHERE body IS NOT NULL AND seq <= ?1 \
-                 AND next_attempt_ms IS NULL ORDER BY seq LIMIT ?2)",
+                "SELECT seq, body IS NOT NULL, next_attempt_ms IS NOT NULL FROM deliveries \
+                 WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
             )?
-            .execute(params![body_seq, batch])?;
+            .query_map(params![self.body_watermark, body_seq, batch], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let scanned_all = candidates.len() >= batch as usize;
+        let mut watermark = self.body_watermark;
+        let mut held = false;
+        let mut bodies = 0;
+        let mut drop_body =
+            tx.prepare_cached("UPDATE deliveries SET body = NULL WHERE seq = ?1")?;
+        for (seq, has_body, pending) in candidates {
+            if pending {
+                // Kept until it is done; the watermark waits for it.
+                held = true;
+                continue;
+            }
+            if has_body {
+                drop_body.execute(params![seq])?;
+                bodies += 1;
+            }
+            if !held {
+                watermark = seq;
+            }
+        }
         if body_excess > 0 && bodies < batch as usize {
             let oldest: Vec<(i64, i64)> = tx
                 .prepare_cached(
-                    "SELECT seq, length(body) FROM deliveries INDEXED BY deliveries_with_body \
-                     WHERE body IS NOT NULL AND next_attempt_ms IS NULL ORDER BY seq LIMIT ?1",
+                    "SELECT seq, length(body) FROM deliveries WHERE seq > ?1 AND body IS NOT NULL \
+                     AND next_attempt_ms IS NULL ORDER BY seq LIMIT ?2",
                 )?
-                .query_map(params![batch], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .query_map(params![watermark, batch], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<_>>()?;
-            let mut drop_body =
-                tx.prepare_cached("UPDATE deliveries SET body = NULL WHERE seq = ?1")?;
             let mut excess = body_excess;
             for (seq, len) in oldest {
                 if excess == 0 {
@@ -302,13 +327,15 @@ impl Database {
                 params![cutoff, batch],
             )?;
         }
+        drop(drop_body);
         tx.commit()?;
+        self.body_watermark = watermark;
         let limit = batch as usize;
         Ok(Pruned {
             bodies,
             rows,
             events,
-            more: bodies >= limit || rows >= limit || events >= limit,
+            more: scanned_all || rows >= limit || events >= limit,
         })
     }
 

@@ -170,6 +170,20 @@ pub async fn post_pelorus_to(
     body: &[u8],
     secret: Option<&str>,
 ) -> Reply {
+    try_post_pelorus_to(client, ingest, event, body, secret)
+        .await
+        .unwrap()
+}
+
+/// As [`post_pelorus_to`], with transport errors returned (a server that
+/// is down or was killed mid-request).
+pub async fn try_post_pelorus_to(
+    client: &reqwest::Client,
+    ingest: &str,
+    event: &str,
+    body: &[u8],
+    secret: Option<&str>,
+) -> Result<Reply, reqwest::Error> {
     let mut request = client
         .post(format!("{ingest}/pelorus/webhook"))
         .header("User-Agent", USER_AGENT)
@@ -179,7 +193,17 @@ pub async fn post_pelorus_to(
     if let Some(secret) = secret {
         request = request.header("X-Hub-Signature-256", sign(secret, body));
     }
-    Reply::from(request.send().await.unwrap()).await
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await?;
+    let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+    Ok(Reply {
+        status,
+        headers,
+        json,
+        text,
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -438,6 +462,14 @@ impl Process {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Sends SIGKILL and reaps the process: a crash, nothing flushed.
+    pub fn kill(&mut self) {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: kill(2) with our own child's pid and a valid signal number.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let _ = self.child.wait();
     }
 
     /// Sends SIGTERM and waits (bounded) for a clean exit.

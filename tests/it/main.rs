@@ -5,12 +5,16 @@
 mod harness;
 
 mod admin;
+mod attacks;
 mod cli;
+mod crash;
 mod deploy;
+mod limits;
 mod page;
 mod pelorus;
 mod pipelines;
 mod prometheus;
+mod props;
 mod rules;
 mod signatures;
 mod sources;

@@ -17,4 +17,3 @@ CREATE INDEX deliveries_pending ON deliveries (next_attempt_ms) WHERE state IN (
 CREATE INDEX deliveries_by_source ON deliveries (source, received_at_ms);
 CREATE INDEX deliveries_errors ON deliveries (source, seq)
     WHERE outcome IN ('rejected', 'invalid') OR state = 'errored';
-CREATE INDEX deliveries_with_body ON deliveries (seq) WHERE body IS NOT NULL;
