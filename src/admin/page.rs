@@ -131,15 +131,7 @@ async fn index(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
     let limit = filter.limit as usize;
     let rows = match state.ledger.list(filter).await {
         Ok(rows) => rows,
-        Err(error) => {
-            return page(
-                "Deliveries",
-                &format!(
-                    "<p>The store is unavailable: {}</p>",
-                    esc(&error.to_string())
-                ),
-            )
-        }
+        Err(error) => return unavailable("Deliveries", &error),
     };
     let value = |v: &Option<String>| esc(v.as_deref().unwrap_or(""));
     let mut body = String::from("<h1>Recent deliveries</h1>");
@@ -345,24 +337,33 @@ async fn detail(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse 
     if let Err(denied) = authorize(&req, &state.api_keys, Credentials::BearerOrSession) {
         return denied_page(denied);
     }
-    let Some(id) = req
-        .match_info()
-        .get("id")
-        .and_then(|v| v.parse::<i64>().ok())
-    else {
+    let Some(id) = row_id(&req) else {
         return not_found();
     };
     match state.ledger.get(id).await {
         Ok(Some(d)) => page(&format!("Delivery #{id}"), &detail_body(&d)),
         Ok(None) => not_found(),
-        Err(error) => page(
-            "Delivery",
-            &format!(
-                "<p>The store is unavailable: {}</p>",
-                esc(&error.to_string())
-            ),
-        ),
+        Err(error) => unavailable("Delivery", &error),
     }
+}
+
+/// The ledger row id in the path.
+fn row_id(req: &HttpRequest) -> Option<i64> {
+    req.match_info()
+        .get("id")
+        .and_then(|v| v.parse::<i64>().ok())
+}
+
+fn unavailable(title: &str, error: &crate::store::StoreError) -> HttpResponse {
+    let mut response = page(
+        title,
+        &format!(
+            "<p>The store is unavailable: {}</p>",
+            esc(&error.to_string())
+        ),
+    );
+    *response.status_mut() = actix_web::http::StatusCode::SERVICE_UNAVAILABLE;
+    response
 }
 
 fn not_found() -> HttpResponse {
@@ -381,11 +382,7 @@ async fn redeliver(req: HttpRequest, state: web::Data<AdminState>) -> HttpRespon
     if let Err(denied) = authorize(&req, &state.api_keys, Credentials::BearerOrSession) {
         return denied_page(denied);
     }
-    let Some(id) = req
-        .match_info()
-        .get("id")
-        .and_then(|v| v.parse::<i64>().ok())
-    else {
+    let Some(id) = row_id(&req) else {
         return not_found();
     };
     match queue_redelivery(&state, id).await {
@@ -455,13 +452,7 @@ async fn sources(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse
         .await
     {
         Ok(sources) => page("Sources", &sources_body(&sources)),
-        Err(error) => page(
-            "Sources",
-            &format!(
-                "<p>The store is unavailable: {}</p>",
-                esc(&error.to_string())
-            ),
-        ),
+        Err(error) => unavailable("Sources", &error),
     }
 }
 
