@@ -339,9 +339,15 @@ impl Database {
         })
     }
 
-    /// Takes and releases the write lock: fails when a write would fail.
+    /// Commits a one-row write: fails when a delivery's commit would (the
+    /// write lock is held elsewhere, the file is read-only, the disk is
+    /// full). A rolled-back transaction writes nothing and could not tell a
+    /// full disk.
     pub fn probe(&mut self) -> rusqlite::Result<()> {
-        self.conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
+        self.conn
+            .prepare_cached("INSERT OR REPLACE INTO probe (id, at) VALUES (1, ?1)")?
+            .execute(params![now_seconds()])?;
+        Ok(())
     }
 
     /// Checkpoints the WAL and closes the connection.

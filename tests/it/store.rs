@@ -1,6 +1,6 @@
-//! Durability and store faults: restarts rebuild the same metrics, a locked
-//! or unwritable store answers 503 and acknowledges nothing, and the service
-//! recovers without a restart once the fault clears.
+//! Durability and store faults: restarts rebuild the same metrics, a locked,
+//! unwritable or full store answers 503 and acknowledges nothing, and the
+//! service recovers without a restart once the fault clears.
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
@@ -307,4 +307,128 @@ async fn sigterm_finishes_in_flight_work_and_closes_the_store() {
         .query_row("SELECT COUNT(*) FROM deploys", [], |r| r.get(0))
         .unwrap();
     assert_eq!(stored, 50);
+}
+
+/// A tmpfs of `size` mounted at `path`, unmounted when dropped.
+struct SmallDisk {
+    path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(path: &std::path::Path, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(path).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .ok()?;
+        status.success().then(|| SmallDisk {
+            path: path.to_owned(),
+        })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.path).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_answers_503_acknowledges_nothing_and_recovers_when_space_returns() {
+    let root = tempfile::tempdir().unwrap();
+    let Some(disk) = SmallDisk::mount(&root.path().join("disk"), "8m") else {
+        // Mounting needs root (CI runs as root); say so rather than pass quietly.
+        eprintln!("SKIPPED: cannot mount a tmpfs here; the full-disk test needs root");
+        return;
+    };
+    let data = disk.path.join("data");
+    let app = spawn_app_with(|raw| {
+        raw.sources.pelorus.secrets = vec![SECRET.into()];
+        raw.server.data_dir = data.clone();
+    })
+    .await;
+    let t = now() - 60;
+    let first = app
+        .post_signed("deploytime", &deploy_body("shop", "prod", &image(0), t))
+        .await;
+    assert_eq!(first.status, 202);
+    // Leave a few kilobytes: a ballast file takes the rest.
+    let ballast = disk.path.join("ballast");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&ballast).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while file.write_all(&chunk).is_ok() {}
+        let _ = file.sync_all();
+    }
+    let mut acked = vec![0u64];
+    let mut full = None;
+    for n in 1..5_000u64 {
+        let reply = app
+            .post_signed(
+                "deploytime",
+                &deploy_body("shop", "prod", &image(n), t + n as i64),
+            )
+            .await;
+        match reply.status {
+            202 => acked.push(n),
+            503 => {
+                full = Some(reply);
+                break;
+            }
+            other => panic!("unexpected {other}: {}", reply.text),
+        }
+    }
+    let full = full.expect("the disk filled up");
+    assert!(
+        full.headers.contains_key("retry-after"),
+        "503 with Retry-After"
+    );
+    assert_eq!(full.json["reason"], "store_unavailable");
+    let ready = app.get(format!("{}/readyz", app.ingest)).await;
+    assert_eq!(ready.status, 503, "{}", ready.text);
+
+    // Space returns: service resumes without a restart.
+    std::fs::remove_file(&ballast).unwrap();
+    let mut recovered = false;
+    for attempt in 0..50u64 {
+        let n = 10_000 + attempt;
+        let reply = app
+            .post_signed(
+                "deploytime",
+                &deploy_body("shop", "prod", &image(n), t + n as i64),
+            )
+            .await;
+        if reply.status == 202 {
+            acked.push(n);
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "ingest resumed once space returned");
+    assert_eq!(app.get(format!("{}/readyz", app.ingest)).await.status, 200);
+    let scrape = app.scrape().await;
+    assert_eq!(
+        scrape.value("hookgauge_deployments_total", &[("app", "shop")]),
+        acked.len() as f64,
+        "every acknowledged deploy counted, nothing else"
+    );
+    app.shutdown().await;
+    let conn = rusqlite::Connection::open(data.join("hookgauge.db")).unwrap();
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    let stored: i64 = conn
+        .query_row("SELECT COUNT(*) FROM deploys", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        stored as usize,
+        acked.len(),
+        "the store holds exactly what was acknowledged"
+    );
+    drop(conn);
 }

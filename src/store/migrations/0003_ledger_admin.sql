@@ -17,3 +17,10 @@ CREATE INDEX deliveries_pending ON deliveries (next_attempt_ms) WHERE state IN (
 CREATE INDEX deliveries_by_source ON deliveries (source, received_at_ms);
 CREATE INDEX deliveries_errors ON deliveries (source, seq)
     WHERE outcome IN ('rejected', 'invalid') OR state = 'errored';
+
+-- One row, rewritten by every readiness probe: a real commit, so that a full
+-- disk fails /readyz as it fails deliveries.
+CREATE TABLE probe (
+    id  INTEGER PRIMARY KEY,
+    at  INTEGER NOT NULL
+);
