@@ -27,9 +27,10 @@ async fn post_admin(app: &TestApp, path: &str, key: Option<&str>) -> Reply {
     Reply::from(request.send().await.unwrap()).await
 }
 
-/// Waits (bounded) until ledger row `id` is no longer queued or processing.
+/// Waits (bounded, 15 s) until ledger row `id` is no longer queued or
+/// processing.
 async fn settled(app: &TestApp, id: i64, key: Option<&str>) -> Value {
-    for _ in 0..100 {
+    for _ in 0..300 {
         let reply = get(app, &format!("/api/v1/deliveries/{id}"), key).await;
         let state = reply.json["state"].as_str().unwrap_or("").to_owned();
         if state != "queued" && state != "processing" {
@@ -385,7 +386,7 @@ async fn retention_prunes_old_bodies_and_rows_while_ingest_goes_on() {
         (rows, bodies)
     };
     let mut last = (0, 0);
-    for _ in 0..100 {
+    for _ in 0..300 {
         last = counts();
         if last == (50, 30) {
             break;

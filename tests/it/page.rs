@@ -214,7 +214,7 @@ async fn a_person_filters_opens_and_redelivers_in_the_browser() {
             .await
             .unwrap();
         let mut outcome = String::new();
-        for _ in 0..50 {
+        for _ in 0..150 {
             tokio::time::sleep(Duration::from_millis(100)).await;
             client.refresh().await.unwrap();
             outcome = texts(&client, "h1 .badge").await.join(" ");
