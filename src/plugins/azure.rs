@@ -10,7 +10,7 @@
 use actix_web::http::header::HeaderMap;
 use serde_json::Value;
 
-use super::github::pushed_commits;
+use super::github::{pushed_commits, PushFields};
 use super::payload::{self, Reader};
 use super::{Mapping, PayloadError, Plugin, SourceOptions};
 use crate::events::{CommitSha, FailureChange, FieldError};
@@ -114,32 +114,20 @@ fn push(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadErro
         .and_then(Value::as_array)
         .map(Vec::as_slice)
         .unwrap_or_default();
-    // Each commit's committer date, else its author date.
-    let (with_committer, with_author): (Vec<Value>, Vec<Value>) = commits
-        .iter()
-        .cloned()
-        .partition(|c| payload::at(c, "committer.date").is_some());
-    let mut events = pushed_commits(
+    let events = pushed_commits(
         &mut r,
-        &with_committer,
+        commits,
         &app,
-        [
-            "resource.commits[].commitId",
-            "resource.commits[].committer.date",
-            "resource.commits[].url",
-        ],
+        PushFields {
+            id: "resource.commits[].commitId",
+            // Each commit's committer date, else its author date.
+            times: &[
+                "resource.commits[].committer.date",
+                "resource.commits[].author.date",
+            ],
+            url: "resource.commits[].url",
+        },
     );
-    events.extend(pushed_commits(
-        &mut r,
-        &with_author,
-        &app,
-        [
-            "resource.commits[].commitId",
-            "resource.commits[].author.date",
-            "resource.commits[].url",
-        ],
-    ));
-    events.sort_by_key(|e| e.time());
     if events.is_empty() && !r.has_problems() {
         return Ok(Mapping::Ignored("push_without_commits"));
     }

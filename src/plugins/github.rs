@@ -99,22 +99,35 @@ fn app_of(r: &mut Reader<'_>, options: &SourceOptions) -> Option<App> {
     r.parsed("repository.full_name", |key| options.app(key))
 }
 
+/// Where the facts of each `commits[]` item of a push are.
+pub struct PushFields {
+    pub id: &'static str,
+    /// The commit time: the first of these the item has.
+    pub times: &'static [&'static str],
+    pub url: &'static str,
+}
+
 /// Commit events for the `commits[]` of a push, oldest first, reporting
 /// problems under `commits[].<field>`.
 pub fn pushed_commits<'a>(
     r: &mut Reader<'a>,
     commits: &'a [Value],
     app: &App,
-    fields: [&'static str; 3],
+    fields: PushFields,
 ) -> Vec<Event> {
-    let [id_field, time_field, url_field] = fields;
     let mut events = Vec::with_capacity(commits.len());
     for item in commits {
         let commit = r
-            .text_in(item, leaf(id_field), id_field)
-            .and_then(|id| CommitSha::parse(id).map_err(|e| r.fail(id_field, e)).ok());
+            .text_in(item, leaf(fields.id), fields.id)
+            .and_then(|id| CommitSha::parse(id).map_err(|e| r.fail(fields.id, e)).ok());
+        let time_field = fields
+            .times
+            .iter()
+            .copied()
+            .find(|t| payload::at(item, leaf(t)).is_some())
+            .unwrap_or(fields.times[0]);
         let time = r.time_in(item, leaf(time_field), time_field);
-        let link = payload::text(item, leaf(url_field)).and_then(|u| CommitLink::parse(u).ok());
+        let link = payload::text(item, leaf(fields.url)).and_then(|u| CommitLink::parse(u).ok());
         if let (Some(commit), Some(time)) = (commit, time) {
             events.push(Event::Commit(Commit {
                 app: app.clone(),
@@ -185,7 +198,11 @@ pub fn branch_push(
             &mut r,
             commits,
             app,
-            ["commits[].id", "commits[].timestamp", "commits[].url"],
+            PushFields {
+                id: "commits[].id",
+                times: &["commits[].timestamp"],
+                url: "commits[].url",
+            },
         ),
         None => Vec::new(),
     };
