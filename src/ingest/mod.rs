@@ -596,11 +596,11 @@ fn map_native(
         Ok(value) => value,
         Err(problem) => return Err(Refusal::after_auth(problem.into(), event, body)),
     };
-    let event = plugin.event_for(headers, &value, &instance.options);
+    let (event, mapping) = plugin.classify(headers, &value, &instance.options);
     let id = plugin
         .delivery_id(headers, &value)
         .unwrap_or_else(|| DeliveryId::derived(&[plugin.source().as_bytes(), &body]));
-    let disposition = match plugin.map(headers, &value, &instance.options) {
+    let disposition = match mapping {
         Ok(Mapping::Events(events)) if events.is_empty() => Disposition::Ignored {
             reason: "no_events",
         },

@@ -1061,14 +1061,18 @@ impl Plugin for Declarative {
             .map_or("other", |rule| rule.name)
     }
 
-    fn event_for(
+    /// One rule lookup decides both the label and the mapping.
+    fn classify(
         &self,
         headers: &HeaderMap,
         payload: &Value,
         options: &SourceOptions,
-    ) -> &'static str {
-        self.rule(headers, payload, Some(options))
-            .map_or("other", |rule| rule.name)
+    ) -> (&'static str, Result<Mapping, PayloadError>) {
+        let rule = self.rule(headers, payload, Some(options));
+        (
+            rule.map_or("other", |r| r.name),
+            self.outcome(rule, payload, options),
+        )
     }
 
     fn delivery_id(&self, headers: &HeaderMap, payload: &Value) -> Option<DeliveryId> {
@@ -1093,10 +1097,20 @@ impl Plugin for Declarative {
         payload: &Value,
         options: &SourceOptions,
     ) -> Result<Mapping, PayloadError> {
-        match self
-            .rule(headers, payload, Some(options))
-            .map(|r| &r.outcome)
-        {
+        let rule = self.rule(headers, payload, Some(options));
+        self.outcome(rule, payload, options)
+    }
+}
+
+impl Declarative {
+    /// What the rule that applies (if any) makes of the delivery.
+    fn outcome(
+        &self,
+        rule: Option<&Rule>,
+        payload: &Value,
+        options: &SourceOptions,
+    ) -> Result<Mapping, PayloadError> {
+        match rule.map(|r| &r.outcome) {
             None => Ok(Mapping::Ignored(self.otherwise)),
             Some(Outcome::Ignore(reason)) => Ok(Mapping::Ignored(reason)),
             Some(Outcome::Emit(kinds, fields)) => self.emit(kinds, fields, payload, options),

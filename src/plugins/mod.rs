@@ -172,16 +172,19 @@ pub trait Plugin: Sync {
     /// payload once it is parsed (`None` before authentication).
     fn event(&self, headers: &HeaderMap, payload: Option<&Value>) -> &'static str;
 
-    /// The event label of a parsed delivery under the instance's options;
-    /// the same as [`Plugin::event`] unless the label depends on them
-    /// (declarative rules that consult option lists).
-    fn event_for(
+    /// The event label of a parsed delivery and what it means, under the
+    /// instance's options: [`Plugin::event`] and [`Plugin::map`], unless a
+    /// plugin decides both at once (declarative rules).
+    fn classify(
         &self,
         headers: &HeaderMap,
         payload: &Value,
-        _options: &SourceOptions,
-    ) -> &'static str {
-        self.event(headers, Some(payload))
+        options: &SourceOptions,
+    ) -> (&'static str, Result<Mapping, PayloadError>) {
+        (
+            self.event(headers, Some(payload)),
+            self.map(headers, payload, options),
+        )
     }
 
     /// The sender's id of this delivery, if it has one (else the runner

@@ -102,12 +102,11 @@ proptest! {
             );
             let _ = plugin.event(&headers, Some(&payload));
             let _ = plugin.delivery_id(&headers, &payload);
-            let _ = plugin.map(&headers, &payload, &options);
+            let _ = plugin.classify(&headers, &payload, &options);
         }
         for plugin in plugins::declarative::load(None).unwrap() {
             let headers = HeaderMap::new();
-            let _ = plugin.event_for(&headers, &payload, &options);
-            let _ = plugin.map(&headers, &payload, &options);
+            let _ = plugin.classify(&headers, &payload, &options);
         }
     }
 
