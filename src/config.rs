@@ -368,6 +368,9 @@ pub struct SourceInstance {
     pub name: Option<String>,
     pub enabled: bool,
     pub verifier: Verifier,
+    /// The headers carrying this instance's credentials (the verifier's),
+    /// redacted wherever headers are kept.
+    pub credential_headers: Vec<&'static str>,
     pub options: SourceOptions,
 }
 
@@ -918,6 +921,7 @@ fn source_instance(
         plugin,
         name: name.map(str::to_owned),
         enabled: raw.enabled.unwrap_or(true),
+        credential_headers: verifier.header_names(),
         verifier,
         options,
     })

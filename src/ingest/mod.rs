@@ -647,7 +647,7 @@ async fn native_webhook(
     let checked = match check_native(instance, req.headers(), req.query_string(), payload).await {
         Ok(checked) => checked,
         Err(refusal) => {
-            let headers = recorded_headers(req.headers(), &instance.verifier.header_names());
+            let headers = recorded_headers(req.headers(), &instance.credential_headers);
             let name = instance.name.clone();
             return refuse(
                 &state,
@@ -671,7 +671,7 @@ async fn native_webhook(
         disposition: checked.disposition,
         headers: Some(recorded_headers(
             req.headers(),
-            &instance.verifier.header_names(),
+            &instance.credential_headers,
         )),
         instance: instance.name.clone(),
         queued_row: None,

@@ -382,13 +382,12 @@ impl Ledger {
                 });
             }
             // More than a page in one second: that whole second, then on.
-            let mut second = EventFilter {
+            let second = EventFilter {
                 since: Some(boundary),
                 until: Some(boundary + 1),
-                limit: u32::MAX / 2,
+                limit: u32::MAX,
                 ..filter
             };
-            second.kind = second.kind.take();
             let all = read_events(conn, &second)?;
             Ok(EventPage {
                 events: all,
