@@ -5,18 +5,11 @@
 use base64::Engine as _;
 use serde_json::json;
 
-use crate::harness::{ledger_rows, spawn_app_with, Reply, TestApp};
+use crate::harness::{
+    hmac_hex, ledger_rows, spawn_app_with, standard_signature_with, whsec_key, Reply, TestApp,
+    SECRET, WHSEC,
+};
 use crate::sources::post;
-
-const SECRET: &str = "attack-suite-secret";
-const WHSEC: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
-
-fn hmac_hex(secret: &[u8], body: &[u8]) -> String {
-    use hmac::{Hmac, Mac};
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
-    mac.update(body);
-    hex::encode(mac.finalize().into_bytes())
-}
 
 fn sha1_hex(secret: &[u8], body: &[u8]) -> String {
     use hmac::{Hmac, Mac};
@@ -325,19 +318,9 @@ async fn every_forged_credential_is_refused_without_a_trace() {
     // Standard Webhooks: well outside the ±300 s window either way (by
     // 100 s, so that a slow run cannot bring a case back inside), a forged or
     // truncated signature, an id with a dot, a missing header.
-    let sign = |id: &str, ts: i64, body: &[u8], key: &[u8]| {
-        use hmac::{Hmac, Mac};
-        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
-        mac.update(format!("{id}.{ts}.").as_bytes());
-        mac.update(body);
-        format!(
-            "v1,{}",
-            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
-        )
-    };
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(WHSEC.trim_start_matches("whsec_"))
-        .unwrap();
+    let sign =
+        |id: &str, ts: i64, body: &[u8], key: &[u8]| standard_signature_with(key, id, ts, body);
+    let key = whsec_key();
     let now = crate::harness::now();
     let sw = |id: &str, ts: i64, signature: String| {
         vec![

@@ -275,7 +275,6 @@ async fn scrape_passes_promtool_check_metrics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_standard_webhooks_signs_a_message_the_generic_source_accepts() {
-    const WHSEC: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
     let app = spawn_app_with(|raw| {
         raw.sources.native.insert(
             "standard-webhooks".into(),

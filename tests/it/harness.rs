@@ -38,10 +38,45 @@ pub fn fixture(path: &str) -> Vec<u8> {
     std::fs::read(&full).unwrap_or_else(|e| panic!("fixture {}: {e}", full.display()))
 }
 
+/// Lowercase hex HMAC-SHA256, computed here independently of hookgauge.
+pub fn hmac_hex(secret: &[u8], message: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
+    mac.update(message);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// `sha256=<hex>`, as GitHub and Pelorus send it.
 pub fn sign(secret: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    format!("sha256={}", hmac_hex(secret.as_bytes(), body))
+}
+
+/// The Standard Webhooks specification's example secret.
+pub const WHSEC: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+
+/// The key bytes of [`WHSEC`].
+pub fn whsec_key() -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(WHSEC.trim_start_matches("whsec_"))
+        .unwrap()
+}
+
+/// A Standard Webhooks `v1,<base64>` signature of `id.timestamp.body`
+/// under `key`.
+pub fn standard_signature_with(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
+    use base64::Engine as _;
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
     mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    )
+}
+
+/// As [`standard_signature_with`], under the [`WHSEC`] key.
+pub fn standard_signature(id: &str, timestamp: i64, body: &[u8]) -> String {
+    standard_signature_with(&whsec_key(), id, timestamp, body)
 }
 
 pub fn now() -> i64 {

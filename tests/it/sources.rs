@@ -5,32 +5,11 @@
 
 use serde_json::json;
 
-use crate::harness::{fixture, ledger_rows, spawn_app_with, Reply, TestApp};
+use crate::harness::{
+    fixture, hmac_hex, ledger_rows, spawn_app_with, standard_signature, Reply, TestApp, WHSEC,
+};
 
-pub const SECRET: &str = "native-test-secret";
-const WHSEC: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
-
-fn hmac_hex(secret: &[u8], message: &[u8]) -> String {
-    use hmac::{Hmac, Mac};
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
-    mac.update(message);
-    hex::encode(mac.finalize().into_bytes())
-}
-
-fn standard_signature(id: &str, timestamp: i64, body: &[u8]) -> String {
-    use base64::Engine as _;
-    use hmac::{Hmac, Mac};
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(WHSEC.trim_start_matches("whsec_"))
-        .unwrap();
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
-    mac.update(format!("{id}.{timestamp}.").as_bytes());
-    mac.update(body);
-    format!(
-        "v1,{}",
-        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
-    )
-}
+pub use crate::harness::SECRET;
 
 pub async fn spawn_sources() -> TestApp {
     spawn_app_with(|raw| {
