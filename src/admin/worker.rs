@@ -48,8 +48,9 @@ pub async fn redeliveries(
             .pending(super::now_ms(), 16)
             .await
             .unwrap_or_default();
+        let idle = due.is_empty();
         let mut faulted = false;
-        for pending in &due {
+        for pending in due {
             if process(pending, &store, &ingest, &metrics).await.is_err() {
                 faulted = true;
                 break;
@@ -61,7 +62,7 @@ pub async fn redeliveries(
             tokio::time::sleep(POLL * (1 << store_down)).await;
         } else {
             store_down = 0;
-            if due.is_empty() {
+            if idle {
                 let _ = tokio::time::timeout(POLL, wake.notified()).await;
             }
         }
@@ -86,7 +87,7 @@ fn header_map(headers: &serde_json::Value) -> HeaderMap {
 
 /// Runs one redelivery. `Err` only when the store could not be written.
 async fn process(
-    pending: &Pending,
+    mut pending: Pending,
     store: &Store,
     ingest: &IngestState,
     metrics: &Metrics,
@@ -114,7 +115,7 @@ async fn process(
     let replayed = match source {
         None => Err(format!("source {} is not known any more", pending.source)),
         Some(source) => {
-            let body = bytes::Bytes::from(pending.body.clone());
+            let body = bytes::Bytes::from(std::mem::take(&mut pending.body));
             let run = std::panic::AssertUnwindSafe(|| {
                 ingest::replay(ingest, source, pending.instance.as_deref(), &headers, body)
             });
