@@ -22,9 +22,6 @@ use crate::store::{Store, StoreConfig};
 
 /// The longest the request line and headers may take to arrive.
 pub const INGEST_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-/// Open connections each ingest worker serves at most; more wait in the
-/// listen backlog.
-const MAX_CONNECTIONS_PER_WORKER: usize = 4096;
 
 /// How often gauge series that left their window are dropped from memory.
 const EVICT_INTERVAL: Duration = Duration::from_secs(30);
@@ -112,6 +109,12 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApp> {
     let replay_state = ingest_state.clone();
     let request_metrics = Arc::clone(&metrics);
     let shutdown_secs = settings.shutdown_timeout.as_secs();
+    // `server.max_connections` is for the whole port; actix-web counts per
+    // worker, and a worker at its limit takes no more from the backlog.
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(settings.max_connections);
+    let per_worker = settings.max_connections.div_ceil(workers);
     let ingest_server = HttpServer::new(move || {
         let timer = Arc::clone(&request_metrics);
         ActixApp::new()
@@ -140,7 +143,8 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApp> {
     .client_request_timeout(INGEST_HEADER_TIMEOUT)
     .client_disconnect_timeout(Duration::from_secs(1))
     .keep_alive(Duration::from_secs(75))
-    .max_connections(MAX_CONNECTIONS_PER_WORKER)
+    .workers(workers)
+    .max_connections(per_worker)
     .listen(ingest_listener)
     .with_context(|| format!("cannot listen on {ingest_addr}"))?
     .run();

@@ -99,6 +99,9 @@ pub struct RawServer {
     /// Directory of declarative plugin files (`*.toml`) to load besides the
     /// shipped ones.
     pub plugins_dir: Option<PathBuf>,
+    /// Open ingest connections served at once; more wait in the listen
+    /// backlog until one closes.
+    pub max_connections: usize,
 }
 
 impl Default for RawServer {
@@ -110,6 +113,7 @@ impl Default for RawServer {
             allow_unsigned: false,
             shutdown_timeout: Duration::from_secs(30),
             plugins_dir: None,
+            max_connections: 8192,
         }
     }
 }
@@ -347,6 +351,7 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub allow_unsigned: bool,
     pub shutdown_timeout: Duration,
+    pub max_connections: usize,
     pub store: StoreSettings,
     pub metrics: MetricsSettings,
     pub log: RawLog,
@@ -559,6 +564,12 @@ impl Settings {
         if raw.server.data_dir.as_os_str().is_empty() {
             return Err(ConfigError::invalid("server.data_dir", "must not be empty"));
         }
+        if raw.server.max_connections == 0 {
+            return Err(ConfigError::invalid(
+                "server.max_connections",
+                "must be at least 1: no connection could be served",
+            ));
+        }
         if raw.metrics.exposure_window.is_zero() {
             return Err(ConfigError::invalid(
                 "metrics.exposure_window",
@@ -632,6 +643,7 @@ impl Settings {
             data_dir: raw.server.data_dir,
             allow_unsigned: raw.server.allow_unsigned,
             shutdown_timeout: raw.server.shutdown_timeout,
+            max_connections: raw.server.max_connections,
             store: StoreSettings {
                 synchronous: raw.store.synchronous,
                 busy_timeout: raw.store.busy_timeout,
@@ -703,6 +715,7 @@ impl Settings {
              data_dir = {data_dir}\n\
              allow_unsigned = {allow_unsigned}\n\
              shutdown_timeout = \"{shutdown}\"\n\
+             max_connections = {max_connections}\n\
              {plugins_dir}\
              \n\
              [store]\n\
@@ -739,6 +752,7 @@ impl Settings {
             data_dir = toml_str(&self.data_dir.to_string_lossy()),
             allow_unsigned = self.allow_unsigned,
             shutdown = humantime::format_duration(self.shutdown_timeout),
+            max_connections = self.max_connections,
             plugins_dir = match &self.plugins_dir {
                 Some(dir) => format!("plugins_dir = {}\n", toml_str(&dir.to_string_lossy())),
                 None => String::new(),
@@ -954,9 +968,7 @@ fn load_keys(
     }
     if let Some(path) = file {
         let key = format!("{section}.{name}_file");
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::invalid(&key, format!("cannot read {}: {e}", path.display()))
-        })?;
+        let text = read_secrets_file(path).map_err(|e| ConfigError::invalid(&key, e))?;
         let before = secrets.len();
         secrets.extend(
             text.lines()
@@ -972,6 +984,29 @@ fn load_keys(
         }
     }
     Ok(secrets)
+}
+
+/// The most a secrets file may hold: a file of secrets is a few lines, and a
+/// path pointing at a device or a large file must not be read without end.
+const MAX_SECRETS_FILE_BYTES: u64 = 64 * 1024;
+
+/// Reads a secrets file of at most [`MAX_SECRETS_FILE_BYTES`].
+fn read_secrets_file(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let cannot = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .map_err(cannot)?
+        .take(MAX_SECRETS_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(cannot)?;
+    if text.len() as u64 > MAX_SECRETS_FILE_BYTES {
+        return Err(format!(
+            "{} is larger than {MAX_SECRETS_FILE_BYTES} bytes: not a file of secrets",
+            path.display()
+        ));
+    }
+    Ok(text)
 }
 
 #[cfg(test)]

@@ -13,6 +13,13 @@ use crate::signature::AuthFailure;
 /// Seconds a sender is asked to wait after a 503.
 pub const RETRY_AFTER_SECONDS: u64 = 5;
 
+/// The most request headers a webhook may carry, and their total size
+/// (names and values). Providers send 10 to 25; proxies add a few. Beyond
+/// the HTTP parser's own hard limits (96 headers, 128 KiB of request head)
+/// the connection is answered 431 and closed without a JSON body.
+pub const MAX_REQUEST_HEADERS: usize = 64;
+pub const MAX_REQUEST_HEADER_BYTES: usize = 32 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     #[error("no such source")]
@@ -24,6 +31,8 @@ pub enum IngestError {
     UnsupportedMediaType,
     #[error("the body is larger than {limit} bytes")]
     TooLarge { limit: usize },
+    #[error("the request has {count} headers of {bytes} bytes; at most {MAX_REQUEST_HEADERS} headers of {MAX_REQUEST_HEADER_BYTES} bytes are read")]
+    HeadersTooLarge { count: usize, bytes: usize },
     #[error("the body could not be read")]
     BodyRead,
     #[error("the body did not arrive within {seconds} s")]
@@ -54,11 +63,26 @@ impl From<PayloadError> for IngestError {
 }
 
 impl IngestError {
+    /// Refuses a request head beyond [`MAX_REQUEST_HEADERS`] or
+    /// [`MAX_REQUEST_HEADER_BYTES`] before anything else is read.
+    pub fn check_headers(headers: &actix_web::http::header::HeaderMap) -> Result<(), IngestError> {
+        let count = headers.len();
+        let bytes: usize = headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len())
+            .sum();
+        if count > MAX_REQUEST_HEADERS || bytes > MAX_REQUEST_HEADER_BYTES {
+            return Err(IngestError::HeadersTooLarge { count, bytes });
+        }
+        Ok(())
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             IngestError::UnknownSource | IngestError::SourceDisabled => StatusCode::NOT_FOUND,
             IngestError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             IngestError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            IngestError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             IngestError::BodyRead => StatusCode::BAD_REQUEST,
             IngestError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             IngestError::BadUserAgent { .. } => StatusCode::PRECONDITION_FAILED,
@@ -80,6 +104,7 @@ impl IngestError {
             IngestError::UnknownSource | IngestError::SourceDisabled => "unknown_source",
             IngestError::UnsupportedMediaType => "unsupported_media_type",
             IngestError::TooLarge { .. } => "body_too_large",
+            IngestError::HeadersTooLarge { .. } => "headers_too_large",
             IngestError::BodyRead => "body_unreadable",
             IngestError::BodyTimeout { .. } => "body_read_timeout",
             IngestError::BadUserAgent { .. } => "bad_user_agent",
@@ -104,6 +129,7 @@ impl IngestError {
             }
             IngestError::Unauthorized(failure) => Some(failure.header),
             IngestError::UnsupportedMediaType => Some("Content-Type"),
+            IngestError::HeadersTooLarge { .. } => Some("headers"),
             IngestError::Invalid(problems) => problems.first().map(|p| p.field),
             _ => None,
         }
@@ -115,6 +141,7 @@ impl IngestError {
             IngestError::Unauthorized(_) => Some(Outcome::Rejected),
             IngestError::UnknownSource
             | IngestError::SourceDisabled
+            | IngestError::HeadersTooLarge { .. }
             | IngestError::StoreUnavailable => None,
             _ => Some(Outcome::Invalid),
         }

@@ -18,7 +18,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-pub use error::{IngestError, RETRY_AFTER_SECONDS};
+pub use error::{IngestError, MAX_REQUEST_HEADERS, MAX_REQUEST_HEADER_BYTES, RETRY_AFTER_SECONDS};
 
 use crate::config::{PelorusSettings, SourceInstance};
 use crate::ledger::{Delivery, DeliveryId, Disposition, Outcome};
@@ -289,6 +289,9 @@ async fn pelorus_webhook(
     state: web::Data<IngestState>,
 ) -> HttpResponse {
     let received_at_ms = now_ms();
+    if let Err(error) = IngestError::check_headers(req.headers()) {
+        return error.to_response(None);
+    }
     if !state.pelorus.enabled {
         tracing::info!(
             "Delivery to a disabled source; enable it with [sources.pelorus] enabled = true"
@@ -624,6 +627,9 @@ async fn native_webhook(
     state: web::Data<IngestState>,
 ) -> HttpResponse {
     let received_at_ms = now_ms();
+    if let Err(error) = IngestError::check_headers(req.headers()) {
+        return error.to_response(None);
+    }
     let source = req.match_info().get("source").unwrap_or_default();
     let name = req.match_info().get("name");
     let Some(plugin) = state.plugins.iter().copied().find(|p| p.source() == source) else {

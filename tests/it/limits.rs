@@ -1,6 +1,7 @@
 //! HTTP limits on the public port: slow-loris headers and bodies are cut
-//! off, deep JSON and header floods are refused without harm, and a flood of
-//! unsigned requests writes only a trickle of ledger rows.
+//! off, deep JSON is refused without harm, header count and size are capped
+//! with a precise 431, connections past `server.max_connections` wait, and
+//! a flood of unsigned requests writes only a trickle of ledger rows.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -78,7 +79,7 @@ async fn slow_loris_headers_and_bodies_are_cut_off() {
 }
 
 #[tokio::test]
-async fn deep_json_and_header_floods_are_refused_harmlessly() {
+async fn deep_json_is_refused_harmlessly() {
     let app = spawn_app().await;
     let deep = format!("{}{}", "[".repeat(20_000), "]".repeat(20_000));
     let reply = app
@@ -87,19 +88,6 @@ async fn deep_json_and_header_floods_are_refused_harmlessly() {
     assert_eq!(reply.status, 400, "{}", reply.text);
     let reply = app.post_signed("deploytime", deep.as_bytes()).await;
     assert!(matches!(reply.status, 400 | 413), "{}", reply.text);
-    // A client of its own: the server drops the connection after refusing
-    // the headers, and a pooled connection must not be reused by what
-    // follows.
-    let mut request = reqwest::Client::new()
-        .post(format!("{}/pelorus/webhook", app.ingest))
-        .body("{}");
-    for i in 0..200 {
-        request = request.header(format!("x-flood-{i}"), "v".repeat(100));
-    }
-    // Refused with a 4xx, or the connection closed outright.
-    if let Ok(response) = request.send().await {
-        assert!(response.status().as_u16() >= 400, "{}", response.status());
-    }
     let reply = app
         .post_signed("deploytime", &deploy_body("shop", "prod", &image(2), now()))
         .await;
@@ -151,5 +139,139 @@ async fn an_unsigned_flood_writes_a_trickle_and_valid_senders_go_through() {
         .map(|s| s.value)
         .sum();
     assert_eq!(counted, 600.0, "every refusal is counted");
+    app.shutdown().await;
+}
+
+/// One raw HTTP/1.1 request with `extra` headers; the status line's code.
+fn status_with_headers(app: &TestApp, path: &str, extra: &[(String, String)]) -> (u16, String) {
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         X-Pelorus-Event: deploytime\r\nUser-Agent: Pelorus-Webhook/test\r\nConnection: close\r\nContent-Length: 2\r\n"
+    );
+    for (name, value) in extra {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n{}");
+    let mut stream = connect(app);
+    // The server may answer and close before it has read every header.
+    let _ = stream.write_all(request.as_bytes());
+    let (answer, _) = until_closed(stream, Instant::now());
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (status, body)
+}
+
+fn headers(count: usize, value_len: usize) -> Vec<(String, String)> {
+    (0..count)
+        .map(|i| (format!("x-extra-{i}"), "v".repeat(value_len)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_count_and_size_are_limited_with_a_431_naming_the_headers() {
+    use hookgauge::ingest::{MAX_REQUEST_HEADERS, MAX_REQUEST_HEADER_BYTES};
+    let app = crate::harness::spawn_app_with(|raw| {
+        raw.sources.pelorus.secrets = vec![crate::harness::SECRET.into()];
+        raw.sources.native.insert(
+            "github".into(),
+            serde_json::json!({"secrets": [crate::harness::SECRET]}),
+        );
+    })
+    .await;
+    // The request's own headers: Host, Content-Type, X-Pelorus-Event,
+    // User-Agent, Connection, Content-Length.
+    let own = 6;
+    for path in ["/pelorus/webhook", "/hooks/github"] {
+        // At the limit: read, then refused for what it is (unsigned).
+        let (status, body) =
+            status_with_headers(&app, path, &headers(MAX_REQUEST_HEADERS - own, 10));
+        assert_ne!(status, 431, "{path}: {body}");
+        assert!(status == 401 || status == 400, "{path}: {status} {body}");
+
+        let (status, body) =
+            status_with_headers(&app, path, &headers(MAX_REQUEST_HEADERS - own + 1, 10));
+        assert_eq!(status, 431, "{path}: {body}");
+        let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(problem["reason"], "headers_too_large");
+        assert_eq!(problem["field"], "headers");
+        assert_eq!(problem["outcome"], serde_json::Value::Null);
+
+        // Few headers, too many bytes.
+        let (status, body) =
+            status_with_headers(&app, path, &headers(2, MAX_REQUEST_HEADER_BYTES / 2));
+        assert_eq!(status, 431, "{path}: {body}");
+        assert!(body.contains("headers_too_large"), "{body}");
+    }
+    // Past the HTTP parser's hard limits (96 headers, 128 KiB of head) the
+    // answer is a bare 431 and the connection closes.
+    let (status, _) = status_with_headers(&app, "/pelorus/webhook", &headers(200, 10));
+    assert_eq!(status, 431);
+    let (status, _) = status_with_headers(&app, "/pelorus/webhook", &headers(1, 200 * 1024));
+    assert_eq!(status, 431);
+
+    // A row for each request at the limit (refused as unsigned), none for
+    // a refused head.
+    assert_eq!(app.ledger().len(), 2, "{:?}", app.ledger());
+    let reply = app
+        .post_signed("deploytime", &deploy_body("shop", "prod", &image(3), now()))
+        .await;
+    assert_eq!(reply.status, 202, "still serving");
+    app.shutdown().await;
+}
+
+/// Sends a keep-alive request and reads its whole answer, leaving the
+/// connection open; `None` when no answer came within `wait`.
+fn healthz_on(stream: &mut TcpStream, wait: Duration) -> Option<String> {
+    stream.set_read_timeout(Some(wait)).unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .ok()?;
+    let mut buf = [0u8; 4096];
+    match stream.read(&mut buf) {
+        Ok(n) if n > 0 => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_max_connections_wait_until_one_closes() {
+    let app = crate::harness::spawn_app_with(|c| c.server.max_connections = 2).await;
+    let held: Vec<TcpStream> = tokio::task::spawn_blocking({
+        let addr = app.ingest.trim_start_matches("http://").to_owned();
+        move || {
+            (0..2)
+                .map(|_| {
+                    let mut stream = TcpStream::connect(&addr).unwrap();
+                    let answer = healthz_on(&mut stream, Duration::from_secs(10));
+                    assert!(answer.is_some(), "a connection within the limit is served");
+                    stream
+                })
+                .collect()
+        }
+    })
+    .await
+    .unwrap();
+    let addr = app.ingest.trim_start_matches("http://").to_owned();
+    let (waiting, answered) = tokio::task::spawn_blocking(move || {
+        // The kernel completes the handshake (backlog); the server does not
+        // read the request while both connections are open.
+        let mut third = TcpStream::connect(&addr).unwrap();
+        let waiting = healthz_on(&mut third, Duration::from_millis(1500));
+        drop(held);
+        let mut buf = [0u8; 1024];
+        third
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let answered = third.read(&mut buf).map(|n| n > 0).unwrap_or(false);
+        (waiting, answered)
+    })
+    .await
+    .unwrap();
+    assert_eq!(waiting, None, "a third connection waits while two are open");
+    assert!(answered, "and is served once one closes");
     app.shutdown().await;
 }
