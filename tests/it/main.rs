@@ -9,6 +9,7 @@ mod attacks;
 mod cli;
 mod crash;
 mod deploy;
+mod fuzz;
 mod limits;
 mod page;
 mod pelorus;
