@@ -63,10 +63,10 @@ impl std::error::Error for PluginFileError {}
 /// Loads the shipped plugins and then every `*.toml` in `dir` (sorted by
 /// name), a user file replacing a shipped plugin of the same source.
 pub fn load(dir: Option<&Path>) -> Result<Vec<&'static dyn Plugin>, PluginFileError> {
-    let mut loaded: Vec<(String, Declarative)> = Vec::new();
-    for (name, text) in SHIPPED {
-        loaded.push((format!("plugins/{name}"), parse(name, text)?));
-    }
+    let mut loaded: Vec<(String, &'static Declarative)> = shipped()?
+        .iter()
+        .map(|(name, plugin)| (format!("plugins/{name}"), *plugin))
+        .collect();
     let shipped = loaded.len();
     let mut replaced = vec![false; shipped];
     if let Some(dir) = dir {
@@ -86,7 +86,7 @@ pub fn load(dir: Option<&Path>) -> Result<Vec<&'static dyn Plugin>, PluginFileEr
                         file,
                         "Plugin file replaces the shipped one"
                     );
-                    loaded[i] = (file, plugin);
+                    loaded[i] = (file, Box::leak(Box::new(plugin)));
                 }
                 Some(i) => {
                     return Err(PluginFileError {
@@ -98,14 +98,36 @@ pub fn load(dir: Option<&Path>) -> Result<Vec<&'static dyn Plugin>, PluginFileEr
                         ),
                     })
                 }
-                None => loaded.push((file, plugin)),
+                None => loaded.push((file, Box::leak(Box::new(plugin)))),
             }
         }
     }
     Ok(loaded
         .into_iter()
-        .map(|(_, plugin)| &*Box::leak(Box::new(plugin)) as &'static dyn Plugin)
+        .map(|(_, plugin)| plugin as &'static dyn Plugin)
         .collect())
+}
+
+/// The shipped plugins, parsed once per process: a plugin lives as long as
+/// the process (its strings are `'static`), so loading them again, as every
+/// `Settings` load does, must not allocate them again.
+fn shipped() -> Result<&'static [(&'static str, &'static Declarative)], PluginFileError> {
+    static SHIPPED_PLUGINS: std::sync::OnceLock<
+        Result<Vec<(&'static str, &'static Declarative)>, PluginFileError>,
+    > = std::sync::OnceLock::new();
+    SHIPPED_PLUGINS
+        .get_or_init(|| {
+            SHIPPED
+                .iter()
+                .map(|(name, text)| {
+                    let plugin: &'static Declarative = Box::leak(Box::new(parse(name, text)?));
+                    Ok((*name, plugin))
+                })
+                .collect()
+        })
+        .as_ref()
+        .map(Vec::as_slice)
+        .map_err(Clone::clone)
 }
 
 fn toml_files(dir: &Path) -> Result<Vec<PathBuf>, PluginFileError> {
