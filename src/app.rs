@@ -23,6 +23,9 @@ use crate::store::{Store, StoreConfig};
 /// The longest the request line and headers may take to arrive.
 pub const INGEST_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How often the event-interval gauges are recomputed from the store.
+const EVENT_INTERVALS_REFRESH: Duration = Duration::from_secs(60);
+
 /// How often gauge series that left their window are dropped from memory.
 const EVICT_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -168,6 +171,11 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApp> {
             replay_state.into_inner(),
             Arc::clone(&metrics),
             worker_wake,
+        )),
+        tokio::spawn(worker::event_intervals(
+            ledger.clone(),
+            Arc::clone(&metrics),
+            EVENT_INTERVALS_REFRESH,
         )),
         tokio::spawn(worker::retention(
             ledger,

@@ -10,9 +10,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::AdminState;
+use crate::events::App;
 use crate::ledger::{Outcome, State};
 use crate::signature::{self, Secret};
-use crate::store::deliveries::{DeliveryFilter, EventFilter};
+use crate::store::deliveries::{DeliveryFilter, EventFilter, IntervalWindow, EVENT_KINDS};
 use crate::store::{ReplayRefusal, StoreError};
 
 /// Most rows one page of a listing returns.
@@ -30,7 +31,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::post().to(redeliver),
         )
         .route("/api/v1/events", web::get().to(events))
-        .route("/api/v1/sources", web::get().to(sources));
+        .route("/api/v1/sources", web::get().to(sources))
+        .route(
+            "/api/v1/stats/event-intervals",
+            web::get().to(event_intervals),
+        );
 }
 
 /// Why a request may not use the admin API.
@@ -370,9 +375,8 @@ async fn events(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse 
         Ok(q) => q.into_inner(),
         Err(e) => return bad_query(&e),
     };
-    const KINDS: [&str; 4] = ["commit", "deploy", "failure_created", "failure_resolved"];
     if let Some(kind) = &query.kind {
-        if !KINDS.contains(&kind.as_str()) {
+        if !EVENT_KINDS.contains(&kind.as_str()) {
             return problem(StatusCode::BAD_REQUEST, "kind", "unknown_kind").response();
         }
     }
@@ -389,6 +393,58 @@ async fn events(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse 
     };
     match state.ledger.events(filter).await {
         Ok(page) => HttpResponse::Ok().json(page),
+        Err(error) => unavailable(&error).response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IntervalsQuery {
+    repo: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+/// `GET /api/v1/stats/event-intervals[?repo=&type=]`: the mean time between
+/// consecutive events per application and kind (README "Event intervals").
+/// Needs a configured API key even from loopback.
+async fn event_intervals(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
+    if state.api_keys.is_empty() {
+        return HttpResponse::Unauthorized()
+            .insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"hookgauge admin\""))
+            .json(json!({"error": "unauthorized", "field": "admin.api_keys", "reason": "no_api_key_configured"}));
+    }
+    if let Err(denied) = authorize(&req, &state.api_keys, Credentials::Bearer) {
+        return denied.response();
+    }
+    let query = match web::Query::<IntervalsQuery>::from_query(req.query_string()) {
+        Ok(q) => q.into_inner(),
+        Err(e) => return bad_query(&e),
+    };
+    let kind = match query.kind.as_deref() {
+        None => None,
+        Some(kind) => match EVENT_KINDS.iter().find(|k| **k == kind) {
+            Some(kind) => Some(*kind),
+            None => return problem(StatusCode::BAD_REQUEST, "type", "unknown_type").response(),
+        },
+    };
+    if let Some(repo) = &query.repo {
+        if App::parse(repo).is_err() {
+            return problem(StatusCode::BAD_REQUEST, "repo", "invalid_app").response();
+        }
+    }
+    let window = IntervalWindow::DEFAULT;
+    let now = super::now_ms() / 1000;
+    match state
+        .ledger
+        .event_intervals(query.repo, kind, window, now)
+        .await
+    {
+        Ok(intervals) => HttpResponse::Ok().json(json!({
+            "window": window,
+            "now": now,
+            "intervals": intervals,
+        })),
         Err(error) => unavailable(&error).response(),
     }
 }

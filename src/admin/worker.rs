@@ -1,6 +1,7 @@
 //! Background work on the ledger: the redelivery worker (queued rows run
-//! through their source again, errored ones retried with backoff) and
-//! retention (bounded prune steps, then the size self-metrics).
+//! through their source again, errored ones retried with backoff),
+//! retention (bounded prune steps, then the size self-metrics) and the
+//! event-interval gauges.
 //!
 //! One worker processes redeliveries one at a time, oldest due first, so
 //! redeliveries never race each other; a retried one runs after those queued
@@ -18,7 +19,7 @@ use crate::ingest::{self, IngestState};
 use crate::ledger::{Delivery, DeliveryId, State};
 use crate::metrics::Metrics;
 use crate::plugins::pelorus;
-use crate::store::deliveries::{Ledger, Pending};
+use crate::store::deliveries::{IntervalWindow, Ledger, Pending};
 use crate::store::Store;
 
 /// Attempts a redelivery gets before it stays `errored`.
@@ -239,6 +240,53 @@ pub async fn retention(
             metrics.store_body_bytes.set(size.body_bytes);
             metrics.deliveries_pending.set(size.pending);
         }
+    }
+}
+
+/// Recomputes `hookgauge_event_interval_seconds` from the store every
+/// `every`, the first time at once (so the gauges are back right after a
+/// restart); series of an application and kind that left the window go.
+pub async fn event_intervals(ledger: Ledger, metrics: Arc<Metrics>, every: Duration) {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shown: Vec<(String, &'static str)> = Vec::new();
+    loop {
+        interval.tick().await;
+        let now = super::now_ms() / 1000;
+        let intervals = match ledger
+            .event_intervals(None, None, IntervalWindow::DEFAULT, now)
+            .await
+        {
+            Ok(intervals) => intervals,
+            Err(error) => {
+                tracing::warn!(error = %error, "Event intervals not refreshed: store unavailable");
+                continue;
+            }
+        };
+        let current: Vec<(String, &'static str)> =
+            intervals.iter().map(|i| (i.repo.clone(), i.kind)).collect();
+        for (repo, kind) in shown.iter().filter(|s| !current.contains(s)) {
+            let _ = metrics
+                .event_interval
+                .remove_label_values(&[repo.as_str(), kind]);
+            let _ = metrics
+                .event_interval_events
+                .remove_label_values(&[repo.as_str(), kind]);
+        }
+        for i in &intervals {
+            let labels = [i.repo.as_str(), i.kind];
+            metrics
+                .event_interval_events
+                .with_label_values(&labels)
+                .set(i64::from(i.events));
+            match i.mean_interval_seconds {
+                Some(mean) => metrics.event_interval.with_label_values(&labels).set(mean),
+                None => {
+                    let _ = metrics.event_interval.remove_label_values(&labels);
+                }
+            }
+        }
+        shown = current;
     }
 }
 

@@ -54,6 +54,10 @@ pub struct Metrics {
     pub store_pruned: IntCounterVec,
     pub deliveries_pending: IntGauge,
     pub redeliveries: IntCounterVec,
+    /// Mean time between consecutive events, by application and kind
+    /// (`Ledger::event_intervals`), refreshed every minute.
+    pub event_interval: GaugeVec,
+    pub event_interval_events: IntGaugeVec,
 }
 
 impl Metrics {
@@ -218,6 +222,29 @@ impl Metrics {
         for result in ["done", "errored"] {
             redeliveries.with_label_values(&[result]);
         }
+        let event_interval = GaugeVec::new(
+            Opts::new(
+                "hookgauge_event_interval_seconds",
+                "Mean time between consecutive events over the last 7 days or the last 500 events, \
+                 whichever holds fewer, by application (repo) and event type.",
+            ),
+            &["repo", "type"],
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(event_interval.clone()))
+            .expect("metric registered once");
+        let event_interval_events = IntGaugeVec::new(
+            Opts::new(
+                "hookgauge_event_interval_events",
+                "Events the mean interval of hookgauge_event_interval_seconds is taken over.",
+            ),
+            &["repo", "type"],
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(event_interval_events.clone()))
+            .expect("metric registered once");
         Metrics {
             registry,
             deployments,
@@ -238,6 +265,8 @@ impl Metrics {
             store_pruned,
             deliveries_pending,
             redeliveries,
+            event_interval,
+            event_interval_events,
         }
     }
 

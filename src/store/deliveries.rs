@@ -91,6 +91,45 @@ pub struct StoredEvent {
     pub delivery_id: String,
 }
 
+/// The event kinds, as the admin API names them.
+pub const EVENT_KINDS: [&str; 4] = ["commit", "deploy", "failure_created", "failure_resolved"];
+
+/// The rolling window of [`Ledger::event_intervals`]: the last
+/// `max_seconds` or the last `max_events` events, whichever holds fewer.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct IntervalWindow {
+    pub max_seconds: i64,
+    pub max_events: u32,
+}
+
+impl IntervalWindow {
+    /// 7 days or 500 events.
+    pub const DEFAULT: IntervalWindow = IntervalWindow {
+        max_seconds: 7 * 86_400,
+        max_events: 500,
+    };
+}
+
+/// The average time between consecutive events of one kind for one
+/// application, over the window actually used.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EventInterval {
+    /// The application (the repository, unless the source maps it).
+    pub repo: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Events in the window.
+    pub events: u32,
+    /// `(last - first) / (events - 1)`; absent with fewer than two events.
+    pub mean_interval_seconds: Option<f64>,
+    /// The window used: from `now - max_seconds`, or from the oldest of the
+    /// last `max_events` events when there are that many; to now.
+    pub window_start: i64,
+    pub window_end: i64,
+    pub first_event: i64,
+    pub last_event: i64,
+}
+
 /// One page of stored events.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct EventPage {
@@ -397,6 +436,63 @@ impl Ledger {
         .await
     }
 
+    /// For each application and event kind with events in the last
+    /// `window.max_seconds`: the mean time between consecutive events over
+    /// that window or the last `window.max_events`, whichever holds fewer.
+    /// `app` and `kind` narrow the answer. Computed from the stored events,
+    /// so it covers every source and survives restarts.
+    pub async fn event_intervals(
+        &self,
+        app: Option<String>,
+        kind: Option<&'static str>,
+        window: IntervalWindow,
+        now: i64,
+    ) -> Result<Vec<EventInterval>, StoreError> {
+        self.read(move |conn| {
+            let since = now - window.max_seconds;
+            let mut out = Vec::new();
+            for (name, times) in EVENT_TIMES {
+                if kind.is_some_and(|k| k != name) {
+                    continue;
+                }
+                let sql = format!(
+                    "SELECT app, COUNT(*), MIN(time), MAX(time) FROM ( \
+                       SELECT app, time, ROW_NUMBER() OVER (PARTITION BY app ORDER BY time DESC) AS n \
+                       FROM ({times}) WHERE time >= ?1 AND time <= ?2 AND (?3 IS NULL OR app = ?3) \
+                     ) WHERE n <= ?4 GROUP BY app ORDER BY app"
+                );
+                let mut stmt = conn.prepare(&sql)?;
+                let rows = stmt.query_map(
+                    params![since, now, app, window.max_events],
+                    |r| {
+                        let events: u32 = r.get(1)?;
+                        let (first, last): (i64, i64) = (r.get(2)?, r.get(3)?);
+                        Ok(EventInterval {
+                            repo: r.get(0)?,
+                            kind: name,
+                            events,
+                            mean_interval_seconds: (events >= 2)
+                                .then(|| (last - first) as f64 / f64::from(events - 1)),
+                            window_start: if events >= window.max_events {
+                                first
+                            } else {
+                                since
+                            },
+                            window_end: now,
+                            first_event: first,
+                            last_event: last,
+                        })
+                    },
+                )?;
+                for row in rows {
+                    out.push(row?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// What each of `sources` has been sending: a few index seeks per
     /// source, never a scan of the ledger.
     pub async fn sources(
@@ -504,6 +600,28 @@ impl Ledger {
 
 /// Stored events matching `filter`, at most `filter.limit` of each kind,
 /// newest first.
+/// Each event kind as `(app, time)` rows, one per event: a commit stored
+/// once per image it shipped in, or a deploy once per commit it carried,
+/// is one event.
+const EVENT_TIMES: [(&str, &str); 4] = [
+    (
+        "commit",
+        "SELECT DISTINCT app, commit_sha, time FROM commits",
+    ),
+    (
+        "deploy",
+        "SELECT DISTINCT app, namespace, image_sha, time FROM deploys",
+    ),
+    (
+        "failure_created",
+        "SELECT app, created AS time FROM failures WHERE created IS NOT NULL",
+    ),
+    (
+        "failure_resolved",
+        "SELECT app, resolved AS time FROM failures WHERE resolved IS NOT NULL",
+    ),
+];
+
 fn read_events(conn: &Connection, filter: &EventFilter) -> rusqlite::Result<Vec<StoredEvent>> {
     let since = filter.since.unwrap_or(i64::MIN);
     let until = filter.until.unwrap_or(i64::MAX);

@@ -466,3 +466,131 @@ async fn event_pages_end_on_whole_seconds_and_cover_everything_once() {
     assert_eq!(reply.status, 403, "{}", reply.text);
     app.shutdown().await;
 }
+
+async fn intervals(app: &TestApp, query: &str, key: Option<&str>) -> Reply {
+    get(app, &format!("/api/v1/stats/event-intervals{query}"), key).await
+}
+
+fn interval<'a>(reply: &'a Reply, repo: &str, kind: &str) -> &'a Value {
+    reply.json["intervals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["repo"] == repo && i["type"] == kind)
+        .unwrap_or_else(|| panic!("no {repo}/{kind} in {}", reply.text))
+}
+
+#[tokio::test]
+async fn event_intervals_are_computed_from_the_store_per_app_and_type() {
+    let mut app = spawn_app_with(|raw| {
+        raw.sources.pelorus.secrets = vec![SECRET.into()];
+        raw.admin.api_keys = vec![KEY.into()];
+    })
+    .await;
+    let t = now();
+    // shop: deploys 600 s apart, one older than the 7-day window.
+    for (n, at) in [
+        (1, t - 8 * 86_400),
+        (2, t - 1_800),
+        (3, t - 1_200),
+        (4, t - 600),
+    ] {
+        let reply = app
+            .post_signed("deploytime", &deploy_body("shop", "prod", &image(n), at))
+            .await;
+        assert_eq!(reply.status, 202, "{}", reply.text);
+    }
+    // cart: 520 deploys a second apart: only the last 500 count.
+    let last = t - 100;
+    for n in 0..520u64 {
+        let at = last - 519 + n as i64;
+        let body = deploy_body("cart", "prod", &image(1_000 + n), at);
+        assert_eq!(app.post_signed("deploytime", &body).await.status, 202);
+    }
+    // A commit of one deploy: a single event has no interval.
+    let commit = json!({"app": "shop", "commit_hash": "c5feabde2d8cd023215af4d2ceeb7a64839fc428",
+        "image_sha": image(4), "namespace": "prod", "timestamp": t - 3_000});
+    let reply = app
+        .post_signed("committime", &serde_json::to_vec(&commit).unwrap())
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+
+    let check = |reply: &Reply| {
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        assert_eq!(reply.json["window"]["max_seconds"], 7 * 86_400);
+        assert_eq!(reply.json["window"]["max_events"], 500);
+        let now = reply.json["now"].as_i64().unwrap();
+        let shop = interval(reply, "shop", "deploy");
+        assert_eq!(shop["events"], 3, "the 8-day-old deploy is outside");
+        assert_eq!(shop["mean_interval_seconds"], 600.0);
+        assert_eq!(shop["first_event"], t - 1_800);
+        assert_eq!(shop["last_event"], t - 600);
+        assert_eq!(shop["window_start"], now - 7 * 86_400);
+        let cart = interval(reply, "cart", "deploy");
+        assert_eq!(cart["events"], 500);
+        assert_eq!(cart["mean_interval_seconds"], 1.0);
+        assert_eq!(
+            cart["window_start"],
+            last - 499,
+            "the oldest of the last 500"
+        );
+        let commit = interval(reply, "shop", "commit");
+        assert_eq!(commit["events"], 1);
+        assert_eq!(commit["mean_interval_seconds"], Value::Null);
+    };
+    check(&intervals(&app, "", Some(KEY)).await);
+
+    let narrowed = intervals(&app, "?repo=shop&type=deploy", Some(KEY)).await;
+    assert_eq!(narrowed.status, 200, "{}", narrowed.text);
+    assert_eq!(narrowed.json["intervals"].as_array().unwrap().len(), 1);
+    assert_eq!(narrowed.json["intervals"][0]["events"], 3);
+
+    let bad = intervals(&app, "?type=push", Some(KEY)).await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.json["field"], "type");
+    let bad = intervals(&app, "?repo=", Some(KEY)).await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.json["field"], "repo");
+    let bad = intervals(&app, "?since=1", Some(KEY)).await;
+    assert_eq!(bad.status, 400, "{}", bad.text);
+    assert_eq!(intervals(&app, "", None).await.status, 401);
+    assert_eq!(intervals(&app, "", Some("wrong-key")).await.status, 401);
+
+    // Survives a restart: computed from the store, and the gauge is set
+    // at start-up.
+    app.restart().await;
+    check(&intervals(&app, "", Some(KEY)).await);
+    let mut gauge = 0.0;
+    for _ in 0..100 {
+        let scrape = app.scrape().await;
+        let found = scrape.find(
+            "hookgauge_event_interval_seconds",
+            &[("repo", "shop"), ("type", "deploy")],
+        );
+        if let Some(sample) = found.first() {
+            gauge = sample.value;
+            assert_eq!(
+                scrape.value(
+                    "hookgauge_event_interval_events",
+                    &[("repo", "cart"), ("type", "deploy")]
+                ),
+                500.0
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(gauge, 600.0);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn event_intervals_need_a_configured_key_even_on_loopback() {
+    let app = spawn_app_with(|raw| raw.sources.pelorus.secrets = vec![SECRET.into()]).await;
+    let reply = intervals(&app, "", None).await;
+    assert_eq!(reply.status, 401, "{}", reply.text);
+    assert_eq!(reply.json["field"], "admin.api_keys");
+    // The rest of the admin API stays open to loopback without keys.
+    assert_eq!(get(&app, "/api/v1/sources", None).await.status, 200);
+    app.shutdown().await;
+}
