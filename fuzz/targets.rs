@@ -15,8 +15,8 @@ use hookgauge::plugins::{self, pelorus, Plugin, SourceOptions};
 use hookgauge::signature::Secret;
 
 /// The event headers the plugins dispatch on, with the values they know,
-/// and one value none knows.
-const EVENT_HEADERS: &[(&str, &[&str])] = &[
+/// and one value none knows (also used by the property tests).
+pub const EVENT_HEADERS: &[(&str, &[&str])] = &[
     (
         "x-github-event",
         &[

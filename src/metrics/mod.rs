@@ -154,28 +154,24 @@ impl Metrics {
             "Creation time of the oldest unresolved production failure, by application.",
             &["app"],
         );
-        let open_failures = IntGaugeVec::new(
-            Opts::new(
-                "hookgauge_open_failures",
-                "Production failures created and not yet resolved, by application.",
-            ),
+        let int_gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let vec =
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+            registry
+                .register(Box::new(vec.clone()))
+                .expect("metric registered once");
+            vec
+        };
+        let open_failures = int_gauge_vec(
+            "hookgauge_open_failures",
+            "Production failures created and not yet resolved, by application.",
             &["app"],
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(open_failures.clone()))
-            .expect("metric registered once");
-        let build_info = IntGaugeVec::new(
-            Opts::new(
-                "hookgauge_build_info",
-                "Always 1; labelled with the running version.",
-            ),
+        );
+        let build_info = int_gauge_vec(
+            "hookgauge_build_info",
+            "Always 1; labelled with the running version.",
             &["version"],
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(build_info.clone()))
-            .expect("metric registered once");
+        );
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -222,29 +218,17 @@ impl Metrics {
         for result in ["done", "errored"] {
             redeliveries.with_label_values(&[result]);
         }
-        let event_interval = GaugeVec::new(
-            Opts::new(
-                "hookgauge_event_interval_seconds",
-                "Mean time between consecutive events over the last 7 days or the last 500 events, \
-                 whichever holds fewer, by application (repo) and event type.",
-            ),
+        let event_interval = gauge(
+            "hookgauge_event_interval_seconds",
+            "Mean time between consecutive events over the last 7 days or the last 500 events, \
+             whichever holds fewer, by application (repo) and event type.",
             &["repo", "type"],
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(event_interval.clone()))
-            .expect("metric registered once");
-        let event_interval_events = IntGaugeVec::new(
-            Opts::new(
-                "hookgauge_event_interval_events",
-                "Events the mean interval of hookgauge_event_interval_seconds is taken over.",
-            ),
+        );
+        let event_interval_events = int_gauge_vec(
+            "hookgauge_event_interval_events",
+            "Events the mean interval of hookgauge_event_interval_seconds is taken over.",
             &["repo", "type"],
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(event_interval_events.clone()))
-            .expect("metric registered once");
+        );
         Metrics {
             registry,
             deployments,

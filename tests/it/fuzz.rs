@@ -5,7 +5,7 @@
 
 #[allow(dead_code)]
 #[path = "../../fuzz/targets.rs"]
-mod targets;
+pub mod targets;
 
 use std::path::{Path, PathBuf};
 

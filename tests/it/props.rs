@@ -46,40 +46,6 @@ fn json() -> impl Strategy<Value = Value> {
     })
 }
 
-const EVENT_HEADERS: &[(&str, &[&str])] = &[
-    (
-        "x-github-event",
-        &[
-            "push",
-            "deployment_status",
-            "workflow_run",
-            "issues",
-            "package",
-            "ping",
-        ],
-    ),
-    (
-        "x-gitlab-event",
-        &[
-            "Push Hook",
-            "Deployment Hook",
-            "Issue Hook",
-            "Pipeline Hook",
-            "Job Hook",
-        ],
-    ),
-    ("x-gitea-event", &["push", "issues", "status"]),
-    (
-        "x-event-key",
-        &[
-            "repo:push",
-            "repo:refs_changed",
-            "issue:created",
-            "repo:commit_status_updated",
-        ],
-    ),
-];
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
@@ -94,7 +60,7 @@ proptest! {
         };
         options.branches = vec!["main".into()];
         for plugin in plugins::SOURCES {
-            let (name, values) = EVENT_HEADERS[pick % EVENT_HEADERS.len()];
+            let (name, values) = crate::fuzz::targets::EVENT_HEADERS[pick % crate::fuzz::targets::EVENT_HEADERS.len()];
             let mut headers = HeaderMap::new();
             headers.insert(
                 HeaderName::from_static(name),
