@@ -13,6 +13,7 @@ use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use hookgauge::config::{RawConfig, Settings};
 use hookgauge::plugins::{self, pelorus, Plugin, SourceOptions};
 use hookgauge::signature::Secret;
+use serde::Deserialize;
 
 /// The event headers the plugins dispatch on, with the values they know,
 /// and one value none knows (also used by the property tests).
@@ -176,16 +177,30 @@ pub fn plugin_file(data: &[u8]) {
     }
 }
 
-/// A configuration file, checked as `check-config` checks it. Inputs that
-/// name files (secrets, plugins) are skipped: the target reads no files.
+/// A configuration file's TOML, deserialised into `RawConfig` and checked
+/// by `Settings::from_raw` (the `config` crate's layering of environment
+/// and overrides is not fuzzed). Keys that name files to read (`*_file`,
+/// `plugins_dir`) are removed after parsing, however they were spelled, so
+/// the target reads no files.
 pub fn config(data: &[u8]) {
+    fn drop_file_keys(value: &mut toml::Value) {
+        match value {
+            toml::Value::Table(table) => {
+                table.retain(|key, _| !key.ends_with("_file") && key != "plugins_dir");
+                table.iter_mut().for_each(|(_, v)| drop_file_keys(v));
+            }
+            toml::Value::Array(items) => items.iter_mut().for_each(drop_file_keys),
+            _ => {}
+        }
+    }
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if text.contains("_file") || text.contains("plugins_dir") {
+    let Ok(mut value) = toml::from_str::<toml::Value>(text) else {
         return;
-    }
-    if let Ok(raw) = toml::from_str::<RawConfig>(text) {
+    };
+    drop_file_keys(&mut value);
+    if let Ok(raw) = RawConfig::deserialize(value) {
         let _ = Settings::from_raw(raw);
     }
 }

@@ -114,10 +114,11 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApp> {
     let shutdown_secs = settings.shutdown_timeout.as_secs();
     // `server.max_connections` is for the whole port; actix-web counts per
     // worker, and a worker at its limit takes no more from the backlog.
+    // Rounded down, so the port never serves more than configured.
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(settings.max_connections);
-    let per_worker = settings.max_connections.div_ceil(workers);
+    let per_worker = settings.max_connections / workers;
     let ingest_server = HttpServer::new(move || {
         let timer = Arc::clone(&request_metrics);
         ActixApp::new()

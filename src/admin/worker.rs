@@ -8,6 +8,7 @@
 //! while it waited. Each redelivery's events are applied by the store's
 //! usual rules (event time decides `outdated`), whatever the order.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -249,7 +250,7 @@ pub async fn retention(
 pub async fn event_intervals(ledger: Ledger, metrics: Arc<Metrics>, every: Duration) {
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut shown: Vec<(String, &'static str)> = Vec::new();
+    let mut shown: HashSet<(String, &'static str)> = HashSet::new();
     loop {
         interval.tick().await;
         let now = super::now_ms() / 1000;
@@ -263,7 +264,7 @@ pub async fn event_intervals(ledger: Ledger, metrics: Arc<Metrics>, every: Durat
                 continue;
             }
         };
-        let current: Vec<(String, &'static str)> =
+        let current: HashSet<(String, &'static str)> =
             intervals.iter().map(|i| (i.repo.clone(), i.kind)).collect();
         for (repo, kind) in shown.iter().filter(|s| !current.contains(s)) {
             let _ = metrics

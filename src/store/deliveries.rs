@@ -598,19 +598,19 @@ impl Ledger {
     }
 }
 
-/// Stored events matching `filter`, at most `filter.limit` of each kind,
-/// newest first.
 /// Each event kind as `(app, time)` rows, one per event: a commit stored
-/// once per image it shipped in, or a deploy once per commit it carried,
-/// is one event.
+/// once per image it shipped in (each source may give it a different time:
+/// the earliest counts) is one event, and so is a deploy stored once per
+/// commit it carried (a deploy without an image is told apart by commit).
 const EVENT_TIMES: [(&str, &str); 4] = [
     (
         "commit",
-        "SELECT DISTINCT app, commit_sha, time FROM commits",
+        "SELECT app, MIN(time) AS time FROM commits WHERE time >= ?1 GROUP BY app, commit_sha",
     ),
     (
         "deploy",
-        "SELECT DISTINCT app, namespace, image_sha, time FROM deploys",
+        "SELECT DISTINCT app, namespace, \
+         CASE WHEN image_sha = '' THEN commit_sha ELSE image_sha END, time FROM deploys",
     ),
     (
         "failure_created",
@@ -622,6 +622,8 @@ const EVENT_TIMES: [(&str, &str); 4] = [
     ),
 ];
 
+/// Stored events matching `filter`, at most `filter.limit` of each kind,
+/// newest first.
 fn read_events(conn: &Connection, filter: &EventFilter) -> rusqlite::Result<Vec<StoredEvent>> {
     let since = filter.since.unwrap_or(i64::MIN);
     let until = filter.until.unwrap_or(i64::MAX);

@@ -514,6 +514,14 @@ async fn event_intervals_are_computed_from_the_store_per_app_and_type() {
         .post_signed("committime", &serde_json::to_vec(&commit).unwrap())
         .await;
     assert_eq!(reply.status, 202, "{}", reply.text);
+    // The same commit shipped in another image, its time given otherwise:
+    // still one event.
+    let again = json!({"app": "shop", "commit_hash": "c5feabde2d8cd023215af4d2ceeb7a64839fc428",
+        "image_sha": image(3), "namespace": "prod", "timestamp": t - 2_900});
+    let reply = app
+        .post_signed("committime", &serde_json::to_vec(&again).unwrap())
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
 
     let check = |reply: &Reply| {
         assert_eq!(reply.status, 200, "{}", reply.text);

@@ -50,7 +50,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
-    fn plugins_map_arbitrary_payloads_without_panicking(payload in json(), pick in 0usize..64) {
+    fn plugins_map_arbitrary_payloads_without_panicking(payload in json(), header in 0usize..64, value in 0usize..64) {
         let mut options = SourceOptions {
             environments: vec!["production".into()],
             incident_labels: vec!["incident".into()],
@@ -60,11 +60,11 @@ proptest! {
         };
         options.branches = vec!["main".into()];
         for plugin in plugins::SOURCES {
-            let (name, values) = crate::fuzz::targets::EVENT_HEADERS[pick % crate::fuzz::targets::EVENT_HEADERS.len()];
+            let (name, values) = crate::fuzz::targets::EVENT_HEADERS[header % crate::fuzz::targets::EVENT_HEADERS.len()];
             let mut headers = HeaderMap::new();
             headers.insert(
                 HeaderName::from_static(name),
-                HeaderValue::from_static(values[pick % values.len()]),
+                HeaderValue::from_static(values[value % values.len()]),
             );
             let _ = plugin.event(&headers, Some(&payload));
             let _ = plugin.delivery_id(&headers, &payload);
