@@ -85,6 +85,10 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApp> {
         ),
     }
 
+    let ledger = Ledger::new(settings.database_path());
+    let mut interval_gauges = worker::IntervalGauges::new(ledger.clone(), Arc::clone(&metrics));
+    interval_gauges.refresh().await;
+
     for source in settings.unsigned_sources() {
         tracing::warn!(
             source,
@@ -153,7 +157,6 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApp> {
     .with_context(|| format!("cannot listen on {ingest_addr}"))?
     .run();
 
-    let ledger = Ledger::new(settings.database_path());
     let worker_wake = Arc::new(tokio::sync::Notify::new());
     let admin_state = web::Data::new(AdminState {
         api_keys: settings.admin.api_keys.clone(),
@@ -173,11 +176,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApp> {
             Arc::clone(&metrics),
             worker_wake,
         )),
-        tokio::spawn(worker::event_intervals(
-            ledger.clone(),
-            Arc::clone(&metrics),
-            EVENT_INTERVALS_REFRESH,
-        )),
+        tokio::spawn(interval_gauges.run(EVENT_INTERVALS_REFRESH)),
         tokio::spawn(worker::retention(
             ledger,
             store.clone(),

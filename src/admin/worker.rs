@@ -244,29 +244,42 @@ pub async fn retention(
     }
 }
 
-/// Recomputes `hookgauge_event_interval_seconds` from the store every
-/// `every`, the first time at once (so the gauges are back right after a
-/// restart); series of an application and kind that left the window go.
-pub async fn event_intervals(ledger: Ledger, metrics: Arc<Metrics>, every: Duration) {
-    let mut interval = tokio::time::interval(every);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut shown: HashSet<(String, &'static str)> = HashSet::new();
-    loop {
-        interval.tick().await;
+/// `hookgauge_event_interval_seconds` and `_events`, recomputed from the
+/// store; series of an application and kind that left the window go.
+pub struct IntervalGauges {
+    ledger: Ledger,
+    metrics: Arc<Metrics>,
+    shown: HashSet<(String, &'static str)>,
+}
+
+impl IntervalGauges {
+    pub fn new(ledger: Ledger, metrics: Arc<Metrics>) -> Self {
+        IntervalGauges {
+            ledger,
+            metrics,
+            shown: HashSet::new(),
+        }
+    }
+
+    /// One recomputation. Called once before the ports open, so that the
+    /// gauges are there from the first scrape after a restart.
+    pub async fn refresh(&mut self) {
         let now = super::now_ms() / 1000;
-        let intervals = match ledger
+        let intervals = match self
+            .ledger
             .event_intervals(None, None, IntervalWindow::DEFAULT, now)
             .await
         {
             Ok(intervals) => intervals,
             Err(error) => {
                 tracing::warn!(error = %error, "Event intervals not refreshed: store unavailable");
-                continue;
+                return;
             }
         };
+        let metrics = &self.metrics;
         let current: HashSet<(String, &'static str)> =
             intervals.iter().map(|i| (i.repo.clone(), i.kind)).collect();
-        for (repo, kind) in shown.iter().filter(|s| !current.contains(s)) {
+        for (repo, kind) in self.shown.iter().filter(|s| !current.contains(s)) {
             let _ = metrics
                 .event_interval
                 .remove_label_values(&[repo.as_str(), kind]);
@@ -287,7 +300,18 @@ pub async fn event_intervals(ledger: Ledger, metrics: Arc<Metrics>, every: Durat
                 }
             }
         }
-        shown = current;
+        self.shown = current;
+    }
+
+    /// Recomputes every `every` until the task is aborted.
+    pub async fn run(mut self, every: Duration) {
+        let start = tokio::time::Instant::now() + every;
+        let mut interval = tokio::time::interval_at(start, every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            self.refresh().await;
+        }
     }
 }
 
