@@ -262,6 +262,8 @@ pub struct RawSourceOptions {
     pub issue_types: Vec<String>,
     /// GitHub only: also accept the SHA-1 `X-Hub-Signature`.
     pub legacy_sha1_signatures: bool,
+    /// Largest body this instance reads (default: the source's own cap).
+    pub max_body_bytes: Option<usize>,
 }
 
 /// A list written as a TOML array or, from the environment, as one
@@ -377,6 +379,8 @@ pub struct SourceInstance {
     /// redacted wherever headers are kept.
     pub credential_headers: Vec<&'static str>,
     pub options: SourceOptions,
+    /// Largest body read from a delivery to this instance.
+    pub max_body_bytes: usize,
 }
 
 impl SourceInstance {
@@ -399,10 +403,11 @@ impl SourceInstance {
         };
         let secrets = self.verifier.secret_count();
         let mut out = format!(
-            "\n[sources.{}]\nenabled = {}\nsecrets = [{}]\n",
+            "\n[sources.{}]\nenabled = {}\nsecrets = [{}]\nmax_body_bytes = {}\n",
             self.key(),
             self.enabled,
-            vec!["\"[redacted]\""; secrets].join(", ")
+            vec!["\"[redacted]\""; secrets].join(", "),
+            self.max_body_bytes
         );
         let o = &self.options;
         let options = self.plugin.options();
@@ -803,7 +808,12 @@ fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
 /// Secrets from the inline list and from `secrets_file` (one per line; blank
 /// lines and surrounding whitespace ignored).
 /// Keys every native instance takes, besides its source's own options.
-const COMMON_OPTIONS: &[&str] = &["enabled", "secrets", "secrets_file"];
+const COMMON_OPTIONS: &[&str] = &["enabled", "secrets", "secrets_file", "max_body_bytes"];
+
+/// The range of a source instance's `max_body_bytes`: below 1 KiB no real
+/// delivery fits; 25 MiB is the largest any provider sends (GitHub).
+const MIN_BODY_CAP: usize = 1024;
+const MAX_BODY_CAP: usize = 25 * 1024 * 1024;
 
 fn is_option(plugin: &dyn Plugin, key: &str) -> bool {
     COMMON_OPTIONS.contains(&key) || plugin.options().contains(&key)
@@ -931,6 +941,16 @@ fn source_instance(
             .verifier(secrets, &options)
             .map_err(|reason| ConfigError::invalid(&format!("{key}.secrets"), reason))?
     };
+    let max_body_bytes = match raw.max_body_bytes {
+        None => plugin.max_body_bytes(),
+        Some(n) if (MIN_BODY_CAP..=MAX_BODY_CAP).contains(&n) => n,
+        Some(_) => {
+            return Err(ConfigError::invalid(
+                &format!("{key}.max_body_bytes"),
+                format!("must be between {MIN_BODY_CAP} and {MAX_BODY_CAP} bytes"),
+            ))
+        }
+    };
     Ok(SourceInstance {
         plugin,
         name: name.map(str::to_owned),
@@ -938,6 +958,7 @@ fn source_instance(
         credential_headers: verifier.header_names(),
         verifier,
         options,
+        max_body_bytes,
     })
 }
 

@@ -563,7 +563,7 @@ async fn check_native(
 ) -> Result<NativeChecked, Refusal> {
     let plugin = instance.plugin;
     let event = plugin.event(headers, None);
-    let body = read_body(headers, payload, plugin.max_body_bytes())
+    let body = read_body(headers, payload, instance.max_body_bytes)
         .await
         .map_err(|error| Refusal::before_auth(error, event, None))?;
     if let Err(failure) = instance

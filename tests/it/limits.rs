@@ -275,3 +275,40 @@ async fn connections_past_max_connections_wait_until_one_closes() {
     assert!(answered, "and is served once one closes");
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_source_instance_caps_bodies_at_its_max_body_bytes() {
+    use crate::harness::SECRET;
+    use crate::sources::{post, provider_headers};
+    let app = crate::harness::spawn_app_with(|raw| {
+        raw.sources.native.insert(
+            "github".into(),
+            serde_json::json!({"secrets": [SECRET], "max_body_bytes": 2048}),
+        );
+    })
+    .await;
+    let body = |len: usize| {
+        let padding = "x".repeat(len.saturating_sub(40));
+        format!(r#"{{"zen":"{padding}","hook_id":1}}"#).into_bytes()
+    };
+    let small = body(1500);
+    let headers = provider_headers("github", "ping", "d-small", &small, SECRET);
+    let reply = post(&app, "/hooks/github", &headers, &small).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+
+    let large = body(3000);
+    let headers = provider_headers("github", "ping", "d-large", &large, SECRET);
+    let reply = post(&app, "/hooks/github", &headers, &large).await;
+    assert_eq!(reply.status, 413, "{}", reply.text);
+    assert_eq!(reply.json["reason"], "body_too_large");
+    app.shutdown().await;
+
+    let mut raw = crate::harness::test_config(std::path::Path::new("unused"));
+    raw.sources
+        .native
+        .insert("github".into(), serde_json::json!({"max_body_bytes": 10}));
+    let error = hookgauge::config::Settings::from_raw(raw)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("sources.github.max_body_bytes"), "{error}");
+}
