@@ -168,7 +168,20 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApp> {
         store: store.clone(),
         worker_wake: Arc::clone(&worker_wake),
     });
-    let background = vec![
+    let pollers = settings.poll.iter().map(|repo| {
+        tracing::info!(repo = %repo.repo, api_url = %repo.api_url, "Polling GitHub deployments");
+        tokio::spawn(
+            crate::poll::GithubPoller::new(
+                repo.clone(),
+                store.clone(),
+                ledger.clone(),
+                Arc::clone(&metrics),
+            )
+            .run(),
+        )
+    });
+    let mut background: Vec<_> = pollers.collect();
+    background.extend([
         tokio::spawn(worker::redeliveries(
             ledger.clone(),
             store.clone(),
@@ -183,7 +196,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApp> {
             Arc::clone(&metrics),
             settings.retention.clone(),
         )),
-    ];
+    ]);
     let view_data = web::Data::new(Arc::clone(&view));
     let metrics_server = HttpServer::new(move || {
         ActixApp::new()

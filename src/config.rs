@@ -38,6 +38,8 @@ pub struct RawConfig {
     pub retention: RawRetention,
     #[serde(default)]
     pub sources: RawSources,
+    #[serde(default)]
+    pub poll: crate::poll::RawPoll,
 }
 
 /// `[admin]`: who may use the admin API and the deliveries page.
@@ -329,7 +331,7 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    fn invalid(key: &str, reason: impl Into<String>) -> Self {
+    pub(crate) fn invalid(key: &str, reason: impl Into<String>) -> Self {
         ConfigError::Invalid {
             key: key.to_owned(),
             reason: reason.into(),
@@ -366,6 +368,8 @@ pub struct Settings {
     pub plugins: Vec<&'static dyn Plugin>,
     /// Native source instances, enabled or not.
     pub sources: Vec<SourceInstance>,
+    /// Repositories read through provider APIs (`[[poll.github]]`).
+    pub poll: Vec<crate::poll::GithubRepo>,
 }
 
 /// One native source instance: `/hooks/<source>` or `/hooks/<source>/<name>`.
@@ -642,7 +646,8 @@ impl Settings {
             )?,
             lenient_signatures: raw.sources.pelorus.lenient_signatures,
         };
-        let settings = Settings {
+        let poll_raw = raw.poll.github.clone();
+        let mut settings = Settings {
             ingest_addr,
             metrics_addr,
             data_dir: raw.server.data_dir,
@@ -665,9 +670,22 @@ impl Settings {
             admin,
             retention,
             sources: native_sources(&raw.sources.native, &plugins)?,
+            poll: Vec::new(),
             plugins,
             plugins_dir: raw.server.plugins_dir,
         };
+        let instances: Vec<(String, SourceOptions)> = settings
+            .sources
+            .iter()
+            .filter(|i| i.plugin.source() == "github")
+            .map(|i| (i.key(), i.options.clone()))
+            .collect();
+        let env = |name: &str| std::env::var(name).ok();
+        for (index, entry) in poll_raw.iter().enumerate() {
+            let repo = crate::poll::GithubRepo::from_raw(entry, index, &instances, &env)
+                .map_err(|(key, reason)| ConfigError::invalid(&key, reason))?;
+            settings.poll.push(repo);
+        }
         settings.check_public_bind()?;
         Ok(settings)
     }

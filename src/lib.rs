@@ -21,5 +21,7 @@ pub mod admin;
 pub mod app;
 pub mod ingest;
 
+pub mod poll;
+
 pub mod export;
 pub mod send;

@@ -135,6 +135,9 @@ fn check_config(file: Option<&std::path::Path>) -> ExitCode {
     match Settings::load(file, &Overrides::default()) {
         Ok(settings) => {
             print!("{}", settings.to_redacted_toml());
+            for repo in &settings.poll {
+                println!("# {}", repo.describe());
+            }
             for source in settings.unsigned_sources() {
                 eprintln!(
                     "warning: source `{source}` accepts unsigned deliveries; set sources.{source}.secrets \

@@ -58,6 +58,12 @@ pub struct Metrics {
     /// (`Ledger::event_intervals`), refreshed every minute.
     pub event_interval: GaugeVec,
     pub event_interval_events: IntGaugeVec,
+    /// Pollers: requests by repository, endpoint and HTTP status (or
+    /// `error`), the quota left and its reset, the last complete poll.
+    pub poll_requests: IntCounterVec,
+    pub poll_quota_remaining: GaugeVec,
+    pub poll_quota_reset: GaugeVec,
+    pub poll_last_success: GaugeVec,
 }
 
 impl Metrics {
@@ -229,6 +235,26 @@ impl Metrics {
             "Events the mean interval of hookgauge_event_interval_seconds is taken over.",
             &["repo", "type"],
         );
+        let poll_requests = counter(
+            "hookgauge_poll_requests_total",
+            "Poller requests to provider APIs, by repository, endpoint and HTTP status (304: not modified).",
+            &["repo", "endpoint", "status"],
+        );
+        let poll_quota_remaining = gauge(
+            "hookgauge_poll_rate_limit_remaining",
+            "Requests left in the provider's rate-limit window, as its last answer said, by repository.",
+            &["repo"],
+        );
+        let poll_quota_reset = gauge(
+            "hookgauge_poll_rate_limit_reset_timestamp_seconds",
+            "When the provider's rate-limit window resets (local clock), by repository.",
+            &["repo"],
+        );
+        let poll_last_success = gauge(
+            "hookgauge_poll_last_success_timestamp_seconds",
+            "When a poll of the repository last completed.",
+            &["repo"],
+        );
         Metrics {
             registry,
             deployments,
@@ -251,6 +277,10 @@ impl Metrics {
             redeliveries,
             event_interval,
             event_interval_events,
+            poll_requests,
+            poll_quota_remaining,
+            poll_quota_reset,
+            poll_last_success,
         }
     }
 

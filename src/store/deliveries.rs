@@ -10,7 +10,7 @@ use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtensio
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{sqlite::fault_kind, FaultKind, StoreError};
+use super::{sqlite::fault_kind, FaultKind, PollCursor, StoreError};
 
 /// Which ledger rows to list, newest first.
 #[derive(Debug, Clone, Default)]
@@ -489,6 +489,26 @@ impl Ledger {
                 }
             }
             Ok(out)
+        })
+        .await
+    }
+
+    /// The stored state of poller stream `stream`, if it has polled.
+    pub async fn poll_cursor(&self, stream: String) -> Result<Option<PollCursor>, StoreError> {
+        self.read(move |conn| {
+            conn.query_row(
+                "SELECT etag, last_modified, watermark FROM poll_state WHERE stream = ?1",
+                params![stream],
+                |r| {
+                    Ok(PollCursor {
+                        stream: stream.clone(),
+                        etag: r.get(0)?,
+                        last_modified: r.get(1)?,
+                        watermark: r.get(2)?,
+                    })
+                },
+            )
+            .optional()
         })
         .await
     }

@@ -17,7 +17,7 @@ pub mod deliveries;
 pub mod history;
 mod sqlite;
 
-pub use sqlite::{Pruned, ReplayRefusal, RetentionPolicy};
+pub use sqlite::{now_seconds, PollCursor, Pruned, ReplayRefusal, RetentionPolicy};
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -208,6 +208,11 @@ enum Command {
         body_excess: u64,
         reply: oneshot::Sender<Result<Pruned, StoreError>>,
     },
+    Polled {
+        deliveries: Vec<Delivery>,
+        cursors: Vec<PollCursor>,
+        reply: oneshot::Sender<Result<Vec<Recorded>, StoreError>>,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -262,6 +267,25 @@ impl Store {
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(Command::Record { delivery, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Records the facts of one poll together with the stream state that
+    /// produced them, in one transaction (see `PollCursor`).
+    pub async fn record_polled(
+        &self,
+        deliveries: Vec<Delivery>,
+        cursors: Vec<PollCursor>,
+    ) -> Result<Vec<Recorded>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Polled {
+                deliveries,
+                cursors,
+                reply,
+            })
             .await
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
@@ -469,6 +493,13 @@ impl Writer {
                         let result = self.write(|db| db.prune(&policy, now_ms, batch, body_excess));
                         let _ = reply.send(result);
                     }
+                    Command::Polled {
+                        deliveries,
+                        cursors,
+                        reply,
+                    } => {
+                        let _ = reply.send(self.commit_polled(&deliveries, &cursors));
+                    }
                     Command::Shutdown { reply } => shutdown = Some(reply),
                 }
                 if records.len() < MAX_BATCH && shutdown.is_none() {
@@ -518,6 +549,39 @@ impl Writer {
             self.forget_connection_after(*kind);
         }
         result
+    }
+
+    /// One poll's facts and state in one transaction; the view is updated
+    /// only after the commit, like a batch of deliveries.
+    fn commit_polled(
+        &mut self,
+        deliveries: &[Delivery],
+        cursors: &[PollCursor],
+    ) -> Result<Vec<Recorded>, StoreError> {
+        let started = Instant::now();
+        let max_body = self.config.max_body_bytes;
+        let now_ms = sqlite::now_seconds() * 1000;
+        let result = self.write(|db| {
+            let refs: Vec<&Delivery> = deliveries.iter().collect();
+            db.record_polled(&refs, cursors, max_body, now_ms)
+        });
+        match result {
+            Ok(applied) => {
+                self.sink.commit_finished(started.elapsed(), Ok(()));
+                let effects: Vec<Effect> = applied
+                    .iter()
+                    .flat_map(|(_, effects)| effects.iter().cloned())
+                    .collect();
+                self.sink.apply(&effects);
+                Ok(applied.into_iter().map(|(recorded, _)| recorded).collect())
+            }
+            Err(error) => {
+                if let StoreError::Unavailable { kind, .. } = &error {
+                    self.sink.commit_finished(started.elapsed(), Err(*kind));
+                }
+                Err(error)
+            }
+        }
     }
 
     fn commit_batch(&mut self, records: &mut Batch) {

@@ -60,12 +60,23 @@ pub struct Pruned {
     pub more: bool,
 }
 
+/// What one poller stream last saw: the response validators of its stable
+/// URL and how far it has read (`watermark`: a server id or timestamp).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PollCursor {
+    pub stream: String,
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+    pub watermark: Option<String>,
+}
+
 /// Embedded migrations, applied in order; `PRAGMA user_version` records how
 /// many have run.
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_native_sources.sql"),
     include_str!("migrations/0003_ledger_admin.sql"),
+    include_str!("migrations/0004_poll_state.sql"),
 ];
 
 /// WAL size (in pages) at which the writer completes a checkpoint itself.
@@ -399,6 +410,45 @@ impl Database {
                 Ok(results)
             }
         }
+    }
+
+    /// The facts of one poll and the stream state that produced them, in
+    /// one transaction: both commit or neither does, so a crash before the
+    /// commit only repeats the fetch. A delivery that cannot be applied
+    /// fails the whole poll (its state is not advanced).
+    pub fn record_polled(
+        &mut self,
+        deliveries: &[&Delivery],
+        cursors: &[PollCursor],
+        max_body_bytes: usize,
+        now_ms: i64,
+    ) -> rusqlite::Result<Vec<Applied>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut results = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            results.push(record_one(&tx, delivery, max_body_bytes)?);
+        }
+        {
+            let mut upsert = tx.prepare_cached(
+                "INSERT INTO poll_state (stream, etag, last_modified, watermark, updated_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (stream) DO UPDATE SET \
+                 etag = excluded.etag, last_modified = excluded.last_modified, \
+                 watermark = excluded.watermark, updated_ms = excluded.updated_ms",
+            )?;
+            for cursor in cursors {
+                upsert.execute(params![
+                    cursor.stream,
+                    cursor.etag,
+                    cursor.last_modified,
+                    cursor.watermark,
+                    now_ms
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(results)
     }
 
     /// One transaction for `deliveries`: `Ok(Err(index))` (rolled back) when

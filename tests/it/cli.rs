@@ -309,3 +309,42 @@ async fn send_standard_webhooks_signs_a_message_the_generic_source_accepts() {
     assert_eq!(deploys.len(), 1);
     app.shutdown().await;
 }
+
+#[test]
+fn check_config_says_what_will_be_polled_and_names_bad_poll_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "ghp_example\n").unwrap();
+    let config = dir.path().join("poll.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[poll.github]]\nrepo = \"acme/shop\"\ntoken_file = {:?}\n",
+            token.display().to_string()
+        ),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = run(&["check-config", "--config", config.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("# poll github acme/shop at https://api.github.com: deployments"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("ghp_example"),
+        "the token is never printed"
+    );
+
+    std::fs::write(
+        &config,
+        "[[poll.github]]\nrepo = \"acme\"\ntoken_env = \"X\"\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = run(&["check-config", "--config", config.to_str().unwrap()], &[]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("poll.github[0].repo"), "{stderr}");
+    std::fs::write(&config, "[[poll.github]]\nrepo = \"acme/shop\"\n").unwrap();
+    let (code, _, stderr) = run(&["check-config", "--config", config.to_str().unwrap()], &[]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("poll.github[0].token_file"), "{stderr}");
+}

@@ -14,6 +14,7 @@ mod limits;
 mod page;
 mod pelorus;
 mod pipelines;
+mod poll;
 mod prometheus;
 mod props;
 mod rules;

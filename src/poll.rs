@@ -1,0 +1,666 @@
+//! Pull mode (POLLING.md): reads GitHub deployments and their statuses
+//! through the REST API for repositories whose webhooks cannot reach this
+//! service, and writes what it finds through the same ledger as webhooks.
+//!
+//! A status is mapped by the GitHub plugin's own `deployment_status` rules
+//! (the API objects are the webhook's objects), so a deploy seen by both a
+//! webhook and a poll is one deploy. Every request is conditional on the
+//! validators stored for its URL; validators and watermarks are written in
+//! the same transaction as the facts they produced (`Store::record_polled`).
+//! Rate-limit headers are honoured: nothing is sent while a limit is known
+//! to be exhausted, nor once 5 % of the quota is left, until the reset.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::ledger::{Delivery, DeliveryId, Disposition};
+use crate::metrics::Metrics;
+use crate::plugins::{github::GitHub, Mapping, Plugin, SourceOptions};
+use crate::signature::Secret;
+use crate::store::deliveries::Ledger;
+use crate::store::{PollCursor, Store, StoreError};
+
+/// API version every request pins (POLLING.md §1).
+const API_VERSION: &str = "2022-11-28";
+/// Deployments older than this are not followed for new statuses.
+const STATUS_HORIZON_SECONDS: i64 = 24 * 3600;
+/// Per request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Below this share of the quota left, no request is sent until the reset.
+const RESERVE_SHARE: f64 = 0.05;
+/// The longest a failing repository waits between attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
+
+/// `[[poll.github]]` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGithubPoll {
+    /// `owner/name`.
+    pub repo: String,
+    /// File holding the token (a mounted Secret).
+    pub token_file: Option<std::path::PathBuf>,
+    /// Environment variable holding the token.
+    pub token_env: Option<String>,
+    /// REST base URL: `https://api.github.com`, or `https://HOST/api/v3`.
+    #[serde(default = "default_api_url")]
+    pub api_url: String,
+    /// The `[sources.github…]` instance whose options (environments,
+    /// namespaces, apps) map what is read.
+    #[serde(default = "default_source")]
+    pub source: String,
+    /// Time between polls while nothing changes grows from this …
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// … up to this.
+    #[serde(default = "default_max_interval", with = "humantime_serde")]
+    pub max_interval: Duration,
+}
+
+fn default_api_url() -> String {
+    "https://api.github.com".into()
+}
+fn default_source() -> String {
+    "github".into()
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_interval() -> Duration {
+    Duration::from_secs(30 * 60)
+}
+
+/// `[poll]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPoll {
+    pub github: Vec<RawGithubPoll>,
+}
+
+/// One polled GitHub repository, validated.
+#[derive(Clone)]
+pub struct GithubRepo {
+    pub repo: String,
+    pub api_url: String,
+    pub token: Secret,
+    /// The source instance key (`github` or `github.name`) and its options.
+    pub source: String,
+    pub options: SourceOptions,
+    pub interval: Duration,
+    pub max_interval: Duration,
+}
+
+impl std::fmt::Debug for GithubRepo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GithubRepo")
+            .field("repo", &self.repo)
+            .field("api_url", &self.api_url)
+            .field("token", &"[redacted]")
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl GithubRepo {
+    /// Checks one `[[poll.github]]` entry; `index` names it in errors.
+    /// `instances` are the configured `[sources.github…]` keys and options.
+    pub fn from_raw(
+        raw: &RawGithubPoll,
+        index: usize,
+        instances: &[(String, SourceOptions)],
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<GithubRepo, (String, String)> {
+        let key = |field: &str| format!("poll.github[{index}].{field}");
+        let parts: Vec<&str> = raw.repo.split('/').collect();
+        let valid_part = |p: &str| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        };
+        if parts.len() != 2 || !parts.iter().all(|p| valid_part(p)) {
+            return Err((key("repo"), "must be owner/name".into()));
+        }
+        let api_url = raw.api_url.trim_end_matches('/').to_owned();
+        if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
+            return Err((key("api_url"), "must be an http(s) URL".into()));
+        }
+        let token = match (&raw.token_file, &raw.token_env) {
+            (Some(path), None) => std::fs::read_to_string(path)
+                .map_err(|e| (key("token_file"), format!("cannot read {}: {e}", path.display())))?
+                .trim()
+                .to_owned(),
+            (None, Some(name)) => env(name)
+                .ok_or_else(|| (key("token_env"), format!("environment variable {name} is not set")))?
+                .trim()
+                .to_owned(),
+            _ => {
+                return Err((
+                    key("token_file"),
+                    "set exactly one of token_file and token_env: polls send a token (a 304 is free only with one)".into(),
+                ))
+            }
+        };
+        if token.is_empty() || token.contains(char::is_whitespace) {
+            return Err((
+                key("token_file"),
+                "the token is empty or not one word".into(),
+            ));
+        }
+        if raw.interval < Duration::from_secs(60) || raw.max_interval < raw.interval {
+            return Err((
+                key("interval"),
+                "must be at least 60s and at most max_interval".into(),
+            ));
+        }
+        let source = raw.source.clone();
+        let options = if source == "github" || source.starts_with("github.") {
+            instances
+                .iter()
+                .find(|(k, _)| *k == source)
+                .map(|(_, o)| o.clone())
+                .or_else(|| (source == "github").then(|| GitHub.defaults()))
+                .ok_or_else(|| {
+                    (
+                        key("source"),
+                        format!("no [sources.{source}] is configured"),
+                    )
+                })?
+        } else {
+            return Err((key("source"), "must name a github source instance".into()));
+        };
+        Ok(GithubRepo {
+            repo: raw.repo.clone(),
+            api_url,
+            token: Secret::new(token),
+            source,
+            options,
+            interval: raw.interval,
+            max_interval: raw.max_interval,
+        })
+    }
+
+    /// `check-config`'s line for this repository.
+    pub fn describe(&self) -> String {
+        format!(
+            "poll github {} at {}: deployments and their statuses, mapped by [sources.{}], every {} to {}",
+            self.repo,
+            self.api_url,
+            self.source,
+            humantime::format_duration(self.interval),
+            humantime::format_duration(self.max_interval)
+        )
+    }
+
+    fn stream(&self, name: &str) -> String {
+        format!("github|{}|{}|{name}", self.api_url, self.repo)
+    }
+}
+
+/// What the deployments stream keeps between polls (the cursor's
+/// watermark, as JSON): the highest deployment id seen and the recent
+/// deployments whose statuses are still followed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+struct DeploymentsMark {
+    max_id: i64,
+    /// id → created_at (epoch seconds) of deployments without a final status.
+    open: BTreeMap<i64, i64>,
+}
+
+/// Why a poll did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    /// Nothing may be sent before `until` (epoch seconds, local clock).
+    #[error("rate limited until {until}")]
+    RateLimited { until: i64 },
+    /// Retry later with backoff.
+    #[error("transient failure: {0}")]
+    Transient(String),
+    /// The token, the repository or the permissions are wrong: retried at
+    /// the longest interval only.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// One conditional GET's answer.
+enum Fetched {
+    NotModified,
+    Changed {
+        body: Bytes,
+        etag: Option<String>,
+        last_modified: Option<String>,
+    },
+}
+
+/// The quota as the last response told it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Quota {
+    limit: Option<u64>,
+    remaining: Option<u64>,
+    /// Epoch seconds, local clock (converted with the server's `Date`).
+    reset: Option<i64>,
+}
+
+/// Polls one repository.
+pub struct GithubPoller {
+    repo: GithubRepo,
+    client: reqwest::Client,
+    store: Store,
+    ledger: Ledger,
+    metrics: Arc<Metrics>,
+    quota: Quota,
+}
+
+fn now_seconds() -> i64 {
+    crate::store::now_seconds()
+}
+
+impl GithubPoller {
+    pub fn new(repo: GithubRepo, store: Store, ledger: Ledger, metrics: Arc<Metrics>) -> Self {
+        let client = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .user_agent(concat!("hookgauge/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::limited(3))
+            .build()
+            .expect("a TLS client can be built");
+        GithubPoller {
+            repo,
+            client,
+            store,
+            ledger,
+            metrics,
+            quota: Quota::default(),
+        }
+    }
+
+    /// Polls until the task is aborted: after a change at `interval`, then
+    /// 1.5× longer per unchanged poll up to `max_interval`, ±10 % jitter;
+    /// failures back off with full jitter.
+    pub async fn run(mut self) {
+        let mut wait = self.repo.interval;
+        let mut failures = 0u32;
+        loop {
+            match self.poll_once().await {
+                Ok(changed) => {
+                    failures = 0;
+                    self.metrics
+                        .poll_last_success
+                        .with_label_values(&[&self.repo.repo])
+                        .set(now_seconds() as f64);
+                    wait = if changed {
+                        self.repo.interval
+                    } else {
+                        wait.mul_f64(1.5).min(self.repo.max_interval)
+                    };
+                    tokio::time::sleep(jitter(wait, 0.1)).await;
+                }
+                Err(PollError::RateLimited { until }) => {
+                    let seconds = (until - now_seconds()).clamp(1, 65 * 60) as u64;
+                    tracing::warn!(repo = %self.repo.repo, seconds, "GitHub rate limit: waiting for the reset");
+                    tokio::time::sleep(Duration::from_secs(seconds)).await;
+                }
+                Err(PollError::Transient(error)) => {
+                    failures += 1;
+                    let ceiling = Duration::from_secs(2)
+                        .saturating_mul(1 << failures.min(10))
+                        .min(MAX_BACKOFF);
+                    tracing::warn!(repo = %self.repo.repo, failures, error, "Poll failed; backing off");
+                    tokio::time::sleep(ceiling.mul_f64(rand_unit())).await;
+                }
+                Err(PollError::Refused(error)) => {
+                    tracing::error!(repo = %self.repo.repo, error, "Poll refused; retrying at the longest interval");
+                    tokio::time::sleep(self.repo.max_interval).await;
+                }
+            }
+        }
+    }
+
+    /// One poll of the deployments stream and of the statuses of recent,
+    /// unfinished deployments. `Ok(true)` when something new was stored.
+    pub async fn poll_once(&mut self) -> Result<bool, PollError> {
+        let stream = self.repo.stream("deployments");
+        let cursor = self
+            .ledger
+            .poll_cursor(stream.clone())
+            .await
+            .map_err(|e| PollError::Transient(e.to_string()))?
+            .unwrap_or(PollCursor {
+                stream: stream.clone(),
+                ..PollCursor::default()
+            });
+        let mut mark: DeploymentsMark = cursor
+            .watermark
+            .as_deref()
+            .and_then(|w| serde_json::from_str(w).ok())
+            .unwrap_or_default();
+        let mut cursors = Vec::new();
+        let mut deployments: BTreeMap<i64, Value> = BTreeMap::new();
+        let url = format!(
+            "{}/repos/{}/deployments?per_page=100",
+            self.repo.api_url, self.repo.repo
+        );
+        let mut new_cursor = cursor.clone();
+        if let Fetched::Changed {
+            body,
+            etag,
+            last_modified,
+        } = self.get(&url, &cursor, "deployments").await?
+        {
+            let list: Vec<Value> = serde_json::from_slice(&body)
+                .map_err(|e| PollError::Transient(format!("deployments: {e}")))?;
+            let horizon = now_seconds() - STATUS_HORIZON_SECONDS;
+            let mut max_id = mark.max_id;
+            for deployment in list {
+                let Some(id) = deployment["id"].as_i64() else {
+                    continue;
+                };
+                let created = deployment["created_at"]
+                    .as_str()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| t.timestamp())
+                    .unwrap_or(0);
+                max_id = max_id.max(id);
+                if id > mark.max_id && created >= horizon {
+                    mark.open.insert(id, created);
+                }
+                deployments.insert(id, deployment);
+            }
+            mark.max_id = max_id;
+            new_cursor.etag = etag;
+            new_cursor.last_modified = last_modified;
+        }
+        // Statuses of the deployments still followed, each conditional.
+        let horizon = now_seconds() - STATUS_HORIZON_SECONDS;
+        mark.open.retain(|_, created| *created >= horizon);
+        let mut deliveries = Vec::new();
+        let open: Vec<i64> = mark.open.keys().copied().collect();
+        for id in open {
+            let statuses_stream = self.repo.stream(&format!("statuses|{id}"));
+            let statuses_cursor = self
+                .ledger
+                .poll_cursor(statuses_stream.clone())
+                .await
+                .map_err(|e| PollError::Transient(e.to_string()))?
+                .unwrap_or(PollCursor {
+                    stream: statuses_stream.clone(),
+                    ..PollCursor::default()
+                });
+            let url = format!(
+                "{}/repos/{}/deployments/{id}/statuses?per_page=100",
+                self.repo.api_url, self.repo.repo
+            );
+            let Fetched::Changed {
+                body,
+                etag,
+                last_modified,
+            } = self.get(&url, &statuses_cursor, "statuses").await?
+            else {
+                continue;
+            };
+            let statuses: Vec<Value> = serde_json::from_slice(&body)
+                .map_err(|e| PollError::Transient(format!("statuses: {e}")))?;
+            let deployment = match deployments.get(&id) {
+                Some(d) => d.clone(),
+                None => self.deployment(id).await?,
+            };
+            for status in &statuses {
+                if let Some(delivery) = self.delivery(&deployment, status) {
+                    deliveries.push(delivery);
+                }
+            }
+            let finished = statuses.iter().any(|s| {
+                matches!(
+                    s["state"].as_str(),
+                    Some("success" | "failure" | "error" | "inactive")
+                )
+            });
+            if finished {
+                mark.open.remove(&id);
+            }
+            cursors.push(PollCursor {
+                stream: statuses_stream,
+                etag,
+                last_modified,
+                watermark: None,
+            });
+        }
+        new_cursor.watermark = Some(serde_json::to_string(&mark).unwrap_or_default());
+        let changed = new_cursor != cursor || !cursors.is_empty();
+        if !changed {
+            return Ok(false);
+        }
+        cursors.push(new_cursor);
+        let stored = deliveries.len();
+        let recorded = self
+            .store
+            .record_polled(deliveries, cursors)
+            .await
+            .map_err(|e: StoreError| PollError::Transient(e.to_string()))?;
+        for r in &recorded {
+            self.metrics
+                .count_delivery(GitHub.source(), "deployment_status", r.outcome);
+        }
+        tracing::debug!(repo = %self.repo.repo, stored, "Poll recorded");
+        Ok(true)
+    }
+
+    /// One deployment, for a status whose deployment left the first page.
+    async fn deployment(&mut self, id: i64) -> Result<Value, PollError> {
+        let url = format!(
+            "{}/repos/{}/deployments/{id}",
+            self.repo.api_url, self.repo.repo
+        );
+        match self.get(&url, &PollCursor::default(), "deployment").await? {
+            Fetched::Changed { body, .. } => serde_json::from_slice(&body)
+                .map_err(|e| PollError::Transient(format!("deployment: {e}"))),
+            Fetched::NotModified => Err(PollError::Transient("unexpected 304".into())),
+        }
+    }
+
+    /// A status as the ledger records it: the payload a `deployment_status`
+    /// webhook would carry, mapped by the GitHub plugin. `None` for a
+    /// status that maps to nothing worth a ledger row (not a success).
+    fn delivery(&self, deployment: &Value, status: &Value) -> Option<Delivery> {
+        if status["state"].as_str() != Some("success") {
+            return None;
+        }
+        let payload = json!({
+            "action": "created",
+            "deployment_status": status,
+            "deployment": deployment,
+            "repository": {"full_name": self.repo.repo},
+        });
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            HeaderName::from_static("x-github-event"),
+            HeaderValue::from_static("deployment_status"),
+        );
+        let (event, mapping) = GitHub.classify(&headers, &payload, &self.repo.options);
+        let disposition = match mapping {
+            Ok(Mapping::Events(events)) if !events.is_empty() => Disposition::Events(events),
+            Ok(Mapping::Events(_)) => Disposition::Ignored {
+                reason: "no_events",
+            },
+            Ok(Mapping::Ignored(reason)) => Disposition::Ignored { reason },
+            Err(_) => Disposition::Invalid {
+                reason: "invalid_api_object",
+            },
+        };
+        let status_id = status["id"].as_i64().unwrap_or_default().to_string();
+        let body = serde_json::to_vec(&payload).ok()?;
+        Some(Delivery {
+            id: DeliveryId::derived(&[
+                b"poll",
+                self.repo.api_url.as_bytes(),
+                self.repo.repo.as_bytes(),
+                status_id.as_bytes(),
+            ]),
+            source: GitHub.source(),
+            event,
+            received_at_ms: now_seconds() * 1000,
+            authenticated: true,
+            body: Some(Bytes::from(body)),
+            disposition,
+            headers: Some(json!({"x-hookgauge-poll": self.repo.api_url}).to_string()),
+            instance: self.repo.source.strip_prefix("github.").map(str::to_owned),
+            queued_row: None,
+        })
+    }
+
+    /// A conditional GET; refusals classified per POLLING.md §1.3.
+    async fn get(
+        &mut self,
+        url: &str,
+        cursor: &PollCursor,
+        endpoint: &'static str,
+    ) -> Result<Fetched, PollError> {
+        let now = now_seconds();
+        if let (Some(limit), Some(remaining), Some(reset)) =
+            (self.quota.limit, self.quota.remaining, self.quota.reset)
+        {
+            if reset > now && (remaining as f64) <= limit as f64 * RESERVE_SHARE {
+                return Err(PollError::RateLimited { until: reset + 1 });
+            }
+        }
+        let mut request = self
+            .client
+            .get(url)
+            .bearer_auth(String::from_utf8_lossy(self.repo.token.expose()))
+            .header("Accept", "application/vnd.github+json")
+            .header("X-GitHub-Api-Version", API_VERSION);
+        if let Some(etag) = &cursor.etag {
+            request = request.header("If-None-Match", etag);
+        }
+        if let Some(modified) = &cursor.last_modified {
+            request = request.header("If-Modified-Since", modified);
+        }
+        let response = request.send().await;
+        let status_label = |code: &str| {
+            self.metrics
+                .poll_requests
+                .with_label_values(&[&self.repo.repo, endpoint, code])
+                .inc();
+        };
+        let response = match response {
+            Ok(r) => r,
+            Err(error) => {
+                status_label("error");
+                // The error text may carry the URL, never the token.
+                return Err(PollError::Transient(error.without_url().to_string()));
+            }
+        };
+        let status = response.status();
+        status_label(status.as_str());
+        self.read_quota(response.headers());
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        match status.as_u16() {
+            304 => Ok(Fetched::NotModified),
+            200 => {
+                let etag = header("etag");
+                let last_modified = header("last-modified");
+                let body = response
+                    .bytes()
+                    .await
+                    .map_err(|e| PollError::Transient(e.without_url().to_string()))?;
+                Ok(Fetched::Changed {
+                    body,
+                    etag,
+                    last_modified,
+                })
+            }
+            403 | 429 => {
+                let retry_after = header("retry-after").and_then(|v| v.trim().parse::<i64>().ok());
+                let body = response.text().await.unwrap_or_default();
+                let primary = self.quota.remaining == Some(0);
+                let secondary = body.contains("secondary rate limit")
+                    || body.contains("secondary-rate-limits")
+                    || body.contains("abuse");
+                if let Some(seconds) = retry_after {
+                    Err(PollError::RateLimited {
+                        until: now + seconds.max(1),
+                    })
+                } else if primary {
+                    Err(PollError::RateLimited {
+                        until: self.quota.reset.unwrap_or(now + 60) + 1,
+                    })
+                } else if secondary || status.as_u16() == 429 {
+                    Err(PollError::RateLimited { until: now + 60 })
+                } else {
+                    Err(PollError::Refused(format!(
+                        "{endpoint}: 403 (permission, SSO or a blocked token)"
+                    )))
+                }
+            }
+            401 => Err(PollError::Refused(format!(
+                "{endpoint}: 401: the token is wrong or expired"
+            ))),
+            404 | 410 => Err(PollError::Refused(format!(
+                "{endpoint}: {status}: no such repository, or the token cannot see it"
+            ))),
+            code if status.is_server_error() => {
+                Err(PollError::Transient(format!("{endpoint}: {code}")))
+            }
+            code => Err(PollError::Refused(format!("{endpoint}: unexpected {code}"))),
+        }
+    }
+
+    /// Takes the quota from the `x-ratelimit-*` headers; the reset is moved
+    /// to the local clock with the server's `Date` (POLLING.md §6 step 11).
+    fn read_quota(&mut self, headers: &reqwest::header::HeaderMap) {
+        let number = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<i64>().ok())
+        };
+        let skew = headers
+            .get("date")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|d| chrono::DateTime::parse_from_rfc2822(d).ok())
+            .map(|d| d.timestamp() - now_seconds())
+            .unwrap_or(0);
+        if let Some(limit) = number("x-ratelimit-limit") {
+            self.quota.limit = Some(limit.max(0) as u64);
+        }
+        if let Some(remaining) = number("x-ratelimit-remaining") {
+            self.quota.remaining = Some(remaining.max(0) as u64);
+            self.metrics
+                .poll_quota_remaining
+                .with_label_values(&[&self.repo.repo])
+                .set(remaining as f64);
+        }
+        if let Some(reset) = number("x-ratelimit-reset") {
+            self.quota.reset = Some(reset - skew);
+            self.metrics
+                .poll_quota_reset
+                .with_label_values(&[&self.repo.repo])
+                .set((reset - skew) as f64);
+        }
+    }
+}
+
+/// `d` scaled by a random factor in `[1 - share, 1 + share]`.
+fn jitter(d: Duration, share: f64) -> Duration {
+    d.mul_f64(1.0 - share + 2.0 * share * rand_unit())
+}
+
+/// A number in `[0, 1)` from the clock's nanoseconds: enough to spread
+/// polls and retries, not for anything secret.
+fn rand_unit() -> f64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let mixed = (u64::from(nanos)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
+    mixed as f64 / (1u64 << 53) as f64
+}

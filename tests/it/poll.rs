@@ -1,0 +1,274 @@
+//! The GitHub poller against a fake GitHub (wiremock) that behaves as the
+//! REST API documents: weak ETags answered 304 only on an exact
+//! `If-None-Match`, rate-limit headers on every answer, a primary limit
+//! answered 403 with `x-ratelimit-remaining: 0`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+use crate::harness::{now, spawn_app_with, TestApp, SECRET};
+use crate::sources::{post, provider_headers};
+
+const TOKEN: &str = "ghp_fake_token_for_tests";
+
+/// A JSON list with a weak ETag: 304 when `If-None-Match` repeats it
+/// byte for byte, after checking the request carries the token.
+struct Conditional {
+    body: Value,
+    etag: &'static str,
+    remaining: Arc<AtomicUsize>,
+}
+
+impl Respond for Conditional {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let header = |name: &str| {
+            request
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        if header("authorization").as_deref() != Some(&format!("Bearer {TOKEN}")) {
+            return ResponseTemplate::new(401).set_body_json(json!({"message": "Bad credentials"}));
+        }
+        assert_eq!(
+            header("x-github-api-version").as_deref(),
+            Some("2022-11-28")
+        );
+        let remaining = self.remaining.fetch_sub(1, Ordering::SeqCst) - 1;
+        let template = |status: u16| {
+            ResponseTemplate::new(status)
+                .insert_header("etag", self.etag)
+                .insert_header("x-ratelimit-limit", "5000")
+                .insert_header("x-ratelimit-remaining", remaining.to_string().as_str())
+                .insert_header("x-ratelimit-reset", (now() + 3600).to_string().as_str())
+        };
+        if header("if-none-match").as_deref() == Some(self.etag) {
+            // A conditional hit costs no quota.
+            self.remaining.fetch_add(1, Ordering::SeqCst);
+            return template(304);
+        }
+        template(200).set_body_json(self.body.clone())
+    }
+}
+
+fn deployment(id: i64, created_at: &str) -> Value {
+    json!({
+        "id": id, "sha": "c5feabde2d8cd023215af4d2ceeb7a64839fc428", "ref": "main",
+        "environment": "production", "created_at": created_at, "payload": {},
+        "url": format!("https://api.github.com/repos/acme/shop/deployments/{id}")
+    })
+}
+
+fn rfc3339(epoch: i64) -> String {
+    chrono::DateTime::from_timestamp(epoch, 0)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+async fn requests_to(server: &MockServer, suffix: &str) -> Vec<Request> {
+    server
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.url.path().ends_with(suffix))
+        .collect()
+}
+
+async fn deployments_total(app: &TestApp) -> f64 {
+    app.scrape().await.value(
+        "hookgauge_deployments_total",
+        &[("app", "acme/shop"), ("namespace", "production")],
+    )
+}
+
+/// Waits (bounded) for `check` to hold.
+async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) {
+    for _ in 0..200 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polled_deploy_counts_once_with_its_webhook_and_restarts_poll_conditionally() {
+    let server = MockServer::start().await;
+    let quota = Arc::new(AtomicUsize::new(5000));
+    let created = now() - 600;
+    let deployment = deployment(7, &rfc3339(created));
+    let status = json!({
+        "id": 70, "state": "success", "environment": "production",
+        "created_at": rfc3339(created + 120), "description": "Deployed"
+    });
+    Mock::given(method("GET"))
+        .and(path("/repos/acme/shop/deployments"))
+        .respond_with(Conditional {
+            body: json!([deployment]),
+            etag: "W/\"d1\"",
+            remaining: Arc::clone(&quota),
+        })
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/repos/acme/shop/deployments/7/statuses"))
+        .respond_with(Conditional {
+            body: json!([status]),
+            etag: "W/\"s1\"",
+            remaining: Arc::clone(&quota),
+        })
+        .mount(&server)
+        .await;
+
+    let token_dir = tempfile::tempdir().unwrap();
+    let token_file = token_dir.path().join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let api_url = server.uri();
+    let mut app = spawn_app_with(|raw| {
+        raw.sources
+            .native
+            .insert("github".into(), json!({"secrets": [SECRET]}));
+        raw.poll.github = vec![toml::from_str(&format!(
+            "repo = \"acme/shop\"\ntoken_file = {:?}\napi_url = {:?}",
+            token_file.display().to_string(),
+            api_url
+        ))
+        .unwrap()];
+    })
+    .await;
+
+    eventually("the polled deploy", || async {
+        deployments_total(&app).await == 1.0
+    })
+    .await;
+    let lists = requests_to(&server, "/deployments").await;
+    assert_eq!(lists.len(), 1);
+    assert!(lists[0].headers.get("if-none-match").is_none());
+    assert_eq!(requests_to(&server, "/statuses").await.len(), 1);
+    let scrape = app.scrape().await;
+    assert_eq!(
+        scrape.value(
+            "hookgauge_poll_requests_total",
+            &[
+                ("repo", "acme/shop"),
+                ("endpoint", "deployments"),
+                ("status", "200")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(
+        scrape.value(
+            "hookgauge_poll_rate_limit_remaining",
+            &[("repo", "acme/shop")]
+        ),
+        4998.0
+    );
+
+    // The same status as a webhook: the deploy is already stored.
+    let payload = json!({
+        "action": "created", "deployment_status": status, "deployment": deployment,
+        "repository": {"full_name": "acme/shop"}
+    });
+    let body = serde_json::to_vec(&payload).unwrap();
+    let headers = provider_headers("github", "deployment_status", "hook-1", &body, SECRET);
+    let reply = post(&app, "/hooks/github", &headers, &body).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.json["outcome"], "duplicate", "{}", reply.text);
+    assert_eq!(deployments_total(&app).await, 1.0);
+
+    // After a restart the first request is conditional (the stored ETag,
+    // byte for byte) and answered 304; the finished deployment's statuses
+    // are not read again.
+    app.restart().await;
+    eventually("a second poll", || async {
+        requests_to(&server, "/deployments").await.len() == 2
+    })
+    .await;
+    let lists = requests_to(&server, "/deployments").await;
+    assert_eq!(
+        lists[1]
+            .headers
+            .get("if-none-match")
+            .and_then(|v| v.to_str().ok()),
+        Some("W/\"d1\"")
+    );
+    eventually("the 304 counted", || async {
+        app.scrape().await.value(
+            "hookgauge_poll_requests_total",
+            &[
+                ("repo", "acme/shop"),
+                ("endpoint", "deployments"),
+                ("status", "304"),
+            ],
+        ) == 1.0
+    })
+    .await;
+    assert_eq!(requests_to(&server, "/statuses").await.len(), 1);
+    assert_eq!(deployments_total(&app).await, 1.0);
+    assert_eq!(quota.load(Ordering::SeqCst), 4998, "the 304 cost nothing");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_quota_stops_requests_until_the_reset() {
+    let server = MockServer::start().await;
+    let reset = now() + 3;
+    Mock::given(method("GET"))
+        .and(path("/repos/acme/shop/deployments"))
+        .respond_with(
+            ResponseTemplate::new(403)
+                .insert_header("x-ratelimit-limit", "5000")
+                .insert_header("x-ratelimit-remaining", "0")
+                .insert_header("x-ratelimit-reset", reset.to_string().as_str())
+                .set_body_json(json!({"message": "API rate limit exceeded for user ID 1."})),
+        )
+        .mount(&server)
+        .await;
+    let token_dir = tempfile::tempdir().unwrap();
+    let token_file = token_dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let api_url = server.uri();
+    let app = spawn_app_with(|raw| {
+        raw.poll.github = vec![toml::from_str(&format!(
+            "repo = \"acme/shop\"\ntoken_file = {:?}\napi_url = {:?}",
+            token_file.display().to_string(),
+            api_url
+        ))
+        .unwrap()];
+    })
+    .await;
+    eventually("the first request", || async {
+        requests_to(&server, "/deployments").await.len() == 1
+    })
+    .await;
+    // Silent until the reset (+1 s), then one more attempt.
+    while now() < reset {
+        assert_eq!(requests_to(&server, "/deployments").await.len(), 1);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eventually("the attempt after the reset", || async {
+        requests_to(&server, "/deployments").await.len() == 2
+    })
+    .await;
+    let scrape = app.scrape().await;
+    assert_eq!(
+        scrape.value(
+            "hookgauge_poll_rate_limit_remaining",
+            &[("repo", "acme/shop")]
+        ),
+        0.0
+    );
+    app.shutdown().await;
+}
