@@ -36,6 +36,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 const RESERVE_SHARE: f64 = 0.05;
 /// The longest a failing repository waits between attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
+/// Pages of deployments read in one poll at most (100 each).
+const MAX_PAGES: usize = 10;
 
 /// `[[poll.github]]` as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -88,11 +90,36 @@ pub struct GithubRepo {
     pub repo: String,
     pub api_url: String,
     pub token: Secret,
+    /// Where the token came from, read again after a 401 (a rotated Secret).
+    pub token_source: TokenSource,
     /// The source instance key (`github` or `github.name`) and its options.
     pub source: String,
     pub options: SourceOptions,
     pub interval: Duration,
     pub max_interval: Duration,
+}
+
+/// Where a poller's token is read from.
+#[derive(Debug, Clone)]
+pub enum TokenSource {
+    File(std::path::PathBuf),
+    Env(String),
+}
+
+impl TokenSource {
+    fn read(&self) -> Result<String, String> {
+        let token = match self {
+            TokenSource::File(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+            TokenSource::Env(name) => std::env::var(name)
+                .map_err(|_| format!("environment variable {name} is not set"))?,
+        };
+        let token = token.trim().to_owned();
+        if token.is_empty() || token.contains(char::is_whitespace) {
+            return Err("the token is empty or not one word".into());
+        }
+        Ok(token)
+    }
 }
 
 impl std::fmt::Debug for GithubRepo {
@@ -126,18 +153,27 @@ impl GithubRepo {
             return Err((key("repo"), "must be owner/name".into()));
         }
         let api_url = raw.api_url.trim_end_matches('/').to_owned();
-        if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
-            return Err((key("api_url"), "must be an http(s) URL".into()));
+        let parsed = reqwest::Url::parse(&api_url)
+            .map_err(|e| (key("api_url"), format!("not a URL: {e}")))?;
+        let loopback = matches!(parsed.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+        if !(parsed.scheme() == "https" || (parsed.scheme() == "http" && loopback)) {
+            return Err((
+                key("api_url"),
+                "must be https (the token is sent with every request); http only on loopback"
+                    .into(),
+            ));
         }
-        let token = match (&raw.token_file, &raw.token_env) {
-            (Some(path), None) => std::fs::read_to_string(path)
-                .map_err(|e| (key("token_file"), format!("cannot read {}: {e}", path.display())))?
-                .trim()
-                .to_owned(),
-            (None, Some(name)) => env(name)
-                .ok_or_else(|| (key("token_env"), format!("environment variable {name} is not set")))?
-                .trim()
-                .to_owned(),
+        if !parsed.username().is_empty() || parsed.password().is_some() || parsed.query().is_some()
+        {
+            return Err((
+                key("api_url"),
+                "must not carry credentials or a query: the token goes in token_file or token_env"
+                    .into(),
+            ));
+        }
+        let (token_source, token_key) = match (&raw.token_file, &raw.token_env) {
+            (Some(path), None) => (TokenSource::File(path.clone()), key("token_file")),
+            (None, Some(name)) => (TokenSource::Env(name.clone()), key("token_env")),
             _ => {
                 return Err((
                     key("token_file"),
@@ -145,12 +181,27 @@ impl GithubRepo {
                 ))
             }
         };
-        if token.is_empty() || token.contains(char::is_whitespace) {
-            return Err((
-                key("token_file"),
-                "the token is empty or not one word".into(),
-            ));
-        }
+        let token = match &token_source {
+            TokenSource::Env(name) => env(name)
+                .ok_or_else(|| {
+                    (
+                        token_key.clone(),
+                        format!("environment variable {name} is not set"),
+                    )
+                })
+                .and_then(|t| {
+                    let t = t.trim().to_owned();
+                    if t.is_empty() || t.contains(char::is_whitespace) {
+                        Err((
+                            token_key.clone(),
+                            "the token is empty or not one word".into(),
+                        ))
+                    } else {
+                        Ok(t)
+                    }
+                })?,
+            TokenSource::File(_) => token_source.read().map_err(|e| (token_key.clone(), e))?,
+        };
         if raw.interval < Duration::from_secs(60) || raw.max_interval < raw.interval {
             return Err((
                 key("interval"),
@@ -173,10 +224,20 @@ impl GithubRepo {
         } else {
             return Err((key("source"), "must name a github source instance".into()));
         };
+        if !options.deploy_workflows.is_empty() {
+            return Err((
+                key("source"),
+                format!(
+                    "[sources.{source}] counts workflow runs as deploys (deploy_workflows); polling reads \
+                     deployments, which that source ignores: name a source without deploy_workflows"
+                ),
+            ));
+        }
         Ok(GithubRepo {
             repo: raw.repo.clone(),
             api_url,
             token: Secret::new(token),
+            token_source,
             source,
             options,
             interval: raw.interval,
@@ -224,6 +285,9 @@ pub enum PollError {
     /// the longest interval only.
     #[error("{0}")]
     Refused(String),
+    /// 404 or 410: the repository, or one deployment, is gone.
+    #[error("{0}")]
+    Gone(String),
 }
 
 /// One conditional GET's answer.
@@ -233,7 +297,26 @@ enum Fetched {
         body: Bytes,
         etag: Option<String>,
         last_modified: Option<String>,
+        /// The `rel="next"` URL of the `Link` header, verbatim.
+        next: Option<String>,
     },
+}
+
+/// The `rel="next"` target of a `Link` header.
+fn next_link(link: &str) -> Option<String> {
+    link.split(',').find_map(|part| {
+        let (target, params) = part.split_once(';')?;
+        params
+            .split(';')
+            .any(|p| p.trim() == "rel=\"next\"")
+            .then(|| {
+                target
+                    .trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_owned()
+            })
+    })
 }
 
 /// The quota as the last response told it.
@@ -253,6 +336,8 @@ pub struct GithubPoller {
     ledger: Ledger,
     metrics: Arc<Metrics>,
     quota: Quota,
+    /// Server clock minus local clock, from the last `Date` header.
+    skew: i64,
 }
 
 fn now_seconds() -> i64 {
@@ -274,6 +359,7 @@ impl GithubPoller {
             ledger,
             metrics,
             quota: Quota::default(),
+            skew: 0,
         }
     }
 
@@ -283,8 +369,13 @@ impl GithubPoller {
     pub async fn run(mut self) {
         let mut wait = self.repo.interval;
         let mut failures = 0u32;
+        let mut limited = 0u32;
         loop {
-            match self.poll_once().await {
+            let outcome = self.poll_once().await;
+            if !matches!(outcome, Err(PollError::RateLimited { .. })) {
+                limited = 0;
+            }
+            match outcome {
                 Ok(changed) => {
                     failures = 0;
                     self.metrics
@@ -299,7 +390,17 @@ impl GithubPoller {
                     tokio::time::sleep(jitter(wait, 0.1)).await;
                 }
                 Err(PollError::RateLimited { until }) => {
-                    let seconds = (until - now_seconds()).clamp(1, 65 * 60) as u64;
+                    // Until the reset; an answer that keeps refusing past it
+                    // backs off (2 s doubling, at most 15 minutes).
+                    limited += 1;
+                    let backoff = if limited > 1 {
+                        2i64 << (limited - 1).min(9)
+                    } else {
+                        1
+                    };
+                    let seconds = (until - now_seconds())
+                        .max(backoff.min(MAX_BACKOFF.as_secs() as i64))
+                        .clamp(1, 65 * 60) as u64;
                     tracing::warn!(repo = %self.repo.repo, seconds, "GitHub rate limit: waiting for the reset");
                     tokio::time::sleep(Duration::from_secs(seconds)).await;
                 }
@@ -311,7 +412,7 @@ impl GithubPoller {
                     tracing::warn!(repo = %self.repo.repo, failures, error, "Poll failed; backing off");
                     tokio::time::sleep(ceiling.mul_f64(rand_unit())).await;
                 }
-                Err(PollError::Refused(error)) => {
+                Err(PollError::Refused(error) | PollError::Gone(error)) => {
                     tracing::error!(repo = %self.repo.repo, error, "Poll refused; retrying at the longest interval");
                     tokio::time::sleep(self.repo.max_interval).await;
                 }
@@ -339,46 +440,69 @@ impl GithubPoller {
             .unwrap_or_default();
         let mut cursors = Vec::new();
         let mut deployments: BTreeMap<i64, Value> = BTreeMap::new();
-        let url = format!(
+        let mut new_cursor = cursor.clone();
+        let first = format!(
             "{}/repos/{}/deployments?per_page=100",
             self.repo.api_url, self.repo.repo
         );
-        let mut new_cursor = cursor.clone();
-        if let Fetched::Changed {
-            body,
-            etag,
-            last_modified,
-        } = self.get(&url, &cursor, "deployments").await?
-        {
+        // Page 1 is conditional; newer-first pages are followed through
+        // `rel="next"` until one reaches what was already seen or the
+        // horizon (POLLING.md §6 step 6).
+        let mut next = Some(first);
+        let mut page = 0;
+        let mut max_id = mark.max_id;
+        while let Some(url) = next.take() {
+            let validators = if page == 0 {
+                cursor.clone()
+            } else {
+                PollCursor::default()
+            };
+            let Fetched::Changed {
+                body,
+                etag,
+                last_modified,
+                next: link_next,
+            } = self.get(&url, &validators, "deployments").await?
+            else {
+                break;
+            };
+            if page == 0 {
+                new_cursor.etag = etag;
+                new_cursor.last_modified = last_modified;
+            }
+            page += 1;
             let list: Vec<Value> = serde_json::from_slice(&body)
                 .map_err(|e| PollError::Transient(format!("deployments: {e}")))?;
-            let horizon = now_seconds() - STATUS_HORIZON_SECONDS;
-            let mut max_id = mark.max_id;
+            let horizon = self.server_now() - STATUS_HORIZON_SECONDS;
+            let mut reached_seen = list.is_empty();
             for deployment in list {
                 let Some(id) = deployment["id"].as_i64() else {
                     continue;
                 };
+                // A time that does not parse is taken as now: followed, not lost.
                 let created = deployment["created_at"]
                     .as_str()
                     .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                    .map(|t| t.timestamp())
-                    .unwrap_or(0);
+                    .map_or_else(|| self.server_now(), |t| t.timestamp());
                 max_id = max_id.max(id);
-                if id > mark.max_id && created >= horizon {
+                if id <= mark.max_id || created < horizon {
+                    reached_seen = true;
+                } else {
                     mark.open.insert(id, created);
                 }
                 deployments.insert(id, deployment);
             }
-            mark.max_id = max_id;
-            new_cursor.etag = etag;
-            new_cursor.last_modified = last_modified;
+            if !reached_seen && page < MAX_PAGES {
+                next = link_next.filter(|u| u.starts_with(&self.repo.api_url));
+            }
         }
-        // Statuses of the deployments still followed, each conditional.
-        let horizon = now_seconds() - STATUS_HORIZON_SECONDS;
-        mark.open.retain(|_, created| *created >= horizon);
+        mark.max_id = max_id;
+        // Statuses of the deployments still followed, each conditional; one
+        // that passed the horizon is read a last time, then let go.
+        let horizon = self.server_now() - STATUS_HORIZON_SECONDS;
         let mut deliveries = Vec::new();
-        let open: Vec<i64> = mark.open.keys().copied().collect();
-        for id in open {
+        let open: Vec<(i64, i64)> = mark.open.iter().map(|(id, c)| (*id, *c)).collect();
+        for (id, created) in open {
             let statuses_stream = self.repo.stream(&format!("statuses|{id}"));
             let statuses_cursor = self
                 .ledger
@@ -393,11 +517,23 @@ impl GithubPoller {
                 "{}/repos/{}/deployments/{id}/statuses?per_page=100",
                 self.repo.api_url, self.repo.repo
             );
+            let fetched = match self.get(&url, &statuses_cursor, "statuses").await {
+                Err(PollError::Gone(_)) => {
+                    // Deleted since: nothing more to follow.
+                    mark.open.remove(&id);
+                    continue;
+                }
+                other => other?,
+            };
+            if created < horizon {
+                mark.open.remove(&id);
+            }
             let Fetched::Changed {
                 body,
                 etag,
                 last_modified,
-            } = self.get(&url, &statuses_cursor, "statuses").await?
+                ..
+            } = fetched
             else {
                 continue;
             };
@@ -405,7 +541,13 @@ impl GithubPoller {
                 .map_err(|e| PollError::Transient(format!("statuses: {e}")))?;
             let deployment = match deployments.get(&id) {
                 Some(d) => d.clone(),
-                None => self.deployment(id).await?,
+                None => match self.deployment(id).await {
+                    Err(PollError::Gone(_)) => {
+                        mark.open.remove(&id);
+                        continue;
+                    }
+                    other => other?,
+                },
             };
             for status in &statuses {
                 if let Some(delivery) = self.delivery(&deployment, status) {
@@ -446,6 +588,11 @@ impl GithubPoller {
         }
         tracing::debug!(repo = %self.repo.repo, stored, "Poll recorded");
         Ok(true)
+    }
+
+    /// Now on the server's clock, as its last `Date` header told it.
+    fn server_now(&self) -> i64 {
+        now_seconds() + self.skew
     }
 
     /// One deployment, for a status whose deployment left the first page.
@@ -505,7 +652,10 @@ impl GithubPoller {
             authenticated: true,
             body: Some(Bytes::from(body)),
             disposition,
-            headers: Some(json!({"x-hookgauge-poll": self.repo.api_url}).to_string()),
+            headers: Some(
+                json!({"x-github-event": "deployment_status", "x-hookgauge-poll": self.repo.api_url})
+                    .to_string(),
+            ),
             instance: self.repo.source.strip_prefix("github.").map(str::to_owned),
             queued_row: None,
         })
@@ -568,6 +718,7 @@ impl GithubPoller {
             200 => {
                 let etag = header("etag");
                 let last_modified = header("last-modified");
+                let next = header("link").as_deref().and_then(next_link);
                 let body = response
                     .bytes()
                     .await
@@ -576,6 +727,7 @@ impl GithubPoller {
                     body,
                     etag,
                     last_modified,
+                    next,
                 })
             }
             403 | 429 => {
@@ -601,11 +753,22 @@ impl GithubPoller {
                     )))
                 }
             }
-            401 => Err(PollError::Refused(format!(
-                "{endpoint}: 401: the token is wrong or expired"
-            ))),
-            404 | 410 => Err(PollError::Refused(format!(
-                "{endpoint}: {status}: no such repository, or the token cannot see it"
+            401 => {
+                // A rotated Secret: read the token again and retry soon.
+                match self.repo.token_source.read() {
+                    Ok(token) if token.as_bytes() != self.repo.token.expose() => {
+                        self.repo.token = Secret::new(token);
+                        Err(PollError::Transient(format!(
+                            "{endpoint}: 401; the token changed and is used from now on"
+                        )))
+                    }
+                    _ => Err(PollError::Refused(format!(
+                        "{endpoint}: 401: the token is wrong or expired"
+                    ))),
+                }
+            }
+            404 | 410 => Err(PollError::Gone(format!(
+                "{endpoint}: {status}: no such repository or deployment, or the token cannot see it"
             ))),
             code if status.is_server_error() => {
                 Err(PollError::Transient(format!("{endpoint}: {code}")))
@@ -628,7 +791,8 @@ impl GithubPoller {
             .and_then(|v| v.to_str().ok())
             .and_then(|d| chrono::DateTime::parse_from_rfc2822(d).ok())
             .map(|d| d.timestamp() - now_seconds())
-            .unwrap_or(0);
+            .unwrap_or(self.skew);
+        self.skew = skew;
         if let Some(limit) = number("x-ratelimit-limit") {
             self.quota.limit = Some(limit.max(0) as u64);
         }

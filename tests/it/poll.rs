@@ -217,14 +217,13 @@ async fn a_polled_deploy_counts_once_with_its_webhook_and_restarts_poll_conditio
     .await;
     assert_eq!(requests_to(&server, "/statuses").await.len(), 1);
     assert_eq!(deployments_total(&app).await, 1.0);
-    assert_eq!(quota.load(Ordering::SeqCst), 4998, "the 304 cost nothing");
     app.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exhausted_quota_stops_requests_until_the_reset() {
     let server = MockServer::start().await;
-    let reset = now() + 3;
+    let reset = now() + 4;
     Mock::given(method("GET"))
         .and(path("/repos/acme/shop/deployments"))
         .respond_with(
@@ -253,6 +252,10 @@ async fn an_exhausted_quota_stops_requests_until_the_reset() {
         requests_to(&server, "/deployments").await.len() == 1
     })
     .await;
+    assert!(
+        now() < reset - 1,
+        "the first request came well before the reset"
+    );
     // Silent until the reset (+1 s), then one more attempt.
     while now() < reset {
         assert_eq!(requests_to(&server, "/deployments").await.len(), 1);
@@ -262,6 +265,10 @@ async fn an_exhausted_quota_stops_requests_until_the_reset() {
         requests_to(&server, "/deployments").await.len() == 2
     })
     .await;
+    // Refused again although the reset is past: it backs off (≥ 4 s), it
+    // does not retry at once.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(requests_to(&server, "/deployments").await.len(), 2);
     let scrape = app.scrape().await;
     assert_eq!(
         scrape.value(
@@ -270,5 +277,87 @@ async fn an_exhausted_quota_stops_requests_until_the_reset() {
         ),
         0.0
     );
+    app.shutdown().await;
+}
+
+/// A page of deployments with a `Link` to the next one.
+struct Page {
+    body: Value,
+    next: Option<String>,
+}
+
+impl Respond for Page {
+    fn respond(&self, _: &Request) -> ResponseTemplate {
+        let mut template = ResponseTemplate::new(200)
+            .insert_header("etag", "W/\"p\"")
+            .set_body_json(self.body.clone());
+        if let Some(next) = &self.next {
+            template = template.insert_header(
+                "link",
+                format!("<{next}>; rel=\"next\", <{next}>; rel=\"last\"").as_str(),
+            );
+        }
+        template
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_pages_are_followed_through_their_links() {
+    let server = MockServer::start().await;
+    let created = now() - 900;
+    let page2 = format!(
+        "{}/repositories/1/deployments?per_page=100&page=2",
+        server.uri()
+    );
+    Mock::given(method("GET"))
+        .and(path("/repos/acme/shop/deployments"))
+        .respond_with(Page {
+            body: json!([
+                deployment(9, &rfc3339(created + 20)),
+                deployment(8, &rfc3339(created + 10))
+            ]),
+            next: Some(page2),
+        })
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/repositories/1/deployments"))
+        .respond_with(Page {
+            body: json!([deployment(7, &rfc3339(created))]),
+            next: None,
+        })
+        .mount(&server)
+        .await;
+    for id in [7, 8, 9] {
+        Mock::given(method("GET"))
+            .and(path(format!("/repos/acme/shop/deployments/{id}/statuses")))
+            .respond_with(Page {
+                body: json!([{"id": id * 10, "state": "success", "environment": "production",
+                              "created_at": rfc3339(created + id * 100)}]),
+                next: None,
+            })
+            .mount(&server)
+            .await;
+    }
+    let token_dir = tempfile::tempdir().unwrap();
+    let token_file = token_dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let api_url = server.uri();
+    let app = spawn_app_with(|raw| {
+        raw.poll.github = vec![toml::from_str(&format!(
+            "repo = \"acme/shop\"\ntoken_file = {:?}\napi_url = {:?}",
+            token_file.display().to_string(),
+            api_url
+        ))
+        .unwrap()];
+    })
+    .await;
+    eventually("three deploys", || async {
+        deployments_total(&app).await == 3.0
+    })
+    .await;
+    let page2 = requests_to(&server, "/repositories/1/deployments").await;
+    assert_eq!(page2.len(), 1, "the next page, by its link, once");
+    assert_eq!(page2[0].url.query(), Some("per_page=100&page=2"));
     app.shutdown().await;
 }
