@@ -423,16 +423,7 @@ impl GithubPoller {
     /// One poll of the deployments stream and of the statuses of recent,
     /// unfinished deployments. `Ok(true)` when something new was stored.
     pub async fn poll_once(&mut self) -> Result<bool, PollError> {
-        let stream = self.repo.stream("deployments");
-        let cursor = self
-            .ledger
-            .poll_cursor(stream.clone())
-            .await
-            .map_err(|e| PollError::Transient(e.to_string()))?
-            .unwrap_or(PollCursor {
-                stream: stream.clone(),
-                ..PollCursor::default()
-            });
+        let cursor = self.cursor(self.repo.stream("deployments")).await?;
         let mut mark: DeploymentsMark = cursor
             .watermark
             .as_deref()
@@ -503,16 +494,9 @@ impl GithubPoller {
         let mut deliveries = Vec::new();
         let open: Vec<(i64, i64)> = mark.open.iter().map(|(id, c)| (*id, *c)).collect();
         for (id, created) in open {
-            let statuses_stream = self.repo.stream(&format!("statuses|{id}"));
             let statuses_cursor = self
-                .ledger
-                .poll_cursor(statuses_stream.clone())
-                .await
-                .map_err(|e| PollError::Transient(e.to_string()))?
-                .unwrap_or(PollCursor {
-                    stream: statuses_stream.clone(),
-                    ..PollCursor::default()
-                });
+                .cursor(self.repo.stream(&format!("statuses|{id}")))
+                .await?;
             let url = format!(
                 "{}/repos/{}/deployments/{id}/statuses?per_page=100",
                 self.repo.api_url, self.repo.repo
@@ -564,10 +548,9 @@ impl GithubPoller {
                 mark.open.remove(&id);
             }
             cursors.push(PollCursor {
-                stream: statuses_stream,
                 etag,
                 last_modified,
-                watermark: None,
+                ..statuses_cursor
             });
         }
         new_cursor.watermark = Some(serde_json::to_string(&mark).unwrap_or_default());
@@ -588,6 +571,19 @@ impl GithubPoller {
         }
         tracing::debug!(repo = %self.repo.repo, stored, "Poll recorded");
         Ok(true)
+    }
+
+    /// The stored state of `stream`, or a fresh one.
+    async fn cursor(&self, stream: String) -> Result<PollCursor, PollError> {
+        Ok(self
+            .ledger
+            .poll_cursor(stream.clone())
+            .await
+            .map_err(|e| PollError::Transient(e.to_string()))?
+            .unwrap_or(PollCursor {
+                stream,
+                ..PollCursor::default()
+            }))
     }
 
     /// Now on the server's clock, as its last `Date` header told it.

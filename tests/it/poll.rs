@@ -88,6 +88,30 @@ async fn deployments_total(app: &TestApp) -> f64 {
     )
 }
 
+/// The app polling `acme/shop` on the fake server with a token from a
+/// file (kept alive by the returned directory); `webhooks` also serves
+/// `/hooks/github`.
+async fn app_polling(server: &MockServer, webhooks: bool) -> (tempfile::TempDir, TestApp) {
+    let token_dir = tempfile::tempdir().unwrap();
+    let token_file = token_dir.path().join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let entry = format!(
+        "repo = \"acme/shop\"\ntoken_file = {:?}\napi_url = {:?}",
+        token_file.display().to_string(),
+        server.uri()
+    );
+    let app = spawn_app_with(|raw| {
+        if webhooks {
+            raw.sources
+                .native
+                .insert("github".into(), json!({"secrets": [SECRET]}));
+        }
+        raw.poll.github = vec![toml::from_str(&entry).unwrap()];
+    })
+    .await;
+    (token_dir, app)
+}
+
 /// Waits (bounded) for `check` to hold.
 async fn eventually<F: std::future::Future<Output = bool>>(
     what: &str,
@@ -131,22 +155,7 @@ async fn a_polled_deploy_counts_once_with_its_webhook_and_restarts_poll_conditio
         .mount(&server)
         .await;
 
-    let token_dir = tempfile::tempdir().unwrap();
-    let token_file = token_dir.path().join("token");
-    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-    let api_url = server.uri();
-    let mut app = spawn_app_with(|raw| {
-        raw.sources
-            .native
-            .insert("github".into(), json!({"secrets": [SECRET]}));
-        raw.poll.github = vec![toml::from_str(&format!(
-            "repo = \"acme/shop\"\ntoken_file = {:?}\napi_url = {:?}",
-            token_file.display().to_string(),
-            api_url
-        ))
-        .unwrap()];
-    })
-    .await;
+    let (_token_dir, mut app) = app_polling(&server, true).await;
 
     eventually("the polled deploy", || async {
         deployments_total(&app).await == 1.0
@@ -235,19 +244,7 @@ async fn an_exhausted_quota_stops_requests_until_the_reset() {
         )
         .mount(&server)
         .await;
-    let token_dir = tempfile::tempdir().unwrap();
-    let token_file = token_dir.path().join("token");
-    std::fs::write(&token_file, TOKEN).unwrap();
-    let api_url = server.uri();
-    let app = spawn_app_with(|raw| {
-        raw.poll.github = vec![toml::from_str(&format!(
-            "repo = \"acme/shop\"\ntoken_file = {:?}\napi_url = {:?}",
-            token_file.display().to_string(),
-            api_url
-        ))
-        .unwrap()];
-    })
-    .await;
+    let (_token_dir, app) = app_polling(&server, false).await;
     eventually("the first request", || async {
         requests_to(&server, "/deployments").await.len() == 1
     })
@@ -339,19 +336,7 @@ async fn deployment_pages_are_followed_through_their_links() {
             .mount(&server)
             .await;
     }
-    let token_dir = tempfile::tempdir().unwrap();
-    let token_file = token_dir.path().join("token");
-    std::fs::write(&token_file, TOKEN).unwrap();
-    let api_url = server.uri();
-    let app = spawn_app_with(|raw| {
-        raw.poll.github = vec![toml::from_str(&format!(
-            "repo = \"acme/shop\"\ntoken_file = {:?}\napi_url = {:?}",
-            token_file.display().to_string(),
-            api_url
-        ))
-        .unwrap()];
-    })
-    .await;
+    let (_token_dir, app) = app_polling(&server, false).await;
     eventually("three deploys", || async {
         deployments_total(&app).await == 3.0
     })
