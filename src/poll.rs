@@ -1,10 +1,11 @@
-//! Pull mode (POLLING.md): reads GitHub deployments and their statuses
-//! through the REST API for repositories whose webhooks cannot reach this
-//! service, and writes what it finds through the same ledger as webhooks.
+//! Pull mode (POLLING.md): reads GitHub deployments with their statuses,
+//! and incident issues, through the REST API for repositories whose
+//! webhooks cannot reach this service, and writes what it finds through
+//! the same ledger as webhooks.
 //!
-//! A status is mapped by the GitHub plugin's own `deployment_status` rules
-//! (the API objects are the webhook's objects), so a deploy seen by both a
-//! webhook and a poll is one deploy. Every request is conditional on the
+//! A status or an issue is mapped by the GitHub plugin's own
+//! `deployment_status` / `issues` rules (the API objects are the webhook's
+//! objects), so a fact seen by both a webhook and a poll is one fact. Every request is conditional on the
 //! validators stored for its URL; validators and watermarks are written in
 //! the same transaction as the facts they produced (`Store::record_polled`).
 //! Rate-limit headers are honoured: nothing is sent while a limit is known
@@ -36,8 +37,12 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 const RESERVE_SHARE: f64 = 0.05;
 /// The longest a failing repository waits between attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
-/// Pages of deployments read in one poll at most (100 each).
+/// Pages of one list read in one poll at most (100 items each).
 const MAX_PAGES: usize = 10;
+/// How far back the first poll of incidents reads.
+const INCIDENT_BOOTSTRAP_SECONDS: i64 = 30 * 86_400;
+/// Re-read margin below the incidents watermark (POLLING.md §6 step 6).
+const INCIDENT_OVERLAP_SECONDS: i64 = 120;
 
 /// `[[poll.github]]` as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -248,7 +253,7 @@ impl GithubRepo {
     /// `check-config`'s line for this repository.
     pub fn describe(&self) -> String {
         format!(
-            "poll github {} at {}: deployments and their statuses, mapped by [sources.{}], every {} to {}",
+            "poll github {} at {}: deployments and their statuses, incident issues, mapped by [sources.{}], every {} to {}",
             self.repo,
             self.api_url,
             self.source,
@@ -420,16 +425,62 @@ impl GithubPoller {
         }
     }
 
-    /// One poll of the deployments stream and of the statuses of recent,
-    /// unfinished deployments. `Ok(true)` when something new was stored.
+    /// One poll of every stream: deployments (and the statuses of recent,
+    /// unfinished ones) and incident issues, recorded with their cursors in
+    /// one transaction. `Ok(true)` when something changed.
     pub async fn poll_once(&mut self) -> Result<bool, PollError> {
+        // Each stream commits its own facts with its own cursors: one that
+        // fails (a 404 on issues, say) neither loses nor holds the other.
+        let mut deliveries = Vec::new();
+        let mut cursors = Vec::new();
+        let deployments = self.deployments(&mut deliveries, &mut cursors).await;
+        let mut changed = self.commit(&mut deliveries, &mut cursors).await?;
+        let incidents = self.incidents(&mut deliveries, &mut cursors).await;
+        changed |= self.commit(&mut deliveries, &mut cursors).await?;
+        deployments?;
+        incidents?;
+        Ok(changed)
+    }
+
+    /// Records what a stream read (taken from `deliveries` and `cursors`)
+    /// in one transaction; `Ok(false)` when there was nothing.
+    async fn commit(
+        &mut self,
+        deliveries: &mut Vec<Delivery>,
+        cursors: &mut Vec<PollCursor>,
+    ) -> Result<bool, PollError> {
+        if cursors.is_empty() {
+            deliveries.clear();
+            return Ok(false);
+        }
+        let deliveries = std::mem::take(deliveries);
+        let events: Vec<&'static str> = deliveries.iter().map(|d| d.event).collect();
+        let recorded = self
+            .store
+            .record_polled(deliveries, std::mem::take(cursors))
+            .await
+            .map_err(|e: StoreError| PollError::Transient(e.to_string()))?;
+        for (r, event) in recorded.iter().zip(events) {
+            self.metrics
+                .count_delivery(GitHub.source(), event, r.outcome);
+        }
+        tracing::debug!(repo = %self.repo.repo, stored = recorded.len(), "Poll recorded");
+        Ok(true)
+    }
+
+    /// The deployments stream: new deployments (newest first, by `Link`)
+    /// and the statuses of those still followed.
+    async fn deployments(
+        &mut self,
+        deliveries: &mut Vec<Delivery>,
+        cursors: &mut Vec<PollCursor>,
+    ) -> Result<(), PollError> {
         let cursor = self.cursor(self.repo.stream("deployments")).await?;
         let mut mark: DeploymentsMark = cursor
             .watermark
             .as_deref()
             .and_then(|w| serde_json::from_str(w).ok())
             .unwrap_or_default();
-        let mut cursors = Vec::new();
         let mut deployments: BTreeMap<i64, Value> = BTreeMap::new();
         let mut new_cursor = cursor.clone();
         let first = format!(
@@ -491,7 +542,6 @@ impl GithubPoller {
         // Statuses of the deployments still followed, each conditional; one
         // that passed the horizon is read a last time, then let go.
         let horizon = self.server_now() - STATUS_HORIZON_SECONDS;
-        let mut deliveries = Vec::new();
         let open: Vec<(i64, i64)> = mark.open.iter().map(|(id, c)| (*id, *c)).collect();
         for (id, created) in open {
             let statuses_cursor = self
@@ -554,23 +604,125 @@ impl GithubPoller {
             });
         }
         new_cursor.watermark = Some(serde_json::to_string(&mark).unwrap_or_default());
-        let changed = new_cursor != cursor || !cursors.is_empty();
-        if !changed {
-            return Ok(false);
+        if new_cursor != cursor {
+            cursors.push(new_cursor);
         }
-        cursors.push(new_cursor);
-        let stored = deliveries.len();
-        let recorded = self
-            .store
-            .record_polled(deliveries, cursors)
-            .await
-            .map_err(|e: StoreError| PollError::Transient(e.to_string()))?;
-        for r in &recorded {
-            self.metrics
-                .count_delivery(GitHub.source(), "deployment_status", r.outcome);
+        Ok(())
+    }
+
+    /// The incidents stream, one per incident label: issues updated since
+    /// the watermark (less an overlap: an issue updated while the pages
+    /// were read is read again, and counted once), oldest update first.
+    /// An issue yields its creation and, once closed, its resolution,
+    /// mapped by the GitHub plugin's `issues` rules.
+    async fn incidents(
+        &mut self,
+        deliveries: &mut Vec<Delivery>,
+        cursors: &mut Vec<PollCursor>,
+    ) -> Result<(), PollError> {
+        for label in self.repo.options.incident_labels.clone() {
+            let cursor = self
+                .cursor(self.repo.stream(&format!("incidents|{label}")))
+                .await?;
+            // The URL stays the same until new data is committed, so that
+            // its ETag keeps answering 304.
+            let since = cursor.watermark.clone().unwrap_or_else(|| {
+                let start = self.server_now() - INCIDENT_BOOTSTRAP_SECONDS;
+                rfc3339(start)
+            });
+            let label_param: String = form_urlencoded::byte_serialize(label.as_bytes()).collect();
+            let mut next = Some(format!(
+                "{}/repos/{}/issues?state=all&labels={label_param}&sort=updated&direction=asc&per_page=100&since={since}",
+                self.repo.api_url, self.repo.repo
+            ));
+            let mut new_cursor = cursor.clone();
+            let mut newest: Option<i64> = None;
+            let mut page = 0;
+            while let Some(url) = next.take() {
+                let validators = if page == 0 {
+                    cursor.clone()
+                } else {
+                    PollCursor::default()
+                };
+                let Fetched::Changed {
+                    body,
+                    etag,
+                    last_modified,
+                    next: link_next,
+                } = self.get(&url, &validators, "issues").await?
+                else {
+                    break;
+                };
+                if page == 0 {
+                    new_cursor.etag = etag;
+                    new_cursor.last_modified = last_modified;
+                }
+                page += 1;
+                let issues: Vec<Value> = serde_json::from_slice(&body)
+                    .map_err(|e| PollError::Transient(format!("issues: {e}")))?;
+                for issue in issues {
+                    if issue.get("pull_request").is_some() {
+                        continue;
+                    }
+                    if let Some(updated) = issue["updated_at"]
+                        .as_str()
+                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    {
+                        newest = Some(newest.unwrap_or(i64::MIN).max(updated.timestamp()));
+                    }
+                    deliveries.extend(self.issue_deliveries(&issue));
+                }
+                if page < MAX_PAGES {
+                    next = link_next.filter(|u| u.starts_with(&self.repo.api_url));
+                }
+            }
+            if let Some(newest) = newest {
+                // Server timestamps only (POLLING.md §6 step 11). A new
+                // `since` is a new URL: its validators start afresh.
+                let watermark = rfc3339(newest - INCIDENT_OVERLAP_SECONDS);
+                if Some(&watermark) != cursor.watermark.as_ref() {
+                    new_cursor.watermark = Some(watermark);
+                    new_cursor.etag = None;
+                    new_cursor.last_modified = None;
+                }
+            } else if cursor.watermark.is_none() {
+                new_cursor.watermark = Some(since);
+            }
+            if new_cursor != cursor {
+                cursors.push(new_cursor);
+            }
         }
-        tracing::debug!(repo = %self.repo.repo, stored, "Poll recorded");
-        Ok(true)
+        Ok(())
+    }
+
+    /// An incident issue's creation and, when closed, its resolution, as
+    /// `issues` webhooks (`opened`, `closed`) would carry them.
+    fn issue_deliveries(&self, issue: &Value) -> Vec<Delivery> {
+        let number = issue["number"].as_i64().unwrap_or_default().to_string();
+        let mut out = Vec::new();
+        let closed = issue["state"].as_str() == Some("closed");
+        for (action, at) in [("opened", "created_at"), ("closed", "closed_at")] {
+            if action == "closed" && !closed {
+                continue;
+            }
+            let when = issue[at].as_str().unwrap_or_default();
+            let payload = json!({
+                "action": action,
+                "issue": issue,
+                "repository": {"full_name": self.repo.repo},
+            });
+            out.push(self.mapped(
+                "issues",
+                &payload,
+                &[
+                    b"issue",
+                    number.as_bytes(),
+                    action.as_bytes(),
+                    when.as_bytes(),
+                ],
+            ));
+        }
+        out
     }
 
     /// The stored state of `stream`, or a fresh one.
@@ -617,12 +769,26 @@ impl GithubPoller {
             "deployment": deployment,
             "repository": {"full_name": self.repo.repo},
         });
+        let status_id = status["id"].as_i64().unwrap_or_default().to_string();
+        Some(self.mapped(
+            "deployment_status",
+            &payload,
+            &[b"status", status_id.as_bytes()],
+        ))
+    }
+
+    /// `payload` as a webhook of `event` would be recorded: mapped by the
+    /// GitHub plugin with this repository's source options, its ledger row
+    /// keeping the event header (so that it can be redelivered). The
+    /// delivery id is derived from `identity`: a fact read again is a
+    /// duplicate delivery.
+    fn mapped(&self, event: &'static str, payload: &Value, identity: &[&[u8]]) -> Delivery {
         let mut headers = HeaderMap::new();
         headers.insert(
             HeaderName::from_static("x-github-event"),
-            HeaderValue::from_static("deployment_status"),
+            HeaderValue::from_static(event),
         );
-        let (event, mapping) = GitHub.classify(&headers, &payload, &self.repo.options);
+        let (label, mapping) = GitHub.classify(&headers, payload, &self.repo.options);
         let disposition = match mapping {
             Ok(Mapping::Events(events)) if !events.is_empty() => Disposition::Events(events),
             Ok(Mapping::Events(_)) => Disposition::Ignored {
@@ -633,28 +799,26 @@ impl GithubPoller {
                 reason: "invalid_api_object",
             },
         };
-        let status_id = status["id"].as_i64().unwrap_or_default().to_string();
-        let body = serde_json::to_vec(&payload).ok()?;
-        Some(Delivery {
-            id: DeliveryId::derived(&[
-                b"poll",
-                self.repo.api_url.as_bytes(),
-                self.repo.repo.as_bytes(),
-                status_id.as_bytes(),
-            ]),
+        let mut parts: Vec<&[u8]> = vec![
+            b"poll",
+            self.repo.api_url.as_bytes(),
+            self.repo.repo.as_bytes(),
+        ];
+        parts.extend_from_slice(identity);
+        Delivery {
+            id: DeliveryId::derived(&parts),
             source: GitHub.source(),
-            event,
+            event: label,
             received_at_ms: now_seconds() * 1000,
             authenticated: true,
-            body: Some(Bytes::from(body)),
+            body: serde_json::to_vec(payload).ok().map(Bytes::from),
             disposition,
             headers: Some(
-                json!({"x-github-event": "deployment_status", "x-hookgauge-poll": self.repo.api_url})
-                    .to_string(),
+                json!({"x-github-event": event, "x-hookgauge-poll": self.repo.api_url}).to_string(),
             ),
             instance: self.repo.source.strip_prefix("github.").map(str::to_owned),
             queued_row: None,
-        })
+        }
     }
 
     /// A conditional GET; refusals classified per POLLING.md §1.3.
@@ -807,6 +971,13 @@ impl GithubPoller {
                 .set((reset - skew) as f64);
         }
     }
+}
+
+/// Epoch seconds as the RFC 3339 UTC text GitHub's `since` takes.
+fn rfc3339(epoch: i64) -> String {
+    chrono::DateTime::from_timestamp(epoch, 0)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 /// `d` scaled by a random factor in `[1 - share, 1 + share]`.

@@ -112,6 +112,15 @@ async fn app_polling(server: &MockServer, webhooks: bool) -> (tempfile::TempDir,
     (token_dir, app)
 }
 
+/// An issues list with no incident, for tests about deployments.
+async fn mount_no_incidents(server: &MockServer) {
+    Mock::given(method("GET"))
+        .and(path("/repos/acme/shop/issues"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
+        .mount(server)
+        .await;
+}
+
 /// Waits (bounded) for `check` to hold.
 async fn eventually<F: std::future::Future<Output = bool>>(
     what: &str,
@@ -154,6 +163,7 @@ async fn a_polled_deploy_counts_once_with_its_webhook_and_restarts_poll_conditio
         })
         .mount(&server)
         .await;
+    mount_no_incidents(&server).await;
 
     let (_token_dir, mut app) = app_polling(&server, true).await;
 
@@ -336,6 +346,7 @@ async fn deployment_pages_are_followed_through_their_links() {
             .mount(&server)
             .await;
     }
+    mount_no_incidents(&server).await;
     let (_token_dir, app) = app_polling(&server, false).await;
     eventually("three deploys", || async {
         deployments_total(&app).await == 3.0
@@ -344,5 +355,84 @@ async fn deployment_pages_are_followed_through_their_links() {
     let page2 = requests_to(&server, "/repositories/1/deployments").await;
     assert_eq!(page2.len(), 1, "the next page, by its link, once");
     assert_eq!(page2[0].url.query(), Some("per_page=100&page=2"));
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incident_issues_are_polled_since_their_watermark_and_counted_once() {
+    let server = MockServer::start().await;
+    let quota = Arc::new(AtomicUsize::new(5000));
+    let opened = now() - 7_200;
+    let closed = now() - 3_600;
+    let incident = json!({
+        "number": 12, "state": "closed", "title": "checkout down",
+        "labels": [{"name": "incident"}],
+        "created_at": rfc3339(opened), "closed_at": rfc3339(closed), "updated_at": rfc3339(closed)
+    });
+    let pull = json!({
+        "number": 13, "state": "open", "labels": [{"name": "incident"}],
+        "created_at": rfc3339(opened), "updated_at": rfc3339(opened),
+        "pull_request": {"url": "https://api.github.com/repos/acme/shop/pulls/13"}
+    });
+    Mock::given(method("GET"))
+        .and(path("/repos/acme/shop/deployments"))
+        .respond_with(Conditional {
+            body: json!([]),
+            etag: "W/\"empty\"",
+            remaining: Arc::clone(&quota),
+        })
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/repos/acme/shop/issues"))
+        .respond_with(Conditional {
+            body: json!([incident, pull]),
+            etag: "W/\"i1\"",
+            remaining: Arc::clone(&quota),
+        })
+        .mount(&server)
+        .await;
+    let (_token_dir, mut app) = app_polling(&server, false).await;
+    let failures =
+        |scrape: &crate::harness::Scrape, name: &str| scrape.value(name, &[("app", "acme/shop")]);
+    eventually("the incident", || async {
+        failures(&app.scrape().await, "hookgauge_failures_resolved_total") == 1.0
+    })
+    .await;
+    let scrape = app.scrape().await;
+    assert_eq!(
+        failures(&scrape, "hookgauge_failures_total"),
+        1.0,
+        "the pull request is not an incident"
+    );
+    assert_eq!(
+        scrape.value(
+            "hookgauge_time_to_restore_seconds_sum",
+            &[("app", "acme/shop")]
+        ),
+        3_600.0
+    );
+    let first = &requests_to(&server, "/issues").await[0];
+    let query: std::collections::HashMap<String, String> =
+        first.url.query_pairs().into_owned().collect();
+    assert_eq!(query["labels"], "incident");
+    assert_eq!(query["state"], "all");
+    assert_eq!(query["sort"], "updated");
+    assert_eq!(query["direction"], "asc");
+
+    // After a restart: since = the newest update less the 2-minute
+    // overlap; what is read again is not counted again.
+    app.restart().await;
+    eventually("a second issues poll", || async {
+        requests_to(&server, "/issues").await.len() == 2
+    })
+    .await;
+    let second = &requests_to(&server, "/issues").await[1];
+    let query: std::collections::HashMap<String, String> =
+        second.url.query_pairs().into_owned().collect();
+    assert_eq!(query["since"], rfc3339(closed - 120));
+    let scrape = app.scrape().await;
+    assert_eq!(failures(&scrape, "hookgauge_failures_total"), 1.0);
+    assert_eq!(failures(&scrape, "hookgauge_failures_resolved_total"), 1.0);
     app.shutdown().await;
 }
