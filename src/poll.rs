@@ -494,27 +494,13 @@ impl GithubPoller {
         let mut page = 0;
         let mut max_id = mark.max_id;
         while let Some(url) = next.take() {
-            let validators = if page == 0 {
-                cursor.clone()
-            } else {
-                PollCursor::default()
-            };
-            let Fetched::Changed {
-                body,
-                etag,
-                last_modified,
-                next: link_next,
-            } = self.get(&url, &validators, "deployments").await?
+            let Some((list, link_next)) = self
+                .list_page(&url, page, &cursor, &mut new_cursor, "deployments")
+                .await?
             else {
                 break;
             };
-            if page == 0 {
-                new_cursor.etag = etag;
-                new_cursor.last_modified = last_modified;
-            }
             page += 1;
-            let list: Vec<Value> = serde_json::from_slice(&body)
-                .map_err(|e| PollError::Transient(format!("deployments: {e}")))?;
             let horizon = self.server_now() - STATUS_HORIZON_SECONDS;
             let mut reached_seen = list.is_empty();
             for deployment in list {
@@ -639,27 +625,13 @@ impl GithubPoller {
             let mut newest: Option<i64> = None;
             let mut page = 0;
             while let Some(url) = next.take() {
-                let validators = if page == 0 {
-                    cursor.clone()
-                } else {
-                    PollCursor::default()
-                };
-                let Fetched::Changed {
-                    body,
-                    etag,
-                    last_modified,
-                    next: link_next,
-                } = self.get(&url, &validators, "issues").await?
+                let Some((issues, link_next)) = self
+                    .list_page(&url, page, &cursor, &mut new_cursor, "issues")
+                    .await?
                 else {
                     break;
                 };
-                if page == 0 {
-                    new_cursor.etag = etag;
-                    new_cursor.last_modified = last_modified;
-                }
                 page += 1;
-                let issues: Vec<Value> = serde_json::from_slice(&body)
-                    .map_err(|e| PollError::Transient(format!("issues: {e}")))?;
                 for issue in issues {
                     if issue.get("pull_request").is_some() {
                         continue;
@@ -723,6 +695,40 @@ impl GithubPoller {
             ));
         }
         out
+    }
+
+    /// Page `page` of a JSON list: page 0 conditional on `cursor`'s
+    /// validators, which `new_cursor` then takes from the answer. `None` on
+    /// a 304; else the items and the `rel="next"` URL.
+    async fn list_page(
+        &mut self,
+        url: &str,
+        page: usize,
+        cursor: &PollCursor,
+        new_cursor: &mut PollCursor,
+        endpoint: &'static str,
+    ) -> Result<Option<(Vec<Value>, Option<String>)>, PollError> {
+        let validators = if page == 0 {
+            cursor.clone()
+        } else {
+            PollCursor::default()
+        };
+        let Fetched::Changed {
+            body,
+            etag,
+            last_modified,
+            next,
+        } = self.get(url, &validators, endpoint).await?
+        else {
+            return Ok(None);
+        };
+        if page == 0 {
+            new_cursor.etag = etag;
+            new_cursor.last_modified = last_modified;
+        }
+        let items: Vec<Value> = serde_json::from_slice(&body)
+            .map_err(|e| PollError::Transient(format!("{endpoint}: {e}")))?;
+        Ok(Some((items, next)))
     }
 
     /// The stored state of `stream`, or a fresh one.
