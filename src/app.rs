@@ -168,11 +168,13 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApp> {
         store: store.clone(),
         worker_wake: Arc::clone(&worker_wake),
     });
-    let pollers = settings.poll.iter().map(|repo| {
-        tracing::info!(repo = %repo.repo, api_url = %repo.api_url, "Polling GitHub deployments");
+    let gates = crate::poll::token_gates(&settings.poll);
+    let pollers = settings.poll.iter().zip(gates).map(|(repo, gate)| {
+        tracing::info!(repo = %repo.repo, api_url = %repo.api_url, "Polling GitHub");
         tokio::spawn(
             crate::poll::GithubPoller::new(
                 repo.clone(),
+                gate,
                 store.clone(),
                 ledger.clone(),
                 Arc::clone(&metrics),

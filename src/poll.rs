@@ -333,6 +333,33 @@ struct Quota {
     reset: Option<i64>,
 }
 
+/// What repositories polled with one token share: its rate-limit state as
+/// the last answer to any of them gave it, and the right to send (one
+/// request in flight per token, POLLING.md §1.2).
+#[derive(Default)]
+pub struct TokenGate {
+    quota: tokio::sync::Mutex<Quota>,
+}
+
+/// One gate per repository, the same gate for repositories that share an
+/// API and a token.
+pub fn token_gates(repos: &[GithubRepo]) -> Vec<Arc<TokenGate>> {
+    let same_token = |a: &GithubRepo, b: &GithubRepo| {
+        a.api_url == b.api_url && a.token.expose() == b.token.expose()
+    };
+    let mut gates: Vec<Arc<TokenGate>> = Vec::with_capacity(repos.len());
+    for (i, repo) in repos.iter().enumerate() {
+        let shared = repos[..i]
+            .iter()
+            .position(|earlier| same_token(earlier, repo));
+        gates.push(match shared {
+            Some(j) => Arc::clone(&gates[j]),
+            None => Arc::new(TokenGate::default()),
+        });
+    }
+    gates
+}
+
 /// Polls one repository.
 pub struct GithubPoller {
     repo: GithubRepo,
@@ -341,6 +368,7 @@ pub struct GithubPoller {
     ledger: Ledger,
     metrics: Arc<Metrics>,
     quota: Quota,
+    gate: Arc<TokenGate>,
     /// Server clock minus local clock, from the last `Date` header.
     skew: i64,
 }
@@ -350,7 +378,13 @@ fn now_seconds() -> i64 {
 }
 
 impl GithubPoller {
-    pub fn new(repo: GithubRepo, store: Store, ledger: Ledger, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        repo: GithubRepo,
+        gate: Arc<TokenGate>,
+        store: Store,
+        ledger: Ledger,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let client = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .user_agent(concat!("hookgauge/", env!("CARGO_PKG_VERSION")))
@@ -364,6 +398,7 @@ impl GithubPoller {
             ledger,
             metrics,
             quota: Quota::default(),
+            gate,
             skew: 0,
         }
     }
@@ -834,6 +869,11 @@ impl GithubPoller {
         cursor: &PollCursor,
         endpoint: &'static str,
     ) -> Result<Fetched, PollError> {
+        // Held until the answer is read: one request in flight per token,
+        // and what another repository learnt of the quota counts here.
+        let gate = Arc::clone(&self.gate);
+        let mut shared = gate.quota.lock().await;
+        self.quota = *shared;
         let now = now_seconds();
         if let (Some(limit), Some(remaining), Some(reset)) =
             (self.quota.limit, self.quota.remaining, self.quota.reset)
@@ -872,6 +912,7 @@ impl GithubPoller {
         let status = response.status();
         status_label(status.as_str());
         self.read_quota(response.headers());
+        *shared = self.quota;
         let header = |name: &str| {
             response
                 .headers()

@@ -436,3 +436,61 @@ async fn incident_issues_are_polled_since_their_watermark_and_counted_once() {
     assert_eq!(failures(&scrape, "hookgauge_failures_resolved_total"), 1.0);
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repositories_sharing_a_token_share_its_exhausted_quota() {
+    let server = MockServer::start().await;
+    // acme/shop exhausts the token; acme/cart answers 502 first, so its
+    // poller would retry within 4 s if it did not know the quota is gone.
+    Mock::given(method("GET"))
+        .and(path("/repos/acme/shop/deployments"))
+        .respond_with(
+            ResponseTemplate::new(403)
+                .insert_header("x-ratelimit-limit", "5000")
+                .insert_header("x-ratelimit-remaining", "0")
+                .insert_header("x-ratelimit-reset", (now() + 60).to_string().as_str())
+                .set_body_json(json!({"message": "API rate limit exceeded for user ID 1."})),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/repos/acme/cart/deployments"))
+        .respond_with(ResponseTemplate::new(502))
+        .mount(&server)
+        .await;
+    mount_no_incidents(&server).await;
+    let token_dir = tempfile::tempdir().unwrap();
+    let token_file = token_dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let entry = |repo: &str| {
+        toml::from_str(&format!(
+            "repo = {repo:?}\ntoken_file = {:?}\napi_url = {:?}",
+            token_file.display().to_string(),
+            server.uri()
+        ))
+        .unwrap()
+    };
+    let app =
+        spawn_app_with(|raw| raw.poll.github = vec![entry("acme/shop"), entry("acme/cart")]).await;
+    eventually("the exhausting answer", || async {
+        !requests_to(&server, "/repos/acme/shop/deployments")
+            .await
+            .is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        requests_to(&server, "/repos/acme/shop/deployments")
+            .await
+            .len(),
+        1
+    );
+    assert!(
+        requests_to(&server, "/repos/acme/cart/deployments")
+            .await
+            .len()
+            <= 1,
+        "cart sent nothing more once the shared token was exhausted"
+    );
+    app.shutdown().await;
+}
