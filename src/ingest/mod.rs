@@ -24,7 +24,7 @@ use crate::config::{PelorusSettings, SourceInstance};
 use crate::ledger::{Delivery, DeliveryId, Disposition, Outcome};
 use crate::metrics::Metrics;
 use crate::plugins::pelorus::{self, PelorusEvent};
-use crate::plugins::{payload, Mapping, Plugin};
+use crate::plugins::{payload, Plugin};
 use crate::signature::{self, AuthFailure, SignatureError};
 use crate::store::Store;
 
@@ -604,11 +604,7 @@ fn map_native(
         .delivery_id(headers, &value)
         .unwrap_or_else(|| DeliveryId::derived(&[plugin.source().as_bytes(), &body]));
     let disposition = match mapping {
-        Ok(Mapping::Events(events)) if events.is_empty() => Disposition::Ignored {
-            reason: "no_events",
-        },
-        Ok(Mapping::Events(events)) => Disposition::Events(events),
-        Ok(Mapping::Ignored(reason)) => Disposition::Ignored { reason },
+        Ok(mapping) => mapping.into_disposition(),
         Err(problem) => return Err(Refusal::after_auth(problem.into(), event, body)),
     };
     Ok(NativeChecked {

@@ -27,7 +27,7 @@ use actix_web::http::header::HeaderMap;
 use serde_json::Value;
 
 use crate::events::{App, CommitSha, Deploy, Event, FieldError, Namespace};
-use crate::ledger::DeliveryId;
+use crate::ledger::{DeliveryId, Disposition};
 use crate::signature::{Secret, Verifier};
 
 /// One field that failed validation.
@@ -53,6 +53,20 @@ pub enum Mapping {
     Events(Vec<Event>),
     /// No DORA meaning; the reason is a bounded code a person can act on.
     Ignored(&'static str),
+}
+
+impl Mapping {
+    /// What the ledger records for this mapping: the events, or `ignored`
+    /// with its reason (`no_events` for an empty list).
+    pub fn into_disposition(self) -> Disposition {
+        match self {
+            Mapping::Events(events) if events.is_empty() => Disposition::Ignored {
+                reason: "no_events",
+            },
+            Mapping::Events(events) => Disposition::Events(events),
+            Mapping::Ignored(reason) => Disposition::Ignored { reason },
+        }
+    }
 }
 
 impl std::fmt::Debug for dyn Plugin {
