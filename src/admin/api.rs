@@ -45,6 +45,8 @@ pub enum Denied {
     BadKey,
     /// No key is configured and the client is not on loopback.
     NotLoopback,
+    /// The route needs a configured key, and none is.
+    NoKeyConfigured,
 }
 
 impl Denied {
@@ -53,6 +55,9 @@ impl Denied {
             Denied::BadKey => HttpResponse::Unauthorized()
                 .insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"hookgauge admin\""))
                 .json(json!({"error": "unauthorized", "field": "authorization", "reason": "missing_or_wrong_api_key"})),
+            Denied::NoKeyConfigured => HttpResponse::Unauthorized()
+                .insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"hookgauge admin\""))
+                .json(json!({"error": "unauthorized", "field": "admin.api_keys", "reason": "no_api_key_configured"})),
             Denied::NotLoopback => HttpResponse::Forbidden().json(json!({
                 "error": "forbidden",
                 "field": "admin.api_keys",
@@ -70,6 +75,9 @@ pub enum Credentials {
     Bearer,
     /// The bearer header or the page's session cookie.
     BearerOrSession,
+    /// `Authorization: Bearer <key>`, with a key configured: no loopback
+    /// access without keys (the statistics API).
+    KeyRequired,
 }
 
 /// The session cookie's value for `key`: derived from it, so the cookie
@@ -102,9 +110,13 @@ fn loopback_host(req: &HttpRequest) -> bool {
 
 /// Checks a request against the configured API keys (constant time, every
 /// key tried); with none configured, only loopback clients that address
-/// this machine by a loopback name pass.
+/// this machine by a loopback name pass, and none on a
+/// [`Credentials::KeyRequired`] route.
 pub fn authorize(req: &HttpRequest, keys: &[Secret], accepted: Credentials) -> Result<(), Denied> {
     if keys.is_empty() {
+        if accepted == Credentials::KeyRequired {
+            return Err(Denied::NoKeyConfigured);
+        }
         let loopback = req
             .peer_addr()
             .map(|a| a.ip())
@@ -409,12 +421,7 @@ struct IntervalsQuery {
 /// consecutive events per application and kind (README "Event intervals").
 /// Needs a configured API key even from loopback.
 async fn event_intervals(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
-    if state.api_keys.is_empty() {
-        return HttpResponse::Unauthorized()
-            .insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"hookgauge admin\""))
-            .json(json!({"error": "unauthorized", "field": "admin.api_keys", "reason": "no_api_key_configured"}));
-    }
-    if let Err(denied) = authorize(&req, &state.api_keys, Credentials::Bearer) {
+    if let Err(denied) = authorize(&req, &state.api_keys, Credentials::KeyRequired) {
         return denied.response();
     }
     let query = match web::Query::<IntervalsQuery>::from_query(req.query_string()) {

@@ -88,6 +88,8 @@ fn denied_page(denied: Denied) -> HttpResponse {
         Denied::BadKey => HttpResponse::SeeOther()
             .insert_header((header::LOCATION, "/login"))
             .finish(),
+        // No page route requires a configured key.
+        Denied::NoKeyConfigured => denied.response(),
         Denied::NotLoopback => {
             let mut response = page(
                 "Forbidden",
