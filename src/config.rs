@@ -1030,7 +1030,7 @@ fn load_keys(
 const MAX_SECRETS_FILE_BYTES: u64 = 64 * 1024;
 
 /// Reads a secrets file of at most [`MAX_SECRETS_FILE_BYTES`].
-fn read_secrets_file(path: &Path) -> Result<String, String> {
+pub(crate) fn read_secrets_file(path: &Path) -> Result<String, String> {
     use std::io::Read;
     let cannot = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
     let mut text = String::new();

@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 
 use crate::ledger::{Delivery, DeliveryId, Disposition};
 use crate::metrics::Metrics;
-use crate::plugins::{github::GitHub, Mapping, Plugin, SourceOptions};
+use crate::plugins::{github::GitHub, Plugin, SourceOptions};
 use crate::signature::Secret;
 use crate::store::deliveries::Ledger;
 use crate::store::{PollCursor, Store, StoreError};
@@ -112,12 +112,13 @@ pub enum TokenSource {
 }
 
 impl TokenSource {
-    fn read(&self) -> Result<String, String> {
+    /// The token, one word; `env` looks environment variables up.
+    fn read(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
         let token = match self {
-            TokenSource::File(path) => std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
-            TokenSource::Env(name) => std::env::var(name)
-                .map_err(|_| format!("environment variable {name} is not set"))?,
+            TokenSource::File(path) => crate::config::read_secrets_file(path)?,
+            TokenSource::Env(name) => {
+                env(name).ok_or_else(|| format!("environment variable {name} is not set"))?
+            }
         };
         let token = token.trim().to_owned();
         if token.is_empty() || token.contains(char::is_whitespace) {
@@ -186,27 +187,7 @@ impl GithubRepo {
                 ))
             }
         };
-        let token = match &token_source {
-            TokenSource::Env(name) => env(name)
-                .ok_or_else(|| {
-                    (
-                        token_key.clone(),
-                        format!("environment variable {name} is not set"),
-                    )
-                })
-                .and_then(|t| {
-                    let t = t.trim().to_owned();
-                    if t.is_empty() || t.contains(char::is_whitespace) {
-                        Err((
-                            token_key.clone(),
-                            "the token is empty or not one word".into(),
-                        ))
-                    } else {
-                        Ok(t)
-                    }
-                })?,
-            TokenSource::File(_) => token_source.read().map_err(|e| (token_key.clone(), e))?,
-        };
+        let token = token_source.read(env).map_err(|e| (token_key, e))?;
         if raw.interval < Duration::from_secs(60) || raw.max_interval < raw.interval {
             return Err((
                 key("interval"),
@@ -371,6 +352,11 @@ pub struct GithubPoller {
     gate: Arc<TokenGate>,
     /// Server clock minus local clock, from the last `Date` header.
     skew: i64,
+    /// This repository's stream states, read once at the start of a poll.
+    stored: BTreeMap<String, PollCursor>,
+    /// Streams let go in this poll (deployments no longer followed), their
+    /// state deleted with the next commit.
+    forget: Vec<String>,
 }
 
 fn now_seconds() -> i64 {
@@ -400,6 +386,8 @@ impl GithubPoller {
             quota: Quota::default(),
             gate,
             skew: 0,
+            stored: BTreeMap::new(),
+            forget: Vec::new(),
         }
     }
 
@@ -431,26 +419,24 @@ impl GithubPoller {
                 }
                 Err(PollError::RateLimited { until }) => {
                     // Until the reset; an answer that keeps refusing past it
-                    // backs off (2 s doubling, at most 15 minutes).
+                    // backs off.
                     limited += 1;
-                    let backoff = if limited > 1 {
-                        2i64 << (limited - 1).min(9)
+                    let floor = if limited > 1 {
+                        backoff(limited).as_secs()
                     } else {
                         1
                     };
-                    let seconds = (until - now_seconds())
-                        .max(backoff.min(MAX_BACKOFF.as_secs() as i64))
-                        .clamp(1, 65 * 60) as u64;
+                    let seconds = ((until - now_seconds()).max(0) as u64)
+                        .max(floor)
+                        .clamp(1, 65 * 60);
                     tracing::warn!(repo = %self.repo.repo, seconds, "GitHub rate limit: waiting for the reset");
                     tokio::time::sleep(Duration::from_secs(seconds)).await;
                 }
                 Err(PollError::Transient(error)) => {
                     failures += 1;
-                    let ceiling = Duration::from_secs(2)
-                        .saturating_mul(1 << failures.min(10))
-                        .min(MAX_BACKOFF);
                     tracing::warn!(repo = %self.repo.repo, failures, error, "Poll failed; backing off");
-                    tokio::time::sleep(ceiling.mul_f64(rand_unit())).await;
+                    // Full jitter.
+                    tokio::time::sleep(backoff(failures).mul_f64(rand_unit())).await;
                 }
                 Err(PollError::Refused(error) | PollError::Gone(error)) => {
                     tracing::error!(repo = %self.repo.repo, error, "Poll refused; retrying at the longest interval");
@@ -466,6 +452,14 @@ impl GithubPoller {
     pub async fn poll_once(&mut self) -> Result<bool, PollError> {
         // Each stream commits its own facts with its own cursors: one that
         // fails (a 404 on issues, say) neither loses nor holds the other.
+        self.stored = self
+            .ledger
+            .poll_cursors(self.repo.stream(""))
+            .await
+            .map_err(|e| PollError::Transient(e.to_string()))?
+            .into_iter()
+            .map(|c| (c.stream.clone(), c))
+            .collect();
         let mut deliveries = Vec::new();
         let mut cursors = Vec::new();
         let deployments = self.deployments(&mut deliveries, &mut cursors).await;
@@ -484,7 +478,7 @@ impl GithubPoller {
         deliveries: &mut Vec<Delivery>,
         cursors: &mut Vec<PollCursor>,
     ) -> Result<bool, PollError> {
-        if cursors.is_empty() {
+        if cursors.is_empty() && self.forget.is_empty() {
             deliveries.clear();
             return Ok(false);
         }
@@ -492,7 +486,11 @@ impl GithubPoller {
         let events: Vec<&'static str> = deliveries.iter().map(|d| d.event).collect();
         let recorded = self
             .store
-            .record_polled(deliveries, std::mem::take(cursors))
+            .record_polled(
+                deliveries,
+                std::mem::take(cursors),
+                std::mem::take(&mut self.forget),
+            )
             .await
             .map_err(|e: StoreError| PollError::Transient(e.to_string()))?;
         for (r, event) in recorded.iter().zip(events) {
@@ -510,7 +508,7 @@ impl GithubPoller {
         deliveries: &mut Vec<Delivery>,
         cursors: &mut Vec<PollCursor>,
     ) -> Result<(), PollError> {
-        let cursor = self.cursor(self.repo.stream("deployments")).await?;
+        let cursor = self.cursor(self.repo.stream("deployments"));
         let mut mark: DeploymentsMark = cursor
             .watermark
             .as_deref()
@@ -564,10 +562,11 @@ impl GithubPoller {
         // that passed the horizon is read a last time, then let go.
         let horizon = self.server_now() - STATUS_HORIZON_SECONDS;
         let open: Vec<(i64, i64)> = mark.open.iter().map(|(id, c)| (*id, *c)).collect();
+        // Whatever happens below, the statuses state of a deployment that
+        // leaves `open` goes with it.
+        let followed: Vec<i64> = open.iter().map(|(id, _)| *id).collect();
         for (id, created) in open {
-            let statuses_cursor = self
-                .cursor(self.repo.stream(&format!("statuses|{id}")))
-                .await?;
+            let statuses_cursor = self.cursor(self.repo.stream(&format!("statuses|{id}")));
             let url = format!(
                 "{}/repos/{}/deployments/{id}/statuses?per_page=100",
                 self.repo.api_url, self.repo.repo
@@ -624,6 +623,13 @@ impl GithubPoller {
                 ..statuses_cursor
             });
         }
+        for id in followed
+            .into_iter()
+            .filter(|id| !mark.open.contains_key(id))
+        {
+            self.forget
+                .push(self.repo.stream(&format!("statuses|{id}")));
+        }
         new_cursor.watermark = Some(serde_json::to_string(&mark).unwrap_or_default());
         if new_cursor != cursor {
             cursors.push(new_cursor);
@@ -642,9 +648,7 @@ impl GithubPoller {
         cursors: &mut Vec<PollCursor>,
     ) -> Result<(), PollError> {
         for label in self.repo.options.incident_labels.clone() {
-            let cursor = self
-                .cursor(self.repo.stream(&format!("incidents|{label}")))
-                .await?;
+            let cursor = self.cursor(self.repo.stream(&format!("incidents|{label}")));
             // The URL stays the same until new data is committed, so that
             // its ETag keeps answering 304.
             let since = cursor.watermark.clone().unwrap_or_else(|| {
@@ -766,17 +770,12 @@ impl GithubPoller {
         Ok(Some((items, next)))
     }
 
-    /// The stored state of `stream`, or a fresh one.
-    async fn cursor(&self, stream: String) -> Result<PollCursor, PollError> {
-        Ok(self
-            .ledger
-            .poll_cursor(stream.clone())
-            .await
-            .map_err(|e| PollError::Transient(e.to_string()))?
-            .unwrap_or(PollCursor {
-                stream,
-                ..PollCursor::default()
-            }))
+    /// The stored state of `stream` as the poll began, or a fresh one.
+    fn cursor(&self, stream: String) -> PollCursor {
+        self.stored.get(&stream).cloned().unwrap_or(PollCursor {
+            stream,
+            ..PollCursor::default()
+        })
     }
 
     /// Now on the server's clock, as its last `Date` header told it.
@@ -831,11 +830,7 @@ impl GithubPoller {
         );
         let (label, mapping) = GitHub.classify(&headers, payload, &self.repo.options);
         let disposition = match mapping {
-            Ok(Mapping::Events(events)) if !events.is_empty() => Disposition::Events(events),
-            Ok(Mapping::Events(_)) => Disposition::Ignored {
-                reason: "no_events",
-            },
-            Ok(Mapping::Ignored(reason)) => Disposition::Ignored { reason },
+            Ok(mapping) => mapping.into_disposition(),
             Err(_) => Disposition::Invalid {
                 reason: "invalid_api_object",
             },
@@ -962,7 +957,11 @@ impl GithubPoller {
             }
             401 => {
                 // A rotated Secret: read the token again and retry soon.
-                match self.repo.token_source.read() {
+                match self
+                    .repo
+                    .token_source
+                    .read(&|name| std::env::var(name).ok())
+                {
                     Ok(token) if token.as_bytes() != self.repo.token.expose() => {
                         self.repo.token = Secret::new(token);
                         Err(PollError::Transient(format!(
@@ -1025,6 +1024,14 @@ fn rfc3339(epoch: i64) -> String {
     chrono::DateTime::from_timestamp(epoch, 0)
         .unwrap_or_default()
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// The wait after the `attempt`-th failure in a row (1-based): 2 s
+/// doubling, at most [`MAX_BACKOFF`].
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_secs(2)
+        .saturating_mul(1 << attempt.clamp(1, 16).saturating_sub(1))
+        .min(MAX_BACKOFF)
 }
 
 /// `d` scaled by a random factor in `[1 - share, 1 + share]`.

@@ -493,22 +493,23 @@ impl Ledger {
         .await
     }
 
-    /// The stored state of poller stream `stream`, if it has polled.
-    pub async fn poll_cursor(&self, stream: String) -> Result<Option<PollCursor>, StoreError> {
+    /// The stored state of every poller stream whose name starts with
+    /// `prefix` (one repository's streams), in one read.
+    pub async fn poll_cursors(&self, prefix: String) -> Result<Vec<PollCursor>, StoreError> {
         self.read(move |conn| {
-            conn.query_row(
-                "SELECT etag, last_modified, watermark FROM poll_state WHERE stream = ?1",
-                params![stream],
-                |r| {
-                    Ok(PollCursor {
-                        stream: stream.clone(),
-                        etag: r.get(0)?,
-                        last_modified: r.get(1)?,
-                        watermark: r.get(2)?,
-                    })
-                },
-            )
-            .optional()
+            conn.prepare(
+                "SELECT stream, etag, last_modified, watermark FROM poll_state \
+                 WHERE substr(stream, 1, length(?1)) = ?1",
+            )?
+            .query_map(params![prefix], |r| {
+                Ok(PollCursor {
+                    stream: r.get(0)?,
+                    etag: r.get(1)?,
+                    last_modified: r.get(2)?,
+                    watermark: r.get(3)?,
+                })
+            })?
+            .collect()
         })
         .await
     }

@@ -211,6 +211,7 @@ enum Command {
     Polled {
         deliveries: Vec<Delivery>,
         cursors: Vec<PollCursor>,
+        forget: Vec<String>,
         reply: oneshot::Sender<Result<Vec<Recorded>, StoreError>>,
     },
     Shutdown {
@@ -273,17 +274,20 @@ impl Store {
     }
 
     /// Records the facts of one poll together with the stream state that
-    /// produced them, in one transaction (see `PollCursor`).
+    /// produced them, and drops the state of the streams in `forget`, in
+    /// one transaction (see `PollCursor`).
     pub async fn record_polled(
         &self,
         deliveries: Vec<Delivery>,
         cursors: Vec<PollCursor>,
+        forget: Vec<String>,
     ) -> Result<Vec<Recorded>, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(Command::Polled {
                 deliveries,
                 cursors,
+                forget,
                 reply,
             })
             .await
@@ -496,9 +500,10 @@ impl Writer {
                     Command::Polled {
                         deliveries,
                         cursors,
+                        forget,
                         reply,
                     } => {
-                        let _ = reply.send(self.commit_polled(&deliveries, &cursors));
+                        let _ = reply.send(self.commit_polled(&deliveries, &cursors, &forget));
                     }
                     Command::Shutdown { reply } => shutdown = Some(reply),
                 }
@@ -557,13 +562,14 @@ impl Writer {
         &mut self,
         deliveries: &[Delivery],
         cursors: &[PollCursor],
+        forget: &[String],
     ) -> Result<Vec<Recorded>, StoreError> {
         let started = Instant::now();
         let max_body = self.config.max_body_bytes;
         let now_ms = sqlite::now_seconds() * 1000;
         let result = self.write(|db| {
             let refs: Vec<&Delivery> = deliveries.iter().collect();
-            db.record_polled(&refs, cursors, max_body, now_ms)
+            db.record_polled(&refs, cursors, forget, max_body, now_ms)
         });
         match result {
             Ok(applied) => {

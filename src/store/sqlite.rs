@@ -412,14 +412,15 @@ impl Database {
         }
     }
 
-    /// The facts of one poll and the stream state that produced them, in
-    /// one transaction: both commit or neither does, so a crash before the
+    /// The facts of one poll and the stream state that produced them (and
+    /// the streams it let go, `forget`), in one transaction: both commit or neither does, so a crash before the
     /// commit only repeats the fetch. A delivery that cannot be applied
     /// fails the whole poll (its state is not advanced).
     pub fn record_polled(
         &mut self,
         deliveries: &[&Delivery],
         cursors: &[PollCursor],
+        forget: &[String],
         max_body_bytes: usize,
         now_ms: i64,
     ) -> rusqlite::Result<Vec<Applied>> {
@@ -445,6 +446,10 @@ impl Database {
                     cursor.watermark,
                     now_ms
                 ])?;
+            }
+            let mut delete = tx.prepare_cached("DELETE FROM poll_state WHERE stream = ?1")?;
+            for stream in forget {
+                delete.execute(params![stream])?;
             }
         }
         tx.commit()?;
