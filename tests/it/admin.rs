@@ -56,15 +56,7 @@ async fn listing_filters_pages_and_redacts() {
     })
     .await;
     let t = now() - 60;
-    for i in 0..3 {
-        let reply = app
-            .post_signed(
-                "deploytime",
-                &deploy_body("shop", "prod", &image(i), t + i as i64),
-            )
-            .await;
-        assert_eq!(reply.status, 202, "{}", reply.text);
-    }
+    app.deploy_images(0..3, t).await;
     let ping = fixture("github/ping.json");
     assert_eq!(
         github(&app, "ping", "gh-ping", &ping).await.outcome(),
@@ -336,15 +328,7 @@ async fn retention_prunes_old_bodies_and_rows_while_ingest_goes_on() {
     })
     .await;
     let t = now() - 60;
-    for i in 0..40 {
-        let reply = app
-            .post_signed(
-                "deploytime",
-                &deploy_body("shop", "prod", &image(i), t + i as i64),
-            )
-            .await;
-        assert_eq!(reply.status, 202);
-    }
+    app.deploy_images(0..40, t).await;
     // Time passes for the first 30: ten of them past the ledger's age, twenty
     // past the bodies' only.
     let day_ms = 86_400_000i64;
@@ -362,15 +346,7 @@ async fn retention_prunes_old_bodies_and_rows_while_ingest_goes_on() {
         .unwrap();
     }
     // Ingest continues meanwhile and is acknowledged as usual.
-    for i in 40..60 {
-        let reply = app
-            .post_signed(
-                "deploytime",
-                &deploy_body("shop", "prod", &image(i), t + i as i64),
-            )
-            .await;
-        assert_eq!(reply.status, 202, "{}", reply.text);
-    }
+    app.deploy_images(40..60, t).await;
     let counts = || {
         let conn = rusqlite::Connection::open(app.database()).unwrap();
         let rows: i64 = conn

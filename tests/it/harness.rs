@@ -169,6 +169,16 @@ impl TestApp {
     }
 
     /// Posts a delivery signed with the test secret.
+    /// Signed Pelorus deploys of `shop` to `prod`, image `n` at `t + n`
+    /// for each `n` of `images`, each of them accepted (202).
+    pub async fn deploy_images(&self, images: std::ops::Range<u64>, t: i64) {
+        for n in images {
+            let body = deploy_body("shop", "prod", &image(n), t + n as i64);
+            let reply = self.post_signed("deploytime", &body).await;
+            assert_eq!(reply.status, 202, "image {n}: {}", reply.text);
+        }
+    }
+
     pub async fn post_signed(&self, event: &str, body: &[u8]) -> Reply {
         self.post_pelorus(event, body, Some(SECRET)).await
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 
-use crate::harness::{deploy_body, fixture, image, now, spawn_app_with, SECRET};
+use crate::harness::{fixture, now, spawn_app_with, SECRET};
 use crate::sources::{post, provider_headers};
 
 const KEY: &str = "page-test-admin-key";
@@ -113,15 +113,7 @@ async fn a_person_filters_opens_and_redelivers_in_the_browser() {
     })
     .await;
     let t = now() - 60;
-    for i in 0..2 {
-        let reply = app
-            .post_signed(
-                "deploytime",
-                &deploy_body("shop", "prod", &image(i), t + i as i64),
-            )
-            .await;
-        assert_eq!(reply.status, 202);
-    }
+    app.deploy_images(0..2, t).await;
     // A deploy to an environment the configuration does not count yet.
     let mut payload: Value =
         serde_json::from_slice(&fixture("github/deployment_status.success.json")).unwrap();
