@@ -5,28 +5,17 @@
 //! passes `PRAGMA integrity_check`.
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::harness::{binary, deploy_body, image, now, try_post_pelorus_to, Process, SECRET};
+use crate::harness::{deploy_body, image, now, try_post_pelorus_to, Process, SECRET};
 
 const DELIVERIES: u64 = 600;
 const SENDERS: u64 = 4;
 const KILLS: usize = 3;
 
 fn serve(dir: &std::path::Path, run: usize) -> Process {
-    let mut command = Command::new(binary());
-    command
-        .args([
-            "--ingest-addr",
-            "127.0.0.1:0",
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir)
-        .env("HOOKGAUGE__SOURCES__PELORUS__SECRETS", SECRET);
+    let mut command = crate::harness::serve_command(dir);
     Process::start(&mut command, &dir.join(format!("serve-{run}.log")))
 }
 

@@ -474,6 +474,25 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_hookgauge")
 }
 
+/// `hookgauge serve` on loopback port 0 for both listeners, storing in
+/// `data_dir`, with the harness secret for Pelorus (set the variable again
+/// to change it).
+pub fn serve_command(data_dir: &Path) -> Command {
+    let mut command = Command::new(binary());
+    command
+        .args([
+            "serve",
+            "--ingest-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .env("HOOKGAUGE__SOURCES__PELORUS__SECRETS", SECRET);
+    command
+}
+
 impl Process {
     /// Starts `hookgauge serve` with JSON logs to `log`, and waits (bounded)
     /// for it to log the addresses it bound.

@@ -136,18 +136,7 @@ async fn read_only_data_dir_answers_503_and_recovers_when_writable() {
     std::fs::create_dir(&data).unwrap();
     let client = reqwest::Client::new();
     let command = || {
-        let mut command = Command::new(binary());
-        command
-            .args([
-                "serve",
-                "--ingest-addr",
-                "127.0.0.1:0",
-                "--metrics-addr",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
-            .arg(&data)
-            .env("HOOKGAUGE__SOURCES__PELORUS__SECRETS", SECRET);
+        let mut command = crate::harness::serve_command(&data);
         let user = as_unprivileged(&mut command);
         (command, user)
     };
@@ -247,20 +236,11 @@ async fn read_only_data_dir_answers_503_and_recovers_when_writable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_work_and_closes_the_store() {
     let dir = tempfile::tempdir().unwrap();
-    let mut command = Command::new(binary());
-    command
-        .args([
-            "--ingest-addr",
-            "127.0.0.1:0",
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .env(
-            "HOOKGAUGE__SOURCES__PELORUS__SECRETS",
-            format!("{SECRET},second-secret-value"),
-        );
+    let mut command = crate::harness::serve_command(dir.path());
+    command.env(
+        "HOOKGAUGE__SOURCES__PELORUS__SECRETS",
+        format!("{SECRET},second-secret-value"),
+    );
     let server = Process::start(&mut command, &dir.path().join("serve.log"));
     let client = reqwest::Client::new();
     let t = now();
