@@ -571,23 +571,13 @@ impl Writer {
             let refs: Vec<&Delivery> = deliveries.iter().collect();
             db.record_polled(&refs, cursors, forget, max_body, now_ms)
         });
-        match result {
-            Ok(applied) => {
-                self.sink.commit_finished(started.elapsed(), Ok(()));
-                let effects: Vec<Effect> = applied
-                    .iter()
-                    .flat_map(|(_, effects)| effects.iter().cloned())
-                    .collect();
-                self.sink.apply(&effects);
-                Ok(applied.into_iter().map(|(recorded, _)| recorded).collect())
-            }
-            Err(error) => {
-                if let StoreError::Unavailable { kind, .. } = &error {
-                    self.sink.commit_finished(started.elapsed(), Err(*kind));
-                }
-                Err(error)
-            }
-        }
+        self.sink.commit_finished(
+            started.elapsed(),
+            result.as_ref().map(|_| ()).map_err(StoreError::kind),
+        );
+        let (recorded, effects): (Vec<Recorded>, Vec<Vec<Effect>>) = result?.into_iter().unzip();
+        self.sink.apply(&effects.concat());
+        Ok(recorded)
     }
 
     fn commit_batch(&mut self, records: &mut Batch) {
