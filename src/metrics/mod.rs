@@ -5,6 +5,7 @@
 //! Only `view` changes the DORA series, and only from what the store
 //! committed. Labels come from closed sets or from validated event fields.
 
+pub mod reviews;
 pub mod view;
 
 use prometheus::{
@@ -64,6 +65,8 @@ pub struct Metrics {
     pub poll_quota_remaining: GaugeVec,
     pub poll_quota_reset: GaugeVec,
     pub poll_last_success: GaugeVec,
+    /// Pull requests waiting for review, by repository (pollers).
+    pub review_waits: reviews::ReviewWaits,
 }
 
 impl Metrics {
@@ -255,6 +258,10 @@ impl Metrics {
             "When a poll of the repository last completed.",
             &["repo"],
         );
+        let review_waits = reviews::ReviewWaits::new();
+        registry
+            .register(Box::new(review_waits.clone()))
+            .expect("metric registered once");
         Metrics {
             registry,
             deployments,
@@ -281,6 +288,7 @@ impl Metrics {
             poll_quota_remaining,
             poll_quota_reset,
             poll_last_success,
+            review_waits,
         }
     }
 

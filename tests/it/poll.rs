@@ -20,7 +20,7 @@ const TOKEN: &str = "ghp_fake_token_for_tests";
 /// byte for byte, after checking the request carries the token.
 struct Conditional {
     body: Value,
-    etag: &'static str,
+    etag: String,
     remaining: Arc<AtomicUsize>,
 }
 
@@ -43,17 +43,53 @@ impl Respond for Conditional {
         let remaining = self.remaining.fetch_sub(1, Ordering::SeqCst) - 1;
         let template = |status: u16| {
             ResponseTemplate::new(status)
-                .insert_header("etag", self.etag)
+                .insert_header("etag", self.etag.as_str())
                 .insert_header("x-ratelimit-limit", "5000")
                 .insert_header("x-ratelimit-remaining", remaining.to_string().as_str())
                 .insert_header("x-ratelimit-reset", (now() + 3600).to_string().as_str())
         };
-        if header("if-none-match").as_deref() == Some(self.etag) {
+        if header("if-none-match").as_deref() == Some(self.etag.as_str()) {
             // A conditional hit costs no quota.
             self.remaining.fetch_add(1, Ordering::SeqCst);
             return template(304);
         }
         template(200).set_body_json(self.body.clone())
+    }
+}
+
+/// A [`Conditional`] list whose content a test changes; its ETag follows
+/// the content.
+#[derive(Clone)]
+struct Listing {
+    body: Arc<std::sync::Mutex<Value>>,
+    remaining: Arc<AtomicUsize>,
+}
+
+impl Listing {
+    fn new(body: Value) -> Listing {
+        Listing {
+            body: Arc::new(std::sync::Mutex::new(body)),
+            remaining: Arc::new(AtomicUsize::new(5000)),
+        }
+    }
+
+    fn set(&self, body: Value) {
+        *self.body.lock().unwrap() = body;
+    }
+}
+
+impl Respond for Listing {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        use std::hash::{Hash, Hasher};
+        let body = self.body.lock().unwrap().clone();
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        body.to_string().hash(&mut hasher);
+        Conditional {
+            body,
+            etag: format!("W/\"{:x}\"", hasher.finish()),
+            remaining: Arc::clone(&self.remaining),
+        }
+        .respond(request)
     }
 }
 
@@ -121,6 +157,58 @@ async fn mount_no_incidents(server: &MockServer) {
         .await;
 }
 
+const HEAD: &str = "c5feabde2d8cd023215af4d2ceeb7a64839fc428";
+
+/// A branch head as `Accept: application/vnd.github.sha` gets it: the bare
+/// SHA, with the SHA as its ETag (304 while it matches).
+struct BranchHead(Arc<std::sync::Mutex<String>>);
+
+impl Respond for BranchHead {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        assert_eq!(
+            request.headers.get("accept").and_then(|v| v.to_str().ok()),
+            Some("application/vnd.github.sha")
+        );
+        let sha = self.0.lock().unwrap().clone();
+        let etag = format!("\"{sha}\"");
+        if request
+            .headers
+            .get("if-none-match")
+            .is_some_and(|v| v.as_bytes() == etag.as_bytes())
+        {
+            return ResponseTemplate::new(304).insert_header("etag", etag.as_str());
+        }
+        ResponseTemplate::new(200)
+            .insert_header("etag", etag.as_str())
+            .set_body_string(sha)
+    }
+}
+
+/// The repository (default branch `main`), a `main` head with no history
+/// and no open pull request: for tests about other streams.
+async fn mount_quiet_streams(server: &MockServer) {
+    Mock::given(method("GET"))
+        .and(path("/repos/acme/shop"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"full_name": "acme/shop", "default_branch": "main"})),
+        )
+        .mount(server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/repos/acme/shop/commits/main"))
+        .respond_with(BranchHead(Arc::new(std::sync::Mutex::new(HEAD.into()))))
+        .mount(server)
+        .await;
+    for list in ["/repos/acme/shop/commits", "/repos/acme/shop/pulls"] {
+        Mock::given(method("GET"))
+            .and(path(list))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
+            .mount(server)
+            .await;
+    }
+}
+
 /// Waits (bounded) for `check` to hold.
 async fn eventually<F: std::future::Future<Output = bool>>(
     what: &str,
@@ -149,7 +237,7 @@ async fn a_polled_deploy_counts_once_with_its_webhook_and_restarts_poll_conditio
         .and(path("/repos/acme/shop/deployments"))
         .respond_with(Conditional {
             body: json!([deployment]),
-            etag: "W/\"d1\"",
+            etag: "W/\"d1\"".into(),
             remaining: Arc::clone(&quota),
         })
         .mount(&server)
@@ -158,12 +246,13 @@ async fn a_polled_deploy_counts_once_with_its_webhook_and_restarts_poll_conditio
         .and(path("/repos/acme/shop/deployments/7/statuses"))
         .respond_with(Conditional {
             body: json!([status]),
-            etag: "W/\"s1\"",
+            etag: "W/\"s1\"".into(),
             remaining: Arc::clone(&quota),
         })
         .mount(&server)
         .await;
     mount_no_incidents(&server).await;
+    mount_quiet_streams(&server).await;
 
     let (_token_dir, mut app) = app_polling(&server, true).await;
 
@@ -365,6 +454,7 @@ async fn deployment_pages_are_followed_through_their_links() {
             .await;
     }
     mount_no_incidents(&server).await;
+    mount_quiet_streams(&server).await;
     let (_token_dir, app) = app_polling(&server, false).await;
     eventually("three deploys", || async {
         deployments_total(&app).await == 3.0
@@ -396,7 +486,7 @@ async fn incident_issues_are_polled_since_their_watermark_and_counted_once() {
         .and(path("/repos/acme/shop/deployments"))
         .respond_with(Conditional {
             body: json!([]),
-            etag: "W/\"empty\"",
+            etag: "W/\"empty\"".into(),
             remaining: Arc::clone(&quota),
         })
         .mount(&server)
@@ -405,11 +495,12 @@ async fn incident_issues_are_polled_since_their_watermark_and_counted_once() {
         .and(path("/repos/acme/shop/issues"))
         .respond_with(Conditional {
             body: json!([incident, pull]),
-            etag: "W/\"i1\"",
+            etag: "W/\"i1\"".into(),
             remaining: Arc::clone(&quota),
         })
         .mount(&server)
         .await;
+    mount_quiet_streams(&server).await;
     let (_token_dir, mut app) = app_polling(&server, false).await;
     let failures =
         |scrape: &crate::harness::Scrape, name: &str| scrape.value(name, &[("app", "acme/shop")]);
@@ -477,6 +568,7 @@ async fn repositories_sharing_a_token_share_its_exhausted_quota() {
         .mount(&server)
         .await;
     mount_no_incidents(&server).await;
+    mount_quiet_streams(&server).await;
     let token_dir = tempfile::tempdir().unwrap();
     let token_file = token_dir.path().join("token");
     std::fs::write(&token_file, TOKEN).unwrap();
@@ -509,6 +601,299 @@ async fn repositories_sharing_a_token_share_its_exhausted_quota() {
             .len()
             <= 1,
         "cart sent nothing more once the shared token was exhausted"
+    );
+    app.shutdown().await;
+}
+
+fn pull(number: u64, author: &str, created: i64, updated: i64, draft: bool) -> Value {
+    json!({
+        "number": number, "state": "open", "draft": draft,
+        "created_at": rfc3339(created), "updated_at": rfc3339(updated),
+        "user": {"login": author}, "head": {"sha": HEAD}, "base": {"ref": "main"},
+        "requested_reviewers": [], "requested_teams": []
+    })
+}
+
+fn review(id: u64, by: &str, state: &str, at: i64) -> Value {
+    json!({"id": id, "user": {"login": by}, "state": state, "submitted_at": rfc3339(at)})
+}
+
+/// Mounts `listing` at `at`, ahead of the quiet streams' mocks.
+async fn mount_listing(server: &MockServer, at: &str, listing: &Listing) {
+    Mock::given(method("GET"))
+        .and(path(at))
+        .respond_with(listing.clone())
+        .with_priority(1)
+        .mount(server)
+        .await;
+}
+
+/// `hookgauge_pull_request_review_wait_seconds` by pull request number.
+async fn review_waits(app: &TestApp) -> Vec<(String, f64)> {
+    app.scrape()
+        .await
+        .find(
+            "hookgauge_pull_request_review_wait_seconds",
+            &[("repo", "acme/shop")],
+        )
+        .iter()
+        .map(|s| (s.labels["number"].clone(), s.value))
+        .collect()
+}
+
+async fn awaiting_review(app: &TestApp) -> f64 {
+    app.scrape().await.value(
+        "hookgauge_pull_requests_awaiting_review",
+        &[("repo", "acme/shop")],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_requests_waiting_for_a_review_are_gauged_until_someone_reviews_them() {
+    let server = MockServer::start().await;
+    let t = now();
+    let day = 86_400;
+    let pulls = Listing::new(json!([
+        pull(7, "ann", t - 3 * day, t - 3 * day, false),
+        pull(8, "ann", t - 5 * day, t - 5 * day, true),
+        pull(9, "cat", t - 2 * day, t - 3600, false),
+        pull(10, "dan", t - 2 * day, t - 2 * day, false),
+    ]));
+    mount_listing(&server, "/repos/acme/shop/pulls", &pulls).await;
+    let reviews_of_7 = Listing::new(json!([]));
+    mount_listing(&server, "/repos/acme/shop/pulls/7/reviews", &reviews_of_7).await;
+    // The author's own comment is no review; nor is one from before #9 was
+    // last marked ready.
+    let reviews_of_9 = Listing::new(json!([
+        review(90, "cat", "COMMENTED", t - 600),
+        review(91, "bob", "APPROVED", t - 2 * day + 60),
+    ]));
+    mount_listing(&server, "/repos/acme/shop/pulls/9/reviews", &reviews_of_9).await;
+    let reviews_of_10 = Listing::new(json!([review(100, "eve", "COMMENTED", t - day)]));
+    mount_listing(&server, "/repos/acme/shop/pulls/10/reviews", &reviews_of_10).await;
+    let ready_9 = Listing::new(json!([
+        {"event": "convert_to_draft", "created_at": rfc3339(t - 2 * day + 120)},
+        {"event": "ready_for_review", "created_at": rfc3339(t - 1800)},
+    ]));
+    mount_listing(&server, "/repos/acme/shop/issues/9/timeline", &ready_9).await;
+    Mock::given(method("GET"))
+        .and(wiremock::matchers::path_regex(
+            r"^/repos/acme/shop/issues/[0-9]+/timeline$",
+        ))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/repos/acme/shop/deployments"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
+        .mount(&server)
+        .await;
+    mount_no_incidents(&server).await;
+    mount_quiet_streams(&server).await;
+
+    let (_token_dir, mut app) = app_polling(&server, false).await;
+    eventually("two pull requests waiting", || async {
+        awaiting_review(&app).await == 2.0
+    })
+    .await;
+    let waits = review_waits(&app).await;
+    let numbers: Vec<&str> = waits.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(numbers, ["7", "9"], "{waits:?}");
+    assert!(
+        (3.0 * day as f64..3.0 * day as f64 + 60.0).contains(&waits[0].1),
+        "#7 waits since its creation: {waits:?}"
+    );
+    assert!(
+        (1800.0..1860.0).contains(&waits[1].1),
+        "#9 waits since it was last marked ready: {waits:?}"
+    );
+    // A draft's reviews are not read; each ready one's timeline once.
+    assert!(requests_to(&server, "/pulls/8/reviews").await.is_empty());
+    for n in [7, 9, 10] {
+        assert_eq!(
+            requests_to(&server, &format!("/pulls/{n}/reviews"))
+                .await
+                .len(),
+            1
+        );
+        assert_eq!(
+            requests_to(&server, &format!("/issues/{n}/timeline"))
+                .await
+                .len(),
+            1
+        );
+    }
+    let lists = requests_to(&server, "/pulls").await;
+    let query = lists[0].url.query().unwrap_or_default();
+    assert!(
+        query.contains("state=open") && query.contains("base=main"),
+        "{query}"
+    );
+
+    // Bob comments on #7, which bumps its `updated_at`: after the next poll
+    // (a restart polls at once) #7 no longer waits. #9 and #10 did not
+    // change: their reviews are not read again.
+    reviews_of_7.set(json!([review(70, "bob", "COMMENTED", now())]));
+    pulls.set(json!([
+        pull(7, "ann", t - 3 * day, now(), false),
+        pull(8, "ann", t - 5 * day, t - 5 * day, true),
+        pull(9, "cat", t - 2 * day, t - 3600, false),
+        pull(10, "dan", t - 2 * day, t - 2 * day, false),
+    ]));
+    app.restart().await;
+    eventually("#7 reviewed", || async {
+        awaiting_review(&app).await == 1.0
+    })
+    .await;
+    let waits = review_waits(&app).await;
+    assert_eq!(waits.len(), 1, "{waits:?}");
+    assert_eq!(waits[0].0, "9");
+    let reviews = requests_to(&server, "/pulls/7/reviews").await;
+    assert_eq!(reviews.len(), 2);
+    assert!(reviews[1].headers.get("if-none-match").is_some());
+    for n in [9, 10] {
+        assert_eq!(
+            requests_to(&server, &format!("/pulls/{n}/reviews"))
+                .await
+                .len(),
+            1
+        );
+    }
+
+    // Nothing changed: the list answers 304, and the waits come back from
+    // the store.
+    app.restart().await;
+    eventually("the 304", || async {
+        app.scrape().await.value(
+            "hookgauge_poll_requests_total",
+            &[
+                ("repo", "acme/shop"),
+                ("endpoint", "pulls"),
+                ("status", "304"),
+            ],
+        ) == 1.0
+    })
+    .await;
+    assert_eq!(awaiting_review(&app).await, 1.0);
+    assert_eq!(review_waits(&app).await[0].0, "9");
+    app.shutdown().await;
+}
+
+fn commit(sha: &str, at: i64) -> Value {
+    json!({
+        "sha": sha,
+        "html_url": format!("https://github.com/acme/shop/commit/{sha}"),
+        "commit": {"message": "change", "committer": {"name": "ann", "date": rfc3339(at)}}
+    })
+}
+
+async fn commit_time(app: &TestApp, sha: &str) -> Option<f64> {
+    app.scrape()
+        .await
+        .find("commit_timestamp", &[("app", "acme/shop"), ("commit", sha)])
+        .first()
+        .map(|s| s.value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_reaching_the_default_branch_are_read_through_its_head_and_a_compare() {
+    let server = MockServer::start().await;
+    let t = now();
+    let (c1, c2, c3) = (
+        "1111111111111111111111111111111111111111",
+        "2222222222222222222222222222222222222222",
+        "3333333333333333333333333333333333333333",
+    );
+    let head = Arc::new(std::sync::Mutex::new(c2.to_owned()));
+    Mock::given(method("GET"))
+        .and(path("/repos/acme/shop/commits/main"))
+        .respond_with(BranchHead(Arc::clone(&head)))
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    // The first poll reads the bootstrap window, newest first.
+    let history = Listing::new(json!([commit(c2, t - 600), commit(c1, t - 1200)]));
+    mount_listing(&server, "/repos/acme/shop/commits", &history).await;
+    Mock::given(method("GET"))
+        .and(path(format!("/repos/acme/shop/compare/{c2}...{c3}")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"status": "ahead", "total_commits": 1, "commits": [commit(c3, t - 60)]}),
+        ))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/repos/acme/shop/deployments"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
+        .mount(&server)
+        .await;
+    mount_no_incidents(&server).await;
+    mount_quiet_streams(&server).await;
+
+    let (_token_dir, mut app) = app_polling(&server, false).await;
+    eventually("the bootstrap commits", || async {
+        commit_time(&app, c1).await.is_some() && commit_time(&app, c2).await.is_some()
+    })
+    .await;
+    assert_eq!(commit_time(&app, c1).await, Some((t - 1200) as f64));
+    let listed = requests_to(&server, "/repos/acme/shop/commits").await;
+    assert_eq!(listed.len(), 1);
+    let query = listed[0].url.query().unwrap_or_default().to_owned();
+    assert!(
+        query.contains("sha=main") && query.contains("since="),
+        "{query}"
+    );
+
+    // The head moves: one compare, from the old head to the new.
+    *head.lock().unwrap() = c3.to_owned();
+    app.restart().await;
+    eventually("the pushed commit", || async {
+        commit_time(&app, c3).await.is_some()
+    })
+    .await;
+    let heads = requests_to(&server, "/commits/main").await;
+    assert_eq!(heads.len(), 2);
+    assert!(heads[0].headers.get("if-none-match").is_none());
+    assert_eq!(
+        heads[1]
+            .headers
+            .get("if-none-match")
+            .and_then(|v| v.to_str().ok()),
+        Some(format!("\"{c2}\"").as_str())
+    );
+    assert_eq!(requests_to(&server, "/compare/").await.len(), 0);
+    assert_eq!(
+        requests_to(&server, &format!("/compare/{c2}...{c3}"))
+            .await
+            .len(),
+        1
+    );
+    assert_eq!(
+        requests_to(&server, "/repos/acme/shop/commits").await.len(),
+        1
+    );
+
+    // Unmoved: 304, no compare.
+    app.restart().await;
+    eventually("a third head request", || async {
+        requests_to(&server, "/commits/main").await.len() == 3
+    })
+    .await;
+    eventually("the 304", || async {
+        app.scrape().await.value(
+            "hookgauge_poll_requests_total",
+            &[
+                ("repo", "acme/shop"),
+                ("endpoint", "branch_head"),
+                ("status", "304"),
+            ],
+        ) == 1.0
+    })
+    .await;
+    assert_eq!(
+        requests_to(&server, &format!("/compare/{c2}...{c3}"))
+            .await
+            .len(),
+        1
     );
     app.shutdown().await;
 }

@@ -11,6 +11,9 @@
 //! Rate-limit headers are honoured: nothing is sent while a limit is known
 //! to be exhausted, nor once 5 % of the quota is left, until the reset.
 
+mod commits;
+mod pulls;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +32,8 @@ use crate::store::{PollCursor, Store, StoreError};
 
 /// API version every request pins (POLLING.md §1).
 const API_VERSION: &str = "2022-11-28";
+/// The media type of the REST API's JSON answers.
+const GITHUB_JSON: &str = "application/vnd.github+json";
 /// Deployments older than this are not followed for new statuses.
 const STATUS_HORIZON_SECONDS: i64 = 24 * 3600;
 /// Per request.
@@ -39,10 +44,10 @@ const RESERVE_SHARE: f64 = 0.05;
 const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
 /// Pages of one list read in one poll at most (100 items each).
 const MAX_PAGES: usize = 10;
-/// How far back the first poll of incidents reads.
-const INCIDENT_BOOTSTRAP_SECONDS: i64 = 30 * 86_400;
-/// Re-read margin below the incidents watermark (POLLING.md §6 step 6).
-const INCIDENT_OVERLAP_SECONDS: i64 = 120;
+/// How far back the first poll of incidents and commits reads.
+const BOOTSTRAP_SECONDS: i64 = 30 * 86_400;
+/// Re-read margin below a timestamp watermark (POLLING.md §6 step 6).
+const OVERLAP_SECONDS: i64 = 120;
 
 /// `[[poll.github]]` as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -61,6 +66,9 @@ pub struct RawGithubPoll {
     /// namespaces, apps) map what is read.
     #[serde(default = "default_source")]
     pub source: String,
+    /// The repository's default branch, when it should not be read from the
+    /// API (the source's `branches`, when set, are polled instead).
+    pub branch: Option<String>,
     /// Time between polls while nothing changes grows from this …
     #[serde(default = "default_interval", with = "humantime_serde")]
     pub interval: Duration,
@@ -99,6 +107,7 @@ pub struct GithubRepo {
     pub token_source: TokenSource,
     /// The source instance key (`github` or `github.name`) and its options.
     pub source: String,
+    pub branch: Option<String>,
     pub options: SourceOptions,
     pub interval: Duration,
     pub max_interval: Duration,
@@ -219,8 +228,21 @@ impl GithubRepo {
                 ),
             ));
         }
+        if let Some(branch) = &raw.branch {
+            let valid = !branch.is_empty()
+                && branch.len() <= 255
+                && !branch.starts_with(['-', '/'])
+                && !branch.contains("..")
+                && branch
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"~^:?*[\\".contains(&b));
+            if !valid {
+                return Err((key("branch"), "must be a branch name".into()));
+            }
+        }
         Ok(GithubRepo {
             repo: raw.repo.clone(),
+            branch: raw.branch.clone(),
             api_url,
             token: Secret::new(token),
             token_source,
@@ -233,8 +255,17 @@ impl GithubRepo {
 
     /// `check-config`'s line for this repository.
     pub fn describe(&self) -> String {
+        let branches = if !self.options.branches.is_empty() {
+            format!("branches {}", self.options.branches.join(", "))
+        } else {
+            match &self.branch {
+                Some(branch) => format!("branch {branch}"),
+                None => "the default branch".to_owned(),
+            }
+        };
         format!(
-            "poll github {} at {}: deployments and their statuses, incident issues, mapped by [sources.{}], every {} to {}",
+            "poll github {} at {}: deployments and their statuses, incident issues, commits and \
+             open pull requests' reviews of {branches}, mapped by [sources.{}], every {} to {}",
             self.repo,
             self.api_url,
             self.source,
@@ -243,6 +274,7 @@ impl GithubRepo {
         )
     }
 
+    /// The stream key of `name` for this repository.
     fn stream(&self, name: &str) -> String {
         format!("github|{}|{}|{name}", self.api_url, self.repo)
     }
@@ -447,11 +479,12 @@ impl GithubPoller {
     }
 
     /// One poll of every stream: deployments (and the statuses of recent,
-    /// unfinished ones) and incident issues, recorded with their cursors in
-    /// one transaction. `Ok(true)` when something changed.
+    /// unfinished ones), incident issues, the commits of the tracked
+    /// branches and the open pull requests' reviews. Each stream records
+    /// its facts with its cursors in one transaction, so one that fails (a
+    /// 404 on issues, say) neither loses nor holds the others. `Ok(true)`
+    /// when something changed.
     pub async fn poll_once(&mut self) -> Result<bool, PollError> {
-        // Each stream commits its own facts with its own cursors: one that
-        // fails (a 404 on issues, say) neither loses nor holds the other.
         self.stored = self
             .ledger
             .poll_cursors(self.repo.stream(""))
@@ -462,13 +495,72 @@ impl GithubPoller {
             .collect();
         let mut deliveries = Vec::new();
         let mut cursors = Vec::new();
-        let deployments = self.deployments(&mut deliveries, &mut cursors).await;
-        let mut changed = self.commit(&mut deliveries, &mut cursors).await?;
-        let incidents = self.incidents(&mut deliveries, &mut cursors).await;
+        let mut first_error = None;
+        let mut changed = false;
+        let mut note = |result: Result<(), PollError>| {
+            if let Err(e) = result {
+                first_error.get_or_insert(e);
+            }
+        };
+        note(self.deployments(&mut deliveries, &mut cursors).await);
         changed |= self.commit(&mut deliveries, &mut cursors).await?;
-        deployments?;
-        incidents?;
-        Ok(changed)
+        note(self.incidents(&mut deliveries, &mut cursors).await);
+        changed |= self.commit(&mut deliveries, &mut cursors).await?;
+        match self.branches(&mut cursors).await {
+            Ok(branches) => {
+                for branch in &branches {
+                    note(self.commits(branch, &mut deliveries, &mut cursors).await);
+                    changed |= self.commit(&mut deliveries, &mut cursors).await?;
+                }
+                note(self.pulls(&branches, &mut cursors).await);
+                changed |= self.commit(&mut deliveries, &mut cursors).await?;
+            }
+            Err(e) => note(Err(e)),
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(changed),
+        }
+    }
+
+    /// The tracked branches: the source's `branches`, else the configured
+    /// default branch, else the repository's, read (conditionally) from
+    /// the API; its cursor joins `cursors` when it changed.
+    async fn branches(&mut self, cursors: &mut Vec<PollCursor>) -> Result<Vec<String>, PollError> {
+        if !self.repo.options.branches.is_empty() {
+            return Ok(self.repo.options.branches.clone());
+        }
+        if let Some(branch) = &self.repo.branch {
+            return Ok(vec![branch.clone()]);
+        }
+        let cursor = self.cursor(self.repo.stream("repository"));
+        let url = format!("{}/repos/{}", self.repo.api_url, self.repo.repo);
+        let default_branch = match self.get(&url, &cursor, "repository", GITHUB_JSON).await? {
+            Fetched::NotModified => cursor.watermark.clone(),
+            Fetched::Changed {
+                body,
+                etag,
+                last_modified,
+                ..
+            } => {
+                let repository: Value = serde_json::from_slice(&body)
+                    .map_err(|e| PollError::Transient(format!("repository: {e}")))?;
+                let branch = repository["default_branch"].as_str().map(str::to_owned);
+                let new_cursor = PollCursor {
+                    etag,
+                    last_modified,
+                    watermark: branch.clone(),
+                    ..cursor.clone()
+                };
+                if new_cursor != cursor {
+                    cursors.push(new_cursor);
+                }
+                branch
+            }
+        };
+        default_branch
+            .map(|b| vec![b])
+            .ok_or_else(|| PollError::Transient("repository: no default_branch".into()))
     }
 
     /// Records what a stream read (taken from `deliveries` and `cursors`)
@@ -541,10 +633,8 @@ impl GithubPoller {
                     continue;
                 };
                 // A time that does not parse is taken as now: followed, not lost.
-                let created = deployment["created_at"]
-                    .as_str()
-                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                    .map_or_else(|| self.server_now(), |t| t.timestamp());
+                let created =
+                    server_time(&deployment["created_at"]).unwrap_or_else(|| self.server_now());
                 max_id = max_id.max(id);
                 if id <= mark.max_id || created < horizon {
                     reached_seen = true;
@@ -571,7 +661,10 @@ impl GithubPoller {
                 "{}/repos/{}/deployments/{id}/statuses?per_page=100",
                 self.repo.api_url, self.repo.repo
             );
-            let fetched = match self.get(&url, &statuses_cursor, "statuses").await {
+            let fetched = match self
+                .get(&url, &statuses_cursor, "statuses", GITHUB_JSON)
+                .await
+            {
                 Err(PollError::Gone(_)) => {
                     // Deleted since: nothing more to follow.
                     mark.open.remove(&id);
@@ -652,7 +745,7 @@ impl GithubPoller {
             // The URL stays the same until new data is committed, so that
             // its ETag keeps answering 304.
             let since = cursor.watermark.clone().unwrap_or_else(|| {
-                let start = self.server_now() - INCIDENT_BOOTSTRAP_SECONDS;
+                let start = self.server_now() - BOOTSTRAP_SECONDS;
                 rfc3339(start)
             });
             let label_param: String = form_urlencoded::byte_serialize(label.as_bytes()).collect();
@@ -675,11 +768,8 @@ impl GithubPoller {
                     if issue.get("pull_request").is_some() {
                         continue;
                     }
-                    if let Some(updated) = issue["updated_at"]
-                        .as_str()
-                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                    {
-                        newest = Some(newest.unwrap_or(i64::MIN).max(updated.timestamp()));
+                    if let Some(updated) = server_time(&issue["updated_at"]) {
+                        newest = Some(newest.unwrap_or(i64::MIN).max(updated));
                     }
                     deliveries.extend(self.issue_deliveries(&issue));
                 }
@@ -690,7 +780,7 @@ impl GithubPoller {
             if let Some(newest) = newest {
                 // Server timestamps only (POLLING.md §6 step 11). A new
                 // `since` is a new URL: its validators start afresh.
-                let watermark = rfc3339(newest - INCIDENT_OVERLAP_SECONDS);
+                let watermark = rfc3339(newest - OVERLAP_SECONDS);
                 if Some(&watermark) != cursor.watermark.as_ref() {
                     new_cursor.watermark = Some(watermark);
                     new_cursor.etag = None;
@@ -757,7 +847,7 @@ impl GithubPoller {
             etag,
             last_modified,
             next,
-        } = self.get(url, &validators, endpoint).await?
+        } = self.get(url, &validators, endpoint, GITHUB_JSON).await?
         else {
             return Ok(None);
         };
@@ -789,7 +879,10 @@ impl GithubPoller {
             "{}/repos/{}/deployments/{id}",
             self.repo.api_url, self.repo.repo
         );
-        match self.get(&url, &PollCursor::default(), "deployment").await? {
+        match self
+            .get(&url, &PollCursor::default(), "deployment", GITHUB_JSON)
+            .await?
+        {
             Fetched::Changed { body, .. } => serde_json::from_slice(&body)
                 .map_err(|e| PollError::Transient(format!("deployment: {e}"))),
             Fetched::NotModified => Err(PollError::Transient("unexpected 304".into())),
@@ -863,6 +956,7 @@ impl GithubPoller {
         url: &str,
         cursor: &PollCursor,
         endpoint: &'static str,
+        accept: &str,
     ) -> Result<Fetched, PollError> {
         // Held until the answer is read: one request in flight per token,
         // and what another repository learnt of the quota counts here.
@@ -881,7 +975,7 @@ impl GithubPoller {
             .client
             .get(url)
             .bearer_auth(String::from_utf8_lossy(self.repo.token.expose()))
-            .header("Accept", "application/vnd.github+json")
+            .header("Accept", accept)
             .header("X-GitHub-Api-Version", API_VERSION);
         if let Some(etag) = &cursor.etag {
             request = request.header("If-None-Match", etag);
@@ -1017,6 +1111,14 @@ impl GithubPoller {
                 .set((reset - skew) as f64);
         }
     }
+}
+
+/// An RFC 3339 timestamp of an API object as epoch seconds.
+fn server_time(value: &Value) -> Option<i64> {
+    value
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.timestamp())
 }
 
 /// Epoch seconds as the RFC 3339 UTC text GitHub's `since` takes.

@@ -1,0 +1,310 @@
+//! The pull-request stream (POLLING.md §5): open pull requests against the
+//! tracked branches, and the reviews of those that changed, to tell which
+//! wait for a first review and since when.
+//!
+//! Cheapest first: the open list is conditional (mostly 304s, which cost no
+//! quota); reviews are read only for a pull request that is new or whose
+//! `updated_at` or head moved (a review bumps `updated_at`), and once an
+//! hour for those still waiting, each conditional on its own ETag; the
+//! timeline, for the last `ready_for_review`, once when a pull request is
+//! first seen ready. What the stream knows is kept in its cursor, so a
+//! restart answers 304 and still knows every wait.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{server_time, GithubPoller, PollError, MAX_PAGES};
+use crate::store::PollCursor;
+
+/// How often the reviews of a waiting pull request are read although its
+/// listing did not change.
+const REVIEW_RECHECK_SECONDS: i64 = 3600;
+
+/// One open pull request as the stream last saw it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub(super) struct PullState {
+    updated_at: String,
+    head: String,
+    author: String,
+    draft: bool,
+    /// When it last became ready for review: `created_at`, or the last
+    /// `ready_for_review` (server epoch seconds). 0 while a draft.
+    ready_at: i64,
+    /// Reviewed by someone other than its author since `ready_at`.
+    reviewed: bool,
+    /// When its reviews were last read (server epoch seconds).
+    checked_at: i64,
+}
+
+impl PullState {
+    fn waits(&self) -> bool {
+        !self.draft && !self.reviewed
+    }
+}
+
+/// The stream's watermark: every open pull request against a tracked branch.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub(super) struct PullsMark {
+    open: BTreeMap<u64, PullState>,
+}
+
+impl PullsMark {
+    /// Waiting pull requests → when their wait began (server clock).
+    fn waiting(&self) -> BTreeMap<u64, i64> {
+        self.open
+            .iter()
+            .filter(|(_, p)| p.waits())
+            .map(|(n, p)| (*n, p.ready_at))
+            .collect()
+    }
+}
+
+/// Whether `reviews` hold one by someone other than `author`, submitted at
+/// or after `since`. Pending reviews are drafts nobody else can see; a
+/// comment-only review counts (POLLING.md §5).
+fn reviewed(reviews: &[Value], author: &str, since: i64) -> bool {
+    reviews.iter().any(|review| {
+        let by = review["user"]["login"].as_str().unwrap_or_default();
+        let submitted = server_time(&review["submitted_at"]).unwrap_or(i64::MAX);
+        review["state"].as_str() != Some("PENDING")
+            && !by.is_empty()
+            && by != author
+            && submitted >= since
+    })
+}
+
+impl GithubPoller {
+    /// Polls the open pull requests of `branches` and publishes the waits.
+    pub(super) async fn pulls(
+        &mut self,
+        branches: &[String],
+        cursors: &mut Vec<PollCursor>,
+    ) -> Result<(), PollError> {
+        let cursor = self.cursor(self.repo.stream("pulls"));
+        let mut mark: PullsMark = cursor
+            .watermark
+            .as_deref()
+            .and_then(|w| serde_json::from_str(w).ok())
+            .unwrap_or_default();
+        let mut new_cursor = cursor.clone();
+        // One base on the server; several are filtered here.
+        let base = match branches {
+            [one] => format!(
+                "&base={}",
+                form_urlencoded::byte_serialize(one.as_bytes()).collect::<String>()
+            ),
+            _ => String::new(),
+        };
+        let mut next = Some(format!(
+            "{}/repos/{}/pulls?state=open{base}&sort=updated&direction=desc&per_page=100",
+            self.repo.api_url, self.repo.repo
+        ));
+        let mut listed: Option<Vec<Value>> = None;
+        let mut page = 0;
+        while let Some(url) = next.take() {
+            let Some((items, link_next)) = self
+                .list_page(&url, page, &cursor, &mut new_cursor, "pulls")
+                .await?
+            else {
+                break;
+            };
+            page += 1;
+            listed.get_or_insert_with(Vec::new).extend(items);
+            if page < MAX_PAGES {
+                next = link_next.filter(|u| u.starts_with(&self.repo.api_url));
+            }
+        }
+        let now = self.server_now();
+        let mut open = BTreeMap::new();
+        let mut review = Vec::new();
+        match listed {
+            // Unchanged: the waiting ones are re-read now and then.
+            None => {
+                for (number, state) in &mark.open {
+                    if state.waits() && now - state.checked_at >= REVIEW_RECHECK_SECONDS {
+                        review.push(*number);
+                    }
+                }
+                open = mark.open.clone();
+            }
+            Some(items) => {
+                for pull in items {
+                    let (Some(number), Some(created)) =
+                        (pull["number"].as_u64(), server_time(&pull["created_at"]))
+                    else {
+                        continue;
+                    };
+                    let base_ref = pull["base"]["ref"].as_str().unwrap_or_default();
+                    if !branches.iter().any(|b| b == base_ref) {
+                        continue;
+                    }
+                    let state = PullState {
+                        author: pull["user"]["login"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned(),
+                        updated_at: pull["updated_at"].as_str().unwrap_or_default().to_owned(),
+                        head: pull["head"]["sha"].as_str().unwrap_or_default().to_owned(),
+                        draft: pull["draft"].as_bool().unwrap_or(false),
+                        ..PullState::default()
+                    };
+                    let previous = mark.open.get(&number);
+                    let state = match previous {
+                        Some(p) if p.updated_at == state.updated_at && p.head == state.head => {
+                            if p.waits() && now - p.checked_at >= REVIEW_RECHECK_SECONDS {
+                                review.push(number);
+                            }
+                            p.clone()
+                        }
+                        _ if state.draft => state,
+                        _ => {
+                            // Newly ready (or first seen): when did it become so?
+                            let ready_at = match previous {
+                                Some(p) if !p.draft => p.ready_at,
+                                _ => self.ready_at(number, created).await?,
+                            };
+                            review.push(number);
+                            PullState { ready_at, ..state }
+                        }
+                    };
+                    open.insert(number, state);
+                }
+            }
+        }
+        for number in review {
+            let Some(state) = open.get_mut(&number) else {
+                continue;
+            };
+            let author = state.author.clone();
+            if let Some(reviewed) = self
+                .reviews(number, &author, state.ready_at, cursors)
+                .await?
+            {
+                state.reviewed = reviewed;
+            }
+            state.checked_at = now;
+        }
+        for number in mark.open.keys().filter(|n| !open.contains_key(n)) {
+            self.forget
+                .push(self.repo.stream(&format!("reviews|{number}")));
+        }
+        mark.open = open;
+        let skew = self.skew;
+        self.metrics.review_waits.set(
+            &self.repo.repo,
+            mark.waiting()
+                .into_iter()
+                .map(|(n, since)| (n, since - skew))
+                .collect(),
+        );
+        new_cursor.watermark = Some(serde_json::to_string(&mark).unwrap_or_default());
+        if new_cursor != cursor {
+            cursors.push(new_cursor);
+        }
+        Ok(())
+    }
+
+    /// When pull request `number` last became ready for review: the last
+    /// `ready_for_review` of its timeline, else its creation.
+    async fn ready_at(&mut self, number: u64, created: i64) -> Result<i64, PollError> {
+        let mut next = Some(format!(
+            "{}/repos/{}/issues/{number}/timeline?per_page=100",
+            self.repo.api_url, self.repo.repo
+        ));
+        let mut ready = created;
+        let mut page = 0;
+        let none = PollCursor::default();
+        while let Some(url) = next.take() {
+            let mut ignored = PollCursor::default();
+            let Some((events, link_next)) = self
+                .list_page(&url, page, &none, &mut ignored, "timeline")
+                .await?
+            else {
+                break;
+            };
+            page += 1;
+            for event in events {
+                if event["event"].as_str() == Some("ready_for_review") {
+                    if let Some(at) = server_time(&event["created_at"]) {
+                        ready = ready.max(at);
+                    }
+                }
+            }
+            if page < MAX_PAGES {
+                next = link_next.filter(|u| u.starts_with(&self.repo.api_url));
+            }
+        }
+        Ok(ready)
+    }
+
+    /// Whether pull request `number` was reviewed since `since`, from its
+    /// reviews (conditional on their own ETag); `None` when unchanged.
+    async fn reviews(
+        &mut self,
+        number: u64,
+        author: &str,
+        since: i64,
+        cursors: &mut Vec<PollCursor>,
+    ) -> Result<Option<bool>, PollError> {
+        let cursor = self.cursor(self.repo.stream(&format!("reviews|{number}")));
+        let url = format!(
+            "{}/repos/{}/pulls/{number}/reviews?per_page=100",
+            self.repo.api_url, self.repo.repo
+        );
+        let mut new_cursor = cursor.clone();
+        let mut next = Some(url);
+        let mut page = 0;
+        let mut all = None;
+        while let Some(url) = next.take() {
+            let Some((items, link_next)) = self
+                .list_page(&url, page, &cursor, &mut new_cursor, "reviews")
+                .await?
+            else {
+                break;
+            };
+            page += 1;
+            all.get_or_insert_with(Vec::new).extend(items);
+            if page < MAX_PAGES {
+                next = link_next.filter(|u| u.starts_with(&self.repo.api_url));
+            }
+        }
+        let Some(all) = all else {
+            return Ok(None);
+        };
+        if new_cursor != cursor {
+            cursors.push(new_cursor);
+        }
+        Ok(Some(reviewed(&all, author, since)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_review_counts_when_someone_else_submitted_it_after_the_pull_became_ready() {
+        let at = |t: &str| server_time(&json!(t)).unwrap();
+        let ready = at("2026-11-01T12:00:00Z");
+        let review = |by: &str, state: &str, when: &str| json!({"user": {"login": by}, "state": state, "submitted_at": when});
+        let after = "2026-11-02T09:00:00Z";
+        assert!(reviewed(&[review("bob", "COMMENTED", after)], "ann", ready));
+        assert!(reviewed(&[review("bob", "APPROVED", after)], "ann", ready));
+        assert!(!reviewed(
+            &[review("ann", "COMMENTED", after)],
+            "ann",
+            ready
+        ));
+        assert!(!reviewed(&[review("bob", "PENDING", after)], "ann", ready));
+        assert!(!reviewed(
+            &[review("bob", "CHANGES_REQUESTED", "2026-10-30T09:00:00Z")],
+            "ann",
+            ready
+        ));
+        assert!(!reviewed(&[], "ann", ready));
+    }
+}
