@@ -169,18 +169,21 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApp> {
         worker_wake: Arc::clone(&worker_wake),
     });
     let gates = crate::poll::token_gates(&settings.poll);
-    let pollers = settings.poll.iter().zip(gates).map(|(repo, gate)| {
-        tracing::info!(repo = %repo.repo, api_url = %repo.api_url, "Polling GitHub");
-        tokio::spawn(
-            crate::poll::GithubPoller::new(
-                repo.clone(),
-                gate,
-                store.clone(),
-                ledger.clone(),
-                Arc::clone(&metrics),
-            )
-            .run(),
-        )
+    let targets = settings.poll.len().max(1) as u32;
+    let pollers = settings.poll.iter().zip(gates).enumerate().map(|(i, (target, gate))| {
+        tracing::info!(provider = target.provider.name(), repo = %target.repo, api_url = %target.api_url, "Polling");
+        // First polls spread over one interval (POLLING.md §6 step 1).
+        let start = target.interval / targets * i as u32;
+        let (store, ledger, metrics) = (store.clone(), ledger.clone(), Arc::clone(&metrics));
+        match target.provider {
+            crate::poll::Provider::Github => tokio::spawn(crate::poll::run(
+                crate::poll::GithubPoller::new(target.clone(), gate, store, ledger, metrics),
+                start,
+            )),
+            crate::poll::Provider::Gitlab | crate::poll::Provider::Gitea => {
+                unreachable!("refused by the configuration")
+            }
+        }
     });
     let mut background: Vec<_> = pollers.collect();
     background.extend([

@@ -368,8 +368,8 @@ pub struct Settings {
     pub plugins: Vec<&'static dyn Plugin>,
     /// Native source instances, enabled or not.
     pub sources: Vec<SourceInstance>,
-    /// Repositories read through provider APIs (`[[poll.github]]`).
-    pub poll: Vec<crate::poll::GithubRepo>,
+    /// Repositories read through provider APIs (`[[poll.<provider>]]`).
+    pub poll: Vec<crate::poll::PollTarget>,
 }
 
 /// One native source instance: `/hooks/<source>` or `/hooks/<source>/<name>`.
@@ -646,7 +646,7 @@ impl Settings {
             )?,
             lenient_signatures: raw.sources.pelorus.lenient_signatures,
         };
-        let poll_raw = raw.poll.github.clone();
+        let poll_raw = raw.poll.clone();
         let mut settings = Settings {
             ingest_addr,
             metrics_addr,
@@ -674,17 +674,24 @@ impl Settings {
             plugins,
             plugins_dir: raw.server.plugins_dir,
         };
-        let instances: Vec<(String, SourceOptions)> = settings
-            .sources
-            .iter()
-            .filter(|i| i.plugin.source() == "github")
-            .map(|i| (i.key(), i.options.clone()))
-            .collect();
         let env = |name: &str| std::env::var(name).ok();
-        for (index, entry) in poll_raw.iter().enumerate() {
-            let repo = crate::poll::GithubRepo::from_raw(entry, index, &instances, &env)
-                .map_err(|(key, reason)| ConfigError::invalid(&key, reason))?;
-            settings.poll.push(repo);
+        for (provider, index, entry) in poll_raw.entries() {
+            let instances: Vec<(String, SourceOptions)> = settings
+                .sources
+                .iter()
+                .filter(|i| i.plugin.source() == provider.name())
+                .map(|i| (i.key(), i.options.clone()))
+                .collect();
+            let target = crate::poll::PollTarget::from_raw(
+                provider,
+                entry,
+                index,
+                poll_raw.max_quota_share,
+                &instances,
+                &env,
+            )
+            .map_err(|(key, reason)| ConfigError::invalid(&key, reason))?;
+            settings.poll.push(target);
         }
         settings.check_public_bind()?;
         Ok(settings)

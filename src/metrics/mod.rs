@@ -65,6 +65,11 @@ pub struct Metrics {
     pub poll_quota_remaining: GaugeVec,
     pub poll_quota_reset: GaugeVec,
     pub poll_last_success: GaugeVec,
+    /// 1 while a repository is degraded (five failures or refusals in a
+    /// row: polled at its longest interval only), and the current wait
+    /// caused by failures or rate limits.
+    pub poll_degraded: IntGaugeVec,
+    pub poll_backoff: GaugeVec,
     /// Pull requests waiting for review, by repository (pollers).
     pub review_waits: reviews::ReviewWaits,
 }
@@ -258,6 +263,17 @@ impl Metrics {
             "When a poll of the repository last completed.",
             &["repo"],
         );
+        let poll_degraded = int_gauge_vec(
+            "hookgauge_poll_degraded",
+            "1 while the repository's polls failed or were refused five times in a row: it is polled \
+             at its longest interval only.",
+            &["repo"],
+        );
+        let poll_backoff = gauge(
+            "hookgauge_poll_backoff_seconds",
+            "The wait before the repository's next poll caused by failures or rate limits; 0 when none.",
+            &["repo"],
+        );
         let review_waits = reviews::ReviewWaits::new();
         registry
             .register(Box::new(review_waits.clone()))
@@ -288,6 +304,8 @@ impl Metrics {
             poll_quota_remaining,
             poll_quota_reset,
             poll_last_success,
+            poll_degraded,
+            poll_backoff,
             review_waits,
         }
     }

@@ -1,88 +1,190 @@
-//! Pull mode (POLLING.md): reads GitHub deployments with their statuses,
-//! and incident issues, through the REST API for repositories whose
-//! webhooks cannot reach this service, and writes what it finds through
-//! the same ledger as webhooks.
+//! Pull mode (POLLING.md): reads deployments, commits of the tracked
+//! branches, incident issues and open pull requests' reviews through the
+//! providers' REST APIs, for repositories whose webhooks cannot reach this
+//! service, and writes what it finds through the same ledger as webhooks.
 //!
-//! A status or an issue is mapped by the GitHub plugin's own
-//! `deployment_status` / `issues` rules (the API objects are the webhook's
-//! objects), so a fact seen by both a webhook and a poll is one fact. Every request is conditional on the
-//! validators stored for its URL; validators and watermarks are written in
-//! the same transaction as the facts they produced (`Store::record_polled`).
-//! Rate-limit headers are honoured: nothing is sent while a limit is known
-//! to be exhausted, nor once 5 % of the quota is left, until the reset.
+//! An API object is mapped by the source plugin's own webhook rules (the
+//! objects are the webhooks' objects, or are put in their shape), so a fact
+//! seen by both a webhook and a poll is one fact. Every request is
+//! conditional on the validators stored for its URL where the provider
+//! honours them; validators and watermarks are written in the same
+//! transaction as the facts they produced (`Store::record_polled`).
+//!
+//! Each repository runs its streams on their own schedule ([`run`]): a
+//! stream that changed is polled again after a quarter of its mean time
+//! between events, one that did not 1.5× later each time, within the
+//! configured bounds. Repositories polled with one token share its gate
+//! ([`api::TokenGate`]): one request in flight, the provider's quota and
+//! this service's share of it.
 
-mod commits;
-mod pulls;
+mod api;
+mod github;
 
-use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Value};
+
+pub use api::{token_gates, TokenGate};
+pub use github::GithubPoller;
 
 use crate::ledger::{Delivery, DeliveryId, Disposition};
 use crate::metrics::Metrics;
-use crate::plugins::{github::GitHub, Plugin, SourceOptions};
+use crate::plugins::{gitea::Gitea, github::GitHub, gitlab::GitLab, Plugin, SourceOptions};
 use crate::signature::Secret;
-use crate::store::deliveries::Ledger;
+use crate::store::deliveries::{IntervalWindow, Ledger};
 use crate::store::{PollCursor, Store, StoreError};
 
-/// API version every request pins (POLLING.md §1).
-const API_VERSION: &str = "2022-11-28";
-/// The media type of the REST API's JSON answers.
-const GITHUB_JSON: &str = "application/vnd.github+json";
-/// Deployments older than this are not followed for new statuses.
-const STATUS_HORIZON_SECONDS: i64 = 24 * 3600;
-/// Per request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
-/// Below this share of the quota left, no request is sent until the reset.
-const RESERVE_SHARE: f64 = 0.05;
-/// The longest a failing repository waits between attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
 /// Pages of one list read in one poll at most (100 items each).
 const MAX_PAGES: usize = 10;
 /// How far back the first poll of incidents and commits reads.
 const BOOTSTRAP_SECONDS: i64 = 30 * 86_400;
 /// Re-read margin below a timestamp watermark (POLLING.md §6 step 6).
 const OVERLAP_SECONDS: i64 = 120;
+/// After a change, the next poll comes after this share of the mean time
+/// between the stream's events (POLLING.md §6 step 7: about four polls per
+/// expected event).
+const ALPHA: f64 = 0.25;
+/// The first interval of a stream with fewer than two events to go by.
+const QUIET_START: Duration = Duration::from_secs(5 * 60);
+/// The longest a review stream waits, whatever `max_interval` says.
+const REVIEW_MAX_INTERVAL: Duration = Duration::from_secs(3600);
+/// The longest a failing repository waits between attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
+/// Failures (or refusals) in a row after which a repository is degraded:
+/// retried at its longest interval only.
+const DEGRADED_AFTER: u32 = 5;
 
-/// `[[poll.github]]` as written.
+/// A provider whose API can be polled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Provider {
+    Github,
+    Gitlab,
+    Gitea,
+}
+
+impl Provider {
+    /// Its name in configuration (`[[poll.<name>]]`) and source keys.
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::Github => "github",
+            Provider::Gitlab => "gitlab",
+            Provider::Gitea => "gitea",
+        }
+    }
+
+    /// The plugin whose webhook rules map what is read.
+    fn plugin(self) -> &'static dyn Plugin {
+        match self {
+            Provider::Github => &GitHub,
+            Provider::Gitlab => &GitLab,
+            Provider::Gitea => &Gitea,
+        }
+    }
+
+    fn default_api_url(self) -> Option<&'static str> {
+        match self {
+            Provider::Github => Some("https://api.github.com"),
+            Provider::Gitlab => Some("https://gitlab.com/api/v4"),
+            Provider::Gitea => None,
+        }
+    }
+
+    /// Whether a 304 costs no quota, so that polling often is nearly free.
+    fn free_not_modified(self) -> bool {
+        self == Provider::Github
+    }
+
+    /// The streams a poller of this provider reads.
+    pub fn streams(self) -> &'static [Stream] {
+        match self {
+            Provider::Github | Provider::Gitlab => &[
+                Stream::Deployments,
+                Stream::Incidents,
+                Stream::Commits,
+                Stream::PullRequests,
+            ],
+            // No deployments API (POLLING.md §3).
+            Provider::Gitea => &[Stream::Incidents, Stream::Commits, Stream::PullRequests],
+        }
+    }
+}
+
+/// One kind of fact a poller reads, scheduled on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Stream {
+    Deployments,
+    Incidents,
+    Commits,
+    PullRequests,
+}
+
+impl Stream {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stream::Deployments => "deployments",
+            Stream::Incidents => "incidents",
+            Stream::Commits => "commits",
+            Stream::PullRequests => "pull_requests",
+        }
+    }
+
+    /// The event kind whose mean interval schedules the stream.
+    fn event_kind(self) -> Option<&'static str> {
+        match self {
+            Stream::Deployments => Some("deploy"),
+            Stream::Incidents => Some("failure_created"),
+            Stream::Commits => Some("commit"),
+            Stream::PullRequests => None,
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Stream::Deployments => "deployments and their statuses",
+            Stream::Incidents => "incident issues",
+            Stream::Commits => "commits",
+            Stream::PullRequests => "open pull requests' reviews",
+        }
+    }
+}
+
+/// `[[poll.<provider>]]` as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawGithubPoll {
-    /// `owner/name`.
+pub struct RawTarget {
+    /// `owner/name` (GitLab: the project's full path, or its numeric id).
     pub repo: String,
     /// File holding the token (a mounted Secret).
     pub token_file: Option<std::path::PathBuf>,
     /// Environment variable holding the token.
     pub token_env: Option<String>,
-    /// REST base URL: `https://api.github.com`, or `https://HOST/api/v3`.
-    #[serde(default = "default_api_url")]
-    pub api_url: String,
-    /// The `[sources.github…]` instance whose options (environments,
-    /// namespaces, apps) map what is read.
-    #[serde(default = "default_source")]
-    pub source: String,
+    /// REST base URL: `https://api.github.com` or `https://HOST/api/v3`;
+    /// `https://gitlab.com/api/v4` or a self-managed instance's;
+    /// `https://HOST/api/v1` for Gitea and Forgejo (required).
+    pub api_url: Option<String>,
+    /// The source instance (`github`, `gitlab.name`, …) whose options
+    /// (environments, namespaces, apps, branches) map what is read.
+    pub source: Option<String>,
     /// The repository's default branch, when it should not be read from the
     /// API (the source's `branches`, when set, are polled instead).
     pub branch: Option<String>,
-    /// Time between polls while nothing changes grows from this …
+    /// The shortest time between two polls of a stream …
     #[serde(default = "default_interval", with = "humantime_serde")]
     pub interval: Duration,
-    /// … up to this.
+    /// … and the longest.
     #[serde(default = "default_max_interval", with = "humantime_serde")]
     pub max_interval: Duration,
+    /// The token's hourly quota when the provider does not send it in
+    /// headers (GitLab without rate-limit headers, a limiting proxy in
+    /// front of Gitea).
+    pub quota_per_hour: Option<u64>,
 }
 
-fn default_api_url() -> String {
-    "https://api.github.com".into()
-}
-fn default_source() -> String {
-    "github".into()
-}
 fn default_interval() -> Duration {
     Duration::from_secs(60)
 }
@@ -90,16 +192,52 @@ fn default_max_interval() -> Duration {
     Duration::from_secs(30 * 60)
 }
 
-/// `[poll]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[poll]` as written.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawPoll {
-    pub github: Vec<RawGithubPoll>,
+    /// The share of a token's quota the pollers may spend (POLLING.md §6
+    /// step 8): a personal token's quota is shared with its owner's other
+    /// tools.
+    pub max_quota_share: f64,
+    pub github: Vec<RawTarget>,
+    pub gitlab: Vec<RawTarget>,
+    pub gitea: Vec<RawTarget>,
 }
 
-/// One polled GitHub repository, validated.
+impl Default for RawPoll {
+    fn default() -> Self {
+        RawPoll {
+            max_quota_share: 0.5,
+            github: Vec::new(),
+            gitlab: Vec::new(),
+            gitea: Vec::new(),
+        }
+    }
+}
+
+impl RawPoll {
+    /// Every entry with its provider and index.
+    pub fn entries(&self) -> impl Iterator<Item = (Provider, usize, &RawTarget)> {
+        [
+            (Provider::Github, &self.github),
+            (Provider::Gitlab, &self.gitlab),
+            (Provider::Gitea, &self.gitea),
+        ]
+        .into_iter()
+        .flat_map(|(provider, entries)| {
+            entries
+                .iter()
+                .enumerate()
+                .map(move |(i, e)| (provider, i, e))
+        })
+    }
+}
+
+/// One polled repository or project, validated.
 #[derive(Clone)]
-pub struct GithubRepo {
+pub struct PollTarget {
+    pub provider: Provider,
     pub repo: String,
     pub api_url: String,
     pub token: Secret,
@@ -111,6 +249,8 @@ pub struct GithubRepo {
     pub options: SourceOptions,
     pub interval: Duration,
     pub max_interval: Duration,
+    pub quota_per_hour: Option<u64>,
+    pub max_quota_share: f64,
 }
 
 /// Where a poller's token is read from.
@@ -137,9 +277,10 @@ impl TokenSource {
     }
 }
 
-impl std::fmt::Debug for GithubRepo {
+impl std::fmt::Debug for PollTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GithubRepo")
+        f.debug_struct("PollTarget")
+            .field("provider", &self.provider)
             .field("repo", &self.repo)
             .field("api_url", &self.api_url)
             .field("token", &"[redacted]")
@@ -148,26 +289,77 @@ impl std::fmt::Debug for GithubRepo {
     }
 }
 
-impl GithubRepo {
-    /// Checks one `[[poll.github]]` entry; `index` names it in errors.
-    /// `instances` are the configured `[sources.github…]` keys and options.
+/// Whether `name` is a usable branch name (git's rules, in short).
+fn valid_branch(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with(['-', '/'])
+        && !name.ends_with(['/', '.'])
+        && !name.contains("..")
+        && !name.contains("//")
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"~^:?*[\\".contains(&b))
+}
+
+impl PollTarget {
+    /// Checks one `[[poll.<provider>]]` entry; `index` names it in errors.
+    /// `instances` are the configured source instances' keys and options.
     pub fn from_raw(
-        raw: &RawGithubPoll,
+        provider: Provider,
+        raw: &RawTarget,
         index: usize,
+        max_quota_share: f64,
         instances: &[(String, SourceOptions)],
         env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<GithubRepo, (String, String)> {
-        let key = |field: &str| format!("poll.github[{index}].{field}");
-        let parts: Vec<&str> = raw.repo.split('/').collect();
+    ) -> Result<PollTarget, (String, String)> {
+        let name = provider.name();
+        let key = |field: &str| format!("poll.{name}[{index}].{field}");
+        if provider != Provider::Github {
+            return Err((
+                key("repo"),
+                "only [[poll.github]] is polled in this build".into(),
+            ));
+        }
         let valid_part = |p: &str| {
             !p.is_empty()
+                && !p.starts_with('.')
                 && p.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         };
-        if parts.len() != 2 || !parts.iter().all(|p| valid_part(p)) {
-            return Err((key("repo"), "must be owner/name".into()));
+        let parts: Vec<&str> = raw.repo.split('/').collect();
+        let valid_repo = match provider {
+            Provider::Gitlab => {
+                (parts.len() >= 2 && parts.iter().all(|p| valid_part(p)))
+                    || (!raw.repo.is_empty() && raw.repo.bytes().all(|b| b.is_ascii_digit()))
+            }
+            _ => parts.len() == 2 && parts.iter().all(|p| valid_part(p)),
+        };
+        if !valid_repo {
+            let shape = match provider {
+                Provider::Gitlab => "must be the project's full path (group/project) or its id",
+                _ => "must be owner/name",
+            };
+            return Err((key("repo"), shape.into()));
         }
-        let api_url = raw.api_url.trim_end_matches('/').to_owned();
+        if !(0.01..=1.0).contains(&max_quota_share) {
+            return Err((
+                "poll.max_quota_share".into(),
+                "must be between 0.01 and 1".into(),
+            ));
+        }
+        let api_url = raw
+            .api_url
+            .as_deref()
+            .or(provider.default_api_url())
+            .ok_or_else(|| {
+                (
+                    key("api_url"),
+                    "is required: the instance's API, like https://HOST/api/v1".into(),
+                )
+            })?
+            .trim_end_matches('/')
+            .to_owned();
         let parsed = reqwest::Url::parse(&api_url)
             .map_err(|e| (key("api_url"), format!("not a URL: {e}")))?;
         let loopback = matches!(parsed.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
@@ -203,23 +395,43 @@ impl GithubRepo {
                 "must be at least 60s and at most max_interval".into(),
             ));
         }
-        let source = raw.source.clone();
-        let options = if source == "github" || source.starts_with("github.") {
-            instances
-                .iter()
-                .find(|(k, _)| *k == source)
-                .map(|(_, o)| o.clone())
-                .or_else(|| (source == "github").then(|| GitHub.defaults()))
-                .ok_or_else(|| {
-                    (
-                        key("source"),
-                        format!("no [sources.{source}] is configured"),
-                    )
-                })?
-        } else {
-            return Err((key("source"), "must name a github source instance".into()));
-        };
-        if !options.deploy_workflows.is_empty() {
+        if raw.quota_per_hour == Some(0) {
+            return Err((key("quota_per_hour"), "must be at least 1".into()));
+        }
+        if let Some(branch) = &raw.branch {
+            if !valid_branch(branch) {
+                return Err((key("branch"), "must be a branch name".into()));
+            }
+        }
+        let source = raw.source.clone().unwrap_or_else(|| name.to_owned());
+        let own = source == name
+            || source
+                .strip_prefix(name)
+                .is_some_and(|r| r.starts_with('.'));
+        if !own {
+            return Err((
+                key("source"),
+                format!("must name a {name} source instance ({name} or {name}.NAME)"),
+            ));
+        }
+        let options = instances
+            .iter()
+            .find(|(k, _)| *k == source)
+            .map(|(_, o)| o.clone())
+            .or_else(|| (source == name).then(|| provider.plugin().defaults()))
+            .ok_or_else(|| {
+                (
+                    key("source"),
+                    format!("no [sources.{source}] is configured"),
+                )
+            })?;
+        if let Some(bad) = options.branches.iter().find(|b| !valid_branch(b)) {
+            return Err((
+                key("source"),
+                format!("[sources.{source}] branches: {bad:?} is not a branch name"),
+            ));
+        }
+        if provider == Provider::Github && !options.deploy_workflows.is_empty() {
             return Err((
                 key("source"),
                 format!(
@@ -228,28 +440,19 @@ impl GithubRepo {
                 ),
             ));
         }
-        if let Some(branch) = &raw.branch {
-            let valid = !branch.is_empty()
-                && branch.len() <= 255
-                && !branch.starts_with(['-', '/'])
-                && !branch.contains("..")
-                && branch
-                    .bytes()
-                    .all(|b| b.is_ascii_graphic() && !b"~^:?*[\\".contains(&b));
-            if !valid {
-                return Err((key("branch"), "must be a branch name".into()));
-            }
-        }
-        Ok(GithubRepo {
+        Ok(PollTarget {
+            provider,
             repo: raw.repo.clone(),
-            branch: raw.branch.clone(),
             api_url,
             token: Secret::new(token),
             token_source,
             source,
+            branch: raw.branch.clone(),
             options,
             interval: raw.interval,
             max_interval: raw.max_interval,
+            quota_per_hour: raw.quota_per_hour,
+            max_quota_share,
         })
     }
 
@@ -263,11 +466,18 @@ impl GithubRepo {
                 None => "the default branch".to_owned(),
             }
         };
+        let streams: Vec<&str> = self
+            .provider
+            .streams()
+            .iter()
+            .map(|s| s.describe())
+            .collect();
         format!(
-            "poll github {} at {}: deployments and their statuses, incident issues, commits and \
-             open pull requests' reviews of {branches}, mapped by [sources.{}], every {} to {}",
+            "poll {} {} at {}: {} of {branches}, mapped by [sources.{}], every {} to {}",
+            self.provider.name(),
             self.repo,
             self.api_url,
+            streams.join(", "),
             self.source,
             humantime::format_duration(self.interval),
             humantime::format_duration(self.max_interval)
@@ -276,18 +486,21 @@ impl GithubRepo {
 
     /// The stream key of `name` for this repository.
     fn stream(&self, name: &str) -> String {
-        format!("github|{}|{}|{name}", self.api_url, self.repo)
+        format!(
+            "{}|{}|{}|{name}",
+            self.provider.name(),
+            self.api_url,
+            self.repo
+        )
     }
-}
 
-/// What the deployments stream keeps between polls (the cursor's
-/// watermark, as JSON): the highest deployment id seen and the recent
-/// deployments whose statuses are still followed.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-struct DeploymentsMark {
-    max_id: i64,
-    /// id → created_at (epoch seconds) of deployments without a final status.
-    open: BTreeMap<i64, i64>,
+    /// The application the repository's events count for.
+    fn app(&self) -> Option<String> {
+        self.options
+            .app(&self.repo)
+            .ok()
+            .map(|a| a.as_str().to_owned())
+    }
 }
 
 /// Why a poll did not complete.
@@ -303,270 +516,61 @@ pub enum PollError {
     /// the longest interval only.
     #[error("{0}")]
     Refused(String),
-    /// 404 or 410: the repository, or one deployment, is gone.
+    /// 404 or 410: the repository, or one object, is gone.
     #[error("{0}")]
     Gone(String),
 }
 
-/// One conditional GET's answer.
-enum Fetched {
-    NotModified,
-    Changed {
-        body: Bytes,
-        etag: Option<String>,
-        last_modified: Option<String>,
-        /// The `rel="next"` URL of the `Link` header, verbatim.
-        next: Option<String>,
-    },
-}
-
-/// The `rel="next"` target of a `Link` header.
-fn next_link(link: &str) -> Option<String> {
-    link.split(',').find_map(|part| {
-        let (target, params) = part.split_once(';')?;
-        params
-            .split(';')
-            .any(|p| p.trim() == "rel=\"next\"")
-            .then(|| {
-                target
-                    .trim()
-                    .trim_start_matches('<')
-                    .trim_end_matches('>')
-                    .to_owned()
-            })
-    })
-}
-
-/// The quota as the last response told it.
-#[derive(Debug, Clone, Copy, Default)]
-struct Quota {
-    limit: Option<u64>,
-    remaining: Option<u64>,
-    /// Epoch seconds, local clock (converted with the server's `Date`).
-    reset: Option<i64>,
-}
-
-/// What repositories polled with one token share: its rate-limit state as
-/// the last answer to any of them gave it, and the right to send (one
-/// request in flight per token, POLLING.md §1.2).
-#[derive(Default)]
-pub struct TokenGate {
-    quota: tokio::sync::Mutex<Quota>,
-}
-
-/// One gate per repository, the same gate for repositories that share an
-/// API and a token.
-pub fn token_gates(repos: &[GithubRepo]) -> Vec<Arc<TokenGate>> {
-    let same_token = |a: &GithubRepo, b: &GithubRepo| {
-        a.api_url == b.api_url && a.token.expose() == b.token.expose()
-    };
-    let mut gates: Vec<Arc<TokenGate>> = Vec::with_capacity(repos.len());
-    for (i, repo) in repos.iter().enumerate() {
-        let shared = repos[..i]
-            .iter()
-            .position(|earlier| same_token(earlier, repo));
-        gates.push(match shared {
-            Some(j) => Arc::clone(&gates[j]),
-            None => Arc::new(TokenGate::default()),
-        });
-    }
-    gates
-}
-
-/// Polls one repository.
-pub struct GithubPoller {
-    repo: GithubRepo,
-    client: reqwest::Client,
+/// What a poller keeps of the store: the stream states of its repository
+/// as the current stream's poll began, and the streams to let go.
+pub struct Recorder {
     store: Store,
     ledger: Ledger,
     metrics: Arc<Metrics>,
-    quota: Quota,
-    gate: Arc<TokenGate>,
-    /// Server clock minus local clock, from the last `Date` header.
-    skew: i64,
-    /// This repository's stream states, read once at the start of a poll.
-    stored: BTreeMap<String, PollCursor>,
+    stored: std::collections::BTreeMap<String, PollCursor>,
     /// Streams let go in this poll (deployments no longer followed), their
     /// state deleted with the next commit.
     forget: Vec<String>,
 }
 
-fn now_seconds() -> i64 {
-    crate::store::now_seconds()
-}
-
-impl GithubPoller {
-    pub fn new(
-        repo: GithubRepo,
-        gate: Arc<TokenGate>,
-        store: Store,
-        ledger: Ledger,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        let client = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .user_agent(concat!("hookgauge/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::limited(3))
-            .build()
-            .expect("a TLS client can be built");
-        GithubPoller {
-            repo,
-            client,
+impl Recorder {
+    pub fn new(store: Store, ledger: Ledger, metrics: Arc<Metrics>) -> Recorder {
+        Recorder {
             store,
             ledger,
             metrics,
-            quota: Quota::default(),
-            gate,
-            skew: 0,
-            stored: BTreeMap::new(),
+            stored: Default::default(),
             forget: Vec::new(),
         }
     }
 
-    /// Polls until the task is aborted: after a change at `interval`, then
-    /// 1.5× longer per unchanged poll up to `max_interval`, ±10 % jitter;
-    /// failures back off with full jitter.
-    pub async fn run(mut self) {
-        let mut wait = self.repo.interval;
-        let mut failures = 0u32;
-        let mut limited = 0u32;
-        loop {
-            let outcome = self.poll_once().await;
-            if !matches!(outcome, Err(PollError::RateLimited { .. })) {
-                limited = 0;
-            }
-            match outcome {
-                Ok(changed) => {
-                    failures = 0;
-                    self.metrics
-                        .poll_last_success
-                        .with_label_values(&[&self.repo.repo])
-                        .set(now_seconds() as f64);
-                    wait = if changed {
-                        self.repo.interval
-                    } else {
-                        wait.mul_f64(1.5).min(self.repo.max_interval)
-                    };
-                    tokio::time::sleep(jitter(wait, 0.1)).await;
-                }
-                Err(PollError::RateLimited { until }) => {
-                    // Until the reset; an answer that keeps refusing past it
-                    // backs off.
-                    limited += 1;
-                    let floor = if limited > 1 {
-                        backoff(limited).as_secs()
-                    } else {
-                        1
-                    };
-                    let seconds = ((until - now_seconds()).max(0) as u64)
-                        .max(floor)
-                        .clamp(1, 65 * 60);
-                    tracing::warn!(repo = %self.repo.repo, seconds, "GitHub rate limit: waiting for the reset");
-                    tokio::time::sleep(Duration::from_secs(seconds)).await;
-                }
-                Err(PollError::Transient(error)) => {
-                    failures += 1;
-                    tracing::warn!(repo = %self.repo.repo, failures, error, "Poll failed; backing off");
-                    // Full jitter.
-                    tokio::time::sleep(backoff(failures).mul_f64(rand_unit())).await;
-                }
-                Err(PollError::Refused(error) | PollError::Gone(error)) => {
-                    tracing::error!(repo = %self.repo.repo, error, "Poll refused; retrying at the longest interval");
-                    tokio::time::sleep(self.repo.max_interval).await;
-                }
-            }
-        }
-    }
-
-    /// One poll of every stream: deployments (and the statuses of recent,
-    /// unfinished ones), incident issues, the commits of the tracked
-    /// branches and the open pull requests' reviews. Each stream records
-    /// its facts with its cursors in one transaction, so one that fails (a
-    /// 404 on issues, say) neither loses nor holds the others. `Ok(true)`
-    /// when something changed.
-    pub async fn poll_once(&mut self) -> Result<bool, PollError> {
+    /// Reads the stream states whose keys start with `prefix`.
+    async fn load(&mut self, prefix: String) -> Result<(), PollError> {
         self.stored = self
             .ledger
-            .poll_cursors(self.repo.stream(""))
+            .poll_cursors(prefix)
             .await
             .map_err(|e| PollError::Transient(e.to_string()))?
             .into_iter()
             .map(|c| (c.stream.clone(), c))
             .collect();
-        let mut deliveries = Vec::new();
-        let mut cursors = Vec::new();
-        let mut first_error = None;
-        let mut changed = false;
-        let mut note = |result: Result<(), PollError>| {
-            if let Err(e) = result {
-                first_error.get_or_insert(e);
-            }
-        };
-        note(self.deployments(&mut deliveries, &mut cursors).await);
-        changed |= self.commit(&mut deliveries, &mut cursors).await?;
-        note(self.incidents(&mut deliveries, &mut cursors).await);
-        changed |= self.commit(&mut deliveries, &mut cursors).await?;
-        match self.branches(&mut cursors).await {
-            Ok(branches) => {
-                for branch in &branches {
-                    note(self.commits(branch, &mut deliveries, &mut cursors).await);
-                    changed |= self.commit(&mut deliveries, &mut cursors).await?;
-                }
-                note(self.pulls(&branches, &mut cursors).await);
-                changed |= self.commit(&mut deliveries, &mut cursors).await?;
-            }
-            Err(e) => note(Err(e)),
-        }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(changed),
-        }
+        Ok(())
     }
 
-    /// The tracked branches: the source's `branches`, else the configured
-    /// default branch, else the repository's, read (conditionally) from
-    /// the API; its cursor joins `cursors` when it changed.
-    async fn branches(&mut self, cursors: &mut Vec<PollCursor>) -> Result<Vec<String>, PollError> {
-        if !self.repo.options.branches.is_empty() {
-            return Ok(self.repo.options.branches.clone());
-        }
-        if let Some(branch) = &self.repo.branch {
-            return Ok(vec![branch.clone()]);
-        }
-        let cursor = self.cursor(self.repo.stream("repository"));
-        let url = format!("{}/repos/{}", self.repo.api_url, self.repo.repo);
-        let default_branch = match self.get(&url, &cursor, "repository", GITHUB_JSON).await? {
-            Fetched::NotModified => cursor.watermark.clone(),
-            Fetched::Changed {
-                body,
-                etag,
-                last_modified,
-                ..
-            } => {
-                let repository: Value = serde_json::from_slice(&body)
-                    .map_err(|e| PollError::Transient(format!("repository: {e}")))?;
-                let branch = repository["default_branch"].as_str().map(str::to_owned);
-                let new_cursor = PollCursor {
-                    etag,
-                    last_modified,
-                    watermark: branch.clone(),
-                    ..cursor.clone()
-                };
-                if new_cursor != cursor {
-                    cursors.push(new_cursor);
-                }
-                branch
-            }
-        };
-        default_branch
-            .map(|b| vec![b])
-            .ok_or_else(|| PollError::Transient("repository: no default_branch".into()))
+    /// The stored state of `stream` as the poll began, or a fresh one.
+    fn cursor(&self, stream: String) -> PollCursor {
+        self.stored.get(&stream).cloned().unwrap_or(PollCursor {
+            stream,
+            ..PollCursor::default()
+        })
     }
 
     /// Records what a stream read (taken from `deliveries` and `cursors`)
-    /// in one transaction; `Ok(false)` when there was nothing.
+    /// with the streams to forget, in one transaction; `Ok(false)` when
+    /// there was nothing.
     async fn commit(
         &mut self,
+        source: &'static str,
         deliveries: &mut Vec<Delivery>,
         cursors: &mut Vec<PollCursor>,
     ) -> Result<bool, PollError> {
@@ -586,531 +590,280 @@ impl GithubPoller {
             .await
             .map_err(|e: StoreError| PollError::Transient(e.to_string()))?;
         for (r, event) in recorded.iter().zip(events) {
-            self.metrics
-                .count_delivery(GitHub.source(), event, r.outcome);
+            self.metrics.count_delivery(source, event, r.outcome);
         }
-        tracing::debug!(repo = %self.repo.repo, stored = recorded.len(), "Poll recorded");
+        tracing::debug!(source, stored = recorded.len(), "Poll recorded");
         Ok(true)
     }
 
-    /// The deployments stream: new deployments (newest first, by `Link`)
-    /// and the statuses of those still followed.
-    async fn deployments(
-        &mut self,
-        deliveries: &mut Vec<Delivery>,
-        cursors: &mut Vec<PollCursor>,
-    ) -> Result<(), PollError> {
-        let cursor = self.cursor(self.repo.stream("deployments"));
-        let mut mark: DeploymentsMark = cursor
-            .watermark
-            .as_deref()
-            .and_then(|w| serde_json::from_str(w).ok())
-            .unwrap_or_default();
-        let mut deployments: BTreeMap<i64, Value> = BTreeMap::new();
-        let mut new_cursor = cursor.clone();
-        let first = format!(
-            "{}/repos/{}/deployments?per_page=100",
-            self.repo.api_url, self.repo.repo
-        );
-        // Page 1 is conditional; newer-first pages are followed through
-        // `rel="next"` until one reaches what was already seen or the
-        // horizon (POLLING.md §6 step 6).
-        let mut next = Some(first);
-        let mut page = 0;
-        let mut max_id = mark.max_id;
-        while let Some(url) = next.take() {
-            let Some((list, link_next)) = self
-                .list_page(&url, page, &cursor, &mut new_cursor, "deployments")
-                .await?
-            else {
-                break;
-            };
-            page += 1;
-            let horizon = self.server_now() - STATUS_HORIZON_SECONDS;
-            let mut reached_seen = list.is_empty();
-            for deployment in list {
-                let Some(id) = deployment["id"].as_i64() else {
-                    continue;
-                };
-                // A time that does not parse is taken as now: followed, not lost.
-                let created =
-                    server_time(&deployment["created_at"]).unwrap_or_else(|| self.server_now());
-                max_id = max_id.max(id);
-                if id <= mark.max_id || created < horizon {
-                    reached_seen = true;
-                } else {
-                    mark.open.insert(id, created);
-                }
-                deployments.insert(id, deployment);
-            }
-            if !reached_seen && page < MAX_PAGES {
-                next = link_next.filter(|u| u.starts_with(&self.repo.api_url));
-            }
-        }
-        mark.max_id = max_id;
-        // Statuses of the deployments still followed, each conditional; one
-        // that passed the horizon is read a last time, then let go.
-        let horizon = self.server_now() - STATUS_HORIZON_SECONDS;
-        let open: Vec<(i64, i64)> = mark.open.iter().map(|(id, c)| (*id, *c)).collect();
-        // Whatever happens below, the statuses state of a deployment that
-        // leaves `open` goes with it.
-        let followed: Vec<i64> = open.iter().map(|(id, _)| *id).collect();
-        for (id, created) in open {
-            let statuses_cursor = self.cursor(self.repo.stream(&format!("statuses|{id}")));
-            let url = format!(
-                "{}/repos/{}/deployments/{id}/statuses?per_page=100",
-                self.repo.api_url, self.repo.repo
-            );
-            let fetched = match self
-                .get(&url, &statuses_cursor, "statuses", GITHUB_JSON)
-                .await
-            {
-                Err(PollError::Gone(_)) => {
-                    // Deleted since: nothing more to follow.
-                    mark.open.remove(&id);
-                    continue;
-                }
-                other => other?,
-            };
-            if created < horizon {
-                mark.open.remove(&id);
-            }
-            let Fetched::Changed {
-                body,
-                etag,
-                last_modified,
-                ..
-            } = fetched
-            else {
-                continue;
-            };
-            let statuses: Vec<Value> = serde_json::from_slice(&body)
-                .map_err(|e| PollError::Transient(format!("statuses: {e}")))?;
-            let deployment = match deployments.get(&id) {
-                Some(d) => d.clone(),
-                None => match self.deployment(id).await {
-                    Err(PollError::Gone(_)) => {
-                        mark.open.remove(&id);
-                        continue;
-                    }
-                    other => other?,
-                },
-            };
-            for status in &statuses {
-                if let Some(delivery) = self.delivery(&deployment, status) {
-                    deliveries.push(delivery);
-                }
-            }
-            let finished = statuses.iter().any(|s| {
-                matches!(
-                    s["state"].as_str(),
-                    Some("success" | "failure" | "error" | "inactive")
-                )
-            });
-            if finished {
-                mark.open.remove(&id);
-            }
-            cursors.push(PollCursor {
-                etag,
-                last_modified,
-                ..statuses_cursor
-            });
-        }
-        for id in followed
-            .into_iter()
-            .filter(|id| !mark.open.contains_key(id))
-        {
-            self.forget
-                .push(self.repo.stream(&format!("statuses|{id}")));
-        }
-        new_cursor.watermark = Some(serde_json::to_string(&mark).unwrap_or_default());
-        if new_cursor != cursor {
-            cursors.push(new_cursor);
-        }
-        Ok(())
+    /// The mean time between `kind` events of `app` over the rolling
+    /// window, from the store (webhook and polled events alike).
+    async fn mean_interval(&self, app: Option<String>, kind: &'static str) -> Option<Duration> {
+        let app = app?;
+        let intervals = self
+            .ledger
+            .event_intervals(
+                Some(app),
+                Some(kind),
+                IntervalWindow::DEFAULT,
+                now_seconds(),
+            )
+            .await
+            .ok()?;
+        intervals
+            .first()
+            .and_then(|i| i.mean_interval_seconds)
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .map(Duration::from_secs_f64)
     }
+}
 
-    /// The incidents stream, one per incident label: issues updated since
-    /// the watermark (less an overlap: an issue updated while the pages
-    /// were read is read again, and counted once), oldest update first.
-    /// An issue yields its creation and, once closed, its resolution,
-    /// mapped by the GitHub plugin's `issues` rules.
-    async fn incidents(
+/// `payload` as a webhook of `event` from `target`'s provider would be
+/// recorded: mapped by its plugin with the target's source options, the
+/// ledger row keeping the event header (`header`: so that it can be
+/// redelivered). The delivery id is derived from `identity`: a fact read
+/// again is a duplicate delivery.
+fn mapped(
+    target: &PollTarget,
+    header: &'static str,
+    event: &'static str,
+    payload: &Value,
+    identity: &[&[u8]],
+) -> Delivery {
+    let plugin = target.provider.plugin();
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        HeaderName::from_static(header),
+        HeaderValue::from_static(event),
+    );
+    let (label, mapping) = plugin.classify(&headers, payload, &target.options);
+    let disposition = match mapping {
+        Ok(mapping) => mapping.into_disposition(),
+        Err(_) => Disposition::Invalid {
+            reason: "invalid_api_object",
+        },
+    };
+    let mut parts: Vec<&[u8]> = vec![b"poll", target.api_url.as_bytes(), target.repo.as_bytes()];
+    parts.extend_from_slice(identity);
+    let prefix = format!("{}.", target.provider.name());
+    Delivery {
+        id: DeliveryId::derived(&parts),
+        source: plugin.source(),
+        event: label,
+        received_at_ms: now_seconds() * 1000,
+        authenticated: true,
+        body: serde_json::to_vec(payload).ok().map(Bytes::from),
+        disposition,
+        headers: Some(json!({header: event, "x-hookgauge-poll": target.api_url}).to_string()),
+        instance: target.source.strip_prefix(&prefix).map(str::to_owned),
+        queued_row: None,
+    }
+}
+
+/// A repository's poller: its streams, each polled on its own.
+pub trait Poller: Send {
+    fn target(&self) -> &PollTarget;
+
+    fn recorder(&self) -> &Recorder;
+
+    fn gate(&self) -> &Arc<TokenGate>;
+
+    /// Polls one stream and records what it read; `Ok(true)` when something
+    /// changed.
+    fn poll_stream(
         &mut self,
-        deliveries: &mut Vec<Delivery>,
-        cursors: &mut Vec<PollCursor>,
-    ) -> Result<(), PollError> {
-        for label in self.repo.options.incident_labels.clone() {
-            let cursor = self.cursor(self.repo.stream(&format!("incidents|{label}")));
-            // The URL stays the same until new data is committed, so that
-            // its ETag keeps answering 304.
-            let since = cursor.watermark.clone().unwrap_or_else(|| {
-                let start = self.server_now() - BOOTSTRAP_SECONDS;
-                rfc3339(start)
-            });
-            let label_param: String = form_urlencoded::byte_serialize(label.as_bytes()).collect();
-            let mut next = Some(format!(
-                "{}/repos/{}/issues?state=all&labels={label_param}&sort=updated&direction=asc&per_page=100&since={since}",
-                self.repo.api_url, self.repo.repo
-            ));
-            let mut new_cursor = cursor.clone();
-            let mut newest: Option<i64> = None;
-            let mut page = 0;
-            while let Some(url) = next.take() {
-                let Some((issues, link_next)) = self
-                    .list_page(&url, page, &cursor, &mut new_cursor, "issues")
-                    .await?
-                else {
-                    break;
-                };
-                page += 1;
-                for issue in issues {
-                    if issue.get("pull_request").is_some() {
-                        continue;
+        stream: Stream,
+    ) -> impl Future<Output = Result<bool, PollError>> + Send;
+
+    /// The shortest wait the provider asked for before the next poll of
+    /// what the last stream read (`X-Poll-Interval`), taken once.
+    fn take_poll_interval_hint(&mut self) -> Option<Duration>;
+
+    /// Every stream once, in order (tests and the benchmark step polls with
+    /// it); the first error is returned after the other streams ran.
+    fn poll_once(&mut self) -> impl Future<Output = Result<bool, PollError>> + Send
+    where
+        Self: Sized,
+    {
+        async move {
+            let mut changed = false;
+            let mut first_error = None;
+            for stream in self.target().provider.streams() {
+                match self.poll_stream(*stream).await {
+                    Ok(c) => changed |= c,
+                    Err(e) => {
+                        first_error.get_or_insert(e);
                     }
-                    if let Some(updated) = server_time(&issue["updated_at"]) {
-                        newest = Some(newest.unwrap_or(i64::MIN).max(updated));
-                    }
-                    deliveries.extend(self.issue_deliveries(&issue));
-                }
-                if page < MAX_PAGES {
-                    next = link_next.filter(|u| u.starts_with(&self.repo.api_url));
                 }
             }
-            if let Some(newest) = newest {
-                // Server timestamps only (POLLING.md §6 step 11). A new
-                // `since` is a new URL: its validators start afresh.
-                let watermark = rfc3339(newest - OVERLAP_SECONDS);
-                if Some(&watermark) != cursor.watermark.as_ref() {
-                    new_cursor.watermark = Some(watermark);
-                    new_cursor.etag = None;
-                    new_cursor.last_modified = None;
-                }
-            } else if cursor.watermark.is_none() {
-                new_cursor.watermark = Some(since);
-            }
-            if new_cursor != cursor {
-                cursors.push(new_cursor);
+            match first_error {
+                Some(e) => Err(e),
+                None => Ok(changed),
             }
         }
-        Ok(())
     }
+}
 
-    /// An incident issue's creation and, when closed, its resolution, as
-    /// `issues` webhooks (`opened`, `closed`) would carry them.
-    fn issue_deliveries(&self, issue: &Value) -> Vec<Delivery> {
-        let number = issue["number"].as_i64().unwrap_or_default().to_string();
-        let mut out = Vec::new();
-        let closed = issue["state"].as_str() == Some("closed");
-        for (action, at) in [("opened", "created_at"), ("closed", "closed_at")] {
-            if action == "closed" && !closed {
-                continue;
-            }
-            let when = issue[at].as_str().unwrap_or_default();
-            let payload = json!({
-                "action": action,
-                "issue": issue,
-                "repository": {"full_name": self.repo.repo},
-            });
-            out.push(self.mapped(
-                "issues",
-                &payload,
-                &[
-                    b"issue",
-                    number.as_bytes(),
-                    action.as_bytes(),
-                    when.as_bytes(),
-                ],
-            ));
-        }
-        out
-    }
+/// One stream's place in its repository's schedule.
+struct Slot {
+    stream: Stream,
+    interval: Duration,
+    due: tokio::time::Instant,
+    /// The provider's last `X-Poll-Interval` for it.
+    hint: Option<Duration>,
+}
 
-    /// Page `page` of a JSON list: page 0 conditional on `cursor`'s
-    /// validators, which `new_cursor` then takes from the answer. `None` on
-    /// a 304; else the items and the `rel="next"` URL.
-    async fn list_page(
-        &mut self,
-        url: &str,
-        page: usize,
-        cursor: &PollCursor,
-        new_cursor: &mut PollCursor,
-        endpoint: &'static str,
-    ) -> Result<Option<(Vec<Value>, Option<String>)>, PollError> {
-        let validators = if page == 0 {
-            cursor.clone()
-        } else {
-            PollCursor::default()
+/// Polls `poller`'s streams until the task is aborted, the first after
+/// `start` (spreading repositories over one interval, POLLING.md §6 step
+/// 1). After a change a stream waits a quarter of its mean time between
+/// events (5 min while fewer than two are known), after an unchanged poll
+/// 1.5× its last wait, always within `[floor, max]` with ±10 % jitter,
+/// where the floor is the configured interval, the provider's
+/// `X-Poll-Interval` and, where every request is paid, the repository's
+/// share of the budget. Rate limits hold every stream of the repository
+/// until the reset; failures back off with full jitter and after
+/// [`DEGRADED_AFTER`] in a row the repository is degraded.
+pub async fn run<P: Poller>(mut poller: P, start: Duration) {
+    let target = poller.target().clone();
+    let repo = target.repo.as_str();
+    let metrics = Arc::clone(&poller.recorder().metrics);
+    let app = target.app();
+    let now = tokio::time::Instant::now();
+    let mut slots = Vec::new();
+    for stream in target.provider.streams() {
+        let mean = match stream.event_kind() {
+            Some(kind) => poller.recorder().mean_interval(app.clone(), kind).await,
+            None => None,
         };
-        let Fetched::Changed {
-            body,
-            etag,
-            last_modified,
-            next,
-        } = self.get(url, &validators, endpoint, GITHUB_JSON).await?
-        else {
-            return Ok(None);
-        };
-        if page == 0 {
-            new_cursor.etag = etag;
-            new_cursor.last_modified = last_modified;
-        }
-        let items: Vec<Value> = serde_json::from_slice(&body)
-            .map_err(|e| PollError::Transient(format!("{endpoint}: {e}")))?;
-        Ok(Some((items, next)))
-    }
-
-    /// The stored state of `stream` as the poll began, or a fresh one.
-    fn cursor(&self, stream: String) -> PollCursor {
-        self.stored.get(&stream).cloned().unwrap_or(PollCursor {
-            stream,
-            ..PollCursor::default()
-        })
-    }
-
-    /// Now on the server's clock, as its last `Date` header told it.
-    fn server_now(&self) -> i64 {
-        now_seconds() + self.skew
-    }
-
-    /// One deployment, for a status whose deployment left the first page.
-    async fn deployment(&mut self, id: i64) -> Result<Value, PollError> {
-        let url = format!(
-            "{}/repos/{}/deployments/{id}",
-            self.repo.api_url, self.repo.repo
-        );
-        match self
-            .get(&url, &PollCursor::default(), "deployment", GITHUB_JSON)
-            .await?
-        {
-            Fetched::Changed { body, .. } => serde_json::from_slice(&body)
-                .map_err(|e| PollError::Transient(format!("deployment: {e}"))),
-            Fetched::NotModified => Err(PollError::Transient("unexpected 304".into())),
-        }
-    }
-
-    /// A status as the ledger records it: the payload a `deployment_status`
-    /// webhook would carry, mapped by the GitHub plugin. `None` for a
-    /// status that maps to nothing worth a ledger row (not a success).
-    fn delivery(&self, deployment: &Value, status: &Value) -> Option<Delivery> {
-        if status["state"].as_str() != Some("success") {
-            return None;
-        }
-        let payload = json!({
-            "action": "created",
-            "deployment_status": status,
-            "deployment": deployment,
-            "repository": {"full_name": self.repo.repo},
+        slots.push(Slot {
+            stream: *stream,
+            interval: mean.map_or(QUIET_START, |g| g.mul_f64(ALPHA)),
+            due: now + start,
+            hint: None,
         });
-        let status_id = status["id"].as_i64().unwrap_or_default().to_string();
-        Some(self.mapped(
-            "deployment_status",
-            &payload,
-            &[b"status", status_id.as_bytes()],
-        ))
     }
-
-    /// `payload` as a webhook of `event` would be recorded: mapped by the
-    /// GitHub plugin with this repository's source options, its ledger row
-    /// keeping the event header (so that it can be redelivered). The
-    /// delivery id is derived from `identity`: a fact read again is a
-    /// duplicate delivery.
-    fn mapped(&self, event: &'static str, payload: &Value, identity: &[&[u8]]) -> Delivery {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            HeaderName::from_static("x-github-event"),
-            HeaderValue::from_static(event),
-        );
-        let (label, mapping) = GitHub.classify(&headers, payload, &self.repo.options);
-        let disposition = match mapping {
-            Ok(mapping) => mapping.into_disposition(),
-            Err(_) => Disposition::Invalid {
-                reason: "invalid_api_object",
-            },
+    let mut failures = 0u32;
+    let mut limited = 0u32;
+    let degraded = metrics.poll_degraded.with_label_values(&[repo]);
+    let backoff_gauge = metrics.poll_backoff.with_label_values(&[repo]);
+    loop {
+        let Some(slot) = slots.iter_mut().min_by_key(|s| s.due) else {
+            return;
         };
-        let mut parts: Vec<&[u8]> = vec![
-            b"poll",
-            self.repo.api_url.as_bytes(),
-            self.repo.repo.as_bytes(),
-        ];
-        parts.extend_from_slice(identity);
-        Delivery {
-            id: DeliveryId::derived(&parts),
-            source: GitHub.source(),
-            event: label,
-            received_at_ms: now_seconds() * 1000,
-            authenticated: true,
-            body: serde_json::to_vec(payload).ok().map(Bytes::from),
-            disposition,
-            headers: Some(
-                json!({"x-github-event": event, "x-hookgauge-poll": self.repo.api_url}).to_string(),
-            ),
-            instance: self.repo.source.strip_prefix("github.").map(str::to_owned),
-            queued_row: None,
+        tokio::time::sleep_until(slot.due).await;
+        let stream = slot.stream;
+        let outcome = poller.poll_stream(stream).await;
+        if let Some(hint) = poller.take_poll_interval_hint() {
+            slot.hint = Some(hint);
         }
-    }
-
-    /// A conditional GET; refusals classified per POLLING.md §1.3.
-    async fn get(
-        &mut self,
-        url: &str,
-        cursor: &PollCursor,
-        endpoint: &'static str,
-        accept: &str,
-    ) -> Result<Fetched, PollError> {
-        // Held until the answer is read: one request in flight per token,
-        // and what another repository learnt of the quota counts here.
-        let gate = Arc::clone(&self.gate);
-        let mut shared = gate.quota.lock().await;
-        self.quota = *shared;
-        let now = now_seconds();
-        if let (Some(limit), Some(remaining), Some(reset)) =
-            (self.quota.limit, self.quota.remaining, self.quota.reset)
-        {
-            if reset > now && (remaining as f64) <= limit as f64 * RESERVE_SHARE {
-                return Err(PollError::RateLimited { until: reset + 1 });
+        let now = tokio::time::Instant::now();
+        let max = match stream {
+            Stream::PullRequests => target.max_interval.max(REVIEW_MAX_INTERVAL),
+            _ => target.max_interval,
+        };
+        let floor = [
+            target.interval,
+            slot.hint.unwrap_or_default(),
+            budget_floor(&target, poller.gate()).await,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(target.interval)
+        .min(max);
+        match outcome {
+            Ok(changed) => {
+                failures = 0;
+                limited = 0;
+                degraded.set(0);
+                backoff_gauge.set(0.0);
+                metrics
+                    .poll_last_success
+                    .with_label_values(&[repo])
+                    .set(now_seconds() as f64);
+                let mean = match (changed, stream.event_kind()) {
+                    (true, Some(kind)) => poller.recorder().mean_interval(app.clone(), kind).await,
+                    _ => None,
+                };
+                if let Some(mean) = mean {
+                    poller.gate().set_weight(repo, mean).await;
+                }
+                slot.interval = match (changed, mean) {
+                    (true, Some(g)) => g.mul_f64(ALPHA),
+                    (true, None) => target.interval,
+                    (false, _) => slot.interval.mul_f64(1.5),
+                }
+                .clamp(floor, max);
+                slot.due = now + jitter(slot.interval, 0.1);
             }
-        }
-        let mut request = self
-            .client
-            .get(url)
-            .bearer_auth(String::from_utf8_lossy(self.repo.token.expose()))
-            .header("Accept", accept)
-            .header("X-GitHub-Api-Version", API_VERSION);
-        if let Some(etag) = &cursor.etag {
-            request = request.header("If-None-Match", etag);
-        }
-        if let Some(modified) = &cursor.last_modified {
-            request = request.header("If-Modified-Since", modified);
-        }
-        let response = request.send().await;
-        let status_label = |code: &str| {
-            self.metrics
-                .poll_requests
-                .with_label_values(&[&self.repo.repo, endpoint, code])
-                .inc();
-        };
-        let response = match response {
-            Ok(r) => r,
-            Err(error) => {
-                status_label("error");
-                // The error text may carry the URL, never the token.
-                return Err(PollError::Transient(error.without_url().to_string()));
-            }
-        };
-        let status = response.status();
-        status_label(status.as_str());
-        self.read_quota(response.headers());
-        *shared = self.quota;
-        let header = |name: &str| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        match status.as_u16() {
-            304 => Ok(Fetched::NotModified),
-            200 => {
-                let etag = header("etag");
-                let last_modified = header("last-modified");
-                let next = header("link").as_deref().and_then(next_link);
-                let body = response
-                    .bytes()
-                    .await
-                    .map_err(|e| PollError::Transient(e.without_url().to_string()))?;
-                Ok(Fetched::Changed {
-                    body,
-                    etag,
-                    last_modified,
-                    next,
-                })
-            }
-            403 | 429 => {
-                let retry_after = header("retry-after").and_then(|v| v.trim().parse::<i64>().ok());
-                let body = response.text().await.unwrap_or_default();
-                let primary = self.quota.remaining == Some(0);
-                let secondary = body.contains("secondary rate limit")
-                    || body.contains("secondary-rate-limits")
-                    || body.contains("abuse");
-                if let Some(seconds) = retry_after {
-                    Err(PollError::RateLimited {
-                        until: now + seconds.max(1),
-                    })
-                } else if primary {
-                    Err(PollError::RateLimited {
-                        until: self.quota.reset.unwrap_or(now + 60) + 1,
-                    })
-                } else if secondary || status.as_u16() == 429 {
-                    Err(PollError::RateLimited { until: now + 60 })
+            Err(PollError::RateLimited { until }) => {
+                // Until the reset; an answer that keeps refusing past it
+                // backs off, and after five the repository is degraded.
+                limited += 1;
+                let floor = if limited > 1 {
+                    backoff(limited).as_secs()
                 } else {
-                    Err(PollError::Refused(format!(
-                        "{endpoint}: 403 (permission, SSO or a blocked token)"
-                    )))
+                    1
+                };
+                let mut seconds = ((until - now_seconds()).max(0) as u64)
+                    .max(floor)
+                    .clamp(1, 65 * 60);
+                if limited >= DEGRADED_AFTER {
+                    degraded.set(1);
+                    seconds = seconds.max(max.as_secs());
+                }
+                tracing::warn!(repo, seconds, "Rate limited: waiting for the reset");
+                backoff_gauge.set(seconds as f64);
+                let until = now + Duration::from_secs(seconds);
+                for slot in &mut slots {
+                    slot.due = slot.due.max(until);
                 }
             }
-            401 => {
-                // A rotated Secret: read the token again and retry soon.
-                match self
-                    .repo
-                    .token_source
-                    .read(&|name| std::env::var(name).ok())
-                {
-                    Ok(token) if token.as_bytes() != self.repo.token.expose() => {
-                        self.repo.token = Secret::new(token);
-                        Err(PollError::Transient(format!(
-                            "{endpoint}: 401; the token changed and is used from now on"
-                        )))
-                    }
-                    _ => Err(PollError::Refused(format!(
-                        "{endpoint}: 401: the token is wrong or expired"
-                    ))),
+            Err(PollError::Transient(error)) => {
+                failures += 1;
+                let mut wait = backoff(failures).mul_f64(rand_unit());
+                if failures >= DEGRADED_AFTER {
+                    degraded.set(1);
+                    wait = wait.max(max);
                 }
+                tracing::warn!(
+                    repo,
+                    stream = stream.name(),
+                    failures,
+                    error,
+                    "Poll failed; backing off"
+                );
+                backoff_gauge.set(wait.as_secs_f64());
+                slot.due = now + wait;
             }
-            404 | 410 => Err(PollError::Gone(format!(
-                "{endpoint}: {status}: no such repository or deployment, or the token cannot see it"
-            ))),
-            code if status.is_server_error() => {
-                Err(PollError::Transient(format!("{endpoint}: {code}")))
+            Err(PollError::Refused(error) | PollError::Gone(error)) => {
+                tracing::error!(
+                    repo,
+                    stream = stream.name(),
+                    error,
+                    "Poll refused; retrying at the longest interval"
+                );
+                slot.due = now + max;
             }
-            code => Err(PollError::Refused(format!("{endpoint}: unexpected {code}"))),
         }
     }
+}
 
-    /// Takes the quota from the `x-ratelimit-*` headers; the reset is moved
-    /// to the local clock with the server's `Date` (POLLING.md §6 step 11).
-    fn read_quota(&mut self, headers: &reqwest::header::HeaderMap) {
-        let number = |name: &str| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<i64>().ok())
-        };
-        let skew = headers
-            .get("date")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|d| chrono::DateTime::parse_from_rfc2822(d).ok())
-            .map(|d| d.timestamp() - now_seconds())
-            .unwrap_or(self.skew);
-        self.skew = skew;
-        if let Some(limit) = number("x-ratelimit-limit") {
-            self.quota.limit = Some(limit.max(0) as u64);
-        }
-        if let Some(remaining) = number("x-ratelimit-remaining") {
-            self.quota.remaining = Some(remaining.max(0) as u64);
-            self.metrics
-                .poll_quota_remaining
-                .with_label_values(&[&self.repo.repo])
-                .set(remaining as f64);
-        }
-        if let Some(reset) = number("x-ratelimit-reset") {
-            self.quota.reset = Some(reset - skew);
-            self.metrics
-                .poll_quota_reset
-                .with_label_values(&[&self.repo.repo])
-                .set((reset - skew) as f64);
-        }
+/// Where every request is paid, the shortest interval that keeps a
+/// repository within its share of the budget: one request per stream per
+/// interval (POLLING.md §6 step 8).
+async fn budget_floor(target: &PollTarget, gate: &TokenGate) -> Duration {
+    if target.provider.free_not_modified() {
+        return Duration::ZERO;
     }
+    let streams = target.provider.streams().len() as f64;
+    match gate.allowance(&target.repo).await {
+        Some(per_hour) if per_hour > 0.0 => Duration::from_secs_f64(3600.0 * streams / per_hour),
+        _ => Duration::ZERO,
+    }
+}
+
+fn now_seconds() -> i64 {
+    crate::store::now_seconds()
 }
 
 /// An RFC 3339 timestamp of an API object as epoch seconds.
@@ -1121,7 +874,7 @@ fn server_time(value: &Value) -> Option<i64> {
         .map(|t| t.timestamp())
 }
 
-/// Epoch seconds as the RFC 3339 UTC text GitHub's `since` takes.
+/// Epoch seconds as RFC 3339 UTC text, as `since` parameters take it.
 fn rfc3339(epoch: i64) -> String {
     chrono::DateTime::from_timestamp(epoch, 0)
         .unwrap_or_default()
@@ -1150,4 +903,27 @@ fn rand_unit() -> f64 {
         .unwrap_or(0);
     let mixed = (u64::from(nanos)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
     mixed as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_two_seconds_to_fifteen_minutes() {
+        assert_eq!(backoff(1), Duration::from_secs(2));
+        assert_eq!(backoff(2), Duration::from_secs(4));
+        assert_eq!(backoff(5), Duration::from_secs(32));
+        assert_eq!(backoff(30), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn branch_names_follow_git_rules() {
+        for good in ["main", "release/1.2", "feature_x-y"] {
+            assert!(valid_branch(good), "{good}");
+        }
+        for bad in ["", "-x", "a..b", "a b", "a~1", "a:b", "x/", "a//b", "x."] {
+            assert!(!valid_branch(bad), "{bad}");
+        }
+    }
 }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{
-    rfc3339, server_time, Fetched, GithubPoller, PollError, BOOTSTRAP_SECONDS, GITHUB_JSON,
+    mapped, rfc3339, server_time, Fetched, GithubPoller, PollError, BOOTSTRAP_SECONDS, GITHUB_JSON,
     MAX_PAGES, OVERLAP_SECONDS,
 };
 use crate::ledger::Delivery;
@@ -36,19 +36,18 @@ impl GithubPoller {
         deliveries: &mut Vec<Delivery>,
         cursors: &mut Vec<PollCursor>,
     ) -> Result<(), PollError> {
-        let cursor = self.cursor(self.repo.stream(&format!("head|{branch}")));
+        let cursor = self
+            .rec
+            .cursor(self.target.stream(&format!("head|{branch}")));
         let mark: Option<HeadMark> = cursor
             .watermark
             .as_deref()
             .and_then(|w| serde_json::from_str(w).ok());
         let branch_path: String = form_urlencoded::byte_serialize(branch.as_bytes()).collect();
-        let url = format!(
-            "{}/repos/{}/commits/{branch_path}",
-            self.repo.api_url, self.repo.repo
-        );
-        let head = match self.get(&url, &cursor, "branch_head", GITHUB_SHA).await {
+        let url = format!("{}/commits/{branch_path}", self.base);
+        let head = match self.api.get(&url, &cursor, "branch_head", GITHUB_SHA).await {
             Err(PollError::Gone(_)) => {
-                tracing::warn!(repo = %self.repo.repo, branch, "Tracked branch not found; its commits are not polled");
+                tracing::warn!(repo = %self.target.repo, branch, "Tracked branch not found; its commits are not polled");
                 return Ok(());
             }
             other => other?,
@@ -75,7 +74,7 @@ impl GithubPoller {
                 other => other?,
             },
             None => {
-                let since = self.server_now() - BOOTSTRAP_SECONDS;
+                let since = self.api.server_now() - BOOTSTRAP_SECONDS;
                 self.listed(branch, &branch_path, since).await?
             }
         };
@@ -84,7 +83,7 @@ impl GithubPoller {
             .filter_map(|c| server_time(&c["commit"]["committer"]["date"]))
             .max()
             .or(mark.as_ref().map(|m| m.at))
-            .unwrap_or_else(|| self.server_now());
+            .unwrap_or_else(|| self.api.server_now());
         for chunk in commits.chunks(100) {
             deliveries.push(self.push_delivery(branch, &sha, chunk));
         }
@@ -100,16 +99,14 @@ impl GithubPoller {
 
     /// The commits reachable from `new` and not from `old`, oldest first.
     async fn compare(&mut self, old: &str, new: &str) -> Result<Vec<Value>, PollError> {
-        let mut next = Some(format!(
-            "{}/repos/{}/compare/{old}...{new}?per_page=100",
-            self.repo.api_url, self.repo.repo
-        ));
+        let mut next = Some(format!("{}/compare/{old}...{new}?per_page=100", self.base));
         let mut commits = Vec::new();
         let mut pages = 0;
         while let Some(url) = next.take() {
             let Fetched::Changed {
                 body, next: link, ..
             } = self
+                .api
                 .get(&url, &PollCursor::default(), "compare", GITHUB_JSON)
                 .await?
             else {
@@ -120,7 +117,7 @@ impl GithubPoller {
                 .map_err(|e| PollError::Transient(format!("compare: {e}")))?;
             commits.extend(page["commits"].as_array().cloned().unwrap_or_default());
             if pages < MAX_PAGES {
-                next = link.filter(|u| u.starts_with(&self.repo.api_url));
+                next = link.filter(|u| u.starts_with(&self.target.api_url));
             }
         }
         Ok(commits)
@@ -135,9 +132,8 @@ impl GithubPoller {
         since: i64,
     ) -> Result<Vec<Value>, PollError> {
         let mut next = Some(format!(
-            "{}/repos/{}/commits?sha={branch_path}&since={}&per_page=100",
-            self.repo.api_url,
-            self.repo.repo,
+            "{}/commits?sha={branch_path}&since={}&per_page=100",
+            self.base,
             rfc3339(since)
         ));
         let none = PollCursor::default();
@@ -146,7 +142,8 @@ impl GithubPoller {
         while let Some(url) = next.take() {
             let mut ignored = PollCursor::default();
             let Some((items, link)) = self
-                .list_page(&url, page, &none, &mut ignored, "commits")
+                .api
+                .list_page(&url, page, &none, &mut ignored, "commits", GITHUB_JSON)
                 .await?
             else {
                 break;
@@ -154,9 +151,9 @@ impl GithubPoller {
             page += 1;
             commits.extend(items);
             if page < MAX_PAGES {
-                next = link.filter(|u| u.starts_with(&self.repo.api_url));
+                next = link.filter(|u| u.starts_with(&self.target.api_url));
             } else if next.is_none() && link.is_some() {
-                tracing::warn!(repo = %self.repo.repo, branch, pages = MAX_PAGES, "Branch history longer than the pages read; older commits are not recorded");
+                tracing::warn!(repo = %self.target.repo, branch, pages = MAX_PAGES, "Branch history longer than the pages read; older commits are not recorded");
             }
         }
         commits.reverse();
@@ -182,14 +179,16 @@ impl GithubPoller {
             "ref": format!("refs/heads/{branch}"),
             "after": after,
             "commits": items,
-            "repository": {"full_name": self.repo.repo, "default_branch": branch},
+            "repository": {"full_name": self.target.repo, "default_branch": branch},
         });
         let first = commits
             .first()
             .and_then(|c| c["sha"].as_str())
             .unwrap_or("");
         let last = commits.last().and_then(|c| c["sha"].as_str()).unwrap_or("");
-        self.mapped(
+        mapped(
+            &self.target,
+            "x-github-event",
             "push",
             &payload,
             &[

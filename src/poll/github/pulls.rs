@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{server_time, GithubPoller, PollError, MAX_PAGES};
+use super::{server_time, GithubPoller, PollError, GITHUB_JSON, MAX_PAGES};
 use crate::store::PollCursor;
 
 /// How often the reviews of a waiting pull request are read although its
@@ -82,7 +82,7 @@ impl GithubPoller {
         branches: &[String],
         cursors: &mut Vec<PollCursor>,
     ) -> Result<(), PollError> {
-        let cursor = self.cursor(self.repo.stream("pulls"));
+        let cursor = self.rec.cursor(self.target.stream("pulls"));
         let mut mark: PullsMark = cursor
             .watermark
             .as_deref()
@@ -98,14 +98,15 @@ impl GithubPoller {
             _ => String::new(),
         };
         let mut next = Some(format!(
-            "{}/repos/{}/pulls?state=open{base}&sort=updated&direction=desc&per_page=100",
-            self.repo.api_url, self.repo.repo
+            "{}/pulls?state=open{base}&sort=updated&direction=desc&per_page=100",
+            self.base
         ));
         let mut listed: Option<Vec<Value>> = None;
         let mut page = 0;
         while let Some(url) = next.take() {
             let Some((items, link_next)) = self
-                .list_page(&url, page, &cursor, &mut new_cursor, "pulls")
+                .api
+                .list_page(&url, page, &cursor, &mut new_cursor, "pulls", GITHUB_JSON)
                 .await?
             else {
                 break;
@@ -113,10 +114,10 @@ impl GithubPoller {
             page += 1;
             listed.get_or_insert_with(Vec::new).extend(items);
             if page < MAX_PAGES {
-                next = link_next.filter(|u| u.starts_with(&self.repo.api_url));
+                next = link_next.filter(|u| u.starts_with(&self.target.api_url));
             }
         }
-        let now = self.server_now();
+        let now = self.api.server_now();
         let mut open = BTreeMap::new();
         let mut review = Vec::new();
         match listed {
@@ -187,13 +188,14 @@ impl GithubPoller {
             state.checked_at = now;
         }
         for number in mark.open.keys().filter(|n| !open.contains_key(n)) {
-            self.forget
-                .push(self.repo.stream(&format!("reviews|{number}")));
+            self.rec
+                .forget
+                .push(self.target.stream(&format!("reviews|{number}")));
         }
         mark.open = open;
-        let skew = self.skew;
-        self.metrics.review_waits.set(
-            &self.repo.repo,
+        let skew = self.api.skew();
+        self.rec.metrics.review_waits.set(
+            &self.target.repo,
             mark.waiting()
                 .into_iter()
                 .map(|(n, since)| (n, since - skew))
@@ -210,8 +212,8 @@ impl GithubPoller {
     /// `ready_for_review` of its timeline, else its creation.
     async fn ready_at(&mut self, number: u64, created: i64) -> Result<i64, PollError> {
         let mut next = Some(format!(
-            "{}/repos/{}/issues/{number}/timeline?per_page=100",
-            self.repo.api_url, self.repo.repo
+            "{}/issues/{number}/timeline?per_page=100",
+            self.base
         ));
         let mut ready = created;
         let mut page = 0;
@@ -219,7 +221,8 @@ impl GithubPoller {
         while let Some(url) = next.take() {
             let mut ignored = PollCursor::default();
             let Some((events, link_next)) = self
-                .list_page(&url, page, &none, &mut ignored, "timeline")
+                .api
+                .list_page(&url, page, &none, &mut ignored, "timeline", GITHUB_JSON)
                 .await?
             else {
                 break;
@@ -233,7 +236,7 @@ impl GithubPoller {
                 }
             }
             if page < MAX_PAGES {
-                next = link_next.filter(|u| u.starts_with(&self.repo.api_url));
+                next = link_next.filter(|u| u.starts_with(&self.target.api_url));
             }
         }
         Ok(ready)
@@ -248,18 +251,18 @@ impl GithubPoller {
         since: i64,
         cursors: &mut Vec<PollCursor>,
     ) -> Result<Option<bool>, PollError> {
-        let cursor = self.cursor(self.repo.stream(&format!("reviews|{number}")));
-        let url = format!(
-            "{}/repos/{}/pulls/{number}/reviews?per_page=100",
-            self.repo.api_url, self.repo.repo
-        );
+        let cursor = self
+            .rec
+            .cursor(self.target.stream(&format!("reviews|{number}")));
+        let url = format!("{}/pulls/{number}/reviews?per_page=100", self.base);
         let mut new_cursor = cursor.clone();
         let mut next = Some(url);
         let mut page = 0;
         let mut all = None;
         while let Some(url) = next.take() {
             let Some((items, link_next)) = self
-                .list_page(&url, page, &cursor, &mut new_cursor, "reviews")
+                .api
+                .list_page(&url, page, &cursor, &mut new_cursor, "reviews", GITHUB_JSON)
                 .await?
             else {
                 break;
@@ -267,7 +270,7 @@ impl GithubPoller {
             page += 1;
             all.get_or_insert_with(Vec::new).extend(items);
             if page < MAX_PAGES {
-                next = link_next.filter(|u| u.starts_with(&self.repo.api_url));
+                next = link_next.filter(|u| u.starts_with(&self.target.api_url));
             }
         }
         let Some(all) = all else {

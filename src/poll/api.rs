@@ -1,0 +1,574 @@
+//! Requests to a provider's REST API: conditional GETs, rate-limit headers
+//! and refusals read per provider (POLLING.md §1.3, §2, §3), and the gate
+//! that repositories polled with one token share.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use super::{now_seconds, PollError, PollTarget, Provider};
+use crate::metrics::Metrics;
+use crate::signature::Secret;
+use crate::store::PollCursor;
+
+/// GitHub's pinned API version (POLLING.md §1).
+const GITHUB_API_VERSION: &str = "2022-11-28";
+/// Time allowed for one answer (POLLING.md §6 step 4).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Below this share of the quota left, no request is sent until the reset.
+const RESERVE_SHARE: f64 = 0.05;
+/// At most this many requests per second per token (POLLING.md §1.2).
+const MIN_SPACING: Duration = Duration::from_millis(100);
+/// A paid request that would have to wait longer than this for its turn
+/// in the budget is refused locally instead (the gate is not held that long).
+const MAX_BUDGET_WAIT: Duration = Duration::from_secs(60);
+/// The weight of a repository whose event rate is unknown: one event a day.
+const DEFAULT_MEAN: Duration = Duration::from_secs(86_400);
+
+/// One conditional GET's answer.
+pub enum Fetched {
+    NotModified,
+    Changed {
+        body: Bytes,
+        etag: Option<String>,
+        last_modified: Option<String>,
+        /// The `rel="next"` URL of the `Link` header, verbatim.
+        next: Option<String>,
+    },
+}
+
+/// The `rel="next"` target of a `Link` header.
+pub fn next_link(link: &str) -> Option<String> {
+    link.split(',').find_map(|part| {
+        let (target, params) = part.split_once(';')?;
+        params
+            .split(';')
+            .any(|p| p.trim() == "rel=\"next\"")
+            .then(|| {
+                target
+                    .trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_owned()
+            })
+    })
+}
+
+/// The quota as the last response told it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Quota {
+    limit: Option<u64>,
+    remaining: Option<u64>,
+    /// Epoch seconds, local clock (converted with the server's `Date`).
+    reset: Option<i64>,
+}
+
+/// One repository's part of its token's budget.
+#[derive(Debug, Clone, Copy)]
+struct Share {
+    /// Paid requests in the current window.
+    paid: u64,
+    /// `1 / g`, g the mean time between its events (seconds).
+    weight: f64,
+}
+
+/// What the repositories polled with one token share.
+struct GateState {
+    quota: Quota,
+    /// The window this service's paid requests are counted in: the
+    /// provider's (its reset) or, without one, an hour of its own.
+    window_start: i64,
+    window_end: i64,
+    paid: u64,
+    shares: BTreeMap<String, Share>,
+    last_sent: Option<tokio::time::Instant>,
+    last_paid: Option<tokio::time::Instant>,
+    /// The token's hourly quota when the provider does not say.
+    configured: Option<u64>,
+    /// `f` of POLLING.md §6 step 8.
+    max_share: f64,
+}
+
+impl GateState {
+    /// Starts a new window once the current one has passed.
+    fn roll(&mut self, now: i64) {
+        if now < self.window_end {
+            return;
+        }
+        let end = match self.quota.reset {
+            Some(reset) if reset > now && reset <= now + 3600 => reset,
+            _ => now + 3600,
+        };
+        self.window_start = now;
+        self.window_end = end;
+        self.paid = 0;
+        for share in self.shares.values_mut() {
+            share.paid = 0;
+        }
+    }
+
+    /// The quota of the window: from the provider, else configured
+    /// (hourly, scaled to the window).
+    fn limit(&self) -> Option<f64> {
+        self.quota.limit.map(|l| l as f64).or_else(|| {
+            let seconds = (self.window_end - self.window_start).max(1) as f64;
+            self.configured.map(|c| c as f64 * seconds / 3600.0)
+        })
+    }
+
+    /// `A = f × L` for the window.
+    fn allowance(&self) -> Option<f64> {
+        self.limit().map(|l| (l * self.max_share).max(1.0))
+    }
+
+    /// `repo`'s part of `A`: half split equally, half by event rate, so that
+    /// together they never pass `A` and quiet repositories still get polled.
+    fn repo_allowance(&self, repo: &str) -> Option<f64> {
+        let a = self.allowance()?;
+        let n = self.shares.len().max(1) as f64;
+        let total: f64 = self.shares.values().map(|s| s.weight).sum();
+        let weight = self.shares.get(repo).map_or(0.0, |s| s.weight);
+        let by_rate = if total > 0.0 { weight / total } else { 1.0 / n };
+        Some((a / (2.0 * n) + a / 2.0 * by_rate).max(1.0))
+    }
+}
+
+/// The gate of one token on one API: one request in flight (POLLING.md
+/// §1.2), the quota as the last answer to any of its repositories gave it,
+/// and the budget: this service spends at most `max_quota_share` of each
+/// window's quota, split across the repositories, and stops at 5 % left.
+pub struct TokenGate {
+    state: tokio::sync::Mutex<GateState>,
+}
+
+impl TokenGate {
+    fn new(configured: Option<u64>, max_share: f64) -> TokenGate {
+        TokenGate {
+            state: tokio::sync::Mutex::new(GateState {
+                quota: Quota::default(),
+                window_start: 0,
+                window_end: 0,
+                paid: 0,
+                shares: BTreeMap::new(),
+                last_sent: None,
+                last_paid: None,
+                configured,
+                max_share,
+            }),
+        }
+    }
+
+    /// Weighs `repo` by `mean`, the mean time between its events.
+    pub async fn set_weight(&self, repo: &str, mean: Duration) {
+        let mut state = self.state.lock().await;
+        if let Some(share) = state.shares.get_mut(repo) {
+            share.weight = 1.0 / mean.as_secs_f64().max(1.0);
+        }
+    }
+
+    /// `repo`'s budget per hour, when the quota is known.
+    pub async fn allowance(&self, repo: &str) -> Option<f64> {
+        let state = self.state.lock().await;
+        let seconds = (state.window_end - state.window_start).max(1) as f64;
+        state
+            .repo_allowance(repo)
+            .map(|a| a * 3600.0 / seconds.min(3600.0))
+    }
+}
+
+/// One gate per target, the same gate for targets that share an API and a
+/// token.
+pub fn token_gates(targets: &[PollTarget]) -> Vec<Arc<TokenGate>> {
+    let same_token = |a: &PollTarget, b: &PollTarget| {
+        a.api_url == b.api_url && a.token.expose() == b.token.expose()
+    };
+    let mut gates: Vec<Arc<TokenGate>> = Vec::with_capacity(targets.len());
+    for (i, target) in targets.iter().enumerate() {
+        let shared = targets[..i]
+            .iter()
+            .position(|earlier| same_token(earlier, target));
+        let gate = match shared {
+            Some(j) => Arc::clone(&gates[j]),
+            None => Arc::new(TokenGate::new(
+                target.quota_per_hour,
+                target.max_quota_share,
+            )),
+        };
+        gate.state
+            .try_lock()
+            .expect("a new gate is not locked")
+            .shares
+            .insert(
+                target.repo.clone(),
+                Share {
+                    paid: 0,
+                    weight: 1.0 / DEFAULT_MEAN.as_secs_f64(),
+                },
+            );
+        gates.push(gate);
+    }
+    gates
+}
+
+/// A repository's view of its provider's API.
+pub struct Api {
+    provider: Provider,
+    client: reqwest::Client,
+    repo: String,
+    token: Secret,
+    token_source: super::TokenSource,
+    metrics: Arc<Metrics>,
+    gate: Arc<TokenGate>,
+    /// Server clock minus local clock, from the last `Date` header.
+    skew: i64,
+    /// The longest `X-Poll-Interval` seen since it was last taken.
+    hint: Option<Duration>,
+    /// Where the request in flight was moved permanently (301), if it was,
+    /// as the redirect policy saw it …
+    moved: Arc<Mutex<Option<reqwest::Url>>>,
+    /// … and the last answered request's.
+    last_moved: Option<reqwest::Url>,
+}
+
+impl Api {
+    pub fn new(target: &PollTarget, gate: Arc<TokenGate>, metrics: Arc<Metrics>) -> Api {
+        let moved: Arc<Mutex<Option<reqwest::Url>>> = Arc::default();
+        let seen = Arc::clone(&moved);
+        let policy = reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() >= 3 {
+                return attempt.error("too many redirects");
+            }
+            if attempt.status() == reqwest::StatusCode::MOVED_PERMANENTLY {
+                *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(attempt.url().clone());
+            }
+            attempt.follow()
+        });
+        let client = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .user_agent(concat!("hookgauge/", env!("CARGO_PKG_VERSION")))
+            .redirect(policy)
+            .build()
+            .expect("a TLS client can be built");
+        Api {
+            provider: target.provider,
+            client,
+            repo: target.repo.clone(),
+            token: target.token.clone(),
+            token_source: target.token_source.clone(),
+            metrics,
+            gate,
+            skew: 0,
+            hint: None,
+            moved,
+            last_moved: None,
+        }
+    }
+
+    pub fn gate(&self) -> &Arc<TokenGate> {
+        &self.gate
+    }
+
+    /// Now on the server's clock, as its last `Date` header told it.
+    pub fn server_now(&self) -> i64 {
+        now_seconds() + self.skew
+    }
+
+    /// Server clock minus local clock.
+    pub fn skew(&self) -> i64 {
+        self.skew
+    }
+
+    /// Where the last request was moved permanently (301), if it was.
+    pub fn take_moved(&mut self) -> Option<reqwest::Url> {
+        self.last_moved.take()
+    }
+
+    /// The longest `X-Poll-Interval` since the last call.
+    pub fn take_hint(&mut self) -> Option<Duration> {
+        self.hint.take()
+    }
+
+    /// Page `page` of a JSON list: page 0 conditional on `cursor`'s
+    /// validators, which `new_cursor` then takes from the answer. `None` on
+    /// a 304; else the items and the `rel="next"` URL.
+    pub async fn list_page(
+        &mut self,
+        url: &str,
+        page: usize,
+        cursor: &PollCursor,
+        new_cursor: &mut PollCursor,
+        endpoint: &'static str,
+        accept: &str,
+    ) -> Result<Option<(Vec<Value>, Option<String>)>, PollError> {
+        let validators = if page == 0 {
+            cursor.clone()
+        } else {
+            PollCursor::default()
+        };
+        let Fetched::Changed {
+            body,
+            etag,
+            last_modified,
+            next,
+        } = self.get(url, &validators, endpoint, accept).await?
+        else {
+            return Ok(None);
+        };
+        if page == 0 {
+            new_cursor.etag = etag;
+            new_cursor.last_modified = last_modified;
+        }
+        let items: Vec<Value> = serde_json::from_slice(&body)
+            .map_err(|e| PollError::Transient(format!("{endpoint}: {e}")))?;
+        Ok(Some((items, next)))
+    }
+
+    /// A GET, conditional on `cursor`'s validators, within the token's
+    /// budget; refusals classified per provider. Redirects are followed; a
+    /// permanent one is reported by [`Api::take_moved`].
+    pub async fn get(
+        &mut self,
+        url: &str,
+        cursor: &PollCursor,
+        endpoint: &'static str,
+        accept: &str,
+    ) -> Result<Fetched, PollError> {
+        // Held until the answer is read: one request in flight per token,
+        // and what another repository learnt of the quota counts here.
+        let gate = Arc::clone(&self.gate);
+        let mut state = gate.state.lock().await;
+        let now = now_seconds();
+        state.roll(now);
+        let quota = state.quota;
+        if let (Some(limit), Some(remaining), Some(reset)) =
+            (quota.limit, quota.remaining, quota.reset)
+        {
+            if reset > now && (remaining as f64) <= limit as f64 * RESERVE_SHARE {
+                return Err(PollError::RateLimited { until: reset + 1 });
+            }
+        }
+        let conditional = cursor.etag.is_some() || cursor.last_modified.is_some();
+        let may_be_free = conditional && self.provider.free_not_modified();
+        if let (Some(total), Some(mine)) = (state.allowance(), state.repo_allowance(&self.repo)) {
+            let paid = state.shares.get(&self.repo).map_or(0, |s| s.paid);
+            if state.paid as f64 >= total || paid as f64 >= mine {
+                return Err(PollError::RateLimited {
+                    until: state.window_end + 1,
+                });
+            }
+            // Paid requests spread over what is left of the window.
+            if !may_be_free {
+                let left = (total - state.paid as f64).max(1.0);
+                let gap = Duration::from_secs_f64(((state.window_end - now).max(0) as f64) / left);
+                if let Some(last) = state.last_paid {
+                    let turn = last + gap;
+                    let wait = turn.saturating_duration_since(tokio::time::Instant::now());
+                    if wait > MAX_BUDGET_WAIT {
+                        return Err(PollError::RateLimited {
+                            until: now + wait.as_secs() as i64,
+                        });
+                    }
+                    tokio::time::sleep_until(turn).await;
+                }
+            }
+        }
+        if let Some(last) = state.last_sent {
+            tokio::time::sleep_until(last + MIN_SPACING).await;
+        }
+        *self.moved.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let response = self.request(url, cursor, accept).send().await;
+        state.last_sent = Some(tokio::time::Instant::now());
+        let count = |code: &str| {
+            self.metrics
+                .poll_requests
+                .with_label_values(&[&self.repo, endpoint, code])
+                .inc();
+        };
+        let response = match response {
+            Ok(r) => r,
+            Err(error) => {
+                count("error");
+                // A timed-out request may still be charged (POLLING.md §1.2).
+                state.paid += 1;
+                // The error text may carry the URL, never the token.
+                return Err(PollError::Transient(error.without_url().to_string()));
+            }
+        };
+        let status = response.status();
+        count(status.as_str());
+        if status != reqwest::StatusCode::NOT_MODIFIED {
+            state.paid += 1;
+            if let Some(share) = state.shares.get_mut(&self.repo) {
+                share.paid += 1;
+            }
+            state.last_paid = state.last_sent;
+        }
+        self.read_headers(response.headers(), &mut state.quota);
+        let quota = state.quota;
+        drop(state);
+        self.last_moved = self.moved.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        match status.as_u16() {
+            304 => Ok(Fetched::NotModified),
+            200 => {
+                let etag = header("etag");
+                let last_modified = header("last-modified");
+                let next = header("link").as_deref().and_then(next_link);
+                let body = response
+                    .bytes()
+                    .await
+                    .map_err(|e| PollError::Transient(e.without_url().to_string()))?;
+                Ok(Fetched::Changed {
+                    body,
+                    etag,
+                    last_modified,
+                    next,
+                })
+            }
+            403 | 429 => {
+                let retry_after = header("retry-after").and_then(|v| v.trim().parse::<i64>().ok());
+                let body = response.text().await.unwrap_or_default();
+                Err(self.refusal(status.as_u16(), retry_after, &body, quota, endpoint))
+            }
+            401 => {
+                // A rotated Secret: read the token again and retry soon.
+                match self.token_source.read(&|name| std::env::var(name).ok()) {
+                    Ok(token) if token.as_bytes() != self.token.expose() => {
+                        self.token = Secret::new(token);
+                        Err(PollError::Transient(format!(
+                            "{endpoint}: 401; the token changed and is used from now on"
+                        )))
+                    }
+                    _ => Err(PollError::Refused(format!(
+                        "{endpoint}: 401: the token is wrong or expired"
+                    ))),
+                }
+            }
+            404 | 410 => Err(PollError::Gone(format!(
+                "{endpoint}: {status}: no such repository or object, or the token cannot see it"
+            ))),
+            code if status.is_server_error() => {
+                Err(PollError::Transient(format!("{endpoint}: {code}")))
+            }
+            code => Err(PollError::Refused(format!("{endpoint}: unexpected {code}"))),
+        }
+    }
+
+    /// The request with the provider's authentication, media type and
+    /// validators.
+    fn request(&self, url: &str, cursor: &PollCursor, accept: &str) -> reqwest::RequestBuilder {
+        let token = String::from_utf8_lossy(self.token.expose());
+        let mut request = self.client.get(url).header("Accept", accept);
+        request = match self.provider {
+            Provider::Github => request
+                .bearer_auth(token)
+                .header("X-GitHub-Api-Version", GITHUB_API_VERSION),
+            Provider::Gitlab => request.bearer_auth(token),
+            Provider::Gitea => request.header("Authorization", format!("token {token}")),
+        };
+        if let Some(etag) = &cursor.etag {
+            request = request.header("If-None-Match", etag);
+        }
+        if let Some(modified) = &cursor.last_modified {
+            request = request.header("If-Modified-Since", modified);
+        }
+        request
+    }
+
+    /// What a 403 or 429 means (POLLING.md §1.3 for GitHub, §2 for GitLab;
+    /// Gitea has no limit of its own, a proxy in front may).
+    fn refusal(
+        &self,
+        status: u16,
+        retry_after: Option<i64>,
+        body: &str,
+        quota: Quota,
+        endpoint: &str,
+    ) -> PollError {
+        let now = now_seconds();
+        if let Some(seconds) = retry_after {
+            return PollError::RateLimited {
+                until: now + seconds.max(1),
+            };
+        }
+        let exhausted = quota.remaining == Some(0);
+        match self.provider {
+            Provider::Github => {
+                let secondary = body.contains("secondary rate limit")
+                    || body.contains("secondary-rate-limits")
+                    || body.contains("abuse");
+                if exhausted {
+                    PollError::RateLimited {
+                        until: quota.reset.unwrap_or(now + 60) + 1,
+                    }
+                } else if secondary || status == 429 {
+                    PollError::RateLimited { until: now + 60 }
+                } else {
+                    PollError::Refused(format!(
+                        "{endpoint}: 403 (permission, SSO or a blocked token)"
+                    ))
+                }
+            }
+            Provider::Gitlab | Provider::Gitea if status == 429 => match quota.reset {
+                Some(reset) if reset > now => PollError::RateLimited { until: reset + 1 },
+                // Neither header: exponential backoff.
+                _ => PollError::Transient(format!("{endpoint}: 429 without a retry time")),
+            },
+            Provider::Gitlab | Provider::Gitea => {
+                PollError::Refused(format!("{endpoint}: 403 (permission, or an address block)"))
+            }
+        }
+    }
+
+    /// Takes the quota from the rate-limit headers (`x-ratelimit-*`, or
+    /// GitLab's `RateLimit-*`) and `X-Poll-Interval`; a reset is moved to
+    /// the local clock with the server's `Date` (POLLING.md §6 step 11).
+    fn read_headers(&mut self, headers: &reqwest::header::HeaderMap, quota: &mut Quota) {
+        let number = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<i64>().ok())
+        };
+        self.skew = headers
+            .get("date")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|d| chrono::DateTime::parse_from_rfc2822(d).ok())
+            .map(|d| d.timestamp() - now_seconds())
+            .unwrap_or(self.skew);
+        let prefix = match self.provider {
+            Provider::Gitlab => "ratelimit-",
+            Provider::Github | Provider::Gitea => "x-ratelimit-",
+        };
+        if let Some(limit) = number(&format!("{prefix}limit")) {
+            quota.limit = Some(limit.max(0) as u64);
+        }
+        if let Some(remaining) = number(&format!("{prefix}remaining")) {
+            quota.remaining = Some(remaining.max(0) as u64);
+            self.metrics
+                .poll_quota_remaining
+                .with_label_values(&[&self.repo])
+                .set(remaining as f64);
+        }
+        if let Some(reset) = number(&format!("{prefix}reset")) {
+            quota.reset = Some(reset - self.skew);
+            self.metrics
+                .poll_quota_reset
+                .with_label_values(&[&self.repo])
+                .set((reset - self.skew) as f64);
+        }
+        if let Some(seconds) = number("x-poll-interval").filter(|s| *s > 0) {
+            let hint = Duration::from_secs(seconds as u64);
+            self.hint = Some(self.hint.map_or(hint, |h| h.max(hint)));
+        }
+    }
+}

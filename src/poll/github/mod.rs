@@ -1,0 +1,494 @@
+//! The GitHub poller (POLLING.md §1): deployments and their statuses,
+//! incident issues, commits of the tracked branches and open pull
+//! requests' reviews of one repository.
+//!
+//! A status or an issue is mapped by the GitHub plugin's own
+//! `deployment_status` / `issues` rules (the API objects are the webhook's
+//! objects), commits by its `push` rules; every request is conditional on
+//! the validators stored for its URL, and a 304 costs no quota.
+
+mod commits;
+mod pulls;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::api::{Api, Fetched};
+use super::{
+    mapped, rfc3339, server_time, PollError, PollTarget, Poller, Recorder, Stream, TokenGate,
+    BOOTSTRAP_SECONDS, MAX_PAGES, OVERLAP_SECONDS,
+};
+use crate::ledger::Delivery;
+use crate::metrics::Metrics;
+use crate::plugins::{github::GitHub, Plugin};
+use crate::store::deliveries::Ledger;
+use crate::store::{PollCursor, Store};
+
+/// The media type of the REST API's JSON answers.
+const GITHUB_JSON: &str = "application/vnd.github+json";
+/// Deployments younger than this have their statuses followed.
+const STATUS_HORIZON_SECONDS: i64 = 24 * 3600;
+/// How long the repository's default branch is trusted before it is asked
+/// for again (conditionally).
+const DEFAULT_BRANCH_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// What the deployments stream keeps between polls (the cursor's
+/// watermark, as JSON): the highest deployment id seen and the recent
+/// deployments whose statuses are still followed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+struct DeploymentsMark {
+    max_id: i64,
+    /// id → created_at (epoch seconds) of deployments without a final status.
+    open: BTreeMap<i64, i64>,
+}
+
+/// Polls one repository.
+pub struct GithubPoller {
+    target: PollTarget,
+    api: Api,
+    rec: Recorder,
+    /// `{api_url}/repos/{owner}/{name}`, or where the repository moved.
+    base: String,
+    /// The repository's default branch and when it was read.
+    default_branch: Option<(String, tokio::time::Instant)>,
+}
+
+impl Poller for GithubPoller {
+    fn target(&self) -> &PollTarget {
+        &self.target
+    }
+
+    fn recorder(&self) -> &Recorder {
+        &self.rec
+    }
+
+    fn gate(&self) -> &Arc<TokenGate> {
+        self.api.gate()
+    }
+
+    fn take_poll_interval_hint(&mut self) -> Option<std::time::Duration> {
+        self.api.take_hint()
+    }
+
+    async fn poll_stream(&mut self, stream: Stream) -> Result<bool, PollError> {
+        self.rec.load(self.target.stream("")).await?;
+        let location = self.rec.cursor(self.target.stream("location"));
+        if let Some(moved) = &location.watermark {
+            self.base.clone_from(moved);
+        }
+        let mut deliveries = Vec::new();
+        let mut cursors = Vec::new();
+        let result = match stream {
+            Stream::Deployments => self.deployments(&mut deliveries, &mut cursors).await,
+            Stream::Incidents => self.incidents(&mut deliveries, &mut cursors).await,
+            Stream::Commits => match self.branches(&mut cursors).await {
+                Ok(branches) => {
+                    let mut result = Ok(());
+                    for branch in &branches {
+                        result = self.commits(branch, &mut deliveries, &mut cursors).await;
+                        if result.is_err() {
+                            break;
+                        }
+                    }
+                    result
+                }
+                Err(e) => Err(e),
+            },
+            Stream::PullRequests => match self.branches(&mut cursors).await {
+                Ok(branches) => self.pulls(&branches, &mut cursors).await,
+                Err(e) => Err(e),
+            },
+        };
+        if location.watermark.as_deref() != Some(self.base.as_str()) && self.base != self.home() {
+            cursors.push(PollCursor {
+                watermark: Some(self.base.clone()),
+                ..location
+            });
+        }
+        let changed = self
+            .rec
+            .commit(GitHub.source(), &mut deliveries, &mut cursors)
+            .await?;
+        result.map(|()| changed)
+    }
+}
+
+impl GithubPoller {
+    pub fn new(
+        target: PollTarget,
+        gate: Arc<TokenGate>,
+        store: Store,
+        ledger: Ledger,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let api = Api::new(&target, gate, Arc::clone(&metrics));
+        let mut poller = GithubPoller {
+            base: String::new(),
+            target,
+            api,
+            rec: Recorder::new(store, ledger, metrics),
+            default_branch: None,
+        };
+        poller.base = poller.home();
+        poller
+    }
+
+    /// The repository's address under its configured name.
+    fn home(&self) -> String {
+        format!("{}/repos/{}", self.target.api_url, self.target.repo)
+    }
+
+    /// Follows a permanent redirect of the repository's address (a rename
+    /// or a transfer answers 301 to its new address, POLLING.md §6 step 9):
+    /// later requests go there, and the address is stored.
+    fn follow_move(&mut self, requested: &str) {
+        let Some(to) = self.api.take_moved() else {
+            return;
+        };
+        let Some(rest) = requested.strip_prefix(self.base.as_str()) else {
+            return;
+        };
+        let rest = rest.split('?').next().unwrap_or_default();
+        let mut new = to.clone();
+        new.set_query(None);
+        let new = new.as_str().trim_end_matches('/').to_owned();
+        if let Some(base) = new.strip_suffix(rest) {
+            if base.starts_with(&self.target.api_url) && base != self.base {
+                tracing::warn!(repo = %self.target.repo, to = base, "The repository moved; polling its new address");
+                self.base = base.to_owned();
+            }
+        }
+    }
+
+    /// The tracked branches: the source's `branches`, else the configured
+    /// default branch, else the repository's, read (conditionally) from
+    /// the API at most hourly; its cursor joins `cursors` when it changed.
+    async fn branches(&mut self, cursors: &mut Vec<PollCursor>) -> Result<Vec<String>, PollError> {
+        if !self.target.options.branches.is_empty() {
+            return Ok(self.target.options.branches.clone());
+        }
+        if let Some(branch) = &self.target.branch {
+            return Ok(vec![branch.clone()]);
+        }
+        if let Some((branch, at)) = &self.default_branch {
+            if at.elapsed() < DEFAULT_BRANCH_TTL {
+                return Ok(vec![branch.clone()]);
+            }
+        }
+        let cursor = self.rec.cursor(self.target.stream("repository"));
+        let url = self.base.clone();
+        let answer = self.api.get(&url, &cursor, "repository", GITHUB_JSON).await;
+        self.follow_move(&url);
+        let branch = match answer? {
+            Fetched::NotModified => cursor.watermark.clone(),
+            Fetched::Changed {
+                body,
+                etag,
+                last_modified,
+                ..
+            } => {
+                let repository: Value = serde_json::from_slice(&body)
+                    .map_err(|e| PollError::Transient(format!("repository: {e}")))?;
+                let branch = repository["default_branch"].as_str().map(str::to_owned);
+                let new_cursor = PollCursor {
+                    etag,
+                    last_modified,
+                    watermark: branch.clone(),
+                    ..cursor.clone()
+                };
+                if new_cursor != cursor {
+                    cursors.push(new_cursor);
+                }
+                branch
+            }
+        };
+        let branch =
+            branch.ok_or_else(|| PollError::Transient("repository: no default_branch".into()))?;
+        self.default_branch = Some((branch.clone(), tokio::time::Instant::now()));
+        Ok(vec![branch])
+    }
+
+    /// The deployments stream: new deployments (newest first, by `Link`)
+    /// and the statuses of those still followed.
+    async fn deployments(
+        &mut self,
+        deliveries: &mut Vec<Delivery>,
+        cursors: &mut Vec<PollCursor>,
+    ) -> Result<(), PollError> {
+        let cursor = self.rec.cursor(self.target.stream("deployments"));
+        let mut mark: DeploymentsMark = cursor
+            .watermark
+            .as_deref()
+            .and_then(|w| serde_json::from_str(w).ok())
+            .unwrap_or_default();
+        let mut deployments: BTreeMap<i64, Value> = BTreeMap::new();
+        let mut new_cursor = cursor.clone();
+        let first = format!("{}/deployments?per_page=100", self.base);
+        // Page 1 is conditional; newer-first pages are followed through
+        // `rel="next"` until one reaches what was already seen or the
+        // horizon (POLLING.md §6 step 6).
+        let mut next = Some(first);
+        let mut page = 0;
+        let mut max_id = mark.max_id;
+        while let Some(url) = next.take() {
+            let Some((list, link_next)) = self
+                .api
+                .list_page(
+                    &url,
+                    page,
+                    &cursor,
+                    &mut new_cursor,
+                    "deployments",
+                    GITHUB_JSON,
+                )
+                .await?
+            else {
+                break;
+            };
+            page += 1;
+            let horizon = self.api.server_now() - STATUS_HORIZON_SECONDS;
+            let mut reached_seen = list.is_empty();
+            for deployment in list {
+                let Some(id) = deployment["id"].as_i64() else {
+                    continue;
+                };
+                // A time that does not parse is taken as now: followed, not lost.
+                let created =
+                    server_time(&deployment["created_at"]).unwrap_or_else(|| self.api.server_now());
+                max_id = max_id.max(id);
+                if id <= mark.max_id || created < horizon {
+                    reached_seen = true;
+                } else {
+                    mark.open.insert(id, created);
+                }
+                deployments.insert(id, deployment);
+            }
+            if !reached_seen && page < MAX_PAGES {
+                next = link_next.filter(|u| u.starts_with(&self.target.api_url));
+            }
+        }
+        mark.max_id = max_id;
+        // Statuses of the deployments still followed, each conditional; one
+        // that passed the horizon is read a last time, then let go.
+        let horizon = self.api.server_now() - STATUS_HORIZON_SECONDS;
+        let open: Vec<(i64, i64)> = mark.open.iter().map(|(id, c)| (*id, *c)).collect();
+        // Whatever happens below, the statuses state of a deployment that
+        // leaves `open` goes with it.
+        let followed: Vec<i64> = open.iter().map(|(id, _)| *id).collect();
+        for (id, created) in open {
+            let statuses_cursor = self
+                .rec
+                .cursor(self.target.stream(&format!("statuses|{id}")));
+            let url = format!("{}/deployments/{id}/statuses?per_page=100", self.base);
+            let fetched = match self
+                .api
+                .get(&url, &statuses_cursor, "statuses", GITHUB_JSON)
+                .await
+            {
+                Err(PollError::Gone(_)) => {
+                    // Deleted since: nothing more to follow.
+                    mark.open.remove(&id);
+                    continue;
+                }
+                other => other?,
+            };
+            if created < horizon {
+                mark.open.remove(&id);
+            }
+            let Fetched::Changed {
+                body,
+                etag,
+                last_modified,
+                ..
+            } = fetched
+            else {
+                continue;
+            };
+            let statuses: Vec<Value> = serde_json::from_slice(&body)
+                .map_err(|e| PollError::Transient(format!("statuses: {e}")))?;
+            let deployment = match deployments.get(&id) {
+                Some(d) => d.clone(),
+                None => match self.deployment(id).await {
+                    Err(PollError::Gone(_)) => {
+                        mark.open.remove(&id);
+                        continue;
+                    }
+                    other => other?,
+                },
+            };
+            for status in &statuses {
+                if let Some(delivery) = self.delivery(&deployment, status) {
+                    deliveries.push(delivery);
+                }
+            }
+            let finished = statuses.iter().any(|s| {
+                matches!(
+                    s["state"].as_str(),
+                    Some("success" | "failure" | "error" | "inactive")
+                )
+            });
+            if finished {
+                mark.open.remove(&id);
+            }
+            cursors.push(PollCursor {
+                etag,
+                last_modified,
+                ..statuses_cursor
+            });
+        }
+        for id in followed
+            .into_iter()
+            .filter(|id| !mark.open.contains_key(id))
+        {
+            self.rec
+                .forget
+                .push(self.target.stream(&format!("statuses|{id}")));
+        }
+        new_cursor.watermark = Some(serde_json::to_string(&mark).unwrap_or_default());
+        if new_cursor != cursor {
+            cursors.push(new_cursor);
+        }
+        Ok(())
+    }
+
+    /// The incidents stream, one per incident label: issues updated since
+    /// the watermark (less an overlap: an issue updated while the pages
+    /// were read is read again, and counted once), oldest update first.
+    /// An issue yields its creation and, once closed, its resolution,
+    /// mapped by the GitHub plugin's `issues` rules.
+    async fn incidents(
+        &mut self,
+        deliveries: &mut Vec<Delivery>,
+        cursors: &mut Vec<PollCursor>,
+    ) -> Result<(), PollError> {
+        for label in self.target.options.incident_labels.clone() {
+            let cursor = self
+                .rec
+                .cursor(self.target.stream(&format!("incidents|{label}")));
+            // The URL stays the same until new data is committed, so that
+            // its ETag keeps answering 304.
+            let since = cursor.watermark.clone().unwrap_or_else(|| {
+                let start = self.api.server_now() - BOOTSTRAP_SECONDS;
+                rfc3339(start)
+            });
+            let label_param: String = form_urlencoded::byte_serialize(label.as_bytes()).collect();
+            let mut next = Some(format!(
+                "{}/issues?state=all&labels={label_param}&sort=updated&direction=asc&per_page=100&since={since}",
+                self.base
+            ));
+            let mut new_cursor = cursor.clone();
+            let mut newest: Option<i64> = None;
+            let mut page = 0;
+            while let Some(url) = next.take() {
+                let Some((issues, link_next)) = self
+                    .api
+                    .list_page(&url, page, &cursor, &mut new_cursor, "issues", GITHUB_JSON)
+                    .await?
+                else {
+                    break;
+                };
+                page += 1;
+                for issue in issues {
+                    if issue.get("pull_request").is_some() {
+                        continue;
+                    }
+                    if let Some(updated) = server_time(&issue["updated_at"]) {
+                        newest = Some(newest.unwrap_or(i64::MIN).max(updated));
+                    }
+                    deliveries.extend(self.issue_deliveries(&issue));
+                }
+                if page < MAX_PAGES {
+                    next = link_next.filter(|u| u.starts_with(&self.target.api_url));
+                }
+            }
+            if let Some(newest) = newest {
+                // Server timestamps only (POLLING.md §6 step 11). A new
+                // `since` is a new URL: its validators start afresh.
+                let watermark = rfc3339(newest - OVERLAP_SECONDS);
+                if Some(&watermark) != cursor.watermark.as_ref() {
+                    new_cursor.watermark = Some(watermark);
+                    new_cursor.etag = None;
+                    new_cursor.last_modified = None;
+                }
+            } else if cursor.watermark.is_none() {
+                new_cursor.watermark = Some(since);
+            }
+            if new_cursor != cursor {
+                cursors.push(new_cursor);
+            }
+        }
+        Ok(())
+    }
+
+    /// An incident issue's creation and, when closed, its resolution, as
+    /// `issues` webhooks (`opened`, `closed`) would carry them.
+    fn issue_deliveries(&self, issue: &Value) -> Vec<Delivery> {
+        let number = issue["number"].as_i64().unwrap_or_default().to_string();
+        let mut out = Vec::new();
+        let closed = issue["state"].as_str() == Some("closed");
+        for (action, at) in [("opened", "created_at"), ("closed", "closed_at")] {
+            if action == "closed" && !closed {
+                continue;
+            }
+            let when = issue[at].as_str().unwrap_or_default();
+            let payload = json!({
+                "action": action,
+                "issue": issue,
+                "repository": {"full_name": self.target.repo},
+            });
+            out.push(mapped(
+                &self.target,
+                "x-github-event",
+                "issues",
+                &payload,
+                &[
+                    b"issue",
+                    number.as_bytes(),
+                    action.as_bytes(),
+                    when.as_bytes(),
+                ],
+            ));
+        }
+        out
+    }
+
+    /// One deployment, for a status whose deployment left the first page.
+    async fn deployment(&mut self, id: i64) -> Result<Value, PollError> {
+        let url = format!("{}/deployments/{id}", self.base);
+        match self
+            .api
+            .get(&url, &PollCursor::default(), "deployment", GITHUB_JSON)
+            .await?
+        {
+            Fetched::Changed { body, .. } => serde_json::from_slice(&body)
+                .map_err(|e| PollError::Transient(format!("deployment: {e}"))),
+            Fetched::NotModified => Err(PollError::Transient("unexpected 304".into())),
+        }
+    }
+
+    /// A status as the ledger records it: the payload a `deployment_status`
+    /// webhook would carry, mapped by the GitHub plugin. `None` for a
+    /// status that maps to nothing worth a ledger row (not a success).
+    fn delivery(&self, deployment: &Value, status: &Value) -> Option<Delivery> {
+        if status["state"].as_str() != Some("success") {
+            return None;
+        }
+        let payload = json!({
+            "action": "created",
+            "deployment_status": status,
+            "deployment": deployment,
+            "repository": {"full_name": self.target.repo},
+        });
+        let status_id = status["id"].as_i64().unwrap_or_default().to_string();
+        Some(mapped(
+            &self.target,
+            "x-github-event",
+            "deployment_status",
+            &payload,
+            &[b"status", status_id.as_bytes()],
+        ))
+    }
+}
