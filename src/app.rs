@@ -180,9 +180,8 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApp> {
                 crate::poll::GithubPoller::new(target.clone(), gate, store, ledger, metrics),
                 start,
             )),
-            crate::poll::Provider::Gitlab | crate::poll::Provider::Gitea => {
-                unreachable!("refused by the configuration")
-            }
+            crate::poll::Provider::Gitlab => unreachable!("refused by the configuration"),
+            crate::poll::Provider::Gitea => unreachable!("refused by the configuration"),
         }
     });
     let mut background: Vec<_> = pollers.collect();

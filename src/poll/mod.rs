@@ -19,6 +19,7 @@
 
 mod api;
 mod github;
+mod reviews;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -12,68 +12,15 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{server_time, GithubPoller, PollError, GITHUB_JSON, MAX_PAGES};
+use crate::poll::reviews::{reviewed, PullState, PullsMark};
 use crate::store::PollCursor;
 
 /// How often the reviews of a waiting pull request are read although its
 /// listing did not change.
 const REVIEW_RECHECK_SECONDS: i64 = 3600;
-
-/// One open pull request as the stream last saw it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub(super) struct PullState {
-    updated_at: String,
-    head: String,
-    author: String,
-    draft: bool,
-    /// When it last became ready for review: `created_at`, or the last
-    /// `ready_for_review` (server epoch seconds). 0 while a draft.
-    ready_at: i64,
-    /// Reviewed by someone other than its author since `ready_at`.
-    reviewed: bool,
-    /// When its reviews were last read (server epoch seconds).
-    checked_at: i64,
-}
-
-impl PullState {
-    fn waits(&self) -> bool {
-        !self.draft && !self.reviewed
-    }
-}
-
-/// The stream's watermark: every open pull request against a tracked branch.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub(super) struct PullsMark {
-    open: BTreeMap<u64, PullState>,
-}
-
-impl PullsMark {
-    /// Waiting pull requests → when their wait began (server clock).
-    fn waiting(&self) -> BTreeMap<u64, i64> {
-        self.open
-            .iter()
-            .filter(|(_, p)| p.waits())
-            .map(|(n, p)| (*n, p.ready_at))
-            .collect()
-    }
-}
-
-/// Whether `reviews` hold one by someone other than `author`, submitted at
-/// or after `since`. Pending reviews are drafts nobody else can see; a
-/// comment-only review counts (POLLING.md §5).
-fn reviewed(reviews: &[Value], author: &str, since: i64) -> bool {
-    reviews.iter().any(|review| {
-        let by = review["user"]["login"].as_str().unwrap_or_default();
-        let submitted = server_time(&review["submitted_at"]).unwrap_or(i64::MAX);
-        review["state"].as_str() != Some("PENDING")
-            && !by.is_empty()
-            && by != author
-            && submitted >= since
-    })
-}
 
 impl GithubPoller {
     /// Polls the open pull requests of `branches` and publishes the waits.
@@ -193,14 +140,7 @@ impl GithubPoller {
                 .push(self.target.stream(&format!("reviews|{number}")));
         }
         mark.open = open;
-        let skew = self.api.skew();
-        self.rec.metrics.review_waits.set(
-            &self.target.repo,
-            mark.waiting()
-                .into_iter()
-                .map(|(n, since)| (n, since - skew))
-                .collect(),
-        );
+        mark.publish(&self.rec.metrics, &self.target.repo, self.api.skew());
         new_cursor.watermark = Some(serde_json::to_string(&mark).unwrap_or_default());
         if new_cursor != cursor {
             cursors.push(new_cursor);
@@ -279,35 +219,6 @@ impl GithubPoller {
         if new_cursor != cursor {
             cursors.push(new_cursor);
         }
-        Ok(Some(reviewed(&all, author, since)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    use super::*;
-
-    #[test]
-    fn a_review_counts_when_someone_else_submitted_it_after_the_pull_became_ready() {
-        let at = |t: &str| server_time(&json!(t)).unwrap();
-        let ready = at("2026-11-01T12:00:00Z");
-        let review = |by: &str, state: &str, when: &str| json!({"user": {"login": by}, "state": state, "submitted_at": when});
-        let after = "2026-11-02T09:00:00Z";
-        assert!(reviewed(&[review("bob", "COMMENTED", after)], "ann", ready));
-        assert!(reviewed(&[review("bob", "APPROVED", after)], "ann", ready));
-        assert!(!reviewed(
-            &[review("ann", "COMMENTED", after)],
-            "ann",
-            ready
-        ));
-        assert!(!reviewed(&[review("bob", "PENDING", after)], "ann", ready));
-        assert!(!reviewed(
-            &[review("bob", "CHANGES_REQUESTED", "2026-10-30T09:00:00Z")],
-            "ann",
-            ready
-        ));
-        assert!(!reviewed(&[], "ann", ready));
+        Ok(Some(reviewed(&all, author, since, &["PENDING"])))
     }
 }
