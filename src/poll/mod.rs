@@ -706,135 +706,265 @@ pub trait Poller: Send {
 }
 
 /// One stream's place in its repository's schedule.
+#[derive(Debug, Clone)]
 struct Slot {
     stream: Stream,
     interval: Duration,
-    due: tokio::time::Instant,
+    /// Since the schedule's start.
+    due: Duration,
     /// The provider's last `X-Poll-Interval` for it.
     hint: Option<Duration>,
+    /// Its last poll was refused.
+    refused: bool,
 }
 
-/// Polls `poller`'s streams until the task is aborted, the first after
-/// `start` (spreading repositories over one interval, POLLING.md §6 step
-/// 1). After a change a stream waits a quarter of its mean time between
-/// events (5 min while fewer than two are known), after an unchanged poll
-/// 1.5× its last wait, always within `[floor, max]` with ±10 % jitter,
-/// where the floor is the configured interval, the provider's
-/// `X-Poll-Interval` and, where every request is paid, the repository's
-/// share of the budget. Rate limits hold every stream of the repository
-/// until the reset; failures back off with full jitter and after
-/// [`DEGRADED_AFTER`] in a row the repository is degraded.
+/// How a stream's poll went, as the schedule needs it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Outcome {
+    /// Something changed; `mean` is the stream's mean time between events
+    /// now, if known.
+    Changed {
+        mean: Option<Duration>,
+    },
+    Unchanged,
+    /// Nothing may be sent for `wait`.
+    RateLimited {
+        wait: Duration,
+    },
+    Transient,
+    /// A refusal that needs a person (permissions, a revoked token, a
+    /// deleted repository).
+    Refused,
+}
+
+impl Outcome {
+    fn of(result: &Result<bool, PollError>, mean: Option<Duration>) -> Outcome {
+        match result {
+            Ok(true) => Outcome::Changed { mean },
+            Ok(false) => Outcome::Unchanged,
+            Err(PollError::RateLimited { until }) => Outcome::RateLimited {
+                wait: Duration::from_secs((until - now_seconds()).max(0) as u64),
+            },
+            Err(PollError::Transient(_)) => Outcome::Transient,
+            Err(PollError::Refused(_) | PollError::Gone(_)) => Outcome::Refused,
+        }
+    }
+}
+
+/// When each stream of one repository is polled next (POLLING.md §6 steps
+/// 7 and 9), on a clock of the caller's (durations since its start): the
+/// service runs it on tokio's clock, the benchmark on a simulated one.
+///
+/// After a change a stream waits `α·g` (`g` its mean time between events;
+/// 5 min while fewer than two are known), after an unchanged poll 1.5× its
+/// last wait, always within `[floor, max]` with ±10 % jitter; the floor is
+/// the configured interval, the provider's `X-Poll-Interval` for the stream
+/// and the budget floor. A rate limit holds every stream until it passes
+/// (repeats back off); transient failures back off with full jitter; after
+/// [`DEGRADED_AFTER`] failures or limits in a row the repository is
+/// degraded and polled at its longest interval until a poll succeeds. A
+/// refused stream (permissions, a deleted repository) is retried at its
+/// longest interval and keeps the repository degraded until it succeeds.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    slots: Vec<Slot>,
+    interval: Duration,
+    max_interval: Duration,
+    failures: u32,
+    limited: u32,
+    degraded: bool,
+    backoff: Duration,
+}
+
+impl Schedule {
+    /// Every stream of `target` due at `start`; `mean` gives a stream's
+    /// mean time between events, if known.
+    pub fn new(
+        target: &PollTarget,
+        start: Duration,
+        mean: impl Fn(Stream) -> Option<Duration>,
+    ) -> Schedule {
+        let slots = target
+            .provider
+            .streams()
+            .iter()
+            .map(|stream| Slot {
+                stream: *stream,
+                interval: mean(*stream).map_or(QUIET_START, |g| g.mul_f64(ALPHA)),
+                due: start,
+                hint: None,
+                refused: false,
+            })
+            .collect();
+        Schedule {
+            slots,
+            interval: target.interval,
+            max_interval: target.max_interval,
+            failures: 0,
+            limited: 0,
+            degraded: false,
+            backoff: Duration::ZERO,
+        }
+    }
+
+    /// The stream due first, and when.
+    pub fn next(&self) -> (Stream, Duration) {
+        let slot = self
+            .slots
+            .iter()
+            .min_by_key(|s| s.due)
+            .expect("a provider has streams");
+        (slot.stream, slot.due)
+    }
+
+    /// Whether the repository is degraded: failing or limited again and
+    /// again, or a stream refused.
+    pub fn degraded(&self) -> bool {
+        self.degraded || self.slots.iter().any(|s| s.refused)
+    }
+
+    /// The wait the last failure or limit imposed; zero after a success.
+    pub fn backoff(&self) -> Duration {
+        self.backoff
+    }
+
+    /// The longest `stream` may wait.
+    fn max(&self, stream: Stream) -> Duration {
+        match stream {
+            Stream::PullRequests => self.max_interval.max(REVIEW_MAX_INTERVAL),
+            _ => self.max_interval,
+        }
+    }
+
+    /// Records how `stream`'s poll at `now` went and schedules it (or, for
+    /// a rate limit, every stream) again. `hint` is the provider's
+    /// `X-Poll-Interval`, if the answers carried one; `budget_floor` the
+    /// shortest interval the budget allows.
+    pub fn record(
+        &mut self,
+        stream: Stream,
+        now: Duration,
+        outcome: Outcome,
+        hint: Option<Duration>,
+        budget_floor: Duration,
+    ) {
+        let max = self.max(stream);
+        let interval = self.interval;
+        let Some(slot) = self.slots.iter_mut().find(|s| s.stream == stream) else {
+            return;
+        };
+        if hint.is_some() {
+            slot.hint = hint;
+        }
+        let floor = interval
+            .max(slot.hint.unwrap_or_default())
+            .max(budget_floor)
+            .min(max);
+        match outcome {
+            Outcome::Changed { .. } | Outcome::Unchanged => {
+                self.failures = 0;
+                self.limited = 0;
+                self.degraded = false;
+                self.backoff = Duration::ZERO;
+                slot.refused = false;
+                slot.interval = match outcome {
+                    Outcome::Changed { mean: Some(g) } => g.mul_f64(ALPHA),
+                    Outcome::Changed { mean: None } => interval,
+                    _ => slot.interval.mul_f64(1.5),
+                }
+                .clamp(floor, max);
+                slot.due = now + jitter(slot.interval, 0.1);
+            }
+            Outcome::RateLimited { wait } => {
+                // Until the reset; an answer that keeps refusing past it
+                // backs off.
+                self.limited += 1;
+                let least = if self.limited > 1 {
+                    backoff(self.limited)
+                } else {
+                    Duration::from_secs(1)
+                };
+                let mut wait = wait
+                    .max(least)
+                    .clamp(Duration::from_secs(1), Duration::from_secs(65 * 60));
+                if self.limited >= DEGRADED_AFTER {
+                    self.degraded = true;
+                    wait = wait.max(max);
+                }
+                self.backoff = wait;
+                for slot in &mut self.slots {
+                    slot.due = slot.due.max(now + wait);
+                }
+            }
+            Outcome::Transient => {
+                self.failures += 1;
+                let mut wait = backoff(self.failures).mul_f64(rand_unit());
+                if self.failures >= DEGRADED_AFTER {
+                    self.degraded = true;
+                    wait = wait.max(max);
+                }
+                self.backoff = wait;
+                slot.due = now + wait;
+            }
+            Outcome::Refused => {
+                slot.refused = true;
+                slot.due = now + max;
+            }
+        }
+    }
+}
+
+/// Polls `poller`'s streams on their [`Schedule`] until the task is
+/// aborted, the first after `start` (spreading repositories over one
+/// interval, POLLING.md §6 step 1).
 pub async fn run<P: Poller>(mut poller: P, start: Duration) {
     let target = poller.target().clone();
     let repo = target.repo.as_str();
     let metrics = Arc::clone(&poller.recorder().metrics);
     let app = target.app();
-    let now = tokio::time::Instant::now();
-    let mut slots = Vec::new();
+    let mut means = std::collections::BTreeMap::new();
     for stream in target.provider.streams() {
-        let mean = match stream.event_kind() {
-            Some(kind) => poller.recorder().mean_interval(app.clone(), kind).await,
-            None => None,
-        };
-        slots.push(Slot {
-            stream: *stream,
-            interval: mean.map_or(QUIET_START, |g| g.mul_f64(ALPHA)),
-            due: now + start,
-            hint: None,
-        });
+        if let Some(kind) = stream.event_kind() {
+            means.insert(
+                *stream,
+                poller.recorder().mean_interval(app.clone(), kind).await,
+            );
+        }
     }
-    let mut failures = 0u32;
-    let mut limited = 0u32;
+    let mut schedule = Schedule::new(&target, start, |s| means.get(&s).copied().flatten());
+    let epoch = tokio::time::Instant::now();
     let degraded = metrics.poll_degraded.with_label_values(&[repo]);
     let backoff_gauge = metrics.poll_backoff.with_label_values(&[repo]);
     loop {
-        let Some(slot) = slots.iter_mut().min_by_key(|s| s.due) else {
-            return;
+        let (stream, due) = schedule.next();
+        tokio::time::sleep_until(epoch + due).await;
+        let result = poller.poll_stream(stream).await;
+        let mean = match (&result, stream.event_kind()) {
+            (Ok(true), Some(kind)) => poller.recorder().mean_interval(app.clone(), kind).await,
+            _ => None,
         };
-        tokio::time::sleep_until(slot.due).await;
-        let stream = slot.stream;
-        let outcome = poller.poll_stream(stream).await;
-        if let Some(hint) = poller.take_poll_interval_hint() {
-            slot.hint = Some(hint);
+        if let Some(mean) = mean {
+            poller.gate().set_weight(repo, mean).await;
         }
-        let now = tokio::time::Instant::now();
-        let max = match stream {
-            Stream::PullRequests => target.max_interval.max(REVIEW_MAX_INTERVAL),
-            _ => target.max_interval,
-        };
-        let floor = [
-            target.interval,
-            slot.hint.unwrap_or_default(),
-            budget_floor(&target, poller.gate()).await,
-        ]
-        .into_iter()
-        .max()
-        .unwrap_or(target.interval)
-        .min(max);
-        match outcome {
-            Ok(changed) => {
-                failures = 0;
-                limited = 0;
-                degraded.set(0);
-                backoff_gauge.set(0.0);
-                metrics
-                    .poll_last_success
-                    .with_label_values(&[repo])
-                    .set(now_seconds() as f64);
-                let mean = match (changed, stream.event_kind()) {
-                    (true, Some(kind)) => poller.recorder().mean_interval(app.clone(), kind).await,
-                    _ => None,
-                };
-                if let Some(mean) = mean {
-                    poller.gate().set_weight(repo, mean).await;
-                }
-                slot.interval = match (changed, mean) {
-                    (true, Some(g)) => g.mul_f64(ALPHA),
-                    (true, None) => target.interval,
-                    (false, _) => slot.interval.mul_f64(1.5),
-                }
-                .clamp(floor, max);
-                slot.due = now + jitter(slot.interval, 0.1);
-            }
-            Err(PollError::RateLimited { until }) => {
-                // Until the reset; an answer that keeps refusing past it
-                // backs off, and after five the repository is degraded.
-                limited += 1;
-                let floor = if limited > 1 {
-                    backoff(limited).as_secs()
-                } else {
-                    1
-                };
-                let mut seconds = ((until - now_seconds()).max(0) as u64)
-                    .max(floor)
-                    .clamp(1, 65 * 60);
-                if limited >= DEGRADED_AFTER {
-                    degraded.set(1);
-                    seconds = seconds.max(max.as_secs());
-                }
-                tracing::warn!(repo, seconds, "Rate limited: waiting for the reset");
-                backoff_gauge.set(seconds as f64);
-                let until = now + Duration::from_secs(seconds);
-                for slot in &mut slots {
-                    slot.due = slot.due.max(until);
-                }
-            }
-            Err(PollError::Transient(error)) => {
-                failures += 1;
-                let mut wait = backoff(failures).mul_f64(rand_unit());
-                if failures >= DEGRADED_AFTER {
-                    degraded.set(1);
-                    wait = wait.max(max);
-                }
+        match &result {
+            Ok(_) => metrics
+                .poll_last_success
+                .with_label_values(&[repo])
+                .set(now_seconds() as f64),
+            Err(PollError::RateLimited { .. }) => {
                 tracing::warn!(
                     repo,
                     stream = stream.name(),
-                    failures,
+                    "Rate limited: waiting for the reset"
+                )
+            }
+            Err(PollError::Transient(error)) => {
+                tracing::warn!(
+                    repo,
+                    stream = stream.name(),
                     error,
                     "Poll failed; backing off"
-                );
-                backoff_gauge.set(wait.as_secs_f64());
-                slot.due = now + wait;
+                )
             }
             Err(PollError::Refused(error) | PollError::Gone(error)) => {
                 tracing::error!(
@@ -842,10 +972,20 @@ pub async fn run<P: Poller>(mut poller: P, start: Duration) {
                     stream = stream.name(),
                     error,
                     "Poll refused; retrying at the longest interval"
-                );
-                slot.due = now + max;
+                )
             }
         }
+        let hint = poller.take_poll_interval_hint();
+        let floor = budget_floor(&target, poller.gate()).await;
+        schedule.record(
+            stream,
+            epoch.elapsed(),
+            Outcome::of(&result, mean),
+            hint,
+            floor,
+        );
+        degraded.set(i64::from(schedule.degraded()));
+        backoff_gauge.set(schedule.backoff().as_secs_f64());
     }
 }
 
@@ -909,6 +1049,201 @@ fn rand_unit() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn target() -> PollTarget {
+        let raw: RawTarget = toml::from_str(
+            "repo = \"acme/shop\"\ntoken_env = \"T\"\ninterval = \"1m\"\nmax_interval = \"30m\"",
+        )
+        .unwrap();
+        PollTarget::from_raw(Provider::Github, &raw, 0, 0.5, &[], &|_| {
+            Some("t0ken".into())
+        })
+        .unwrap()
+    }
+
+    fn minutes(m: f64) -> Duration {
+        Duration::from_secs_f64(m * 60.0)
+    }
+
+    /// The due time of `stream`'s next poll.
+    fn due(schedule: &Schedule, stream: Stream) -> Duration {
+        schedule
+            .slots
+            .iter()
+            .find(|s| s.stream == stream)
+            .unwrap()
+            .due
+    }
+
+    fn within(d: Duration, center: Duration) -> bool {
+        d >= center.mul_f64(0.9) && d <= center.mul_f64(1.1)
+    }
+
+    #[test]
+    fn a_stream_waits_a_quarter_of_its_mean_after_a_change_and_longer_while_unchanged() {
+        let target = target();
+        let mut s = Schedule::new(&target, Duration::ZERO, |_| None);
+        assert_eq!(s.next().1, Duration::ZERO);
+        let d = Stream::Deployments;
+        s.record(
+            d,
+            Duration::ZERO,
+            Outcome::Changed {
+                mean: Some(minutes(60.0)),
+            },
+            None,
+            Duration::ZERO,
+        );
+        assert!(within(due(&s, d), minutes(15.0)), "{:?}", due(&s, d));
+        // Unchanged: 1.5× each time, to the maximum.
+        let mut now = due(&s, d);
+        for expected in [22.5, 30.0, 30.0] {
+            s.record(d, now, Outcome::Unchanged, None, Duration::ZERO);
+            assert!(within(due(&s, d) - now, minutes(expected)), "{expected}");
+            now = due(&s, d);
+        }
+        // A busy stream is not polled more often than the configured interval.
+        s.record(
+            d,
+            now,
+            Outcome::Changed {
+                mean: Some(minutes(1.0)),
+            },
+            None,
+            Duration::ZERO,
+        );
+        assert!(within(due(&s, d) - now, minutes(1.0)));
+        // The review stream may wait an hour.
+        let p = Stream::PullRequests;
+        for _ in 0..20 {
+            s.record(p, now, Outcome::Unchanged, None, Duration::ZERO);
+        }
+        assert!(within(due(&s, p) - now, minutes(60.0)));
+    }
+
+    #[test]
+    fn x_poll_interval_and_the_budget_raise_the_floor() {
+        let target = target();
+        let mut s = Schedule::new(&target, Duration::ZERO, |_| None);
+        let d = Stream::Deployments;
+        s.record(
+            d,
+            Duration::ZERO,
+            Outcome::Changed {
+                mean: Some(minutes(2.0)),
+            },
+            Some(minutes(2.0)),
+            Duration::ZERO,
+        );
+        assert!(due(&s, d) >= minutes(1.8));
+        // The hint is kept until the provider sends another.
+        s.record(
+            d,
+            Duration::ZERO,
+            Outcome::Changed {
+                mean: Some(minutes(2.0)),
+            },
+            None,
+            Duration::ZERO,
+        );
+        assert!(due(&s, d) >= minutes(1.8));
+        s.record(
+            d,
+            Duration::ZERO,
+            Outcome::Changed {
+                mean: Some(minutes(2.0)),
+            },
+            None,
+            minutes(10.0),
+        );
+        assert!(due(&s, d) >= minutes(9.0));
+    }
+
+    #[test]
+    fn limits_hold_every_stream_repeats_back_off_and_the_fifth_degrades() {
+        let target = target();
+        let mut s = Schedule::new(&target, Duration::ZERO, |_| None);
+        let now = minutes(10.0);
+        s.record(
+            Stream::Incidents,
+            now,
+            Outcome::RateLimited {
+                wait: Duration::from_secs(30),
+            },
+            None,
+            Duration::ZERO,
+        );
+        for stream in Provider::Github.streams() {
+            assert!(
+                due(&s, *stream) >= now + Duration::from_secs(30),
+                "{stream:?}"
+            );
+        }
+        assert_eq!(s.backoff(), Duration::from_secs(30));
+        let mut waits = vec![s.backoff()];
+        for _ in 0..4 {
+            s.record(
+                Stream::Incidents,
+                now,
+                Outcome::RateLimited {
+                    wait: Duration::from_secs(30),
+                },
+                None,
+                Duration::ZERO,
+            );
+            waits.push(s.backoff());
+        }
+        assert!(waits.windows(2).all(|w| w[1] >= w[0]), "{waits:?}");
+        assert!(s.degraded());
+        assert!(s.backoff() >= minutes(30.0));
+        s.record(
+            Stream::Incidents,
+            now,
+            Outcome::Unchanged,
+            None,
+            Duration::ZERO,
+        );
+        assert!(!s.degraded());
+        assert_eq!(s.backoff(), Duration::ZERO);
+    }
+
+    #[test]
+    fn failures_back_off_with_full_jitter_and_refusals_degrade_until_a_success() {
+        let target = target();
+        let mut s = Schedule::new(&target, Duration::ZERO, |_| None);
+        let c = Stream::Commits;
+        for failures in 1..=4 {
+            s.record(c, Duration::ZERO, Outcome::Transient, None, Duration::ZERO);
+            assert!(due(&s, c) <= backoff(failures), "{failures}");
+            assert!(!s.degraded());
+        }
+        s.record(c, Duration::ZERO, Outcome::Transient, None, Duration::ZERO);
+        assert!(s.degraded());
+        assert!(due(&s, c) >= minutes(30.0));
+        s.record(c, Duration::ZERO, Outcome::Unchanged, None, Duration::ZERO);
+        assert!(!s.degraded());
+
+        s.record(
+            Stream::Incidents,
+            Duration::ZERO,
+            Outcome::Refused,
+            None,
+            Duration::ZERO,
+        );
+        assert!(s.degraded());
+        assert_eq!(due(&s, Stream::Incidents), minutes(30.0));
+        // Another stream's success does not clear it; its own does.
+        s.record(c, Duration::ZERO, Outcome::Unchanged, None, Duration::ZERO);
+        assert!(s.degraded());
+        s.record(
+            Stream::Incidents,
+            Duration::ZERO,
+            Outcome::Unchanged,
+            None,
+            Duration::ZERO,
+        );
+        assert!(!s.degraded());
+    }
 
     #[test]
     fn backoff_doubles_from_two_seconds_to_fifteen_minutes() {
