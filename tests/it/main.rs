@@ -5,12 +5,14 @@
 mod harness;
 
 mod admin;
+mod alerts;
 mod attacks;
 mod cli;
 mod crash;
 mod deploy;
 mod fuzz;
 mod limits;
+mod monitoring;
 mod page;
 mod pelorus;
 mod pipelines;
