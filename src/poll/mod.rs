@@ -532,6 +532,8 @@ pub struct Recorder {
     /// Streams let go in this poll (deployments no longer followed), their
     /// state deleted with the next commit.
     forget: Vec<String>,
+    /// The stored review waits were published.
+    waits_restored: bool,
 }
 
 impl Recorder {
@@ -542,6 +544,24 @@ impl Recorder {
             metrics,
             stored: Default::default(),
             forget: Vec::new(),
+            waits_restored: false,
+        }
+    }
+
+    /// Once, after the first [`Recorder::load`]: publishes the review waits
+    /// stored in the review stream `key`, so that they are exposed from the
+    /// start, before (or without) a poll of that stream.
+    fn restore_waits(&mut self, key: String, repo: &str) {
+        if std::mem::replace(&mut self.waits_restored, true) {
+            return;
+        }
+        let stored: Option<reviews::PullsMark> = self
+            .stored
+            .get(&key)
+            .and_then(|c| c.watermark.as_deref())
+            .and_then(|w| serde_json::from_str(w).ok());
+        if let Some(mark) = stored {
+            mark.publish(&self.metrics, repo, 0);
         }
     }
 

@@ -19,17 +19,25 @@ pub(in crate::poll) struct PullState {
     pub(in crate::poll) author: String,
     pub(in crate::poll) draft: bool,
     /// When it last became ready for review: `created_at`, or the last
-    /// `ready_for_review` (server epoch seconds). 0 while a draft.
+    /// `ready_for_review` (server epoch seconds).
     pub(in crate::poll) ready_at: i64,
-    /// Reviewed by someone other than its author since `ready_at`.
-    pub(in crate::poll) reviewed: bool,
+    /// `ready_at` was read from the provider; until it is, `ready_at` is
+    /// the creation and the pull request is not counted as waiting (it may
+    /// have been a draft, and reviewed before it was again).
+    #[serde(default)]
+    pub(in crate::poll) ready_known: bool,
+    /// The latest review by someone other than its author, if any (server
+    /// epoch seconds).
+    #[serde(default)]
+    pub(in crate::poll) last_review: Option<i64>,
     /// When its reviews were last read (server epoch seconds).
     pub(in crate::poll) checked_at: i64,
 }
 
 impl PullState {
+    /// Open (it is listed), ready, and not reviewed since it became ready.
     pub(in crate::poll) fn waits(&self) -> bool {
-        !self.draft && !self.reviewed
+        !self.draft && self.last_review.is_none_or(|r| r < self.ready_at)
     }
 }
 
@@ -45,30 +53,50 @@ impl PullsMark {
         let waiting = self
             .open
             .iter()
-            .filter(|(_, p)| p.waits())
+            .filter(|(_, p)| p.waits() && p.ready_known)
             .map(|(n, p)| (*n, p.ready_at - skew))
             .collect();
         metrics.review_waits.set(repo, waiting);
     }
+
+    /// The ready pull requests whose ready time is still to be read, at
+    /// most `limit`: those that would wait first (they are the ones an
+    /// alert is about), then the reviewed ones.
+    pub(in crate::poll) fn ready_unknown(&self, limit: usize) -> Vec<(u64, i64)> {
+        let mut unknown: Vec<(bool, u64, i64)> = self
+            .open
+            .iter()
+            .filter(|(_, p)| !p.draft && !p.ready_known)
+            .map(|(n, p)| (!p.waits(), *n, p.ready_at))
+            .collect();
+        unknown.sort();
+        unknown
+            .into_iter()
+            .take(limit)
+            .map(|(_, n, at)| (n, at))
+            .collect()
+    }
 }
 
-/// Whether `reviews` (GitHub's and Gitea's shape: `user.login`, `state`,
-/// `submitted_at`) hold one by someone other than `author`, submitted at
-/// or after `since`, in a state other than `not_reviews` (a pending review
-/// is a draft nobody else sees). A comment-only review counts (POLLING.md
-/// §5).
-pub(in crate::poll) fn reviewed(
+/// The latest review in `reviews` (GitHub's and Gitea's shape:
+/// `user.login`, `state`, `submitted_at`) by someone other than `author`,
+/// in a state other than `not_reviews` (a pending review is a draft nobody
+/// else sees). A comment-only review counts (POLLING.md §5); one without a
+/// time counts as recent.
+pub(in crate::poll) fn last_review(
     reviews: &[Value],
     author: &str,
-    since: i64,
     not_reviews: &[&str],
-) -> bool {
-    reviews.iter().any(|review| {
-        let by = review["user"]["login"].as_str().unwrap_or_default();
-        let submitted = server_time(&review["submitted_at"]).unwrap_or(i64::MAX);
-        let state = review["state"].as_str().unwrap_or_default();
-        !not_reviews.contains(&state) && !by.is_empty() && by != author && submitted >= since
-    })
+) -> Option<i64> {
+    reviews
+        .iter()
+        .filter(|review| {
+            let by = review["user"]["login"].as_str().unwrap_or_default();
+            let state = review["state"].as_str().unwrap_or_default();
+            !not_reviews.contains(&state) && !by.is_empty() && by != author
+        })
+        .map(|review| server_time(&review["submitted_at"]).unwrap_or(i64::MAX))
+        .max()
 }
 
 #[cfg(test)]
@@ -78,41 +106,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_review_counts_when_someone_else_submitted_it_after_the_pull_became_ready() {
+    fn the_last_review_is_by_someone_else_and_not_pending() {
         let at = |t: &str| server_time(&json!(t)).unwrap();
-        let ready = at("2026-11-01T12:00:00Z");
         let review = |by: &str, state: &str, when: &str| json!({"user": {"login": by}, "state": state, "submitted_at": when});
-        let after = "2026-11-02T09:00:00Z";
-        assert!(reviewed(
-            &[review("bob", "COMMENTED", after)],
-            "ann",
-            ready,
-            &["PENDING"]
-        ));
-        assert!(reviewed(
-            &[review("bob", "APPROVED", after)],
-            "ann",
-            ready,
-            &["PENDING"]
-        ));
-        assert!(!reviewed(
-            &[review("ann", "COMMENTED", after)],
-            "ann",
-            ready,
-            &["PENDING"]
-        ));
-        assert!(!reviewed(
-            &[review("bob", "PENDING", after)],
-            "ann",
-            ready,
-            &["PENDING"]
-        ));
-        assert!(!reviewed(
-            &[review("bob", "CHANGES_REQUESTED", "2026-10-30T09:00:00Z")],
-            "ann",
-            ready,
-            &["PENDING"]
-        ));
-        assert!(!reviewed(&[], "ann", ready, &["PENDING"]));
+        let (early, late) = ("2026-10-30T09:00:00Z", "2026-11-02T09:00:00Z");
+        let last = |reviews: &[Value]| last_review(reviews, "ann", &["PENDING"]);
+        assert_eq!(
+            last(&[
+                review("bob", "COMMENTED", early),
+                review("eve", "APPROVED", late)
+            ]),
+            Some(at(late))
+        );
+        assert_eq!(last(&[review("ann", "COMMENTED", late)]), None);
+        assert_eq!(last(&[review("bob", "PENDING", late)]), None);
+        assert_eq!(last(&[]), None);
+    }
+
+    #[test]
+    fn a_pull_request_waits_until_reviewed_after_it_last_became_ready() {
+        let ready = PullState {
+            ready_at: 1_000,
+            ready_known: true,
+            ..PullState::default()
+        };
+        assert!(ready.waits());
+        let reviewed_before = PullState {
+            last_review: Some(900),
+            ..ready.clone()
+        };
+        assert!(reviewed_before.waits());
+        let reviewed_after = PullState {
+            last_review: Some(1_000),
+            ..ready.clone()
+        };
+        assert!(!reviewed_after.waits());
+        let draft = PullState {
+            draft: true,
+            ..ready
+        };
+        assert!(!draft.waits());
     }
 }

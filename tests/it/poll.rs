@@ -623,7 +623,7 @@ async fn mount_listing(server: &MockServer, at: &str, listing: &Listing) {
     Mock::given(method("GET"))
         .and(path(at))
         .respond_with(listing.clone())
-        .with_priority(1)
+        .with_priority(2)
         .mount(server)
         .await;
 }
@@ -720,7 +720,8 @@ async fn pull_requests_waiting_for_a_review_are_gauged_until_someone_reviews_the
             requests_to(&server, &format!("/issues/{n}/timeline"))
                 .await
                 .len(),
-            1
+            1,
+            "#{n}"
         );
     }
     let lists = requests_to(&server, "/pulls").await;
@@ -731,14 +732,17 @@ async fn pull_requests_waiting_for_a_review_are_gauged_until_someone_reviews_the
     );
 
     // Bob comments on #7, which bumps its `updated_at`: after the next poll
-    // (a restart polls at once) #7 no longer waits. #9 and #10 did not
-    // change: their reviews are not read again.
+    // (a restart polls at once) #7 no longer waits. Dan pushes to #10,
+    // reviewed already: its reviews are read again (304) and it still does
+    // not wait. #9 did not change: its reviews are not read again.
     reviews_of_7.set(json!([review(70, "bob", "COMMENTED", now())]));
+    let mut pushed = pull(10, "dan", t - 2 * day, now(), false);
+    pushed["head"]["sha"] = json!("5555555555555555555555555555555555555555");
     pulls.set(json!([
         pull(7, "ann", t - 3 * day, now(), false),
         pull(8, "ann", t - 5 * day, t - 5 * day, true),
         pull(9, "cat", t - 2 * day, t - 3600, false),
-        pull(10, "dan", t - 2 * day, t - 2 * day, false),
+        pushed,
     ]));
     app.restart().await;
     eventually("#7 reviewed", || async {
@@ -751,14 +755,8 @@ async fn pull_requests_waiting_for_a_review_are_gauged_until_someone_reviews_the
     let reviews = requests_to(&server, "/pulls/7/reviews").await;
     assert_eq!(reviews.len(), 2);
     assert!(reviews[1].headers.get("if-none-match").is_some());
-    for n in [9, 10] {
-        assert_eq!(
-            requests_to(&server, &format!("/pulls/{n}/reviews"))
-                .await
-                .len(),
-            1
-        );
-    }
+    assert_eq!(requests_to(&server, "/pulls/9/reviews").await.len(), 1);
+    assert_eq!(requests_to(&server, "/pulls/10/reviews").await.len(), 2);
 
     // Nothing changed: the list answers 304, and the waits come back from
     // the store.
@@ -776,6 +774,30 @@ async fn pull_requests_waiting_for_a_review_are_gauged_until_someone_reviews_the
     .await;
     assert_eq!(awaiting_review(&app).await, 1.0);
     assert_eq!(review_waits(&app).await[0].0, "9");
+
+    // GitHub failing after a restart: the stored waits are exposed still.
+    Mock::given(method("GET"))
+        .and(path("/repos/acme/shop/pulls"))
+        .respond_with(ResponseTemplate::new(502))
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    app.restart().await;
+    eventually("the 502", || async {
+        app.scrape().await.value(
+            "hookgauge_poll_requests_total",
+            &[
+                ("repo", "acme/shop"),
+                ("endpoint", "pulls"),
+                ("status", "502"),
+            ],
+        ) == 1.0
+    })
+    .await;
+    assert_eq!(awaiting_review(&app).await, 1.0);
+    let waits = review_waits(&app).await;
+    assert_eq!(waits.len(), 1, "{waits:?}");
+    assert!((1800.0..1900.0).contains(&waits[0].1), "{waits:?}");
     app.shutdown().await;
 }
 

@@ -75,6 +75,8 @@ impl Poller for GithubPoller {
 
     async fn poll_stream(&mut self, stream: Stream) -> Result<bool, PollError> {
         self.rec.load(self.target.stream("")).await?;
+        self.rec
+            .restore_waits(self.target.stream("pulls"), &self.target.repo);
         let location = self.rec.cursor(self.target.stream("location"));
         if let Some(moved) = &location.watermark {
             self.base.clone_from(moved);

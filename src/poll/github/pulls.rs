@@ -6,8 +6,8 @@
 //! quota); reviews are read only for a pull request that is new or whose
 //! `updated_at` or head moved (a review bumps `updated_at`), and once an
 //! hour for those still waiting, each conditional on its own ETag; the
-//! timeline, for the last `ready_for_review`, once when a pull request is
-//! first seen ready. What the stream knows is kept in its cursor, so a
+//! timeline, for the last `ready_for_review`, once for a pull request that
+//! waits, a few a poll. What the stream knows is kept in its cursor, so a
 //! restart answers 304 and still knows every wait.
 
 use std::collections::BTreeMap;
@@ -15,12 +15,14 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::{server_time, GithubPoller, PollError, GITHUB_JSON, MAX_PAGES};
-use crate::poll::reviews::{reviewed, PullState, PullsMark};
+use crate::poll::reviews::{last_review, PullState, PullsMark};
 use crate::store::PollCursor;
 
 /// How often the reviews of a waiting pull request are read although its
 /// listing did not change.
 const REVIEW_RECHECK_SECONDS: i64 = 3600;
+/// Timelines read in one poll at most.
+const TIMELINES_PER_POLL: usize = 20;
 
 impl GithubPoller {
     /// Polls the open pull requests of `branches` and publishes the waits.
@@ -107,14 +109,27 @@ impl GithubPoller {
                             p.clone()
                         }
                         _ if state.draft => state,
-                        _ => {
-                            // Newly ready (or first seen): when did it become so?
-                            let ready_at = match previous {
-                                Some(p) if !p.draft => p.ready_at,
-                                _ => self.ready_at(number, created).await?,
-                            };
+                        // Ready before and still: a push or an edit does
+                        // not undo a review; its reviews are read again.
+                        Some(p) if !p.draft => {
                             review.push(number);
-                            PullState { ready_at, ..state }
+                            PullState {
+                                ready_at: p.ready_at,
+                                ready_known: p.ready_known,
+                                last_review: p.last_review,
+                                ..state
+                            }
+                        }
+                        // First seen ready, or no longer a draft: when it
+                        // became ready is read from its timeline.
+                        _ => {
+                            review.push(number);
+                            PullState {
+                                ready_at: created,
+                                ready_known: false,
+                                last_review: previous.and_then(|p| p.last_review),
+                                ..state
+                            }
                         }
                     };
                     open.insert(number, state);
@@ -126,11 +141,8 @@ impl GithubPoller {
                 continue;
             };
             let author = state.author.clone();
-            if let Some(reviewed) = self
-                .reviews(number, &author, state.ready_at, cursors)
-                .await?
-            {
-                state.reviewed = reviewed;
+            if let Some(last) = self.reviews(number, &author, cursors).await? {
+                state.last_review = last;
             }
             state.checked_at = now;
         }
@@ -140,6 +152,15 @@ impl GithubPoller {
                 .push(self.target.stream(&format!("reviews|{number}")));
         }
         mark.open = open;
+        // When each ready one became so: a few timelines a poll, the others
+        // at the next polls (and not counted as waiting until then).
+        for (number, created) in mark.ready_unknown(TIMELINES_PER_POLL) {
+            let ready_at = self.ready_at(number, created).await?;
+            if let Some(state) = mark.open.get_mut(&number) {
+                state.ready_at = ready_at;
+                state.ready_known = true;
+            }
+        }
         mark.publish(&self.rec.metrics, &self.target.repo, self.api.skew());
         new_cursor.watermark = Some(serde_json::to_string(&mark).unwrap_or_default());
         if new_cursor != cursor {
@@ -182,15 +203,15 @@ impl GithubPoller {
         Ok(ready)
     }
 
-    /// Whether pull request `number` was reviewed since `since`, from its
-    /// reviews (conditional on their own ETag); `None` when unchanged.
+    /// The latest review of pull request `number` by someone other than
+    /// `author`, from its reviews (conditional on their own ETag); `None`
+    /// when they did not change.
     async fn reviews(
         &mut self,
         number: u64,
         author: &str,
-        since: i64,
         cursors: &mut Vec<PollCursor>,
-    ) -> Result<Option<bool>, PollError> {
+    ) -> Result<Option<Option<i64>>, PollError> {
         let cursor = self
             .rec
             .cursor(self.target.stream(&format!("reviews|{number}")));
@@ -219,6 +240,6 @@ impl GithubPoller {
         if new_cursor != cursor {
             cursors.push(new_cursor);
         }
-        Ok(Some(reviewed(&all, author, since, &["PENDING"])))
+        Ok(Some(last_review(&all, author, &["PENDING"])))
     }
 }
