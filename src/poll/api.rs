@@ -229,8 +229,9 @@ pub struct Api {
     /// Where the request in flight was moved permanently (301), if it was,
     /// as the redirect policy saw it …
     moved: Arc<Mutex<Option<reqwest::Url>>>,
-    /// … and the last answered request's.
-    last_moved: Option<reqwest::Url>,
+    /// … and the last answered request's: the URL asked for and where it
+    /// moved.
+    last_moved: Option<(String, reqwest::Url)>,
 }
 
 impl Api {
@@ -281,8 +282,9 @@ impl Api {
         self.skew
     }
 
-    /// Where the last request was moved permanently (301), if it was.
-    pub fn take_moved(&mut self) -> Option<reqwest::Url> {
+    /// The last request moved permanently (301) since the last call, and
+    /// where to.
+    pub fn take_moved(&mut self) -> Option<(String, reqwest::Url)> {
         self.last_moved.take()
     }
 
@@ -409,7 +411,9 @@ impl Api {
         self.read_headers(response.headers(), &mut state.quota);
         let quota = state.quota;
         drop(state);
-        self.last_moved = self.moved.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(to) = self.moved.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            self.last_moved = Some((url.to_owned(), to));
+        }
         let header = |name: &str| {
             response
                 .headers()

@@ -104,6 +104,7 @@ impl Poller for GithubPoller {
                 Err(e) => Err(e),
             },
         };
+        self.follow_move();
         if location.watermark.as_deref() != Some(self.base.as_str()) && self.base != self.home() {
             cursors.push(PollCursor {
                 watermark: Some(self.base.clone()),
@@ -146,15 +147,15 @@ impl GithubPoller {
     /// Follows a permanent redirect of the repository's address (a rename
     /// or a transfer answers 301 to its new address, POLLING.md §6 step 9):
     /// later requests go there, and the address is stored.
-    fn follow_move(&mut self, requested: &str) {
-        let Some(to) = self.api.take_moved() else {
+    fn follow_move(&mut self) {
+        let Some((requested, to)) = self.api.take_moved() else {
             return;
         };
         let Some(rest) = requested.strip_prefix(self.base.as_str()) else {
             return;
         };
         let rest = rest.split('?').next().unwrap_or_default();
-        let mut new = to.clone();
+        let mut new = to;
         new.set_query(None);
         let new = new.as_str().trim_end_matches('/').to_owned();
         if let Some(base) = new.strip_suffix(rest) {
@@ -182,9 +183,11 @@ impl GithubPoller {
         }
         let cursor = self.rec.cursor(self.target.stream("repository"));
         let url = self.base.clone();
-        let answer = self.api.get(&url, &cursor, "repository", GITHUB_JSON).await;
-        self.follow_move(&url);
-        let branch = match answer? {
+        let branch = match self
+            .api
+            .get(&url, &cursor, "repository", GITHUB_JSON)
+            .await?
+        {
             Fetched::NotModified => cursor.watermark.clone(),
             Fetched::Changed {
                 body,
