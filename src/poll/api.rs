@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::{now_seconds, PollError, PollTarget, Provider};
+use super::{Clock, PollError, PollTarget, Provider};
 use crate::metrics::Metrics;
 use crate::signature::Secret;
 use crate::store::PollCursor;
@@ -25,6 +25,9 @@ const MIN_SPACING: Duration = Duration::from_millis(100);
 /// A paid request that would have to wait longer than this for its turn
 /// in the budget is refused locally instead (the gate is not held that long).
 const MAX_BUDGET_WAIT: Duration = Duration::from_secs(60);
+/// Paid requests may run this share of the allowance (at least 10) ahead
+/// of an even spread over the window.
+const BURST_SHARE: f64 = 0.02;
 /// The weight of a repository whose event rate is unknown: one event a day.
 const DEFAULT_MEAN: Duration = Duration::from_secs(86_400);
 
@@ -84,8 +87,8 @@ struct GateState {
     window_end: i64,
     paid: u64,
     shares: BTreeMap<String, Share>,
-    last_sent: Option<tokio::time::Instant>,
-    last_paid: Option<tokio::time::Instant>,
+    /// When the last request was sent (epoch ms, the pollers' clock).
+    last_sent: Option<i64>,
     /// The token's hourly quota when the provider does not say.
     configured: Option<u64>,
     /// `f` of POLLING.md §6 step 8.
@@ -154,7 +157,6 @@ impl TokenGate {
                 paid: 0,
                 shares: BTreeMap::new(),
                 last_sent: None,
-                last_paid: None,
                 configured,
                 max_share,
             }),
@@ -226,6 +228,7 @@ pub struct Api {
     skew: i64,
     /// The longest `X-Poll-Interval` seen since it was last taken.
     hint: Option<Duration>,
+    clock: Clock,
     /// Where the request in flight was moved permanently (301), if it was,
     /// as the redirect policy saw it …
     moved: Arc<Mutex<Option<reqwest::Url>>>,
@@ -263,6 +266,7 @@ impl Api {
             gate,
             skew: 0,
             hint: None,
+            clock: Clock::default(),
             moved,
             last_moved: None,
         }
@@ -272,9 +276,14 @@ impl Api {
         &self.gate
     }
 
+    /// Paces and computes on `clock` rather than the system's.
+    pub fn set_clock(&mut self, clock: Clock) {
+        self.clock = clock;
+    }
+
     /// Now on the server's clock, as its last `Date` header told it.
     pub fn server_now(&self) -> i64 {
-        now_seconds() + self.skew
+        self.clock.now_seconds() + self.skew
     }
 
     /// Server clock minus local clock.
@@ -342,7 +351,7 @@ impl Api {
         // and what another repository learnt of the quota counts here.
         let gate = Arc::clone(&self.gate);
         let mut state = gate.state.lock().await;
-        let now = now_seconds();
+        let now = self.clock.now_seconds();
         state.roll(now);
         let quota = state.quota;
         if let (Some(limit), Some(remaining), Some(reset)) =
@@ -361,28 +370,30 @@ impl Api {
                     until: state.window_end + 1,
                 });
             }
-            // Paid requests spread over what is left of the window.
+            // Paid requests spread over the window: no more than a burst
+            // ahead of an even pace (POLLING.md §6 step 8 (c)).
             if !may_be_free {
-                let left = (total - state.paid as f64).max(1.0);
-                let gap = Duration::from_secs_f64(((state.window_end - now).max(0) as f64) / left);
-                if let Some(last) = state.last_paid {
-                    let turn = last + gap;
-                    let wait = turn.saturating_duration_since(tokio::time::Instant::now());
-                    if wait > MAX_BUDGET_WAIT {
-                        return Err(PollError::RateLimited {
-                            until: now + wait.as_secs() as i64,
-                        });
-                    }
-                    tokio::time::sleep_until(turn).await;
+                let burst = (total * BURST_SHARE).max(10.0);
+                let length = (state.window_end - state.window_start).max(1) as f64;
+                let due = (state.paid as f64 + 1.0 - burst).max(0.0) / total * length;
+                let turn_ms = state.window_start * 1000 + (due * 1000.0) as i64;
+                let wait = Duration::from_millis((turn_ms - self.clock.now_ms()).max(0) as u64);
+                if wait > MAX_BUDGET_WAIT {
+                    return Err(PollError::RateLimited {
+                        until: now + wait.as_secs() as i64 + 1,
+                    });
                 }
+                self.clock.sleep(wait).await;
             }
         }
         if let Some(last) = state.last_sent {
-            tokio::time::sleep_until(last + MIN_SPACING).await;
+            let turn = last + MIN_SPACING.as_millis() as i64;
+            let wait = (turn - self.clock.now_ms()).max(0) as u64;
+            self.clock.sleep(Duration::from_millis(wait)).await;
         }
         *self.moved.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let response = self.request(url, cursor, accept).send().await;
-        state.last_sent = Some(tokio::time::Instant::now());
+        state.last_sent = Some(self.clock.now_ms());
         let count = |code: &str| {
             self.metrics
                 .poll_requests
@@ -406,7 +417,6 @@ impl Api {
             if let Some(share) = state.shares.get_mut(&self.repo) {
                 share.paid += 1;
             }
-            state.last_paid = state.last_sent;
         }
         self.read_headers(response.headers(), &mut state.quota);
         let quota = state.quota;
@@ -498,7 +508,7 @@ impl Api {
         quota: Quota,
         endpoint: &str,
     ) -> PollError {
-        let now = now_seconds();
+        let now = self.clock.now_seconds();
         if let Some(seconds) = retry_after {
             return PollError::RateLimited {
                 until: now + seconds.max(1),
@@ -547,7 +557,7 @@ impl Api {
             .get("date")
             .and_then(|v| v.to_str().ok())
             .and_then(|d| chrono::DateTime::parse_from_rfc2822(d).ok())
-            .map(|d| d.timestamp() - now_seconds())
+            .map(|d| d.timestamp() - self.clock.now_seconds())
             .unwrap_or(self.skew);
         let prefix = match self.provider {
             Provider::Gitlab => "ratelimit-",

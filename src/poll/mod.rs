@@ -135,7 +135,7 @@ impl Stream {
     }
 
     /// The event kind whose mean interval schedules the stream.
-    fn event_kind(self) -> Option<&'static str> {
+    pub fn event_kind(self) -> Option<&'static str> {
         match self {
             Stream::Deployments => Some("deploy"),
             Stream::Incidents => Some("failure_created"),
@@ -496,11 +496,54 @@ impl PollTarget {
     }
 
     /// The application the repository's events count for.
-    fn app(&self) -> Option<String> {
+    pub fn app(&self) -> Option<String> {
         self.options
             .app(&self.repo)
             .ok()
             .map(|a| a.as_str().to_owned())
+    }
+}
+
+/// The pollers' clock for their requests' pacing and rate-limit
+/// arithmetic: the system's, or a simulated one that a benchmark moves and
+/// that sleeps by moving itself (POLLING.md §7: the fake shares a virtual
+/// clock with the poller, no sleeps).
+#[derive(Debug, Clone, Default)]
+pub struct Clock(Option<Arc<std::sync::atomic::AtomicI64>>);
+
+impl Clock {
+    /// A simulated clock at `epoch_ms` (milliseconds since the epoch).
+    pub fn simulated(epoch_ms: i64) -> Clock {
+        Clock(Some(Arc::new(std::sync::atomic::AtomicI64::new(epoch_ms))))
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        match &self.0 {
+            None => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
+            Some(ms) => ms.load(std::sync::atomic::Ordering::SeqCst),
+        }
+    }
+
+    pub fn now_seconds(&self) -> i64 {
+        self.now_ms().div_euclid(1000)
+    }
+
+    /// Moves a simulated clock forward to `epoch_ms` (never back).
+    pub fn advance_to(&self, epoch_ms: i64) {
+        if let Some(ms) = &self.0 {
+            ms.fetch_max(epoch_ms, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    async fn sleep(&self, d: Duration) {
+        match &self.0 {
+            None => tokio::time::sleep(d).await,
+            Some(ms) => {
+                ms.fetch_add(d.as_millis() as i64, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
     }
 }
 
@@ -619,7 +662,7 @@ impl Recorder {
 
     /// The mean time between `kind` events of `app` over the rolling
     /// window, from the store (webhook and polled events alike).
-    async fn mean_interval(&self, app: Option<String>, kind: &'static str) -> Option<Duration> {
+    pub async fn mean_interval(&self, app: Option<String>, kind: &'static str) -> Option<Duration> {
         let app = app?;
         let intervals = self
             .ledger
@@ -758,12 +801,15 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn of(result: &Result<bool, PollError>, mean: Option<Duration>) -> Outcome {
+    /// The outcome of a stream's poll at `now` (epoch seconds, the
+    /// poller's clock), `mean` its stream's mean time between events after
+    /// a change.
+    pub fn of(result: &Result<bool, PollError>, mean: Option<Duration>, now: i64) -> Outcome {
         match result {
             Ok(true) => Outcome::Changed { mean },
             Ok(false) => Outcome::Unchanged,
             Err(PollError::RateLimited { until }) => Outcome::RateLimited {
-                wait: Duration::from_secs((until - now_seconds()).max(0) as u64),
+                wait: Duration::from_secs((until - now).max(0) as u64),
             },
             Err(PollError::Transient(_)) => Outcome::Transient,
             Err(PollError::Refused(_) | PollError::Gone(_)) => Outcome::Refused,
@@ -1000,7 +1046,7 @@ pub async fn run<P: Poller>(mut poller: P, start: Duration) {
         schedule.record(
             stream,
             epoch.elapsed(),
-            Outcome::of(&result, mean),
+            Outcome::of(&result, mean, now_seconds()),
             hint,
             floor,
         );
@@ -1012,7 +1058,7 @@ pub async fn run<P: Poller>(mut poller: P, start: Duration) {
 /// Where every request is paid, the shortest interval that keeps a
 /// repository within its share of the budget: one request per stream per
 /// interval (POLLING.md §6 step 8).
-async fn budget_floor(target: &PollTarget, gate: &TokenGate) -> Duration {
+pub async fn budget_floor(target: &PollTarget, gate: &TokenGate) -> Duration {
     if target.provider.free_not_modified() {
         return Duration::ZERO;
     }

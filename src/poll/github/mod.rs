@@ -139,6 +139,13 @@ impl GithubPoller {
         poller
     }
 
+    /// Paces and computes on `clock` rather than the system's (the
+    /// benchmark's simulated day).
+    pub fn with_clock(mut self, clock: super::Clock) -> Self {
+        self.api.set_clock(clock);
+        self
+    }
+
     /// The repository's address under its configured name.
     fn home(&self) -> String {
         format!("{}/repos/{}", self.target.api_url, self.target.repo)
