@@ -18,6 +18,7 @@
 //! this service's share of it.
 
 mod api;
+mod forge;
 mod github;
 mod reviews;
 
