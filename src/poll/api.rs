@@ -553,8 +553,10 @@ impl Api {
     ) -> PollError {
         let now = now_seconds();
         if let Some(seconds) = retry_after {
+            // `now` is truncated to the second: one more keeps the whole
+            // wait the server asked for.
             return PollError::RateLimited {
-                until: now + seconds.max(1),
+                until: now + seconds.max(1) + 1,
             };
         }
         let exhausted = quota.remaining == Some(0);
