@@ -936,3 +936,27 @@ fn check_config_describes_a_gitea_repository_and_requires_its_api_url() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("poll.gitea[0].api_url"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_quota_every_request_is_paid_and_spaced_within_the_budget() {
+    let server = MockServer::start().await;
+    let fake = FakeGitea::start(&server).await;
+    let token_dir = tempfile::tempdir().unwrap();
+    let mut entry = gitea_entry(&server, &token_dir);
+    // Half of 3,600 an hour is this service's: one request per 2 s.
+    entry.quota_per_hour = Some(3600);
+    let app = spawn_app_with(|raw| raw.poll.gitea = vec![entry]).await;
+    eventually("three requests", || async {
+        fake.log.lock().unwrap().len() >= 3
+    })
+    .await;
+    let times: Vec<Instant> = fake.log.lock().unwrap().iter().map(|(t, _)| *t).collect();
+    for pair in times.windows(2).take(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap >= Duration::from_millis(1900),
+            "{gap:?} between paid requests"
+        );
+    }
+    app.shutdown().await;
+}
