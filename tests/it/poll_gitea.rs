@@ -960,3 +960,46 @@ async fn with_a_quota_every_request_is_paid_and_spaced_within_the_budget() {
     }
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewritten_history_is_read_by_date_from_the_old_heads_time() {
+    let server = MockServer::start().await;
+    let fake = FakeGitea::start(&server).await;
+    let t = now();
+    let sha = |n: u8| format!("{n}").repeat(40);
+    let (c1, c2, c8, c9) = (sha(1), sha(2), sha(8), sha(9));
+    fake.with(|repo| {
+        repo.commits = vec![commit(&c2, t - 600, t - 600), commit(&c1, t - 900, t - 900)]
+    });
+    let (_token_dir, mut app) = app_polling(&server, json!({})).await;
+    eventually("the first head's commits", || async {
+        commit_time(&app, &c2).await.is_some()
+    })
+    .await;
+    // Force-pushed: the old head is gone; the new history shares nothing
+    // with it. c8 is older than the old head's time less the overlap.
+    fake.with(|repo| {
+        repo.commits = vec![
+            commit(&c9, t - 60, t - 60),
+            commit(&c8, t - 3_600, t - 3_600),
+        ];
+    });
+    app.restart().await;
+    eventually("the rewritten head's commit", || async {
+        commit_time(&app, &c9).await.is_some()
+    })
+    .await;
+    let listed: Vec<Option<String>> = fake
+        .requests("/repos/acme/shop/commits")
+        .iter()
+        .map(|(_, r)| query(r).get("not").cloned())
+        .collect();
+    assert_eq!(listed, [None, Some(c2.clone()), None], "{listed:?}");
+    assert_eq!(fake.count(&format!("/git/commits/{c2}")), 1);
+    assert_eq!(
+        commit_time(&app, &c8).await,
+        None,
+        "older than the old head"
+    );
+    app.shutdown().await;
+}
