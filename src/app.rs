@@ -181,7 +181,10 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApp> {
                 start,
             )),
             crate::poll::Provider::Gitlab => unreachable!("refused by the configuration"),
-            crate::poll::Provider::Gitea => unreachable!("refused by the configuration"),
+            crate::poll::Provider::Gitea => tokio::spawn(crate::poll::run(
+                crate::poll::GiteaPoller::new(target.clone(), gate, store, ledger, metrics),
+                start,
+            )),
         }
     });
     let mut background: Vec<_> = pollers.collect();

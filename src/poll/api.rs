@@ -219,6 +219,8 @@ pub fn token_gates(targets: &[PollTarget]) -> Vec<Arc<TokenGate>> {
 pub struct Api {
     provider: Provider,
     client: reqwest::Client,
+    /// The configured API base: `rel="next"` links are followed only within it.
+    api_url: String,
     repo: String,
     token: Secret,
     token_source: super::TokenSource,
@@ -259,6 +261,7 @@ impl Api {
         Api {
             provider: target.provider,
             client,
+            api_url: target.api_url.clone(),
             repo: target.repo.clone(),
             token: target.token.clone(),
             token_source: target.token_source.clone(),
@@ -335,6 +338,60 @@ impl Api {
         let items: Vec<Value> = serde_json::from_slice(&body)
             .map_err(|e| PollError::Transient(format!("{endpoint}: {e}")))?;
         Ok(Some((items, next)))
+    }
+
+    /// Every page of a JSON list from `first`, following `rel="next"` links
+    /// verbatim (same origin only) for at most `max_pages`; page 1 is
+    /// conditional on `cursor`, whose validators `new_cursor` then takes.
+    /// `None` on a 304; else the items and whether pages were left unread.
+    /// A short page is no end: a server may clamp the page size (Gitea's
+    /// `MAX_RESPONSE_ITEMS`), only a missing `next` link ends the list.
+    pub async fn list_all(
+        &mut self,
+        first: String,
+        cursor: &PollCursor,
+        new_cursor: &mut PollCursor,
+        endpoint: &'static str,
+        accept: &str,
+        max_pages: usize,
+    ) -> Result<Option<(Vec<Value>, bool)>, PollError> {
+        let mut next = Some(first);
+        let mut page = 0;
+        let mut all: Option<Vec<Value>> = None;
+        let mut truncated = false;
+        while let Some(url) = next.take() {
+            let Some((items, link)) = self
+                .list_page(&url, page, cursor, new_cursor, endpoint, accept)
+                .await?
+            else {
+                break;
+            };
+            page += 1;
+            all.get_or_insert_with(Vec::new).extend(items);
+            let link = self.same_origin(link);
+            if page < max_pages {
+                next = link;
+            } else {
+                truncated = link.is_some();
+            }
+        }
+        Ok(all.map(|items| (items, truncated)))
+    }
+
+    /// `link` when it points into the configured API (a `Link` elsewhere is
+    /// not followed: the token would go with it). Gitea builds its links
+    /// from its `ROOT_URL`: an `api_url` on another address (an internal
+    /// one) reads first pages only, which is logged.
+    pub fn same_origin(&self, link: Option<String>) -> Option<String> {
+        let link = link?;
+        let inside = link
+            .strip_prefix(self.api_url.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(['/', '?']));
+        if !inside {
+            tracing::warn!(repo = %self.repo, api_url = %self.api_url, "A next page outside api_url is not followed; set api_url to the address the server's links use");
+            return None;
+        }
+        Some(link)
     }
 
     /// A GET, conditional on `cursor`'s validators, within the token's
@@ -510,8 +567,10 @@ impl Api {
     ) -> PollError {
         let now = self.clock.now_seconds();
         if let Some(seconds) = retry_after {
+            // `now` is truncated to the second: one more keeps the whole
+            // wait the server asked for.
             return PollError::RateLimited {
-                until: now + seconds.max(1),
+                until: now + seconds.max(1) + 1,
             };
         }
         let exhausted = quota.remaining == Some(0);

@@ -18,6 +18,8 @@
 //! this service's share of it.
 
 mod api;
+mod forge;
+mod gitea;
 mod github;
 mod reviews;
 
@@ -31,6 +33,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 pub use api::{token_gates, TokenGate};
+pub use gitea::GiteaPoller;
 pub use github::GithubPoller;
 
 use crate::ledger::{Delivery, DeliveryId, Disposition};
@@ -316,11 +319,15 @@ impl PollTarget {
     ) -> Result<PollTarget, (String, String)> {
         let name = provider.name();
         let key = |field: &str| format!("poll.{name}[{index}].{field}");
-        if provider != Provider::Github {
-            return Err((
-                key("repo"),
-                "only [[poll.github]] is polled in this build".into(),
-            ));
+        match provider {
+            Provider::Github => {}
+            Provider::Gitlab => {
+                return Err((
+                    key("repo"),
+                    "[[poll.gitlab]] is not polled in this build".into(),
+                ))
+            }
+            Provider::Gitea => {}
         }
         let valid_part = |p: &str| {
             !p.is_empty()
@@ -467,12 +474,19 @@ impl PollTarget {
                 None => "the default branch".to_owned(),
             }
         };
-        let streams: Vec<&str> = self
+        let mut streams: Vec<String> = self
             .provider
             .streams()
             .iter()
-            .map(|s| s.describe())
+            .map(|s| s.describe().to_owned())
             .collect();
+        // Gitea's deploys are commit statuses, read with the commits.
+        if self.provider == Provider::Gitea && !self.options.deploy_workflows.is_empty() {
+            streams.push(format!(
+                "deploys from commit statuses {}",
+                self.options.deploy_workflows.join(", ")
+            ));
+        }
         format!(
             "poll {} {} at {}: {} of {branches}, mapped by [sources.{}], every {} to {}",
             self.provider.name(),

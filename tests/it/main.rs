@@ -17,6 +17,7 @@ mod page;
 mod pelorus;
 mod pipelines;
 mod poll;
+mod poll_gitea;
 mod prometheus;
 mod props;
 mod rules;

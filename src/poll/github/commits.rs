@@ -9,10 +9,11 @@
 //! collected) falls back to the listing since the old head's time.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 
+use super::forge;
 use super::{
-    mapped, rfc3339, server_time, Fetched, GithubPoller, PollError, BOOTSTRAP_SECONDS, GITHUB_JSON,
+    rfc3339, server_time, Fetched, GithubPoller, PollError, BOOTSTRAP_SECONDS, GITHUB_JSON,
     MAX_PAGES, OVERLAP_SECONDS,
 };
 use crate::ledger::Delivery;
@@ -85,7 +86,14 @@ impl GithubPoller {
             .or(mark.as_ref().map(|m| m.at))
             .unwrap_or_else(|| self.api.server_now());
         for chunk in commits.chunks(100) {
-            deliveries.push(self.push_delivery(branch, &sha, chunk));
+            deliveries.push(forge::push_delivery(
+                &self.target,
+                "x-github-event",
+                branch,
+                &sha,
+                chunk,
+                "/commit/committer/date",
+            ));
         }
         cursors.push(PollCursor {
             // The validator is the SHA itself: it survives token rotation.
@@ -117,7 +125,7 @@ impl GithubPoller {
                 .map_err(|e| PollError::Transient(format!("compare: {e}")))?;
             commits.extend(page["commits"].as_array().cloned().unwrap_or_default());
             if pages < MAX_PAGES {
-                next = link.filter(|u| u.starts_with(&self.target.api_url));
+                next = self.api.same_origin(link);
             }
         }
         Ok(commits)
@@ -151,52 +159,12 @@ impl GithubPoller {
             page += 1;
             commits.extend(items);
             if page < MAX_PAGES {
-                next = link.filter(|u| u.starts_with(&self.target.api_url));
+                next = self.api.same_origin(link);
             } else if next.is_none() && link.is_some() {
                 tracing::warn!(repo = %self.target.repo, branch, pages = MAX_PAGES, "Branch history longer than the pages read; older commits are not recorded");
             }
         }
         commits.reverse();
         Ok(commits)
-    }
-
-    /// Commits (API objects) as one `push` webhook of `branch` to `after`
-    /// would carry them, mapped by the GitHub plugin; re-reading the same
-    /// commits gives the same delivery.
-    fn push_delivery(&self, branch: &str, after: &str, commits: &[Value]) -> Delivery {
-        let items: Vec<Value> = commits
-            .iter()
-            .map(|c| {
-                json!({
-                    "id": c["sha"],
-                    "timestamp": c["commit"]["committer"]["date"],
-                    "url": c["html_url"],
-                    "message": c["commit"]["message"],
-                })
-            })
-            .collect();
-        let payload = json!({
-            "ref": format!("refs/heads/{branch}"),
-            "after": after,
-            "commits": items,
-            "repository": {"full_name": self.target.repo, "default_branch": branch},
-        });
-        let first = commits
-            .first()
-            .and_then(|c| c["sha"].as_str())
-            .unwrap_or("");
-        let last = commits.last().and_then(|c| c["sha"].as_str()).unwrap_or("");
-        mapped(
-            &self.target,
-            "x-github-event",
-            "push",
-            &payload,
-            &[
-                b"commits",
-                branch.as_bytes(),
-                first.as_bytes(),
-                last.as_bytes(),
-            ],
-        )
     }
 }
