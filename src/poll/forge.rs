@@ -10,10 +10,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::api::{Api, Fetched};
-use super::{
-    mapped, rfc3339, server_time, PollError, PollTarget, Recorder, BOOTSTRAP_SECONDS,
-    OVERLAP_SECONDS,
-};
+use super::{mapped, rfc3339, server_time, PollError, PollTarget, Recorder, OVERLAP_SECONDS};
 use crate::ledger::Delivery;
 use crate::store::PollCursor;
 
@@ -182,7 +179,7 @@ pub(super) async fn incidents(
         let since = cursor
             .watermark
             .clone()
-            .unwrap_or_else(|| rfc3339(api.server_now() - BOOTSTRAP_SECONDS));
+            .unwrap_or_else(|| rfc3339(target.bootstrap_since(api.server_now())));
         let label_param: String = form_urlencoded::byte_serialize(label.as_bytes()).collect();
         let first = (list.url)(base.as_str(), &label_param, &since);
         let mut new_cursor = cursor.clone();

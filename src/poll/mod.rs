@@ -187,6 +187,9 @@ pub struct RawTarget {
     /// headers (GitLab without rate-limit headers, a limiting proxy in
     /// front of Gitea).
     pub quota_per_hour: Option<u64>,
+    /// How far back the first polls read (`2026-01-01` or an RFC 3339
+    /// time); without it, 30 days.
+    pub backfill_since: Option<String>,
 }
 
 fn default_interval() -> Duration {
@@ -255,6 +258,8 @@ pub struct PollTarget {
     pub max_interval: Duration,
     pub quota_per_hour: Option<u64>,
     pub max_quota_share: f64,
+    /// Epoch seconds.
+    pub backfill_since: Option<i64>,
 }
 
 /// Where a poller's token is read from.
@@ -291,6 +296,21 @@ impl std::fmt::Debug for PollTarget {
             .field("source", &self.source)
             .finish()
     }
+}
+
+/// A past date (`2026-01-31`, midnight UTC) or RFC 3339 time as epoch
+/// seconds.
+fn parse_since(text: &str) -> Option<i64> {
+    let at = chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.timestamp())
+        .ok()
+        .or_else(|| {
+            chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+                .ok()
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+                .map(|t| t.and_utc().timestamp())
+        })?;
+    (at < now_seconds()).then_some(at)
 }
 
 /// Whether `name` is a usable branch name (git's rules, in short).
@@ -406,6 +426,16 @@ impl PollTarget {
         if raw.quota_per_hour == Some(0) {
             return Err((key("quota_per_hour"), "must be at least 1".into()));
         }
+        let backfill_since = match &raw.backfill_since {
+            None => None,
+            Some(text) => Some(parse_since(text).ok_or_else(|| {
+                (
+                    key("backfill_since"),
+                    "must be a past date (2026-01-31) or RFC 3339 time (2026-01-31T12:00:00Z)"
+                        .into(),
+                )
+            })?),
+        };
         if let Some(branch) = &raw.branch {
             if !valid_branch(branch) {
                 return Err((key("branch"), "must be a branch name".into()));
@@ -461,6 +491,7 @@ impl PollTarget {
             max_interval: raw.max_interval,
             quota_per_hour: raw.quota_per_hour,
             max_quota_share,
+            backfill_since,
         })
     }
 
@@ -507,6 +538,12 @@ impl PollTarget {
             self.api_url,
             self.repo
         )
+    }
+
+    /// Where first polls start reading history: `backfill_since`, else 30
+    /// days before `now` (server epoch seconds).
+    fn bootstrap_since(&self, now: i64) -> i64 {
+        self.backfill_since.unwrap_or(now - BOOTSTRAP_SECONDS)
     }
 
     /// The application the repository's events count for.

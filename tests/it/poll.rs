@@ -129,11 +129,20 @@ async fn deployments_total(app: &TestApp) -> f64 {
 /// file (kept alive by the returned directory); `webhooks` also serves
 /// `/hooks/github`.
 async fn app_polling(server: &MockServer, webhooks: bool) -> (tempfile::TempDir, TestApp) {
+    app_polling_with(server, webhooks, "").await
+}
+
+/// [`app_polling`] with more keys (`extra`, TOML) in the poll entry.
+async fn app_polling_with(
+    server: &MockServer,
+    webhooks: bool,
+    extra: &str,
+) -> (tempfile::TempDir, TestApp) {
     let token_dir = tempfile::tempdir().unwrap();
     let token_file = token_dir.path().join("token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     let entry = format!(
-        "repo = \"acme/shop\"\ntoken_file = {:?}\napi_url = {:?}",
+        "repo = \"acme/shop\"\ntoken_file = {:?}\napi_url = {:?}\n{extra}",
         token_file.display().to_string(),
         server.uri()
     );
@@ -1329,5 +1338,160 @@ async fn a_reset_in_server_time_is_waited_for_on_the_local_clock() {
     );
     let backoff = poll_gauge(&app, "hookgauge_poll_backoff_seconds").await;
     assert!((1195.0..=1205.0).contains(&backoff), "backoff {backoff}");
+    app.shutdown().await;
+}
+
+/// Deployments in pages of five, newest first, linked by `page`; page 1
+/// has an ETag; page 3 answers 502 while `broken` is set.
+struct Pages {
+    deployments: Vec<Value>,
+    uri: String,
+    broken: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Respond for Pages {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let page: usize = request
+            .url
+            .query_pairs()
+            .find(|(k, _)| k == "page")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(1);
+        if page == 3 && self.broken.load(Ordering::SeqCst) {
+            return ResponseTemplate::new(502);
+        }
+        if page == 1
+            && request
+                .headers
+                .get("if-none-match")
+                .is_some_and(|v| v == "W/\"p1\"")
+        {
+            return ResponseTemplate::new(304).insert_header("etag", "W/\"p1\"");
+        }
+        let chunk: Vec<Value> = self
+            .deployments
+            .iter()
+            .skip((page - 1) * 5)
+            .take(5)
+            .cloned()
+            .collect();
+        let mut template = ResponseTemplate::new(200).set_body_json(Value::Array(chunk));
+        if page == 1 {
+            template = template.insert_header("etag", "W/\"p1\"");
+        }
+        if page * 5 < self.deployments.len() {
+            let next = format!(
+                "<{}/repos/acme/shop/deployments?per_page=100&page={}>; rel=\"next\"",
+                self.uri,
+                page + 1
+            );
+            template = template.insert_header("link", next.as_str());
+        }
+        template
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_interrupted_mid_way_resumes_where_it_stopped_without_duplicates() {
+    let server = MockServer::start().await;
+    let day = 86_400;
+    // 15 deployments of the last 2 to 16 days, and one older than the
+    // backfill's start; each with a success status.
+    let deployments: Vec<Value> = (0..16)
+        .map(|i| {
+            let mut d = deployment(100 - i, &rfc3339(now() - (2 + i) * day));
+            d["sha"] = json!(format!("{:040x}", 100 - i));
+            if i == 15 {
+                d["created_at"] = json!(rfc3339(now() - 40 * day));
+            }
+            d
+        })
+        .collect();
+    let broken = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    Mock::given(method("GET"))
+        .and(path("/repos/acme/shop/deployments"))
+        .respond_with(Pages {
+            deployments,
+            uri: server.uri(),
+            broken: Arc::clone(&broken),
+        })
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(wiremock::matchers::path_regex(
+            r"^/repos/acme/shop/deployments/[0-9]+/statuses$",
+        ))
+        .respond_with(|request: &Request| {
+            let id: i64 = request
+                .url
+                .path()
+                .split('/')
+                .nth(5)
+                .unwrap()
+                .parse()
+                .unwrap();
+            ResponseTemplate::new(200).set_body_json(json!([{
+                "id": id * 10, "state": "success", "environment": "production",
+                "created_at": rfc3339(now() - (100 - id + 2) * 86_400 + 60)
+            }]))
+        })
+        .mount(&server)
+        .await;
+    mount_no_incidents(&server).await;
+    mount_quiet_streams(&server).await;
+    let since = format!("backfill_since = {:?}", rfc3339(now() - 30 * day));
+    let (_token_dir, mut app) = app_polling_with(&server, false, &since).await;
+
+    // Pages 1 and 2 are read and committed; page 3 fails.
+    eventually("two pages of deploys", || async {
+        deployments_total(&app).await == 10.0
+    })
+    .await;
+    eventually("the failing page", || async {
+        requests_to(&server, "/deployments")
+            .await
+            .iter()
+            .any(|r| r.url.query().unwrap_or_default().contains("page=3"))
+    })
+    .await;
+    // A restart resumes at page 3, not at the start.
+    app.restart().await;
+    eventually("page 3 asked again", || async {
+        requests_to(&server, "/deployments")
+            .await
+            .iter()
+            .filter(|r| r.url.query().unwrap_or_default().contains("page=3"))
+            .count()
+            >= 2
+    })
+    .await;
+    broken.store(false, Ordering::SeqCst);
+    eventually("the whole backfill", || async {
+        deployments_total(&app).await == 15.0
+    })
+    .await;
+    let page_2 = requests_to(&server, "/deployments")
+        .await
+        .iter()
+        .filter(|r| r.url.query().unwrap_or_default().contains("page=2"))
+        .count();
+    assert_eq!(page_2, 1, "page 2 was read once");
+    // Each deployment's statuses were read once; the one older than the
+    // backfill's start never.
+    let statuses = requests_to(&server, "/statuses").await;
+    let mut ids: Vec<&str> = statuses.iter().map(|r| r.url.path()).collect();
+    ids.sort();
+    let read = ids.len();
+    ids.dedup();
+    assert_eq!((read, ids.len()), (15, 15), "{ids:?}");
+    assert!(!ids.iter().any(|p| p.contains("/85/")));
+    let duplicates = app
+        .ledger()
+        .iter()
+        .filter(|r| r.outcome == "duplicate")
+        .count();
+    assert_eq!(duplicates, 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(deployments_total(&app).await, 15.0);
     app.shutdown().await;
 }

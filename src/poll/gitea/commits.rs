@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 use super::{branch_path, GiteaPoller, EVENT_HEADER, GITEA_JSON, MAX_LIST_PAGES};
 use crate::ledger::Delivery;
 use crate::poll::api::Fetched;
-use crate::poll::{forge, mapped, server_time, PollError, BOOTSTRAP_SECONDS, OVERLAP_SECONDS};
+use crate::poll::{forge, mapped, server_time, PollError, OVERLAP_SECONDS};
 use crate::store::PollCursor;
 
 /// Heads whose statuses are followed for this long after they are seen.
@@ -150,7 +150,7 @@ impl GiteaPoller {
         head: &str,
         mark: Option<&HeadMark>,
     ) -> Result<Vec<Value>, PollError> {
-        let window = self.api.server_now() - BOOTSTRAP_SECONDS;
+        let window = self.target.bootstrap_since(self.api.server_now());
         let Some(old) = mark else {
             return self.listed(head, None, window).await;
         };

@@ -13,8 +13,7 @@ use serde_json::Value;
 
 use super::forge;
 use super::{
-    rfc3339, server_time, Fetched, GithubPoller, PollError, BOOTSTRAP_SECONDS, GITHUB_JSON,
-    MAX_PAGES, OVERLAP_SECONDS,
+    rfc3339, server_time, Fetched, GithubPoller, PollError, GITHUB_JSON, MAX_PAGES, OVERLAP_SECONDS,
 };
 use crate::ledger::Delivery;
 use crate::store::PollCursor;
@@ -75,7 +74,7 @@ impl GithubPoller {
                 other => other?,
             },
             None => {
-                let since = self.api.server_now() - BOOTSTRAP_SECONDS;
+                let since = self.target.bootstrap_since(self.api.server_now());
                 self.listed(branch, &branch_path, since).await?
             }
         };

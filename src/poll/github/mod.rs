@@ -21,7 +21,7 @@ use super::forge::{self, Base, IssueList};
 use super::reviews::PULLS_STREAM;
 use super::{
     mapped, rfc3339, server_time, PollError, PollTarget, Poller, Recorder, Stream, TokenGate,
-    BOOTSTRAP_SECONDS, MAX_PAGES, OVERLAP_SECONDS,
+    MAX_PAGES, OVERLAP_SECONDS,
 };
 use crate::ledger::Delivery;
 use crate::metrics::Metrics;
@@ -52,6 +52,11 @@ struct DeploymentsMark {
     max_id: i64,
     /// id → created_at (epoch seconds) of deployments without a final status.
     open: BTreeMap<i64, i64>,
+    /// The next page of an unfinished backfill (a `Link` URL, verbatim):
+    /// each page read is committed with it, so an interrupted backfill
+    /// resumes there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    backfill: Option<String>,
 }
 
 /// Polls one repository.
@@ -191,6 +196,14 @@ impl GithubPoller {
         let mut next = Some(first);
         let mut page = 0;
         let mut max_id = mark.max_id;
+        // The first poll with `backfill_since` also reads the older
+        // deployments' statuses, once each, and goes on down the pages.
+        let backfill_since = self
+            .target
+            .backfill_since
+            .filter(|_| cursor.watermark.is_none());
+        let mut history = Vec::new();
+        let mut past_since = false;
         while let Some(url) = next.take() {
             let Some((list, link_next)) = self
                 .api
@@ -219,6 +232,11 @@ impl GithubPoller {
                 max_id = max_id.max(id);
                 if id <= mark.max_id || created < horizon {
                     reached_seen = true;
+                    match backfill_since {
+                        Some(since) if created >= since => history.push(deployment.clone()),
+                        Some(_) => past_since = true,
+                        None => {}
+                    }
                 } else {
                     mark.open.insert(id, created);
                 }
@@ -226,6 +244,8 @@ impl GithubPoller {
             }
             if !reached_seen && page < MAX_PAGES {
                 next = self.api.same_origin(link_next);
+            } else if backfill_since.is_some() && !past_since {
+                mark.backfill = self.api.same_origin(link_next);
             }
         }
         mark.max_id = max_id;
@@ -305,11 +325,98 @@ impl GithubPoller {
                 .forget
                 .push(self.target.stream(&format!("statuses|{id}")));
         }
+        for deployment in &history {
+            deliveries.extend(self.final_statuses(deployment).await?);
+        }
         new_cursor.watermark = Some(serde_json::to_string(&mark).unwrap_or_default());
         if new_cursor != cursor {
-            cursors.push(new_cursor);
+            cursors.push(new_cursor.clone());
+        }
+        if mark.backfill.is_some() {
+            self.backfill(&mut mark, new_cursor, deliveries, cursors)
+                .await?;
         }
         Ok(())
+    }
+
+    /// Goes on with an unfinished backfill, at most [`MAX_PAGES`] pages a
+    /// poll: the statuses of each deployment created since
+    /// `backfill_since`, read once; each page committed with the place
+    /// reached (`mark.backfill`), until a page reaches past the date or
+    /// the list ends.
+    async fn backfill(
+        &mut self,
+        mark: &mut DeploymentsMark,
+        mut cursor: PollCursor,
+        deliveries: &mut Vec<Delivery>,
+        cursors: &mut Vec<PollCursor>,
+    ) -> Result<(), PollError> {
+        let since = self.target.backfill_since.unwrap_or(i64::MAX);
+        for _ in 0..MAX_PAGES {
+            let Some(url) = mark.backfill.clone() else {
+                break;
+            };
+            let mut ignored = PollCursor::default();
+            let Some((list, link_next)) = self
+                .api
+                .list_page(
+                    &url,
+                    1,
+                    &ignored.clone(),
+                    &mut ignored,
+                    "deployments",
+                    GITHUB_JSON,
+                )
+                .await?
+            else {
+                break;
+            };
+            let mut reached = list.is_empty();
+            for deployment in &list {
+                let created = server_time(&deployment["created_at"]).unwrap_or(i64::MAX);
+                if created < since {
+                    reached = true;
+                    continue;
+                }
+                deliveries.extend(self.final_statuses(deployment).await?);
+            }
+            mark.backfill = if reached {
+                None
+            } else {
+                self.api.same_origin(link_next)
+            };
+            cursor.watermark = Some(serde_json::to_string(&*mark).unwrap_or_default());
+            cursors.push(cursor.clone());
+            self.rec
+                .commit(GitHub.source(), deliveries, cursors)
+                .await?;
+        }
+        if mark.backfill.is_none() {
+            tracing::info!(repo = %self.target.repo, "Deployments backfill done");
+        }
+        Ok(())
+    }
+
+    /// The success of an old deployment, from its statuses read once.
+    async fn final_statuses(&mut self, deployment: &Value) -> Result<Vec<Delivery>, PollError> {
+        let Some(id) = deployment["id"].as_i64() else {
+            return Ok(Vec::new());
+        };
+        let url = format!("{}/deployments/{id}/statuses?per_page=100", self.base);
+        let statuses = match self
+            .api
+            .get(&url, &PollCursor::default(), "statuses", GITHUB_JSON)
+            .await
+        {
+            Ok(Fetched::Changed { body, .. }) => serde_json::from_slice::<Vec<Value>>(&body)
+                .map_err(|e| PollError::Transient(format!("statuses: {e}")))?,
+            Ok(Fetched::NotModified) | Err(PollError::Gone(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        Ok(statuses
+            .iter()
+            .filter_map(|status| self.delivery(deployment, status))
+            .collect())
     }
 
     /// One deployment, for a status whose deployment left the first page.
