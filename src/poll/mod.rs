@@ -1371,6 +1371,24 @@ mod tests {
     }
 
     #[test]
+    fn backfill_dates_are_past_dates_or_times() {
+        assert_eq!(parse_since("2026-01-31"), Some(1_769_817_600));
+        assert_eq!(parse_since("2026-01-31T12:00:00Z"), Some(1_769_860_800));
+        for bad in ["2999-01-01", "31/01/2026", "yesterday", ""] {
+            assert_eq!(parse_since(bad), None, "{bad}");
+        }
+        let raw: RawTarget = toml::from_str(
+            "repo = \"acme/shop\"\ntoken_env = \"T\"\nbackfill_since = \"2999-01-01\"",
+        )
+        .unwrap();
+        let error = PollTarget::from_raw(Provider::Github, &raw, 0, 0.5, &[], &|_| {
+            Some("t0ken".into())
+        })
+        .unwrap_err();
+        assert_eq!(error.0, "poll.github[0].backfill_since");
+    }
+
+    #[test]
     fn branch_names_follow_git_rules() {
         for good in ["main", "release/1.2", "feature_x-y"] {
             assert!(valid_branch(good), "{good}");
