@@ -645,3 +645,33 @@ impl Api {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_is_split_so_that_together_repositories_never_pass_it() {
+        let gate = TokenGate::new(None, 0.5);
+        let mut state = gate.state.try_lock().unwrap();
+        state.quota.limit = Some(5000);
+        for i in 0..200 {
+            // Ten busy repositories (an event every 10 minutes), the rest quiet.
+            let weight = if i < 10 { 1.0 / 600.0 } else { 1.0 / 86_400.0 };
+            state
+                .shares
+                .insert(format!("acme/r{i}"), Share { paid: 0, weight });
+        }
+        let total: f64 = (0..200)
+            .map(|i| state.repo_allowance(&format!("acme/r{i}")).unwrap())
+            .sum();
+        assert!(total <= 2500.0 + 1e-6, "{total}");
+        let quiet = state.repo_allowance("acme/r199").unwrap();
+        let busy = state.repo_allowance("acme/r0").unwrap();
+        assert!(
+            quiet >= 2500.0 / 400.0,
+            "a quiet repository keeps its equal part: {quiet}"
+        );
+        assert!(busy > 10.0 * quiet, "{busy} vs {quiet}");
+    }
+}
