@@ -168,14 +168,17 @@ async fn send_signs_posts_and_reports_the_outcome() {
     let url = app.ingest.clone();
     let image_sha = image(42);
     let secret = [("HOOKGAUGE_SECRET", SECRET)];
-    let (code, stdout, stderr) =
-        tokio::task::block_in_place(|| run(&send_args(&url, &image_sha, &[]), &secret));
+    // One time for both sends: a retry repeats the same delivery (without
+    // it, each send stamps its own second).
+    let at = now().to_string();
+    let mut args = send_args(&url, &image_sha, &[]);
+    args.extend(["--timestamp", &at]);
+    let (code, stdout, stderr) = tokio::task::block_in_place(|| run(&args, &secret));
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stdout.contains("\"outcome\":\"accepted\""), "{stdout}");
 
     // Retried by a CI job: already recorded, still success.
-    let (code, stdout, _) =
-        tokio::task::block_in_place(|| run(&send_args(&url, &image_sha, &[]), &secret));
+    let (code, stdout, _) = tokio::task::block_in_place(|| run(&args, &secret));
     assert_eq!(code, 0);
     assert!(stdout.contains("\"outcome\":\"duplicate\""), "{stdout}");
 
