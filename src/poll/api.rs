@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::{now_seconds, PollError, PollTarget, Provider};
+use super::{now_seconds, PollError, PollTarget, Provider, MAX_PAGES};
 use crate::metrics::Metrics;
 use crate::signature::Secret;
 use crate::store::PollCursor;
@@ -90,20 +90,35 @@ struct GateState {
     configured: Option<u64>,
     /// `f` of POLLING.md §6 step 8.
     max_share: f64,
+    /// The length of the provider's quota window (seconds): an hour on
+    /// GitHub, a minute on GitLab (its `RateLimit-Limit` is per minute).
+    period: i64,
+    /// Whether the window is the provider's (ending at its reset) rather
+    /// than an hour of this service's own.
+    aligned: bool,
 }
 
 impl GateState {
-    /// Starts a new window once the current one has passed.
+    /// Starts a new window once the current one has passed, or as soon as
+    /// the provider tells its own (the window then ends at its reset and
+    /// lasts its period).
     fn roll(&mut self, now: i64) {
-        if now < self.window_end {
+        let provider_window = self
+            .quota
+            .reset
+            .filter(|reset| *reset > now && *reset <= now + self.period);
+        if now < self.window_end && (self.aligned || provider_window.is_none()) {
             return;
         }
-        let end = match self.quota.reset {
-            Some(reset) if reset > now && reset <= now + 3600 => reset,
-            _ => now + 3600,
+        (self.window_start, self.window_end, self.aligned) = match provider_window {
+            Some(reset) => (reset - self.period, reset, true),
+            None => (now, now + 3600, false),
         };
-        self.window_start = now;
-        self.window_end = end;
+        if self.quota.reset.is_some_and(|reset| reset <= now) {
+            // What the provider said held until its reset: the next answer
+            // tells the new window.
+            self.quota = Quota::default();
+        }
         self.paid = 0;
         for share in self.shares.values_mut() {
             share.paid = 0;
@@ -145,7 +160,7 @@ pub struct TokenGate {
 }
 
 impl TokenGate {
-    fn new(configured: Option<u64>, max_share: f64) -> TokenGate {
+    fn new(configured: Option<u64>, max_share: f64, period: std::time::Duration) -> TokenGate {
         TokenGate {
             state: tokio::sync::Mutex::new(GateState {
                 quota: Quota::default(),
@@ -157,6 +172,8 @@ impl TokenGate {
                 last_paid: None,
                 configured,
                 max_share,
+                period: period.as_secs().max(1) as i64,
+                aligned: false,
             }),
         }
     }
@@ -195,6 +212,7 @@ pub fn token_gates(targets: &[PollTarget]) -> Vec<Arc<TokenGate>> {
             None => Arc::new(TokenGate::new(
                 target.quota_per_hour,
                 target.max_quota_share,
+                target.provider.quota_period(),
             )),
         };
         gate.state
@@ -326,6 +344,56 @@ impl Api {
         Ok(Some((items, next)))
     }
 
+    /// Every page of a JSON list from `url`: page 1 conditional on
+    /// `cursor`'s validators (which `new_cursor` then takes from the
+    /// answer), later pages through `rel="next"` verbatim while they stay
+    /// under `origin`, [`MAX_PAGES`] at most. `None` on a 304.
+    pub async fn pages(
+        &mut self,
+        url: String,
+        cursor: &PollCursor,
+        new_cursor: &mut PollCursor,
+        endpoint: &'static str,
+        accept: &str,
+        origin: &str,
+    ) -> Result<Option<Vec<Vec<Value>>>, PollError> {
+        let mut next = Some(url);
+        let mut pages: Option<Vec<Vec<Value>>> = None;
+        while let Some(url) = next.take() {
+            let page = pages.as_ref().map_or(0, Vec::len);
+            let Some((items, link)) = self
+                .list_page(&url, page, cursor, new_cursor, endpoint, accept)
+                .await?
+            else {
+                break;
+            };
+            pages.get_or_insert_with(Vec::new).push(items);
+            let link = link.filter(|u| u.starts_with(origin));
+            if page + 1 < MAX_PAGES {
+                next = link;
+            } else if link.is_some() {
+                tracing::warn!(repo = %self.repo, endpoint, pages = MAX_PAGES, "List longer than the pages read in one poll");
+            }
+        }
+        Ok(pages)
+    }
+
+    /// As [`Api::pages`], the items of all pages in one list.
+    pub async fn list_all(
+        &mut self,
+        url: String,
+        cursor: &PollCursor,
+        new_cursor: &mut PollCursor,
+        endpoint: &'static str,
+        accept: &str,
+        origin: &str,
+    ) -> Result<Option<Vec<Value>>, PollError> {
+        let pages = self
+            .pages(url, cursor, new_cursor, endpoint, accept, origin)
+            .await?;
+        Ok(pages.map(|pages| pages.into_iter().flatten().collect()))
+    }
+
     /// A GET, conditional on `cursor`'s validators, within the token's
     /// budget; refusals classified per provider. Redirects are followed; a
     /// permanent one is reported by [`Api::take_moved`].
@@ -399,7 +467,9 @@ impl Api {
         };
         let status = response.status();
         count(status.as_str());
-        if status != reqwest::StatusCode::NOT_MODIFIED {
+        // A 304 is free on GitHub only (POLLING.md §2: elsewhere it saves
+        // bandwidth, not quota).
+        if status != reqwest::StatusCode::NOT_MODIFIED || !self.provider.free_not_modified() {
             state.paid += 1;
             if let Some(share) = state.shares.get_mut(&self.repo) {
                 share.paid += 1;
@@ -436,6 +506,17 @@ impl Api {
             }
             403 | 429 => {
                 let retry_after = header("retry-after").and_then(|v| v.trim().parse::<i64>().ok());
+                let mut quota = quota;
+                let own_reset = match self.provider {
+                    Provider::Github => true,
+                    Provider::Gitlab => header("ratelimit-reset").is_some(),
+                    Provider::Gitea => header("x-ratelimit-reset").is_some(),
+                };
+                if !own_reset {
+                    // GitLab's order (POLLING.md §2) reads this answer's
+                    // reset, not one an earlier answer gave.
+                    quota.reset = None;
+                }
                 let body = response.text().await.unwrap_or_default();
                 Err(self.refusal(status.as_u16(), retry_after, &body, quota, endpoint))
             }
@@ -570,5 +651,62 @@ impl Api {
             let hint = Duration::from_secs(seconds as u64);
             self.hint = Some(self.hint.map_or(hint, |h| h.max(hint)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_is_the_providers_once_it_tells_its_reset() {
+        let now = 1_800_000_000;
+        let gate = TokenGate::new(None, 0.5, Duration::from_secs(60));
+        let mut state = gate.state.try_lock().unwrap();
+        // Nothing known yet: an hour of this service's own, no budget.
+        state.roll(now);
+        assert_eq!((state.window_start, state.window_end), (now, now + 3600));
+        assert_eq!(state.allowance(), None);
+        // GitLab's headers: 2,000 a minute, resetting in 40 s. The window
+        // becomes that minute, counted afresh.
+        state.quota = Quota {
+            limit: Some(2000),
+            remaining: Some(1990),
+            reset: Some(now + 40),
+        };
+        state.paid = 7;
+        state.roll(now + 1);
+        assert_eq!((state.window_start, state.window_end), (now - 20, now + 40));
+        assert_eq!(state.paid, 0);
+        assert_eq!(state.allowance(), Some(1000.0));
+        assert_eq!(state.repo_allowance("acme/shop"), Some(1000.0));
+        // Within it nothing moves; past it, the next reset is waited for
+        // in a window of its own.
+        state.roll(now + 30);
+        assert_eq!(state.window_end, now + 40);
+        state.roll(now + 41);
+        assert_eq!(
+            (state.window_start, state.window_end),
+            (now + 41, now + 41 + 3600)
+        );
+        assert_eq!(state.allowance(), None, "the minute's quota is no hour's");
+    }
+
+    #[test]
+    fn an_hourly_quota_keeps_an_hour_long_window() {
+        let now = 1_800_000_000;
+        let gate = TokenGate::new(None, 0.5, Duration::from_secs(3600));
+        let mut state = gate.state.try_lock().unwrap();
+        state.quota = Quota {
+            limit: Some(5000),
+            remaining: Some(4000),
+            reset: Some(now + 600),
+        };
+        state.roll(now);
+        assert_eq!(
+            (state.window_start, state.window_end),
+            (now + 600 - 3600, now + 600)
+        );
+        assert_eq!(state.allowance(), Some(2500.0));
     }
 }

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use bytes::Bytes;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 pub use api::{token_gates, TokenGate};
@@ -100,6 +100,16 @@ impl Provider {
         self == Provider::Github
     }
 
+    /// The window the provider's rate-limit headers count in: GitHub's
+    /// quota is hourly, GitLab's `RateLimit-Limit` per minute (POLLING.md
+    /// §1.1, §2).
+    fn quota_period(self) -> Duration {
+        match self {
+            Provider::Gitlab => Duration::from_secs(60),
+            Provider::Github | Provider::Gitea => Duration::from_secs(3600),
+        }
+    }
+
     /// The streams a poller of this provider reads.
     pub fn streams(self) -> &'static [Stream] {
         match self {
@@ -144,12 +154,15 @@ impl Stream {
         }
     }
 
-    fn describe(self) -> &'static str {
-        match self {
-            Stream::Deployments => "deployments and their statuses",
-            Stream::Incidents => "incident issues",
-            Stream::Commits => "commits",
-            Stream::PullRequests => "open pull requests' reviews",
+    /// What the stream reads from `provider`, for `check-config`.
+    fn describe(self, provider: Provider) -> &'static str {
+        match (self, provider) {
+            (Stream::Deployments, Provider::Gitlab) => "successful deployments",
+            (Stream::Deployments, _) => "deployments and their statuses",
+            (Stream::Incidents, _) => "incident issues",
+            (Stream::Commits, _) => "commits",
+            (Stream::PullRequests, Provider::Gitlab) => "open merge requests' reviews",
+            (Stream::PullRequests, _) => "open pull requests' reviews",
         }
     }
 }
@@ -471,7 +484,7 @@ impl PollTarget {
             .provider
             .streams()
             .iter()
-            .map(|s| s.describe())
+            .map(|s| s.describe(self.provider))
             .collect();
         format!(
             "poll {} {} at {}: {} of {branches}, mapped by [sources.{}], every {} to {}",
@@ -493,6 +506,16 @@ impl PollTarget {
             self.api_url,
             self.repo
         )
+    }
+
+    /// The branches configured to be tracked: the source's `branches`,
+    /// else the entry's `branch`; `None` when the repository's default
+    /// branch is to be asked for.
+    fn configured_branches(&self) -> Option<Vec<String>> {
+        if !self.options.branches.is_empty() {
+            return Some(self.options.branches.clone());
+        }
+        self.branch.as_ref().map(|branch| vec![branch.clone()])
     }
 
     /// The application the repository's events count for.
@@ -882,6 +905,54 @@ fn rfc3339(epoch: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
+/// The `since` (or `updated_after`) watermark after a read from `since`
+/// whose newest server timestamp was `newest`: that less the overlap
+/// (POLLING.md §6 step 6), never behind `since`; `since` itself when
+/// nothing was read.
+fn next_since(since: &str, newest: Option<i64>) -> String {
+    let current = server_time(&Value::from(since));
+    match (newest, current) {
+        (Some(newest), Some(current)) if newest - OVERLAP_SECONDS <= current => since.to_owned(),
+        (Some(newest), _) => rfc3339(newest - OVERLAP_SECONDS),
+        (None, _) => since.to_owned(),
+    }
+}
+
+/// The newest `updated_at` (server epoch seconds) a read of `pages` may
+/// move its watermark to, for a list sorted oldest update first and paged
+/// by offset: the newest item's, unless an item (by `id`) showed up twice.
+/// Then it was updated while the pages were read and moved to the end,
+/// shifting the later pages by one, so that another item may have been
+/// skipped: only the first page is then certain, and the next read goes
+/// over the rest again (POLLING.md §7 scenario 13).
+fn newest_update(pages: &[Vec<Value>]) -> Option<i64> {
+    let newest = |items: &mut dyn Iterator<Item = &Value>| {
+        items
+            .filter_map(|item| server_time(&item["updated_at"]))
+            .max()
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    let moved = pages
+        .iter()
+        .flatten()
+        .filter_map(|item| item["id"].as_i64())
+        .any(|id| !seen.insert(id));
+    if moved {
+        newest(&mut pages.iter().take(1).flatten())
+    } else {
+        newest(&mut pages.iter().flatten())
+    }
+}
+
+/// The commits stream's watermark of one branch: the head last read and
+/// its commit time.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+struct HeadMark {
+    sha: String,
+    /// Server epoch seconds.
+    at: i64,
+}
+
 /// The wait after the `attempt`-th failure in a row (1-based): 2 s
 /// doubling, at most [`MAX_BACKOFF`].
 fn backoff(attempt: u32) -> Duration {
@@ -916,6 +987,43 @@ mod tests {
         assert_eq!(backoff(2), Duration::from_secs(4));
         assert_eq!(backoff(5), Duration::from_secs(32));
         assert_eq!(backoff(30), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn a_read_moves_its_watermark_to_its_newest_update_unless_an_item_moved() {
+        let item = |id: i64, at: &str| json!({"id": id, "updated_at": at});
+        let pages = vec![
+            vec![
+                item(1, "2026-08-11T07:00:00Z"),
+                item(2, "2026-08-11T08:00:00Z"),
+            ],
+            vec![item(3, "2026-08-11T09:00:00Z")],
+        ];
+        assert_eq!(
+            newest_update(&pages),
+            server_time(&json!("2026-08-11T09:00:00Z"))
+        );
+        // #1 was updated between the pages: it shows up again at the end,
+        // and an item may have been skipped; only the first page counts.
+        let mut moved = pages.clone();
+        moved[1].push(item(1, "2026-08-11T10:00:00Z"));
+        assert_eq!(
+            newest_update(&moved),
+            server_time(&json!("2026-08-11T08:00:00Z"))
+        );
+        assert_eq!(newest_update(&[]), None);
+    }
+
+    #[test]
+    fn since_moves_forward_only_past_the_overlap() {
+        let at = |t: &str| server_time(&json!(t));
+        let since = "2026-08-11T07:00:00Z";
+        assert_eq!(next_since(since, None), since);
+        assert_eq!(next_since(since, at("2026-08-11T07:01:00Z")), since);
+        assert_eq!(
+            next_since(since, at("2026-08-11T09:00:00Z")),
+            "2026-08-11T08:58:00Z"
+        );
     }
 
     #[test]

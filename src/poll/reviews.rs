@@ -39,7 +39,109 @@ pub(in crate::poll) struct PullsMark {
     pub(in crate::poll) open: BTreeMap<u64, PullState>,
 }
 
+/// An open pull request as the provider's listing shows it.
+pub(in crate::poll) struct Listed {
+    pub(in crate::poll) number: u64,
+    /// Server epoch seconds.
+    pub(in crate::poll) created: i64,
+    /// Its `updated_at`, head, author and draft flag (the rest is the
+    /// stream's to fill).
+    pub(in crate::poll) state: PullState,
+}
+
+/// What a review stream reads after listing the open pull requests.
+pub(in crate::poll) struct ReviewPlan {
+    /// Every open pull request, as far as the listing tells.
+    pub(in crate::poll) open: BTreeMap<u64, PullState>,
+    /// Pull requests first seen ready, with their creation: when each
+    /// became ready is to be read (its `ready_at` is the creation until
+    /// then).
+    pub(in crate::poll) ready: Vec<(u64, i64)>,
+    /// Pull requests whose reviews are to be read.
+    pub(in crate::poll) review: Vec<u64>,
+}
+
 impl PullsMark {
+    /// Which pull requests of `listed` (`None`: the listing did not
+    /// change) need their reviews read: new or changed ones (`updated_at`
+    /// or head moved) that are not drafts, and, once per
+    /// `recheck_seconds`, those still waiting. A changed pull request
+    /// keeps what is known of its current readiness (when it became ready,
+    /// whether it was reviewed since) until its reviews are read again.
+    pub(in crate::poll) fn plan(
+        &self,
+        listed: Option<Vec<Listed>>,
+        now: i64,
+        recheck_seconds: i64,
+    ) -> ReviewPlan {
+        let stale = |p: &PullState| p.waits() && now - p.checked_at >= recheck_seconds;
+        let mut plan = ReviewPlan {
+            open: BTreeMap::new(),
+            ready: Vec::new(),
+            review: Vec::new(),
+        };
+        let Some(listed) = listed else {
+            plan.review = self
+                .open
+                .iter()
+                .filter(|(_, p)| stale(p))
+                .map(|(n, _)| *n)
+                .collect();
+            plan.open = self.open.clone();
+            return plan;
+        };
+        for Listed {
+            number,
+            created,
+            state,
+        } in listed
+        {
+            let previous = self.open.get(&number);
+            let state = match previous {
+                Some(p) if p.updated_at == state.updated_at && p.head == state.head => {
+                    if stale(p) {
+                        plan.review.push(number);
+                    }
+                    p.clone()
+                }
+                _ if state.draft => state,
+                Some(p) if !p.draft => {
+                    plan.review.push(number);
+                    PullState {
+                        ready_at: p.ready_at,
+                        reviewed: p.reviewed,
+                        checked_at: p.checked_at,
+                        ..state
+                    }
+                }
+                _ => {
+                    // Newly ready (or first seen): when did it become so?
+                    plan.ready.push((number, created));
+                    plan.review.push(number);
+                    PullState {
+                        ready_at: created,
+                        ..state
+                    }
+                }
+            };
+            plan.open.insert(number, state);
+        }
+        plan
+    }
+
+    /// Takes `open` as the open pull requests; returns those no longer
+    /// open.
+    pub(in crate::poll) fn replace(&mut self, open: BTreeMap<u64, PullState>) -> Vec<u64> {
+        let gone = self
+            .open
+            .keys()
+            .filter(|n| !open.contains_key(n))
+            .copied()
+            .collect();
+        self.open = open;
+        gone
+    }
+
     /// Publishes the waits of `repo` (`skew`: server clock minus local).
     pub(in crate::poll) fn publish(&self, metrics: &Metrics, repo: &str, skew: i64) {
         let waiting = self
@@ -114,5 +216,61 @@ mod tests {
             &["PENDING"]
         ));
         assert!(!reviewed(&[], "ann", ready, &["PENDING"]));
+    }
+
+    fn listed(number: u64, updated_at: &str, draft: bool) -> Listed {
+        Listed {
+            number,
+            created: 100,
+            state: PullState {
+                updated_at: updated_at.into(),
+                head: "h".into(),
+                author: "ann".into(),
+                draft,
+                ..PullState::default()
+            },
+        }
+    }
+
+    #[test]
+    fn a_plan_reads_reviews_of_new_and_changed_pull_requests_and_keeps_what_is_known() {
+        let mut mark = PullsMark::default();
+        let plan = mark.plan(
+            Some(vec![listed(1, "a", false), listed(2, "a", true)]),
+            1_000,
+            3600,
+        );
+        assert_eq!(plan.ready, [(1, 100)]);
+        assert_eq!(plan.review, [1]);
+        assert_eq!(plan.open[&1].ready_at, 100);
+        let mut open = plan.open;
+        open.get_mut(&1).unwrap().ready_at = 500;
+        open.get_mut(&1).unwrap().reviewed = true;
+        open.get_mut(&1).unwrap().checked_at = 1_000;
+        assert!(mark.replace(open).is_empty());
+        // #1 changed (a push): its reviews are read again, and until then
+        // it stays reviewed since it became ready at 500. #2 became ready:
+        // when is read. Unchanged and reviewed, nothing is read.
+        let plan = mark.plan(
+            Some(vec![listed(1, "b", false), listed(2, "b", false)]),
+            2_000,
+            3600,
+        );
+        assert_eq!(plan.ready, [(2, 100)]);
+        assert_eq!(plan.review, [1, 2]);
+        let one = &plan.open[&1];
+        assert_eq!(
+            (one.ready_at, one.reviewed, one.checked_at),
+            (500, true, 1_000)
+        );
+        // An unchanged listing re-reads only the waiting, once an hour.
+        let mut open = plan.open;
+        open.get_mut(&2).unwrap().checked_at = 2_000;
+        mark.replace(open);
+        assert!(mark.plan(None, 3_000, 3600).review.is_empty());
+        assert_eq!(mark.plan(None, 5_600, 3600).review, [2]);
+        // Gone from the listing: let go.
+        let plan = mark.plan(Some(vec![listed(2, "b", false)]), 5_600, 3600);
+        assert_eq!(mark.replace(plan.open), [1]);
     }
 }

@@ -8,7 +8,6 @@
 //! compare that no longer finds the old head (history rewritten and
 //! collected) falls back to the listing since the old head's time.
 
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{
@@ -16,17 +15,10 @@ use super::{
     MAX_PAGES, OVERLAP_SECONDS,
 };
 use crate::ledger::Delivery;
+use crate::poll::HeadMark;
 use crate::store::PollCursor;
 
 const GITHUB_SHA: &str = "application/vnd.github.sha";
-
-/// The stream's watermark: the head last read and its commit time.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-struct HeadMark {
-    sha: String,
-    /// Server epoch seconds.
-    at: i64,
-}
 
 impl GithubPoller {
     /// Polls the head of `branch` and records the commits it gained.
@@ -68,14 +60,13 @@ impl GithubPoller {
         let commits = match &mark {
             Some(old) => match self.compare(&old.sha, &sha).await {
                 Err(PollError::Gone(_)) => {
-                    self.listed(branch, &branch_path, old.at - OVERLAP_SECONDS)
-                        .await?
+                    self.listed(&branch_path, old.at - OVERLAP_SECONDS).await?
                 }
                 other => other?,
             },
             None => {
                 let since = self.api.server_now() - BOOTSTRAP_SECONDS;
-                self.listed(branch, &branch_path, since).await?
+                self.listed(&branch_path, since).await?
             }
         };
         let at = commits
@@ -123,39 +114,28 @@ impl GithubPoller {
         Ok(commits)
     }
 
-    /// The commits of `branch` with a commit date at or after `since`
-    /// (server epoch seconds), oldest first.
-    async fn listed(
-        &mut self,
-        branch: &str,
-        branch_path: &str,
-        since: i64,
-    ) -> Result<Vec<Value>, PollError> {
-        let mut next = Some(format!(
+    /// The commits of the branch (`branch_path`, URL-encoded) with a
+    /// commit date at or after `since` (server epoch seconds), oldest
+    /// first.
+    async fn listed(&mut self, branch_path: &str, since: i64) -> Result<Vec<Value>, PollError> {
+        let url = format!(
             "{}/commits?sha={branch_path}&since={}&per_page=100",
             self.base,
             rfc3339(since)
-        ));
-        let none = PollCursor::default();
-        let mut commits = Vec::new();
-        let mut page = 0;
-        while let Some(url) = next.take() {
-            let mut ignored = PollCursor::default();
-            let Some((items, link)) = self
-                .api
-                .list_page(&url, page, &none, &mut ignored, "commits", GITHUB_JSON)
-                .await?
-            else {
-                break;
-            };
-            page += 1;
-            commits.extend(items);
-            if page < MAX_PAGES {
-                next = link.filter(|u| u.starts_with(&self.target.api_url));
-            } else if next.is_none() && link.is_some() {
-                tracing::warn!(repo = %self.target.repo, branch, pages = MAX_PAGES, "Branch history longer than the pages read; older commits are not recorded");
-            }
-        }
+        );
+        let origin = self.target.api_url.clone();
+        let mut commits = self
+            .api
+            .list_all(
+                url,
+                &PollCursor::default(),
+                &mut PollCursor::default(),
+                "commits",
+                GITHUB_JSON,
+                &origin,
+            )
+            .await?
+            .unwrap_or_default();
         commits.reverse();
         Ok(commits)
     }

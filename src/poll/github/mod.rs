@@ -18,8 +18,8 @@ use serde_json::{json, Value};
 
 use super::api::{Api, Fetched};
 use super::{
-    mapped, rfc3339, server_time, PollError, PollTarget, Poller, Recorder, Stream, TokenGate,
-    BOOTSTRAP_SECONDS, MAX_PAGES, OVERLAP_SECONDS,
+    mapped, newest_update, next_since, rfc3339, server_time, PollError, PollTarget, Poller,
+    Recorder, Stream, TokenGate, BOOTSTRAP_SECONDS, MAX_PAGES, OVERLAP_SECONDS,
 };
 use crate::ledger::Delivery;
 use crate::metrics::Metrics;
@@ -167,11 +167,8 @@ impl GithubPoller {
     /// default branch, else the repository's, read (conditionally) from
     /// the API at most hourly; its cursor joins `cursors` when it changed.
     async fn branches(&mut self, cursors: &mut Vec<PollCursor>) -> Result<Vec<String>, PollError> {
-        if !self.target.options.branches.is_empty() {
-            return Ok(self.target.options.branches.clone());
-        }
-        if let Some(branch) = &self.target.branch {
-            return Ok(vec![branch.clone()]);
+        if let Some(branches) = self.target.configured_branches() {
+            return Ok(branches);
         }
         if let Some((branch, at)) = &self.default_branch {
             if at.elapsed() < DEFAULT_BRANCH_TTL {
@@ -375,47 +372,37 @@ impl GithubPoller {
                 rfc3339(start)
             });
             let label_param: String = form_urlencoded::byte_serialize(label.as_bytes()).collect();
-            let mut next = Some(format!(
+            let url = format!(
                 "{}/issues?state=all&labels={label_param}&sort=updated&direction=asc&per_page=100&since={since}",
                 self.base
-            ));
+            );
             let mut new_cursor = cursor.clone();
-            let mut newest: Option<i64> = None;
-            let mut page = 0;
-            while let Some(url) = next.take() {
-                let Some((issues, link_next)) = self
-                    .api
-                    .list_page(&url, page, &cursor, &mut new_cursor, "issues", GITHUB_JSON)
-                    .await?
-                else {
-                    break;
-                };
-                page += 1;
-                for issue in issues {
-                    if issue.get("pull_request").is_some() {
-                        continue;
-                    }
-                    if let Some(updated) = server_time(&issue["updated_at"]) {
-                        newest = Some(newest.unwrap_or(i64::MIN).max(updated));
-                    }
-                    deliveries.extend(self.issue_deliveries(&issue));
-                }
-                if page < MAX_PAGES {
-                    next = link_next.filter(|u| u.starts_with(&self.target.api_url));
+            let origin = self.target.api_url.clone();
+            let pages = self
+                .api
+                .pages(
+                    url,
+                    &cursor,
+                    &mut new_cursor,
+                    "issues",
+                    GITHUB_JSON,
+                    &origin,
+                )
+                .await?
+                .unwrap_or_default();
+            for issue in pages.iter().flatten() {
+                if issue.get("pull_request").is_none() {
+                    deliveries.extend(self.issue_deliveries(issue));
                 }
             }
-            if let Some(newest) = newest {
-                // Server timestamps only (POLLING.md §6 step 11). A new
-                // `since` is a new URL: its validators start afresh.
-                let watermark = rfc3339(newest - OVERLAP_SECONDS);
-                if Some(&watermark) != cursor.watermark.as_ref() {
-                    new_cursor.watermark = Some(watermark);
-                    new_cursor.etag = None;
-                    new_cursor.last_modified = None;
-                }
-            } else if cursor.watermark.is_none() {
-                new_cursor.watermark = Some(since);
+            // Server timestamps only (POLLING.md §6 step 11). A new `since`
+            // is a new URL: its validators start afresh.
+            let watermark = next_since(&since, newest_update(&pages));
+            if watermark != since {
+                new_cursor.etag = None;
+                new_cursor.last_modified = None;
             }
+            new_cursor.watermark = Some(watermark);
             if new_cursor != cursor {
                 cursors.push(new_cursor);
             }

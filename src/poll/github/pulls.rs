@@ -10,12 +10,8 @@
 //! first seen ready. What the stream knows is kept in its cursor, so a
 //! restart answers 304 and still knows every wait.
 
-use std::collections::BTreeMap;
-
-use serde_json::Value;
-
-use super::{server_time, GithubPoller, PollError, GITHUB_JSON, MAX_PAGES};
-use crate::poll::reviews::{reviewed, PullState, PullsMark};
+use super::{server_time, GithubPoller, PollError, GITHUB_JSON};
+use crate::poll::reviews::{reviewed, Listed, PullState, PullsMark, ReviewPlan};
 use crate::store::PollCursor;
 
 /// How often the reviews of a waiting pull request are read although its
@@ -44,81 +40,53 @@ impl GithubPoller {
             ),
             _ => String::new(),
         };
-        let mut next = Some(format!(
+        let url = format!(
             "{}/pulls?state=open{base}&sort=updated&direction=desc&per_page=100",
             self.base
-        ));
-        let mut listed: Option<Vec<Value>> = None;
-        let mut page = 0;
-        while let Some(url) = next.take() {
-            let Some((items, link_next)) = self
-                .api
-                .list_page(&url, page, &cursor, &mut new_cursor, "pulls", GITHUB_JSON)
-                .await?
-            else {
-                break;
-            };
-            page += 1;
-            listed.get_or_insert_with(Vec::new).extend(items);
-            if page < MAX_PAGES {
-                next = link_next.filter(|u| u.starts_with(&self.target.api_url));
-            }
-        }
+        );
+        let origin = self.target.api_url.clone();
+        let listed = self
+            .api
+            .list_all(url, &cursor, &mut new_cursor, "pulls", GITHUB_JSON, &origin)
+            .await?
+            .map(|items| {
+                items
+                    .iter()
+                    .filter(|pull| {
+                        let base_ref = pull["base"]["ref"].as_str().unwrap_or_default();
+                        branches.iter().any(|b| b == base_ref)
+                    })
+                    .filter_map(|pull| {
+                        Some(Listed {
+                            number: pull["number"].as_u64()?,
+                            created: server_time(&pull["created_at"])?,
+                            state: PullState {
+                                author: pull["user"]["login"]
+                                    .as_str()
+                                    .unwrap_or_default()
+                                    .to_owned(),
+                                updated_at: pull["updated_at"]
+                                    .as_str()
+                                    .unwrap_or_default()
+                                    .to_owned(),
+                                head: pull["head"]["sha"].as_str().unwrap_or_default().to_owned(),
+                                draft: pull["draft"].as_bool().unwrap_or(false),
+                                ..PullState::default()
+                            },
+                        })
+                    })
+                    .collect()
+            });
         let now = self.api.server_now();
-        let mut open = BTreeMap::new();
-        let mut review = Vec::new();
-        match listed {
-            // Unchanged: the waiting ones are re-read now and then.
-            None => {
-                for (number, state) in &mark.open {
-                    if state.waits() && now - state.checked_at >= REVIEW_RECHECK_SECONDS {
-                        review.push(*number);
-                    }
-                }
-                open = mark.open.clone();
-            }
-            Some(items) => {
-                for pull in items {
-                    let (Some(number), Some(created)) =
-                        (pull["number"].as_u64(), server_time(&pull["created_at"]))
-                    else {
-                        continue;
-                    };
-                    let base_ref = pull["base"]["ref"].as_str().unwrap_or_default();
-                    if !branches.iter().any(|b| b == base_ref) {
-                        continue;
-                    }
-                    let state = PullState {
-                        author: pull["user"]["login"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_owned(),
-                        updated_at: pull["updated_at"].as_str().unwrap_or_default().to_owned(),
-                        head: pull["head"]["sha"].as_str().unwrap_or_default().to_owned(),
-                        draft: pull["draft"].as_bool().unwrap_or(false),
-                        ..PullState::default()
-                    };
-                    let previous = mark.open.get(&number);
-                    let state = match previous {
-                        Some(p) if p.updated_at == state.updated_at && p.head == state.head => {
-                            if p.waits() && now - p.checked_at >= REVIEW_RECHECK_SECONDS {
-                                review.push(number);
-                            }
-                            p.clone()
-                        }
-                        _ if state.draft => state,
-                        _ => {
-                            // Newly ready (or first seen): when did it become so?
-                            let ready_at = match previous {
-                                Some(p) if !p.draft => p.ready_at,
-                                _ => self.ready_at(number, created).await?,
-                            };
-                            review.push(number);
-                            PullState { ready_at, ..state }
-                        }
-                    };
-                    open.insert(number, state);
-                }
+        let ReviewPlan {
+            mut open,
+            ready,
+            review,
+        } = mark.plan(listed, now, REVIEW_RECHECK_SECONDS);
+        for (number, created) in ready {
+            let ready_at = self.ready_at(number, created).await?;
+            if let Some(state) = open.get_mut(&number) {
+                state.ready_at = ready_at;
             }
         }
         for number in review {
@@ -134,12 +102,11 @@ impl GithubPoller {
             }
             state.checked_at = now;
         }
-        for number in mark.open.keys().filter(|n| !open.contains_key(n)) {
+        for number in mark.replace(open) {
             self.rec
                 .forget
                 .push(self.target.stream(&format!("reviews|{number}")));
         }
-        mark.open = open;
         mark.publish(&self.rec.metrics, &self.target.repo, self.api.skew());
         new_cursor.watermark = Some(serde_json::to_string(&mark).unwrap_or_default());
         if new_cursor != cursor {
@@ -151,35 +118,25 @@ impl GithubPoller {
     /// When pull request `number` last became ready for review: the last
     /// `ready_for_review` of its timeline, else its creation.
     async fn ready_at(&mut self, number: u64, created: i64) -> Result<i64, PollError> {
-        let mut next = Some(format!(
-            "{}/issues/{number}/timeline?per_page=100",
-            self.base
-        ));
-        let mut ready = created;
-        let mut page = 0;
-        let none = PollCursor::default();
-        while let Some(url) = next.take() {
-            let mut ignored = PollCursor::default();
-            let Some((events, link_next)) = self
-                .api
-                .list_page(&url, page, &none, &mut ignored, "timeline", GITHUB_JSON)
-                .await?
-            else {
-                break;
-            };
-            page += 1;
-            for event in events {
-                if event["event"].as_str() == Some("ready_for_review") {
-                    if let Some(at) = server_time(&event["created_at"]) {
-                        ready = ready.max(at);
-                    }
-                }
-            }
-            if page < MAX_PAGES {
-                next = link_next.filter(|u| u.starts_with(&self.target.api_url));
-            }
-        }
-        Ok(ready)
+        let url = format!("{}/issues/{number}/timeline?per_page=100", self.base);
+        let origin = self.target.api_url.clone();
+        let events = self
+            .api
+            .list_all(
+                url,
+                &PollCursor::default(),
+                &mut PollCursor::default(),
+                "timeline",
+                GITHUB_JSON,
+                &origin,
+            )
+            .await?
+            .unwrap_or_default();
+        Ok(events
+            .iter()
+            .filter(|event| event["event"].as_str() == Some("ready_for_review"))
+            .filter_map(|event| server_time(&event["created_at"]))
+            .fold(created, i64::max))
     }
 
     /// Whether pull request `number` was reviewed since `since`, from its
@@ -196,24 +153,19 @@ impl GithubPoller {
             .cursor(self.target.stream(&format!("reviews|{number}")));
         let url = format!("{}/pulls/{number}/reviews?per_page=100", self.base);
         let mut new_cursor = cursor.clone();
-        let mut next = Some(url);
-        let mut page = 0;
-        let mut all = None;
-        while let Some(url) = next.take() {
-            let Some((items, link_next)) = self
-                .api
-                .list_page(&url, page, &cursor, &mut new_cursor, "reviews", GITHUB_JSON)
-                .await?
-            else {
-                break;
-            };
-            page += 1;
-            all.get_or_insert_with(Vec::new).extend(items);
-            if page < MAX_PAGES {
-                next = link_next.filter(|u| u.starts_with(&self.target.api_url));
-            }
-        }
-        let Some(all) = all else {
+        let origin = self.target.api_url.clone();
+        let Some(all) = self
+            .api
+            .list_all(
+                url,
+                &cursor,
+                &mut new_cursor,
+                "reviews",
+                GITHUB_JSON,
+                &origin,
+            )
+            .await?
+        else {
             return Ok(None);
         };
         if new_cursor != cursor {
