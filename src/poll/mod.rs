@@ -19,6 +19,7 @@
 
 mod api;
 mod github;
+mod gitlab;
 mod reviews;
 
 use std::future::Future;
@@ -32,6 +33,7 @@ use serde_json::{json, Value};
 
 pub use api::{token_gates, TokenGate};
 pub use github::GithubPoller;
+pub use gitlab::GitlabPoller;
 
 use crate::ledger::{Delivery, DeliveryId, Disposition};
 use crate::metrics::Metrics;
@@ -329,10 +331,10 @@ impl PollTarget {
     ) -> Result<PollTarget, (String, String)> {
         let name = provider.name();
         let key = |field: &str| format!("poll.{name}[{index}].{field}");
-        if provider != Provider::Github {
+        if provider == Provider::Gitea {
             return Err((
                 key("repo"),
-                "only [[poll.github]] is polled in this build".into(),
+                "only [[poll.github]] and [[poll.gitlab]] are polled in this build".into(),
             ));
         }
         let valid_part = |p: &str| {
@@ -1024,6 +1026,33 @@ mod tests {
             next_since(since, at("2026-08-11T09:00:00Z")),
             "2026-08-11T08:58:00Z"
         );
+    }
+
+    #[test]
+    fn a_gitlab_project_is_named_by_its_full_path_or_id_on_gitlab_com_by_default() {
+        let env = |name: &str| (name == "GL_TOKEN").then(|| "glpat-example".to_owned());
+        let target = |repo: &str| {
+            let raw: RawTarget =
+                toml::from_str(&format!("repo = {repo:?}\ntoken_env = \"GL_TOKEN\"")).unwrap();
+            PollTarget::from_raw(Provider::Gitlab, &raw, 0, 0.5, &[], &env)
+        };
+        let nested = target("acme/platform/shop").unwrap();
+        assert_eq!(nested.api_url, "https://gitlab.com/api/v4");
+        assert_eq!(nested.source, "gitlab");
+        let line = nested.describe();
+        assert!(
+            line.starts_with(
+                "poll gitlab acme/platform/shop at https://gitlab.com/api/v4: successful deployments, \
+                 incident issues, commits, open merge requests' reviews of the default branch"
+            ),
+            "{line}"
+        );
+        assert!(!line.contains("glpat"), "{line}");
+        assert!(target("4711").is_ok());
+        for bad in ["acme", "acme/../shop", "acme/shop?x"] {
+            let (key, _) = target(bad).unwrap_err();
+            assert_eq!(key, "poll.gitlab[0].repo", "{bad}");
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod page;
 mod pelorus;
 mod pipelines;
 mod poll;
+mod poll_gitlab;
 mod prometheus;
 mod props;
 mod rules;

@@ -1,0 +1,308 @@
+//! The merge-request stream (POLLING.md §5): open merge requests against
+//! the tracked branches, and the approvals and reviewer states of those
+//! that changed, to tell which wait for a first review and since when.
+//!
+//! Every request is paid, so the least is read: the open list each poll;
+//! for a merge request that is new or whose `updated_at` or head moved (an
+//! approval or a review comment bumps `updated_at`), and once an hour for
+//! those still waiting, its approvals, and its reviewers' states only when
+//! someone was asked to review it; its notes, for the last time it was
+//! marked ready, once when it is first seen ready. A comment by someone who
+//! was not asked to review, and who did not approve, is not seen.
+
+use serde_json::Value;
+
+use super::{GitlabPoller, GITLAB_JSON};
+use crate::poll::api::Fetched;
+use crate::poll::reviews::{Listed, PullState, PullsMark, ReviewPlan};
+use crate::poll::{server_time, PollError};
+use crate::store::PollCursor;
+
+/// How often the reviews of a waiting merge request are read although its
+/// listing did not change.
+const REVIEW_RECHECK_SECONDS: i64 = 3600;
+
+/// Reviewer states that mean the reviewer reviewed (`/reviewers`);
+/// `unreviewed` and `review_started` (a review not yet submitted) do not.
+const REVIEWED_STATES: &[&str] = &["reviewed", "requested_changes", "approved", "unapproved"];
+
+/// System notes that mark a merge request ready (current wording, and
+/// the one before drafts were called drafts).
+const READY_NOTES: &[&str] = &[
+    "marked this merge request as **ready**",
+    "unmarked as a **Work In Progress**",
+];
+
+impl GitlabPoller {
+    /// Polls the open merge requests of `branches` and publishes the waits.
+    pub(super) async fn merge_requests(
+        &mut self,
+        branches: &[String],
+        cursors: &mut Vec<PollCursor>,
+    ) -> Result<(), PollError> {
+        let cursor = self.rec.cursor(self.target.stream("merge_requests"));
+        let mut mark: PullsMark = cursor
+            .watermark
+            .as_deref()
+            .and_then(|w| serde_json::from_str(w).ok())
+            .unwrap_or_default();
+        // One target branch on the server; several are filtered here.
+        let target = match branches {
+            [one] => format!(
+                "&target_branch={}",
+                form_urlencoded::byte_serialize(one.as_bytes()).collect::<String>()
+            ),
+            _ => String::new(),
+        };
+        let url = format!(
+            "{}/merge_requests?state=opened{target}&order_by=updated_at&sort=desc&per_page=100",
+            self.base()
+        );
+        let items = self.list(url, "merge_requests").await?;
+        let mut asked = std::collections::BTreeSet::new();
+        let listed: Vec<Listed> = items
+            .iter()
+            .filter(|mr| {
+                let target = mr["target_branch"].as_str().unwrap_or_default();
+                branches.iter().any(|b| b == target)
+            })
+            .filter_map(|mr| {
+                let number = mr["iid"].as_u64()?;
+                if mr["reviewers"].as_array().is_some_and(|r| !r.is_empty()) {
+                    asked.insert(number);
+                }
+                Some(Listed {
+                    number,
+                    created: server_time(&mr["created_at"])?,
+                    state: PullState {
+                        author: mr["author"]["username"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned(),
+                        updated_at: mr["updated_at"].as_str().unwrap_or_default().to_owned(),
+                        head: mr["sha"].as_str().unwrap_or_default().to_owned(),
+                        // `work_in_progress` before GitLab 14.0.
+                        draft: mr["draft"]
+                            .as_bool()
+                            .or_else(|| mr["work_in_progress"].as_bool())
+                            .unwrap_or(false),
+                        ..PullState::default()
+                    },
+                })
+            })
+            .collect();
+        let now = self.api.server_now();
+        let ReviewPlan {
+            mut open,
+            ready,
+            review,
+        } = mark.plan(Some(listed), now, REVIEW_RECHECK_SECONDS);
+        for (iid, created) in ready {
+            let ready_at = self.ready_at(iid, created).await?;
+            if let Some(state) = open.get_mut(&iid) {
+                state.ready_at = ready_at;
+            }
+        }
+        for iid in review {
+            let Some(state) = open.get(&iid) else {
+                continue;
+            };
+            let (author, since) = (state.author.clone(), state.ready_at);
+            let reviewed = self
+                .reviewed(iid, &author, since, asked.contains(&iid))
+                .await?;
+            if let Some(state) = open.get_mut(&iid) {
+                state.reviewed = reviewed;
+                state.checked_at = now;
+            }
+        }
+        mark.replace(open);
+        mark.publish(&self.rec.metrics, &self.target.repo, self.api.skew());
+        let watermark = serde_json::to_string(&mark).ok();
+        if watermark != cursor.watermark {
+            cursors.push(PollCursor {
+                watermark,
+                ..cursor
+            });
+        }
+        Ok(())
+    }
+
+    /// When merge request `iid` was last marked ready: the newest such
+    /// system note, else its creation.
+    async fn ready_at(&mut self, iid: u64, created: i64) -> Result<i64, PollError> {
+        let url = format!(
+            "{}/merge_requests/{iid}/notes?sort=desc&order_by=created_at&per_page=100",
+            self.base()
+        );
+        let notes = match self.list(url, "notes").await {
+            // Merged or deleted since it was listed.
+            Err(PollError::Gone(_)) => return Ok(created),
+            other => other?,
+        };
+        Ok(last_ready(&notes).map_or(created, |at| at.max(created)))
+    }
+
+    /// Whether merge request `iid` by `author` was approved (since `since`,
+    /// where GitLab tells when) or reviewed by someone else; its reviewers'
+    /// states are read only when someone was `asked`.
+    async fn reviewed(
+        &mut self,
+        iid: u64,
+        author: &str,
+        since: i64,
+        asked: bool,
+    ) -> Result<bool, PollError> {
+        let url = format!("{}/merge_requests/{iid}/approvals", self.base());
+        match self
+            .api
+            .get(&url, &PollCursor::default(), "approvals", GITLAB_JSON)
+            .await
+        {
+            Ok(Fetched::Changed { body, .. }) => {
+                let approvals: Value = serde_json::from_slice(&body)
+                    .map_err(|e| PollError::Transient(format!("approvals: {e}")))?;
+                if approved(&approvals, author, since) {
+                    return Ok(true);
+                }
+            }
+            Ok(Fetched::NotModified) => {
+                return Err(PollError::Transient("approvals: unexpected 304".into()))
+            }
+            // Merged or deleted since it was listed.
+            Err(PollError::Gone(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        if !asked {
+            return Ok(false);
+        }
+        let url = format!("{}/merge_requests/{iid}/reviewers", self.base());
+        match self.list(url, "reviewers").await {
+            Ok(reviewers) => Ok(reviewed_by_reviewers(&reviewers, author)),
+            Err(PollError::Gone(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// When the newest of `notes` marking the merge request ready was made
+/// (server epoch seconds).
+fn last_ready(notes: &[Value]) -> Option<i64> {
+    notes
+        .iter()
+        .filter(|note| note["system"].as_bool() == Some(true))
+        .filter(|note| {
+            note["body"]
+                .as_str()
+                .is_some_and(|body| READY_NOTES.contains(&body.trim()))
+        })
+        .filter_map(|note| server_time(&note["created_at"]))
+        .max()
+}
+
+/// Whether `approvals` (`/approvals`) hold one by someone other than
+/// `author`, given at or after `since` where `approved_at` says (GitLab
+/// 17.x and later; an approval without it counts).
+fn approved(approvals: &Value, author: &str, since: i64) -> bool {
+    approvals["approved_by"]
+        .as_array()
+        .is_some_and(|approvers| {
+            approvers.iter().any(|approval| {
+                let by = approval["user"]["username"].as_str().unwrap_or_default();
+                let at = server_time(&approval["approved_at"]).unwrap_or(i64::MAX);
+                !by.is_empty() && by != author && at >= since
+            })
+        })
+}
+
+/// Whether one of `reviewers` (`/reviewers`) other than `author` reviewed.
+fn reviewed_by_reviewers(reviewers: &[Value], author: &str) -> bool {
+    reviewers.iter().any(|reviewer| {
+        let by = reviewer["user"]["username"].as_str().unwrap_or_default();
+        let state = reviewer["state"].as_str().unwrap_or_default();
+        !by.is_empty() && by != author && REVIEWED_STATES.contains(&state)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn an_approval_counts_when_someone_else_gave_it_after_the_merge_request_became_ready() {
+        let ready = server_time(&json!("2026-08-11T12:00:00Z")).unwrap();
+        let by = |who: &str, at: Option<&str>| json!({"approved_by": [{"user": {"username": who}, "approved_at": at}]});
+        assert!(approved(
+            &by("bob", Some("2026-08-11T13:00:00Z")),
+            "ann",
+            ready
+        ));
+        assert!(approved(&by("bob", None), "ann", ready), "no time: counts");
+        assert!(!approved(
+            &by("ann", Some("2026-08-11T13:00:00Z")),
+            "ann",
+            ready
+        ));
+        assert!(!approved(
+            &by("bob", Some("2026-08-11T11:00:00Z")),
+            "ann",
+            ready
+        ));
+        assert!(!approved(&json!({"approved_by": []}), "ann", ready));
+    }
+
+    #[test]
+    fn a_reviewer_reviewed_once_past_unreviewed_and_a_started_review() {
+        let reviewer = |who: &str, state: &str| json!({"user": {"username": who}, "state": state});
+        for state in REVIEWED_STATES {
+            assert!(
+                reviewed_by_reviewers(&[reviewer("bob", state)], "ann"),
+                "{state}"
+            );
+        }
+        for state in ["unreviewed", "review_started"] {
+            assert!(
+                !reviewed_by_reviewers(&[reviewer("bob", state)], "ann"),
+                "{state}"
+            );
+        }
+        assert!(!reviewed_by_reviewers(
+            &[reviewer("ann", "reviewed")],
+            "ann"
+        ));
+    }
+
+    #[test]
+    fn the_last_ready_mark_is_the_newest_system_note_saying_so() {
+        let note = |body: &str, system: bool, at: &str| json!({"body": body, "system": system, "created_at": at});
+        let notes = [
+            note(
+                "marked this merge request as **ready**",
+                true,
+                "2026-08-11T10:00:00Z",
+            ),
+            note(
+                "marked this merge request as **draft**",
+                true,
+                "2026-08-11T11:00:00Z",
+            ),
+            note(
+                "marked this merge request as **ready**",
+                false,
+                "2026-08-11T13:00:00Z",
+            ),
+            note(
+                "unmarked as a **Work In Progress**",
+                true,
+                "2026-08-11T12:00:00Z",
+            ),
+        ];
+        assert_eq!(
+            last_ready(&notes),
+            server_time(&json!("2026-08-11T12:00:00Z"))
+        );
+        assert_eq!(last_ready(&notes[1..2]), None);
+    }
+}
