@@ -184,7 +184,10 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApp> {
                 crate::poll::GitlabPoller::new(target.clone(), gate, store, ledger, metrics),
                 start,
             )),
-            crate::poll::Provider::Gitea => unreachable!("refused by the configuration"),
+            crate::poll::Provider::Gitea => tokio::spawn(crate::poll::run(
+                crate::poll::GiteaPoller::new(target.clone(), gate, store, ledger, metrics),
+                start,
+            )),
         }
     });
     let mut background: Vec<_> = pollers.collect();

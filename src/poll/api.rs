@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::{now_seconds, PollError, PollTarget, Provider, MAX_PAGES};
+use super::{Clock, PollError, PollTarget, Provider};
 use crate::metrics::Metrics;
 use crate::signature::Secret;
 use crate::store::PollCursor;
@@ -25,6 +25,9 @@ const MIN_SPACING: Duration = Duration::from_millis(100);
 /// A paid request that would have to wait longer than this for its turn
 /// in the budget is refused locally instead (the gate is not held that long).
 const MAX_BUDGET_WAIT: Duration = Duration::from_secs(60);
+/// Paid requests may run this share of the allowance (at least 10) ahead
+/// of an even spread over the window.
+const BURST_SHARE: f64 = 0.02;
 /// The weight of a repository whose event rate is unknown: one event a day.
 const DEFAULT_MEAN: Duration = Duration::from_secs(86_400);
 
@@ -84,8 +87,8 @@ struct GateState {
     window_end: i64,
     paid: u64,
     shares: BTreeMap<String, Share>,
-    last_sent: Option<tokio::time::Instant>,
-    last_paid: Option<tokio::time::Instant>,
+    /// When the last request was sent (epoch ms, the pollers' clock).
+    last_sent: Option<i64>,
     /// The token's hourly quota when the provider does not say.
     configured: Option<u64>,
     /// `f` of POLLING.md §6 step 8.
@@ -100,8 +103,9 @@ struct GateState {
 
 impl GateState {
     /// Starts a new window once the current one has passed, or as soon as
-    /// the provider tells its own (the window then ends at its reset and
-    /// lasts its period).
+    /// the provider tells its own: the window then ends at its reset and
+    /// lasts its period, so that the provider's quota is counted over the
+    /// time it is for (not from this service's first request on).
     fn roll(&mut self, now: i64) {
         let provider_window = self
             .quota
@@ -116,7 +120,7 @@ impl GateState {
         };
         if self.quota.reset.is_some_and(|reset| reset <= now) {
             // What the provider said held until its reset: the next answer
-            // tells the new window.
+            // tells the new window (a minute's quota is no hour's).
             self.quota = Quota::default();
         }
         self.paid = 0;
@@ -160,7 +164,7 @@ pub struct TokenGate {
 }
 
 impl TokenGate {
-    fn new(configured: Option<u64>, max_share: f64, period: std::time::Duration) -> TokenGate {
+    fn new(configured: Option<u64>, max_share: f64, period: Duration) -> TokenGate {
         TokenGate {
             state: tokio::sync::Mutex::new(GateState {
                 quota: Quota::default(),
@@ -169,7 +173,6 @@ impl TokenGate {
                 paid: 0,
                 shares: BTreeMap::new(),
                 last_sent: None,
-                last_paid: None,
                 configured,
                 max_share,
                 period: period.as_secs().max(1) as i64,
@@ -235,6 +238,8 @@ pub fn token_gates(targets: &[PollTarget]) -> Vec<Arc<TokenGate>> {
 pub struct Api {
     provider: Provider,
     client: reqwest::Client,
+    /// The configured API base: `rel="next"` links are followed only within it.
+    api_url: String,
     repo: String,
     token: Secret,
     token_source: super::TokenSource,
@@ -244,11 +249,13 @@ pub struct Api {
     skew: i64,
     /// The longest `X-Poll-Interval` seen since it was last taken.
     hint: Option<Duration>,
+    clock: Clock,
     /// Where the request in flight was moved permanently (301), if it was,
     /// as the redirect policy saw it …
     moved: Arc<Mutex<Option<reqwest::Url>>>,
-    /// … and the last answered request's.
-    last_moved: Option<reqwest::Url>,
+    /// … and the last answered request's: the URL asked for and where it
+    /// moved.
+    last_moved: Option<(String, reqwest::Url)>,
 }
 
 impl Api {
@@ -273,6 +280,7 @@ impl Api {
         Api {
             provider: target.provider,
             client,
+            api_url: target.api_url.clone(),
             repo: target.repo.clone(),
             token: target.token.clone(),
             token_source: target.token_source.clone(),
@@ -280,6 +288,7 @@ impl Api {
             gate,
             skew: 0,
             hint: None,
+            clock: Clock::default(),
             moved,
             last_moved: None,
         }
@@ -289,9 +298,14 @@ impl Api {
         &self.gate
     }
 
+    /// Paces and computes on `clock` rather than the system's.
+    pub fn set_clock(&mut self, clock: Clock) {
+        self.clock = clock;
+    }
+
     /// Now on the server's clock, as its last `Date` header told it.
     pub fn server_now(&self) -> i64 {
-        now_seconds() + self.skew
+        self.clock.now_seconds() + self.skew
     }
 
     /// Server clock minus local clock.
@@ -299,8 +313,9 @@ impl Api {
         self.skew
     }
 
-    /// Where the last request was moved permanently (301), if it was.
-    pub fn take_moved(&mut self) -> Option<reqwest::Url> {
+    /// The last request moved permanently (301) since the last call, and
+    /// where to.
+    pub fn take_moved(&mut self) -> Option<(String, reqwest::Url)> {
         self.last_moved.take()
     }
 
@@ -344,21 +359,41 @@ impl Api {
         Ok(Some((items, next)))
     }
 
-    /// Every page of a JSON list from `url`: page 1 conditional on
-    /// `cursor`'s validators (which `new_cursor` then takes from the
-    /// answer), later pages through `rel="next"` verbatim while they stay
-    /// under `origin`, [`MAX_PAGES`] at most. `None` on a 304.
-    pub async fn pages(
+    /// Every page of a JSON list from `first`, following `rel="next"` links
+    /// verbatim (same origin only) for at most `max_pages`; page 1 is
+    /// conditional on `cursor`, whose validators `new_cursor` then takes.
+    /// `None` on a 304; else the items and whether pages were left unread.
+    /// A short page is no end: a server may clamp the page size (Gitea's
+    /// `MAX_RESPONSE_ITEMS`), only a missing `next` link ends the list.
+    pub async fn list_all(
         &mut self,
-        url: String,
+        first: String,
         cursor: &PollCursor,
         new_cursor: &mut PollCursor,
         endpoint: &'static str,
         accept: &str,
-        origin: &str,
-    ) -> Result<Option<Vec<Vec<Value>>>, PollError> {
-        let mut next = Some(url);
+        max_pages: usize,
+    ) -> Result<Option<(Vec<Value>, bool)>, PollError> {
+        let pages = self
+            .pages(first, cursor, new_cursor, endpoint, accept, max_pages)
+            .await?;
+        Ok(pages.map(|(pages, truncated)| (pages.concat(), truncated)))
+    }
+
+    /// As [`Api::list_all`], the items page by page (where a page ends
+    /// tells how far a list paged by offset is certain).
+    pub async fn pages(
+        &mut self,
+        first: String,
+        cursor: &PollCursor,
+        new_cursor: &mut PollCursor,
+        endpoint: &'static str,
+        accept: &str,
+        max_pages: usize,
+    ) -> Result<Option<(Vec<Vec<Value>>, bool)>, PollError> {
+        let mut next = Some(first);
         let mut pages: Option<Vec<Vec<Value>>> = None;
+        let mut truncated = false;
         while let Some(url) = next.take() {
             let page = pages.as_ref().map_or(0, Vec::len);
             let Some((items, link)) = self
@@ -368,30 +403,30 @@ impl Api {
                 break;
             };
             pages.get_or_insert_with(Vec::new).push(items);
-            let link = link.filter(|u| u.starts_with(origin));
-            if page + 1 < MAX_PAGES {
+            let link = self.same_origin(link);
+            if page + 1 < max_pages {
                 next = link;
-            } else if link.is_some() {
-                tracing::warn!(repo = %self.repo, endpoint, pages = MAX_PAGES, "List longer than the pages read in one poll");
+            } else {
+                truncated = link.is_some();
             }
         }
-        Ok(pages)
+        Ok(pages.map(|pages| (pages, truncated)))
     }
 
-    /// As [`Api::pages`], the items of all pages in one list.
-    pub async fn list_all(
-        &mut self,
-        url: String,
-        cursor: &PollCursor,
-        new_cursor: &mut PollCursor,
-        endpoint: &'static str,
-        accept: &str,
-        origin: &str,
-    ) -> Result<Option<Vec<Value>>, PollError> {
-        let pages = self
-            .pages(url, cursor, new_cursor, endpoint, accept, origin)
-            .await?;
-        Ok(pages.map(|pages| pages.into_iter().flatten().collect()))
+    /// `link` when it points into the configured API (a `Link` elsewhere is
+    /// not followed: the token would go with it). Gitea builds its links
+    /// from its `ROOT_URL`: an `api_url` on another address (an internal
+    /// one) reads first pages only, which is logged.
+    pub fn same_origin(&self, link: Option<String>) -> Option<String> {
+        let link = link?;
+        let inside = link
+            .strip_prefix(self.api_url.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(['/', '?']));
+        if !inside {
+            tracing::warn!(repo = %self.repo, api_url = %self.api_url, "A next page outside api_url is not followed; set api_url to the address the server's links use");
+            return None;
+        }
+        Some(link)
     }
 
     /// A GET, conditional on `cursor`'s validators, within the token's
@@ -408,7 +443,7 @@ impl Api {
         // and what another repository learnt of the quota counts here.
         let gate = Arc::clone(&self.gate);
         let mut state = gate.state.lock().await;
-        let now = now_seconds();
+        let now = self.clock.now_seconds();
         state.roll(now);
         let quota = state.quota;
         if let (Some(limit), Some(remaining), Some(reset)) =
@@ -427,28 +462,30 @@ impl Api {
                     until: state.window_end + 1,
                 });
             }
-            // Paid requests spread over what is left of the window.
+            // Paid requests spread over the window: no more than a burst
+            // ahead of an even pace (POLLING.md §6 step 8 (c)).
             if !may_be_free {
-                let left = (total - state.paid as f64).max(1.0);
-                let gap = Duration::from_secs_f64(((state.window_end - now).max(0) as f64) / left);
-                if let Some(last) = state.last_paid {
-                    let turn = last + gap;
-                    let wait = turn.saturating_duration_since(tokio::time::Instant::now());
-                    if wait > MAX_BUDGET_WAIT {
-                        return Err(PollError::RateLimited {
-                            until: now + wait.as_secs() as i64,
-                        });
-                    }
-                    tokio::time::sleep_until(turn).await;
+                let burst = (total * BURST_SHARE).max(10.0);
+                let length = (state.window_end - state.window_start).max(1) as f64;
+                let due = (state.paid as f64 + 1.0 - burst).max(0.0) / total * length;
+                let turn_ms = state.window_start * 1000 + (due * 1000.0) as i64;
+                let wait = Duration::from_millis((turn_ms - self.clock.now_ms()).max(0) as u64);
+                if wait > MAX_BUDGET_WAIT {
+                    return Err(PollError::RateLimited {
+                        until: now + wait.as_secs() as i64 + 1,
+                    });
                 }
+                self.clock.sleep(wait).await;
             }
         }
         if let Some(last) = state.last_sent {
-            tokio::time::sleep_until(last + MIN_SPACING).await;
+            let turn = last + MIN_SPACING.as_millis() as i64;
+            let wait = (turn - self.clock.now_ms()).max(0) as u64;
+            self.clock.sleep(Duration::from_millis(wait)).await;
         }
         *self.moved.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let response = self.request(url, cursor, accept).send().await;
-        state.last_sent = Some(tokio::time::Instant::now());
+        state.last_sent = Some(self.clock.now_ms());
         let count = |code: &str| {
             self.metrics
                 .poll_requests
@@ -474,12 +511,13 @@ impl Api {
             if let Some(share) = state.shares.get_mut(&self.repo) {
                 share.paid += 1;
             }
-            state.last_paid = state.last_sent;
         }
         self.read_headers(response.headers(), &mut state.quota);
-        let quota = state.quota;
+        let mut quota = state.quota;
         drop(state);
-        self.last_moved = self.moved.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(to) = self.moved.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            self.last_moved = Some((url.to_owned(), to));
+        }
         let header = |name: &str| {
             response
                 .headers()
@@ -506,7 +544,6 @@ impl Api {
             }
             403 | 429 => {
                 let retry_after = header("retry-after").and_then(|v| v.trim().parse::<i64>().ok());
-                let mut quota = quota;
                 let own_reset = match self.provider {
                     Provider::Github => true,
                     Provider::Gitlab => header("ratelimit-reset").is_some(),
@@ -575,10 +612,12 @@ impl Api {
         quota: Quota,
         endpoint: &str,
     ) -> PollError {
-        let now = now_seconds();
+        let now = self.clock.now_seconds();
         if let Some(seconds) = retry_after {
+            // `now` is truncated to the second: one more keeps the whole
+            // wait the server asked for.
             return PollError::RateLimited {
-                until: now + seconds.max(1),
+                until: now + seconds.max(1) + 1,
             };
         }
         let exhausted = quota.remaining == Some(0);
@@ -624,7 +663,7 @@ impl Api {
             .get("date")
             .and_then(|v| v.to_str().ok())
             .and_then(|d| chrono::DateTime::parse_from_rfc2822(d).ok())
-            .map(|d| d.timestamp() - now_seconds())
+            .map(|d| d.timestamp() - self.clock.now_seconds())
             .unwrap_or(self.skew);
         let prefix = match self.provider {
             Provider::Gitlab => "ratelimit-",

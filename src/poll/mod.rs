@@ -18,10 +18,13 @@
 //! this service's share of it.
 
 mod api;
+mod forge;
+mod gitea;
 mod github;
 mod gitlab;
 mod reviews;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 pub use api::{token_gates, TokenGate};
+pub use gitea::GiteaPoller;
 pub use github::GithubPoller;
 pub use gitlab::GitlabPoller;
 
@@ -147,7 +151,7 @@ impl Stream {
     }
 
     /// The event kind whose mean interval schedules the stream.
-    fn event_kind(self) -> Option<&'static str> {
+    pub fn event_kind(self) -> Option<&'static str> {
         match self {
             Stream::Deployments => Some("deploy"),
             Stream::Incidents => Some("failure_created"),
@@ -331,12 +335,6 @@ impl PollTarget {
     ) -> Result<PollTarget, (String, String)> {
         let name = provider.name();
         let key = |field: &str| format!("poll.{name}[{index}].{field}");
-        if provider == Provider::Gitea {
-            return Err((
-                key("repo"),
-                "only [[poll.github]] and [[poll.gitlab]] are polled in this build".into(),
-            ));
-        }
         let valid_part = |p: &str| {
             !p.is_empty()
                 && !p.starts_with('.')
@@ -482,12 +480,19 @@ impl PollTarget {
                 None => "the default branch".to_owned(),
             }
         };
-        let streams: Vec<&str> = self
+        let mut streams: Vec<String> = self
             .provider
             .streams()
             .iter()
-            .map(|s| s.describe(self.provider))
+            .map(|s| s.describe(self.provider).to_owned())
             .collect();
+        // Gitea's deploys are commit statuses, read with the commits.
+        if self.provider == Provider::Gitea && !self.options.deploy_workflows.is_empty() {
+            streams.push(format!(
+                "deploys from commit statuses {}",
+                self.options.deploy_workflows.join(", ")
+            ));
+        }
         format!(
             "poll {} {} at {}: {} of {branches}, mapped by [sources.{}], every {} to {}",
             self.provider.name(),
@@ -497,16 +502,6 @@ impl PollTarget {
             self.source,
             humantime::format_duration(self.interval),
             humantime::format_duration(self.max_interval)
-        )
-    }
-
-    /// The stream key of `name` for this repository.
-    fn stream(&self, name: &str) -> String {
-        format!(
-            "{}|{}|{}|{name}",
-            self.provider.name(),
-            self.api_url,
-            self.repo
         )
     }
 
@@ -520,12 +515,65 @@ impl PollTarget {
         self.branch.as_ref().map(|branch| vec![branch.clone()])
     }
 
+    /// The stream key of `name` for this repository.
+    fn stream(&self, name: &str) -> String {
+        format!(
+            "{}|{}|{}|{name}",
+            self.provider.name(),
+            self.api_url,
+            self.repo
+        )
+    }
+
     /// The application the repository's events count for.
-    fn app(&self) -> Option<String> {
+    pub fn app(&self) -> Option<String> {
         self.options
             .app(&self.repo)
             .ok()
             .map(|a| a.as_str().to_owned())
+    }
+}
+
+/// The pollers' clock for their requests' pacing and rate-limit
+/// arithmetic: the system's, or a simulated one that a benchmark moves and
+/// that sleeps by moving itself (POLLING.md §7: the fake shares a virtual
+/// clock with the poller, no sleeps).
+#[derive(Debug, Clone, Default)]
+pub struct Clock(Option<Arc<std::sync::atomic::AtomicI64>>);
+
+impl Clock {
+    /// A simulated clock at `epoch_ms` (milliseconds since the epoch).
+    pub fn simulated(epoch_ms: i64) -> Clock {
+        Clock(Some(Arc::new(std::sync::atomic::AtomicI64::new(epoch_ms))))
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        match &self.0 {
+            None => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
+            Some(ms) => ms.load(std::sync::atomic::Ordering::SeqCst),
+        }
+    }
+
+    pub fn now_seconds(&self) -> i64 {
+        self.now_ms().div_euclid(1000)
+    }
+
+    /// Moves a simulated clock forward to `epoch_ms` (never back).
+    pub fn advance_to(&self, epoch_ms: i64) {
+        if let Some(ms) = &self.0 {
+            ms.fetch_max(epoch_ms, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    async fn sleep(&self, d: Duration) {
+        match &self.0 {
+            None => tokio::time::sleep(d).await,
+            Some(ms) => {
+                ms.fetch_add(d.as_millis() as i64, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
     }
 }
 
@@ -557,6 +605,8 @@ pub struct Recorder {
     /// Streams let go in this poll (deployments no longer followed), their
     /// state deleted with the next commit.
     forget: Vec<String>,
+    /// The stored review waits were published.
+    waits_restored: bool,
 }
 
 impl Recorder {
@@ -567,6 +617,24 @@ impl Recorder {
             metrics,
             stored: Default::default(),
             forget: Vec::new(),
+            waits_restored: false,
+        }
+    }
+
+    /// Once, after the first [`Recorder::load`]: publishes the review waits
+    /// stored in the review stream `key`, so that they are exposed from the
+    /// start, before (or without) a poll of that stream.
+    fn restore_waits(&mut self, key: String, repo: &str) {
+        if std::mem::replace(&mut self.waits_restored, true) {
+            return;
+        }
+        let stored: Option<reviews::PullsMark> = self
+            .stored
+            .get(&key)
+            .and_then(|c| c.watermark.as_deref())
+            .and_then(|w| serde_json::from_str(w).ok());
+        if let Some(mark) = stored {
+            mark.publish(&self.metrics, repo, 0);
         }
     }
 
@@ -624,7 +692,7 @@ impl Recorder {
 
     /// The mean time between `kind` events of `app` over the rolling
     /// window, from the store (webhook and polled events alike).
-    async fn mean_interval(&self, app: Option<String>, kind: &'static str) -> Option<Duration> {
+    pub async fn mean_interval(&self, app: Option<String>, kind: &'static str) -> Option<Duration> {
         let app = app?;
         let intervals = self
             .ledger
@@ -731,135 +799,268 @@ pub trait Poller: Send {
 }
 
 /// One stream's place in its repository's schedule.
+#[derive(Debug, Clone)]
 struct Slot {
     stream: Stream,
     interval: Duration,
-    due: tokio::time::Instant,
+    /// Since the schedule's start.
+    due: Duration,
     /// The provider's last `X-Poll-Interval` for it.
     hint: Option<Duration>,
+    /// Its last poll was refused.
+    refused: bool,
 }
 
-/// Polls `poller`'s streams until the task is aborted, the first after
-/// `start` (spreading repositories over one interval, POLLING.md §6 step
-/// 1). After a change a stream waits a quarter of its mean time between
-/// events (5 min while fewer than two are known), after an unchanged poll
-/// 1.5× its last wait, always within `[floor, max]` with ±10 % jitter,
-/// where the floor is the configured interval, the provider's
-/// `X-Poll-Interval` and, where every request is paid, the repository's
-/// share of the budget. Rate limits hold every stream of the repository
-/// until the reset; failures back off with full jitter and after
-/// [`DEGRADED_AFTER`] in a row the repository is degraded.
+/// How a stream's poll went, as the schedule needs it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Outcome {
+    /// Something changed; `mean` is the stream's mean time between events
+    /// now, if known.
+    Changed {
+        mean: Option<Duration>,
+    },
+    Unchanged,
+    /// Nothing may be sent for `wait`.
+    RateLimited {
+        wait: Duration,
+    },
+    Transient,
+    /// A refusal that needs a person (permissions, a revoked token, a
+    /// deleted repository).
+    Refused,
+}
+
+impl Outcome {
+    /// The outcome of a stream's poll at `now` (epoch seconds, the
+    /// poller's clock), `mean` its stream's mean time between events after
+    /// a change.
+    pub fn of(result: &Result<bool, PollError>, mean: Option<Duration>, now: i64) -> Outcome {
+        match result {
+            Ok(true) => Outcome::Changed { mean },
+            Ok(false) => Outcome::Unchanged,
+            Err(PollError::RateLimited { until }) => Outcome::RateLimited {
+                wait: Duration::from_secs((until - now).max(0) as u64),
+            },
+            Err(PollError::Transient(_)) => Outcome::Transient,
+            Err(PollError::Refused(_) | PollError::Gone(_)) => Outcome::Refused,
+        }
+    }
+}
+
+/// When each stream of one repository is polled next (POLLING.md §6 steps
+/// 7 and 9), on a clock of the caller's (durations since its start): the
+/// service runs it on tokio's clock, the benchmark on a simulated one.
+///
+/// After a change a stream waits `α·g` (`g` its mean time between events;
+/// 5 min while fewer than two are known), after an unchanged poll 1.5× its
+/// last wait, always within `[floor, max]` with ±10 % jitter; the floor is
+/// the configured interval, the provider's `X-Poll-Interval` for the stream
+/// and the budget floor. A rate limit holds every stream until it passes
+/// (repeats back off); transient failures back off with full jitter; after
+/// [`DEGRADED_AFTER`] failures or limits in a row the repository is
+/// degraded and polled at its longest interval until a poll succeeds. A
+/// refused stream (permissions, a deleted repository) is retried at its
+/// longest interval and keeps the repository degraded until it succeeds.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    slots: Vec<Slot>,
+    interval: Duration,
+    max_interval: Duration,
+    failures: u32,
+    limited: u32,
+    degraded: bool,
+    backoff: Duration,
+}
+
+impl Schedule {
+    /// Every stream of `target` due at `start`; `mean` gives a stream's
+    /// mean time between events, if known.
+    pub fn new(
+        target: &PollTarget,
+        start: Duration,
+        mean: impl Fn(Stream) -> Option<Duration>,
+    ) -> Schedule {
+        let slots = target
+            .provider
+            .streams()
+            .iter()
+            .map(|stream| Slot {
+                stream: *stream,
+                interval: mean(*stream).map_or(QUIET_START, |g| g.mul_f64(ALPHA)),
+                due: start,
+                hint: None,
+                refused: false,
+            })
+            .collect();
+        Schedule {
+            slots,
+            interval: target.interval,
+            max_interval: target.max_interval,
+            failures: 0,
+            limited: 0,
+            degraded: false,
+            backoff: Duration::ZERO,
+        }
+    }
+
+    /// The stream due first, and when.
+    pub fn next(&self) -> (Stream, Duration) {
+        let slot = self
+            .slots
+            .iter()
+            .min_by_key(|s| s.due)
+            .expect("a provider has streams");
+        (slot.stream, slot.due)
+    }
+
+    /// Whether the repository is degraded: failing or limited again and
+    /// again, or a stream refused.
+    pub fn degraded(&self) -> bool {
+        self.degraded || self.slots.iter().any(|s| s.refused)
+    }
+
+    /// The wait the last failure or limit imposed; zero after a success.
+    pub fn backoff(&self) -> Duration {
+        self.backoff
+    }
+
+    /// The longest `stream` may wait.
+    fn max(&self, stream: Stream) -> Duration {
+        match stream {
+            Stream::PullRequests => self.max_interval.max(REVIEW_MAX_INTERVAL),
+            _ => self.max_interval,
+        }
+    }
+
+    /// Records how `stream`'s poll at `now` went and schedules it (or, for
+    /// a rate limit, every stream) again. `hint` is the provider's
+    /// `X-Poll-Interval`, if the answers carried one; `budget_floor` the
+    /// shortest interval the budget allows.
+    pub fn record(
+        &mut self,
+        stream: Stream,
+        now: Duration,
+        outcome: Outcome,
+        hint: Option<Duration>,
+        budget_floor: Duration,
+    ) {
+        let max = self.max(stream);
+        let interval = self.interval;
+        let Some(slot) = self.slots.iter_mut().find(|s| s.stream == stream) else {
+            return;
+        };
+        if hint.is_some() {
+            slot.hint = hint;
+        }
+        let floor = interval
+            .max(slot.hint.unwrap_or_default())
+            .max(budget_floor)
+            .min(max);
+        match outcome {
+            Outcome::Changed { .. } | Outcome::Unchanged => {
+                self.failures = 0;
+                self.limited = 0;
+                self.degraded = false;
+                self.backoff = Duration::ZERO;
+                slot.refused = false;
+                slot.interval = match outcome {
+                    Outcome::Changed { mean: Some(g) } => g.mul_f64(ALPHA),
+                    Outcome::Changed { mean: None } => interval,
+                    _ => slot.interval.mul_f64(1.5),
+                }
+                .clamp(floor, max);
+                slot.due = now + jitter(slot.interval, 0.1);
+            }
+            Outcome::RateLimited { wait } => {
+                // Until the reset; an answer that keeps refusing past it
+                // backs off.
+                self.limited += 1;
+                let least = if self.limited > 1 {
+                    backoff(self.limited)
+                } else {
+                    Duration::from_secs(1)
+                };
+                let mut wait = wait
+                    .max(least)
+                    .clamp(Duration::from_secs(1), Duration::from_secs(65 * 60));
+                if self.limited >= DEGRADED_AFTER {
+                    self.degraded = true;
+                    wait = wait.max(max);
+                }
+                self.backoff = wait;
+                for slot in &mut self.slots {
+                    slot.due = slot.due.max(now + wait);
+                }
+            }
+            Outcome::Transient => {
+                self.failures += 1;
+                let mut wait = backoff(self.failures).mul_f64(rand_unit());
+                if self.failures >= DEGRADED_AFTER {
+                    self.degraded = true;
+                    wait = wait.max(max);
+                }
+                self.backoff = wait;
+                slot.due = now + wait;
+            }
+            Outcome::Refused => {
+                slot.refused = true;
+                slot.due = now + max;
+            }
+        }
+    }
+}
+
+/// Polls `poller`'s streams on their [`Schedule`] until the task is
+/// aborted, the first after `start` (spreading repositories over one
+/// interval, POLLING.md §6 step 1).
 pub async fn run<P: Poller>(mut poller: P, start: Duration) {
     let target = poller.target().clone();
     let repo = target.repo.as_str();
     let metrics = Arc::clone(&poller.recorder().metrics);
     let app = target.app();
-    let now = tokio::time::Instant::now();
-    let mut slots = Vec::new();
+    let mut means = std::collections::BTreeMap::new();
     for stream in target.provider.streams() {
-        let mean = match stream.event_kind() {
-            Some(kind) => poller.recorder().mean_interval(app.clone(), kind).await,
-            None => None,
-        };
-        slots.push(Slot {
-            stream: *stream,
-            interval: mean.map_or(QUIET_START, |g| g.mul_f64(ALPHA)),
-            due: now + start,
-            hint: None,
-        });
+        if let Some(kind) = stream.event_kind() {
+            means.insert(
+                *stream,
+                poller.recorder().mean_interval(app.clone(), kind).await,
+            );
+        }
     }
-    let mut failures = 0u32;
-    let mut limited = 0u32;
+    let mut schedule = Schedule::new(&target, start, |s| means.get(&s).copied().flatten());
+    let epoch = tokio::time::Instant::now();
     let degraded = metrics.poll_degraded.with_label_values(&[repo]);
     let backoff_gauge = metrics.poll_backoff.with_label_values(&[repo]);
     loop {
-        let Some(slot) = slots.iter_mut().min_by_key(|s| s.due) else {
-            return;
+        let (stream, due) = schedule.next();
+        tokio::time::sleep_until(epoch + due).await;
+        let result = poller.poll_stream(stream).await;
+        let mean = match (&result, stream.event_kind()) {
+            (Ok(true), Some(kind)) => poller.recorder().mean_interval(app.clone(), kind).await,
+            _ => None,
         };
-        tokio::time::sleep_until(slot.due).await;
-        let stream = slot.stream;
-        let outcome = poller.poll_stream(stream).await;
-        if let Some(hint) = poller.take_poll_interval_hint() {
-            slot.hint = Some(hint);
+        if let Some(mean) = mean {
+            poller.gate().set_weight(repo, mean).await;
         }
-        let now = tokio::time::Instant::now();
-        let max = match stream {
-            Stream::PullRequests => target.max_interval.max(REVIEW_MAX_INTERVAL),
-            _ => target.max_interval,
-        };
-        let floor = [
-            target.interval,
-            slot.hint.unwrap_or_default(),
-            budget_floor(&target, poller.gate()).await,
-        ]
-        .into_iter()
-        .max()
-        .unwrap_or(target.interval)
-        .min(max);
-        match outcome {
-            Ok(changed) => {
-                failures = 0;
-                limited = 0;
-                degraded.set(0);
-                backoff_gauge.set(0.0);
-                metrics
-                    .poll_last_success
-                    .with_label_values(&[repo])
-                    .set(now_seconds() as f64);
-                let mean = match (changed, stream.event_kind()) {
-                    (true, Some(kind)) => poller.recorder().mean_interval(app.clone(), kind).await,
-                    _ => None,
-                };
-                if let Some(mean) = mean {
-                    poller.gate().set_weight(repo, mean).await;
-                }
-                slot.interval = match (changed, mean) {
-                    (true, Some(g)) => g.mul_f64(ALPHA),
-                    (true, None) => target.interval,
-                    (false, _) => slot.interval.mul_f64(1.5),
-                }
-                .clamp(floor, max);
-                slot.due = now + jitter(slot.interval, 0.1);
-            }
-            Err(PollError::RateLimited { until }) => {
-                // Until the reset; an answer that keeps refusing past it
-                // backs off, and after five the repository is degraded.
-                limited += 1;
-                let floor = if limited > 1 {
-                    backoff(limited).as_secs()
-                } else {
-                    1
-                };
-                let mut seconds = ((until - now_seconds()).max(0) as u64)
-                    .max(floor)
-                    .clamp(1, 65 * 60);
-                if limited >= DEGRADED_AFTER {
-                    degraded.set(1);
-                    seconds = seconds.max(max.as_secs());
-                }
-                tracing::warn!(repo, seconds, "Rate limited: waiting for the reset");
-                backoff_gauge.set(seconds as f64);
-                let until = now + Duration::from_secs(seconds);
-                for slot in &mut slots {
-                    slot.due = slot.due.max(until);
-                }
-            }
-            Err(PollError::Transient(error)) => {
-                failures += 1;
-                let mut wait = backoff(failures).mul_f64(rand_unit());
-                if failures >= DEGRADED_AFTER {
-                    degraded.set(1);
-                    wait = wait.max(max);
-                }
+        match &result {
+            Ok(_) => metrics
+                .poll_last_success
+                .with_label_values(&[repo])
+                .set(now_seconds() as f64),
+            Err(PollError::RateLimited { .. }) => {
                 tracing::warn!(
                     repo,
                     stream = stream.name(),
-                    failures,
+                    "Rate limited: waiting for the reset"
+                )
+            }
+            Err(PollError::Transient(error)) => {
+                tracing::warn!(
+                    repo,
+                    stream = stream.name(),
                     error,
                     "Poll failed; backing off"
-                );
-                backoff_gauge.set(wait.as_secs_f64());
-                slot.due = now + wait;
+                )
             }
             Err(PollError::Refused(error) | PollError::Gone(error)) => {
                 tracing::error!(
@@ -867,17 +1068,27 @@ pub async fn run<P: Poller>(mut poller: P, start: Duration) {
                     stream = stream.name(),
                     error,
                     "Poll refused; retrying at the longest interval"
-                );
-                slot.due = now + max;
+                )
             }
         }
+        let hint = poller.take_poll_interval_hint();
+        let floor = budget_floor(&target, poller.gate()).await;
+        schedule.record(
+            stream,
+            epoch.elapsed(),
+            Outcome::of(&result, mean, now_seconds()),
+            hint,
+            floor,
+        );
+        degraded.set(i64::from(schedule.degraded()));
+        backoff_gauge.set(schedule.backoff().as_secs_f64());
     }
 }
 
 /// Where every request is paid, the shortest interval that keeps a
 /// repository within its share of the budget: one request per stream per
 /// interval (POLLING.md §6 step 8).
-async fn budget_floor(target: &PollTarget, gate: &TokenGate) -> Duration {
+pub async fn budget_floor(target: &PollTarget, gate: &TokenGate) -> Duration {
     if target.provider.free_not_modified() {
         return Duration::ZERO;
     }
@@ -907,43 +1118,27 @@ fn rfc3339(epoch: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-/// The `since` (or `updated_after`) watermark after a read from `since`
-/// whose newest server timestamp was `newest`: that less the overlap
-/// (POLLING.md §6 step 6), never behind `since`; `since` itself when
-/// nothing was read.
-fn next_since(since: &str, newest: Option<i64>) -> String {
-    let current = server_time(&Value::from(since));
-    match (newest, current) {
-        (Some(newest), Some(current)) if newest - OVERLAP_SECONDS <= current => since.to_owned(),
-        (Some(newest), _) => rfc3339(newest - OVERLAP_SECONDS),
-        (None, _) => since.to_owned(),
+/// The items of a list read oldest update first and paged by offset
+/// that a watermark may move over: all of them, unless an item (by `id`)
+/// showed up twice. It was then updated while the pages were read and
+/// moved to the end, shifting the later pages by one, so that the item
+/// after a later page boundary may have been skipped: only the pages up
+/// to the one it was first read on are then certain (nothing on them is
+/// newer than the skipped item), and the next read goes over the rest
+/// again (POLLING.md §7 scenario 13).
+fn settled(pages: &[Vec<Value>]) -> impl Iterator<Item = &Value> {
+    let mut first = BTreeMap::new();
+    let mut end = pages.len();
+    for (page, items) in pages.iter().enumerate() {
+        for id in items.iter().filter_map(|item| item["id"].as_i64()) {
+            if let Some(at) = first.get(&id) {
+                end = end.min(at + 1);
+            } else {
+                first.insert(id, page);
+            }
+        }
     }
-}
-
-/// The newest `updated_at` (server epoch seconds) a read of `pages` may
-/// move its watermark to, for a list sorted oldest update first and paged
-/// by offset: the newest item's, unless an item (by `id`) showed up twice.
-/// Then it was updated while the pages were read and moved to the end,
-/// shifting the later pages by one, so that another item may have been
-/// skipped: only the first page is then certain, and the next read goes
-/// over the rest again (POLLING.md §7 scenario 13).
-fn newest_update(pages: &[Vec<Value>]) -> Option<i64> {
-    let newest = |items: &mut dyn Iterator<Item = &Value>| {
-        items
-            .filter_map(|item| server_time(&item["updated_at"]))
-            .max()
-    };
-    let mut seen = std::collections::BTreeSet::new();
-    let moved = pages
-        .iter()
-        .flatten()
-        .filter_map(|item| item["id"].as_i64())
-        .any(|id| !seen.insert(id));
-    if moved {
-        newest(&mut pages.iter().take(1).flatten())
-    } else {
-        newest(&mut pages.iter().flatten())
-    }
+    pages[..end].iter().flatten()
 }
 
 /// The commits stream's watermark of one branch: the head last read and
@@ -983,6 +1178,201 @@ fn rand_unit() -> f64 {
 mod tests {
     use super::*;
 
+    fn target() -> PollTarget {
+        let raw: RawTarget = toml::from_str(
+            "repo = \"acme/shop\"\ntoken_env = \"T\"\ninterval = \"1m\"\nmax_interval = \"30m\"",
+        )
+        .unwrap();
+        PollTarget::from_raw(Provider::Github, &raw, 0, 0.5, &[], &|_| {
+            Some("t0ken".into())
+        })
+        .unwrap()
+    }
+
+    fn minutes(m: f64) -> Duration {
+        Duration::from_secs_f64(m * 60.0)
+    }
+
+    /// The due time of `stream`'s next poll.
+    fn due(schedule: &Schedule, stream: Stream) -> Duration {
+        schedule
+            .slots
+            .iter()
+            .find(|s| s.stream == stream)
+            .unwrap()
+            .due
+    }
+
+    fn within(d: Duration, center: Duration) -> bool {
+        d >= center.mul_f64(0.9) && d <= center.mul_f64(1.1)
+    }
+
+    #[test]
+    fn a_stream_waits_a_quarter_of_its_mean_after_a_change_and_longer_while_unchanged() {
+        let target = target();
+        let mut s = Schedule::new(&target, Duration::ZERO, |_| None);
+        assert_eq!(s.next().1, Duration::ZERO);
+        let d = Stream::Deployments;
+        s.record(
+            d,
+            Duration::ZERO,
+            Outcome::Changed {
+                mean: Some(minutes(60.0)),
+            },
+            None,
+            Duration::ZERO,
+        );
+        assert!(within(due(&s, d), minutes(15.0)), "{:?}", due(&s, d));
+        // Unchanged: 1.5× each time, to the maximum.
+        let mut now = due(&s, d);
+        for expected in [22.5, 30.0, 30.0] {
+            s.record(d, now, Outcome::Unchanged, None, Duration::ZERO);
+            assert!(within(due(&s, d) - now, minutes(expected)), "{expected}");
+            now = due(&s, d);
+        }
+        // A busy stream is not polled more often than the configured interval.
+        s.record(
+            d,
+            now,
+            Outcome::Changed {
+                mean: Some(minutes(1.0)),
+            },
+            None,
+            Duration::ZERO,
+        );
+        assert!(within(due(&s, d) - now, minutes(1.0)));
+        // The review stream may wait an hour.
+        let p = Stream::PullRequests;
+        for _ in 0..20 {
+            s.record(p, now, Outcome::Unchanged, None, Duration::ZERO);
+        }
+        assert!(within(due(&s, p) - now, minutes(60.0)));
+    }
+
+    #[test]
+    fn x_poll_interval_and_the_budget_raise_the_floor() {
+        let target = target();
+        let mut s = Schedule::new(&target, Duration::ZERO, |_| None);
+        let d = Stream::Deployments;
+        s.record(
+            d,
+            Duration::ZERO,
+            Outcome::Changed {
+                mean: Some(minutes(2.0)),
+            },
+            Some(minutes(2.0)),
+            Duration::ZERO,
+        );
+        assert!(due(&s, d) >= minutes(1.8));
+        // The hint is kept until the provider sends another.
+        s.record(
+            d,
+            Duration::ZERO,
+            Outcome::Changed {
+                mean: Some(minutes(2.0)),
+            },
+            None,
+            Duration::ZERO,
+        );
+        assert!(due(&s, d) >= minutes(1.8));
+        s.record(
+            d,
+            Duration::ZERO,
+            Outcome::Changed {
+                mean: Some(minutes(2.0)),
+            },
+            None,
+            minutes(10.0),
+        );
+        assert!(due(&s, d) >= minutes(9.0));
+    }
+
+    #[test]
+    fn limits_hold_every_stream_repeats_back_off_and_the_fifth_degrades() {
+        let target = target();
+        let mut s = Schedule::new(&target, Duration::ZERO, |_| None);
+        let now = minutes(10.0);
+        s.record(
+            Stream::Incidents,
+            now,
+            Outcome::RateLimited {
+                wait: Duration::from_secs(30),
+            },
+            None,
+            Duration::ZERO,
+        );
+        for stream in Provider::Github.streams() {
+            assert!(
+                due(&s, *stream) >= now + Duration::from_secs(30),
+                "{stream:?}"
+            );
+        }
+        assert_eq!(s.backoff(), Duration::from_secs(30));
+        let mut waits = vec![s.backoff()];
+        for _ in 0..4 {
+            s.record(
+                Stream::Incidents,
+                now,
+                Outcome::RateLimited {
+                    wait: Duration::from_secs(30),
+                },
+                None,
+                Duration::ZERO,
+            );
+            waits.push(s.backoff());
+        }
+        assert!(waits.windows(2).all(|w| w[1] >= w[0]), "{waits:?}");
+        assert!(s.degraded());
+        assert!(s.backoff() >= minutes(30.0));
+        s.record(
+            Stream::Incidents,
+            now,
+            Outcome::Unchanged,
+            None,
+            Duration::ZERO,
+        );
+        assert!(!s.degraded());
+        assert_eq!(s.backoff(), Duration::ZERO);
+    }
+
+    #[test]
+    fn failures_back_off_with_full_jitter_and_refusals_degrade_until_a_success() {
+        let target = target();
+        let mut s = Schedule::new(&target, Duration::ZERO, |_| None);
+        let c = Stream::Commits;
+        for failures in 1..=4 {
+            s.record(c, Duration::ZERO, Outcome::Transient, None, Duration::ZERO);
+            assert!(due(&s, c) <= backoff(failures), "{failures}");
+            assert!(!s.degraded());
+        }
+        s.record(c, Duration::ZERO, Outcome::Transient, None, Duration::ZERO);
+        assert!(s.degraded());
+        assert!(due(&s, c) >= minutes(30.0));
+        s.record(c, Duration::ZERO, Outcome::Unchanged, None, Duration::ZERO);
+        assert!(!s.degraded());
+
+        s.record(
+            Stream::Incidents,
+            Duration::ZERO,
+            Outcome::Refused,
+            None,
+            Duration::ZERO,
+        );
+        assert!(s.degraded());
+        assert_eq!(due(&s, Stream::Incidents), minutes(30.0));
+        // Another stream's success does not clear it; its own does.
+        s.record(c, Duration::ZERO, Outcome::Unchanged, None, Duration::ZERO);
+        assert!(s.degraded());
+        s.record(
+            Stream::Incidents,
+            Duration::ZERO,
+            Outcome::Unchanged,
+            None,
+            Duration::ZERO,
+        );
+        assert!(!s.degraded());
+    }
+
     #[test]
     fn backoff_doubles_from_two_seconds_to_fifteen_minutes() {
         assert_eq!(backoff(1), Duration::from_secs(2));
@@ -992,40 +1382,26 @@ mod tests {
     }
 
     #[test]
-    fn a_read_moves_its_watermark_to_its_newest_update_unless_an_item_moved() {
-        let item = |id: i64, at: &str| json!({"id": id, "updated_at": at});
+    fn a_watermark_moves_over_every_item_read_unless_one_moved_while_paging() {
+        let item = |id: i64| json!({"id": id});
+        let ids = |pages: &[Vec<Value>]| -> Vec<i64> {
+            settled(pages).filter_map(|i| i["id"].as_i64()).collect()
+        };
         let pages = vec![
-            vec![
-                item(1, "2026-08-11T07:00:00Z"),
-                item(2, "2026-08-11T08:00:00Z"),
-            ],
-            vec![item(3, "2026-08-11T09:00:00Z")],
+            vec![item(1), item(2)],
+            vec![item(3), item(4)],
+            vec![item(5)],
         ];
-        assert_eq!(
-            newest_update(&pages),
-            server_time(&json!("2026-08-11T09:00:00Z"))
-        );
-        // #1 was updated between the pages: it shows up again at the end,
-        // and an item may have been skipped; only the first page counts.
+        assert_eq!(ids(&pages), [1, 2, 3, 4, 5]);
+        // #3 was updated after its page was read: it shows up again at the
+        // end, and the first item of the next page may have been skipped;
+        // only the pages up to #3's first are certain.
         let mut moved = pages.clone();
-        moved[1].push(item(1, "2026-08-11T10:00:00Z"));
-        assert_eq!(
-            newest_update(&moved),
-            server_time(&json!("2026-08-11T08:00:00Z"))
-        );
-        assert_eq!(newest_update(&[]), None);
-    }
-
-    #[test]
-    fn since_moves_forward_only_past_the_overlap() {
-        let at = |t: &str| server_time(&json!(t));
-        let since = "2026-08-11T07:00:00Z";
-        assert_eq!(next_since(since, None), since);
-        assert_eq!(next_since(since, at("2026-08-11T07:01:00Z")), since);
-        assert_eq!(
-            next_since(since, at("2026-08-11T09:00:00Z")),
-            "2026-08-11T08:58:00Z"
-        );
+        moved[2].push(item(3));
+        assert_eq!(ids(&moved), [1, 2, 3, 4]);
+        moved[2].push(item(1));
+        assert_eq!(ids(&moved), [1, 2]);
+        assert!(ids(&[]).is_empty());
     }
 
     #[test]

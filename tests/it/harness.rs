@@ -31,6 +31,22 @@ fn init_tracing() {
     });
 }
 
+/// `path` relative to the repository root.
+pub fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// A loopback port that was free a moment ago, for a child process that
+/// must bind a known port (to be restarted on it, or to be named in
+/// another program's configuration).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn fixture(path: &str) -> Vec<u8> {
     let full = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
@@ -478,14 +494,19 @@ pub fn binary() -> &'static str {
 /// `data_dir`, with the harness secret for Pelorus (set the variable again
 /// to change it).
 pub fn serve_command(data_dir: &Path) -> Command {
+    serve_command_on(data_dir, "127.0.0.1:0", "127.0.0.1:0")
+}
+
+/// As [`serve_command`], listening on `ingest_addr` and `metrics_addr`.
+pub fn serve_command_on(data_dir: &Path, ingest_addr: &str, metrics_addr: &str) -> Command {
     let mut command = Command::new(binary());
     command
         .args([
             "serve",
             "--ingest-addr",
-            "127.0.0.1:0",
+            ingest_addr,
             "--metrics-addr",
-            "127.0.0.1:0",
+            metrics_addr,
             "--data-dir",
         ])
         .arg(data_dir)

@@ -5,16 +5,19 @@
 mod harness;
 
 mod admin;
+mod alerts;
 mod attacks;
 mod cli;
 mod crash;
 mod deploy;
 mod fuzz;
 mod limits;
+mod monitoring;
 mod page;
 mod pelorus;
 mod pipelines;
 mod poll;
+mod poll_gitea;
 mod poll_gitlab;
 mod prometheus;
 mod props;

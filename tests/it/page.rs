@@ -9,7 +9,7 @@ use std::time::Duration;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 
-use crate::harness::{fixture, now, spawn_app_with, SECRET};
+use crate::harness::{fixture, free_port, now, spawn_app_with, SECRET};
 use crate::sources::{post, provider_headers};
 
 const KEY: &str = "page-test-admin-key";
@@ -26,14 +26,6 @@ impl Drop for Driver {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn start_driver() -> Driver {

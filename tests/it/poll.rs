@@ -17,7 +17,7 @@ use crate::sources::{post, provider_headers};
 const TOKEN: &str = "ghp_fake_token_for_tests";
 
 /// A JSON list with a weak ETag: 304 when `If-None-Match` repeats it
-/// byte for byte, after checking the request carries the token.
+/// byte for byte, after checking the request carries a valid token.
 struct Conditional {
     body: Value,
     etag: String,
@@ -33,7 +33,8 @@ impl Respond for Conditional {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         };
-        if header("authorization").as_deref() != Some(&format!("Bearer {TOKEN}")) {
+        let valid = [TOKEN, NEW_TOKEN].map(|t| format!("Bearer {t}"));
+        if !header("authorization").is_some_and(|a| valid.contains(&a)) {
             return ResponseTemplate::new(401).set_body_json(json!({"message": "Bad credentials"}));
         }
         assert_eq!(
@@ -623,7 +624,7 @@ async fn mount_listing(server: &MockServer, at: &str, listing: &Listing) {
     Mock::given(method("GET"))
         .and(path(at))
         .respond_with(listing.clone())
-        .with_priority(1)
+        .with_priority(2)
         .mount(server)
         .await;
 }
@@ -720,7 +721,8 @@ async fn pull_requests_waiting_for_a_review_are_gauged_until_someone_reviews_the
             requests_to(&server, &format!("/issues/{n}/timeline"))
                 .await
                 .len(),
-            1
+            1,
+            "#{n}"
         );
     }
     let lists = requests_to(&server, "/pulls").await;
@@ -731,14 +733,17 @@ async fn pull_requests_waiting_for_a_review_are_gauged_until_someone_reviews_the
     );
 
     // Bob comments on #7, which bumps its `updated_at`: after the next poll
-    // (a restart polls at once) #7 no longer waits. #9 and #10 did not
-    // change: their reviews are not read again.
+    // (a restart polls at once) #7 no longer waits. Dan pushes to #10,
+    // reviewed already: its reviews are read again (304) and it still does
+    // not wait. #9 did not change: its reviews are not read again.
     reviews_of_7.set(json!([review(70, "bob", "COMMENTED", now())]));
+    let mut pushed = pull(10, "dan", t - 2 * day, now(), false);
+    pushed["head"]["sha"] = json!("5555555555555555555555555555555555555555");
     pulls.set(json!([
         pull(7, "ann", t - 3 * day, now(), false),
         pull(8, "ann", t - 5 * day, t - 5 * day, true),
         pull(9, "cat", t - 2 * day, t - 3600, false),
-        pull(10, "dan", t - 2 * day, t - 2 * day, false),
+        pushed,
     ]));
     app.restart().await;
     eventually("#7 reviewed", || async {
@@ -751,14 +756,8 @@ async fn pull_requests_waiting_for_a_review_are_gauged_until_someone_reviews_the
     let reviews = requests_to(&server, "/pulls/7/reviews").await;
     assert_eq!(reviews.len(), 2);
     assert!(reviews[1].headers.get("if-none-match").is_some());
-    for n in [9, 10] {
-        assert_eq!(
-            requests_to(&server, &format!("/pulls/{n}/reviews"))
-                .await
-                .len(),
-            1
-        );
-    }
+    assert_eq!(requests_to(&server, "/pulls/9/reviews").await.len(), 1);
+    assert_eq!(requests_to(&server, "/pulls/10/reviews").await.len(), 2);
 
     // Nothing changed: the list answers 304, and the waits come back from
     // the store.
@@ -776,6 +775,30 @@ async fn pull_requests_waiting_for_a_review_are_gauged_until_someone_reviews_the
     .await;
     assert_eq!(awaiting_review(&app).await, 1.0);
     assert_eq!(review_waits(&app).await[0].0, "9");
+
+    // GitHub failing after a restart: the stored waits are exposed still.
+    Mock::given(method("GET"))
+        .and(path("/repos/acme/shop/pulls"))
+        .respond_with(ResponseTemplate::new(502))
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    app.restart().await;
+    eventually("the 502", || async {
+        app.scrape().await.value(
+            "hookgauge_poll_requests_total",
+            &[
+                ("repo", "acme/shop"),
+                ("endpoint", "pulls"),
+                ("status", "502"),
+            ],
+        ) == 1.0
+    })
+    .await;
+    assert_eq!(awaiting_review(&app).await, 1.0);
+    let waits = review_waits(&app).await;
+    assert_eq!(waits.len(), 1, "{waits:?}");
+    assert!((1800.0..1900.0).contains(&waits[0].1), "{waits:?}");
     app.shutdown().await;
 }
 
@@ -895,5 +918,416 @@ async fn commits_reaching_the_default_branch_are_read_through_its_head_and_a_com
             .len(),
         1
     );
+    app.shutdown().await;
+}
+
+/// Answers every request under `/repos/acme/shop` with a permanent
+/// redirect to the same path under `/repositories/42`, as GitHub answers
+/// for a renamed repository.
+struct Moved(String);
+
+impl Respond for Moved {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let rest = request.url.path().trim_start_matches("/repos/acme/shop");
+        let query = request
+            .url
+            .query()
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default();
+        ResponseTemplate::new(301)
+            .insert_header(
+                "location",
+                format!("{}/repositories/42{rest}{query}", self.0).as_str(),
+            )
+            .set_body_json(json!({"message": "Moved Permanently"}))
+    }
+}
+
+/// Every stream of a repository at `base` quiet but for one finished
+/// deployment.
+async fn mount_repository_at(server: &MockServer, base: &str) -> Value {
+    let created = now() - 600;
+    let deployment = deployment(7, &rfc3339(created));
+    let status = json!({
+        "id": 70, "state": "success", "environment": "production",
+        "created_at": rfc3339(created + 60)
+    });
+    let quota = Arc::new(AtomicUsize::new(5000));
+    for (at, body, etag) in [
+        ("/deployments", json!([deployment]), "W/\"d1\""),
+        ("/deployments/7/statuses", json!([status]), "W/\"s1\""),
+        ("/issues", json!([]), "W/\"i\""),
+        ("/commits", json!([]), "W/\"c\""),
+        ("/pulls", json!([]), "W/\"p\""),
+        (
+            "",
+            json!({"full_name": "acme/shop", "default_branch": "main"}),
+            "W/\"r\"",
+        ),
+    ] {
+        Mock::given(method("GET"))
+            .and(path(format!("{base}{at}")))
+            .respond_with(Conditional {
+                body,
+                etag: etag.into(),
+                remaining: Arc::clone(&quota),
+            })
+            .mount(server)
+            .await;
+    }
+    Mock::given(method("GET"))
+        .and(path(format!("{base}/commits/main")))
+        .respond_with(BranchHead(Arc::new(std::sync::Mutex::new(HEAD.into()))))
+        .mount(server)
+        .await;
+    deployment
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_repository_is_followed_to_its_new_address_and_remembered() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(wiremock::matchers::path_regex(r"^/repos/acme/shop(/.*)?$"))
+        .respond_with(Moved(server.uri()))
+        .mount(&server)
+        .await;
+    mount_repository_at(&server, "/repositories/42").await;
+    let (_token_dir, mut app) = app_polling(&server, false).await;
+    eventually("the deploy, through the redirect", || async {
+        deployments_total(&app).await == 1.0
+    })
+    .await;
+    eventually("the pull requests, at the new address", || async {
+        !requests_to(&server, "/repositories/42/pulls")
+            .await
+            .is_empty()
+    })
+    .await;
+    let old = |requests: Vec<Request>| {
+        requests
+            .iter()
+            .filter(|r| r.url.path().starts_with("/repos/"))
+            .count()
+    };
+    // The first stream's requests were redirected; once it was done, the
+    // poller went to the new address directly.
+    let redirected = old(server.received_requests().await.unwrap());
+    assert!(redirected <= 2, "{redirected} requests to the old address");
+    assert!(requests_to(&server, "/repos/acme/shop/issues")
+        .await
+        .is_empty());
+
+    app.restart().await;
+    eventually("a second deployments poll", || async {
+        requests_to(&server, "/repositories/42/deployments")
+            .await
+            .len()
+            == 2
+    })
+    .await;
+    assert_eq!(
+        old(server.received_requests().await.unwrap()),
+        redirected,
+        "the new address is stored"
+    );
+    assert_eq!(deployments_total(&app).await, 1.0);
+    app.shutdown().await;
+}
+
+/// Deployments answered only for the current token, with an ETag bound to
+/// it (`Vary: Authorization`). Once `revoke` is set, the old token is
+/// refused with 401 and, at the first refusal, the new one is written to
+/// the token file: the Secret was rotated.
+#[derive(Clone)]
+struct Rotating {
+    body: Value,
+    token_file: std::path::PathBuf,
+    revoked: Arc<std::sync::atomic::AtomicBool>,
+    refusals: Arc<AtomicUsize>,
+}
+
+const NEW_TOKEN: &str = "ghp_rotated_token_for_tests";
+
+impl Respond for Rotating {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let auth = request
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let current = if self.revoked.load(Ordering::SeqCst) {
+            NEW_TOKEN
+        } else {
+            TOKEN
+        };
+        if auth != format!("Bearer {current}") {
+            if self.refusals.fetch_add(1, Ordering::SeqCst) == 0 {
+                std::fs::write(&self.token_file, NEW_TOKEN).unwrap();
+            }
+            return ResponseTemplate::new(401).set_body_json(json!({"message": "Bad credentials"}));
+        }
+        let etag = format!("W/\"{}\"", &current[4..12]);
+        let template = ResponseTemplate::new(200)
+            .insert_header("etag", etag.as_str())
+            .insert_header("vary", "Accept, Authorization");
+        if request
+            .headers
+            .get("if-none-match")
+            .is_some_and(|v| v.as_bytes() == etag.as_bytes())
+        {
+            return ResponseTemplate::new(304).insert_header("etag", etag.as_str());
+        }
+        template.set_body_json(self.body.clone())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_is_read_again_from_its_file_without_double_counting() {
+    let server = MockServer::start().await;
+    let deployment = mount_repository_at(&server, "/repos/acme/shop").await;
+    let (token_dir, mut app) = app_polling(&server, false).await;
+    let rotating = Rotating {
+        body: json!([deployment]),
+        token_file: token_dir.path().join("token"),
+        revoked: Arc::default(),
+        refusals: Arc::default(),
+    };
+    Mock::given(method("GET"))
+        .and(path("/repos/acme/shop/deployments"))
+        .respond_with(rotating.clone())
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    eventually("the deploy", || async {
+        deployments_total(&app).await == 1.0
+    })
+    .await;
+
+    // The token is revoked and the Secret rotated; the app restarts with
+    // the old token (read before the rotation, say) …
+    rotating.revoked.store(true, Ordering::SeqCst);
+    std::fs::write(&rotating.token_file, TOKEN).unwrap();
+    app.restart().await;
+    // … is refused once, reads the file again and goes on with the new
+    // token: its ETag does not match the stored one, so one 200.
+    eventually("deployments read with the new token", || async {
+        requests_to(&server, "/repos/acme/shop/deployments")
+            .await
+            .iter()
+            .any(|r| {
+                r.headers
+                    .get("authorization")
+                    .is_some_and(|v| v == &format!("Bearer {NEW_TOKEN}")[..])
+            })
+    })
+    .await;
+    assert_eq!(rotating.refusals.load(Ordering::SeqCst), 1);
+    eventually("the 200 for the new token", || async {
+        app.scrape().await.value(
+            "hookgauge_poll_requests_total",
+            &[
+                ("repo", "acme/shop"),
+                ("endpoint", "deployments"),
+                ("status", "200"),
+            ],
+        ) == 1.0
+    })
+    .await;
+    assert_eq!(deployments_total(&app).await, 1.0, "no double count");
+    let scrape = app.scrape().await;
+    assert_eq!(
+        scrape.value("hookgauge_poll_degraded", &[("repo", "acme/shop")]),
+        0.0
+    );
+    assert!(!scrape.text.contains(NEW_TOKEN) && !scrape.text.contains(TOKEN));
+    app.shutdown().await;
+}
+
+/// Answers 502 `failures` times, then as `then`.
+struct Flaky {
+    failures: AtomicUsize,
+    then: Conditional,
+}
+
+impl Respond for Flaky {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let left = self.failures.load(Ordering::SeqCst);
+        if left > 0 {
+            self.failures.store(left - 1, Ordering::SeqCst);
+            return ResponseTemplate::new(502).set_body_string("Bad Gateway");
+        }
+        self.then.respond(request)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_502s_is_retried_with_backoff_and_loses_nothing() {
+    let server = MockServer::start().await;
+    let deployment = mount_repository_at(&server, "/repos/acme/shop").await;
+    Mock::given(method("GET"))
+        .and(path("/repos/acme/shop/deployments"))
+        .respond_with(Flaky {
+            failures: AtomicUsize::new(2),
+            then: Conditional {
+                body: json!([deployment]),
+                etag: "W/\"d1\"".into(),
+                remaining: Arc::new(AtomicUsize::new(5000)),
+            },
+        })
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    let (_token_dir, app) = app_polling(&server, false).await;
+    eventually("the deploy after two 502s", || async {
+        deployments_total(&app).await == 1.0
+    })
+    .await;
+    let lists = requests_to(&server, "/deployments").await;
+    assert_eq!(lists.len(), 3);
+    // The watermark did not move: every attempt asked for the same thing.
+    assert!(lists
+        .iter()
+        .all(|r| r.url == lists[0].url && r.headers.get("if-none-match").is_none()));
+    let scrape = app.scrape().await;
+    assert_eq!(
+        scrape.value(
+            "hookgauge_poll_requests_total",
+            &[
+                ("repo", "acme/shop"),
+                ("endpoint", "deployments"),
+                ("status", "502")
+            ]
+        ),
+        2.0
+    );
+    assert_eq!(
+        scrape.value("hookgauge_poll_degraded", &[("repo", "acme/shop")]),
+        0.0
+    );
+    app.shutdown().await;
+}
+
+/// The app polling a fake whose deployments answer `refusal`; waits for
+/// that answer and returns the app.
+async fn refused_with(
+    server: &MockServer,
+    refusal: ResponseTemplate,
+) -> (tempfile::TempDir, TestApp) {
+    mount_repository_at(server, "/repos/acme/shop").await;
+    Mock::given(method("GET"))
+        .and(path("/repos/acme/shop/deployments"))
+        .respond_with(refusal)
+        .with_priority(1)
+        .mount(server)
+        .await;
+    let (token_dir, app) = app_polling(server, false).await;
+    eventually("the refusal", || async {
+        app.scrape()
+            .await
+            .find(
+                "hookgauge_poll_requests_total",
+                &[("endpoint", "deployments"), ("status", "403")],
+            )
+            .len()
+            == 1
+    })
+    .await;
+    (token_dir, app)
+}
+
+async fn poll_gauge(app: &TestApp, name: &str) -> f64 {
+    app.scrape().await.value(name, &[("repo", "acme/shop")])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secondary_limit_holds_the_repository_for_its_retry_after_or_a_minute() {
+    let secondary = json!({
+        "message": "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.",
+        "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api#about-secondary-rate-limits"
+    });
+    for (retry_after, expected) in [(Some("30"), 30.0), (None, 60.0)] {
+        let server = MockServer::start().await;
+        let mut refusal = ResponseTemplate::new(403)
+            .insert_header("x-ratelimit-limit", "5000")
+            .insert_header("x-ratelimit-remaining", "4000")
+            .set_body_json(secondary.clone());
+        if let Some(seconds) = retry_after {
+            refusal = refusal.insert_header("retry-after", seconds);
+        }
+        let (_token_dir, app) = refused_with(&server, refusal).await;
+        eventually("the backoff", || async {
+            poll_gauge(&app, "hookgauge_poll_backoff_seconds").await > 0.0
+        })
+        .await;
+        let backoff = poll_gauge(&app, "hookgauge_poll_backoff_seconds").await;
+        assert!(
+            (expected - 2.0..=expected + 1.0).contains(&backoff),
+            "retry-after {retry_after:?}: backoff {backoff}"
+        );
+        // Every stream waits: nothing else was asked after the refusal.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let asked = server.received_requests().await.unwrap().len();
+        assert_eq!(asked, 1, "retry-after {retry_after:?}");
+        assert_eq!(poll_gauge(&app, "hookgauge_poll_degraded").await, 0.0);
+        app.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permission_refusal_degrades_the_repository_without_retries() {
+    let server = MockServer::start().await;
+    let refusal = ResponseTemplate::new(403).set_body_json(json!({
+        "message": "Resource not accessible by personal access token",
+        "documentation_url": "https://docs.github.com/rest/deployments/deployments#list-deployments"
+    }));
+    let (_token_dir, app) = refused_with(&server, refusal).await;
+    eventually("the degraded repository", || async {
+        poll_gauge(&app, "hookgauge_poll_degraded").await == 1.0
+    })
+    .await;
+    // The other streams go on; the refused one is not asked again soon.
+    eventually("the pull requests", || async {
+        !requests_to(&server, "/pulls").await.is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(requests_to(&server, "/deployments").await.len(), 1);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_in_server_time_is_waited_for_on_the_local_clock() {
+    // The server's clock is 10 minutes ahead; its reset is 20 minutes
+    // ahead of the server's now, so 20 minutes from now here (not 30, as
+    // comparing it with the local clock would make it).
+    let skew = 600;
+    let server_now = now() + skew;
+    let date = chrono::DateTime::from_timestamp(server_now, 0)
+        .unwrap()
+        .to_rfc2822();
+    let refusal = ResponseTemplate::new(403)
+        .insert_header("date", date.as_str())
+        .insert_header("x-ratelimit-limit", "5000")
+        .insert_header("x-ratelimit-remaining", "0")
+        .insert_header(
+            "x-ratelimit-reset",
+            (server_now + 1200).to_string().as_str(),
+        )
+        .set_body_json(json!({"message": "API rate limit exceeded for user ID 1."}));
+    let server = MockServer::start().await;
+    let (_token_dir, app) = refused_with(&server, refusal).await;
+    eventually("the backoff", || async {
+        poll_gauge(&app, "hookgauge_poll_backoff_seconds").await > 0.0
+    })
+    .await;
+    let reset = poll_gauge(&app, "hookgauge_poll_rate_limit_reset_timestamp_seconds").await;
+    let local = (now() + 1200) as f64;
+    assert!(
+        (reset - local).abs() <= 3.0,
+        "reset {reset}, expected about {local}"
+    );
+    let backoff = poll_gauge(&app, "hookgauge_poll_backoff_seconds").await;
+    assert!((1195.0..=1205.0).contains(&backoff), "backoff {backoff}");
     app.shutdown().await;
 }

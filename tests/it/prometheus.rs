@@ -4,143 +4,13 @@
 //! a scripted history is driven over HTTP (with a retry and a restart), and
 //! the recorded results and every dashboard query are checked.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::Command;
 
 use serde_json::Value;
 
 use crate::harness::*;
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Prometheus {
-    child: Child,
-    url: String,
-    client: reqwest::Client,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Prometheus {
-    /// Starts Prometheus on `storage` (which may already hold blocks),
-    /// scraping `target` every second and evaluating the shipped rules every second.
-    async fn start(dir: &Path, storage: &Path, target: &str) -> Prometheus {
-        let rules: Vec<String> = std::fs::read_dir(repo("deploy/prometheus/rules"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|x| x == "yml"))
-            .map(|p| format!("  - {}", p.display()))
-            .collect();
-        let config = format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{}\n\
-             scrape_configs:\n  - job_name: hookgauge\n    honor_timestamps: true\n    static_configs:\n      - targets: [\"{target}\"]\n",
-            rules.join("\n")
-        );
-        let config_path = dir.join("prometheus.yml");
-        std::fs::write(&config_path, config).unwrap();
-        let port = free_port();
-        let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config_path.display()))
-            .arg(format!("--storage.tsdb.path={}", storage.display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--storage.tsdb.retention.time=30d")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect(
-                "prometheus is installed (Debian package `prometheus`; scripts/test installs it)",
-            );
-        let prometheus = Prometheus {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            client: reqwest::Client::new(),
-        };
-        let ready = format!("{}/-/ready", prometheus.url);
-        assert!(
-            wait_for_status(&prometheus.client, &ready, 200, Duration::from_secs(30)).await,
-            "Prometheus did not become ready; log:\n{}",
-            std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
-        );
-        prometheus
-    }
-
-    /// Runs an instant query; returns (labels, value) per result.
-    async fn query(&self, expr: &str) -> Result<Vec<(BTreeMap<String, String>, f64)>, String> {
-        let response: Value = self
-            .client
-            .get(format!("{}/api/v1/query", self.url))
-            .query(&[("query", expr)])
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
-        if response["status"] != "success" {
-            return Err(format!("{expr}: {response}"));
-        }
-        let data = &response["data"];
-        let results = match data["resultType"].as_str() {
-            Some("vector") => data["result"].as_array().cloned().unwrap_or_default(),
-            Some("scalar") => vec![serde_json::json!({"metric": {}, "value": data["result"]})],
-            other => return Err(format!("{expr}: unexpected result type {other:?}")),
-        };
-        Ok(results
-            .iter()
-            .map(|r| {
-                let labels = r["metric"]
-                    .as_object()
-                    .map(|m| {
-                        m.iter()
-                            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_owned()))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let value = r["value"][1]
-                    .as_str()
-                    .unwrap_or("NaN")
-                    .parse()
-                    .unwrap_or(f64::NAN);
-                (labels, value)
-            })
-            .collect())
-    }
-
-    /// The single value of `expr`, waiting (bounded) until it exists.
-    async fn value(&self, expr: &str) -> f64 {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            match self.query(expr).await {
-                Ok(results) if results.len() == 1 => return results[0].1,
-                Ok(results) if results.len() > 1 => {
-                    panic!("{expr}: {} results: {results:?}", results.len())
-                }
-                Ok(_) | Err(_) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(250)).await
-                }
-                other => panic!("{expr}: no single value within 60 s: {other:?}"),
-            }
-        }
-    }
-}
+use crate::monitoring::Prometheus;
 
 /// The quantile Prometheus' `histogram_quantile` computes from cumulative
 /// bucket counts, computed here from the raw observations.
@@ -258,13 +128,11 @@ async fn rules_and_dashboards_compute_the_four_keys_in_a_real_prometheus() {
     let client = reqwest::Client::new();
     let (ingest_port, metrics_port) = (free_port(), free_port());
     let start_hookgauge = |log: &str| {
-        let mut command = Command::new(binary());
-        command
-            .args(["serve", "--data-dir"])
-            .arg(&data)
-            .args(["--ingest-addr", &format!("127.0.0.1:{ingest_port}")])
-            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
-            .env("HOOKGAUGE__SOURCES__PELORUS__SECRETS", SECRET);
+        let mut command = serve_command_on(
+            &data,
+            &format!("127.0.0.1:{ingest_port}"),
+            &format!("127.0.0.1:{metrics_port}"),
+        );
         Process::start(&mut command, &dir.path().join(log))
     };
     let t = now();

@@ -8,10 +8,11 @@
 //! compare that no longer finds the old head (history rewritten and
 //! collected) falls back to the listing since the old head's time.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
+use super::forge;
 use super::{
-    mapped, rfc3339, server_time, Fetched, GithubPoller, PollError, BOOTSTRAP_SECONDS, GITHUB_JSON,
+    rfc3339, server_time, Fetched, GithubPoller, PollError, BOOTSTRAP_SECONDS, GITHUB_JSON,
     MAX_PAGES, OVERLAP_SECONDS,
 };
 use crate::ledger::Delivery;
@@ -60,13 +61,14 @@ impl GithubPoller {
         let commits = match &mark {
             Some(old) => match self.compare(&old.sha, &sha).await {
                 Err(PollError::Gone(_)) => {
-                    self.listed(&branch_path, old.at - OVERLAP_SECONDS).await?
+                    self.listed(branch, &branch_path, old.at - OVERLAP_SECONDS)
+                        .await?
                 }
                 other => other?,
             },
             None => {
                 let since = self.api.server_now() - BOOTSTRAP_SECONDS;
-                self.listed(&branch_path, since).await?
+                self.listed(branch, &branch_path, since).await?
             }
         };
         let at = commits
@@ -76,7 +78,14 @@ impl GithubPoller {
             .or(mark.as_ref().map(|m| m.at))
             .unwrap_or_else(|| self.api.server_now());
         for chunk in commits.chunks(100) {
-            deliveries.push(self.push_delivery(branch, &sha, chunk));
+            deliveries.push(forge::push_delivery(
+                &self.target,
+                "x-github-event",
+                branch,
+                &sha,
+                chunk,
+                "/commit/committer/date",
+            ));
         }
         cursors.push(PollCursor {
             // The validator is the SHA itself: it survives token rotation.
@@ -108,75 +117,46 @@ impl GithubPoller {
                 .map_err(|e| PollError::Transient(format!("compare: {e}")))?;
             commits.extend(page["commits"].as_array().cloned().unwrap_or_default());
             if pages < MAX_PAGES {
-                next = link.filter(|u| u.starts_with(&self.target.api_url));
+                next = self.api.same_origin(link);
             }
         }
         Ok(commits)
     }
 
-    /// The commits of the branch (`branch_path`, URL-encoded) with a
-    /// commit date at or after `since` (server epoch seconds), oldest
-    /// first.
-    async fn listed(&mut self, branch_path: &str, since: i64) -> Result<Vec<Value>, PollError> {
-        let url = format!(
+    /// The commits of `branch` with a commit date at or after `since`
+    /// (server epoch seconds), oldest first.
+    async fn listed(
+        &mut self,
+        branch: &str,
+        branch_path: &str,
+        since: i64,
+    ) -> Result<Vec<Value>, PollError> {
+        let mut next = Some(format!(
             "{}/commits?sha={branch_path}&since={}&per_page=100",
             self.base,
             rfc3339(since)
-        );
-        let origin = self.target.api_url.clone();
-        let mut commits = self
-            .api
-            .list_all(
-                url,
-                &PollCursor::default(),
-                &mut PollCursor::default(),
-                "commits",
-                GITHUB_JSON,
-                &origin,
-            )
-            .await?
-            .unwrap_or_default();
+        ));
+        let none = PollCursor::default();
+        let mut commits = Vec::new();
+        let mut page = 0;
+        while let Some(url) = next.take() {
+            let mut ignored = PollCursor::default();
+            let Some((items, link)) = self
+                .api
+                .list_page(&url, page, &none, &mut ignored, "commits", GITHUB_JSON)
+                .await?
+            else {
+                break;
+            };
+            page += 1;
+            commits.extend(items);
+            if page < MAX_PAGES {
+                next = self.api.same_origin(link);
+            } else if next.is_none() && link.is_some() {
+                tracing::warn!(repo = %self.target.repo, branch, pages = MAX_PAGES, "Branch history longer than the pages read; older commits are not recorded");
+            }
+        }
         commits.reverse();
         Ok(commits)
-    }
-
-    /// Commits (API objects) as one `push` webhook of `branch` to `after`
-    /// would carry them, mapped by the GitHub plugin; re-reading the same
-    /// commits gives the same delivery.
-    fn push_delivery(&self, branch: &str, after: &str, commits: &[Value]) -> Delivery {
-        let items: Vec<Value> = commits
-            .iter()
-            .map(|c| {
-                json!({
-                    "id": c["sha"],
-                    "timestamp": c["commit"]["committer"]["date"],
-                    "url": c["html_url"],
-                    "message": c["commit"]["message"],
-                })
-            })
-            .collect();
-        let payload = json!({
-            "ref": format!("refs/heads/{branch}"),
-            "after": after,
-            "commits": items,
-            "repository": {"full_name": self.target.repo, "default_branch": branch},
-        });
-        let first = commits
-            .first()
-            .and_then(|c| c["sha"].as_str())
-            .unwrap_or("");
-        let last = commits.last().and_then(|c| c["sha"].as_str()).unwrap_or("");
-        mapped(
-            &self.target,
-            "x-github-event",
-            "push",
-            &payload,
-            &[
-                b"commits",
-                branch.as_bytes(),
-                first.as_bytes(),
-                last.as_bytes(),
-            ],
-        )
     }
 }

@@ -17,9 +17,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::api::{Api, Fetched};
+use super::forge::{self, Base, IssueList};
+use super::reviews::PULLS_STREAM;
 use super::{
-    mapped, newest_update, next_since, rfc3339, server_time, PollError, PollTarget, Poller,
-    Recorder, Stream, TokenGate, BOOTSTRAP_SECONDS, MAX_PAGES, OVERLAP_SECONDS,
+    mapped, rfc3339, server_time, PollError, PollTarget, Poller, Recorder, Stream, TokenGate,
+    BOOTSTRAP_SECONDS, MAX_PAGES, OVERLAP_SECONDS,
 };
 use crate::ledger::Delivery;
 use crate::metrics::Metrics;
@@ -31,9 +33,16 @@ use crate::store::{PollCursor, Store};
 const GITHUB_JSON: &str = "application/vnd.github+json";
 /// Deployments younger than this have their statuses followed.
 const STATUS_HORIZON_SECONDS: i64 = 24 * 3600;
-/// How long the repository's default branch is trusted before it is asked
-/// for again (conditionally).
-const DEFAULT_BRANCH_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+/// GitHub's issue list: oldest update first, 100 a page.
+const ISSUES: IssueList = IssueList {
+    header: "x-github-event",
+    accept: GITHUB_JSON,
+    url: |base, label, since| {
+        format!("{base}/issues?state=all&labels={label}&sort=updated&direction=asc&per_page=100&since={since}")
+    },
+    max_pages: MAX_PAGES,
+    oldest_update_first: true,
+};
 
 /// What the deployments stream keeps between polls (the cursor's
 /// watermark, as JSON): the highest deployment id seen and the recent
@@ -50,8 +59,7 @@ pub struct GithubPoller {
     target: PollTarget,
     api: Api,
     rec: Recorder,
-    /// `{api_url}/repos/{owner}/{name}`, or where the repository moved.
-    base: String,
+    base: Base,
     /// The repository's default branch and when it was read.
     default_branch: Option<(String, tokio::time::Instant)>,
 }
@@ -75,15 +83,25 @@ impl Poller for GithubPoller {
 
     async fn poll_stream(&mut self, stream: Stream) -> Result<bool, PollError> {
         self.rec.load(self.target.stream("")).await?;
-        let location = self.rec.cursor(self.target.stream("location"));
-        if let Some(moved) = &location.watermark {
-            self.base.clone_from(moved);
-        }
+        let location = self.base.load(&self.rec, &self.target);
+        self.rec
+            .restore_waits(self.target.stream(PULLS_STREAM), &self.target.repo);
         let mut deliveries = Vec::new();
         let mut cursors = Vec::new();
         let result = match stream {
             Stream::Deployments => self.deployments(&mut deliveries, &mut cursors).await,
-            Stream::Incidents => self.incidents(&mut deliveries, &mut cursors).await,
+            Stream::Incidents => {
+                forge::incidents(
+                    &mut self.api,
+                    &self.rec,
+                    &self.target,
+                    &self.base,
+                    &ISSUES,
+                    &mut deliveries,
+                    &mut cursors,
+                )
+                .await
+            }
             Stream::Commits => match self.branches(&mut cursors).await {
                 Ok(branches) => {
                     let mut result = Ok(());
@@ -102,12 +120,8 @@ impl Poller for GithubPoller {
                 Err(e) => Err(e),
             },
         };
-        if location.watermark.as_deref() != Some(self.base.as_str()) && self.base != self.home() {
-            cursors.push(PollCursor {
-                watermark: Some(self.base.clone()),
-                ..location
-            });
-        }
+        self.base.follow(&mut self.api, &self.target);
+        cursors.extend(self.base.moved_cursor(location));
         let changed = self
             .rec
             .commit(GitHub.source(), &mut deliveries, &mut cursors)
@@ -125,87 +139,34 @@ impl GithubPoller {
         metrics: Arc<Metrics>,
     ) -> Self {
         let api = Api::new(&target, gate, Arc::clone(&metrics));
-        let mut poller = GithubPoller {
-            base: String::new(),
+        GithubPoller {
+            base: Base::new(&target),
             target,
             api,
             rec: Recorder::new(store, ledger, metrics),
             default_branch: None,
-        };
-        poller.base = poller.home();
-        poller
-    }
-
-    /// The repository's address under its configured name.
-    fn home(&self) -> String {
-        format!("{}/repos/{}", self.target.api_url, self.target.repo)
-    }
-
-    /// Follows a permanent redirect of the repository's address (a rename
-    /// or a transfer answers 301 to its new address, POLLING.md §6 step 9):
-    /// later requests go there, and the address is stored.
-    fn follow_move(&mut self, requested: &str) {
-        let Some(to) = self.api.take_moved() else {
-            return;
-        };
-        let Some(rest) = requested.strip_prefix(self.base.as_str()) else {
-            return;
-        };
-        let rest = rest.split('?').next().unwrap_or_default();
-        let mut new = to.clone();
-        new.set_query(None);
-        let new = new.as_str().trim_end_matches('/').to_owned();
-        if let Some(base) = new.strip_suffix(rest) {
-            if base.starts_with(&self.target.api_url) && base != self.base {
-                tracing::warn!(repo = %self.target.repo, to = base, "The repository moved; polling its new address");
-                self.base = base.to_owned();
-            }
         }
     }
 
-    /// The tracked branches: the source's `branches`, else the configured
-    /// default branch, else the repository's, read (conditionally) from
-    /// the API at most hourly; its cursor joins `cursors` when it changed.
+    /// Paces and computes on `clock` rather than the system's (the
+    /// benchmark's simulated day).
+    pub fn with_clock(mut self, clock: super::Clock) -> Self {
+        self.api.set_clock(clock);
+        self
+    }
+
+    /// The tracked branches ([`forge::tracked_branches`]).
     async fn branches(&mut self, cursors: &mut Vec<PollCursor>) -> Result<Vec<String>, PollError> {
-        if let Some(branches) = self.target.configured_branches() {
-            return Ok(branches);
-        }
-        if let Some((branch, at)) = &self.default_branch {
-            if at.elapsed() < DEFAULT_BRANCH_TTL {
-                return Ok(vec![branch.clone()]);
-            }
-        }
-        let cursor = self.rec.cursor(self.target.stream("repository"));
-        let url = self.base.clone();
-        let answer = self.api.get(&url, &cursor, "repository", GITHUB_JSON).await;
-        self.follow_move(&url);
-        let branch = match answer? {
-            Fetched::NotModified => cursor.watermark.clone(),
-            Fetched::Changed {
-                body,
-                etag,
-                last_modified,
-                ..
-            } => {
-                let repository: Value = serde_json::from_slice(&body)
-                    .map_err(|e| PollError::Transient(format!("repository: {e}")))?;
-                let branch = repository["default_branch"].as_str().map(str::to_owned);
-                let new_cursor = PollCursor {
-                    etag,
-                    last_modified,
-                    watermark: branch.clone(),
-                    ..cursor.clone()
-                };
-                if new_cursor != cursor {
-                    cursors.push(new_cursor);
-                }
-                branch
-            }
-        };
-        let branch =
-            branch.ok_or_else(|| PollError::Transient("repository: no default_branch".into()))?;
-        self.default_branch = Some((branch.clone(), tokio::time::Instant::now()));
-        Ok(vec![branch])
+        forge::tracked_branches(
+            &mut self.api,
+            &self.rec,
+            &self.target,
+            &mut self.base,
+            &mut self.default_branch,
+            GITHUB_JSON,
+            cursors,
+        )
+        .await
     }
 
     /// The deployments stream: new deployments (newest first, by `Link`)
@@ -264,7 +225,7 @@ impl GithubPoller {
                 deployments.insert(id, deployment);
             }
             if !reached_seen && page < MAX_PAGES {
-                next = link_next.filter(|u| u.starts_with(&self.target.api_url));
+                next = self.api.same_origin(link_next);
             }
         }
         mark.max_id = max_id;
@@ -349,97 +310,6 @@ impl GithubPoller {
             cursors.push(new_cursor);
         }
         Ok(())
-    }
-
-    /// The incidents stream, one per incident label: issues updated since
-    /// the watermark (less an overlap: an issue updated while the pages
-    /// were read is read again, and counted once), oldest update first.
-    /// An issue yields its creation and, once closed, its resolution,
-    /// mapped by the GitHub plugin's `issues` rules.
-    async fn incidents(
-        &mut self,
-        deliveries: &mut Vec<Delivery>,
-        cursors: &mut Vec<PollCursor>,
-    ) -> Result<(), PollError> {
-        for label in self.target.options.incident_labels.clone() {
-            let cursor = self
-                .rec
-                .cursor(self.target.stream(&format!("incidents|{label}")));
-            // The URL stays the same until new data is committed, so that
-            // its ETag keeps answering 304.
-            let since = cursor.watermark.clone().unwrap_or_else(|| {
-                let start = self.api.server_now() - BOOTSTRAP_SECONDS;
-                rfc3339(start)
-            });
-            let label_param: String = form_urlencoded::byte_serialize(label.as_bytes()).collect();
-            let url = format!(
-                "{}/issues?state=all&labels={label_param}&sort=updated&direction=asc&per_page=100&since={since}",
-                self.base
-            );
-            let mut new_cursor = cursor.clone();
-            let origin = self.target.api_url.clone();
-            let pages = self
-                .api
-                .pages(
-                    url,
-                    &cursor,
-                    &mut new_cursor,
-                    "issues",
-                    GITHUB_JSON,
-                    &origin,
-                )
-                .await?
-                .unwrap_or_default();
-            for issue in pages.iter().flatten() {
-                if issue.get("pull_request").is_none() {
-                    deliveries.extend(self.issue_deliveries(issue));
-                }
-            }
-            // Server timestamps only (POLLING.md §6 step 11). A new `since`
-            // is a new URL: its validators start afresh.
-            let watermark = next_since(&since, newest_update(&pages));
-            if watermark != since {
-                new_cursor.etag = None;
-                new_cursor.last_modified = None;
-            }
-            new_cursor.watermark = Some(watermark);
-            if new_cursor != cursor {
-                cursors.push(new_cursor);
-            }
-        }
-        Ok(())
-    }
-
-    /// An incident issue's creation and, when closed, its resolution, as
-    /// `issues` webhooks (`opened`, `closed`) would carry them.
-    fn issue_deliveries(&self, issue: &Value) -> Vec<Delivery> {
-        let number = issue["number"].as_i64().unwrap_or_default().to_string();
-        let mut out = Vec::new();
-        let closed = issue["state"].as_str() == Some("closed");
-        for (action, at) in [("opened", "created_at"), ("closed", "closed_at")] {
-            if action == "closed" && !closed {
-                continue;
-            }
-            let when = issue[at].as_str().unwrap_or_default();
-            let payload = json!({
-                "action": action,
-                "issue": issue,
-                "repository": {"full_name": self.target.repo},
-            });
-            out.push(mapped(
-                &self.target,
-                "x-github-event",
-                "issues",
-                &payload,
-                &[
-                    b"issue",
-                    number.as_bytes(),
-                    action.as_bytes(),
-                    when.as_bytes(),
-                ],
-            ));
-        }
-        out
     }
 
     /// One deployment, for a status whose deployment left the first page.

@@ -10,13 +10,11 @@
 //! first seen ready. What the stream knows is kept in its cursor, so a
 //! restart answers 304 and still knows every wait.
 
-use super::{server_time, GithubPoller, PollError, GITHUB_JSON};
-use crate::poll::reviews::{reviewed, Listed, PullState, PullsMark, ReviewPlan};
-use crate::store::PollCursor;
+use serde_json::Value;
 
-/// How often the reviews of a waiting pull request are read although its
-/// listing did not change.
-const REVIEW_RECHECK_SECONDS: i64 = 3600;
+use super::{server_time, GithubPoller, PollError, GITHUB_JSON, MAX_PAGES};
+use crate::poll::reviews::{last_review, Listed, PullReviews, PullsMark, PULLS_STREAM};
+use crate::store::PollCursor;
 
 impl GithubPoller {
     /// Polls the open pull requests of `branches` and publishes the waits.
@@ -25,7 +23,7 @@ impl GithubPoller {
         branches: &[String],
         cursors: &mut Vec<PollCursor>,
     ) -> Result<(), PollError> {
-        let cursor = self.rec.cursor(self.target.stream("pulls"));
+        let cursor = self.rec.cursor(self.target.stream(PULLS_STREAM));
         let mut mark: PullsMark = cursor
             .watermark
             .as_deref()
@@ -40,73 +38,39 @@ impl GithubPoller {
             ),
             _ => String::new(),
         };
-        let url = format!(
+        let first = format!(
             "{}/pulls?state=open{base}&sort=updated&direction=desc&per_page=100",
             self.base
         );
-        let origin = self.target.api_url.clone();
         let listed = self
             .api
-            .list_all(url, &cursor, &mut new_cursor, "pulls", GITHUB_JSON, &origin)
+            .list_all(
+                first,
+                &cursor,
+                &mut new_cursor,
+                "pulls",
+                GITHUB_JSON,
+                MAX_PAGES,
+            )
             .await?
-            .map(|items| {
+            .map(|(items, _)| {
                 items
                     .iter()
                     .filter(|pull| {
                         let base_ref = pull["base"]["ref"].as_str().unwrap_or_default();
                         branches.iter().any(|b| b == base_ref)
                     })
-                    .filter_map(|pull| {
-                        Some(Listed {
-                            number: pull["number"].as_u64()?,
-                            created: server_time(&pull["created_at"])?,
-                            state: PullState {
-                                author: pull["user"]["login"]
-                                    .as_str()
-                                    .unwrap_or_default()
-                                    .to_owned(),
-                                updated_at: pull["updated_at"]
-                                    .as_str()
-                                    .unwrap_or_default()
-                                    .to_owned(),
-                                head: pull["head"]["sha"].as_str().unwrap_or_default().to_owned(),
-                                draft: pull["draft"].as_bool().unwrap_or(false),
-                                ..PullState::default()
-                            },
-                        })
-                    })
+                    .filter_map(listed)
                     .collect()
             });
         let now = self.api.server_now();
-        let ReviewPlan {
-            mut open,
-            ready,
-            review,
-        } = mark.plan(listed, now, REVIEW_RECHECK_SECONDS);
-        for (number, created) in ready {
-            let ready_at = self.ready_at(number, created).await?;
-            if let Some(state) = open.get_mut(&number) {
-                state.ready_at = ready_at;
-            }
-        }
-        for number in review {
-            let Some(state) = open.get_mut(&number) else {
-                continue;
-            };
-            let author = state.author.clone();
-            if let Some(reviewed) = self
-                .reviews(number, &author, state.ready_at, cursors)
-                .await?
-            {
-                state.reviewed = reviewed;
-            }
-            state.checked_at = now;
-        }
-        for number in mark.replace(open) {
+        let plan = mark.plan(listed, now);
+        for number in &plan.closed {
             self.rec
                 .forget
                 .push(self.target.stream(&format!("reviews|{number}")));
         }
+        mark.open = plan.carry_out(self, now, cursors).await?;
         mark.publish(&self.rec.metrics, &self.target.repo, self.api.skew());
         new_cursor.watermark = Some(serde_json::to_string(&mark).unwrap_or_default());
         if new_cursor != cursor {
@@ -114,23 +78,25 @@ impl GithubPoller {
         }
         Ok(())
     }
+}
 
+impl PullReviews for GithubPoller {
     /// When pull request `number` last became ready for review: the last
     /// `ready_for_review` of its timeline, else its creation.
     async fn ready_at(&mut self, number: u64, created: i64) -> Result<i64, PollError> {
-        let url = format!("{}/issues/{number}/timeline?per_page=100", self.base);
-        let origin = self.target.api_url.clone();
+        let first = format!("{}/issues/{number}/timeline?per_page=100", self.base);
         let events = self
             .api
             .list_all(
-                url,
+                first,
                 &PollCursor::default(),
                 &mut PollCursor::default(),
                 "timeline",
                 GITHUB_JSON,
-                &origin,
+                MAX_PAGES,
             )
             .await?
+            .map(|(events, _)| events)
             .unwrap_or_default();
         Ok(events
             .iter()
@@ -139,30 +105,29 @@ impl GithubPoller {
             .fold(created, i64::max))
     }
 
-    /// Whether pull request `number` was reviewed since `since`, from its
-    /// reviews (conditional on their own ETag); `None` when unchanged.
-    async fn reviews(
+    /// The latest review of pull request `number` by someone other than
+    /// `author`, from its reviews (conditional on their own ETag where the
+    /// server gives one); `None` when they did not change.
+    async fn last_review(
         &mut self,
         number: u64,
         author: &str,
-        since: i64,
         cursors: &mut Vec<PollCursor>,
-    ) -> Result<Option<bool>, PollError> {
+    ) -> Result<Option<Option<i64>>, PollError> {
         let cursor = self
             .rec
             .cursor(self.target.stream(&format!("reviews|{number}")));
-        let url = format!("{}/pulls/{number}/reviews?per_page=100", self.base);
+        let first = format!("{}/pulls/{number}/reviews?per_page=100", self.base);
         let mut new_cursor = cursor.clone();
-        let origin = self.target.api_url.clone();
-        let Some(all) = self
+        let Some((all, _)) = self
             .api
             .list_all(
-                url,
+                first,
                 &cursor,
                 &mut new_cursor,
                 "reviews",
                 GITHUB_JSON,
-                &origin,
+                MAX_PAGES,
             )
             .await?
         else {
@@ -171,6 +136,11 @@ impl GithubPoller {
         if new_cursor != cursor {
             cursors.push(new_cursor);
         }
-        Ok(Some(reviewed(&all, author, since, &["PENDING"])))
+        Ok(Some(last_review(&all, author, &["PENDING"])))
     }
+}
+
+/// A listed pull request, as the review plan takes it.
+fn listed(pull: &Value) -> Option<Listed> {
+    Listed::of(pull, pull["draft"].as_bool().unwrap_or(false))
 }

@@ -14,13 +14,9 @@ use serde_json::Value;
 
 use super::{GitlabPoller, GITLAB_JSON};
 use crate::poll::api::Fetched;
-use crate::poll::reviews::{Listed, PullState, PullsMark, ReviewPlan};
+use crate::poll::reviews::{Listed, PullReviews, PullState, PullsMark, PULLS_STREAM};
 use crate::poll::{server_time, PollError};
 use crate::store::PollCursor;
-
-/// How often the reviews of a waiting merge request are read although its
-/// listing did not change.
-const REVIEW_RECHECK_SECONDS: i64 = 3600;
 
 /// Reviewer states that mean the reviewer reviewed (`/reviewers`);
 /// `unreviewed` and `review_started` (a review not yet submitted) do not.
@@ -40,7 +36,7 @@ impl GitlabPoller {
         branches: &[String],
         cursors: &mut Vec<PollCursor>,
     ) -> Result<(), PollError> {
-        let cursor = self.rec.cursor(self.target.stream("merge_requests"));
+        let cursor = self.rec.cursor(self.target.stream(PULLS_STREAM));
         let mut mark: PullsMark = cursor
             .watermark
             .as_deref()
@@ -59,64 +55,22 @@ impl GitlabPoller {
             self.base()
         );
         let items = self.list(url, "merge_requests").await?;
-        let mut asked = std::collections::BTreeSet::new();
         let listed: Vec<Listed> = items
             .iter()
             .filter(|mr| {
                 let target = mr["target_branch"].as_str().unwrap_or_default();
                 branches.iter().any(|b| b == target)
             })
-            .filter_map(|mr| {
-                let number = mr["iid"].as_u64()?;
-                if mr["reviewers"].as_array().is_some_and(|r| !r.is_empty()) {
-                    asked.insert(number);
-                }
-                Some(Listed {
-                    number,
-                    created: server_time(&mr["created_at"])?,
-                    state: PullState {
-                        author: mr["author"]["username"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_owned(),
-                        updated_at: mr["updated_at"].as_str().unwrap_or_default().to_owned(),
-                        head: mr["sha"].as_str().unwrap_or_default().to_owned(),
-                        // `work_in_progress` before GitLab 14.0.
-                        draft: mr["draft"]
-                            .as_bool()
-                            .or_else(|| mr["work_in_progress"].as_bool())
-                            .unwrap_or(false),
-                        ..PullState::default()
-                    },
-                })
-            })
+            .filter_map(listed)
+            .collect();
+        self.asked = items
+            .iter()
+            .filter(|mr| mr["reviewers"].as_array().is_some_and(|r| !r.is_empty()))
+            .filter_map(|mr| mr["iid"].as_u64())
             .collect();
         let now = self.api.server_now();
-        let ReviewPlan {
-            mut open,
-            ready,
-            review,
-        } = mark.plan(Some(listed), now, REVIEW_RECHECK_SECONDS);
-        for (iid, created) in ready {
-            let ready_at = self.ready_at(iid, created).await?;
-            if let Some(state) = open.get_mut(&iid) {
-                state.ready_at = ready_at;
-            }
-        }
-        for iid in review {
-            let Some(state) = open.get(&iid) else {
-                continue;
-            };
-            let (author, since) = (state.author.clone(), state.ready_at);
-            let reviewed = self
-                .reviewed(iid, &author, since, asked.contains(&iid))
-                .await?;
-            if let Some(state) = open.get_mut(&iid) {
-                state.reviewed = reviewed;
-                state.checked_at = now;
-            }
-        }
-        mark.replace(open);
+        let plan = mark.plan(Some(listed), now);
+        mark.open = plan.carry_out(self, now, cursors).await?;
         mark.publish(&self.rec.metrics, &self.target.repo, self.api.skew());
         let watermark = serde_json::to_string(&mark).ok();
         if watermark != cursor.watermark {
@@ -127,7 +81,9 @@ impl GitlabPoller {
         }
         Ok(())
     }
+}
 
+impl PullReviews for GitlabPoller {
     /// When merge request `iid` was last marked ready: the newest such
     /// system note, else its creation.
     async fn ready_at(&mut self, iid: u64, created: i64) -> Result<i64, PollError> {
@@ -143,46 +99,66 @@ impl GitlabPoller {
         Ok(last_ready(&notes).map_or(created, |at| at.max(created)))
     }
 
-    /// Whether merge request `iid` by `author` was approved (since `since`,
-    /// where GitLab tells when) or reviewed by someone else; its reviewers'
-    /// states are read only when someone was `asked`.
-    async fn reviewed(
+    /// The latest review of merge request `iid` by someone other than
+    /// `author`: its approvals (when each was given, where GitLab tells)
+    /// and, only when someone was asked to review it, its reviewers'
+    /// states (a reviewed state, which has no time, counts as recent).
+    /// `None` when it is gone since it was listed.
+    async fn last_review(
         &mut self,
         iid: u64,
         author: &str,
-        since: i64,
-        asked: bool,
-    ) -> Result<bool, PollError> {
+        _cursors: &mut Vec<PollCursor>,
+    ) -> Result<Option<Option<i64>>, PollError> {
         let url = format!("{}/merge_requests/{iid}/approvals", self.base());
-        match self
+        let approvals = match self
             .api
             .get(&url, &PollCursor::default(), "approvals", GITLAB_JSON)
             .await
         {
-            Ok(Fetched::Changed { body, .. }) => {
-                let approvals: Value = serde_json::from_slice(&body)
-                    .map_err(|e| PollError::Transient(format!("approvals: {e}")))?;
-                if approved(&approvals, author, since) {
-                    return Ok(true);
-                }
-            }
+            Ok(Fetched::Changed { body, .. }) => serde_json::from_slice::<Value>(&body)
+                .map_err(|e| PollError::Transient(format!("approvals: {e}")))?,
             Ok(Fetched::NotModified) => {
                 return Err(PollError::Transient("approvals: unexpected 304".into()))
             }
             // Merged or deleted since it was listed.
-            Err(PollError::Gone(_)) => return Ok(false),
+            Err(PollError::Gone(_)) => return Ok(None),
             Err(e) => return Err(e),
-        }
-        if !asked {
-            return Ok(false);
+        };
+        let approved = last_approval(&approvals, author);
+        if approved.is_some() || !self.asked.contains(&iid) {
+            return Ok(Some(approved));
         }
         let url = format!("{}/merge_requests/{iid}/reviewers", self.base());
         match self.list(url, "reviewers").await {
-            Ok(reviewers) => Ok(reviewed_by_reviewers(&reviewers, author)),
-            Err(PollError::Gone(_)) => Ok(false),
+            Ok(reviewers) => Ok(Some(
+                reviewed_by_reviewers(&reviewers, author).then_some(i64::MAX),
+            )),
+            Err(PollError::Gone(_)) => Ok(None),
             Err(e) => Err(e),
         }
     }
+}
+
+/// A listed merge request, as the review plan takes it (`number` is its
+/// `iid`).
+fn listed(mr: &Value) -> Option<Listed> {
+    let text = |value: &Value| value.as_str().unwrap_or_default().to_owned();
+    Some(Listed {
+        number: mr["iid"].as_u64()?,
+        created: server_time(&mr["created_at"])?,
+        state: PullState {
+            author: text(&mr["author"]["username"]),
+            updated_at: text(&mr["updated_at"]),
+            head: text(&mr["sha"]),
+            // `work_in_progress` before GitLab 14.0.
+            draft: mr["draft"]
+                .as_bool()
+                .or_else(|| mr["work_in_progress"].as_bool())
+                .unwrap_or(false),
+            ..PullState::default()
+        },
+    })
 }
 
 /// When the newest of `notes` marking the merge request ready was made
@@ -200,19 +176,19 @@ fn last_ready(notes: &[Value]) -> Option<i64> {
         .max()
 }
 
-/// Whether `approvals` (`/approvals`) hold one by someone other than
-/// `author`, given at or after `since` where `approved_at` says (GitLab
-/// 17.x and later; an approval without it counts).
-fn approved(approvals: &Value, author: &str, since: i64) -> bool {
+/// The latest approval in `approvals` (`/approvals`) by someone other
+/// than `author`, when it was given (`approved_at`, GitLab 17.x and later;
+/// an approval without it counts as recent).
+fn last_approval(approvals: &Value, author: &str) -> Option<i64> {
     approvals["approved_by"]
-        .as_array()
-        .is_some_and(|approvers| {
-            approvers.iter().any(|approval| {
-                let by = approval["user"]["username"].as_str().unwrap_or_default();
-                let at = server_time(&approval["approved_at"]).unwrap_or(i64::MAX);
-                !by.is_empty() && by != author && at >= since
-            })
+        .as_array()?
+        .iter()
+        .filter(|approval| {
+            let by = approval["user"]["username"].as_str().unwrap_or_default();
+            !by.is_empty() && by != author
         })
+        .map(|approval| server_time(&approval["approved_at"]).unwrap_or(i64::MAX))
+        .max()
 }
 
 /// Whether one of `reviewers` (`/reviewers`) other than `author` reviewed.
@@ -231,26 +207,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_approval_counts_when_someone_else_gave_it_after_the_merge_request_became_ready() {
-        let ready = server_time(&json!("2026-08-11T12:00:00Z")).unwrap();
-        let by = |who: &str, at: Option<&str>| json!({"approved_by": [{"user": {"username": who}, "approved_at": at}]});
-        assert!(approved(
-            &by("bob", Some("2026-08-11T13:00:00Z")),
-            "ann",
-            ready
-        ));
-        assert!(approved(&by("bob", None), "ann", ready), "no time: counts");
-        assert!(!approved(
-            &by("ann", Some("2026-08-11T13:00:00Z")),
-            "ann",
-            ready
-        ));
-        assert!(!approved(
-            &by("bob", Some("2026-08-11T11:00:00Z")),
-            "ann",
-            ready
-        ));
-        assert!(!approved(&json!({"approved_by": []}), "ann", ready));
+    fn the_last_approval_is_the_latest_by_someone_other_than_the_author() {
+        let at = |t: &str| server_time(&json!(t)).unwrap();
+        let by = |approvals: &[(&str, Option<&str>)]| json!({"approved_by": approvals.iter().map(|(who, at)| json!({"user": {"username": who}, "approved_at": at})).collect::<Vec<_>>()});
+        let (early, late) = ("2026-08-11T11:00:00Z", "2026-08-11T13:00:00Z");
+        assert_eq!(
+            last_approval(&by(&[("bob", Some(early)), ("eve", Some(late))]), "ann"),
+            Some(at(late))
+        );
+        assert_eq!(
+            last_approval(&by(&[("bob", None)]), "ann"),
+            Some(i64::MAX),
+            "no time: counts as recent"
+        );
+        assert_eq!(last_approval(&by(&[("ann", Some(late))]), "ann"), None);
+        assert_eq!(last_approval(&json!({"approved_by": []}), "ann"), None);
+        assert_eq!(last_approval(&json!({}), "ann"), None);
     }
 
     #[test]

@@ -14,16 +14,17 @@
 mod commits;
 mod merge_requests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::api::{Api, Fetched};
+use super::reviews::PULLS_STREAM;
 use super::{
-    mapped, newest_update, next_since, rfc3339, server_time, PollError, PollTarget, Poller,
-    Recorder, Stream, TokenGate, BOOTSTRAP_SECONDS,
+    mapped, rfc3339, server_time, settled, Clock, PollError, PollTarget, Poller, Recorder, Stream,
+    TokenGate, BOOTSTRAP_SECONDS, MAX_PAGES, OVERLAP_SECONDS,
 };
 use crate::ledger::Delivery;
 use crate::metrics::Metrics;
@@ -60,6 +61,9 @@ pub struct GitlabPoller {
     rec: Recorder,
     /// What was read of the project, once read.
     project: ProjectMark,
+    /// The merge requests of the current listing someone was asked to
+    /// review (only theirs have reviewers to read).
+    asked: BTreeSet<u64>,
 }
 
 impl Poller for GitlabPoller {
@@ -81,6 +85,8 @@ impl Poller for GitlabPoller {
 
     async fn poll_stream(&mut self, stream: Stream) -> Result<bool, PollError> {
         self.rec.load(self.target.stream("")).await?;
+        self.rec
+            .restore_waits(self.target.stream(PULLS_STREAM), &self.target.repo);
         let mut deliveries = Vec::new();
         let mut cursors = Vec::new();
         let result = match self.read_project(&mut cursors).await {
@@ -129,7 +135,15 @@ impl GitlabPoller {
             api,
             rec: Recorder::new(store, ledger, metrics),
             project: ProjectMark::default(),
+            asked: BTreeSet::new(),
         }
+    }
+
+    /// Paces and computes on `clock` rather than the system's (the
+    /// benchmark's simulated day).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.api.set_clock(clock);
+        self
     }
 
     /// The project's address: by its numeric id.
@@ -232,14 +246,14 @@ impl GitlabPoller {
     }
 
     /// The pages of a list, read unconditionally (GitLab documents no
-    /// conditional requests), following `Link` within the instance.
+    /// conditional requests), following `Link` within the instance for
+    /// [`MAX_PAGES`] at most.
     async fn pages(
         &mut self,
         url: String,
         endpoint: &'static str,
     ) -> Result<Vec<Vec<Value>>, PollError> {
-        let origin = self.target.api_url.clone();
-        Ok(self
+        let (pages, truncated) = self
             .api
             .pages(
                 url,
@@ -247,10 +261,14 @@ impl GitlabPoller {
                 &mut PollCursor::default(),
                 endpoint,
                 GITLAB_JSON,
-                &origin,
+                MAX_PAGES,
             )
             .await?
-            .unwrap_or_default())
+            .unwrap_or_default();
+        if truncated {
+            tracing::warn!(repo = %self.target.repo, endpoint, pages = MAX_PAGES, "List longer than the pages read in one poll; the rest is read by the next");
+        }
+        Ok(pages)
     }
 
     /// The items of a list sorted oldest update first, updated since the
@@ -488,7 +506,10 @@ impl UpdatedMark {
 
     /// The mark after a read of `pages` from this one.
     fn advanced(&self, pages: &[Vec<Value>]) -> UpdatedMark {
-        let since = next_since(&self.since, newest_update(pages));
+        let newest = settled(pages)
+            .filter_map(|item| server_time(&item["updated_at"]))
+            .max();
+        let since = next_since(&self.since, newest);
         let from = server_time(&Value::from(since.as_str())).unwrap_or(i64::MIN);
         let read = pages.iter().flatten().filter_map(|item| {
             Some((
@@ -504,6 +525,18 @@ impl UpdatedMark {
             .filter(|(_, at)| server_time(&Value::from(at.as_str())).is_some_and(|t| t >= from))
             .collect();
         UpdatedMark { since, seen }
+    }
+}
+
+/// The `updated_after` watermark after a read from `since` whose newest
+/// server timestamp was `newest`: that less the overlap (POLLING.md §6
+/// step 6), never behind `since`; `since` itself when nothing was read.
+fn next_since(since: &str, newest: Option<i64>) -> String {
+    let current = server_time(&Value::from(since));
+    match (newest, current) {
+        (Some(newest), Some(current)) if newest - OVERLAP_SECONDS <= current => since.to_owned(),
+        (Some(newest), _) => rfc3339(newest - OVERLAP_SECONDS),
+        (None, _) => since.to_owned(),
     }
 }
 
@@ -611,6 +644,18 @@ mod tests {
             matches!(delivery.disposition, Disposition::Ignored { .. }),
             "{:?}",
             delivery.disposition
+        );
+    }
+
+    #[test]
+    fn since_moves_forward_only_past_the_overlap() {
+        let at = |t: &str| server_time(&json!(t));
+        let since = "2026-08-11T07:00:00Z";
+        assert_eq!(next_since(since, None), since);
+        assert_eq!(next_since(since, at("2026-08-11T07:01:00Z")), since);
+        assert_eq!(
+            next_since(since, at("2026-08-11T09:00:00Z")),
+            "2026-08-11T08:58:00Z"
         );
     }
 

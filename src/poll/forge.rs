@@ -1,0 +1,328 @@
+//! What the pollers of the GitHub-shaped APIs (GitHub, Gitea and Forgejo)
+//! share: the repository's address as it moves, its tracked branches,
+//! incident issues read since a watermark and mapped as `issues` webhooks,
+//! and commits mapped as one `push` webhook.
+//!
+//! Builds deliveries and cursors only; committing them is the caller's.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::api::{Api, Fetched};
+use super::{
+    mapped, rfc3339, server_time, settled, PollError, PollTarget, Recorder, BOOTSTRAP_SECONDS,
+    OVERLAP_SECONDS,
+};
+use crate::ledger::Delivery;
+use crate::store::PollCursor;
+
+/// How long the repository's default branch is trusted before it is asked
+/// for again.
+const DEFAULT_BRANCH_TTL: Duration = Duration::from_secs(3600);
+
+/// `{api_url}/repos/{owner}/{name}`, or where the repository moved.
+pub(super) struct Base {
+    home: String,
+    current: String,
+}
+
+impl std::fmt::Display for Base {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.current)
+    }
+}
+
+impl Base {
+    pub(super) fn new(target: &PollTarget) -> Base {
+        let home = format!("{}/repos/{}", target.api_url, target.repo);
+        Base {
+            current: home.clone(),
+            home,
+        }
+    }
+
+    pub(super) fn as_str(&self) -> &str {
+        &self.current
+    }
+
+    /// Takes up the address stored by an earlier poll (a move it saw);
+    /// returns its cursor, for [`Base::moved_cursor`].
+    pub(super) fn load(&mut self, rec: &Recorder, target: &PollTarget) -> PollCursor {
+        let location = rec.cursor(target.stream("location"));
+        if let Some(moved) = &location.watermark {
+            self.current.clone_from(moved);
+        }
+        location
+    }
+
+    /// The cursor to store when the address moved since [`Base::load`].
+    pub(super) fn moved_cursor(&self, location: PollCursor) -> Option<PollCursor> {
+        let moved = location.watermark.as_deref() != Some(self.current.as_str())
+            && self.current != self.home;
+        moved.then(|| PollCursor {
+            watermark: Some(self.current.clone()),
+            ..location
+        })
+    }
+
+    /// Follows a permanent redirect of the repository's address (a rename
+    /// or a transfer answers 301 to its new address, POLLING.md §6 step 9)
+    /// that the last requests through `api` met: later requests go there.
+    pub(super) fn follow(&mut self, api: &mut Api, target: &PollTarget) {
+        let Some((requested, to)) = api.take_moved() else {
+            return;
+        };
+        let Some(rest) = requested.strip_prefix(self.current.as_str()) else {
+            return;
+        };
+        let rest = rest.split('?').next().unwrap_or_default();
+        let mut new = to;
+        new.set_query(None);
+        let new = new.as_str().trim_end_matches('/').to_owned();
+        if let Some(base) = new.strip_suffix(rest) {
+            if base.starts_with(&target.api_url) && base != self.current {
+                tracing::warn!(repo = %target.repo, to = base, "The repository moved; polling its new address");
+                self.current = base.to_owned();
+            }
+        }
+    }
+}
+
+/// The tracked branches: the source's `branches`, else the configured
+/// default branch, else the repository's `default_branch`, read from the
+/// API (conditionally where the server gave validators) at most hourly
+/// and kept in `cache`; its cursor joins `cursors` when it changed.
+pub(super) async fn tracked_branches(
+    api: &mut Api,
+    rec: &Recorder,
+    target: &PollTarget,
+    base: &mut Base,
+    cache: &mut Option<(String, tokio::time::Instant)>,
+    accept: &str,
+    cursors: &mut Vec<PollCursor>,
+) -> Result<Vec<String>, PollError> {
+    if let Some(branches) = target.configured_branches() {
+        return Ok(branches);
+    }
+    if let Some((branch, at)) = cache {
+        if at.elapsed() < DEFAULT_BRANCH_TTL {
+            return Ok(vec![branch.clone()]);
+        }
+    }
+    let cursor = rec.cursor(target.stream("repository"));
+    let url = base.as_str().to_owned();
+    let branch = match api.get(&url, &cursor, "repository", accept).await? {
+        Fetched::NotModified => cursor.watermark.clone(),
+        Fetched::Changed {
+            body,
+            etag,
+            last_modified,
+            ..
+        } => {
+            let repository: Value = serde_json::from_slice(&body)
+                .map_err(|e| PollError::Transient(format!("repository: {e}")))?;
+            let branch = repository["default_branch"].as_str().map(str::to_owned);
+            let new_cursor = PollCursor {
+                etag,
+                last_modified,
+                watermark: branch.clone(),
+                ..cursor.clone()
+            };
+            if new_cursor != cursor {
+                cursors.push(new_cursor);
+            }
+            branch
+        }
+    };
+    let branch = branch
+        .filter(|b| !b.is_empty())
+        .ok_or_else(|| PollError::Transient("repository: no default_branch".into()))?;
+    *cache = Some((branch.clone(), tokio::time::Instant::now()));
+    Ok(vec![branch])
+}
+
+/// How a provider lists a repository's issues.
+pub(super) struct IssueList {
+    /// The header its webhooks name their event in (`x-github-event`, …).
+    pub(super) header: &'static str,
+    pub(super) accept: &'static str,
+    /// The first page's URL from the repository's address, one incident
+    /// label (URL-encoded) and `since` (RFC 3339).
+    pub(super) url: fn(base: &str, label: &str, since: &str) -> String,
+    pub(super) max_pages: usize,
+    /// Whether the list comes oldest update first: a read cut at
+    /// `max_pages` then still moves the watermark to the newest update
+    /// read; otherwise the watermark stays until a poll reads to the end.
+    pub(super) oldest_update_first: bool,
+}
+
+/// The incidents stream, one request chain per incident label: issues
+/// updated since the watermark (less an overlap: an issue updated while
+/// the pages were read is read again, and counted once). An issue yields
+/// its creation and, once closed, its resolution, mapped by the provider's
+/// `issues` rules; pull requests and issues without an incident label (a
+/// server may drop a label filter it does not know) are left out.
+pub(super) async fn incidents(
+    api: &mut Api,
+    rec: &Recorder,
+    target: &PollTarget,
+    base: &Base,
+    list: &IssueList,
+    deliveries: &mut Vec<Delivery>,
+    cursors: &mut Vec<PollCursor>,
+) -> Result<(), PollError> {
+    for label in target.options.incident_labels.clone() {
+        let cursor = rec.cursor(target.stream(&format!("incidents|{label}")));
+        // The URL stays the same until new data is committed, so that its
+        // validators keep answering 304 where the server honours them.
+        let since = cursor
+            .watermark
+            .clone()
+            .unwrap_or_else(|| rfc3339(api.server_now() - BOOTSTRAP_SECONDS));
+        let label_param: String = form_urlencoded::byte_serialize(label.as_bytes()).collect();
+        let first = (list.url)(base.as_str(), &label_param, &since);
+        let mut new_cursor = cursor.clone();
+        let listed = api
+            .pages(
+                first,
+                &cursor,
+                &mut new_cursor,
+                "issues",
+                list.accept,
+                list.max_pages,
+            )
+            .await?;
+        let Some((pages, truncated)) = listed else {
+            continue;
+        };
+        // Sorted by update and paged by offset, an issue updated between
+        // two pages may have made the next page skip one.
+        let newest_of = |issues: &mut dyn Iterator<Item = &Value>| {
+            issues
+                .filter(|issue| issue["pull_request"].is_null())
+                .filter_map(|issue| server_time(&issue["updated_at"]))
+                .max()
+        };
+        let mut newest = if list.oldest_update_first {
+            newest_of(&mut settled(&pages))
+        } else {
+            newest_of(&mut pages.iter().flatten())
+        };
+        for issue in pages.iter().flatten() {
+            if !issue["pull_request"].is_null() {
+                continue;
+            }
+            let incident = issue["labels"].as_array().is_some_and(|labels| {
+                labels.iter().any(|l| {
+                    l["name"]
+                        .as_str()
+                        .is_some_and(|name| target.options.is_incident_label(name))
+                })
+            });
+            if incident {
+                deliveries.extend(issue_deliveries(target, list.header, issue));
+            }
+        }
+        if truncated && !list.oldest_update_first {
+            tracing::warn!(repo = %target.repo, label, pages = list.max_pages, "More incident issues than a poll reads; the watermark waits until a poll reads them all");
+            newest = None;
+        }
+        if let Some(newest) = newest {
+            // Server timestamps only (POLLING.md §6 step 11). A new
+            // `since` is a new URL: its validators start afresh.
+            let watermark = rfc3339(newest - OVERLAP_SECONDS);
+            if Some(&watermark) != cursor.watermark.as_ref() {
+                new_cursor.watermark = Some(watermark);
+                new_cursor.etag = None;
+                new_cursor.last_modified = None;
+            }
+        } else if cursor.watermark.is_none() {
+            new_cursor.watermark = Some(since);
+        }
+        if new_cursor != cursor {
+            cursors.push(new_cursor);
+        }
+    }
+    Ok(())
+}
+
+/// An incident issue's creation and, when closed, its resolution, as
+/// `issues` webhooks (`opened`, `closed`) would carry them.
+fn issue_deliveries(target: &PollTarget, header: &'static str, issue: &Value) -> Vec<Delivery> {
+    let number = issue["number"].as_i64().unwrap_or_default().to_string();
+    let mut out = Vec::new();
+    let closed = issue["state"].as_str() == Some("closed");
+    for (action, at) in [("opened", "created_at"), ("closed", "closed_at")] {
+        if action == "closed" && !closed {
+            continue;
+        }
+        let when = issue[at].as_str().unwrap_or_default();
+        let payload = json!({
+            "action": action,
+            "issue": issue,
+            "repository": {"full_name": target.repo},
+        });
+        out.push(mapped(
+            target,
+            header,
+            "issues",
+            &payload,
+            &[
+                b"issue",
+                number.as_bytes(),
+                action.as_bytes(),
+                when.as_bytes(),
+            ],
+        ));
+    }
+    out
+}
+
+/// Commits (API objects: `sha`, `html_url`, `commit.message`, and the
+/// commit time at the JSON pointer `time`) as one `push` webhook of
+/// `branch` to `after` would carry them, mapped by the provider's plugin;
+/// re-reading the same commits gives the same delivery.
+pub(super) fn push_delivery(
+    target: &PollTarget,
+    header: &'static str,
+    branch: &str,
+    after: &str,
+    commits: &[Value],
+    time: &str,
+) -> Delivery {
+    let items: Vec<Value> = commits
+        .iter()
+        .map(|c| {
+            json!({
+                "id": c["sha"],
+                "timestamp": c.pointer(time).cloned().unwrap_or(Value::Null),
+                "url": c["html_url"],
+                "message": c["commit"]["message"],
+            })
+        })
+        .collect();
+    let payload = json!({
+        "ref": format!("refs/heads/{branch}"),
+        "after": after,
+        "commits": items,
+        "repository": {"full_name": target.repo, "default_branch": branch},
+    });
+    let first = commits
+        .first()
+        .and_then(|c| c["sha"].as_str())
+        .unwrap_or("");
+    let last = commits.last().and_then(|c| c["sha"].as_str()).unwrap_or("");
+    mapped(
+        target,
+        header,
+        "push",
+        &payload,
+        &[
+            b"commits",
+            branch.as_bytes(),
+            first.as_bytes(),
+            last.as_bytes(),
+        ],
+    )
+}
