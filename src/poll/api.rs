@@ -43,6 +43,35 @@ pub enum Fetched {
     },
 }
 
+/// A JSON list as [`Api::list_all`] read it.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Listing {
+    /// The items of every page read, in order.
+    pub items: Vec<Value>,
+    /// Where each page read ends in `items`.
+    pub page_ends: Vec<usize>,
+    /// Pages were left unread (`max_pages`).
+    pub truncated: bool,
+}
+
+impl Listing {
+    /// Adds the next page.
+    fn push(&mut self, page: Vec<Value>) {
+        self.items.extend(page);
+        self.page_ends.push(self.items.len());
+    }
+}
+
+impl FromIterator<Vec<Value>> for Listing {
+    fn from_iter<I: IntoIterator<Item = Vec<Value>>>(pages: I) -> Listing {
+        let mut list = Listing::default();
+        for page in pages {
+            list.push(page);
+        }
+        list
+    }
+}
+
 /// The `rel="next"` target of a `Link` header.
 pub fn next_link(link: &str) -> Option<String> {
     link.split(',').find_map(|part| {
@@ -362,7 +391,8 @@ impl Api {
     /// Every page of a JSON list from `first`, following `rel="next"` links
     /// verbatim (same origin only) for at most `max_pages`; page 1 is
     /// conditional on `cursor`, whose validators `new_cursor` then takes.
-    /// `None` on a 304; else the items and whether pages were left unread.
+    /// `None` on a 304; else the items, where each page ended and whether
+    /// pages were left unread.
     /// A short page is no end: a server may clamp the page size (Gitea's
     /// `MAX_RESPONSE_ITEMS`), only a missing `next` link ends the list.
     pub async fn list_all(
@@ -373,44 +403,27 @@ impl Api {
         endpoint: &'static str,
         accept: &str,
         max_pages: usize,
-    ) -> Result<Option<(Vec<Value>, bool)>, PollError> {
-        let pages = self
-            .pages(first, cursor, new_cursor, endpoint, accept, max_pages)
-            .await?;
-        Ok(pages.map(|(pages, truncated)| (pages.concat(), truncated)))
-    }
-
-    /// As [`Api::list_all`], the items page by page (where a page ends
-    /// tells how far a list paged by offset is certain).
-    pub async fn pages(
-        &mut self,
-        first: String,
-        cursor: &PollCursor,
-        new_cursor: &mut PollCursor,
-        endpoint: &'static str,
-        accept: &str,
-        max_pages: usize,
-    ) -> Result<Option<(Vec<Vec<Value>>, bool)>, PollError> {
+    ) -> Result<Option<Listing>, PollError> {
         let mut next = Some(first);
-        let mut pages: Option<Vec<Vec<Value>>> = None;
-        let mut truncated = false;
+        let mut all: Option<Listing> = None;
         while let Some(url) = next.take() {
-            let page = pages.as_ref().map_or(0, Vec::len);
+            let page = all.as_ref().map_or(0, |list| list.page_ends.len());
             let Some((items, link)) = self
                 .list_page(&url, page, cursor, new_cursor, endpoint, accept)
                 .await?
             else {
                 break;
             };
-            pages.get_or_insert_with(Vec::new).push(items);
+            let list = all.get_or_insert_with(Listing::default);
+            list.push(items);
             let link = self.same_origin(link);
             if page + 1 < max_pages {
                 next = link;
             } else {
-                truncated = link.is_some();
+                list.truncated = link.is_some();
             }
         }
-        Ok(pages.map(|pages| (pages, truncated)))
+        Ok(all)
     }
 
     /// `link` when it points into the configured API (a `Link` elsewhere is

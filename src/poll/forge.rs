@@ -184,7 +184,7 @@ pub(super) async fn incidents(
         let first = (list.url)(base.as_str(), &label_param, &since);
         let mut new_cursor = cursor.clone();
         let listed = api
-            .pages(
+            .list_all(
                 first,
                 &cursor,
                 &mut new_cursor,
@@ -193,23 +193,22 @@ pub(super) async fn incidents(
                 list.max_pages,
             )
             .await?;
-        let Some((pages, truncated)) = listed else {
+        let Some(listing) = listed else {
             continue;
         };
         // Sorted by update and paged by offset, an issue updated between
         // two pages may have made the next page skip one.
-        let newest_of = |issues: &mut dyn Iterator<Item = &Value>| {
-            issues
-                .filter(|issue| issue["pull_request"].is_null())
-                .filter_map(|issue| server_time(&issue["updated_at"]))
-                .max()
-        };
-        let mut newest = if list.oldest_update_first {
-            newest_of(&mut settled(&pages))
+        let certain = if list.oldest_update_first {
+            settled(&listing)
         } else {
-            newest_of(&mut pages.iter().flatten())
+            &listing.items
         };
-        for issue in pages.iter().flatten() {
+        let mut newest = certain
+            .iter()
+            .filter(|issue| issue["pull_request"].is_null())
+            .filter_map(|issue| server_time(&issue["updated_at"]))
+            .max();
+        for issue in &listing.items {
             if !issue["pull_request"].is_null() {
                 continue;
             }
@@ -224,7 +223,7 @@ pub(super) async fn incidents(
                 deliveries.extend(issue_deliveries(target, list.header, issue));
             }
         }
-        if truncated && !list.oldest_update_first {
+        if listing.truncated && !list.oldest_update_first {
             tracing::warn!(repo = %target.repo, label, pages = list.max_pages, "More incident issues than a poll reads; the watermark waits until a poll reads them all");
             newest = None;
         }

@@ -628,11 +628,7 @@ impl Recorder {
         if std::mem::replace(&mut self.waits_restored, true) {
             return;
         }
-        let stored: Option<reviews::PullsMark> = self
-            .stored
-            .get(&key)
-            .and_then(|c| c.watermark.as_deref())
-            .and_then(|w| serde_json::from_str(w).ok());
+        let stored: Option<reviews::PullsMark> = self.stored.get(&key).and_then(mark_of);
         if let Some(mark) = stored {
             mark.publish(&self.metrics, repo, 0);
         }
@@ -755,6 +751,30 @@ fn mapped(
 }
 
 /// A repository's poller: its streams, each polled on its own.
+/// The [`Poller`] methods that a poller with the fields `target`
+/// ([`PollTarget`]), `rec` ([`Recorder`]) and `api` (its `Api`) answers
+/// from them, for its `impl Poller`.
+macro_rules! poller_parts {
+    () => {
+        fn target(&self) -> &$crate::poll::PollTarget {
+            &self.target
+        }
+
+        fn recorder(&self) -> &$crate::poll::Recorder {
+            &self.rec
+        }
+
+        fn gate(&self) -> &std::sync::Arc<$crate::poll::TokenGate> {
+            self.api.gate()
+        }
+
+        fn take_poll_interval_hint(&mut self) -> Option<std::time::Duration> {
+            self.api.take_hint()
+        }
+    };
+}
+use poller_parts;
+
 pub trait Poller: Send {
     fn target(&self) -> &PollTarget;
 
@@ -1126,19 +1146,33 @@ fn rfc3339(epoch: i64) -> String {
 /// to the one it was first read on are then certain (nothing on them is
 /// newer than the skipped item), and the next read goes over the rest
 /// again (POLLING.md §7 scenario 13).
-fn settled(pages: &[Vec<Value>]) -> impl Iterator<Item = &Value> {
+fn settled(list: &api::Listing) -> &[Value] {
     let mut first = BTreeMap::new();
-    let mut end = pages.len();
-    for (page, items) in pages.iter().enumerate() {
-        for id in items.iter().filter_map(|item| item["id"].as_i64()) {
-            if let Some(at) = first.get(&id) {
-                end = end.min(at + 1);
-            } else {
+    let mut end = list.items.len();
+    let mut page = 0;
+    for (i, item) in list.items.iter().enumerate() {
+        while list.page_ends.get(page).is_some_and(|e| *e <= i) {
+            page += 1;
+        }
+        let Some(id) = item["id"].as_i64() else {
+            continue;
+        };
+        match first.get(&id) {
+            Some(&first_page) => {
+                end = end.min(list.page_ends.get(first_page).copied().unwrap_or(end));
+            }
+            None => {
                 first.insert(id, page);
             }
         }
     }
-    pages[..end].iter().flatten()
+    &list.items[..end]
+}
+
+/// What a stream's cursor keeps in its watermark (JSON), when it keeps
+/// one that reads as `T`.
+fn mark_of<T: serde::de::DeserializeOwned>(cursor: &PollCursor) -> Option<T> {
+    serde_json::from_str(cursor.watermark.as_deref()?).ok()
 }
 
 /// The commits stream's watermark of one branch: the head last read and
@@ -1385,7 +1419,11 @@ mod tests {
     fn a_watermark_moves_over_every_item_read_unless_one_moved_while_paging() {
         let item = |id: i64| json!({"id": id});
         let ids = |pages: &[Vec<Value>]| -> Vec<i64> {
-            settled(pages).filter_map(|i| i["id"].as_i64()).collect()
+            let list: api::Listing = pages.iter().cloned().collect();
+            settled(&list)
+                .iter()
+                .filter_map(|i| i["id"].as_i64())
+                .collect()
         };
         let pages = vec![
             vec![item(1), item(2)],

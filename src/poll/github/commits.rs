@@ -16,6 +16,7 @@ use super::{
     MAX_PAGES, OVERLAP_SECONDS,
 };
 use crate::ledger::Delivery;
+use crate::poll::mark_of;
 use crate::poll::HeadMark;
 use crate::store::PollCursor;
 
@@ -32,10 +33,7 @@ impl GithubPoller {
         let cursor = self
             .rec
             .cursor(self.target.stream(&format!("head|{branch}")));
-        let mark: Option<HeadMark> = cursor
-            .watermark
-            .as_deref()
-            .and_then(|w| serde_json::from_str(w).ok());
+        let mark: Option<HeadMark> = mark_of(&cursor);
         let branch_path: String = form_urlencoded::byte_serialize(branch.as_bytes()).collect();
         let url = format!("{}/commits/{branch_path}", self.base);
         let head = match self.api.get(&url, &cursor, "branch_head", GITHUB_SHA).await {

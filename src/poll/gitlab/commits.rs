@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use super::{GitlabPoller, EVENT_HEADER, GITLAB_JSON};
 use crate::ledger::Delivery;
 use crate::poll::api::Fetched;
+use crate::poll::mark_of;
 use crate::poll::{
     mapped, rfc3339, server_time, HeadMark, PollError, BOOTSTRAP_SECONDS, OVERLAP_SECONDS,
 };
@@ -29,10 +30,7 @@ impl GitlabPoller {
         let cursor = self
             .rec
             .cursor(self.target.stream(&format!("head|{branch}")));
-        let mark: Option<HeadMark> = cursor
-            .watermark
-            .as_deref()
-            .and_then(|w| serde_json::from_str(w).ok());
+        let mark: Option<HeadMark> = mark_of(&cursor);
         let branch_path: String = form_urlencoded::byte_serialize(branch.as_bytes()).collect();
         let url = format!("{}/repository/branches/{branch_path}", self.base());
         let answer = match self

@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use super::{GitlabPoller, GITLAB_JSON};
 use crate::poll::api::Fetched;
+use crate::poll::mark_of;
 use crate::poll::reviews::{Listed, PullReviews, PullState, PullsMark, PULLS_STREAM};
 use crate::poll::{server_time, PollError};
 use crate::store::PollCursor;
@@ -37,11 +38,7 @@ impl GitlabPoller {
         cursors: &mut Vec<PollCursor>,
     ) -> Result<(), PollError> {
         let cursor = self.rec.cursor(self.target.stream(PULLS_STREAM));
-        let mut mark: PullsMark = cursor
-            .watermark
-            .as_deref()
-            .and_then(|w| serde_json::from_str(w).ok())
-            .unwrap_or_default();
+        let mut mark: PullsMark = mark_of(&cursor).unwrap_or_default();
         // One target branch on the server; several are filtered here.
         let target = match branches {
             [one] => format!(

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::api::{Api, Fetched};
+use super::api::{Api, Fetched, Listing};
 use super::reviews::PULLS_STREAM;
 use super::{
     mapped, rfc3339, server_time, settled, Clock, PollError, PollTarget, Poller, Recorder, Stream,
@@ -29,6 +29,8 @@ use super::{
 use crate::ledger::Delivery;
 use crate::metrics::Metrics;
 use crate::plugins::{gitlab::GitLab, Plugin};
+use crate::poll::mark_of;
+use crate::poll::poller_parts;
 use crate::store::deliveries::Ledger;
 use crate::store::{PollCursor, Store};
 
@@ -67,21 +69,7 @@ pub struct GitlabPoller {
 }
 
 impl Poller for GitlabPoller {
-    fn target(&self) -> &PollTarget {
-        &self.target
-    }
-
-    fn recorder(&self) -> &Recorder {
-        &self.rec
-    }
-
-    fn gate(&self) -> &Arc<TokenGate> {
-        self.api.gate()
-    }
-
-    fn take_poll_interval_hint(&mut self) -> Option<std::time::Duration> {
-        self.api.take_hint()
-    }
+    poller_parts!();
 
     async fn poll_stream(&mut self, stream: Stream) -> Result<bool, PollError> {
         self.rec.load(self.target.stream("")).await?;
@@ -176,10 +164,7 @@ impl GitlabPoller {
     /// first time, by the id read since), its new state joining `cursors`.
     async fn read_project(&mut self, cursors: &mut Vec<PollCursor>) -> Result<(), PollError> {
         let cursor = self.rec.cursor(self.target.stream("project"));
-        let stored: Option<ProjectMark> = cursor
-            .watermark
-            .as_deref()
-            .and_then(|w| serde_json::from_str(w).ok());
+        let stored: Option<ProjectMark> = mark_of(&cursor);
         let now = self.api.server_now();
         if let Some(stored) = &stored {
             if (0..PROJECT_TTL_SECONDS).contains(&(now - stored.read_at)) {
@@ -245,17 +230,13 @@ impl GitlabPoller {
         }
     }
 
-    /// The pages of a list, read unconditionally (GitLab documents no
+    /// A list, read unconditionally (GitLab documents no
     /// conditional requests), following `Link` within the instance for
     /// [`MAX_PAGES`] at most.
-    async fn pages(
-        &mut self,
-        url: String,
-        endpoint: &'static str,
-    ) -> Result<Vec<Vec<Value>>, PollError> {
-        let (pages, truncated) = self
+    async fn listing(&mut self, url: String, endpoint: &'static str) -> Result<Listing, PollError> {
+        let listing = self
             .api
-            .pages(
+            .list_all(
                 url,
                 &PollCursor::default(),
                 &mut PollCursor::default(),
@@ -265,10 +246,10 @@ impl GitlabPoller {
             )
             .await?
             .unwrap_or_default();
-        if truncated {
+        if listing.truncated {
             tracing::warn!(repo = %self.target.repo, endpoint, pages = MAX_PAGES, "List longer than the pages read in one poll; the rest is read by the next");
         }
-        Ok(pages)
+        Ok(listing)
     }
 
     /// The items of a list sorted oldest update first, updated since the
@@ -283,22 +264,20 @@ impl GitlabPoller {
         cursors: &mut Vec<PollCursor>,
     ) -> Result<Vec<Value>, PollError> {
         let cursor = self.rec.cursor(self.target.stream(stream));
-        let mark: UpdatedMark = cursor
-            .watermark
-            .as_deref()
-            .and_then(|w| serde_json::from_str(w).ok())
-            .unwrap_or_else(|| UpdatedMark {
-                since: rfc3339(self.api.server_now() - BOOTSTRAP_SECONDS),
-                seen: BTreeMap::new(),
-            });
-        let pages = self.pages(url(&self.base(), &mark.since), endpoint).await?;
-        let fresh = pages
+        let mark: UpdatedMark = mark_of(&cursor).unwrap_or_else(|| UpdatedMark {
+            since: rfc3339(self.api.server_now() - BOOTSTRAP_SECONDS),
+            seen: BTreeMap::new(),
+        });
+        let listing = self
+            .listing(url(&self.base(), &mark.since), endpoint)
+            .await?;
+        let fresh = listing
+            .items
             .iter()
-            .flatten()
             .filter(|item| mark.is_new(item))
             .cloned()
             .collect();
-        let watermark = serde_json::to_string(&mark.advanced(&pages)).ok();
+        let watermark = serde_json::to_string(&mark.advanced(&listing)).ok();
         if watermark != cursor.watermark {
             cursors.push(PollCursor {
                 watermark,
@@ -308,9 +287,9 @@ impl GitlabPoller {
         Ok(fresh)
     }
 
-    /// Every item of a list, as [`GitlabPoller::pages`] reads it.
+    /// Every item of a list, as [`GitlabPoller::listing`] reads it.
     async fn list(&mut self, url: String, endpoint: &'static str) -> Result<Vec<Value>, PollError> {
-        Ok(self.pages(url, endpoint).await?.concat())
+        Ok(self.listing(url, endpoint).await?.items)
     }
 
     /// The deployments stream: successful deployments updated since the
@@ -504,14 +483,15 @@ impl UpdatedMark {
         self.seen.get(&id).map(String::as_str) != item["updated_at"].as_str()
     }
 
-    /// The mark after a read of `pages` from this one.
-    fn advanced(&self, pages: &[Vec<Value>]) -> UpdatedMark {
-        let newest = settled(pages)
+    /// The mark after a read of `listing` from this one.
+    fn advanced(&self, listing: &Listing) -> UpdatedMark {
+        let newest = settled(listing)
+            .iter()
             .filter_map(|item| server_time(&item["updated_at"]))
             .max();
         let since = next_since(&self.since, newest);
         let from = server_time(&Value::from(since.as_str())).unwrap_or(i64::MIN);
-        let read = pages.iter().flatten().filter_map(|item| {
+        let read = listing.items.iter().filter_map(|item| {
             Some((
                 item["id"].as_i64()?,
                 item["updated_at"].as_str()?.to_owned(),
@@ -666,9 +646,12 @@ mod tests {
             since: "2026-08-11T07:00:00Z".into(),
             seen: BTreeMap::new(),
         };
-        assert_eq!(mark.advanced(&[]), mark);
+        assert_eq!(mark.advanced(&Listing::default()), mark);
         // Inside the overlap: the time stays, the items are remembered.
-        let first = mark.advanced(&[vec![item(1, "2026-08-11T07:01:00.000Z")]]);
+        let first = mark.advanced(&Listing::from_iter([vec![item(
+            1,
+            "2026-08-11T07:01:00.000Z",
+        )]]));
         assert_eq!(first.since, mark.since);
         assert!(!first.is_new(&item(1, "2026-08-11T07:01:00.000Z")));
         // A late item within the overlap is new; so is one updated again.
@@ -676,10 +659,10 @@ mod tests {
         assert!(first.is_new(&item(1, "2026-08-11T07:05:00.000Z")));
         // Past it: the newest less two minutes, and only what is at or
         // after that is remembered.
-        let later = first.advanced(&[vec![
+        let later = first.advanced(&Listing::from_iter([vec![
             item(1, "2026-08-11T07:01:00.000Z"),
             item(3, "2026-08-11T08:00:00.000Z"),
-        ]]);
+        ]]));
         assert_eq!(later.since, "2026-08-11T07:58:00Z");
         assert_eq!(later.seen.keys().copied().collect::<Vec<_>>(), [3]);
     }
