@@ -180,7 +180,10 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApp> {
                 crate::poll::GithubPoller::new(target.clone(), gate, store, ledger, metrics),
                 start,
             )),
-            crate::poll::Provider::Gitlab => unreachable!("refused by the configuration"),
+            crate::poll::Provider::Gitlab => tokio::spawn(crate::poll::run(
+                crate::poll::GitlabPoller::new(target.clone(), gate, store, ledger, metrics),
+                start,
+            )),
             crate::poll::Provider::Gitea => tokio::spawn(crate::poll::run(
                 crate::poll::GiteaPoller::new(target.clone(), gate, store, ledger, metrics),
                 start,

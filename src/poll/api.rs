@@ -43,6 +43,35 @@ pub enum Fetched {
     },
 }
 
+/// A JSON list as [`Api::list_all`] read it.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Listing {
+    /// The items of every page read, in order.
+    pub items: Vec<Value>,
+    /// Where each page read ends in `items`.
+    pub page_ends: Vec<usize>,
+    /// Pages were left unread (`max_pages`).
+    pub truncated: bool,
+}
+
+impl Listing {
+    /// Adds the next page.
+    fn push(&mut self, page: Vec<Value>) {
+        self.items.extend(page);
+        self.page_ends.push(self.items.len());
+    }
+}
+
+impl FromIterator<Vec<Value>> for Listing {
+    fn from_iter<I: IntoIterator<Item = Vec<Value>>>(pages: I) -> Listing {
+        let mut list = Listing::default();
+        for page in pages {
+            list.push(page);
+        }
+        list
+    }
+}
+
 /// The `rel="next"` target of a `Link` header.
 pub fn next_link(link: &str) -> Option<String> {
     link.split(',').find_map(|part| {
@@ -93,20 +122,36 @@ struct GateState {
     configured: Option<u64>,
     /// `f` of POLLING.md §6 step 8.
     max_share: f64,
+    /// The length of the provider's quota window (seconds): an hour on
+    /// GitHub, a minute on GitLab (its `RateLimit-Limit` is per minute).
+    period: i64,
+    /// Whether the window is the provider's (ending at its reset) rather
+    /// than an hour of this service's own.
+    aligned: bool,
 }
 
 impl GateState {
-    /// Starts a new window once the current one has passed.
+    /// Starts a new window once the current one has passed, or as soon as
+    /// the provider tells its own: the window then ends at its reset and
+    /// lasts its period, so that the provider's quota is counted over the
+    /// time it is for (not from this service's first request on).
     fn roll(&mut self, now: i64) {
-        if now < self.window_end {
+        let provider_window = self
+            .quota
+            .reset
+            .filter(|reset| *reset > now && *reset <= now + self.period);
+        if now < self.window_end && (self.aligned || provider_window.is_none()) {
             return;
         }
-        let end = match self.quota.reset {
-            Some(reset) if reset > now && reset <= now + 3600 => reset,
-            _ => now + 3600,
+        (self.window_start, self.window_end, self.aligned) = match provider_window {
+            Some(reset) => (reset - self.period, reset, true),
+            None => (now, now + 3600, false),
         };
-        self.window_start = now;
-        self.window_end = end;
+        if self.quota.reset.is_some_and(|reset| reset <= now) {
+            // What the provider said held until its reset: the next answer
+            // tells the new window (a minute's quota is no hour's).
+            self.quota = Quota::default();
+        }
         self.paid = 0;
         for share in self.shares.values_mut() {
             share.paid = 0;
@@ -148,7 +193,7 @@ pub struct TokenGate {
 }
 
 impl TokenGate {
-    fn new(configured: Option<u64>, max_share: f64) -> TokenGate {
+    fn new(configured: Option<u64>, max_share: f64, period: Duration) -> TokenGate {
         TokenGate {
             state: tokio::sync::Mutex::new(GateState {
                 quota: Quota::default(),
@@ -159,6 +204,8 @@ impl TokenGate {
                 last_sent: None,
                 configured,
                 max_share,
+                period: period.as_secs().max(1) as i64,
+                aligned: false,
             }),
         }
     }
@@ -197,6 +244,7 @@ pub fn token_gates(targets: &[PollTarget]) -> Vec<Arc<TokenGate>> {
             None => Arc::new(TokenGate::new(
                 target.quota_per_hour,
                 target.max_quota_share,
+                target.provider.quota_period(),
             )),
         };
         gate.state
@@ -343,7 +391,8 @@ impl Api {
     /// Every page of a JSON list from `first`, following `rel="next"` links
     /// verbatim (same origin only) for at most `max_pages`; page 1 is
     /// conditional on `cursor`, whose validators `new_cursor` then takes.
-    /// `None` on a 304; else the items and whether pages were left unread.
+    /// `None` on a 304; else the items, where each page ended and whether
+    /// pages were left unread.
     /// A short page is no end: a server may clamp the page size (Gitea's
     /// `MAX_RESPONSE_ITEMS`), only a missing `next` link ends the list.
     pub async fn list_all(
@@ -354,28 +403,27 @@ impl Api {
         endpoint: &'static str,
         accept: &str,
         max_pages: usize,
-    ) -> Result<Option<(Vec<Value>, bool)>, PollError> {
+    ) -> Result<Option<Listing>, PollError> {
         let mut next = Some(first);
-        let mut page = 0;
-        let mut all: Option<Vec<Value>> = None;
-        let mut truncated = false;
+        let mut all: Option<Listing> = None;
         while let Some(url) = next.take() {
+            let page = all.as_ref().map_or(0, |list| list.page_ends.len());
             let Some((items, link)) = self
                 .list_page(&url, page, cursor, new_cursor, endpoint, accept)
                 .await?
             else {
                 break;
             };
-            page += 1;
-            all.get_or_insert_with(Vec::new).extend(items);
+            let list = all.get_or_insert_with(Listing::default);
+            list.push(items);
             let link = self.same_origin(link);
-            if page < max_pages {
+            if page + 1 < max_pages {
                 next = link;
             } else {
-                truncated = link.is_some();
+                list.truncated = link.is_some();
             }
         }
-        Ok(all.map(|items| (items, truncated)))
+        Ok(all)
     }
 
     /// `link` when it points into the configured API (a `Link` elsewhere is
@@ -469,14 +517,16 @@ impl Api {
         };
         let status = response.status();
         count(status.as_str());
-        if status != reqwest::StatusCode::NOT_MODIFIED {
+        // A 304 is free on GitHub only (POLLING.md §2: elsewhere it saves
+        // bandwidth, not quota).
+        if status != reqwest::StatusCode::NOT_MODIFIED || !self.provider.free_not_modified() {
             state.paid += 1;
             if let Some(share) = state.shares.get_mut(&self.repo) {
                 share.paid += 1;
             }
         }
         self.read_headers(response.headers(), &mut state.quota);
-        let quota = state.quota;
+        let mut quota = state.quota;
         drop(state);
         if let Some(to) = self.moved.lock().unwrap_or_else(|e| e.into_inner()).take() {
             self.last_moved = Some((url.to_owned(), to));
@@ -507,6 +557,16 @@ impl Api {
             }
             403 | 429 => {
                 let retry_after = header("retry-after").and_then(|v| v.trim().parse::<i64>().ok());
+                let own_reset = match self.provider {
+                    Provider::Github => true,
+                    Provider::Gitlab => header("ratelimit-reset").is_some(),
+                    Provider::Gitea => header("x-ratelimit-reset").is_some(),
+                };
+                if !own_reset {
+                    // GitLab's order (POLLING.md §2) reads this answer's
+                    // reset, not one an earlier answer gave.
+                    quota.reset = None;
+                }
                 let body = response.text().await.unwrap_or_default();
                 Err(self.refusal(status.as_u16(), retry_after, &body, quota, endpoint))
             }
@@ -652,7 +712,7 @@ mod tests {
 
     #[test]
     fn the_budget_is_split_so_that_together_repositories_never_pass_it() {
-        let gate = TokenGate::new(None, 0.5);
+        let gate = TokenGate::new(None, 0.5, Duration::from_secs(3600));
         let mut state = gate.state.try_lock().unwrap();
         state.quota.limit = Some(5000);
         for i in 0..200 {
@@ -673,5 +733,57 @@ mod tests {
             "a quiet repository keeps its equal part: {quiet}"
         );
         assert!(busy > 10.0 * quiet, "{busy} vs {quiet}");
+    }
+
+    #[test]
+    fn the_window_is_the_providers_once_it_tells_its_reset() {
+        let now = 1_800_000_000;
+        let gate = TokenGate::new(None, 0.5, Duration::from_secs(60));
+        let mut state = gate.state.try_lock().unwrap();
+        // Nothing known yet: an hour of this service's own, no budget.
+        state.roll(now);
+        assert_eq!((state.window_start, state.window_end), (now, now + 3600));
+        assert_eq!(state.allowance(), None);
+        // GitLab's headers: 2,000 a minute, resetting in 40 s. The window
+        // becomes that minute, counted afresh.
+        state.quota = Quota {
+            limit: Some(2000),
+            remaining: Some(1990),
+            reset: Some(now + 40),
+        };
+        state.paid = 7;
+        state.roll(now + 1);
+        assert_eq!((state.window_start, state.window_end), (now - 20, now + 40));
+        assert_eq!(state.paid, 0);
+        assert_eq!(state.allowance(), Some(1000.0));
+        assert_eq!(state.repo_allowance("acme/shop"), Some(1000.0));
+        // Within it nothing moves; past it, the next reset is waited for
+        // in a window of its own.
+        state.roll(now + 30);
+        assert_eq!(state.window_end, now + 40);
+        state.roll(now + 41);
+        assert_eq!(
+            (state.window_start, state.window_end),
+            (now + 41, now + 41 + 3600)
+        );
+        assert_eq!(state.allowance(), None, "the minute's quota is no hour's");
+    }
+
+    #[test]
+    fn an_hourly_quota_keeps_an_hour_long_window() {
+        let now = 1_800_000_000;
+        let gate = TokenGate::new(None, 0.5, Duration::from_secs(3600));
+        let mut state = gate.state.try_lock().unwrap();
+        state.quota = Quota {
+            limit: Some(5000),
+            remaining: Some(4000),
+            reset: Some(now + 600),
+        };
+        state.roll(now);
+        assert_eq!(
+            (state.window_start, state.window_end),
+            (now + 600 - 3600, now + 600)
+        );
+        assert_eq!(state.allowance(), Some(2500.0));
     }
 }

@@ -10,7 +10,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::api::{Api, Fetched};
-use super::{mapped, rfc3339, server_time, PollError, PollTarget, Recorder, OVERLAP_SECONDS};
+use super::{
+    mapped, rfc3339, server_time, settled, PollError, PollTarget, Recorder, OVERLAP_SECONDS,
+};
 use crate::ledger::Delivery;
 use crate::store::PollCursor;
 
@@ -99,11 +101,8 @@ pub(super) async fn tracked_branches(
     accept: &str,
     cursors: &mut Vec<PollCursor>,
 ) -> Result<Vec<String>, PollError> {
-    if !target.options.branches.is_empty() {
-        return Ok(target.options.branches.clone());
-    }
-    if let Some(branch) = &target.branch {
-        return Ok(vec![branch.clone()]);
+    if let Some(branches) = target.configured_branches() {
+        return Ok(branches);
     }
     if let Some((branch, at)) = cache {
         if at.elapsed() < DEFAULT_BRANCH_TTL {
@@ -193,16 +192,24 @@ pub(super) async fn incidents(
                 list.max_pages,
             )
             .await?;
-        let Some((issues, truncated)) = listed else {
+        let Some(listing) = listed else {
             continue;
         };
-        let mut newest: Option<i64> = None;
-        for issue in issues {
+        // Sorted by update and paged by offset, an issue updated between
+        // two pages may have made the next page skip one.
+        let certain = if list.oldest_update_first {
+            settled(&listing)
+        } else {
+            &listing.items
+        };
+        let mut newest = certain
+            .iter()
+            .filter(|issue| issue["pull_request"].is_null())
+            .filter_map(|issue| server_time(&issue["updated_at"]))
+            .max();
+        for issue in &listing.items {
             if !issue["pull_request"].is_null() {
                 continue;
-            }
-            if let Some(updated) = server_time(&issue["updated_at"]) {
-                newest = Some(newest.unwrap_or(i64::MIN).max(updated));
             }
             let incident = issue["labels"].as_array().is_some_and(|labels| {
                 labels.iter().any(|l| {
@@ -212,10 +219,10 @@ pub(super) async fn incidents(
                 })
             });
             if incident {
-                deliveries.extend(issue_deliveries(target, list.header, &issue));
+                deliveries.extend(issue_deliveries(target, list.header, issue));
             }
         }
-        if truncated && !list.oldest_update_first {
+        if listing.truncated && !list.oldest_update_first {
             tracing::warn!(repo = %target.repo, label, pages = list.max_pages, "More incident issues than a poll reads; the watermark waits until a poll reads them all");
             newest = None;
         }

@@ -21,20 +21,23 @@ mod api;
 mod forge;
 mod gitea;
 mod github;
+mod gitlab;
 mod reviews;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use bytes::Bytes;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 pub use api::{token_gates, TokenGate};
 pub use gitea::GiteaPoller;
 pub use github::GithubPoller;
+pub use gitlab::GitlabPoller;
 
 use crate::ledger::{Delivery, DeliveryId, Disposition};
 use crate::metrics::Metrics;
@@ -103,6 +106,16 @@ impl Provider {
         self == Provider::Github
     }
 
+    /// The window the provider's rate-limit headers count in: GitHub's
+    /// quota is hourly, GitLab's `RateLimit-Limit` per minute (POLLING.md
+    /// §1.1, §2).
+    fn quota_period(self) -> Duration {
+        match self {
+            Provider::Gitlab => Duration::from_secs(60),
+            Provider::Github | Provider::Gitea => Duration::from_secs(3600),
+        }
+    }
+
     /// The streams a poller of this provider reads.
     pub fn streams(self) -> &'static [Stream] {
         match self {
@@ -147,12 +160,15 @@ impl Stream {
         }
     }
 
-    fn describe(self) -> &'static str {
-        match self {
-            Stream::Deployments => "deployments and their statuses",
-            Stream::Incidents => "incident issues",
-            Stream::Commits => "commits",
-            Stream::PullRequests => "open pull requests' reviews",
+    /// What the stream reads from `provider`, for `check-config`.
+    fn describe(self, provider: Provider) -> &'static str {
+        match (self, provider) {
+            (Stream::Deployments, Provider::Gitlab) => "successful deployments",
+            (Stream::Deployments, _) => "deployments and their statuses",
+            (Stream::Incidents, _) => "incident issues",
+            (Stream::Commits, _) => "commits",
+            (Stream::PullRequests, Provider::Gitlab) => "open merge requests' reviews",
+            (Stream::PullRequests, _) => "open pull requests' reviews",
         }
     }
 }
@@ -339,16 +355,6 @@ impl PollTarget {
     ) -> Result<PollTarget, (String, String)> {
         let name = provider.name();
         let key = |field: &str| format!("poll.{name}[{index}].{field}");
-        match provider {
-            Provider::Github => {}
-            Provider::Gitlab => {
-                return Err((
-                    key("repo"),
-                    "[[poll.gitlab]] is not polled in this build".into(),
-                ))
-            }
-            Provider::Gitea => {}
-        }
         let valid_part = |p: &str| {
             !p.is_empty()
                 && !p.starts_with('.')
@@ -509,7 +515,7 @@ impl PollTarget {
             .provider
             .streams()
             .iter()
-            .map(|s| s.describe().to_owned())
+            .map(|s| s.describe(self.provider).to_owned())
             .collect();
         // Gitea's deploys are commit statuses, read with the commits.
         if self.provider == Provider::Gitea && !self.options.deploy_workflows.is_empty() {
@@ -528,6 +534,16 @@ impl PollTarget {
             humantime::format_duration(self.interval),
             humantime::format_duration(self.max_interval)
         )
+    }
+
+    /// The branches configured to be tracked: the source's `branches`,
+    /// else the entry's `branch`; `None` when the repository's default
+    /// branch is to be asked for.
+    fn configured_branches(&self) -> Option<Vec<String>> {
+        if !self.options.branches.is_empty() {
+            return Some(self.options.branches.clone());
+        }
+        self.branch.as_ref().map(|branch| vec![branch.clone()])
     }
 
     /// The stream key of `name` for this repository.
@@ -649,11 +665,7 @@ impl Recorder {
         if std::mem::replace(&mut self.waits_restored, true) {
             return;
         }
-        let stored: Option<reviews::PullsMark> = self
-            .stored
-            .get(&key)
-            .and_then(|c| c.watermark.as_deref())
-            .and_then(|w| serde_json::from_str(w).ok());
+        let stored: Option<reviews::PullsMark> = self.stored.get(&key).and_then(mark_of);
         if let Some(mark) = stored {
             mark.publish(&self.metrics, repo, 0);
         }
@@ -776,6 +788,30 @@ fn mapped(
 }
 
 /// A repository's poller: its streams, each polled on its own.
+/// The [`Poller`] methods that a poller with the fields `target`
+/// ([`PollTarget`]), `rec` ([`Recorder`]) and `api` (its `Api`) answers
+/// from them, for its `impl Poller`.
+macro_rules! poller_parts {
+    () => {
+        fn target(&self) -> &$crate::poll::PollTarget {
+            &self.target
+        }
+
+        fn recorder(&self) -> &$crate::poll::Recorder {
+            &self.rec
+        }
+
+        fn gate(&self) -> &std::sync::Arc<$crate::poll::TokenGate> {
+            self.api.gate()
+        }
+
+        fn take_poll_interval_hint(&mut self) -> Option<std::time::Duration> {
+            self.api.take_hint()
+        }
+    };
+}
+use poller_parts;
+
 pub trait Poller: Send {
     fn target(&self) -> &PollTarget;
 
@@ -1139,6 +1175,52 @@ fn rfc3339(epoch: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
+/// The items of a list read oldest update first and paged by offset
+/// that a watermark may move over: all of them, unless an item (by `id`)
+/// showed up twice. It was then updated while the pages were read and
+/// moved to the end, shifting the later pages by one, so that the item
+/// after a later page boundary may have been skipped: only the pages up
+/// to the one it was first read on are then certain (nothing on them is
+/// newer than the skipped item), and the next read goes over the rest
+/// again (POLLING.md §7 scenario 13).
+fn settled(list: &api::Listing) -> &[Value] {
+    let mut first = BTreeMap::new();
+    let mut end = list.items.len();
+    let mut page = 0;
+    for (i, item) in list.items.iter().enumerate() {
+        while list.page_ends.get(page).is_some_and(|e| *e <= i) {
+            page += 1;
+        }
+        let Some(id) = item["id"].as_i64() else {
+            continue;
+        };
+        match first.get(&id) {
+            Some(&first_page) => {
+                end = end.min(list.page_ends.get(first_page).copied().unwrap_or(end));
+            }
+            None => {
+                first.insert(id, page);
+            }
+        }
+    }
+    &list.items[..end]
+}
+
+/// What a stream's cursor keeps in its watermark (JSON), when it keeps
+/// one that reads as `T`.
+fn mark_of<T: serde::de::DeserializeOwned>(cursor: &PollCursor) -> Option<T> {
+    serde_json::from_str(cursor.watermark.as_deref()?).ok()
+}
+
+/// The commits stream's watermark of one branch: the head last read and
+/// its commit time.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+struct HeadMark {
+    sha: String,
+    /// Server epoch seconds.
+    at: i64,
+}
+
 /// The wait after the `attempt`-th failure in a row (1-based): 2 s
 /// doubling, at most [`MAX_BACKOFF`].
 fn backoff(attempt: u32) -> Duration {
@@ -1386,6 +1468,60 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(error.0, "poll.github[0].backfill_since");
+    }
+
+    #[test]
+    fn a_watermark_moves_over_every_item_read_unless_one_moved_while_paging() {
+        let item = |id: i64| json!({"id": id});
+        let ids = |pages: &[Vec<Value>]| -> Vec<i64> {
+            let list: api::Listing = pages.iter().cloned().collect();
+            settled(&list)
+                .iter()
+                .filter_map(|i| i["id"].as_i64())
+                .collect()
+        };
+        let pages = vec![
+            vec![item(1), item(2)],
+            vec![item(3), item(4)],
+            vec![item(5)],
+        ];
+        assert_eq!(ids(&pages), [1, 2, 3, 4, 5]);
+        // #3 was updated after its page was read: it shows up again at the
+        // end, and the first item of the next page may have been skipped;
+        // only the pages up to #3's first are certain.
+        let mut moved = pages.clone();
+        moved[2].push(item(3));
+        assert_eq!(ids(&moved), [1, 2, 3, 4]);
+        moved[2].push(item(1));
+        assert_eq!(ids(&moved), [1, 2]);
+        assert!(ids(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_gitlab_project_is_named_by_its_full_path_or_id_on_gitlab_com_by_default() {
+        let env = |name: &str| (name == "GL_TOKEN").then(|| "glpat-example".to_owned());
+        let target = |repo: &str| {
+            let raw: RawTarget =
+                toml::from_str(&format!("repo = {repo:?}\ntoken_env = \"GL_TOKEN\"")).unwrap();
+            PollTarget::from_raw(Provider::Gitlab, &raw, 0, 0.5, &[], &env)
+        };
+        let nested = target("acme/platform/shop").unwrap();
+        assert_eq!(nested.api_url, "https://gitlab.com/api/v4");
+        assert_eq!(nested.source, "gitlab");
+        let line = nested.describe();
+        assert!(
+            line.starts_with(
+                "poll gitlab acme/platform/shop at https://gitlab.com/api/v4: successful deployments, \
+                 incident issues, commits, open merge requests' reviews of the default branch"
+            ),
+            "{line}"
+        );
+        assert!(!line.contains("glpat"), "{line}");
+        assert!(target("4711").is_ok());
+        for bad in ["acme", "acme/../shop", "acme/shop?x"] {
+            let (key, _) = target(bad).unwrap_err();
+            assert_eq!(key, "poll.gitlab[0].repo", "{bad}");
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod pelorus;
 mod pipelines;
 mod poll;
 mod poll_gitea;
+mod poll_gitlab;
 mod prometheus;
 mod props;
 mod rules;

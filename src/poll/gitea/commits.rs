@@ -28,6 +28,7 @@ use serde_json::{json, Value};
 use super::{branch_path, GiteaPoller, EVENT_HEADER, GITEA_JSON, MAX_LIST_PAGES};
 use crate::ledger::Delivery;
 use crate::poll::api::Fetched;
+use crate::poll::mark_of;
 use crate::poll::{forge, mapped, server_time, PollError, OVERLAP_SECONDS};
 use crate::store::PollCursor;
 
@@ -63,10 +64,7 @@ impl GiteaPoller {
         let cursor = self
             .rec
             .cursor(self.target.stream(&format!("head|{branch}")));
-        let mark: Option<HeadMark> = cursor
-            .watermark
-            .as_deref()
-            .and_then(|w| serde_json::from_str(w).ok());
+        let mark: Option<HeadMark> = mark_of(&cursor);
         let url = format!("{}/branches/{}", self.base, branch_path(branch));
         let answer = match self.api.get(&url, &cursor, "branch", GITEA_JSON).await {
             Err(PollError::Gone(_)) => {
@@ -263,7 +261,7 @@ impl GiteaPoller {
                     deploys.remove(&sha);
                     continue;
                 }
-                other => other?.map(|(s, _)| s).unwrap_or_default(),
+                other => other?.map(|list| list.items).unwrap_or_default(),
             };
             let succeeded = |status: &Value, context: &str| {
                 status["state"].as_str() == Some("success")

@@ -25,6 +25,7 @@ use super::reviews::PULLS_STREAM;
 use super::{PollError, PollTarget, Poller, Recorder, Stream, TokenGate, MAX_PAGES};
 use crate::metrics::Metrics;
 use crate::plugins::{gitea::Gitea, Plugin};
+use crate::poll::poller_parts;
 use crate::store::deliveries::Ledger;
 use crate::store::{PollCursor, Store};
 
@@ -59,21 +60,7 @@ pub struct GiteaPoller {
 }
 
 impl Poller for GiteaPoller {
-    fn target(&self) -> &PollTarget {
-        &self.target
-    }
-
-    fn recorder(&self) -> &Recorder {
-        &self.rec
-    }
-
-    fn gate(&self) -> &Arc<TokenGate> {
-        self.api.gate()
-    }
-
-    fn take_poll_interval_hint(&mut self) -> Option<std::time::Duration> {
-        self.api.take_hint()
-    }
+    poller_parts!();
 
     async fn poll_stream(&mut self, stream: Stream) -> Result<bool, PollError> {
         self.rec.load(self.target.stream("")).await?;

@@ -15,6 +15,8 @@
 use serde_json::Value;
 
 use super::{work_in_progress, GiteaPoller, GITEA_JSON, MAX_LIST_PAGES};
+use crate::poll::api::Listing;
+use crate::poll::mark_of;
 use crate::poll::reviews::{last_review, Listed, PullReviews, PullsMark, PULLS_STREAM};
 use crate::poll::{server_time, PollError};
 use crate::store::PollCursor;
@@ -30,11 +32,7 @@ impl GiteaPoller {
         cursors: &mut Vec<PollCursor>,
     ) -> Result<(), PollError> {
         let cursor = self.rec.cursor(self.target.stream(PULLS_STREAM));
-        let mut mark: PullsMark = cursor
-            .watermark
-            .as_deref()
-            .and_then(|w| serde_json::from_str(w).ok())
-            .unwrap_or_default();
+        let mut mark: PullsMark = mark_of(&cursor).unwrap_or_default();
         let mut new_cursor = cursor.clone();
         let first = format!("{}/pulls?state=open&limit=50&page=1", self.base);
         let listed = self
@@ -48,11 +46,11 @@ impl GiteaPoller {
                 MAX_LIST_PAGES,
             )
             .await?
-            .map(|(items, truncated)| {
-                if truncated {
+            .map(|list| {
+                if list.truncated {
                     tracing::warn!(repo = %self.target.repo, pages = MAX_LIST_PAGES, "More open pull requests than a poll reads; the rest are not gauged");
                 }
-                items
+                list.items
                     .iter()
                     .filter(|pull| {
                         let base_ref = pull["base"]["ref"].as_str().unwrap_or_default();
@@ -97,7 +95,7 @@ impl PullReviews for GiteaPoller {
             .await
         {
             Err(PollError::Gone(_)) => return Ok(created),
-            other => other?.map(|(events, _)| events).unwrap_or_default(),
+            other => other?.map(|list| list.items).unwrap_or_default(),
         };
         Ok(events
             .iter()
@@ -125,7 +123,7 @@ impl PullReviews for GiteaPoller {
             .cursor(self.target.stream(&format!("reviews|{number}")));
         let first = format!("{}/pulls/{number}/reviews?limit=50&page=1", self.base);
         let mut new_cursor = cursor.clone();
-        let Some((all, _)) = self
+        let Some(Listing { items: all, .. }) = self
             .api
             .list_all(
                 first,

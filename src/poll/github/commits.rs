@@ -8,7 +8,6 @@
 //! compare that no longer finds the old head (history rewritten and
 //! collected) falls back to the listing since the old head's time.
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::forge;
@@ -16,17 +15,11 @@ use super::{
     rfc3339, server_time, Fetched, GithubPoller, PollError, GITHUB_JSON, MAX_PAGES, OVERLAP_SECONDS,
 };
 use crate::ledger::Delivery;
+use crate::poll::mark_of;
+use crate::poll::HeadMark;
 use crate::store::PollCursor;
 
 const GITHUB_SHA: &str = "application/vnd.github.sha";
-
-/// The stream's watermark: the head last read and its commit time.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-struct HeadMark {
-    sha: String,
-    /// Server epoch seconds.
-    at: i64,
-}
 
 impl GithubPoller {
     /// Polls the head of `branch` and records the commits it gained.
@@ -39,10 +32,7 @@ impl GithubPoller {
         let cursor = self
             .rec
             .cursor(self.target.stream(&format!("head|{branch}")));
-        let mark: Option<HeadMark> = cursor
-            .watermark
-            .as_deref()
-            .and_then(|w| serde_json::from_str(w).ok());
+        let mark: Option<HeadMark> = mark_of(&cursor);
         let branch_path: String = form_urlencoded::byte_serialize(branch.as_bytes()).collect();
         let url = format!("{}/commits/{branch_path}", self.base);
         let head = match self.api.get(&url, &cursor, "branch_head", GITHUB_SHA).await {

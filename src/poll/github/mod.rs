@@ -26,6 +26,8 @@ use super::{
 use crate::ledger::Delivery;
 use crate::metrics::Metrics;
 use crate::plugins::{github::GitHub, Plugin};
+use crate::poll::mark_of;
+use crate::poll::poller_parts;
 use crate::store::deliveries::Ledger;
 use crate::store::{PollCursor, Store};
 
@@ -70,21 +72,7 @@ pub struct GithubPoller {
 }
 
 impl Poller for GithubPoller {
-    fn target(&self) -> &PollTarget {
-        &self.target
-    }
-
-    fn recorder(&self) -> &Recorder {
-        &self.rec
-    }
-
-    fn gate(&self) -> &Arc<TokenGate> {
-        self.api.gate()
-    }
-
-    fn take_poll_interval_hint(&mut self) -> Option<std::time::Duration> {
-        self.api.take_hint()
-    }
+    poller_parts!();
 
     async fn poll_stream(&mut self, stream: Stream) -> Result<bool, PollError> {
         self.rec.load(self.target.stream("")).await?;
@@ -182,11 +170,7 @@ impl GithubPoller {
         cursors: &mut Vec<PollCursor>,
     ) -> Result<(), PollError> {
         let cursor = self.rec.cursor(self.target.stream("deployments"));
-        let mut mark: DeploymentsMark = cursor
-            .watermark
-            .as_deref()
-            .and_then(|w| serde_json::from_str(w).ok())
-            .unwrap_or_default();
+        let mut mark: DeploymentsMark = mark_of(&cursor).unwrap_or_default();
         let mut deployments: BTreeMap<i64, Value> = BTreeMap::new();
         let mut new_cursor = cursor.clone();
         let first = format!("{}/deployments?per_page=100", self.base);

@@ -13,6 +13,8 @@
 use serde_json::Value;
 
 use super::{server_time, GithubPoller, PollError, GITHUB_JSON, MAX_PAGES};
+use crate::poll::api::Listing;
+use crate::poll::mark_of;
 use crate::poll::reviews::{last_review, Listed, PullReviews, PullsMark, PULLS_STREAM};
 use crate::store::PollCursor;
 
@@ -24,11 +26,7 @@ impl GithubPoller {
         cursors: &mut Vec<PollCursor>,
     ) -> Result<(), PollError> {
         let cursor = self.rec.cursor(self.target.stream(PULLS_STREAM));
-        let mut mark: PullsMark = cursor
-            .watermark
-            .as_deref()
-            .and_then(|w| serde_json::from_str(w).ok())
-            .unwrap_or_default();
+        let mut mark: PullsMark = mark_of(&cursor).unwrap_or_default();
         let mut new_cursor = cursor.clone();
         // One base on the server; several are filtered here.
         let base = match branches {
@@ -53,8 +51,8 @@ impl GithubPoller {
                 MAX_PAGES,
             )
             .await?
-            .map(|(items, _)| {
-                items
+            .map(|list| {
+                list.items
                     .iter()
                     .filter(|pull| {
                         let base_ref = pull["base"]["ref"].as_str().unwrap_or_default();
@@ -96,7 +94,7 @@ impl PullReviews for GithubPoller {
                 MAX_PAGES,
             )
             .await?
-            .map(|(events, _)| events)
+            .map(|list| list.items)
             .unwrap_or_default();
         Ok(events
             .iter()
@@ -119,7 +117,7 @@ impl PullReviews for GithubPoller {
             .cursor(self.target.stream(&format!("reviews|{number}")));
         let first = format!("{}/pulls/{number}/reviews?per_page=100", self.base);
         let mut new_cursor = cursor.clone();
-        let Some((all, _)) = self
+        let Some(Listing { items: all, .. }) = self
             .api
             .list_all(
                 first,
