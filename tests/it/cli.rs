@@ -5,7 +5,8 @@ use std::process::Command;
 
 use crate::harness::*;
 
-fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+/// The hookgauge binary with `args` and `env`: exit code, stdout, stderr.
+pub fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let output = Command::new(binary())
         .args(args)
         .envs(env.iter().copied())

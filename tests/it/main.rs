@@ -19,6 +19,7 @@ mod pipelines;
 mod poll;
 mod poll_gitea;
 mod poll_gitlab;
+mod polling;
 mod prometheus;
 mod props;
 mod rules;

@@ -12,6 +12,7 @@ use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 use crate::harness::{now, spawn_app_with, TestApp, SECRET};
+use crate::polling::{awaiting_review, eventually, requests_to, review_waits, rfc3339};
 use crate::sources::{post, provider_headers};
 
 const TOKEN: &str = "ghp_fake_token_for_tests";
@@ -102,22 +103,6 @@ fn deployment(id: i64, created_at: &str) -> Value {
     })
 }
 
-fn rfc3339(epoch: i64) -> String {
-    chrono::DateTime::from_timestamp(epoch, 0)
-        .unwrap()
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
-async fn requests_to(server: &MockServer, suffix: &str) -> Vec<Request> {
-    server
-        .received_requests()
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|r| r.url.path().ends_with(suffix))
-        .collect()
-}
-
 async fn deployments_total(app: &TestApp) -> f64 {
     app.scrape().await.value(
         "hookgauge_deployments_total",
@@ -138,24 +123,14 @@ async fn app_polling_with(
     webhooks: bool,
     extra: &str,
 ) -> (tempfile::TempDir, TestApp) {
-    let token_dir = tempfile::tempdir().unwrap();
-    let token_file = token_dir.path().join("token");
-    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-    let entry = format!(
-        "repo = \"acme/shop\"\ntoken_file = {:?}\napi_url = {:?}\n{extra}",
-        token_file.display().to_string(),
-        server.uri()
-    );
-    let app = spawn_app_with(|raw| {
+    crate::polling::app_polling("github", &server.uri(), TOKEN, extra, |raw| {
         if webhooks {
             raw.sources
                 .native
                 .insert("github".into(), json!({"secrets": [SECRET]}));
         }
-        raw.poll.github = vec![toml::from_str(&entry).unwrap()];
     })
-    .await;
-    (token_dir, app)
+    .await
 }
 
 /// An issues list with no incident, for tests about deployments.
@@ -217,20 +192,6 @@ async fn mount_quiet_streams(server: &MockServer) {
             .mount(server)
             .await;
     }
-}
-
-/// Waits (bounded) for `check` to hold.
-async fn eventually<F: std::future::Future<Output = bool>>(
-    what: &str,
-    mut check: impl FnMut() -> F,
-) {
-    for _ in 0..200 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -636,26 +597,6 @@ async fn mount_listing(server: &MockServer, at: &str, listing: &Listing) {
         .with_priority(2)
         .mount(server)
         .await;
-}
-
-/// `hookgauge_pull_request_review_wait_seconds` by pull request number.
-async fn review_waits(app: &TestApp) -> Vec<(String, f64)> {
-    app.scrape()
-        .await
-        .find(
-            "hookgauge_pull_request_review_wait_seconds",
-            &[("repo", "acme/shop")],
-        )
-        .iter()
-        .map(|s| (s.labels["number"].clone(), s.value))
-        .collect()
-}
-
-async fn awaiting_review(app: &TestApp) -> f64 {
-    app.scrape().await.value(
-        "hookgauge_pull_requests_awaiting_review",
-        &[("repo", "acme/shop")],
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

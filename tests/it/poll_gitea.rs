@@ -14,6 +14,7 @@ use wiremock::matchers::path_regex;
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 use crate::harness::{fixture, now, spawn_app_with, TestApp, SECRET};
+use crate::polling::{awaiting_review, eventually, review_waits, rfc3339};
 use crate::sources::{post, provider_headers};
 
 const TOKEN: &str = "gitea_fake_token_0123456789abcdef";
@@ -296,12 +297,6 @@ impl Respond for FakeGitea {
     }
 }
 
-fn rfc3339(epoch: i64) -> String {
-    chrono::DateTime::from_timestamp(epoch, 0)
-        .unwrap()
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
 /// An issue as Gitea's API returns it.
 fn issue(number: u64, labels: &[&str], created: i64, closed: Option<i64>) -> Value {
     let labels: Vec<Value> = labels
@@ -367,20 +362,6 @@ fn gitea_entry(server: &MockServer, token_dir: &tempfile::TempDir) -> hookgauge:
         server.uri()
     ))
     .unwrap()
-}
-
-/// Waits (bounded) for `check` to hold.
-async fn eventually<F: std::future::Future<Output = bool>>(
-    what: &str,
-    mut check: impl FnMut() -> F,
-) {
-    for _ in 0..200 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 async fn failures(app: &TestApp, name: &str) -> f64 {
@@ -687,26 +668,6 @@ fn review(id: u64, by: &str, state: &str, at: i64) -> Value {
     })
 }
 
-/// `hookgauge_pull_request_review_wait_seconds` by pull request number.
-async fn review_waits(app: &TestApp) -> Vec<(String, f64)> {
-    app.scrape()
-        .await
-        .find(
-            "hookgauge_pull_request_review_wait_seconds",
-            &[("repo", "acme/shop")],
-        )
-        .iter()
-        .map(|s| (s.labels["number"].clone(), s.value))
-        .collect()
-}
-
-async fn awaiting_review(app: &TestApp) -> f64 {
-    app.scrape().await.value(
-        "hookgauge_pull_requests_awaiting_review",
-        &[("repo", "acme/shop")],
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review_waits_are_gauged_until_someone_reviews() {
     let server = MockServer::start().await;
@@ -890,15 +851,7 @@ async fn a_deleted_repository_is_not_asked_again_soon() {
 
 /// `hookgauge check-config` on `config`: exit code, stdout, stderr.
 fn check_config(config: &std::path::Path) -> (i32, String, String) {
-    let output = std::process::Command::new(crate::harness::binary())
-        .args(["check-config", "--config", config.to_str().unwrap()])
-        .output()
-        .expect("the hookgauge binary runs");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    crate::cli::run(&["check-config", "--config", config.to_str().unwrap()], &[])
 }
 
 #[test]

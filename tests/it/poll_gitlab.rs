@@ -13,7 +13,8 @@ use serde_json::{json, Value};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
-use crate::harness::{now, spawn_app_with, TestApp, SECRET};
+use crate::harness::{now, TestApp, SECRET};
+use crate::polling::{awaiting_review, eventually, requests_to, review_waits, rfc3339};
 use crate::sources::{post, provider_headers};
 
 const TOKEN: &str = "glpat-fake-token-for-tests";
@@ -25,12 +26,6 @@ fn gitlab_time(epoch: i64) -> String {
     chrono::DateTime::from_timestamp(epoch, 0)
         .unwrap()
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-fn rfc3339(epoch: i64) -> String {
-    chrono::DateTime::from_timestamp(epoch, 0)
-        .unwrap()
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 fn parse_time(text: &str) -> i64 {
@@ -281,48 +276,15 @@ async fn mount_quiet_project(server: &MockServer) {
 /// file (kept alive by the returned directory); `webhooks` also serves
 /// `/hooks/gitlab`.
 async fn app_polling(server: &MockServer, webhooks: bool) -> (tempfile::TempDir, TestApp) {
-    let token_dir = tempfile::tempdir().unwrap();
-    let token_file = token_dir.path().join("token");
-    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-    let entry = format!(
-        "repo = \"acme/shop\"\ntoken_file = {:?}\napi_url = \"{}/api/v4\"",
-        token_file.display().to_string(),
-        server.uri()
-    );
-    let app = spawn_app_with(|raw| {
+    let api_url = format!("{}/api/v4", server.uri());
+    crate::polling::app_polling("gitlab", &api_url, TOKEN, "", |raw| {
         if webhooks {
             raw.sources
                 .native
                 .insert("gitlab".into(), json!({"secrets": [SECRET]}));
         }
-        raw.poll.gitlab = vec![toml::from_str(&entry).unwrap()];
     })
-    .await;
-    (token_dir, app)
-}
-
-async fn requests_to(server: &MockServer, suffix: &str) -> Vec<Request> {
-    server
-        .received_requests()
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|r| r.url.path().ends_with(suffix))
-        .collect()
-}
-
-/// Waits (bounded) for `check` to hold.
-async fn eventually<F: std::future::Future<Output = bool>>(
-    what: &str,
-    mut check: impl FnMut() -> F,
-) {
-    for _ in 0..300 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
+    .await
 }
 
 fn sha(n: i64) -> String {
@@ -765,26 +727,6 @@ fn approvals(by: &[(&str, i64)]) -> Value {
         "approved": !by.is_empty(), "approvals_required": 0, "approvals_left": 0,
         "approved_by": by.iter().map(|(who, at)| json!({"user": {"username": who}, "approved_at": gitlab_time(*at)})).collect::<Vec<_>>()
     })
-}
-
-/// `hookgauge_pull_request_review_wait_seconds` by merge request iid.
-async fn review_waits(app: &TestApp) -> Vec<(String, f64)> {
-    app.scrape()
-        .await
-        .find(
-            "hookgauge_pull_request_review_wait_seconds",
-            &[("repo", "acme/shop")],
-        )
-        .iter()
-        .map(|s| (s.labels["number"].clone(), s.value))
-        .collect()
-}
-
-async fn awaiting_review(app: &TestApp) -> f64 {
-    app.scrape().await.value(
-        "hookgauge_pull_requests_awaiting_review",
-        &[("repo", "acme/shop")],
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
