@@ -1219,6 +1219,10 @@ struct HeadMark {
     sha: String,
     /// Server epoch seconds.
     at: i64,
+    /// The next page of a first listing that did not reach the start of
+    /// the window (a `Link` URL, verbatim): later polls go on from there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    backfill: Option<String>,
 }
 
 /// The wait after the `attempt`-th failure in a row (1-based): 2 s

@@ -1436,3 +1436,89 @@ async fn a_backfill_interrupted_mid_way_resumes_where_it_stopped_without_duplica
     assert_eq!(deployments_total(&app).await, 15.0);
     app.shutdown().await;
 }
+
+/// A branch's history one commit a page, newest first, linked by `page`.
+struct History {
+    commits: Vec<Value>,
+    uri: String,
+}
+
+impl Respond for History {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let page: usize = request
+            .url
+            .query_pairs()
+            .find(|(k, _)| k == "page")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(1);
+        let mut template =
+            ResponseTemplate::new(200).set_body_json(json!([self.commits[page - 1].clone()]));
+        if page < self.commits.len() {
+            let next = format!(
+                "<{}/repos/acme/shop/commits?sha=main&per_page=100&page={}>; rel=\"next\"",
+                self.uri,
+                page + 1
+            );
+            template = template.insert_header("link", next.as_str());
+        }
+        template
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_longer_than_a_poll_reads_is_read_on_over_the_next_polls() {
+    let server = MockServer::start().await;
+    let t = now();
+    // Twelve pages; a poll reads ten.
+    let commits: Vec<Value> = (0..12)
+        .map(|i| commit(&format!("{:040x}", 500 - i), t - 600 - i * 60))
+        .collect();
+    Mock::given(method("GET"))
+        .and(path("/repos/acme/shop/commits"))
+        .respond_with(History {
+            commits: commits.clone(),
+            uri: server.uri(),
+        })
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/repos/acme/shop/deployments"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
+        .mount(&server)
+        .await;
+    mount_no_incidents(&server).await;
+    mount_quiet_streams(&server).await;
+    let since = format!("backfill_since = {:?}", rfc3339(t - 86_400));
+    let (_token_dir, mut app) = app_polling_with(&server, false, &since).await;
+    let newest = format!("{:040x}", 500);
+    let oldest = format!("{:040x}", 500 - 11);
+    eventually("the first ten pages", || async {
+        commit_time(&app, &newest).await.is_some()
+    })
+    .await;
+    assert_eq!(
+        requests_to(&server, "/repos/acme/shop/commits").await.len(),
+        10
+    );
+    assert_eq!(commit_time(&app, &oldest).await, None);
+    app.restart().await;
+    eventually("the rest of the history", || async {
+        commit_time(&app, &oldest).await.is_some()
+    })
+    .await;
+    let listed = requests_to(&server, "/repos/acme/shop/commits").await;
+    let mut pages: Vec<String> = listed
+        .iter()
+        .map(|r| r.url.query().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(pages.len(), 12, "{pages:?}");
+    pages.sort();
+    pages.dedup();
+    assert_eq!(pages.len(), 12, "each page read once");
+    for c in &commits {
+        let sha = c["sha"].as_str().unwrap();
+        assert!(commit_time(&app, sha).await.is_some(), "{sha}");
+    }
+    app.shutdown().await;
+}

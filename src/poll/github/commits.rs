@@ -15,6 +15,7 @@ use super::{
     rfc3339, server_time, Fetched, GithubPoller, PollError, GITHUB_JSON, MAX_PAGES, OVERLAP_SECONDS,
 };
 use crate::ledger::Delivery;
+use crate::plugins::{github::GitHub, Plugin};
 use crate::poll::mark_of;
 use crate::poll::HeadMark;
 use crate::store::PollCursor;
@@ -32,8 +33,12 @@ impl GithubPoller {
         let cursor = self
             .rec
             .cursor(self.target.stream(&format!("head|{branch}")));
-        let mark: Option<HeadMark> = mark_of(&cursor);
+        let mut mark: Option<HeadMark> = mark_of(&cursor);
         let branch_path: String = form_urlencoded::byte_serialize(branch.as_bytes()).collect();
+        if let Some(unfinished) = mark.as_mut().filter(|m| m.backfill.is_some()) {
+            self.backfill_commits(branch, unfinished, &cursor, deliveries, cursors)
+                .await?;
+        }
         let url = format!("{}/commits/{branch_path}", self.base);
         let head = match self.api.get(&url, &cursor, "branch_head", GITHUB_SHA).await {
             Err(PollError::Gone(_)) => {
@@ -55,17 +60,21 @@ impl GithubPoller {
         if mark.as_ref().is_some_and(|m| m.sha == sha) {
             return Ok(());
         }
+        let mut backfill = mark.as_ref().and_then(|m| m.backfill.clone());
         let commits = match &mark {
             Some(old) => match self.compare(&old.sha, &sha).await {
                 Err(PollError::Gone(_)) => {
                     self.listed(branch, &branch_path, old.at - OVERLAP_SECONDS)
                         .await?
+                        .0
                 }
                 other => other?,
             },
             None => {
                 let since = self.target.bootstrap_since(self.api.server_now());
-                self.listed(branch, &branch_path, since).await?
+                let (commits, rest) = self.listed(branch, &branch_path, since).await?;
+                backfill = rest;
+                commits
             }
         };
         let at = commits
@@ -88,7 +97,7 @@ impl GithubPoller {
             // The validator is the SHA itself: it survives token rotation.
             etag: Some(format!("\"{sha}\"")),
             last_modified: None,
-            watermark: serde_json::to_string(&HeadMark { sha, at }).ok(),
+            watermark: serde_json::to_string(&HeadMark { sha, at, backfill }).ok(),
             ..cursor
         });
         Ok(())
@@ -120,14 +129,70 @@ impl GithubPoller {
         Ok(commits)
     }
 
+    /// Goes on with a first listing that stopped at [`MAX_PAGES`]: at most
+    /// as many pages again, each committed with the place reached, so an
+    /// interrupted backfill resumes there.
+    async fn backfill_commits(
+        &mut self,
+        branch: &str,
+        mark: &mut HeadMark,
+        cursor: &PollCursor,
+        deliveries: &mut Vec<Delivery>,
+        cursors: &mut Vec<PollCursor>,
+    ) -> Result<(), PollError> {
+        for _ in 0..MAX_PAGES {
+            let Some(url) = mark.backfill.clone() else {
+                break;
+            };
+            let mut ignored = PollCursor::default();
+            let Some((items, link)) = self
+                .api
+                .list_page(
+                    &url,
+                    1,
+                    &PollCursor::default(),
+                    &mut ignored,
+                    "commits",
+                    GITHUB_JSON,
+                )
+                .await?
+            else {
+                break;
+            };
+            mark.backfill = self.api.same_origin(link);
+            if !items.is_empty() {
+                deliveries.push(forge::push_delivery(
+                    &self.target,
+                    "x-github-event",
+                    branch,
+                    &mark.sha,
+                    &items.into_iter().rev().collect::<Vec<_>>(),
+                    "/commit/committer/date",
+                ));
+            }
+            cursors.push(PollCursor {
+                watermark: serde_json::to_string(&*mark).ok(),
+                ..cursor.clone()
+            });
+            self.rec
+                .commit(GitHub.source(), deliveries, cursors)
+                .await?;
+        }
+        if mark.backfill.is_none() {
+            tracing::info!(repo = %self.target.repo, branch, "Commits backfill done");
+        }
+        Ok(())
+    }
+
     /// The commits of `branch` with a commit date at or after `since`
-    /// (server epoch seconds), oldest first.
+    /// (server epoch seconds), oldest first, at most [`MAX_PAGES`] pages;
+    /// and the next page's `Link` when there are more.
     async fn listed(
         &mut self,
         branch: &str,
         branch_path: &str,
         since: i64,
-    ) -> Result<Vec<Value>, PollError> {
+    ) -> Result<(Vec<Value>, Option<String>), PollError> {
         let mut next = Some(format!(
             "{}/commits?sha={branch_path}&since={}&per_page=100",
             self.base,
@@ -147,13 +212,16 @@ impl GithubPoller {
             };
             page += 1;
             commits.extend(items);
+            let link = self.api.same_origin(link);
             if page < MAX_PAGES {
-                next = self.api.same_origin(link);
-            } else if next.is_none() && link.is_some() {
-                tracing::warn!(repo = %self.target.repo, branch, pages = MAX_PAGES, "Branch history longer than the pages read; older commits are not recorded");
+                next = link;
+            } else if link.is_some() {
+                tracing::info!(repo = %self.target.repo, branch, pages = MAX_PAGES, "Branch history longer than a poll reads; the next polls go on");
+                commits.reverse();
+                return Ok((commits, link));
             }
         }
         commits.reverse();
-        Ok(commits)
+        Ok((commits, None))
     }
 }

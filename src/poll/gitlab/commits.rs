@@ -81,7 +81,12 @@ impl GitlabPoller {
         cursors.push(PollCursor {
             etag: None,
             last_modified: None,
-            watermark: serde_json::to_string(&HeadMark { sha, at }).ok(),
+            watermark: serde_json::to_string(&HeadMark {
+                sha,
+                at,
+                backfill: None,
+            })
+            .ok(),
             ..cursor
         });
         Ok(())
