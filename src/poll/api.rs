@@ -128,6 +128,9 @@ struct GateState {
     /// Whether the window is the provider's (ending at its reset) rather
     /// than an hour of this service's own.
     aligned: bool,
+    /// Nothing is sent on this token before this time (epoch seconds, the
+    /// pollers' clock): a limit one repository met holds them all.
+    blocked_until: i64,
 }
 
 impl GateState {
@@ -206,6 +209,7 @@ impl TokenGate {
                 max_share,
                 period: period.as_secs().max(1) as i64,
                 aligned: false,
+                blocked_until: 0,
             }),
         }
     }
@@ -458,6 +462,13 @@ impl Api {
         let mut state = gate.state.lock().await;
         let now = self.clock.now_seconds();
         state.roll(now);
+        // Refused locally while a limit is known to hold (POLLING.md §1.3:
+        // requests sent while limited can get an integration banned).
+        if state.blocked_until > now {
+            return Err(PollError::RateLimited {
+                until: state.blocked_until,
+            });
+        }
         let quota = state.quota;
         if let (Some(limit), Some(remaining), Some(reset)) =
             (quota.limit, quota.remaining, quota.reset)
@@ -556,7 +567,10 @@ impl Api {
                 })
             }
             403 | 429 => {
-                let retry_after = header("retry-after").and_then(|v| v.trim().parse::<i64>().ok());
+                // At most the longest wait a reset can ask (65 min).
+                let retry_after = header("retry-after")
+                    .and_then(|v| v.trim().parse::<i64>().ok())
+                    .map(|s| s.clamp(0, 65 * 60));
                 let own_reset = match self.provider {
                     Provider::Github => true,
                     Provider::Gitlab => header("ratelimit-reset").is_some(),
@@ -568,7 +582,12 @@ impl Api {
                     quota.reset = None;
                 }
                 let body = response.text().await.unwrap_or_default();
-                Err(self.refusal(status.as_u16(), retry_after, &body, quota, endpoint))
+                let refusal = self.refusal(status.as_u16(), retry_after, &body, quota, endpoint);
+                if let PollError::RateLimited { until } = refusal {
+                    let mut state = self.gate.state.lock().await;
+                    state.blocked_until = state.blocked_until.max(until);
+                }
+                Err(refusal)
             }
             401 => {
                 // A rotated Secret: read the token again and retry soon.
@@ -709,6 +728,42 @@ impl Api {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_limit_one_repository_met_holds_every_repository_of_the_token() {
+        let raw: super::super::RawTarget = toml::from_str(
+            "repo = \"acme/shop\"\ntoken_env = \"T\"\napi_url = \"http://127.0.0.1:9\"",
+        )
+        .unwrap();
+        let target = PollTarget::from_raw(Provider::Github, &raw, 0, 0.5, &[], &|_| {
+            Some("t0ken".into())
+        })
+        .unwrap();
+        let other = PollTarget {
+            repo: "acme/cart".into(),
+            ..target.clone()
+        };
+        let gates = token_gates(&[target.clone(), other.clone()]);
+        assert!(Arc::ptr_eq(&gates[0], &gates[1]));
+        let metrics = Arc::new(Metrics::new());
+        let until = Clock::default().now_seconds() + 30;
+        gates[0].state.lock().await.blocked_until = until;
+        // Refused before any connection (nothing listens on port 9).
+        let mut api = Api::new(&other, Arc::clone(&gates[1]), metrics);
+        match api
+            .get(
+                "http://127.0.0.1:9/repos/acme/cart/deployments",
+                &PollCursor::default(),
+                "deployments",
+                "application/json",
+            )
+            .await
+        {
+            Err(PollError::RateLimited { until: u }) => assert_eq!(u, until),
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("sent while the token was limited"),
+        }
+    }
 
     #[test]
     fn the_budget_is_split_so_that_together_repositories_never_pass_it() {

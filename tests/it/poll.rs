@@ -1522,3 +1522,59 @@ async fn a_history_longer_than_a_poll_reads_is_read_on_over_the_next_polls() {
     }
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployments_made_while_polls_were_down_for_days_are_counted() {
+    let server = MockServer::start().await;
+    let day = 86_400;
+    let with_sha = |id: i64, created: i64| {
+        let mut d = deployment(id, &rfc3339(created));
+        d["sha"] = json!(format!("{id:040x}"));
+        d
+    };
+    let list = Listing::new(json!([with_sha(7, now() - 600)]));
+    mount_listing(&server, "/repos/acme/shop/deployments", &list).await;
+    Mock::given(method("GET"))
+        .and(wiremock::matchers::path_regex(
+            r"^/repos/acme/shop/deployments/[0-9]+/statuses$",
+        ))
+        .respond_with(|request: &Request| {
+            let id: i64 = request
+                .url
+                .path()
+                .split('/')
+                .nth(5)
+                .unwrap()
+                .parse()
+                .unwrap();
+            ResponseTemplate::new(200).set_body_json(json!([{
+                "id": id * 10, "state": "success", "environment": "production",
+                "created_at": rfc3339(now() - if id == 7 { 500 } else { 2 * 86_400 - 60 })
+            }]))
+        })
+        .mount(&server)
+        .await;
+    mount_no_incidents(&server).await;
+    mount_quiet_streams(&server).await;
+    let (_token_dir, mut app) = app_polling(&server, false).await;
+    eventually("the first deploy", || async {
+        deployments_total(&app).await == 1.0
+    })
+    .await;
+    // The service was down for days; meanwhile #8 was deployed, two days
+    // before it comes back.
+    list.set(json!([
+        with_sha(8, now() - 2 * day),
+        with_sha(7, now() - 600)
+    ]));
+    app.restart().await;
+    eventually("the deploy made while down", || async {
+        deployments_total(&app).await == 2.0
+    })
+    .await;
+    assert_eq!(
+        requests_to(&server, "/deployments/8/statuses").await.len(),
+        1
+    );
+    app.shutdown().await;
+}

@@ -66,7 +66,11 @@ impl GiteaPoller {
                 .forget
                 .push(self.target.stream(&format!("reviews|{number}")));
         }
-        mark.open = plan.carry_out(self, now, cursors).await?;
+        // The reviews' validators are kept only with the mark they fed: a
+        // poll cut short keeps neither, and reads them again.
+        let mut review_cursors = Vec::new();
+        mark.open = plan.carry_out(self, now, &mut review_cursors).await?;
+        cursors.extend(review_cursors);
         mark.publish(&self.rec.metrics, &self.target.repo, self.api.skew());
         new_cursor.watermark = Some(serde_json::to_string(&mark).unwrap_or_default());
         if new_cursor != cursor {

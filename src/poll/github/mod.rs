@@ -214,7 +214,11 @@ impl GithubPoller {
                 let created =
                     server_time(&deployment["created_at"]).unwrap_or_else(|| self.api.server_now());
                 max_id = max_id.max(id);
-                if id <= mark.max_id || created < horizon {
+                if id > mark.max_id && created < horizon && cursor.watermark.is_some() {
+                    // Created while polls were not running, for longer than
+                    // the statuses horizon: its statuses are read once.
+                    history.push(deployment.clone());
+                } else if id <= mark.max_id || created < horizon {
                     reached_seen = true;
                     match backfill_since {
                         Some(since) if created >= since => history.push(deployment.clone()),

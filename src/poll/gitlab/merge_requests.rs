@@ -67,7 +67,11 @@ impl GitlabPoller {
             .collect();
         let now = self.api.server_now();
         let plan = mark.plan(Some(listed), now);
-        mark.open = plan.carry_out(self, now, cursors).await?;
+        // The reviews' validators are kept only with the mark they fed: a
+        // poll cut short keeps neither, and reads them again.
+        let mut review_cursors = Vec::new();
+        mark.open = plan.carry_out(self, now, &mut review_cursors).await?;
+        cursors.extend(review_cursors);
         mark.publish(&self.rec.metrics, &self.target.repo, self.api.skew());
         let watermark = serde_json::to_string(&mark).ok();
         if watermark != cursor.watermark {
