@@ -9,7 +9,8 @@ use std::future::Future;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{server_time, PollError};
+use super::api::Api;
+use super::{server_time, PollError, PollTarget, Recorder};
 use crate::metrics::Metrics;
 use crate::store::PollCursor;
 
@@ -188,6 +189,9 @@ impl PullsMark {
 
 /// What a provider's review stream reads for the plan.
 pub(in crate::poll) trait PullReviews: Send {
+    /// The poller's store side, API and target.
+    fn parts(&mut self) -> (&mut Recorder, &Api, &PollTarget);
+
     /// When pull request `number` (created at `created`) last became ready
     /// for review, server epoch seconds.
     fn ready_at(
@@ -207,13 +211,39 @@ pub(in crate::poll) trait PullReviews: Send {
     ) -> impl Future<Output = Result<Option<Option<i64>>, PollError>> + Send;
 }
 
+/// One poll of a review stream after its listing (`None`: unchanged):
+/// the plan is carried out through `source`, the closed pull requests'
+/// review state let go, the waits published; returns the new mark. The
+/// reviews' validators join `cursors` only when everything was read, as
+/// they are kept only with the mark they fed (a poll cut short keeps
+/// neither, and reads them again).
+pub(in crate::poll) async fn refresh(
+    source: &mut impl PullReviews,
+    mut mark: PullsMark,
+    listed: Option<Vec<Listed>>,
+    cursors: &mut Vec<PollCursor>,
+) -> Result<PullsMark, PollError> {
+    let now = source.parts().1.server_now();
+    let plan = mark.plan(listed, now);
+    let (rec, _, target) = source.parts();
+    for number in &plan.closed {
+        rec.forget.push(target.stream(&format!("reviews|{number}")));
+    }
+    let mut review_cursors = Vec::new();
+    mark.open = plan.carry_out(source, now, &mut review_cursors).await?;
+    cursors.extend(review_cursors);
+    let (rec, api, target) = source.parts();
+    mark.publish(&rec.metrics, &target.repo, api.skew());
+    Ok(mark)
+}
+
 impl ReviewPlan {
     /// Reads what the plan calls for through `source` at `now`: the reviews
     /// due, then the ready times still unknown of the ready pull requests
     /// ([`READY_TIMES_PER_POLL`] at most; those that would wait first, as
     /// an alert is about them); returns the open pull requests as they now
     /// stand.
-    pub(in crate::poll) async fn carry_out(
+    async fn carry_out(
         mut self,
         source: &mut impl PullReviews,
         now: i64,

@@ -15,10 +15,12 @@
 use serde_json::Value;
 
 use super::{work_in_progress, GiteaPoller, GITEA_JSON, MAX_LIST_PAGES};
-use crate::poll::api::Listing;
+use crate::poll::api::{Api, Listing};
 use crate::poll::mark_of;
+use crate::poll::reviews;
 use crate::poll::reviews::{last_review, Listed, PullReviews, PullsMark, PULLS_STREAM};
 use crate::poll::{server_time, PollError};
+use crate::poll::{PollTarget, Recorder};
 use crate::store::PollCursor;
 
 /// Review states that are no reviews.
@@ -32,7 +34,7 @@ impl GiteaPoller {
         cursors: &mut Vec<PollCursor>,
     ) -> Result<(), PollError> {
         let cursor = self.rec.cursor(self.target.stream(PULLS_STREAM));
-        let mut mark: PullsMark = mark_of(&cursor).unwrap_or_default();
+        let mark: PullsMark = mark_of(&cursor).unwrap_or_default();
         let mut new_cursor = cursor.clone();
         let first = format!("{}/pulls?state=open&limit=50&page=1", self.base);
         let listed = self
@@ -59,19 +61,7 @@ impl GiteaPoller {
                     .filter_map(listed)
                     .collect()
             });
-        let now = self.api.server_now();
-        let plan = mark.plan(listed, now);
-        for number in &plan.closed {
-            self.rec
-                .forget
-                .push(self.target.stream(&format!("reviews|{number}")));
-        }
-        // The reviews' validators are kept only with the mark they fed: a
-        // poll cut short keeps neither, and reads them again.
-        let mut review_cursors = Vec::new();
-        mark.open = plan.carry_out(self, now, &mut review_cursors).await?;
-        cursors.extend(review_cursors);
-        mark.publish(&self.rec.metrics, &self.target.repo, self.api.skew());
+        let mark = reviews::refresh(self, mark, listed, cursors).await?;
         new_cursor.watermark = Some(serde_json::to_string(&mark).unwrap_or_default());
         if new_cursor != cursor {
             cursors.push(new_cursor);
@@ -81,6 +71,10 @@ impl GiteaPoller {
 }
 
 impl PullReviews for GiteaPoller {
+    fn parts(&mut self) -> (&mut Recorder, &Api, &PollTarget) {
+        (&mut self.rec, &self.api, &self.target)
+    }
+
     /// The later of its creation and the last `change_title` of its
     /// timeline that took the work-in-progress prefix off; its creation
     /// where the instance has no timeline (before Gitea 1.15).

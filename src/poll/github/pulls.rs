@@ -13,9 +13,11 @@
 use serde_json::Value;
 
 use super::{server_time, GithubPoller, PollError, GITHUB_JSON, MAX_PAGES};
-use crate::poll::api::Listing;
+use crate::poll::api::{Api, Listing};
 use crate::poll::mark_of;
+use crate::poll::reviews;
 use crate::poll::reviews::{last_review, Listed, PullReviews, PullsMark, PULLS_STREAM};
+use crate::poll::{PollTarget, Recorder};
 use crate::store::PollCursor;
 
 impl GithubPoller {
@@ -26,7 +28,7 @@ impl GithubPoller {
         cursors: &mut Vec<PollCursor>,
     ) -> Result<(), PollError> {
         let cursor = self.rec.cursor(self.target.stream(PULLS_STREAM));
-        let mut mark: PullsMark = mark_of(&cursor).unwrap_or_default();
+        let mark: PullsMark = mark_of(&cursor).unwrap_or_default();
         let mut new_cursor = cursor.clone();
         // One base on the server; several are filtered here.
         let base = match branches {
@@ -61,19 +63,7 @@ impl GithubPoller {
                     .filter_map(listed)
                     .collect()
             });
-        let now = self.api.server_now();
-        let plan = mark.plan(listed, now);
-        for number in &plan.closed {
-            self.rec
-                .forget
-                .push(self.target.stream(&format!("reviews|{number}")));
-        }
-        // The reviews' validators are kept only with the mark they fed: a
-        // poll cut short keeps neither, and reads them again.
-        let mut review_cursors = Vec::new();
-        mark.open = plan.carry_out(self, now, &mut review_cursors).await?;
-        cursors.extend(review_cursors);
-        mark.publish(&self.rec.metrics, &self.target.repo, self.api.skew());
+        let mark = reviews::refresh(self, mark, listed, cursors).await?;
         new_cursor.watermark = Some(serde_json::to_string(&mark).unwrap_or_default());
         if new_cursor != cursor {
             cursors.push(new_cursor);
@@ -83,6 +73,10 @@ impl GithubPoller {
 }
 
 impl PullReviews for GithubPoller {
+    fn parts(&mut self) -> (&mut Recorder, &Api, &PollTarget) {
+        (&mut self.rec, &self.api, &self.target)
+    }
+
     /// When pull request `number` last became ready for review: the last
     /// `ready_for_review` of its timeline, else its creation.
     async fn ready_at(&mut self, number: u64, created: i64) -> Result<i64, PollError> {

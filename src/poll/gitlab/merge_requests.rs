@@ -13,10 +13,12 @@
 use serde_json::Value;
 
 use super::{GitlabPoller, GITLAB_JSON};
-use crate::poll::api::Fetched;
+use crate::poll::api::{Api, Fetched};
 use crate::poll::mark_of;
+use crate::poll::reviews;
 use crate::poll::reviews::{Listed, PullReviews, PullState, PullsMark, PULLS_STREAM};
 use crate::poll::{server_time, PollError};
+use crate::poll::{PollTarget, Recorder};
 use crate::store::PollCursor;
 
 /// Reviewer states that mean the reviewer reviewed (`/reviewers`);
@@ -38,7 +40,7 @@ impl GitlabPoller {
         cursors: &mut Vec<PollCursor>,
     ) -> Result<(), PollError> {
         let cursor = self.rec.cursor(self.target.stream(PULLS_STREAM));
-        let mut mark: PullsMark = mark_of(&cursor).unwrap_or_default();
+        let mark: PullsMark = mark_of(&cursor).unwrap_or_default();
         // One target branch on the server; several are filtered here.
         let target = match branches {
             [one] => format!(
@@ -65,14 +67,7 @@ impl GitlabPoller {
             .filter(|mr| mr["reviewers"].as_array().is_some_and(|r| !r.is_empty()))
             .filter_map(|mr| mr["iid"].as_u64())
             .collect();
-        let now = self.api.server_now();
-        let plan = mark.plan(Some(listed), now);
-        // The reviews' validators are kept only with the mark they fed: a
-        // poll cut short keeps neither, and reads them again.
-        let mut review_cursors = Vec::new();
-        mark.open = plan.carry_out(self, now, &mut review_cursors).await?;
-        cursors.extend(review_cursors);
-        mark.publish(&self.rec.metrics, &self.target.repo, self.api.skew());
+        let mark = reviews::refresh(self, mark, Some(listed), cursors).await?;
         let watermark = serde_json::to_string(&mark).ok();
         if watermark != cursor.watermark {
             cursors.push(PollCursor {
@@ -85,6 +80,10 @@ impl GitlabPoller {
 }
 
 impl PullReviews for GitlabPoller {
+    fn parts(&mut self) -> (&mut Recorder, &Api, &PollTarget) {
+        (&mut self.rec, &self.api, &self.target)
+    }
+
     /// When merge request `iid` was last marked ready: the newest such
     /// system note, else its creation.
     async fn ready_at(&mut self, iid: u64, created: i64) -> Result<i64, PollError> {
