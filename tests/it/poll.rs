@@ -12,8 +12,9 @@ use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 use crate::harness::{now, spawn_app_with, TestApp, SECRET};
-use crate::polling::{awaiting_review, eventually, requests_to, review_waits, rfc3339};
-use crate::sources::{post, provider_headers};
+use crate::polling::{
+    assert_webhook_is_duplicate, awaiting_review, eventually, requests_to, review_waits, rfc3339,
+};
 
 const TOKEN: &str = "ghp_fake_token_for_tests";
 
@@ -278,11 +279,7 @@ async fn a_polled_deploy_counts_once_with_its_webhook_and_restarts_poll_conditio
         "action": "created", "deployment_status": status, "deployment": deployment,
         "repository": {"full_name": "acme/shop"}
     });
-    let body = serde_json::to_vec(&payload).unwrap();
-    let headers = provider_headers("github", "deployment_status", "hook-1", &body, SECRET);
-    let reply = post(&app, "/hooks/github", &headers, &body).await;
-    assert_eq!(reply.status, 200, "{}", reply.text);
-    assert_eq!(reply.json["outcome"], "duplicate", "{}", reply.text);
+    assert_webhook_is_duplicate(&app, "github", "deployment_status", "hook-1", &payload).await;
     assert_eq!(deployments_total(&app).await, 1.0);
 
     // After a restart the first request is conditional (the stored ETag,
@@ -1282,6 +1279,33 @@ async fn a_reset_in_server_time_is_waited_for_on_the_local_clock() {
     app.shutdown().await;
 }
 
+/// A success status for every deployment `id`, created at `created(id)`.
+async fn mount_success_statuses(
+    server: &MockServer,
+    created: impl Fn(i64) -> i64 + Send + Sync + 'static,
+) {
+    Mock::given(method("GET"))
+        .and(wiremock::matchers::path_regex(
+            r"^/repos/acme/shop/deployments/[0-9]+/statuses$",
+        ))
+        .respond_with(move |request: &Request| {
+            let id: i64 = request
+                .url
+                .path()
+                .split('/')
+                .nth(5)
+                .unwrap()
+                .parse()
+                .unwrap();
+            ResponseTemplate::new(200).set_body_json(json!([{
+                "id": id * 10, "state": "success", "environment": "production",
+                "created_at": rfc3339(created(id))
+            }]))
+        })
+        .mount(server)
+        .await;
+}
+
 /// Deployments in pages of five, newest first, linked by `page`; page 1
 /// has an ETag; page 3 answers 502 while `broken` is set.
 struct Pages {
@@ -1358,26 +1382,7 @@ async fn a_backfill_interrupted_mid_way_resumes_where_it_stopped_without_duplica
         })
         .mount(&server)
         .await;
-    Mock::given(method("GET"))
-        .and(wiremock::matchers::path_regex(
-            r"^/repos/acme/shop/deployments/[0-9]+/statuses$",
-        ))
-        .respond_with(|request: &Request| {
-            let id: i64 = request
-                .url
-                .path()
-                .split('/')
-                .nth(5)
-                .unwrap()
-                .parse()
-                .unwrap();
-            ResponseTemplate::new(200).set_body_json(json!([{
-                "id": id * 10, "state": "success", "environment": "production",
-                "created_at": rfc3339(now() - (100 - id + 2) * 86_400 + 60)
-            }]))
-        })
-        .mount(&server)
-        .await;
+    mount_success_statuses(&server, |id| now() - (100 - id + 2) * 86_400 + 60).await;
     mount_no_incidents(&server).await;
     mount_quiet_streams(&server).await;
     let since = format!("backfill_since = {:?}", rfc3339(now() - 30 * day));
@@ -1534,26 +1539,10 @@ async fn deployments_made_while_polls_were_down_for_days_are_counted() {
     };
     let list = Listing::new(json!([with_sha(7, now() - 600)]));
     mount_listing(&server, "/repos/acme/shop/deployments", &list).await;
-    Mock::given(method("GET"))
-        .and(wiremock::matchers::path_regex(
-            r"^/repos/acme/shop/deployments/[0-9]+/statuses$",
-        ))
-        .respond_with(|request: &Request| {
-            let id: i64 = request
-                .url
-                .path()
-                .split('/')
-                .nth(5)
-                .unwrap()
-                .parse()
-                .unwrap();
-            ResponseTemplate::new(200).set_body_json(json!([{
-                "id": id * 10, "state": "success", "environment": "production",
-                "created_at": rfc3339(now() - if id == 7 { 500 } else { 2 * 86_400 - 60 })
-            }]))
-        })
-        .mount(&server)
-        .await;
+    mount_success_statuses(&server, |id| {
+        now() - if id == 7 { 500 } else { 2 * 86_400 - 60 }
+    })
+    .await;
     mount_no_incidents(&server).await;
     mount_quiet_streams(&server).await;
     let (_token_dir, mut app) = app_polling(&server, false).await;

@@ -14,10 +14,12 @@ use wiremock::matchers::path_regex;
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 use crate::harness::{fixture, now, spawn_app_with, TestApp, SECRET};
-use crate::polling::{awaiting_review, eventually, review_waits, rfc3339};
+use crate::polling::{
+    assert_webhook_is_duplicate, awaiting_review, eventually, review_waits, rfc3339,
+};
 use crate::sources::{post, provider_headers};
 
-const TOKEN: &str = "gitea_fake_token_0123456789abcdef";
+const TOKEN: &str = "gitea-token-for-tests";
 const REPO: &str = "/api/v1/repos/acme/shop";
 
 /// What the fake repository holds; tests change it between polls.
@@ -618,11 +620,7 @@ async fn a_deploy_status_polled_and_delivered_by_webhook_counts_once() {
     let mut payload = deployed.clone();
     payload["sha"] = json!(head);
     payload["repository"] = json!({"full_name": "acme/shop"});
-    let body = serde_json::to_vec(&payload).unwrap();
-    let headers = provider_headers("gitea", "status", "hook-status-3", &body, SECRET);
-    let reply = post(&app, "/hooks/gitea", &headers, &body).await;
-    assert_eq!(reply.status, 200, "{}", reply.text);
-    assert_eq!(reply.json["outcome"], "duplicate", "{}", reply.text);
+    assert_webhook_is_duplicate(&app, "gitea", "status", "hook-status-3", &payload).await;
     assert_eq!(deploy_count(&app).await, 1.0);
 
     // Deployed: its statuses are let go.

@@ -14,8 +14,9 @@ use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 use crate::harness::{now, TestApp, SECRET};
-use crate::polling::{awaiting_review, eventually, requests_to, review_waits, rfc3339};
-use crate::sources::{post, provider_headers};
+use crate::polling::{
+    assert_webhook_is_duplicate, awaiting_review, eventually, requests_to, review_waits, rfc3339,
+};
 
 const TOKEN: &str = "glpat-fake-token-for-tests";
 const PROJECT: &str = "/api/v4/projects/42";
@@ -385,11 +386,7 @@ async fn gitlab_deployments_are_read_by_paired_updated_after_through_links_and_c
         "commit_url": format!("https://gitlab.example/acme/shop/-/commit/{}", sha(250)),
         "ref": "main"
     });
-    let body = serde_json::to_vec(&hook).unwrap();
-    let headers = provider_headers("gitlab", "Deployment Hook", "hook-250", &body, SECRET);
-    let reply = post(&app, "/hooks/gitlab", &headers, &body).await;
-    assert_eq!(reply.status, 200, "{}", reply.text);
-    assert_eq!(reply.json["outcome"], "duplicate", "{}", reply.text);
+    assert_webhook_is_duplicate(&app, "gitlab", "Deployment Hook", "hook-250", &hook).await;
     assert_eq!(deployments_total(&app).await, 249.0);
 
     // A deployment moved while the pages were read: only the first page

@@ -7,7 +7,8 @@ use std::time::Duration;
 use hookgauge::config::RawConfig;
 use wiremock::{MockServer, Request};
 
-use crate::harness::{spawn_app_with, TestApp};
+use crate::harness::{spawn_app_with, TestApp, SECRET};
+use crate::sources::{post, provider_headers};
 
 /// Waits (bounded: 15 s) for `check` to hold.
 pub async fn eventually<F: std::future::Future<Output = bool>>(
@@ -91,4 +92,20 @@ pub async fn app_polling(
     })
     .await;
     (token_dir, app)
+}
+
+/// `payload` delivered as a signed `event` webhook of `source` with id
+/// `id`: answered 200 as a duplicate, the poll having recorded it first.
+pub async fn assert_webhook_is_duplicate(
+    app: &TestApp,
+    source: &str,
+    event: &str,
+    id: &str,
+    payload: &serde_json::Value,
+) {
+    let body = serde_json::to_vec(payload).unwrap();
+    let headers = provider_headers(source, event, id, &body, SECRET);
+    let reply = post(app, &format!("/hooks/{source}"), &headers, &body).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.json["outcome"], "duplicate", "{}", reply.text);
 }
