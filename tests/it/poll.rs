@@ -1307,14 +1307,17 @@ async fn mount_success_statuses(
 }
 
 /// Deployments in pages of five, newest first, linked by `page`; page 1
-/// has an ETag; page 3 answers 502 while `broken` is set.
-struct Pages {
-    deployments: Vec<Value>,
-    uri: String,
+/// A list served `per_page` items a page, linked by `page` under `next`
+/// (a URL ending in `page=`); page 1 has the ETag `W/"p1"`, and page 3
+/// answers 502 while `broken` is set.
+struct Paged {
+    items: Vec<Value>,
+    per_page: usize,
+    next: String,
     broken: Arc<std::sync::atomic::AtomicBool>,
 }
 
-impl Respond for Pages {
+impl Respond for Paged {
     fn respond(&self, request: &Request) -> ResponseTemplate {
         let page: usize = request
             .url
@@ -1334,23 +1337,19 @@ impl Respond for Pages {
             return ResponseTemplate::new(304).insert_header("etag", "W/\"p1\"");
         }
         let chunk: Vec<Value> = self
-            .deployments
+            .items
             .iter()
-            .skip((page - 1) * 5)
-            .take(5)
+            .skip((page - 1) * self.per_page)
+            .take(self.per_page)
             .cloned()
             .collect();
         let mut template = ResponseTemplate::new(200).set_body_json(Value::Array(chunk));
         if page == 1 {
             template = template.insert_header("etag", "W/\"p1\"");
         }
-        if page * 5 < self.deployments.len() {
-            let next = format!(
-                "<{}/repos/acme/shop/deployments?per_page=100&page={}>; rel=\"next\"",
-                self.uri,
-                page + 1
-            );
-            template = template.insert_header("link", next.as_str());
+        if page * self.per_page < self.items.len() {
+            let link = format!("<{}{}>; rel=\"next\"", self.next, page + 1);
+            template = template.insert_header("link", link.as_str());
         }
         template
     }
@@ -1375,9 +1374,13 @@ async fn a_backfill_interrupted_mid_way_resumes_where_it_stopped_without_duplica
     let broken = Arc::new(std::sync::atomic::AtomicBool::new(true));
     Mock::given(method("GET"))
         .and(path("/repos/acme/shop/deployments"))
-        .respond_with(Pages {
-            deployments,
-            uri: server.uri(),
+        .respond_with(Paged {
+            items: deployments,
+            per_page: 5,
+            next: format!(
+                "{}/repos/acme/shop/deployments?per_page=100&page=",
+                server.uri()
+            ),
             broken: Arc::clone(&broken),
         })
         .mount(&server)
@@ -1442,34 +1445,6 @@ async fn a_backfill_interrupted_mid_way_resumes_where_it_stopped_without_duplica
     app.shutdown().await;
 }
 
-/// A branch's history one commit a page, newest first, linked by `page`.
-struct History {
-    commits: Vec<Value>,
-    uri: String,
-}
-
-impl Respond for History {
-    fn respond(&self, request: &Request) -> ResponseTemplate {
-        let page: usize = request
-            .url
-            .query_pairs()
-            .find(|(k, _)| k == "page")
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(1);
-        let mut template =
-            ResponseTemplate::new(200).set_body_json(json!([self.commits[page - 1].clone()]));
-        if page < self.commits.len() {
-            let next = format!(
-                "<{}/repos/acme/shop/commits?sha=main&per_page=100&page={}>; rel=\"next\"",
-                self.uri,
-                page + 1
-            );
-            template = template.insert_header("link", next.as_str());
-        }
-        template
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_history_longer_than_a_poll_reads_is_read_on_over_the_next_polls() {
     let server = MockServer::start().await;
@@ -1480,9 +1455,14 @@ async fn a_history_longer_than_a_poll_reads_is_read_on_over_the_next_polls() {
         .collect();
     Mock::given(method("GET"))
         .and(path("/repos/acme/shop/commits"))
-        .respond_with(History {
-            commits: commits.clone(),
-            uri: server.uri(),
+        .respond_with(Paged {
+            items: commits.clone(),
+            per_page: 1,
+            next: format!(
+                "{}/repos/acme/shop/commits?sha=main&per_page=100&page=",
+                server.uri()
+            ),
+            broken: Arc::default(),
         })
         .with_priority(1)
         .mount(&server)
