@@ -29,7 +29,7 @@ use hookgauge::poll::{
     RawTarget, Schedule,
 };
 use hookgauge::store::deliveries::Ledger;
-use hookgauge::store::{Store, StoreConfig};
+use hookgauge::store::{Location, Store, StoreConfig};
 use serde_json::{json, Value};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
@@ -250,10 +250,10 @@ async fn main() {
         exposure: Duration::from_secs(30 * 86_400),
     };
     let view = Arc::new(View::new(Arc::clone(&metrics), windows));
-    let path = dir.path().join("hookgauge.db");
+    let location = Location::Sqlite(dir.path().join("hookgauge.db"));
     let (store, opened) = Store::start(
         StoreConfig {
-            path: path.clone(),
+            location: location.clone(),
             synchronous: hookgauge::config::Synchronous::Normal,
             busy_timeout: Duration::from_secs(5),
             max_body_bytes: 64 * 1024,
@@ -263,7 +263,7 @@ async fn main() {
         view,
     );
     opened.expect("the store opens");
-    let ledger = Ledger::new(&path);
+    let ledger = Ledger::new(&location);
 
     let targets: Vec<PollTarget> = names
         .iter()

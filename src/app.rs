@@ -56,7 +56,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApp> {
     let view = Arc::new(View::new(Arc::clone(&metrics), windows));
 
     let store_config = StoreConfig {
-        path: settings.database_path(),
+        location: settings.store_location(),
         synchronous: settings.store.synchronous,
         busy_timeout: settings.store.busy_timeout,
         max_body_bytes: settings.store.max_body_bytes,
@@ -72,7 +72,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApp> {
         Ok(()) => {
             let (commits, deploys, failures) = view.series_held();
             tracing::info!(
-                path = %settings.database_path().display(),
+                store = %settings.store_location().describe(),
                 synchronous = settings.store.synchronous.as_str(),
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 commits, deploys, failures,
@@ -85,7 +85,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApp> {
         ),
     }
 
-    let ledger = Ledger::new(settings.database_path());
+    let ledger = Ledger::new(&settings.store_location());
     let mut interval_gauges = worker::IntervalGauges::new(ledger.clone(), Arc::clone(&metrics));
     interval_gauges.refresh().await;
 
@@ -169,44 +169,85 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApp> {
         worker_wake: Arc::clone(&worker_wake),
     });
     let gates = crate::poll::token_gates(&settings.poll);
-    let targets = settings.poll.len().max(1) as u32;
-    let pollers = settings.poll.iter().zip(gates).enumerate().map(|(i, (target, gate))| {
+    for target in &settings.poll {
         tracing::info!(provider = target.provider.name(), repo = %target.repo, api_url = %target.api_url, "Polling");
-        // First polls spread over one interval (POLLING.md §6 step 1).
-        let start = target.interval / targets * i as u32;
-        let (store, ledger, metrics) = (store.clone(), ledger.clone(), Arc::clone(&metrics));
-        match target.provider {
-            crate::poll::Provider::Github => tokio::spawn(crate::poll::run(
-                crate::poll::GithubPoller::new(target.clone(), gate, store, ledger, metrics),
-                start,
-            )),
-            crate::poll::Provider::Gitlab => tokio::spawn(crate::poll::run(
-                crate::poll::GitlabPoller::new(target.clone(), gate, store, ledger, metrics),
-                start,
-            )),
-            crate::poll::Provider::Gitea => tokio::spawn(crate::poll::run(
-                crate::poll::GiteaPoller::new(target.clone(), gate, store, ledger, metrics),
-                start,
-            )),
-        }
-    });
-    let mut background: Vec<_> = pollers.collect();
-    background.extend([
-        tokio::spawn(worker::redeliveries(
+    }
+    // The work that must run once: here while this process holds the
+    // store's background lock (always, with the embedded store).
+    let once = {
+        let (poll, store, ledger, metrics) = (
+            settings.poll.clone(),
+            store.clone(),
             ledger.clone(),
-            store.clone(),
-            replay_state.into_inner(),
             Arc::clone(&metrics),
-            worker_wake,
-        )),
+        );
+        let (retention, wake) = (settings.retention.clone(), Arc::clone(&worker_wake));
+        let ingest = replay_state.into_inner();
+        move || {
+            let targets = poll.len().max(1) as u32;
+            let mut tasks: Vec<_> = poll
+                .iter()
+                .zip(gates.iter().cloned())
+                .enumerate()
+                .map(|(i, (target, gate))| {
+                    // First polls spread over one interval (POLLING.md §6 step 1).
+                    let start = target.interval / targets * i as u32;
+                    let (store, ledger, metrics) =
+                        (store.clone(), ledger.clone(), Arc::clone(&metrics));
+                    match target.provider {
+                        crate::poll::Provider::Github => tokio::spawn(crate::poll::run(
+                            crate::poll::GithubPoller::new(
+                                target.clone(),
+                                gate,
+                                store,
+                                ledger,
+                                metrics,
+                            ),
+                            start,
+                        )),
+                        crate::poll::Provider::Gitlab => tokio::spawn(crate::poll::run(
+                            crate::poll::GitlabPoller::new(
+                                target.clone(),
+                                gate,
+                                store,
+                                ledger,
+                                metrics,
+                            ),
+                            start,
+                        )),
+                        crate::poll::Provider::Gitea => tokio::spawn(crate::poll::run(
+                            crate::poll::GiteaPoller::new(
+                                target.clone(),
+                                gate,
+                                store,
+                                ledger,
+                                metrics,
+                            ),
+                            start,
+                        )),
+                    }
+                })
+                .collect();
+            tasks.push(tokio::spawn(worker::redeliveries(
+                ledger.clone(),
+                store.clone(),
+                Arc::clone(&ingest),
+                Arc::clone(&metrics),
+                Arc::clone(&wake),
+            )));
+            tasks.push(tokio::spawn(worker::retention(
+                ledger.clone(),
+                store.clone(),
+                Arc::clone(&metrics),
+                retention.clone(),
+            )));
+            tasks
+        }
+    };
+    let background = vec![
+        tokio::spawn(while_held(store.background(), Arc::clone(&metrics), once)),
         tokio::spawn(interval_gauges.run(EVENT_INTERVALS_REFRESH)),
-        tokio::spawn(worker::retention(
-            ledger,
-            store.clone(),
-            Arc::clone(&metrics),
-            settings.retention.clone(),
-        )),
-    ]);
+    ];
     let view_data = web::Data::new(Arc::clone(&view));
     let metrics_server = HttpServer::new(move || {
         ActixApp::new()
@@ -253,6 +294,38 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApp> {
         background,
         shutdown_timeout: settings.shutdown_timeout,
     })
+}
+
+/// Runs the tasks `start` makes while `held` is true: started when it
+/// becomes true, aborted when it becomes false (another replica then takes
+/// them over where the store says they were) or when this task ends.
+async fn while_held(
+    mut held: tokio::sync::watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+    start: impl Fn() -> Vec<tokio::task::JoinHandle<()>>,
+) {
+    struct Running(Vec<tokio::task::JoinHandle<()>>);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            for task in &self.0 {
+                task.abort();
+            }
+        }
+    }
+    loop {
+        if held.wait_for(|held| *held).await.is_err() {
+            return;
+        }
+        metrics.background_active.set(1);
+        let running = Running(start());
+        let closed = held.wait_for(|held| !*held).await.is_err();
+        drop(running);
+        metrics.background_active.set(0);
+        if closed {
+            return;
+        }
+        tracing::warn!("Background work stopped here: another replica may take it over");
+    }
 }
 
 impl RunningApp {

@@ -1,4 +1,5 @@
-//! Command-line interface: `serve` (the default), `check-config` and `send`.
+//! Command-line interface: `serve` (the default), `check-config`, `send`,
+//! `export` and `migrate-store`.
 //! Parsing only; `main` dispatches and `send` lives in its own module.
 
 use std::path::PathBuf;
@@ -17,6 +18,9 @@ Examples:
   Backfill Prometheus with the last 30 days of stored history:
     hookgauge export --from 30d -o history.om && \\
       promtool tsdb create-blocks-from openmetrics history.om /prometheus/data
+  Move an embedded store's history into PostgreSQL (stop hookgauge first):
+    hookgauge migrate-store --from sqlite://./data/hookgauge.db \\
+      --to postgres://hookgauge@db.example.com:5432/hookgauge --password-file pg.secret
   Report a deployment from a CI job:
     HOOKGAUGE_SECRET=... hookgauge send --url https://hookgauge.example.com \\
       deploytime --app shop --namespace shop-prod --image-sha sha256:<64 hex>
@@ -68,6 +72,33 @@ pub enum Command {
     /// `promtool tsdb create-blocks-from openmetrics FILE DIR`. Runs beside a
     /// serving hookgauge: it only reads the store.
     Export(ExportArgs),
+    /// Copy an embedded SQLite store into an empty PostgreSQL database.
+    ///
+    /// Copies every delivery, fact, observation and poller state row in one
+    /// transaction, then checks the row counts; the target must hold no
+    /// store yet. Stop the hookgauge that writes the SQLite file first, then
+    /// start the replicas with `[store] url` pointing at the database.
+    /// Exits 0 when the copy is complete, 1 otherwise (the target is then
+    /// left empty).
+    MigrateStore(MigrateStoreArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MigrateStoreArgs {
+    /// The SQLite store: `sqlite://PATH` or a path to hookgauge.db.
+    #[arg(long, value_name = "SQLITE")]
+    pub from: String,
+    /// The PostgreSQL database: postgres://user@host:5432/database.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "HOOKGAUGE_MIGRATE_TO",
+        hide_env_values = true
+    )]
+    pub to: String,
+    /// File holding the database password, for a URL without one.
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -138,6 +138,21 @@ pub struct RawStore {
     /// Ledger rows written for unauthenticated requests per second; the rest
     /// are answered and counted only.
     pub max_unauthenticated_per_second: u32,
+    /// A PostgreSQL URL (`postgres://user@host:5432/db`): the store several
+    /// replicas share. Absent: the embedded SQLite file in `server.data_dir`.
+    pub url: Option<String>,
+    /// The URL read from a file instead (a Kubernetes Secret).
+    pub url_file: Option<PathBuf>,
+    /// The database password, read from a file, for a URL without one.
+    pub password_file: Option<PathBuf>,
+    /// PostgreSQL connections for reads (admin API, poller state, export).
+    pub pool_size: u32,
+    /// Longest a PostgreSQL statement may run before it fails (503).
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
+    /// Longest the connection to PostgreSQL may take to open.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
 }
 
 impl Default for RawStore {
@@ -148,6 +163,12 @@ impl Default for RawStore {
             max_body_bytes: 1024 * 1024,
             max_unauthenticated_rows: 10_000,
             max_unauthenticated_per_second: 50,
+            url: None,
+            url_file: None,
+            password_file: None,
+            pool_size: 8,
+            statement_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -483,6 +504,10 @@ pub struct RetentionSettings {
 
 #[derive(Debug, Clone)]
 pub struct StoreSettings {
+    /// The PostgreSQL store, when one is configured (else the embedded file).
+    pub postgres: Option<crate::store::PostgresConfig>,
+    /// `[store] password_file`, shown by `check-config`.
+    pub password_file: Option<PathBuf>,
     pub synchronous: Synchronous,
     pub busy_timeout: Duration,
     pub max_body_bytes: usize,
@@ -655,6 +680,8 @@ impl Settings {
             shutdown_timeout: raw.server.shutdown_timeout,
             max_connections: raw.server.max_connections,
             store: StoreSettings {
+                postgres: postgres_store(&raw.store)?,
+                password_file: raw.store.password_file.clone(),
                 synchronous: raw.store.synchronous,
                 busy_timeout: raw.store.busy_timeout,
                 max_body_bytes: raw.store.max_body_bytes,
@@ -749,6 +776,7 @@ impl Settings {
              {plugins_dir}\
              \n\
              [store]\n\
+             {postgres}\
              synchronous = \"{sync}\"\n\
              busy_timeout = \"{busy}\"\n\
              max_body_bytes = {max_body}\n\
@@ -787,6 +815,20 @@ impl Settings {
                 Some(dir) => format!("plugins_dir = {}\n", toml_str(&dir.to_string_lossy())),
                 None => String::new(),
             },
+            postgres = match &self.store.postgres {
+                Some(pg) => format!(
+                    "url = {}\n{}pool_size = {}\nstatement_timeout = \"{}\"\n",
+                    toml_str(&pg.describe()),
+                    match &self.store.password_file {
+                        Some(file) =>
+                            format!("password_file = {}\n", toml_str(&file.to_string_lossy())),
+                        None => String::new(),
+                    },
+                    pg.pool_size,
+                    humantime::format_duration(pg.statement_timeout),
+                ),
+                None => String::new(),
+            },
             sync = self.store.synchronous.as_str(),
             busy = humantime::format_duration(self.store.busy_timeout),
             max_body = self.store.max_body_bytes,
@@ -819,6 +861,116 @@ impl Settings {
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("hookgauge.db")
     }
+
+    /// Where the store is: the configured PostgreSQL database, else the
+    /// embedded file.
+    pub fn store_location(&self) -> crate::store::Location {
+        match &self.store.postgres {
+            Some(pg) => crate::store::Location::Postgres(Box::new(pg.clone())),
+            None => crate::store::Location::Sqlite(self.database_path()),
+        }
+    }
+}
+
+/// `[store] url` or `url_file`, with `password_file`, as a connection
+/// configuration. Errors never repeat the URL: it may hold a password.
+fn postgres_store(raw: &RawStore) -> Result<Option<crate::store::PostgresConfig>, ConfigError> {
+    let url = match (&raw.url, &raw.url_file) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::invalid(
+                "store.url_file",
+                "set store.url or store.url_file, not both",
+            ))
+        }
+        (Some(url), None) => ("store.url", url.trim().to_owned()),
+        (None, Some(path)) => (
+            "store.url_file",
+            read_secrets_file(path)
+                .map_err(|e| ConfigError::invalid("store.url_file", e))?
+                .trim()
+                .to_owned(),
+        ),
+        (None, None) => {
+            if raw.password_file.is_some() {
+                return Err(ConfigError::invalid(
+                    "store.password_file",
+                    "is for a PostgreSQL store: set store.url or store.url_file too",
+                ));
+            }
+            return Ok(None);
+        }
+    };
+    let (key, url) = url;
+    postgres_config(key, &url, raw).map(Some)
+}
+
+/// A PostgreSQL URL with `[store]`'s password file and timeouts as a
+/// connection configuration; `key` names the setting in errors.
+pub fn postgres_config(
+    key: &str,
+    url: &str,
+    raw: &RawStore,
+) -> Result<crate::store::PostgresConfig, ConfigError> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(ConfigError::invalid(
+            key,
+            "must be a PostgreSQL URL (postgres://user@host:5432/database); \
+             leave it out for the embedded SQLite store in server.data_dir",
+        ));
+    }
+    let mut config: postgres::Config = url.parse().map_err(|e: postgres::Error| {
+        ConfigError::invalid(key, format!("is not a valid PostgreSQL URL: {e}"))
+    })?;
+    if config.get_dbname().is_none() {
+        return Err(ConfigError::invalid(
+            key,
+            "names no database (postgres://user@host:5432/database)",
+        ));
+    }
+    if config.get_user().is_none() {
+        return Err(ConfigError::invalid(
+            key,
+            "names no user (postgres://user@host:5432/database)",
+        ));
+    }
+    if let Some(path) = &raw.password_file {
+        let password =
+            read_secrets_file(path).map_err(|e| ConfigError::invalid("store.password_file", e))?;
+        let password = password.trim_end_matches(['\r', '\n']);
+        if password.is_empty() {
+            return Err(ConfigError::invalid("store.password_file", "is empty"));
+        }
+        config.password(password);
+    }
+    if raw.pool_size == 0 {
+        return Err(ConfigError::invalid(
+            "store.pool_size",
+            "must be at least 1",
+        ));
+    }
+    if raw.statement_timeout.is_zero() {
+        return Err(ConfigError::invalid(
+            "store.statement_timeout",
+            "must be greater than zero",
+        ));
+    }
+    if raw.connect_timeout.is_zero() {
+        return Err(ConfigError::invalid(
+            "store.connect_timeout",
+            "must be greater than zero",
+        ));
+    }
+    config
+        .connect_timeout(raw.connect_timeout)
+        .application_name("hookgauge")
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(30))
+        .tcp_user_timeout(raw.connect_timeout.max(Duration::from_secs(10)));
+    Ok(crate::store::PostgresConfig {
+        config,
+        pool_size: raw.pool_size,
+        statement_timeout: raw.statement_timeout,
+    })
 }
 
 fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {

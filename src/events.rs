@@ -7,6 +7,27 @@
 use std::fmt;
 use std::sync::Arc;
 
+/// The newtypes cross process boundaries (the change feed between replicas
+/// sharing one store) as their text, and are checked again when read back.
+macro_rules! serde_as_text {
+    ($($t:ty => $text:ident),* $(,)?) => {$(
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_str(&self.$text())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(deserializer)?;
+                <$t>::parse(&text).map_err(|e| {
+                    serde::de::Error::custom(format!("{}: {}", stringify!($t), e.as_str()))
+                })
+            }
+        }
+    )*};
+}
+
 /// Earliest accepted event time: 2010-01-01T01:01:01Z (the Pelorus bound).
 pub const MIN_EVENT_TIME: i64 = 1_262_307_661;
 /// Latest accepted event time: 2060-01-01T01:01:01Z (the Pelorus bound).
@@ -364,6 +385,15 @@ impl Event {
         }
     }
 }
+
+serde_as_text!(
+    App => as_str,
+    Namespace => as_str,
+    CommitSha => as_str,
+    ImageSha => to_string,
+    IssueNumber => as_str,
+    CommitLink => as_str,
+);
 
 #[cfg(test)]
 mod tests {

@@ -189,8 +189,10 @@ pub struct Recorded {
 
 /// A committed change the metric view must reflect. Applying effects is
 /// commutative (counters add, gauges keep the newest time), so the order in
-/// which concurrent commits report them does not matter.
-#[derive(Debug, Clone, PartialEq)]
+/// which concurrent commits report them does not matter. Replicas sharing
+/// one store pass them to each other as JSON.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "effect", rename_all = "snake_case")]
 pub enum Effect {
     Commit {
         app: App,

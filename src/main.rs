@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
-use hookgauge::cli::{Cli, Command, ExportArgs, ServeArgs};
+use hookgauge::cli::{Cli, Command, ExportArgs, MigrateStoreArgs, ServeArgs};
 use hookgauge::config::{Overrides, Settings};
 use hookgauge::send::SendResult;
 
@@ -18,6 +18,10 @@ fn main() -> ExitCode {
         Some(Command::Serve(args)) => serve(args),
         Some(Command::CheckConfig(args)) => check_config(args.config.as_deref()),
         Some(Command::Export(args)) => match export(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => fail(1, &error),
+        },
+        Some(Command::MigrateStore(args)) => match migrate_store(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => fail(1, &error),
         },
@@ -100,7 +104,7 @@ fn export(args: ExportArgs) -> anyhow::Result<()> {
         None => now,
     };
     anyhow::ensure!(from <= to, "--from ({from}) is after --to ({to})");
-    let history = History::open(&settings.database_path())?;
+    let history = History::open(&settings.store_location())?;
     let filter = HistoryFilter {
         from,
         to,
@@ -128,6 +132,40 @@ fn export(args: ExportArgs) -> anyhow::Result<()> {
         "hookgauge export: {} deploys, {} commits, {} failure events, {} samples",
         summary.deploys, summary.commits, summary.failure_events, summary.samples
     );
+    Ok(())
+}
+
+fn migrate_store(args: MigrateStoreArgs) -> anyhow::Result<()> {
+    use hookgauge::config::{postgres_config, RawStore};
+    use hookgauge::store::{migrate, Location, RestoreWindows, StoreConfig};
+
+    let from = std::path::PathBuf::from(args.from.strip_prefix("sqlite://").unwrap_or(&args.from));
+    let raw = RawStore {
+        password_file: args.password_file.clone(),
+        ..RawStore::default()
+    };
+    let to = postgres_config("--to", &args.to, &raw)?;
+    let store = StoreConfig {
+        location: Location::Sqlite(from.clone()),
+        synchronous: raw.synchronous,
+        busy_timeout: raw.busy_timeout,
+        max_body_bytes: raw.max_body_bytes,
+        max_unauthenticated_rows: raw.max_unauthenticated_rows,
+        windows: RestoreWindows {
+            commit_window: std::time::Duration::ZERO,
+            exposure_window: std::time::Duration::ZERO,
+        },
+    };
+    eprintln!(
+        "hookgauge migrate-store: {} -> {}",
+        from.display(),
+        to.describe()
+    );
+    let copied = migrate::sqlite_to_postgres(&from, &store, &to, |table, rows| {
+        eprintln!("  {table}: {rows} rows");
+    })?;
+    let total: u64 = copied.tables.iter().map(|(_, rows)| rows).sum();
+    eprintln!("hookgauge migrate-store: {total} rows copied; point [store] url at the database");
     Ok(())
 }
 

@@ -55,6 +55,13 @@ pub struct Metrics {
     pub store_pruned: IntCounterVec,
     pub deliveries_pending: IntGauge,
     pub redeliveries: IntCounterVec,
+    /// 1 while this process runs the work that must run once (retention,
+    /// pollers, redeliveries): always with the embedded store, on one
+    /// replica at a time with PostgreSQL.
+    pub background_active: IntGauge,
+    /// Shared store: how long after its commit on another replica the last
+    /// change reached this replica's view.
+    pub follow_lag: Gauge,
     /// Mean time between consecutive events, by application and kind
     /// (`Ledger::event_intervals`), refreshed every minute.
     pub event_interval: GaugeVec,
@@ -208,6 +215,20 @@ impl Metrics {
             "hookgauge_store_pending_redeliveries",
             "Redeliveries queued, processing or waiting to be retried.",
         );
+        let background_active = int_gauge(
+            "hookgauge_background_active",
+            "1 while this process runs retention, the pollers and redeliveries (with a shared \
+             PostgreSQL store, one replica at a time holds them); 0 otherwise.",
+        );
+        let follow_lag = Gauge::new(
+            "hookgauge_store_follow_lag_seconds",
+            "Shared store: how long after its commit on another replica the last change applied \
+             reached this replica's metric view.",
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(follow_lag.clone()))
+            .expect("metric registered once");
         let store_last_prune = Gauge::new(
             "hookgauge_store_last_prune_timestamp_seconds",
             "When retention last completed a run.",
@@ -298,6 +319,8 @@ impl Metrics {
             store_pruned,
             deliveries_pending,
             redeliveries,
+            background_active,
+            follow_lag,
             event_interval,
             event_interval_events,
             poll_requests,

@@ -562,6 +562,10 @@ impl CommitSink for View {
         }
     }
 
+    fn followed(&self, lag: Duration) {
+        self.metrics.follow_lag.set(lag.as_secs_f64());
+    }
+
     fn commit_finished(&self, duration: Duration, result: Result<(), FaultKind>) {
         self.metrics
             .store_commit_duration

@@ -1,16 +1,16 @@
 //! Read-only access to the delivery ledger for the admin API, the deliveries
-//! page and the redelivery worker. Each call opens its own read-only
-//! connection (WAL lets it read beside the writer) and runs on a blocking
-//! thread; nothing here writes.
+//! page, the pollers and the redelivery worker. Each call runs on a blocking
+//! thread on a read connection: a fresh read-only one for the embedded file
+//! (WAL lets it read beside the writer), one from the pool for PostgreSQL.
+//! Nothing here writes.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use rusqlite::types::Value as SqlValue;
-use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{sqlite::fault_kind, FaultKind, PollCursor, StoreError};
+use super::sql::{DbError, Lite, Param, Pg, Row, Sql};
+use super::{FaultKind, Location, PollCursor, StoreError};
 
 /// Which ledger rows to list, newest first.
 #[derive(Debug, Clone, Default)]
@@ -188,17 +188,82 @@ pub struct LedgerSize {
     pub pending: i64,
 }
 
-/// Read-only ledger queries against the database at `path`.
+/// Read-only ledger queries against the store.
 #[derive(Debug, Clone)]
 pub struct Ledger {
-    path: PathBuf,
+    reader: Reader,
+}
+
+/// Where reads go: a file opened per read, or a pool of connections.
+#[derive(Clone)]
+pub enum Reader {
+    Sqlite(PathBuf),
+    Postgres(r2d2::Pool<super::postgres::Manager>),
+}
+
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reader::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            Reader::Postgres(_) => f.write_str("Postgres"),
+        }
+    }
+}
+
+impl Reader {
+    pub fn new(location: &Location) -> Reader {
+        match location {
+            Location::Sqlite(path) => Reader::Sqlite(path.clone()),
+            Location::Postgres(config) => Reader::Postgres(config.pool()),
+        }
+    }
+
+    /// Runs `f` on a read connection, here on the calling thread.
+    pub fn run<T>(
+        &self,
+        f: impl FnOnce(&mut dyn Sql) -> Result<T, DbError>,
+    ) -> Result<T, StoreError> {
+        let result = match self {
+            Reader::Sqlite(path) => rusqlite::Connection::open_with_flags(
+                path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .and_then(|conn| {
+                conn.busy_timeout(std::time::Duration::from_secs(2))?;
+                Ok(conn)
+            })
+            .map_err(DbError::from)
+            .and_then(|conn| f(&mut Lite(&conn))),
+            Reader::Postgres(pool) => match pool.get() {
+                Ok(mut client) => {
+                    let mut sql = Pg {
+                        client: &mut *client,
+                        statements: None,
+                    };
+                    f(&mut sql)
+                }
+                Err(error) => {
+                    return Err(StoreError::Unavailable {
+                        kind: FaultKind::Io,
+                        message: format!("no database connection: {error}"),
+                    })
+                }
+            },
+        };
+        result.map_err(|error| StoreError::Unavailable {
+            kind: error.fault_kind().unwrap_or(FaultKind::Other),
+            message: error.to_string(),
+        })
+    }
 }
 
 const ROW_COLUMNS: &str =
     "seq, delivery_id, source, instance, event, received_at_ms, state, outcome, \
-     reason, detail, apps, authenticated, length(body), replay_of, superseded_by, attempts, error";
+     reason, detail, apps, authenticated <> 0, CAST(length(body) AS BIGINT), replay_of, superseded_by, \
+     attempts, error";
 
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRow> {
+fn row(r: &Row<'_>) -> Result<DeliveryRow, DbError> {
     let outcome: String = r.get(7)?;
     let apps: String = r.get(10)?;
     Ok(DeliveryRow {
@@ -236,110 +301,106 @@ fn like_literal(text: &str) -> String {
     out
 }
 
+/// A value of a filter, owned until the query runs.
+enum Bound {
+    Text(String),
+    Int(i64),
+}
+
+impl Bound {
+    fn param(&self) -> &dyn Param {
+        match self {
+            Bound::Text(v) => v,
+            Bound::Int(v) => v,
+        }
+    }
+}
+
 impl Ledger {
-    pub fn new(path: impl AsRef<Path>) -> Self {
+    pub fn new(location: &Location) -> Self {
         Ledger {
-            path: path.as_ref().to_owned(),
+            reader: Reader::new(location),
         }
     }
 
-    fn open(&self) -> rusqlite::Result<Connection> {
-        let conn = Connection::open_with_flags(
-            &self.path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        conn.busy_timeout(std::time::Duration::from_secs(2))?;
-        Ok(conn)
-    }
-
-    /// Runs `f` on a fresh read-only connection on a blocking thread.
+    /// Runs `f` on a read connection on a blocking thread.
     async fn read<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        f: impl FnOnce(&mut dyn Sql) -> Result<T, DbError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let ledger = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = ledger.open()?;
-            f(&conn)
-        })
-        .await
-        .map_err(|_| StoreError::Closed)?
-        .map_err(|error| StoreError::Unavailable {
-            kind: fault_kind(&error).unwrap_or(FaultKind::Other),
-            message: error.to_string(),
-        })
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || reader.run(f))
+            .await
+            .map_err(|_| StoreError::Closed)?
     }
 
     pub async fn list(&self, filter: DeliveryFilter) -> Result<Vec<DeliveryRow>, StoreError> {
         self.read(move |conn| {
+            let dialect = conn.dialect();
             let mut sql = format!("SELECT {ROW_COLUMNS} FROM deliveries WHERE 1 = 1");
-            let mut values: Vec<SqlValue> = Vec::new();
-            let mut clause = |sql_part: &str, value: SqlValue| {
+            let mut values: Vec<Bound> = Vec::new();
+            let mut clause = |sql_part: &str, value: Bound| {
                 sql.push_str(sql_part);
                 values.push(value);
             };
             if let Some(v) = filter.source {
-                clause(" AND source = ?", v.into());
+                clause(" AND source = ?", Bound::Text(v));
             }
             if let Some(v) = filter.event {
-                clause(" AND event = ?", v.into());
+                clause(" AND event = ?", Bound::Text(v));
             }
             if let Some(v) = filter.outcome {
-                clause(" AND outcome = ?", v.into());
+                clause(" AND outcome = ?", Bound::Text(v));
             }
             if let Some(v) = filter.state {
-                clause(" AND state = ?", v.into());
+                clause(" AND state = ?", Bound::Text(v));
             }
             if let Some(v) = filter.app {
                 clause(
-                    " AND EXISTS (SELECT 1 FROM json_each(deliveries.apps) WHERE value = ?)",
-                    v.into(),
+                    &format!(" AND {}", dialect.json_array_has("deliveries.apps")),
+                    Bound::Text(v),
                 );
             }
             if let Some(v) = filter.since_ms {
-                clause(" AND received_at_ms >= ?", v.into());
+                clause(" AND received_at_ms >= ?", Bound::Int(v));
             }
             if let Some(v) = filter.until_ms {
-                clause(" AND received_at_ms < ?", v.into());
+                clause(" AND received_at_ms < ?", Bound::Int(v));
             }
             if let Some(v) = filter.text {
                 let pattern = like_literal(&v);
+                let like = dialect.like();
                 clause(
-                    " AND (reason LIKE ? ESCAPE '\\' OR detail LIKE ? ESCAPE '\\'",
-                    pattern.clone().into(),
+                    &format!(" AND (reason {like} ? ESCAPE '\\' OR detail {like} ? ESCAPE '\\'"),
+                    Bound::Text(pattern.clone()),
                 );
                 sql.push(')');
-                values.push(pattern.into());
+                values.push(Bound::Text(pattern));
             }
             if let Some(v) = filter.before {
                 sql.push_str(" AND seq < ?");
-                values.push(v.into());
+                values.push(Bound::Int(v));
             }
             sql.push_str(" ORDER BY seq DESC LIMIT ?");
-            values.push(i64::from(filter.limit).into());
-            let mut stmt = conn.prepare(&sql)?;
-            let rows = stmt.query_map(params_from_iter(values), row)?;
-            rows.collect()
+            values.push(Bound::Int(i64::from(filter.limit)));
+            let params: Vec<&dyn Param> = values.iter().map(Bound::param).collect();
+            conn.rows(&sql, &params, row)
         })
         .await
     }
 
     pub async fn get(&self, id: i64) -> Result<Option<DeliveryDetail>, StoreError> {
         self.read(move |conn| {
-            let found = conn
-                .query_row(
-                    &format!(
-                        "SELECT {ROW_COLUMNS}, headers, body, event_keys FROM deliveries WHERE seq = ?1"
-                    ),
-                    params![id],
-                    |r| {
-                        let headers: Option<String> = r.get(17)?;
-                        let body: Option<Vec<u8>> = r.get(18)?;
-                        let keys: String = r.get(19)?;
-                        Ok((row(r)?, headers, body, keys))
-                    },
-                )
-                .optional()?;
+            let found = conn.row(
+                &format!("SELECT {ROW_COLUMNS}, headers, body, event_keys FROM deliveries WHERE seq = ?1"),
+                &[&id],
+                |r| {
+                    let headers: Option<String> = r.get(17)?;
+                    let body: Option<Vec<u8>> = r.get(18)?;
+                    let keys: String = r.get(19)?;
+                    Ok((row(r)?, headers, body, keys))
+                },
+            )?;
             let Some((row, headers, body, keys)) = found else {
                 return Ok(None);
             };
@@ -348,27 +409,26 @@ impl Ledger {
             // else from another one (rare: an outdated row being looked at).
             let superseded_by_row = match &row.superseded_by {
                 Some(by) => {
-                    let same: Option<i64> = conn.query_row(
+                    let same: Option<i64> = conn.value(
                         "SELECT MAX(seq) FROM deliveries WHERE source = ?1 AND delivery_id = ?2 \
                          AND outcome = 'accepted'",
-                        params![row.source, by],
-                        |r| r.get(0),
+                        &[&row.source, by],
                     )?;
                     match same {
                         Some(seq) => Some(seq),
-                        None => conn.query_row(
+                        None => conn.value(
                             "SELECT MAX(seq) FROM deliveries WHERE delivery_id = ?1 AND outcome = 'accepted'",
-                            params![by],
-                            |r| r.get(0),
+                            &[by],
                         )?,
                     }
                 }
                 None => None,
             };
-            let replays = conn
-                .prepare("SELECT seq FROM deliveries WHERE replay_of = ?1 ORDER BY seq")?
-                .query_map(params![id], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
+            let replays = conn.rows(
+                "SELECT seq FROM deliveries WHERE replay_of = ?1 ORDER BY seq",
+                &[&id],
+                |r| r.get(0),
+            )?;
             Ok(Some(DeliveryDetail {
                 row,
                 headers: headers
@@ -458,14 +518,14 @@ impl Ledger {
                 let sql = format!(
                     "SELECT app, COUNT(*), MIN(time), MAX(time) FROM ( \
                        SELECT app, time, ROW_NUMBER() OVER (PARTITION BY app ORDER BY time DESC) AS n \
-                       FROM ({times}) WHERE time >= ?1 AND time <= ?2 AND (?3 IS NULL OR app = ?3) \
-                     ) WHERE n <= ?4 GROUP BY app ORDER BY app"
+                       FROM ({times}) AS events WHERE time >= ?1 AND time <= ?2 AND (?3 IS NULL OR app = ?3) \
+                     ) AS latest WHERE n <= ?4 GROUP BY app ORDER BY app"
                 );
-                let mut stmt = conn.prepare(&sql)?;
-                let rows = stmt.query_map(
-                    params![since, now, app, window.max_events],
+                let rows = conn.rows(
+                    &sql,
+                    &[&since, &now, &app.as_deref(), &i64::from(window.max_events)],
                     |r| {
-                        let events: u32 = r.get(1)?;
+                        let events = r.get::<i64>(1)? as u32;
                         let (first, last): (i64, i64) = (r.get(2)?, r.get(3)?);
                         Ok(EventInterval {
                             repo: r.get(0)?,
@@ -484,9 +544,7 @@ impl Ledger {
                         })
                     },
                 )?;
-                for row in rows {
-                    out.push(row?);
-                }
+                out.extend(rows);
             }
             Ok(out)
         })
@@ -497,19 +555,19 @@ impl Ledger {
     /// `prefix` (one repository's streams), in one read.
     pub async fn poll_cursors(&self, prefix: String) -> Result<Vec<PollCursor>, StoreError> {
         self.read(move |conn| {
-            conn.prepare(
+            conn.rows(
                 "SELECT stream, etag, last_modified, watermark FROM poll_state \
                  WHERE substr(stream, 1, length(?1)) = ?1",
-            )?
-            .query_map(params![prefix], |r| {
-                Ok(PollCursor {
-                    stream: r.get(0)?,
-                    etag: r.get(1)?,
-                    last_modified: r.get(2)?,
-                    watermark: r.get(3)?,
-                })
-            })?
-            .collect()
+                &[&prefix],
+                |r| {
+                    Ok(PollCursor {
+                        stream: r.get(0)?,
+                        etag: r.get(1)?,
+                        last_modified: r.get(2)?,
+                        watermark: r.get(3)?,
+                    })
+                },
+            )
         })
         .await
     }
@@ -522,39 +580,39 @@ impl Ledger {
         now_ms: i64,
     ) -> Result<Vec<SourceSummary>, StoreError> {
         self.read(move |conn| {
-            let mut last = conn.prepare(
-                "SELECT MAX(received_at_ms) FROM deliveries INDEXED BY deliveries_by_source WHERE source = ?1",
-            )?;
-            let mut counts = conn.prepare(
-                "SELECT CASE WHEN outcome = '' THEN state ELSE outcome END, COUNT(*) FROM deliveries \
-                 INDEXED BY deliveries_by_source WHERE source = ?1 AND received_at_ms >= ?2 GROUP BY 1",
-            )?;
-            let mut error = conn.prepare(
-                "SELECT seq, received_at_ms, CASE WHEN state = 'errored' THEN 'errored' ELSE outcome END, \
-                 coalesce(error, reason) FROM deliveries INDEXED BY deliveries_errors \
-                 WHERE source = ?1 AND (outcome IN ('rejected', 'invalid') OR state = 'errored') \
-                 ORDER BY seq DESC LIMIT 1",
-            )?;
             let mut summaries = Vec::new();
             for source in sources {
-                let Some(last_received_at_ms) =
-                    last.query_row(params![source], |r| r.get::<_, Option<i64>>(0))?
+                let Some(last_received_at_ms): Option<i64> = conn.value(
+                    "SELECT MAX(received_at_ms) FROM deliveries INDEXED BY deliveries_by_source WHERE source = ?1",
+                    &[&source],
+                )?
                 else {
                     continue;
                 };
-                let last_24h = counts
-                    .query_map(params![source, now_ms - 86_400_000], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<rusqlite::Result<_>>()?;
-                let last_error = error
-                    .query_row(params![source], |r| {
+                let last_24h = conn
+                    .rows(
+                        "SELECT CASE WHEN outcome = '' THEN state ELSE outcome END, COUNT(*) FROM deliveries \
+                         INDEXED BY deliveries_by_source WHERE source = ?1 AND received_at_ms >= ?2 GROUP BY 1",
+                        &[&source, &(now_ms - 86_400_000)],
+                        |r| Ok((r.get::<String>(0)?, r.get::<i64>(1)?)),
+                    )?
+                    .into_iter()
+                    .collect();
+                let last_error = conn.row(
+                    "SELECT seq, received_at_ms, CASE WHEN state = 'errored' THEN 'errored' ELSE outcome END, \
+                     coalesce(error, reason) FROM deliveries INDEXED BY deliveries_errors \
+                     WHERE source = ?1 AND (outcome IN ('rejected', 'invalid') OR state = 'errored') \
+                     ORDER BY seq DESC LIMIT 1",
+                    &[&source],
+                    |r| {
                         Ok(LastError {
                             id: r.get(0)?,
                             received_at_ms: r.get(1)?,
                             outcome: r.get(2)?,
                             reason: r.get(3)?,
                         })
-                    })
-                    .optional()?;
+                    },
+                )?;
                 summaries.push(SourceSummary {
                     source,
                     last_received_at_ms,
@@ -570,13 +628,13 @@ impl Ledger {
     /// Redeliveries due at `now_ms`, oldest first.
     pub async fn pending(&self, now_ms: i64, limit: u32) -> Result<Vec<Pending>, StoreError> {
         self.read(move |conn| {
-            conn.prepare(
+            conn.rows(
                 "SELECT seq, source, instance, headers, body, attempts, delivery_id FROM deliveries \
                  INDEXED BY deliveries_pending \
                  WHERE state IN ('queued', 'processing', 'errored') AND next_attempt_ms <= ?1 \
                  ORDER BY seq LIMIT ?2",
-            )?
-            .query_map(params![now_ms, limit], |r| {
+                &[&now_ms, &i64::from(limit)],
+                |r| {
                 let headers: Option<String> = r.get(3)?;
                 Ok(Pending {
                     row: r.get(0)?,
@@ -585,33 +643,30 @@ impl Ledger {
                     headers: headers
                         .and_then(|h| serde_json::from_str(&h).ok())
                         .unwrap_or(Value::Object(Default::default())),
-                    body: r.get::<_, Option<Vec<u8>>>(4)?.unwrap_or_default(),
+                    body: r.get::<Option<Vec<u8>>>(4)?.unwrap_or_default(),
                     attempts: r.get(5)?,
                     delivery_id: r.get(6)?,
                 })
-            })?
-            .collect()
+            })
         })
         .await
     }
 
     pub async fn size(&self) -> Result<LedgerSize, StoreError> {
         self.read(|conn| {
-            let rows: i64 = conn.query_row("SELECT COUNT(*) FROM deliveries", [], |r| r.get(0))?;
-            let body_bytes: f64 = conn.query_row(
-                "SELECT total(length(body)) FROM deliveries WHERE body IS NOT NULL",
-                [],
-                |r| r.get(0),
+            let rows: i64 = conn.value("SELECT COUNT(*) FROM deliveries", &[])?;
+            let body_bytes: i64 = conn.value(
+                "SELECT CAST(COALESCE(SUM(length(body)), 0) AS BIGINT) FROM deliveries WHERE body IS NOT NULL",
+                &[],
             )?;
-            let pending: i64 = conn.query_row(
+            let pending: i64 = conn.value(
                 "SELECT COUNT(*) FROM deliveries INDEXED BY deliveries_pending \
                  WHERE state IN ('queued', 'processing', 'errored') AND next_attempt_ms IS NOT NULL",
-                [],
-                |r| r.get(0),
+                &[],
             )?;
             Ok(LedgerSize {
                 rows,
-                body_bytes: body_bytes as i64,
+                body_bytes,
                 pending,
             })
         })
@@ -645,42 +700,30 @@ const EVENT_TIMES: [(&str, &str); 4] = [
 
 /// Stored events matching `filter`, at most `filter.limit` of each kind,
 /// newest first.
-fn read_events(conn: &Connection, filter: &EventFilter) -> rusqlite::Result<Vec<StoredEvent>> {
+fn read_events(conn: &mut dyn Sql, filter: &EventFilter) -> Result<Vec<StoredEvent>, DbError> {
     let since = filter.since.unwrap_or(i64::MIN);
     let until = filter.until.unwrap_or(i64::MAX);
-    let app = filter.app.clone();
+    let app = filter.app.as_deref();
     let limit = i64::from(filter.limit);
     let wanted = |kind: &str| filter.kind.as_deref().is_none_or(|k| k == kind);
     let mut events = Vec::new();
-    if wanted("commit") {
-        events.extend(
-            conn.prepare(
-                "SELECT app, time, namespace, commit_sha, image_sha, delivery_id FROM commits \
-                 WHERE time >= ?1 AND time < ?2 AND (?3 IS NULL OR app = ?3) ORDER BY time DESC LIMIT ?4",
-            )?
-            .query_map(params![since, until, app, limit], |r| {
-                Ok(fact("commit", r.get(0)?, r.get(1)?, r.get(5)?)
+    for (kind, table) in [("commit", "commits"), ("deploy", "deploys")] {
+        if !wanted(kind) {
+            continue;
+        }
+        events.extend(conn.rows(
+            &format!(
+                "SELECT app, time, namespace, commit_sha, image_sha, delivery_id FROM {table} \
+                 WHERE time >= ?1 AND time < ?2 AND (?3 IS NULL OR app = ?3) ORDER BY time DESC LIMIT ?4"
+            ),
+            &[&since, &until, &app, &limit],
+            |r| {
+                Ok(fact(kind, r.get(0)?, r.get(1)?, r.get(5)?)
                     .namespace(r.get(2)?)
                     .commit(r.get(3)?)
                     .image(r.get(4)?))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?,
-        );
-    }
-    if wanted("deploy") {
-        events.extend(
-            conn.prepare(
-                "SELECT app, time, namespace, commit_sha, image_sha, delivery_id FROM deploys \
-                 WHERE time >= ?1 AND time < ?2 AND (?3 IS NULL OR app = ?3) ORDER BY time DESC LIMIT ?4",
-            )?
-            .query_map(params![since, until, app, limit], |r| {
-                Ok(fact("deploy", r.get(0)?, r.get(1)?, r.get(5)?)
-                    .namespace(r.get(2)?)
-                    .commit(r.get(3)?)
-                    .image(r.get(4)?))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?,
-        );
+            },
+        )?);
     }
     for (kind, column) in [
         ("failure_created", "created"),
@@ -689,24 +732,24 @@ fn read_events(conn: &Connection, filter: &EventFilter) -> rusqlite::Result<Vec<
         if !wanted(kind) {
             continue;
         }
-        events.extend(
-            conn.prepare(&format!(
+        events.extend(conn.rows(
+            &format!(
                 "SELECT app, {column}, issue_number, {column}_delivery FROM failures \
                  WHERE {column} IS NOT NULL AND {column} >= ?1 AND {column} < ?2 \
                  AND (?3 IS NULL OR app = ?3) ORDER BY {column} DESC LIMIT ?4"
-            ))?
-            .query_map(params![since, until, app, limit], |r| {
+            ),
+            &[&since, &until, &app, &limit],
+            |r| {
                 let mut event = fact(
                     kind,
                     r.get(0)?,
                     r.get(1)?,
-                    r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+                    r.get::<Option<String>>(3)?.unwrap_or_default(),
                 );
                 event.issue_number = Some(r.get(2)?);
                 Ok(event)
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?,
-        );
+            },
+        )?);
     }
     events.sort_by_key(|e| std::cmp::Reverse(e.time));
     Ok(events)
@@ -743,37 +786,37 @@ impl StoredEvent {
 }
 
 /// The facts first stored by `delivery_id`.
-fn produced(conn: &Connection, delivery_id: &str) -> rusqlite::Result<Vec<StoredEvent>> {
+fn produced(conn: &mut dyn Sql, delivery_id: &str) -> Result<Vec<StoredEvent>, DbError> {
     let mut events = Vec::new();
     for (kind, table) in [("commit", "commits"), ("deploy", "deploys")] {
-        events.extend(
-            conn.prepare(&format!(
+        events.extend(conn.rows(
+            &format!(
                 "SELECT app, time, namespace, commit_sha, image_sha FROM {table} WHERE delivery_id = ?1"
-            ))?
-            .query_map(params![delivery_id], |r| {
+            ),
+            &[&delivery_id],
+            |r| {
                 Ok(fact(kind, r.get(0)?, r.get(1)?, delivery_id.to_owned())
                     .namespace(r.get(2)?)
                     .commit(r.get(3)?)
                     .image(r.get(4)?))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?,
-        );
+            },
+        )?);
     }
     for (kind, column) in [
         ("failure_created", "created"),
         ("failure_resolved", "resolved"),
     ] {
-        events.extend(
-            conn.prepare(&format!(
+        events.extend(conn.rows(
+            &format!(
                 "SELECT app, {column}, issue_number FROM failures WHERE {column}_delivery = ?1"
-            ))?
-            .query_map(params![delivery_id], |r| {
+            ),
+            &[&delivery_id],
+            |r| {
                 let mut event = fact(kind, r.get(0)?, r.get(1)?, delivery_id.to_owned());
                 event.issue_number = Some(r.get(2)?);
                 Ok(event)
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?,
-        );
+            },
+        )?);
     }
     Ok(events)
 }

@@ -1,12 +1,10 @@
-//! Read-only access to the stored history, for `hookgauge export`. Opens its
-//! own read-only connection, so it runs beside a serving process (WAL lets
-//! readers and the writer proceed together) and never writes.
+//! Read-only access to the stored history, for `hookgauge export`. Reads on
+//! its own connection, so it runs beside serving processes (WAL lets readers
+//! and the writer of the embedded file proceed together) and never writes.
 
-use std::path::Path;
-
-use rusqlite::{params, Connection, OpenFlags};
-
-use super::{sqlite::fault_kind, FaultKind, StoreError};
+use super::deliveries::Reader;
+use super::sql::{DbError, Row, Sql};
+use super::{FaultKind, Location, StoreError};
 
 /// Which part of the history to read: events whose time lies in `[from, to]`,
 /// of one app or of all.
@@ -54,54 +52,47 @@ pub struct ObservationRow {
 }
 
 /// Maps `SELECT app, <time>, seconds` to an observation.
-fn observation_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ObservationRow> {
+fn observation_row(r: &Row<'_>) -> Result<ObservationRow, DbError> {
     Ok(ObservationRow {
         app: r.get(0)?,
         time: r.get(1)?,
-        seconds: r.get::<_, i64>(2)? as f64,
+        seconds: r.get::<i64>(2)? as f64,
     })
 }
 
 pub struct History {
-    conn: Connection,
-}
-
-fn unavailable(error: rusqlite::Error) -> StoreError {
-    StoreError::Unavailable {
-        kind: fault_kind(&error).unwrap_or(FaultKind::Other),
-        message: error.to_string(),
-    }
+    reader: Reader,
 }
 
 impl History {
-    /// Opens the database at `path` read-only.
-    pub fn open(path: &Path) -> Result<History, StoreError> {
-        if !path.exists() {
-            return Err(StoreError::Unavailable {
-                kind: FaultKind::Open,
-                message: format!("no store at {}", path.display()),
-            });
+    /// Reads the store at `location`; an embedded store must exist.
+    pub fn open(location: &Location) -> Result<History, StoreError> {
+        if let Location::Sqlite(path) = location {
+            if !path.exists() {
+                return Err(StoreError::Unavailable {
+                    kind: FaultKind::Open,
+                    message: format!("no store at {}", path.display()),
+                });
+            }
         }
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(unavailable)?;
-        Ok(History { conn })
+        Ok(History {
+            reader: Reader::new(location),
+        })
     }
 
     fn query<T>(
         &self,
         sql: &str,
         filter: &HistoryFilter,
-        row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+        row: impl Fn(&Row<'_>) -> Result<T, DbError>,
     ) -> Result<Vec<T>, StoreError> {
-        let mut stmt = self.conn.prepare(sql).map_err(unavailable)?;
-        let rows = stmt
-            .query_map(params![filter.from, filter.to, filter.app], row)
-            .map_err(unavailable)?;
-        rows.collect::<rusqlite::Result<Vec<T>>>()
-            .map_err(unavailable)
+        self.reader.run(|conn: &mut dyn Sql| {
+            conn.rows(
+                sql,
+                &[&filter.from, &filter.to, &filter.app.as_deref()],
+                row,
+            )
+        })
     }
 
     /// Deploys in the window, ordered by app, namespace and time.
@@ -151,10 +142,10 @@ impl History {
     ) -> Result<Vec<FailureRow>, StoreError> {
         let sql = if resolved {
             "SELECT app, issue_number, resolved FROM failures WHERE resolved IS NOT NULL AND resolved <= ?2 \
-             AND ?1 IS NOT NULL AND (?3 IS NULL OR app = ?3) ORDER BY app, resolved, issue_number"
+             AND CAST(?1 AS BIGINT) IS NOT NULL AND (?3 IS NULL OR app = ?3) ORDER BY app, resolved, issue_number"
         } else {
             "SELECT app, issue_number, created FROM failures WHERE created IS NOT NULL AND created <= ?2 \
-             AND ?1 IS NOT NULL AND (?3 IS NULL OR app = ?3) ORDER BY app, created, issue_number"
+             AND CAST(?1 AS BIGINT) IS NOT NULL AND (?3 IS NULL OR app = ?3) ORDER BY app, created, issue_number"
         };
         self.query(sql, filter, |r| {
             Ok(FailureRow {
@@ -169,11 +160,12 @@ impl History {
     /// time they were made (the commit's first deployment), ordered by app and time.
     pub fn lead_times(&self, filter: &HistoryFilter) -> Result<Vec<ObservationRow>, StoreError> {
         self.query(
-            "SELECT o.app, c.time + o.seconds AS at, o.seconds FROM observations o \
-             JOIN (SELECT app, commit_sha, MIN(time) AS time FROM commits GROUP BY app, commit_sha) c \
-               ON c.app = o.app AND c.commit_sha = o.subject \
-             WHERE o.kind = 'lead_time' AND at <= ?2 AND ?1 IS NOT NULL AND (?3 IS NULL OR o.app = ?3) \
-             ORDER BY o.app, at",
+            "SELECT app, at, seconds FROM (\
+               SELECT o.app AS app, c.time + o.seconds AS at, o.seconds AS seconds FROM observations o \
+               JOIN (SELECT app, commit_sha, MIN(time) AS time FROM commits GROUP BY app, commit_sha) c \
+                 ON c.app = o.app AND c.commit_sha = o.subject \
+               WHERE o.kind = 'lead_time' AND (?3 IS NULL OR o.app = ?3)) AS made \
+             WHERE at <= ?2 AND CAST(?1 AS BIGINT) IS NOT NULL ORDER BY app, at",
             filter,
             observation_row,
         )
@@ -183,10 +175,12 @@ impl History {
     /// (or creation, whichever came later), ordered by app and time.
     pub fn restore_times(&self, filter: &HistoryFilter) -> Result<Vec<ObservationRow>, StoreError> {
         self.query(
-            "SELECT o.app, MAX(f.created, f.resolved) AS at, o.seconds FROM observations o \
-             JOIN failures f ON f.app = o.app AND f.issue_number = o.subject \
-             WHERE o.kind = 'time_to_restore' AND at <= ?2 AND ?1 IS NOT NULL AND (?3 IS NULL OR o.app = ?3) \
-             ORDER BY o.app, at",
+            "SELECT app, at, seconds FROM (\
+               SELECT o.app AS app, CASE WHEN f.created > f.resolved THEN f.created ELSE f.resolved END AS at, \
+                 o.seconds AS seconds FROM observations o \
+               JOIN failures f ON f.app = o.app AND f.issue_number = o.subject \
+               WHERE o.kind = 'time_to_restore' AND (?3 IS NULL OR o.app = ?3)) AS made \
+             WHERE at <= ?2 AND CAST(?1 AS BIGINT) IS NOT NULL ORDER BY app, at",
             filter,
             observation_row,
         )

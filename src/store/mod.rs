@@ -9,22 +9,37 @@
 //! never acknowledged before its transaction has committed.
 //!
 //! When the database cannot be written (disk full, read-only, locked past the
-//! busy timeout, not openable) every queued delivery is answered with
-//! [`StoreError::Unavailable`] and nothing is applied; the next batch tries
-//! again, reopening the connection if needed, so the process recovers by itself.
+//! busy timeout, not openable, not reachable) every queued delivery is
+//! answered with [`StoreError::Unavailable`] and nothing is applied; the next
+//! batch tries again, reopening the connection if needed, so the process
+//! recovers by itself.
+//!
+//! Two backends share the rules (`rules.rs`, over [`sql::Sql`]): the
+//! embedded SQLite file, and a PostgreSQL database that several replicas
+//! share. With PostgreSQL every replica also follows the others' commits
+//! (the change feed, `postgres.rs`) so that each one's view shows the same
+//! numbers, and the work that must run once runs on the one replica that
+//! holds the background lock ([`Store::background`]).
 
 pub mod deliveries;
 pub mod history;
+pub mod migrate;
+pub mod postgres;
+mod rules;
+pub mod sql;
 mod sqlite;
 
-pub use sqlite::{now_seconds, PollCursor, Pruned, ReplayRefusal, RetentionPolicy};
+pub use postgres::PostgresConfig;
+pub use rules::{now_seconds, PollCursor, Pruned, ReplayRefusal, RetentionPolicy};
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use sql::{DbError, Sql};
 
 use crate::config::Synchronous;
 use crate::events::{App, CommitLink, CommitSha, ImageSha, IssueNumber, Namespace};
@@ -38,6 +53,9 @@ const QUEUE_DEPTH: usize = 8192;
 const REOPEN_INTERVAL: Duration = Duration::from_millis(500);
 /// How often committed WAL frames are copied into the database file.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+/// How often a replica tries to take the background lock, and its holder
+/// checks the lock's connection: the failover time when a holder dies.
+const LOCK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why the store could not do what was asked. Carries no payload data.
 #[derive(Debug, thiserror::Error)]
@@ -168,12 +186,34 @@ pub trait CommitSink: Send + Sync + 'static {
     fn apply(&self, effects: &[Effect]);
     /// Called after each commit attempt.
     fn commit_finished(&self, duration: Duration, result: Result<(), FaultKind>);
+    /// Called after applying a change another replica committed (shared
+    /// store only), with how long ago it was committed.
+    fn followed(&self, _lag: Duration) {}
+}
+
+/// Where the store is.
+#[derive(Debug, Clone)]
+pub enum Location {
+    /// The embedded SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database shared by every replica.
+    Postgres(Box<PostgresConfig>),
+}
+
+impl Location {
+    /// For logs and messages: the file, or the database without password.
+    pub fn describe(&self) -> String {
+        match self {
+            Location::Sqlite(path) => path.display().to_string(),
+            Location::Postgres(config) => config.describe(),
+        }
+    }
 }
 
 /// Everything the store needs to run.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    pub path: PathBuf,
+    pub location: Location,
     pub synchronous: Synchronous,
     pub busy_timeout: Duration,
     pub max_body_bytes: usize,
@@ -223,6 +263,7 @@ enum Command {
 #[derive(Clone)]
 pub struct Store {
     commands: mpsc::Sender<Command>,
+    background: watch::Receiver<bool>,
 }
 
 impl Store {
@@ -236,30 +277,91 @@ impl Store {
         let (commands, receiver) = mpsc::channel(QUEUE_DEPTH);
         let (first_open, first_open_result) = std::sync::mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
-        let checkpointer = {
-            let stop = Arc::clone(&stop);
-            let mut checkpointer =
-                sqlite::Checkpointer::new(config.path.clone(), config.busy_timeout);
-            std::thread::Builder::new()
-                .name("hookgauge-checkpoint".into())
-                .spawn(move || {
-                    while !stop.load(Ordering::Acquire) {
-                        std::thread::sleep(CHECKPOINT_INTERVAL);
-                        checkpointer.run();
-                    }
-                })
-                .expect("the store checkpoint thread can be spawned")
+        let cursor = Arc::new(Mutex::new(postgres::FeedCursor::default()));
+        let mut helpers = Vec::new();
+        let mut always_held = None;
+        let background = match &config.location {
+            Location::Sqlite(path) => {
+                let stop = Arc::clone(&stop);
+                let mut checkpointer = sqlite::Checkpointer::new(path.clone(), config.busy_timeout);
+                helpers.push(
+                    std::thread::Builder::new()
+                        .name("hookgauge-checkpoint".into())
+                        .spawn(move || {
+                            while !stop.load(Ordering::Acquire) {
+                                std::thread::sleep(CHECKPOINT_INTERVAL);
+                                checkpointer.run();
+                            }
+                        })
+                        .expect("the store checkpoint thread can be spawned"),
+                );
+                // One process owns the file: its background work always runs
+                // (the sender lives as long as the writer).
+                let (held, background) = watch::channel(true);
+                always_held = Some(held);
+                background
+            }
+            Location::Postgres(pg) => {
+                let (held, background) = watch::channel(false);
+                let (pg_lock, stop_lock) = (pg.as_ref().clone(), Arc::clone(&stop));
+                helpers.push(
+                    std::thread::Builder::new()
+                        .name("hookgauge-lock".into())
+                        .spawn(move || {
+                            postgres::hold_lock(
+                                pg_lock,
+                                postgres::BACKGROUND_LOCK,
+                                LOCK_INTERVAL,
+                                held,
+                                stop_lock,
+                            )
+                        })
+                        .expect("the background lock thread can be spawned"),
+                );
+                background
+            }
         };
+        let follower = match &config.location {
+            Location::Postgres(pg) => {
+                Some((pg.as_ref().clone(), Arc::clone(&cursor), Arc::clone(&sink)))
+            }
+            Location::Sqlite(_) => None,
+        };
+        let stop_writer = Arc::clone(&stop);
         std::thread::Builder::new()
             .name("hookgauge-store".into())
             .spawn(move || {
-                let mut writer = Writer::new(config, sink, stop, checkpointer);
+                let _always_held = always_held;
+                let mut writer = Writer::new(config, sink, stop_writer, helpers, cursor);
                 let _ = first_open.send(writer.ensure_open().map(|_| ()));
+                if let Some((pg, cursor, sink)) = follower {
+                    // Started after the restore, which sets the cursor.
+                    let stop = Arc::clone(&writer.stop_helpers);
+                    writer.helpers.push(
+                        std::thread::Builder::new()
+                            .name("hookgauge-follow".into())
+                            .spawn(move || postgres::follow(pg, cursor, sink, stop))
+                            .expect("the change feed thread can be spawned"),
+                    );
+                }
                 writer.run(receiver);
             })
             .expect("the store writer thread can be spawned");
         let result = first_open_result.recv().unwrap_or(Err(StoreError::Closed));
-        (Store { commands }, result)
+        (
+            Store {
+                commands,
+                background,
+            },
+            result,
+        )
+    }
+
+    /// True while this process runs the work that must run once (retention,
+    /// pollers, redeliveries): always with the embedded store; with
+    /// PostgreSQL, while it holds the background lock.
+    pub fn background(&self) -> watch::Receiver<bool> {
+        self.background.clone()
     }
 
     /// Records one delivery; returns once its transaction has committed.
@@ -383,14 +485,91 @@ impl Store {
     }
 }
 
+/// An open database of either backend.
+enum Backend {
+    Sqlite(sqlite::Database),
+    Postgres(Box<postgres::Database>),
+}
+
+impl Backend {
+    fn open(
+        config: &StoreConfig,
+        cursor: &Arc<Mutex<postgres::FeedCursor>>,
+    ) -> Result<Backend, DbError> {
+        Ok(match &config.location {
+            Location::Sqlite(path) => Backend::Sqlite(sqlite::Database::open(path, config)?),
+            Location::Postgres(pg) => {
+                Backend::Postgres(Box::new(postgres::Database::open(pg, Arc::clone(cursor))?))
+            }
+        })
+    }
+
+    fn transaction<T>(
+        &mut self,
+        f: impl FnOnce(&mut dyn Sql) -> Result<T, DbError>,
+    ) -> Result<T, DbError> {
+        match self {
+            Backend::Sqlite(db) => db.transaction(f),
+            Backend::Postgres(db) => db.transaction(f),
+        }
+    }
+
+    /// One transaction whose effects the other replicas must see too; the
+    /// change feed row's seq (PostgreSQL, when there are effects).
+    fn publishing<T>(
+        &mut self,
+        f: impl FnOnce(&mut dyn Sql) -> Result<T, DbError>,
+        effects_of: impl FnOnce(&T) -> Vec<Effect>,
+    ) -> Result<(T, Option<i64>), DbError> {
+        match self {
+            Backend::Sqlite(db) => Ok((db.transaction(f)?, None)),
+            Backend::Postgres(db) => db.publishing(f, effects_of),
+        }
+    }
+
+    /// Hands what a commit changed to the view.
+    fn applied(&mut self, published: Option<i64>, effects: &[Effect], sink: &dyn CommitSink) {
+        match self {
+            Backend::Sqlite(_) => sink.apply(effects),
+            Backend::Postgres(db) => {
+                if let Some(seq) = published {
+                    db.apply_through(seq, effects, sink);
+                }
+            }
+        }
+    }
+
+    fn restore(&mut self, windows: RestoreWindows, sink: &dyn CommitSink) -> Result<(), DbError> {
+        let now = now_seconds();
+        match self {
+            Backend::Sqlite(db) => db.read(|sql| rules::restore(sql, now, windows, sink)),
+            Backend::Postgres(db) => db.restore(|sql| rules::restore(sql, now, windows, sink)),
+        }
+    }
+
+    fn close(self) {
+        match self {
+            Backend::Sqlite(db) => db.close(),
+            Backend::Postgres(db) => db.close(),
+        }
+    }
+}
+
 struct Writer {
     config: StoreConfig,
     sink: Arc<dyn CommitSink>,
-    /// Tells the checkpoint thread to stop; joined before the final close.
-    stop_checkpoints: Arc<AtomicBool>,
-    checkpointer: Option<std::thread::JoinHandle<()>>,
-    db: Option<sqlite::Database>,
+    /// Tells the helper threads (checkpoints, lock, feed) to stop; joined
+    /// before the final close.
+    stop_helpers: Arc<AtomicBool>,
+    helpers: Vec<std::thread::JoinHandle<()>>,
+    cursor: Arc<Mutex<postgres::FeedCursor>>,
+    db: Option<Backend>,
     restored: bool,
+    /// Unauthenticated ledger rows, counted at open (SQLite, whose only
+    /// writer this is); `None`: the database counts them (PostgreSQL).
+    unauthenticated_rows: Option<u64>,
+    /// Rows up to this seq have had their bodies pruned (retention).
+    body_watermark: i64,
     last_open_attempt: Option<Instant>,
     last_open_error: Option<(FaultKind, String)>,
 }
@@ -399,16 +578,20 @@ impl Writer {
     fn new(
         config: StoreConfig,
         sink: Arc<dyn CommitSink>,
-        stop_checkpoints: Arc<AtomicBool>,
-        checkpointer: std::thread::JoinHandle<()>,
+        stop_helpers: Arc<AtomicBool>,
+        helpers: Vec<std::thread::JoinHandle<()>>,
+        cursor: Arc<Mutex<postgres::FeedCursor>>,
     ) -> Self {
         Writer {
             config,
             sink,
-            stop_checkpoints,
-            checkpointer: Some(checkpointer),
+            stop_helpers,
+            helpers,
+            cursor,
             db: None,
             restored: false,
+            unauthenticated_rows: None,
+            body_watermark: 0,
             last_open_attempt: None,
             last_open_error: None,
         }
@@ -416,7 +599,7 @@ impl Writer {
 
     /// Opens (and migrates) the database if it is not open; restores the view
     /// on the first success. Attempts are spaced by [`REOPEN_INTERVAL`].
-    fn ensure_open(&mut self) -> Result<&mut sqlite::Database, StoreError> {
+    fn ensure_open(&mut self) -> Result<&mut Backend, StoreError> {
         if self.db.is_none() {
             let recently = self
                 .last_open_attempt
@@ -429,16 +612,26 @@ impl Writer {
                 return Err(StoreError::Unavailable { kind, message });
             }
             self.last_open_attempt = Some(Instant::now());
-            match sqlite::Database::open(&self.config) {
+            match Backend::open(&self.config, &self.cursor) {
                 Ok(mut db) => {
                     if !self.restored {
-                        let now = sqlite::now_seconds();
-                        db.restore(now, self.config.windows, &*self.sink)
+                        db.restore(self.config.windows, &*self.sink)
                             .map_err(|e| self.open_failed(e))?;
                         self.restored = true;
                     }
+                    if let Backend::Sqlite(_) = db {
+                        let counted: i64 = db
+                            .transaction(|tx| {
+                                tx.value(
+                                    "SELECT COUNT(*) FROM deliveries WHERE authenticated = 0",
+                                    &[],
+                                )
+                            })
+                            .map_err(|e| self.open_failed(e))?;
+                        self.unauthenticated_rows = Some(counted as u64);
+                    }
                     if self.last_open_error.take().is_some() {
-                        tracing::info!(path = %self.config.path.display(), "Store reopened");
+                        tracing::info!(store = %self.config.location.describe(), "Store reopened");
                     }
                     self.db = Some(db);
                 }
@@ -448,9 +641,12 @@ impl Writer {
         Ok(self.db.as_mut().expect("opened above"))
     }
 
-    fn open_failed(&mut self, error: rusqlite::Error) -> StoreError {
-        let kind = sqlite::fault_kind(&error).unwrap_or(FaultKind::Open);
-        let message = format!("cannot open {}: {error}", self.config.path.display());
+    fn open_failed(&mut self, error: DbError) -> StoreError {
+        let kind = match error.fault_kind() {
+            Some(FaultKind::Other) | None => FaultKind::Open,
+            Some(kind) => kind,
+        };
+        let message = format!("cannot open {}: {error}", self.config.location.describe());
         if self.last_open_error.as_ref().map(|(_, m)| m) != Some(&message) {
             tracing::error!(error = %message, "Store unavailable");
         }
@@ -473,7 +669,7 @@ impl Writer {
                         now_ms,
                         reply,
                     } => {
-                        let result = self.write(|db| db.enqueue_replay(original, now_ms));
+                        let result = self.write(|tx| rules::enqueue_replay(tx, original, now_ms));
                         let _ = reply.send(result);
                     }
                     Command::Mark {
@@ -483,8 +679,9 @@ impl Writer {
                         next_attempt_ms,
                         reply,
                     } => {
-                        let result =
-                            self.write(|db| db.mark(row, state, error.as_deref(), next_attempt_ms));
+                        let result = self.write(|tx| {
+                            rules::mark(tx, row, state, error.as_deref(), next_attempt_ms)
+                        });
                         let _ = reply.send(result);
                     }
                     Command::Prune {
@@ -494,8 +691,7 @@ impl Writer {
                         body_excess,
                         reply,
                     } => {
-                        let result = self.write(|db| db.prune(&policy, now_ms, batch, body_excess));
-                        let _ = reply.send(result);
+                        let _ = reply.send(self.prune(&policy, now_ms, batch, body_excess));
                     }
                     Command::Polled {
                         deliveries,
@@ -515,11 +711,7 @@ impl Writer {
                 self.commit_batch(&mut records);
             }
             for reply in probes.drain(..) {
-                let result = self.ensure_open().and_then(|db| db.probe().map_err(fault));
-                if let Err(StoreError::Unavailable { kind, .. }) = &result {
-                    self.forget_connection_after(*kind);
-                }
-                let _ = reply.send(result);
+                let _ = reply.send(self.write(rules::probe));
             }
             if let Some(reply) = shutdown {
                 receiver.close();
@@ -531,9 +723,9 @@ impl Writer {
                 if !records.is_empty() {
                     self.commit_batch(&mut records);
                 }
-                self.stop_checkpoints.store(true, Ordering::Release);
-                if let Some(checkpointer) = self.checkpointer.take() {
-                    let _ = checkpointer.join();
+                self.stop_helpers.store(true, Ordering::Release);
+                for helper in self.helpers.drain(..) {
+                    let _ = helper.join();
                 }
                 if let Some(db) = self.db.take() {
                     db.close();
@@ -544,20 +736,44 @@ impl Writer {
         }
     }
 
-    /// Runs one write outside the batch path, reopening as needed.
+    /// Runs one transaction outside the batch path, reopening as needed.
     fn write<T>(
         &mut self,
-        f: impl FnOnce(&mut sqlite::Database) -> rusqlite::Result<T>,
+        f: impl FnOnce(&mut dyn Sql) -> Result<T, DbError>,
     ) -> Result<T, StoreError> {
-        let result = self.ensure_open().and_then(|db| f(db).map_err(fault));
+        let result = self
+            .ensure_open()
+            .and_then(|db| db.transaction(f).map_err(fault));
         if let Err(StoreError::Unavailable { kind, .. }) = &result {
             self.forget_connection_after(*kind);
         }
         result
     }
 
-    /// One poll's facts and state in one transaction; the view is updated
-    /// only after the commit, like a batch of deliveries.
+    fn prune(
+        &mut self,
+        policy: &RetentionPolicy,
+        now_ms: i64,
+        batch: u32,
+        body_excess: u64,
+    ) -> Result<Pruned, StoreError> {
+        let mut watermark = self.body_watermark;
+        let shared = matches!(self.config.location, Location::Postgres(_));
+        let pruned = self.write(|tx| {
+            let pruned = rules::prune(tx, policy, now_ms, batch, body_excess, &mut watermark)?;
+            if shared {
+                postgres::prune_feed(tx, now_ms, batch)?;
+            }
+            Ok(pruned)
+        })?;
+        self.body_watermark = watermark;
+        Ok(pruned)
+    }
+
+    /// One poll's facts and state in one transaction: both commit or
+    /// neither does, so a crash before the commit only repeats the fetch. A
+    /// delivery that cannot be applied fails the whole poll (its state is
+    /// not advanced). The view is updated only after the commit.
     fn commit_polled(
         &mut self,
         deliveries: &[Delivery],
@@ -566,41 +782,84 @@ impl Writer {
     ) -> Result<Vec<Recorded>, StoreError> {
         let started = Instant::now();
         let max_body = self.config.max_body_bytes;
-        let now_ms = sqlite::now_seconds() * 1000;
-        let result = self.write(|db| {
-            let refs: Vec<&Delivery> = deliveries.iter().collect();
-            db.record_polled(&refs, cursors, forget, max_body, now_ms)
+        let now_ms = now_seconds() * 1000;
+        let result = self.ensure_open().and_then(|db| {
+            db.publishing(
+                |tx| {
+                    let mut results = Vec::with_capacity(deliveries.len());
+                    for delivery in deliveries {
+                        results.push(rules::record_one(tx, delivery, max_body)?);
+                    }
+                    rules::save_cursors(tx, cursors, forget, now_ms)?;
+                    Ok(results)
+                },
+                |results| all_effects(results),
+            )
+            .map_err(fault)
         });
         self.sink.commit_finished(
             started.elapsed(),
             result.as_ref().map(|_| ()).map_err(StoreError::kind),
         );
-        let (recorded, effects): (Vec<Recorded>, Vec<Vec<Effect>>) = result?.into_iter().unzip();
-        self.sink.apply(&effects.concat());
-        Ok(recorded)
+        let (results, published) = match result {
+            Ok(done) => done,
+            Err(error) => {
+                self.forget_connection_after(error.kind());
+                return Err(error);
+            }
+        };
+        let effects = all_effects(&results);
+        if let Some(db) = self.db.as_mut() {
+            db.applied(published, &effects, &*self.sink);
+        }
+        Ok(results.into_iter().map(|(recorded, _)| recorded).collect())
     }
 
+    /// Applies a batch in one transaction (group commit). A delivery that
+    /// fails for a reason other than a database fault (a bug, a broken
+    /// invariant) must not take the others down: the batch is then rolled
+    /// back and replayed one transaction per delivery, so that only that one
+    /// fails. (Savepoints per delivery would isolate it too, but each costs
+    /// a statement journal on every delivery of every batch.) A fault (busy,
+    /// full, read-only, I/O, unreachable) fails the whole batch.
     fn commit_batch(&mut self, records: &mut Batch) {
         let started = Instant::now();
-        let max_unauthenticated = self.config.max_unauthenticated_rows;
-        let max_body = self.config.max_body_bytes;
-        let result = self.ensure_open().and_then(|db| {
-            let deliveries: Vec<&Delivery> = records.iter().map(|(d, _)| d).collect();
-            db.record_batch(&deliveries, max_body, max_unauthenticated)
-                .map_err(fault)
-        });
-        match result {
-            Ok(results) => {
-                self.sink.commit_finished(started.elapsed(), Ok(()));
-                let effects: Vec<Effect> = results
-                    .iter()
-                    .flatten()
-                    .flat_map(|(_, effects)| effects.iter().cloned())
-                    .collect();
-                self.sink.apply(&effects);
-                for ((_, reply), result) in records.drain(..).zip(results) {
-                    let _ = reply.send(result.map(|(recorded, _)| recorded).map_err(fault));
+        let deliveries: Vec<&Delivery> = records.iter().map(|(d, _)| d).collect();
+        let parts: Vec<Result<Committed, StoreError>> = match self
+            .record_in_one_transaction(&deliveries)
+        {
+            Ok(Ok(done)) => vec![Ok(done)],
+            Ok(Err(failed)) => {
+                tracing::error!(
+                    delivery_id = %deliveries[failed].id,
+                    "A delivery could not be applied; replaying its batch one delivery at a time"
+                );
+                let mut each = Vec::with_capacity(deliveries.len());
+                let mut fault_seen: Option<(FaultKind, String)> = None;
+                for delivery in &deliveries {
+                    if let Some((kind, message)) = &fault_seen {
+                        each.push(Err(StoreError::Unavailable {
+                            kind: *kind,
+                            message: message.clone(),
+                        }));
+                        continue;
+                    }
+                    each.push(match self.record_in_one_transaction(&[delivery]) {
+                        Ok(Ok(done)) => Ok(done),
+                        Ok(Err(_)) => Err(StoreError::Unavailable {
+                            kind: FaultKind::Other,
+                            message: format!("delivery {} could not be applied", delivery.id),
+                        }),
+                        Err(error) => {
+                            fault_seen = Some((error.kind(), error.to_string()));
+                            Err(error)
+                        }
+                    });
                 }
+                if let Some((kind, _)) = fault_seen {
+                    self.forget_connection_after(kind);
+                }
+                each
             }
             Err(error) => {
                 let kind = error.kind();
@@ -614,12 +873,80 @@ impl Writer {
                         message: message.clone(),
                     }));
                 }
+                return;
             }
+        };
+        self.sink.commit_finished(started.elapsed(), Ok(()));
+        let mut outcomes = Vec::with_capacity(records.len());
+        for part in parts {
+            match part {
+                Ok((applied, published)) => {
+                    let effects = all_effects(&applied);
+                    if let Some(db) = self.db.as_mut() {
+                        db.applied(published, &effects, &*self.sink);
+                    }
+                    outcomes.extend(applied.into_iter().map(|(recorded, _)| Ok(recorded)));
+                }
+                Err(error) => outcomes.push(Err(error)),
+            }
+        }
+        for ((_, reply), outcome) in records.drain(..).zip(outcomes) {
+            let _ = reply.send(outcome);
+        }
+    }
+
+    /// One transaction for `deliveries`: `Ok(Err(index))` (rolled back) when
+    /// delivery `index` failed for a reason other than a database fault.
+    fn record_in_one_transaction(
+        &mut self,
+        deliveries: &[&Delivery],
+    ) -> Result<Result<Committed, usize>, StoreError> {
+        let max_body = self.config.max_body_bytes;
+        let keep = self.config.max_unauthenticated_rows;
+        let counted = self.unauthenticated_rows;
+        let added: u64 = deliveries.iter().map(|d| u64::from(!d.authenticated)).sum();
+        let mut failed = None;
+        let db = self.ensure_open()?;
+        let result = db.publishing(
+            |tx| {
+                let mut results = Vec::with_capacity(deliveries.len());
+                for (index, delivery) in deliveries.iter().enumerate() {
+                    match rules::record_one(tx, delivery, max_body) {
+                        Ok(result) => results.push(result),
+                        Err(error) => {
+                            if !error.is_fault() {
+                                tracing::error!(error = %error, delivery_id = %delivery.id, "Delivery could not be applied");
+                                failed = Some(index);
+                            }
+                            return Err(error);
+                        }
+                    }
+                }
+                if added > 0 {
+                    let excess = counted.map(|n| (n + added).saturating_sub(keep));
+                    rules::cap_unauthenticated(tx, excess, keep)?;
+                }
+                Ok(results)
+            },
+            |results| all_effects(results),
+        );
+        match result {
+            Ok(done) => {
+                if let Some(n) = self.unauthenticated_rows.as_mut() {
+                    *n = (*n + added).min(keep);
+                }
+                Ok(Ok(done))
+            }
+            Err(error) => match failed {
+                Some(index) if !error.is_fault() => Ok(Err(index)),
+                _ => Err(fault(error)),
+            },
         }
     }
 
     /// Drops the connection after faults that a fresh connection may clear
-    /// (a file that became writable again, a replaced file).
+    /// (a file that became writable again, a replaced file, a database
+    /// server that restarted).
     fn forget_connection_after(&mut self, kind: FaultKind) {
         if matches!(kind, FaultKind::ReadOnly | FaultKind::Io | FaultKind::Open) {
             if let Some(db) = self.db.take() {
@@ -629,18 +956,28 @@ impl Writer {
     }
 }
 
+fn all_effects(results: &[rules::Applied]) -> Vec<Effect> {
+    results
+        .iter()
+        .flat_map(|(_, effects)| effects.iter().cloned())
+        .collect()
+}
+
+/// What a committed transaction applied, and its change feed row.
+type Committed = (Vec<rules::Applied>, Option<i64>);
+
 type Batch = Vec<(Delivery, oneshot::Sender<Result<Recorded, StoreError>>)>;
 
 impl Drop for Writer {
     fn drop(&mut self) {
-        // However the writer ends, the checkpoint thread ends with it.
-        self.stop_checkpoints.store(true, Ordering::Release);
+        // However the writer ends, the helper threads end with it.
+        self.stop_helpers.store(true, Ordering::Release);
     }
 }
 
-fn fault(error: rusqlite::Error) -> StoreError {
+fn fault(error: DbError) -> StoreError {
     StoreError::Unavailable {
-        kind: sqlite::fault_kind(&error).unwrap_or(FaultKind::Other),
+        kind: error.fault_kind().unwrap_or(FaultKind::Other),
         message: error.to_string(),
     }
 }

@@ -1,0 +1,6 @@
+-- The PostgreSQL migration of this number prepares for several replicas
+-- writing one database (unique indexes on a deploy's identity, the change
+-- feed between replicas). An embedded store has one writer, which checks a
+-- deploy's identity before storing it, and one view: nothing to add here.
+-- The step keeps the two schemas' versions equal, so that a store can be
+-- moved from one to the other (`hookgauge migrate-store`).

@@ -1,0 +1,520 @@
+//! The shared PostgreSQL backend, for several replicas behind one load
+//! balancer: connecting (pool for reads, statement timeouts), its schema
+//! migrations, the classification of its errors, the change feed that keeps
+//! every replica's metric view current, and the advisory lock that lets one
+//! replica at a time run the background work.
+//!
+//! The change feed: a transaction that changes what the view shows also
+//! inserts one `changes` row with its effects (JSON), after taking a
+//! transaction-level advisory lock. Rows therefore get their `seq` in
+//! commit order: a replica that has seen `seq` N has seen every committed
+//! change before it. Each replica applies every row past its cursor once
+//! (its own too: the writer applies its own rows from memory right after
+//! its commit, under the same cursor), woken by `NOTIFY` and at least
+//! every [`FOLLOW_INTERVAL`] without it.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use postgres::error::SqlState;
+use postgres::fallible_iterator::FallibleIterator;
+use postgres::{Client, NoTls};
+
+use super::sql::{DbError, Pg, Sql, Statements};
+use super::{CommitSink, FaultKind};
+use crate::ledger::Effect;
+
+/// Embedded migrations, the same steps as SQLite's in PostgreSQL's dialect
+/// (a test keeps the two lists in step); `hookgauge_schema` records how
+/// many have run.
+pub(super) const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/postgres/0001_init.sql"),
+    include_str!("migrations/postgres/0002_native_sources.sql"),
+    include_str!("migrations/postgres/0003_ledger_admin.sql"),
+    include_str!("migrations/postgres/0004_poll_state.sql"),
+    include_str!("migrations/postgres/0005_replicas.sql"),
+];
+
+/// Advisory lock keys (one namespace per purpose, fixed for the product).
+const MIGRATION_LOCK: i64 = 0x686f_6f6b_0001;
+const FEED_LOCK: i64 = 0x686f_6f6b_0002;
+pub const BACKGROUND_LOCK: i64 = 0x686f_6f6b_0003;
+
+/// Channel the change feed notifies on.
+const FEED_CHANNEL: &str = "hookgauge_changes";
+/// Longest a replica's view waits for a notification before reading the
+/// feed anyway (a lost notification, a reconnect).
+pub const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
+/// Feed rows read at once.
+const FOLLOW_BATCH: i64 = 1000;
+/// How long feed rows are kept: a replica cut off from the database for
+/// longer rebuilds its view at restart.
+pub const FEED_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// How to reach the database. `Debug` never shows the password.
+#[derive(Clone)]
+pub struct PostgresConfig {
+    pub config: postgres::Config,
+    pub pool_size: u32,
+    pub statement_timeout: Duration,
+}
+
+impl std::fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("database", &self.describe())
+            .field("pool_size", &self.pool_size)
+            .field("statement_timeout", &self.statement_timeout)
+            .finish()
+    }
+}
+
+impl PostgresConfig {
+    /// `postgres://user@host:port/dbname`, never with the password.
+    pub fn describe(&self) -> String {
+        let host = self
+            .config
+            .get_hosts()
+            .first()
+            .map(|h| match h {
+                postgres::config::Host::Tcp(name) => name.clone(),
+                postgres::config::Host::Unix(path) => path.display().to_string(),
+            })
+            .unwrap_or_default();
+        let port = self.config.get_ports().first().copied().unwrap_or(5432);
+        format!(
+            "postgres://{}@{host}:{port}/{}",
+            self.config.get_user().unwrap_or(""),
+            self.config.get_dbname().unwrap_or("")
+        )
+    }
+
+    /// A new connection, with the statement timeout set.
+    pub fn connect(&self) -> Result<Client, DbError> {
+        let mut client = self.config.connect(NoTls)?;
+        client.batch_execute(&format!(
+            "SET statement_timeout = {}; SET lock_timeout = {}",
+            self.statement_timeout.as_millis(),
+            self.statement_timeout.as_millis()
+        ))?;
+        Ok(client)
+    }
+
+    /// A pool of read connections (admin API, poller state, export).
+    pub fn pool(&self) -> r2d2::Pool<Manager> {
+        r2d2::Pool::builder()
+            .max_size(self.pool_size.max(1))
+            .min_idle(Some(0))
+            .connection_timeout(self.statement_timeout.max(Duration::from_secs(1)))
+            .build_unchecked(Manager(self.clone()))
+    }
+}
+
+/// Makes the pool's connections as [`PostgresConfig::connect`] does.
+#[derive(Debug)]
+pub struct Manager(PostgresConfig);
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = Client;
+    type Error = DbError;
+
+    fn connect(&self) -> Result<Client, DbError> {
+        self.0.connect()
+    }
+
+    fn is_valid(&self, conn: &mut Client) -> Result<(), DbError> {
+        conn.simple_query("")?;
+        Ok(())
+    }
+
+    fn has_broken(&self, conn: &mut Client) -> bool {
+        conn.is_closed()
+    }
+}
+
+/// Classifies a PostgreSQL error as a store fault.
+pub fn fault_kind(error: &postgres::Error) -> FaultKind {
+    if error.is_closed() {
+        return FaultKind::Io;
+    }
+    let Some(code) = error.code() else {
+        // No answer from the server: the connection failed or broke.
+        return FaultKind::Io;
+    };
+    let class = &code.code()[..2];
+    match code {
+        c if *c == SqlState::DISK_FULL => FaultKind::Full,
+        c if *c == SqlState::READ_ONLY_SQL_TRANSACTION => FaultKind::ReadOnly,
+        c if *c == SqlState::QUERY_CANCELED
+            || *c == SqlState::T_R_SERIALIZATION_FAILURE
+            || *c == SqlState::T_R_DEADLOCK_DETECTED
+            || *c == SqlState::LOCK_NOT_AVAILABLE =>
+        {
+            FaultKind::Busy
+        }
+        c if *c == SqlState::ADMIN_SHUTDOWN
+            || *c == SqlState::CRASH_SHUTDOWN
+            || *c == SqlState::CANNOT_CONNECT_NOW =>
+        {
+            FaultKind::Io
+        }
+        _ => match class {
+            "08" => FaultKind::Io,
+            "53" => FaultKind::Busy,
+            "28" | "3D" => FaultKind::Open,
+            "58" => FaultKind::Io,
+            _ => FaultKind::Other,
+        },
+    }
+}
+
+/// Where this replica's view is in the change feed; shared by the writer
+/// (after its commits) and the follower thread.
+#[derive(Debug, Default)]
+pub struct FeedCursor {
+    seq: i64,
+}
+
+/// The writer's connection.
+pub struct Database {
+    client: Client,
+    statements: Statements,
+    cursor: Arc<Mutex<FeedCursor>>,
+}
+
+impl Database {
+    /// Connects and migrates. The cursor is shared with the follower.
+    pub fn open(
+        config: &PostgresConfig,
+        cursor: Arc<Mutex<FeedCursor>>,
+    ) -> Result<Database, DbError> {
+        let mut client = config.connect()?;
+        migrate(&mut client)?;
+        Ok(Database {
+            client,
+            statements: Statements::new(),
+            cursor,
+        })
+    }
+
+    pub fn transaction<T>(
+        &mut self,
+        f: impl FnOnce(&mut dyn Sql) -> Result<T, DbError>,
+    ) -> Result<T, DbError> {
+        let Database {
+            client, statements, ..
+        } = self;
+        let mut tx = client.transaction()?;
+        let out = f(&mut Pg {
+            client: &mut tx,
+            statements: Some(statements),
+        })?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// As [`Database::transaction`]; the effects of its result (when there
+    /// are any) are added to the change feed in the same transaction.
+    /// Returns the feed row's seq.
+    pub fn publishing<T>(
+        &mut self,
+        f: impl FnOnce(&mut dyn Sql) -> Result<T, DbError>,
+        effects_of: impl FnOnce(&T) -> Vec<Effect>,
+    ) -> Result<(T, Option<i64>), DbError> {
+        self.transaction(|tx| {
+            let out = f(tx)?;
+            let effects = effects_of(&out);
+            if effects.is_empty() {
+                return Ok((out, None));
+            }
+            let json = serde_json::to_string(&effects)
+                .map_err(|e| DbError::Broken(format!("effects cannot be encoded: {e}")))?;
+            // Taken last and held to the commit: feed rows get their seq in
+            // commit order.
+            tx.execute("SELECT pg_advisory_xact_lock(?1)", &[&FEED_LOCK])?;
+            let seq: i64 = tx.value(
+                "INSERT INTO changes (at_ms, effects) VALUES (CAST(extract(epoch FROM clock_timestamp()) * 1000 AS BIGINT), ?1) RETURNING seq",
+                &[&json],
+            )?;
+            tx.execute(&format!("NOTIFY {FEED_CHANNEL}"), &[])?;
+            Ok((out, Some(seq)))
+        })
+    }
+
+    /// After a commit that published `seq`: applies the feed rows before it
+    /// that this view has not seen, then `effects` (the row itself), unless
+    /// the follower got there first.
+    pub fn apply_through(&mut self, seq: i64, effects: &[Effect], sink: &dyn CommitSink) {
+        let cursor = Arc::clone(&self.cursor);
+        let mut cursor = cursor.lock().unwrap_or_else(|e| e.into_inner());
+        if cursor.seq >= seq {
+            return;
+        }
+        if cursor.seq < seq - 1 {
+            let from = cursor.seq;
+            let mut read = Pg {
+                client: &mut self.client,
+                statements: Some(&mut self.statements),
+            };
+            match read_feed(&mut read, from, Some(seq - 1)) {
+                Ok(rows) => apply_rows(&rows, &mut cursor, sink),
+                Err(error) => {
+                    // The follower reads them on its next round.
+                    tracing::warn!(error = %error, "Change feed not read after a commit");
+                    return;
+                }
+            }
+            if cursor.seq < seq - 1 {
+                return;
+            }
+        }
+        sink.apply(effects);
+        cursor.seq = seq;
+    }
+
+    /// Restores the view from one consistent snapshot, with the feed cursor
+    /// of that snapshot: later rows are the feed's to apply.
+    pub fn restore(
+        &mut self,
+        f: impl FnOnce(&mut dyn Sql) -> Result<(), DbError>,
+    ) -> Result<(), DbError> {
+        let cursor = Arc::clone(&self.cursor);
+        let mut cursor = cursor.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tx = self
+            .client
+            .build_transaction()
+            .isolation_level(postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()?;
+        // The restore reads everything: no statement timeout for it.
+        tx.batch_execute("SET LOCAL statement_timeout = 0")?;
+        let mut sql = Pg {
+            client: &mut tx,
+            statements: None,
+        };
+        let seq: i64 =
+            (&mut sql as &mut dyn Sql).value("SELECT COALESCE(MAX(seq), 0) FROM changes", &[])?;
+        f(&mut sql)?;
+        tx.commit()?;
+        cursor.seq = seq;
+        Ok(())
+    }
+
+    pub fn close(self) {
+        let _ = self.client.close();
+    }
+}
+
+/// A change feed row: its seq, its effects, and its age when read.
+struct FeedRow {
+    seq: i64,
+    effects: Vec<Effect>,
+    age_ms: i64,
+}
+
+fn read_feed(sql: &mut dyn Sql, after: i64, through: Option<i64>) -> Result<Vec<FeedRow>, DbError> {
+    sql.rows(
+        "SELECT seq, effects, CAST(extract(epoch FROM clock_timestamp()) * 1000 AS BIGINT) - at_ms \
+         FROM changes WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
+        &[&after, &through.unwrap_or(i64::MAX), &FOLLOW_BATCH],
+        |r| {
+            let text: String = r.get(1)?;
+            let effects = serde_json::from_str(&text).unwrap_or_else(|error| {
+                tracing::error!(error = %error, "A change feed row cannot be read; skipped");
+                Vec::new()
+            });
+            Ok(FeedRow {
+                seq: r.get(0)?,
+                effects,
+                age_ms: r.get(2)?,
+            })
+        },
+    )
+}
+
+fn apply_rows(rows: &[FeedRow], cursor: &mut FeedCursor, sink: &dyn CommitSink) {
+    for row in rows {
+        if row.seq <= cursor.seq {
+            continue;
+        }
+        sink.apply(&row.effects);
+        sink.followed(Duration::from_millis(row.age_ms.max(0) as u64));
+        cursor.seq = row.seq;
+    }
+}
+
+/// Keeps a replica's view current with what the other replicas commit:
+/// its own connection, `LISTEN`, and a read of the feed on every
+/// notification and at least every [`FOLLOW_INTERVAL`]. Runs until `stop`.
+pub fn follow(
+    config: PostgresConfig,
+    cursor: Arc<Mutex<FeedCursor>>,
+    sink: Arc<dyn CommitSink>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut client: Option<Client> = None;
+    let mut last_error: Option<String> = None;
+    while !stop.load(std::sync::atomic::Ordering::Acquire) {
+        if client.is_none() {
+            match config.connect().and_then(|mut c| {
+                c.batch_execute(&format!("LISTEN {FEED_CHANNEL}"))
+                    .map(|_| c)
+                    .map_err(DbError::from)
+            }) {
+                Ok(c) => {
+                    if last_error.take().is_some() {
+                        tracing::info!("Change feed followed again");
+                    }
+                    client = Some(c);
+                }
+                Err(error) => {
+                    let message = error.to_string();
+                    if last_error.as_ref() != Some(&message) {
+                        tracing::warn!(error = %message, "Change feed cannot be followed; retrying");
+                    }
+                    last_error = Some(message);
+                    std::thread::sleep(FOLLOW_INTERVAL);
+                    continue;
+                }
+            }
+        }
+        let conn = client.as_mut().expect("connected above");
+        let result = catch_up(conn, &cursor, &*sink).and_then(|()| {
+            // Wait for a notification (or the interval), then drop the rest:
+            // one read of the feed answers them all.
+            let mut notifications = conn.notifications();
+            notifications.timeout_iter(FOLLOW_INTERVAL).next()?;
+            while notifications.iter().next()?.is_some() {}
+            Ok(())
+        });
+        if let Err(error) = result {
+            tracing::warn!(error = %error, "Change feed connection lost; reconnecting");
+            client = None;
+        }
+    }
+}
+
+fn catch_up(
+    client: &mut Client,
+    cursor: &Mutex<FeedCursor>,
+    sink: &dyn CommitSink,
+) -> Result<(), DbError> {
+    loop {
+        let mut cursor = cursor.lock().unwrap_or_else(|e| e.into_inner());
+        let rows = read_feed(
+            &mut Pg {
+                client: &mut *client,
+                statements: None,
+            },
+            cursor.seq,
+            None,
+        )?;
+        let full = rows.len() as i64 >= FOLLOW_BATCH;
+        apply_rows(&rows, &mut cursor, sink);
+        if !full {
+            return Ok(());
+        }
+    }
+}
+
+/// Drops feed rows older than [`FEED_RETENTION`] (the retention step).
+pub fn prune_feed(sql: &mut dyn Sql, now_ms: i64, batch: u32) -> Result<usize, DbError> {
+    sql.execute(
+        "DELETE FROM changes WHERE seq IN (SELECT seq FROM changes WHERE at_ms < ?1 ORDER BY seq LIMIT ?2)",
+        &[
+            &(now_ms - FEED_RETENTION.as_millis() as i64),
+            &i64::from(batch),
+        ],
+    )
+}
+
+fn migrate(client: &mut Client) -> Result<(), DbError> {
+    // Replicas starting together migrate one at a time (even the first
+    // CREATE TABLE IF NOT EXISTS races with itself).
+    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])?;
+    let result = (|| -> Result<(), DbError> {
+        client.batch_execute(
+            "CREATE TABLE IF NOT EXISTS hookgauge_schema (version BIGINT NOT NULL)",
+        )?;
+        let applied: Option<i64> = client
+            .query_opt("SELECT MAX(version) FROM hookgauge_schema", &[])?
+            .and_then(|r| r.get(0));
+        let applied = applied.unwrap_or(0) as usize;
+        if applied > MIGRATIONS.len() {
+            return Err(DbError::Broken(format!(
+                "the database schema is version {applied}, newer than this binary knows ({}); \
+                 run a newer hookgauge",
+                MIGRATIONS.len()
+            )));
+        }
+        for (index, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+            let version = (index + 1) as i64;
+            let mut tx = client.transaction()?;
+            tx.batch_execute(sql)?;
+            tx.execute("DELETE FROM hookgauge_schema", &[])?;
+            tx.execute(
+                "INSERT INTO hookgauge_schema (version) VALUES ($1)",
+                &[&version],
+            )?;
+            tx.commit()?;
+            tracing::info!(version, "Store schema migrated");
+        }
+        Ok(())
+    })();
+    let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]);
+    result
+}
+
+/// Holds the advisory lock that makes one replica at a time run the
+/// background work (retention, pollers, redeliveries). Tries to take it
+/// every `interval`; while held, checks its connection as often, and lets
+/// go (reports `false`) the moment the connection fails. The lock is the
+/// session's: when a holder dies its connection closes and the server
+/// frees the lock, so another replica takes it on its next try.
+pub fn hold_lock(
+    config: PostgresConfig,
+    key: i64,
+    interval: Duration,
+    held: tokio::sync::watch::Sender<bool>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut client: Option<Client> = None;
+    while !stop.load(std::sync::atomic::Ordering::Acquire) {
+        let holding = *held.borrow();
+        let result = (|| -> Result<bool, DbError> {
+            if client.is_none() {
+                client = Some(config.connect()?);
+            }
+            let conn = client.as_mut().expect("connected above");
+            if holding {
+                conn.simple_query("")?;
+                Ok(true)
+            } else {
+                let row = conn.query_one("SELECT pg_try_advisory_lock($1)", &[&key])?;
+                Ok(row.get::<_, bool>(0))
+            }
+        })();
+        let now_holding = match result {
+            Ok(now) => now,
+            Err(error) => {
+                if holding {
+                    tracing::warn!(error = %error, "Lost the background-work lock's connection; stopping background work");
+                }
+                client = None;
+                false
+            }
+        };
+        if now_holding != holding {
+            if now_holding {
+                tracing::info!(
+                    "This replica runs the background work (retention, pollers, redeliveries)"
+                );
+            }
+            let _ = held.send(now_holding);
+        }
+        std::thread::sleep(interval);
+    }
+    if let Some(client) = client {
+        let _ = client.close();
+    }
+}
