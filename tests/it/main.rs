@@ -20,6 +20,7 @@ mod poll;
 mod poll_gitea;
 mod poll_gitlab;
 mod polling;
+mod postgres;
 mod prometheus;
 mod props;
 mod rules;
