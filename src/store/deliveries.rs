@@ -238,7 +238,7 @@ impl Reader {
             Reader::Postgres(pool) => match pool.get() {
                 Ok(mut client) => {
                     let mut sql = Pg {
-                        client: &mut *client,
+                        client: &mut **client,
                         statements: None,
                     };
                     f(&mut sql)
@@ -518,7 +518,7 @@ impl Ledger {
                 let sql = format!(
                     "SELECT app, COUNT(*), MIN(time), MAX(time) FROM ( \
                        SELECT app, time, ROW_NUMBER() OVER (PARTITION BY app ORDER BY time DESC) AS n \
-                       FROM ({times}) AS events WHERE time >= ?1 AND time <= ?2 AND (?3 IS NULL OR app = ?3) \
+                       FROM ({times}) AS events WHERE time >= ?1 AND time <= ?2 AND (CAST(?3 AS TEXT) IS NULL OR app = ?3) \
                      ) AS latest WHERE n <= ?4 GROUP BY app ORDER BY app"
                 );
                 let rows = conn.rows(
@@ -714,7 +714,7 @@ fn read_events(conn: &mut dyn Sql, filter: &EventFilter) -> Result<Vec<StoredEve
         events.extend(conn.rows(
             &format!(
                 "SELECT app, time, namespace, commit_sha, image_sha, delivery_id FROM {table} \
-                 WHERE time >= ?1 AND time < ?2 AND (?3 IS NULL OR app = ?3) ORDER BY time DESC LIMIT ?4"
+                 WHERE time >= ?1 AND time < ?2 AND (CAST(?3 AS TEXT) IS NULL OR app = ?3) ORDER BY time DESC LIMIT ?4"
             ),
             &[&since, &until, &app, &limit],
             |r| {
@@ -736,7 +736,7 @@ fn read_events(conn: &mut dyn Sql, filter: &EventFilter) -> Result<Vec<StoredEve
             &format!(
                 "SELECT app, {column}, issue_number, {column}_delivery FROM failures \
                  WHERE {column} IS NOT NULL AND {column} >= ?1 AND {column} < ?2 \
-                 AND (?3 IS NULL OR app = ?3) ORDER BY {column} DESC LIMIT ?4"
+                 AND (CAST(?3 AS TEXT) IS NULL OR app = ?3) ORDER BY {column} DESC LIMIT ?4"
             ),
             &[&since, &until, &app, &limit],
             |r| {

@@ -99,7 +99,7 @@ impl History {
     pub fn deploys(&self, filter: &HistoryFilter) -> Result<Vec<DeployRow>, StoreError> {
         self.query(
             "SELECT app, namespace, image_sha, time FROM deploys WHERE time BETWEEN ?1 AND ?2 \
-             AND (?3 IS NULL OR app = ?3) ORDER BY app, namespace, time, image_sha",
+             AND (CAST(?3 AS TEXT) IS NULL OR app = ?3) ORDER BY app, namespace, time, image_sha",
             filter,
             |r| {
                 Ok(DeployRow {
@@ -116,7 +116,7 @@ impl History {
     pub fn commits(&self, filter: &HistoryFilter) -> Result<Vec<CommitRow>, StoreError> {
         self.query(
             "SELECT app, commit_sha, image_sha, namespace, commit_link, time FROM commits \
-             WHERE time BETWEEN ?1 AND ?2 AND (?3 IS NULL OR app = ?3) \
+             WHERE time BETWEEN ?1 AND ?2 AND (CAST(?3 AS TEXT) IS NULL OR app = ?3) \
              ORDER BY app, commit_sha, image_sha, time",
             filter,
             |r| {
@@ -142,10 +142,10 @@ impl History {
     ) -> Result<Vec<FailureRow>, StoreError> {
         let sql = if resolved {
             "SELECT app, issue_number, resolved FROM failures WHERE resolved IS NOT NULL AND resolved <= ?2 \
-             AND CAST(?1 AS BIGINT) IS NOT NULL AND (?3 IS NULL OR app = ?3) ORDER BY app, resolved, issue_number"
+             AND CAST(?1 AS BIGINT) IS NOT NULL AND (CAST(?3 AS TEXT) IS NULL OR app = ?3) ORDER BY app, resolved, issue_number"
         } else {
             "SELECT app, issue_number, created FROM failures WHERE created IS NOT NULL AND created <= ?2 \
-             AND CAST(?1 AS BIGINT) IS NOT NULL AND (?3 IS NULL OR app = ?3) ORDER BY app, created, issue_number"
+             AND CAST(?1 AS BIGINT) IS NOT NULL AND (CAST(?3 AS TEXT) IS NULL OR app = ?3) ORDER BY app, created, issue_number"
         };
         self.query(sql, filter, |r| {
             Ok(FailureRow {
@@ -164,7 +164,7 @@ impl History {
                SELECT o.app AS app, c.time + o.seconds AS at, o.seconds AS seconds FROM observations o \
                JOIN (SELECT app, commit_sha, MIN(time) AS time FROM commits GROUP BY app, commit_sha) c \
                  ON c.app = o.app AND c.commit_sha = o.subject \
-               WHERE o.kind = 'lead_time' AND (?3 IS NULL OR o.app = ?3)) AS made \
+               WHERE o.kind = 'lead_time' AND (CAST(?3 AS TEXT) IS NULL OR o.app = ?3)) AS made \
              WHERE at <= ?2 AND CAST(?1 AS BIGINT) IS NOT NULL ORDER BY app, at",
             filter,
             observation_row,
@@ -179,7 +179,7 @@ impl History {
                SELECT o.app AS app, CASE WHEN f.created > f.resolved THEN f.created ELSE f.resolved END AS at, \
                  o.seconds AS seconds FROM observations o \
                JOIN failures f ON f.app = o.app AND f.issue_number = o.subject \
-               WHERE o.kind = 'time_to_restore' AND (?3 IS NULL OR o.app = ?3)) AS made \
+               WHERE o.kind = 'time_to_restore' AND (CAST(?3 AS TEXT) IS NULL OR o.app = ?3)) AS made \
              WHERE at <= ?2 AND CAST(?1 AS BIGINT) IS NOT NULL ORDER BY app, at",
             filter,
             observation_row,

@@ -114,20 +114,51 @@ impl PostgresConfig {
 #[derive(Debug)]
 pub struct Manager(PostgresConfig);
 
+/// A pooled connection. The synchronous client blocks on its own runtime to
+/// close, which must not happen on a thread that drives async tasks (the
+/// pool can be dropped there, with the server's state): such a close moves
+/// to a thread of its own.
+pub struct Pooled(Option<Client>);
+
+impl std::ops::Deref for Pooled {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Pooled {
+    fn deref_mut(&mut self) -> &mut Client {
+        self.0.as_mut().expect("present until dropped")
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                let _ = std::thread::Builder::new()
+                    .name("hookgauge-pg-close".into())
+                    .spawn(move || drop(client));
+            }
+        }
+    }
+}
+
 impl r2d2::ManageConnection for Manager {
-    type Connection = Client;
+    type Connection = Pooled;
     type Error = DbError;
 
-    fn connect(&self) -> Result<Client, DbError> {
-        self.0.connect()
+    fn connect(&self) -> Result<Pooled, DbError> {
+        self.0.connect().map(|c| Pooled(Some(c)))
     }
 
-    fn is_valid(&self, conn: &mut Client) -> Result<(), DbError> {
+    fn is_valid(&self, conn: &mut Pooled) -> Result<(), DbError> {
         conn.simple_query("")?;
         Ok(())
     }
 
-    fn has_broken(&self, conn: &mut Client) -> bool {
+    fn has_broken(&self, conn: &mut Pooled) -> bool {
         conn.is_closed()
     }
 }

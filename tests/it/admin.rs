@@ -332,34 +332,21 @@ async fn retention_prunes_old_bodies_and_rows_while_ingest_goes_on() {
     // Time passes for the first 30: ten of them past the ledger's age, twenty
     // past the bodies' only.
     let day_ms = 86_400_000i64;
-    {
-        let conn = rusqlite::Connection::open(app.database()).unwrap();
-        conn.execute(
-            "UPDATE deliveries SET received_at_ms = received_at_ms - ?1 WHERE seq <= 10",
-            [31 * day_ms],
-        )
-        .unwrap();
-        conn.execute(
-            "UPDATE deliveries SET received_at_ms = received_at_ms - ?1 WHERE seq > 10 AND seq <= 30",
-            [8 * day_ms],
-        )
-        .unwrap();
-    }
+    app.exec(&format!(
+        "UPDATE deliveries SET received_at_ms = received_at_ms - {} WHERE seq <= 10",
+        31 * day_ms
+    ));
+    app.exec(&format!(
+        "UPDATE deliveries SET received_at_ms = received_at_ms - {} WHERE seq > 10 AND seq <= 30",
+        8 * day_ms
+    ));
     // Ingest continues meanwhile and is acknowledged as usual.
     app.deploy_images(40..60, t).await;
     let counts = || {
-        let conn = rusqlite::Connection::open(app.database()).unwrap();
-        let rows: i64 = conn
-            .query_row("SELECT COUNT(*) FROM deliveries", [], |r| r.get(0))
-            .unwrap();
-        let bodies: i64 = conn
-            .query_row(
-                "SELECT COUNT(*) FROM deliveries WHERE body IS NOT NULL",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        (rows, bodies)
+        (
+            app.count("SELECT COUNT(*) FROM deliveries"),
+            app.count("SELECT COUNT(*) FROM deliveries WHERE body IS NOT NULL"),
+        )
     };
     let mut last = (0, 0);
     for _ in 0..300 {
@@ -371,11 +358,7 @@ async fn retention_prunes_old_bodies_and_rows_while_ingest_goes_on() {
     }
     assert_eq!(last, (50, 30), "rows and bodies after retention");
     // Events are the history: all 60 deploys are still stored.
-    let conn = rusqlite::Connection::open(app.database()).unwrap();
-    let deploys: i64 = conn
-        .query_row("SELECT COUNT(*) FROM deploys", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(deploys, 60);
+    assert_eq!(app.count("SELECT COUNT(*) FROM deploys"), 60);
     tokio::time::sleep(Duration::from_millis(250)).await;
     let scrape = app.scrape().await;
     assert_eq!(scrape.value("hookgauge_store_ledger_rows", &[]), 50.0);

@@ -6,8 +6,7 @@ use base64::Engine as _;
 use serde_json::json;
 
 use crate::harness::{
-    hmac_hex, ledger_rows, spawn_app_with, standard_signature_with, whsec_key, Reply, TestApp,
-    SECRET, WHSEC,
+    hmac_hex, spawn_app_with, standard_signature_with, whsec_key, Reply, TestApp, SECRET, WHSEC,
 };
 use crate::sources::post;
 
@@ -365,19 +364,19 @@ async fn every_forged_credential_is_refused_without_a_trace() {
     }
 
     // Nothing was recorded but the refusals, and no refused body was kept.
-    let rows = ledger_rows(&app.database());
+    let rows = app.ledger();
     assert_eq!(rows.len(), refused, "one ledger row per refusal");
     assert!(rows.iter().all(|r| r.outcome == "rejected"), "{rows:?}");
     assert!(
         rows.iter().all(|r| r.body.is_none()),
         "no refused body kept"
     );
-    let conn = rusqlite::Connection::open(app.database()).unwrap();
     for table in ["commits", "deploys", "failures", "links"] {
-        let n: i64 = conn
-            .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(n, 0, "{table}");
+        assert_eq!(
+            app.count(&format!("SELECT COUNT(*) FROM {table}")),
+            0,
+            "{table}"
+        );
     }
     // And no response or ledger row carries the secret.
     for row in &rows {

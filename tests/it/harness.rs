@@ -1,6 +1,12 @@
 //! Test harness: starts the real app in-process on `127.0.0.1:0` with a
 //! temporary data directory and a real SQLite file, or the real binary as a
 //! child process, and talks HTTP to it.
+//!
+//! With `HOOKGAUGE_TEST_STORE=postgres` the in-process app uses a fresh
+//! database of the test PostgreSQL cluster instead of the SQLite file, and
+//! [`TestApp::ledger`], [`TestApp::count`], [`TestApp::strings`] and
+//! [`TestApp::exec`] read and write that database: the same tests then run
+//! against the shared store (`scripts/test` runs the store's tests both ways).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -138,11 +144,40 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|raw| raw.sources.pelorus.secrets = vec![SECRET.into()]).await
 }
 
+/// Which store the in-process apps of this test run use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Sqlite,
+    Postgres,
+}
+
+/// `HOOKGAUGE_TEST_STORE`: `postgres`, or SQLite when unset.
+pub fn store_kind() -> StoreKind {
+    match std::env::var("HOOKGAUGE_TEST_STORE").as_deref() {
+        Ok("postgres") => StoreKind::Postgres,
+        Ok("sqlite") | Err(_) => StoreKind::Sqlite,
+        Ok(other) => panic!("HOOKGAUGE_TEST_STORE={other}: use sqlite or postgres"),
+    }
+}
+
+/// A fresh database of the shared test cluster, with its password.
+pub fn postgres_database() -> String {
+    let cluster = crate::postgres::Cluster::shared();
+    cluster.url_with_password(&cluster.database())
+}
+
 /// Starts the app after `configure` has adjusted the configuration.
 pub async fn spawn_app_with(configure: impl FnOnce(&mut RawConfig)) -> TestApp {
     init_tracing();
     let data_dir = tempfile::tempdir().unwrap();
     let mut raw = test_config(data_dir.path());
+    if store_kind() == StoreKind::Postgres {
+        raw.store.url = Some(
+            tokio::task::spawn_blocking(postgres_database)
+                .await
+                .unwrap(),
+        );
+    }
     configure(&mut raw);
     let app = hookgauge::app::start(&Settings::from_raw(raw.clone()).unwrap())
         .await
@@ -218,8 +253,91 @@ impl TestApp {
 
     /// Ledger rows as (delivery_id, outcome, reason, body kept), oldest first.
     pub fn ledger(&self) -> Vec<LedgerRow> {
-        ledger_rows(&self.database())
+        match &self.raw.store.url {
+            None => ledger_rows(&self.database()),
+            Some(url) => postgres_rows(
+                url,
+                "SELECT delivery_id, event, outcome, reason, body FROM deliveries ORDER BY seq",
+                |r| LedgerRow {
+                    delivery_id: r.get(0),
+                    event: r.get(1),
+                    outcome: r.get(2),
+                    reason: r.get(3),
+                    body: r.get(4),
+                },
+            ),
+        }
     }
+
+    /// The single integer `sql` answers, from whichever store the app uses.
+    pub fn count(&self, sql: &str) -> i64 {
+        match &self.raw.store.url {
+            None => rusqlite::Connection::open(self.database())
+                .unwrap()
+                .query_row(sql, [], |r| r.get(0))
+                .unwrap_or_else(|e| panic!("{sql}: {e}")),
+            Some(url) => postgres_rows(url, sql, |r| r.get::<_, i64>(0))[0],
+        }
+    }
+
+    /// The first column of every row `sql` answers, as text.
+    pub fn strings(&self, sql: &str) -> Vec<String> {
+        match &self.raw.store.url {
+            None => {
+                let conn = rusqlite::Connection::open(self.database()).unwrap();
+                let mut stmt = conn.prepare(sql).unwrap();
+                stmt.query_map([], |r| r.get(0))
+                    .unwrap()
+                    .collect::<Result<_, _>>()
+                    .unwrap()
+            }
+            Some(url) => postgres_rows(url, sql, |r| r.get(0)),
+        }
+    }
+
+    /// Runs a statement against the app's store (as a second writer would).
+    pub fn exec(&self, sql: &str) {
+        match &self.raw.store.url {
+            None => {
+                rusqlite::Connection::open(self.database())
+                    .unwrap()
+                    .execute_batch(sql)
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            }
+            Some(url) => {
+                let (url, sql) = (url.clone(), sql.to_owned());
+                std::thread::spawn(move || {
+                    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+                    client
+                        .batch_execute(&sql)
+                        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+                })
+                .join()
+                .unwrap();
+            }
+        }
+    }
+}
+
+/// Rows of `sql` on the PostgreSQL database at `url`, read on a thread of
+/// their own (the synchronous client cannot run on a runtime's thread).
+pub fn postgres_rows<T: Send + 'static>(
+    url: &str,
+    sql: &str,
+    map: impl Fn(&postgres::Row) -> T + Send + 'static,
+) -> Vec<T> {
+    let (url, sql) = (url.to_owned(), sql.to_owned());
+    std::thread::spawn(move || {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        client
+            .query(sql.as_str(), &[])
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .iter()
+            .map(map)
+            .collect()
+    })
+    .join()
+    .unwrap()
 }
 
 /// Posts a Pelorus delivery to the ingest port at `ingest`, signed with

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use crate::harness::{deploy_body, image, ledger_rows, now, spawn_app, TestApp};
+use crate::harness::{deploy_body, image, now, spawn_app, TestApp};
 
 fn connect(app: &TestApp) -> TcpStream {
     let addr = app.ingest.trim_start_matches("http://");
@@ -124,7 +124,8 @@ async fn an_unsigned_flood_writes_a_trickle_and_valid_senders_go_through() {
         "a valid sender is served during the flood"
     );
     let seconds = started.elapsed().as_secs() + 1;
-    let rejected = ledger_rows(&app.database())
+    let rejected = app
+        .ledger()
         .into_iter()
         .filter(|r| r.outcome == "rejected")
         .count() as u64;

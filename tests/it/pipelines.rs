@@ -5,7 +5,7 @@
 
 use serde_json::{json, Value};
 
-use crate::harness::{ledger_rows, now, spawn_app_with, TestApp};
+use crate::harness::{now, spawn_app_with, TestApp};
 use crate::sources::{hook_path, post, provider_headers, spawn_sources, SECRET};
 
 /// Delivers `body` to `source` as its sender would, signed with the test secret.
@@ -18,7 +18,7 @@ async fn deliver(app: &TestApp, source: &str, event: &str, id: &str, body: &Valu
 }
 
 fn reason(app: &TestApp, delivery_id: &Value) -> Option<String> {
-    ledger_rows(&app.database())
+    app.ledger()
         .into_iter()
         .find(|r| Some(r.delivery_id.as_str()) == delivery_id.as_str())
         .and_then(|r| r.reason)
@@ -576,14 +576,9 @@ async fn azure_devops_pushes_builds_and_work_items_map() {
         scrape.value("hookgauge_time_to_restore_seconds_sum", &project),
         1200.0
     );
-    let conn = rusqlite::Connection::open(app.database()).unwrap();
-    let pushed: i64 = conn
-        .query_row(
-            "SELECT COUNT(*) FROM commits WHERE app = 'Fabrikam-Fiber-Git' AND commit_sha = '33b55f7cb7e7e245323987634f960cf4a6e6bc74'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let pushed = app.count(
+        "SELECT COUNT(*) FROM commits WHERE app = 'Fabrikam-Fiber-Git' AND commit_sha = '33b55f7cb7e7e245323987634f960cf4a6e6bc74'",
+    );
     assert_eq!(pushed, 1);
     app.shutdown().await;
 }

@@ -238,14 +238,7 @@ async fn a_polled_deploy_counts_once_with_its_webhook_and_restarts_poll_conditio
     assert_eq!(requests_to(&server, "/statuses").await.len(), 1);
     // The finished deployment's statuses state went with it; the
     // deployments stream's stays.
-    let db = rusqlite::Connection::open(app.database()).unwrap();
-    let streams: Vec<String> = db
-        .prepare("SELECT stream FROM poll_state ORDER BY stream")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let streams = app.strings("SELECT stream FROM poll_state ORDER BY stream");
     assert!(
         streams.iter().any(|s| s.ends_with("|deployments")),
         "{streams:?}"

@@ -6,7 +6,7 @@
 use serde_json::json;
 
 use crate::harness::{
-    fixture, hmac_hex, ledger_rows, spawn_app_with, standard_signature, Reply, TestApp, WHSEC,
+    fixture, hmac_hex, spawn_app_with, standard_signature, Reply, TestApp, WHSEC,
 };
 
 pub use crate::harness::SECRET;
@@ -493,7 +493,7 @@ async fn every_provider_fixture_maps_as_specified() {
             reply.json["delivery_id"].as_str().unwrap().to_owned()
         };
         assert_eq!(reply.json["delivery_id"], id.as_str(), "{file}");
-        let rows = ledger_rows(&app.database());
+        let rows = app.ledger();
         let row = rows
             .iter()
             .find(|r| r.delivery_id == id)
@@ -534,7 +534,6 @@ async fn every_provider_fixture_maps_as_specified() {
     assert_eq!(failures("PA2P440"), 1.0);
     // Commits from pushes are stored in branch order (these are older than
     // the commit window, so they are not exposed as commit_timestamp).
-    let conn = rusqlite::Connection::open(app.database()).unwrap();
     for (app_name, commit) in [
         (
             "Codertocat/Hello-World",
@@ -548,22 +547,15 @@ async fn every_provider_fixture_maps_as_specified() {
             "67b56589a6f8eca8f7a1b4e3b4b4f1b4f6bb3a0e",
         ),
     ] {
-        let stored: i64 = conn
-            .query_row(
-                "SELECT COUNT(*) FROM commits WHERE app = ?1 AND commit_sha LIKE ?2 AND pushed_seq IS NOT NULL",
-                rusqlite::params![app_name, format!("{}%", &commit[..8])],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let stored = app.count(&format!(
+            "SELECT COUNT(*) FROM commits WHERE app = '{app_name}' AND commit_sha LIKE '{}%' \
+             AND pushed_seq IS NOT NULL",
+            &commit[..8]
+        ));
         assert_eq!(stored, 1, "{app_name} {commit}");
     }
-    let order: Vec<String> = conn
-        .prepare("SELECT commit_sha FROM commits WHERE app = 'mike/diaspora' ORDER BY pushed_seq")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let order = app
+        .strings("SELECT commit_sha FROM commits WHERE app = 'mike/diaspora' ORDER BY pushed_seq");
     assert_eq!(order[0], "b6568db1bc1dcd7f8b4d5a946b0b91f9dacd7327");
     assert_eq!(order[1], "da1560886d4f094c3e6c9ef40349f7d38b5d27d7");
     let ignored: f64 = scrape
@@ -660,7 +652,7 @@ async fn bad_credentials_are_refused_for_every_source() {
     let reply = post(&app, "/hooks/standard-webhooks", &headers, body).await;
     assert_eq!(reply.status, 401, "{}", reply.text);
     assert_eq!(reply.json["reason"], "stale_timestamp");
-    let rows = ledger_rows(&app.database());
+    let rows = app.ledger();
     assert!(rows
         .iter()
         .all(|r| r.outcome == "rejected" || r.outcome == "accepted"));
