@@ -122,15 +122,20 @@ fn manifests() -> Vec<(String, Value)> {
 }
 
 fn object(kind: &str, name: &str) -> Value {
-    let found: Vec<Value> = manifests()
-        .into_iter()
-        .map(|(_, doc)| doc)
+    let docs: Vec<Value> = manifests().into_iter().map(|(_, doc)| doc).collect();
+    object_in(&docs, kind, name)
+}
+
+/// The one object of that kind and name among `objects`.
+fn object_in(objects: &[Value], kind: &str, name: &str) -> Value {
+    let found: Vec<&Value> = objects
+        .iter()
         .filter(|doc| {
             doc["kind"].as_str() == Some(kind) && doc["metadata"]["name"].as_str() == Some(name)
         })
         .collect();
     assert_eq!(found.len(), 1, "expected exactly one {kind} {name}");
-    found.into_iter().next().unwrap()
+    found[0].clone()
 }
 
 fn deployment() -> Value {
@@ -271,12 +276,24 @@ fn dockerfile_env() -> Vec<(String, String)> {
 // Docker Compose
 
 fn compose() -> Value {
-    single_document(Path::new(COMPOSE_FILE))
+    compose_file(Path::new(COMPOSE_FILE))
+}
+
+/// A compose file with its `<<: *anchor` merge keys applied, as compose reads it.
+fn compose_file(path: &Path) -> Value {
+    let mut compose = single_document(path);
+    compose
+        .apply_merge()
+        .unwrap_or_else(|e| panic!("{}: merge keys: {e}", path.display()));
+    compose
 }
 
 fn compose_service<'a>(compose: &'a Value, name: &str) -> &'a Value {
     let service = &compose["services"][name];
-    assert!(service.is_mapping(), "compose.yaml has no service {name}");
+    assert!(
+        service.is_mapping(),
+        "the compose file has no service {name}"
+    );
     service
 }
 
@@ -322,6 +339,15 @@ fn compose_default(value: &str) -> String {
 
 /// Published ports of a compose service as (host address, container port).
 fn published_ports(service: &Value) -> Vec<(Option<String>, u64)> {
+    port_bindings(service)
+        .into_iter()
+        .map(|(host_ip, _, container)| (host_ip, container))
+        .collect()
+}
+
+/// Published ports of a compose service as (host address, host port, container
+/// port); no host port when compose picks one.
+fn port_bindings(service: &Value) -> Vec<(Option<String>, Option<u64>, u64)> {
     list(&service["ports"], "ports")
         .iter()
         .map(|p| {
@@ -329,7 +355,12 @@ fn published_ports(service: &Value) -> Vec<(Option<String>, u64)> {
             let parts: Vec<&str> = spec.split(':').collect();
             let container: u64 = parts.last().unwrap().parse().unwrap();
             let host_ip = (parts.len() == 3).then(|| parts[0].to_owned());
-            (host_ip, container)
+            let host_port = (parts.len() >= 2).then(|| {
+                parts[parts.len() - 2]
+                    .parse()
+                    .unwrap_or_else(|e| panic!("port {spec}: {e}"))
+            });
+            (host_ip, host_port, container)
         })
         .collect()
 }
@@ -505,9 +536,14 @@ fn deployment_runs_one_replica_with_probes_on_the_ingest_port() {
     let selector = string_map(&spec["selector"]["matchLabels"], "selector");
     let pod_labels = string_map(&spec["template"]["metadata"]["labels"], "pod labels");
     assert!(selects(&selector, &pod_labels), "selector matches the pod");
+    assert_runs_hookgauge_with_probes_on_the_ingest_port(&deployment);
+}
 
-    let container = container(&deployment);
-    let ports = container_ports(&deployment);
+/// The container, its ports, probes, arguments, grace period and resources.
+fn assert_runs_hookgauge_with_probes_on_the_ingest_port(deployment: &Value) {
+    let spec = &deployment["spec"];
+    let container = container(deployment);
+    let ports = container_ports(deployment);
     assert_eq!(
         ports,
         BTreeMap::from([
@@ -560,9 +596,12 @@ fn deployment_runs_one_replica_with_probes_on_the_ingest_port() {
 
 #[test]
 fn deployment_runs_as_non_root_on_a_read_only_root_filesystem() {
-    let deployment = deployment();
+    assert_non_root_on_a_read_only_root_filesystem(&deployment());
+}
+
+fn assert_non_root_on_a_read_only_root_filesystem(deployment: &Value) {
     let pod = &deployment["spec"]["template"]["spec"]["securityContext"];
-    let security = &container(&deployment)["securityContext"];
+    let security = &container(deployment)["securityContext"];
     assert_eq!(
         security["readOnlyRootFilesystem"].as_bool(),
         Some(true),
@@ -949,7 +988,24 @@ fn prometheus_config_passes_promtool_and_scrapes_job_hookgauge() {
 #[test]
 fn compose_prometheus_config_passes_promtool_with_the_rules_where_it_looks_for_them() {
     let compose = compose();
-    let prometheus = compose_service(&compose, "prometheus");
+    let config = compose_prometheus_config(&compose);
+
+    // The scrape target is the compose service.
+    let job = list(&config["scrape_configs"], "scrape_configs")
+        .iter()
+        .find(|j| j["job_name"].as_str() == Some("hookgauge"))
+        .expect("a scrape job named hookgauge");
+    let target = text(&job["static_configs"][0]["targets"][0], "target");
+    let (host, port) = target.split_once(':').unwrap();
+    compose_service(&compose, host);
+    assert_eq!(port, METRICS_PORT.to_string());
+}
+
+/// The configuration the compose service `prometheus` is started with, after
+/// checking it with promtool and that its rule files are mounted where it
+/// looks for them.
+fn compose_prometheus_config(compose: &Value) -> Value {
+    let prometheus = compose_service(compose, "prometheus");
     let container_config = "/etc/prometheus/prometheus.yml";
     let host_config = mounted_at(prometheus, container_config);
     promtool_check_config(&host_config);
@@ -971,16 +1027,7 @@ fn compose_prometheus_config_passes_promtool_with_the_rules_where_it_looks_for_t
             target.display()
         );
     }
-
-    // The scrape target is the compose service.
-    let job = list(&config["scrape_configs"], "scrape_configs")
-        .iter()
-        .find(|j| j["job_name"].as_str() == Some("hookgauge"))
-        .expect("a scrape job named hookgauge");
-    let target = text(&job["static_configs"][0]["targets"][0], "target");
-    let (host, port) = target.split_once(':').unwrap();
-    compose_service(&compose, host);
-    assert_eq!(port, METRICS_PORT.to_string());
+    config
 }
 
 #[test]
@@ -1007,30 +1054,7 @@ fn kubernetes_scrape_config_passes_promtool_and_targets_the_metrics_service() {
 #[test]
 fn compose_mounts_exist_and_match_the_grafana_provisioning() {
     let compose = compose();
-    let services = compose["services"].as_mapping().expect("services");
-    let volumes = compose["volumes"].as_mapping().expect("named volumes");
-    for (name, service) in services {
-        let name = text(name, "service name");
-        if service["volumes"].is_null() {
-            continue;
-        }
-        for (source, _) in bind_mounts(service) {
-            assert!(
-                source.exists(),
-                "{name}: {} does not exist",
-                source.display()
-            );
-        }
-        for v in list(&service["volumes"], "volumes") {
-            let source = text(v, "volume").split(':').next().unwrap();
-            if !(source.starts_with('.') || source.starts_with('/')) {
-                assert!(
-                    volumes.contains_key(source),
-                    "{name}: named volume {source} is not declared"
-                );
-            }
-        }
-    }
+    assert_bind_mounts_exist_and_named_volumes_are_declared(&compose);
 
     // hookgauge: built from the repository, store on a named volume, a secret set.
     let hookgauge = compose_service(&compose, "hookgauge");
@@ -1115,6 +1139,34 @@ fn compose_mounts_exist_and_match_the_grafana_provisioning() {
                 "{}",
                 file.display()
             );
+        }
+    }
+}
+
+/// Every bind-mounted host path exists and every named volume is declared.
+fn assert_bind_mounts_exist_and_named_volumes_are_declared(compose: &Value) {
+    let services = compose["services"].as_mapping().expect("services");
+    let volumes = compose["volumes"].as_mapping().expect("named volumes");
+    for (name, service) in services {
+        let name = text(name, "service name");
+        if service["volumes"].is_null() {
+            continue;
+        }
+        for (source, _) in bind_mounts(service) {
+            assert!(
+                source.exists(),
+                "{name}: {} does not exist",
+                source.display()
+            );
+        }
+        for v in list(&service["volumes"], "volumes") {
+            let source = text(v, "volume").split(':').next().unwrap();
+            if !(source.starts_with('.') || source.starts_with('/')) {
+                assert!(
+                    volumes.contains_key(source),
+                    "{name}: named volume {source} is not declared"
+                );
+            }
         }
     }
 }
