@@ -1,9 +1,11 @@
 //! The deployment files, checked without a cluster or a container engine:
-//! every manifest under deploy/kubernetes and deploy/compose parses, the
-//! Kubernetes objects, the Dockerfile, the compose services and the Prometheus
-//! configurations agree on ports, paths and names, the shipped configuration
-//! passes the real binary's `check-config`, and `promtool check config`
-//! accepts every Prometheus configuration.
+//! every manifest under deploy/kubernetes, deploy/kubernetes-postgres and
+//! deploy/compose parses, the Kubernetes objects, the Dockerfile, the compose
+//! services and the Prometheus configurations agree on ports, paths and names,
+//! the shipped configuration passes the real binary's `check-config`, and
+//! `promtool check config` accepts every Prometheus configuration. The
+//! PostgreSQL overlay is checked on the objects it produces, built here from
+//! its patches (CI has no kustomize).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -20,10 +22,17 @@ const PROMETHEUS_CONFIG: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/deploy/prometheus/prometheus.yml"
 );
+/// The kustomize overlay running several replicas on PostgreSQL.
+const KUBERNETES_POSTGRES: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/kubernetes-postgres");
 const DOCKERFILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile");
 
-/// Manifests that are kept beside the others but are not applied with them.
+/// Manifests that are kept beside the others but are not applied with them
+/// (in the base and in the PostgreSQL overlay).
 const NOT_IN_KUSTOMIZATION: &[&str] = &["secret.example.yaml", "prometheus-scrape-config.yaml"];
+
+/// The variable naming the file that holds the whole store URL.
+const STORE_URL_FILE_ENV: &str = "HOOKGAUGE__STORE__URL_FILE";
 
 const INGEST_PORT: u64 = 8080;
 const METRICS_PORT: u64 = 9464;
@@ -204,6 +213,175 @@ fn volume<'a>(deployment: &'a Value, name: &str) -> &'a Value {
 }
 
 // ---------------------------------------------------------------------------
+// Kustomize, as far as the overlay uses it
+
+/// The objects `kubectl apply -k dir` would apply, for kustomizations written
+/// as these are: `resources` (files, or directories with a kustomization.yaml
+/// of their own) and `patches` by `path` (strategic merge patches, or
+/// `$patch: delete` of a whole object). Anything else fails the test instead
+/// of being ignored.
+fn kustomize(dir: &Path) -> Vec<Value> {
+    let kustomization = kustomization(dir);
+    let mut objects = Vec::new();
+    for resource in kustomization_entries(&kustomization, "resources") {
+        let path = dir.join(&resource);
+        if path.is_dir() {
+            objects.extend(kustomize(&path));
+        } else {
+            objects.extend(documents(&path));
+        }
+    }
+    for path in kustomization_entries(&kustomization, "patches") {
+        let patch = single_document(&dir.join(&path));
+        let position = objects
+            .iter()
+            .position(|object| same_object(object, &patch))
+            .unwrap_or_else(|| panic!("{path} patches no object of {}", dir.display()));
+        if patch["$patch"].as_str() == Some("delete") {
+            objects.remove(position);
+        } else {
+            strategic_merge(&mut objects[position], &patch);
+        }
+    }
+    objects
+}
+
+fn kustomization(dir: &Path) -> Value {
+    let kustomization = single_document(&dir.join("kustomization.yaml"));
+    assert_eq!(
+        kustomization["kind"].as_str(),
+        Some("Kustomization"),
+        "{}: kind",
+        dir.display()
+    );
+    for key in kustomization.as_mapping().unwrap().keys() {
+        let key = text(key, "kustomization key");
+        assert!(
+            [
+                "apiVersion",
+                "kind",
+                "metadata",
+                "resources",
+                "patches",
+                "images"
+            ]
+            .contains(&key),
+            "{}: `{key}` is not understood by these tests' kustomize",
+            dir.display()
+        );
+    }
+    kustomization
+}
+
+/// The paths a kustomization lists under `resources` or `patches`.
+fn kustomization_entries(kustomization: &Value, key: &str) -> Vec<String> {
+    if kustomization[key].is_null() {
+        return Vec::new();
+    }
+    list(&kustomization[key], key)
+        .iter()
+        .map(|entry| match entry.as_str() {
+            Some(path) => path.to_owned(),
+            None => {
+                let keys: Vec<&Value> = entry.as_mapping().unwrap().keys().collect();
+                assert_eq!(keys, ["path"], "{key}: only `path` entries are understood");
+                text(&entry["path"], "patch path").to_owned()
+            }
+        })
+        .collect()
+}
+
+fn same_object(a: &Value, b: &Value) -> bool {
+    a["kind"] == b["kind"]
+        && a["metadata"]["name"] == b["metadata"]["name"]
+        && a["metadata"]["namespace"] == b["metadata"]["namespace"]
+}
+
+/// The merge key (Kubernetes' `patchMergeKey`) of the lists the patches here
+/// touch: a patch item merges into the item with the same key. Lists without
+/// one are replaced, as strategic merge does.
+fn merge_key(field: &str) -> Option<&'static str> {
+    match field {
+        "containers" | "initContainers" | "volumes" | "env" => Some("name"),
+        "volumeMounts" => Some("mountPath"),
+        "ports" => Some("containerPort"),
+        "topologySpreadConstraints" => Some("topologyKey"),
+        _ => None,
+    }
+}
+
+/// A strategic merge patch: mappings merge key by key, `null` deletes a key,
+/// lists with a merge key merge item by item (`$patch: delete` removes one),
+/// everything else is replaced.
+fn strategic_merge(target: &mut Value, patch: &Value) {
+    let (Some(target), Some(patch)) = (target.as_mapping_mut(), patch.as_mapping()) else {
+        *target = patch.clone();
+        return;
+    };
+    for (key, value) in patch {
+        let field = text(key, "patch key");
+        assert!(
+            !field.starts_with('$'),
+            "patch directive {field} is not understood here"
+        );
+        if value.is_null() {
+            target.remove(key);
+            continue;
+        }
+        let existing = target.get(key);
+        let merge_list = merge_key(field).filter(|_| existing.is_some_and(Value::is_sequence));
+        let merge_map = value.is_mapping() && existing.is_some_and(Value::is_mapping);
+        if let Some(merge_key) = merge_list {
+            let items = target.get_mut(key).unwrap().as_sequence_mut().unwrap();
+            for item in list(value, field) {
+                let id = &item[merge_key];
+                assert!(!id.is_null(), "{field}: an item without {merge_key}");
+                let position = items.iter().position(|i| &i[merge_key] == id);
+                match (item["$patch"].as_str(), position) {
+                    (Some("delete"), Some(position)) => {
+                        items.remove(position);
+                    }
+                    (Some(directive), _) => panic!("{field}: $patch: {directive} of {id:?}"),
+                    (None, Some(position)) => strategic_merge(&mut items[position], item),
+                    (None, None) => items.push(item.clone()),
+                }
+            }
+        } else if merge_map {
+            strategic_merge(target.get_mut(key).unwrap(), value);
+        } else {
+            target.insert(key.clone(), value.clone());
+        }
+    }
+}
+
+/// What `kubectl apply -k deploy/kubernetes-postgres` applies.
+fn postgres_objects() -> Vec<Value> {
+    kustomize(Path::new(KUBERNETES_POSTGRES))
+}
+
+fn kind_count(objects: &[Value], kind: &str) -> usize {
+    objects
+        .iter()
+        .filter(|o| o["kind"].as_str() == Some(kind))
+        .count()
+}
+
+/// An `int` or a percentage of a Deployment or PodDisruptionBudget field, as
+/// a number of pods out of `replicas` (rounded down, as maxUnavailable is).
+fn pods(value: &Value, replicas: u64, what: &str) -> u64 {
+    match value.as_str() {
+        Some(percent) => {
+            let percent: u64 = percent
+                .strip_suffix('%')
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| panic!("{what}: {percent}"));
+            replicas * percent / 100
+        }
+        None => number(value, what),
+    }
+}
+
+// ---------------------------------------------------------------------------
 // The Dockerfile
 
 /// The Dockerfile's instructions as (KEYWORD, arguments), continuation lines
@@ -366,6 +544,57 @@ fn port_bindings(service: &Value) -> Vec<(Option<String>, Option<u64>, u64)> {
 }
 
 // ---------------------------------------------------------------------------
+// PostgreSQL store URLs
+
+/// The parts of a PostgreSQL URL the deployment files agree on.
+#[derive(Debug)]
+struct StoreUrl {
+    user: String,
+    password: Option<String>,
+    host: String,
+    port: Option<u64>,
+    database: String,
+}
+
+impl StoreUrl {
+    fn parse(url: &str) -> StoreUrl {
+        let rest = url
+            .strip_prefix("postgres://")
+            .or_else(|| url.strip_prefix("postgresql://"))
+            .unwrap_or_else(|| panic!("{url}: not a postgres:// URL"));
+        let (authority, path) = rest
+            .split_once('/')
+            .unwrap_or_else(|| panic!("{url}: no database"));
+        let (user_info, host_port) = authority
+            .rsplit_once('@')
+            .unwrap_or_else(|| panic!("{url}: no user"));
+        let (user, password) = match user_info.split_once(':') {
+            Some((user, password)) => (user, Some(password.to_owned())),
+            None => (user_info, None),
+        };
+        let (host, port) = match host_port.split_once(':') {
+            Some((host, port)) => (
+                host,
+                Some(port.parse().unwrap_or_else(|e| panic!("{url}: port: {e}"))),
+            ),
+            None => (host_port, None),
+        };
+        let database = path.split('?').next().unwrap();
+        assert!(
+            !user.is_empty() && !host.is_empty() && !database.is_empty(),
+            "{url}"
+        );
+        StoreUrl {
+            user: user.to_owned(),
+            password,
+            host: host.to_owned(),
+            port,
+            database: database.to_owned(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Tools
 
 /// Runs the built binary with only the given `HOOKGAUGE*` variables.
@@ -429,6 +658,7 @@ fn assert_container_listeners(stdout: &str) {
 #[test]
 fn every_deployment_yaml_file_parses() {
     let mut files = yaml_files(KUBERNETES);
+    files.extend(yaml_files(KUBERNETES_POSTGRES));
     files.extend(yaml_files(COMPOSE));
     files.push(PathBuf::from(PROMETHEUS_CONFIG));
     for file in files {
@@ -1169,4 +1399,465 @@ fn assert_bind_mounts_exist_and_named_volumes_are_declared(compose: &Value) {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Several replicas on PostgreSQL: the Kubernetes overlay
+
+#[test]
+fn postgres_overlay_builds_on_the_base_from_files_that_exist() {
+    let overlay = Path::new(KUBERNETES_POSTGRES);
+    let base = Path::new(KUBERNETES).canonicalize().unwrap();
+    // kustomize refuses a base directory that contains the overlay ("cycle detected").
+    assert!(
+        !overlay.canonicalize().unwrap().starts_with(&base),
+        "the overlay must not be inside the base's directory"
+    );
+    let kustomization = kustomization(overlay);
+    let resources = kustomization_entries(&kustomization, "resources");
+    let patches = kustomization_entries(&kustomization, "patches");
+    assert!(
+        resources
+            .iter()
+            .any(|r| overlay.join(r).canonicalize().is_ok_and(|dir| dir == base)),
+        "the overlay's resources include the base: {resources:?}"
+    );
+    let listed: BTreeSet<&str> = resources
+        .iter()
+        .chain(&patches)
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        listed.len(),
+        resources.len() + patches.len(),
+        "listed twice"
+    );
+    for entry in &listed {
+        let path = overlay.join(entry);
+        assert!(
+            path.is_file() || path.join("kustomization.yaml").is_file(),
+            "the overlay lists {entry}, which does not exist"
+        );
+        assert!(
+            !NOT_IN_KUSTOMIZATION.contains(entry),
+            "{entry} must not be applied with the rest"
+        );
+    }
+    for file in yaml_files(KUBERNETES_POSTGRES) {
+        let name = file_name(&file);
+        if name == "kustomization.yaml" || NOT_IN_KUSTOMIZATION.contains(&name.as_str()) {
+            continue;
+        }
+        assert!(
+            listed.contains(name.as_str()),
+            "{name} is not listed in the overlay's kustomization.yaml"
+        );
+    }
+
+    // Each patch names one object of the base, and the overlay's own objects
+    // are named, labelled and namespaced like the base's.
+    let base_objects = kustomize(&base);
+    for patch in &patches {
+        let patch = single_document(&overlay.join(patch));
+        let targets = base_objects
+            .iter()
+            .filter(|o| same_object(o, &patch))
+            .count();
+        assert_eq!(targets, 1, "{patch:?} patches one object of the base");
+    }
+    for file in yaml_files(KUBERNETES_POSTGRES) {
+        let name = file_name(&file);
+        if name == "kustomization.yaml" || patches.contains(&name) {
+            continue;
+        }
+        for doc in documents(&file) {
+            let labels = string_map(&doc["metadata"]["labels"], &format!("{name}: labels"));
+            assert_eq!(
+                labels.get(NAME_LABEL).map(String::as_str),
+                Some("hookgauge"),
+                "{name}: label {NAME_LABEL}"
+            );
+            if name != "prometheus-scrape-config.yaml" {
+                assert_eq!(
+                    doc["metadata"]["namespace"].as_str(),
+                    Some("hookgauge"),
+                    "{name}: metadata.namespace"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn postgres_overlay_rolls_several_replicas_without_losing_one_and_spreads_them() {
+    let objects = postgres_objects();
+    assert_eq!(kind_count(&objects, "Deployment"), 1, "one Deployment");
+    let deployment = object_in(&objects, "Deployment", "hookgauge");
+    let spec = &deployment["spec"];
+    let replicas = number(&spec["replicas"], "replicas");
+    assert!(replicas >= 2, "replicas {replicas}: several");
+
+    let strategy = &spec["strategy"];
+    assert_eq!(strategy["type"].as_str(), Some("RollingUpdate"), "strategy");
+    let rolling = &strategy["rollingUpdate"];
+    assert_eq!(
+        pods(&rolling["maxUnavailable"], replicas, "maxUnavailable"),
+        0,
+        "maxUnavailable: a new pod is ready before an old one stops"
+    );
+    assert!(
+        !matches!(rolling["maxSurge"].as_u64(), Some(0))
+            && rolling["maxSurge"].as_str() != Some("0%"),
+        "maxSurge must allow a new pod: {:?}",
+        rolling["maxSurge"]
+    );
+
+    let selector = string_map(&spec["selector"]["matchLabels"], "selector");
+    let pod_labels = string_map(&spec["template"]["metadata"]["labels"], "pod labels");
+    assert!(selects(&selector, &pod_labels), "selector matches the pod");
+
+    // The disruption budget covers these pods and lets one be evicted.
+    assert_eq!(
+        kind_count(&objects, "PodDisruptionBudget"),
+        1,
+        "one PodDisruptionBudget"
+    );
+    let budget = &objects
+        .iter()
+        .find(|o| o["kind"].as_str() == Some("PodDisruptionBudget"))
+        .unwrap()["spec"];
+    assert_eq!(
+        string_map(&budget["selector"]["matchLabels"], "PDB selector"),
+        selector,
+        "the PDB has the Deployment's selector"
+    );
+    let min_available = number(&budget["minAvailable"], "minAvailable");
+    assert!(
+        (1..replicas).contains(&min_available),
+        "minAvailable {min_available}: at least one, fewer than the {replicas} replicas"
+    );
+
+    // Replicas spread over nodes: a topology spread constraint or a preferred
+    // anti-affinity on the hostname, selecting these pods.
+    let pod = &spec["template"]["spec"];
+    let mut terms: Vec<&Value> = Vec::new();
+    if !pod["topologySpreadConstraints"].is_null() {
+        terms.extend(list(
+            &pod["topologySpreadConstraints"],
+            "topologySpreadConstraints",
+        ));
+    }
+    let preferred =
+        &pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"];
+    if !preferred.is_null() {
+        terms.extend(
+            list(preferred, "preferred podAntiAffinity")
+                .iter()
+                .map(|t| &t["podAffinityTerm"]),
+        );
+    }
+    assert!(
+        terms.iter().any(|term| {
+            term["topologyKey"].as_str() == Some("kubernetes.io/hostname")
+                && selects(
+                    &string_map(&term["labelSelector"]["matchLabels"], "labelSelector"),
+                    &pod_labels,
+                )
+        }),
+        "no spreading of these pods over kubernetes.io/hostname: {terms:?}"
+    );
+}
+
+#[test]
+fn postgres_overlay_claims_no_volume_and_keeps_the_data_dir_writable() {
+    let objects = postgres_objects();
+    assert_eq!(
+        kind_count(&objects, "PersistentVolumeClaim"),
+        0,
+        "no PersistentVolumeClaim"
+    );
+    let deployment = object_in(&objects, "Deployment", "hookgauge");
+    let volumes = list(
+        &deployment["spec"]["template"]["spec"]["volumes"],
+        "volumes",
+    );
+    for volume in volumes {
+        assert!(
+            volume["persistentVolumeClaim"].is_null(),
+            "a volume still names a claim: {volume:?}"
+        );
+    }
+
+    let container = container(&deployment);
+    let toml = text(
+        &object_in(&objects, "ConfigMap", "hookgauge-config")["data"]["hookgauge.toml"],
+        "hookgauge.toml",
+    )
+    .to_owned();
+    let data = volume_mount(container, "data");
+    assert_eq!(
+        data["mountPath"].as_str(),
+        Some(toml_string(&toml, "data_dir").as_str()),
+        "a volume at data_dir"
+    );
+    assert!(data["readOnly"].as_bool() != Some(true), "data is writable");
+    assert!(
+        volume(&deployment, "data")["emptyDir"].is_mapping(),
+        "data is an emptyDir"
+    );
+
+    // Every volume is mounted and every mount has its volume.
+    let names: BTreeSet<&str> = volumes
+        .iter()
+        .map(|v| text(&v["name"], "volume name"))
+        .collect();
+    let mounted: BTreeSet<&str> = list(&container["volumeMounts"], "volumeMounts")
+        .iter()
+        .map(|m| text(&m["name"], "volumeMount name"))
+        .collect();
+    assert_eq!(names, mounted, "volumes vs volumeMounts");
+}
+
+#[test]
+fn postgres_overlay_mounts_the_store_url_secret_where_url_file_points() {
+    let objects = postgres_objects();
+    let deployment = object_in(&objects, "Deployment", "hookgauge");
+    let container = container(&deployment);
+
+    // The file the configuration names: the variable, or store.url_file in
+    // the ConfigMap (the variable wins where both are set).
+    let toml = text(
+        &object_in(&objects, "ConfigMap", "hookgauge-config")["data"]["hookgauge.toml"],
+        "hookgauge.toml",
+    )
+    .to_owned();
+    let from_env = if container["env"].is_null() {
+        None
+    } else {
+        list(&container["env"], "env")
+            .iter()
+            .find(|e| e["name"].as_str() == Some(STORE_URL_FILE_ENV))
+            .map(|e| text(&e["value"], STORE_URL_FILE_ENV).to_owned())
+    };
+    let from_toml = toml
+        .lines()
+        .any(|l| l.split('=').next().unwrap().trim() == "url_file")
+        .then(|| toml_string(&toml, "url_file"));
+    let url_file = from_env
+        .or(from_toml)
+        .unwrap_or_else(|| panic!("neither {STORE_URL_FILE_ENV} nor store.url_file is set"));
+    assert!(
+        !toml.contains("postgres://") && !toml.contains("postgresql://"),
+        "no store URL (and password) in the ConfigMap"
+    );
+
+    // A Secret volume mounted on the file's directory, with the file as an item.
+    let url_file = Path::new(&url_file);
+    let directory = url_file.parent().unwrap().to_str().unwrap();
+    let file = file_name(url_file);
+    let mount = list(&container["volumeMounts"], "volumeMounts")
+        .iter()
+        .find(|m| m["mountPath"].as_str() == Some(directory))
+        .unwrap_or_else(|| panic!("nothing is mounted at {directory}"));
+    assert!(
+        mount["subPath"].is_null(),
+        "a subPath mount is never updated"
+    );
+    let secret = &volume(&deployment, text(&mount["name"], "mount name"))["secret"];
+    assert_eq!(
+        secret["secretName"].as_str(),
+        Some("hookgauge-postgres"),
+        "the URL comes from the Secret hookgauge-postgres"
+    );
+    let items = list(&secret["items"], "secret items");
+    let item = items
+        .iter()
+        .find(|i| i["path"].as_str() == Some(file.as_str()))
+        .unwrap_or_else(|| panic!("no secret item at {file}: {items:?}"));
+    let key = text(&item["key"], "secret item key");
+    assert_eq!(key, "url", "the Secret's key");
+
+    // The Secret is created by hand (secret.example.yaml), never applied.
+    assert_eq!(kind_count(&objects, "Secret"), 0, "no Secret is applied");
+    let example = object_in(
+        &documents(&Path::new(KUBERNETES_POSTGRES).join("secret.example.yaml")),
+        "Secret",
+        "hookgauge-postgres",
+    );
+    assert_eq!(example["metadata"]["namespace"].as_str(), Some("hookgauge"));
+    let url = text(&example["stringData"][key], "secret.example.yaml url");
+    let store = StoreUrl::parse(url);
+    assert!(
+        store
+            .password
+            .as_deref()
+            .is_some_and(|p| p.contains("REPLACE")),
+        "the example's password is a placeholder: {url}"
+    );
+
+    // The commands in the example and the README create that Secret's key.
+    for file in [
+        Path::new(KUBERNETES_POSTGRES).join("secret.example.yaml"),
+        Path::new(KUBERNETES).join("README.md"),
+    ] {
+        let doc = read(&file);
+        let command = doc
+            .split("create secret generic hookgauge-postgres")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{}: no command creating the Secret", file.display()));
+        let literal = format!("--from-literal={key}='");
+        let documented = command
+            .split(literal.as_str())
+            .nth(1)
+            .and_then(|rest| rest.split('\'').next())
+            .unwrap_or_else(|| panic!("{}: no {literal}...'", file.display()));
+        let documented = StoreUrl::parse(documented);
+        assert_eq!(
+            (
+                &documented.user,
+                &documented.host,
+                documented.port,
+                &documented.database
+            ),
+            (&store.user, &store.host, store.port, &store.database),
+            "{}: the same store as secret.example.yaml",
+            file.display()
+        );
+        assert!(
+            documented.password.is_some(),
+            "{}: a password",
+            file.display()
+        );
+    }
+}
+
+#[test]
+fn postgres_overlay_keeps_the_base_security_context_probes_and_mounts() {
+    let objects = postgres_objects();
+    let deployment = object_in(&objects, "Deployment", "hookgauge");
+    assert_runs_hookgauge_with_probes_on_the_ingest_port(&deployment);
+    assert_non_root_on_a_read_only_root_filesystem(&deployment);
+
+    // The configuration, the Pelorus secret and /tmp as in the base.
+    let base = self::deployment();
+    for name in ["config", "pelorus-secret", "tmp"] {
+        assert_eq!(
+            volume(&deployment, name),
+            volume(&base, name),
+            "volume {name}"
+        );
+        assert_eq!(
+            volume_mount(container(&deployment), name),
+            volume_mount(container(&base), name),
+            "volumeMount {name}"
+        );
+    }
+    assert_eq!(
+        object_in(&objects, "ConfigMap", "hookgauge-config"),
+        object("ConfigMap", "hookgauge-config"),
+        "the base's configuration (the store URL comes from the environment)"
+    );
+    for (kind, name) in [
+        ("Service", "hookgauge-ingest"),
+        ("Service", "hookgauge-metrics"),
+        ("NetworkPolicy", "hookgauge"),
+        ("ServiceMonitor", "hookgauge"),
+    ] {
+        assert_eq!(
+            object_in(&objects, kind, name),
+            object(kind, name),
+            "{kind} {name}"
+        );
+    }
+}
+
+#[test]
+fn postgres_overlay_scrape_config_passes_promtool_and_finds_every_replica() {
+    let snippet = object_in(
+        &documents(&Path::new(KUBERNETES_POSTGRES).join("prometheus-scrape-config.yaml")),
+        "ConfigMap",
+        "hookgauge-prometheus-scrape",
+    );
+    let text_config = text(&snippet["data"]["hookgauge.yml"], "data.hookgauge.yml");
+    let config: Value = serde_norway::from_str(text_config).expect("data.hookgauge.yml");
+    let jobs = list(&config["scrape_configs"], "scrape_configs");
+    assert_eq!(jobs.len(), 1, "one job");
+    let job = &jobs[0];
+
+    // Debian's promtool is built without Kubernetes service discovery: it
+    // checks the rest of the job (relabelling included) with a static target
+    // in place of the discovery.
+    let mut checkable = config.clone();
+    let checkable_job = &mut checkable["scrape_configs"][0];
+    let discovery = checkable_job
+        .as_mapping_mut()
+        .unwrap()
+        .remove("kubernetes_sd_configs")
+        .expect("kubernetes_sd_configs");
+    assert!(discovery.is_sequence(), "kubernetes_sd_configs: a list");
+    checkable_job["static_configs"] =
+        serde_norway::from_str(&format!("[{{targets: ['hookgauge:{METRICS_PORT}']}}]")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hookgauge.yml");
+    std::fs::write(&path, serde_norway::to_string(&checkable).unwrap()).unwrap();
+    promtool_check_config(&path);
+
+    assert_eq!(job["job_name"].as_str(), Some("hookgauge"));
+    assert_eq!(job["honor_timestamps"].as_bool(), Some(true));
+    assert!(
+        job["static_configs"].is_null(),
+        "a static target would reach one replica per scrape"
+    );
+    let discovery = list(&job["kubernetes_sd_configs"], "kubernetes_sd_configs");
+    assert_eq!(discovery.len(), 1);
+    assert!(
+        matches!(
+            discovery[0]["role"].as_str(),
+            Some("endpoints" | "endpointslice")
+        ),
+        "one target per pod behind the Service: {:?}",
+        discovery[0]["role"]
+    );
+    let namespaces: Vec<&str> = list(&discovery[0]["namespaces"]["names"], "namespaces")
+        .iter()
+        .map(|n| text(n, "namespace"))
+        .collect();
+    assert_eq!(namespaces, ["hookgauge"]);
+
+    // Kept: the metrics port of the metrics Service; labelled: the pod; never
+    // a `namespace` target label over hookgauge's own.
+    let service = object("Service", "hookgauge-metrics");
+    let port = text(
+        &list(&service["spec"]["ports"], "ports")[0]["name"],
+        "port name",
+    );
+    let relabels = list(&job["relabel_configs"], "relabel_configs");
+    let sources = |r: &Value| -> Vec<String> {
+        list(&r["source_labels"], "source_labels")
+            .iter()
+            .map(|l| text(l, "source label").to_owned())
+            .collect()
+    };
+    assert!(
+        relabels.iter().any(|r| {
+            r["action"].as_str() == Some("keep")
+                && sources(r).join(";")
+                    == "__meta_kubernetes_service_name;__meta_kubernetes_endpoint_port_name"
+                && r["regex"].as_str() == Some(format!("hookgauge-metrics;{port}").as_str())
+        }),
+        "no keep of hookgauge-metrics;{port}: {relabels:?}"
+    );
+    assert!(
+        relabels
+            .iter()
+            .any(|r| r["target_label"].as_str() == Some("pod")
+                && sources(r) == ["__meta_kubernetes_pod_name"]),
+        "no pod label"
+    );
+    assert!(
+        relabels
+            .iter()
+            .all(|r| r["target_label"].as_str() != Some("namespace")),
+        "hookgauge's series carry their own namespace label"
+    );
 }
