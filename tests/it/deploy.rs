@@ -25,6 +25,14 @@ const PROMETHEUS_CONFIG: &str = concat!(
 /// The kustomize overlay running several replicas on PostgreSQL.
 const KUBERNETES_POSTGRES: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/kubernetes-postgres");
+const COMPOSE_POSTGRES_FILE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/deploy/compose/compose.postgres.yaml"
+);
+const PROMETHEUS_POSTGRES_CONFIG: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/deploy/prometheus/prometheus.postgres.yml"
+);
 const DOCKERFILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile");
 
 /// Manifests that are kept beside the others but are not applied with them
@@ -543,6 +551,60 @@ fn port_bindings(service: &Value) -> Vec<(Option<String>, Option<u64>, u64)> {
         .collect()
 }
 
+/// The compose secrets a service mounts, as (secret name, path in the container).
+fn secret_mounts(service: &Value) -> Vec<(String, String)> {
+    if service["secrets"].is_null() {
+        return Vec::new();
+    }
+    list(&service["secrets"], "secrets")
+        .iter()
+        .map(|secret| {
+            let (source, target) = match secret.as_str() {
+                Some(name) => (name, name),
+                None => {
+                    let source = text(&secret["source"], "secret source");
+                    (source, secret["target"].as_str().unwrap_or(source))
+                }
+            };
+            let target = if target.starts_with('/') {
+                target.to_owned()
+            } else {
+                format!("/run/secrets/{target}")
+            };
+            (source.to_owned(), target)
+        })
+        .collect()
+}
+
+fn compose_postgres() -> Value {
+    compose_file(Path::new(COMPOSE_POSTGRES_FILE))
+}
+
+/// The hookgauge services of a compose file (those built from the repository).
+fn hookgauge_services(compose: &Value) -> Vec<(String, &Value)> {
+    compose["services"]
+        .as_mapping()
+        .expect("services")
+        .iter()
+        .filter(|(_, service)| !service["build"].is_null())
+        .map(|(name, service)| (text(name, "service name").to_owned(), service))
+        .collect()
+}
+
+fn environment(service: &Value) -> BTreeMap<String, String> {
+    string_map(&service["environment"], "environment")
+}
+
+/// The host file of a top-level compose secret, `${VAR:-default}` resolved to
+/// its default.
+fn compose_secret_file(compose: &Value, secret: &str) -> PathBuf {
+    let file = text(
+        &compose["secrets"][secret]["file"],
+        &format!("secrets.{secret}.file"),
+    );
+    Path::new(COMPOSE).join(compose_default(file))
+}
+
 // ---------------------------------------------------------------------------
 // PostgreSQL store URLs
 
@@ -661,6 +723,7 @@ fn every_deployment_yaml_file_parses() {
     files.extend(yaml_files(KUBERNETES_POSTGRES));
     files.extend(yaml_files(COMPOSE));
     files.push(PathBuf::from(PROMETHEUS_CONFIG));
+    files.push(PathBuf::from(PROMETHEUS_POSTGRES_CONFIG));
     for file in files {
         assert!(
             !documents(&file).is_empty(),
@@ -1859,5 +1922,194 @@ fn postgres_overlay_scrape_config_passes_promtool_and_finds_every_replica() {
             .iter()
             .all(|r| r["target_label"].as_str() != Some("namespace")),
         "hookgauge's series carry their own namespace label"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Several replicas on PostgreSQL: Docker Compose
+
+#[test]
+fn compose_postgres_runs_two_replicas_on_the_postgres_service() {
+    let compose = compose_postgres();
+    assert_bind_mounts_exist_and_named_volumes_are_declared(&compose);
+
+    // PostgreSQL: the official image, a healthcheck, its data on a named volume.
+    let postgres = compose_service(&compose, "postgres");
+    let image = text(&postgres["image"], "postgres image");
+    assert!(image.starts_with("postgres:16"), "image {image}");
+    let check: Vec<&str> = list(&postgres["healthcheck"]["test"], "healthcheck.test")
+        .iter()
+        .map(|t| text(t, "healthcheck"))
+        .collect();
+    assert!(check.contains(&"pg_isready"), "healthcheck {check:?}");
+    assert!(
+        list(&postgres["volumes"], "volumes")
+            .iter()
+            .any(|v| v.as_str().is_some_and(|v| {
+                let (source, target) = v.split_once(':').unwrap();
+                !source.starts_with('.') && target == "/var/lib/postgresql/data"
+            })),
+        "PostgreSQL's data on a named volume"
+    );
+    let postgres_env = environment(postgres);
+    assert!(
+        !postgres_env.contains_key("POSTGRES_PASSWORD"),
+        "the password comes from the secret file"
+    );
+    let postgres_secrets: BTreeMap<String, String> = secret_mounts(postgres)
+        .into_iter()
+        .map(|(source, target)| (target, source))
+        .collect();
+    let postgres_password = postgres_secrets
+        .get(&postgres_env["POSTGRES_PASSWORD_FILE"])
+        .unwrap_or_else(|| panic!("POSTGRES_PASSWORD_FILE is not a mounted secret"));
+
+    // Two or more hookgauge replicas on that one store.
+    let replicas = hookgauge_services(&compose);
+    assert!(
+        replicas.len() >= 2,
+        "replicas: {:?}",
+        replicas.iter().map(|r| &r.0).collect::<Vec<_>>()
+    );
+    let base = self::compose();
+    let base_hookgauge = compose_service(&base, "hookgauge");
+    let mut urls = BTreeSet::new();
+    let mut host_ports = BTreeSet::new();
+    let mut bindings = 0;
+    for (name, service) in &replicas {
+        let env = environment(service);
+        let url = env
+            .get("HOOKGAUGE__STORE__URL")
+            .unwrap_or_else(|| panic!("{name}: no HOOKGAUGE__STORE__URL"));
+        let store = StoreUrl::parse(url);
+        assert_eq!(
+            store.host, "postgres",
+            "{name}: the store is the postgres service"
+        );
+        assert!(matches!(store.port, None | Some(5432)), "{name}: port");
+        assert_eq!(store.password, None, "{name}: no password in the URL");
+        assert_eq!(store.user, postgres_env["POSTGRES_USER"], "{name}: user");
+        assert_eq!(
+            store.database, postgres_env["POSTGRES_DB"],
+            "{name}: database"
+        );
+        urls.insert(url.clone());
+
+        assert_eq!(
+            service["depends_on"]["postgres"]["condition"].as_str(),
+            Some("service_healthy"),
+            "{name}: starts once PostgreSQL is healthy"
+        );
+
+        // The password file is the mounted secret PostgreSQL reads too.
+        let password_file = env
+            .get("HOOKGAUGE__STORE__PASSWORD_FILE")
+            .unwrap_or_else(|| panic!("{name}: no HOOKGAUGE__STORE__PASSWORD_FILE"));
+        let secrets = secret_mounts(service);
+        let (secret, _) = secrets
+            .iter()
+            .find(|(_, target)| target == password_file)
+            .unwrap_or_else(|| panic!("{name}: no secret mounted at {password_file}: {secrets:?}"));
+        assert_eq!(secret, postgres_password, "{name}: PostgreSQL's password");
+
+        // The same signing secret as the base, and its hardening.
+        assert_eq!(
+            env.get("HOOKGAUGE__SOURCES__PELORUS__SECRETS"),
+            environment(base_hookgauge).get("HOOKGAUGE__SOURCES__PELORUS__SECRETS"),
+            "{name}: the Pelorus secret"
+        );
+        for key in [
+            "build",
+            "image",
+            "read_only",
+            "cap_drop",
+            "security_opt",
+            "stop_grace_period",
+        ] {
+            assert_eq!(
+                service[key], base_hookgauge[key],
+                "{name}: {key} as in compose.yaml"
+            );
+        }
+        let data_on_tmpfs = !service["tmpfs"].is_null()
+            && list(&service["tmpfs"], "tmpfs")
+                .iter()
+                .any(|t| text(t, "tmpfs").split(':').next() == Some("/data"));
+        let data_on_volume = !service["volumes"].is_null()
+            && list(&service["volumes"], "volumes").iter().any(|v| {
+                v.as_str()
+                    .is_some_and(|v| v.split(':').nth(1) == Some("/data"))
+            });
+        assert!(data_on_tmpfs || data_on_volume, "{name}: /data is writable");
+
+        // Ingest published, metrics on loopback only, no host port shared.
+        let ports = port_bindings(service);
+        assert!(
+            ports.iter().any(|(_, _, port)| *port == INGEST_PORT),
+            "{name}: ingest published: {ports:?}"
+        );
+        for (host_ip, host_port, port) in ports {
+            let host_port = host_port.unwrap_or_else(|| panic!("{name}: {port} on a random port"));
+            if port == METRICS_PORT {
+                assert_eq!(
+                    host_ip.as_deref(),
+                    Some("127.0.0.1"),
+                    "{name}: metrics on loopback"
+                );
+            }
+            host_ports.insert(host_port);
+            bindings += 1;
+        }
+    }
+    assert_eq!(urls.len(), 1, "one store for all replicas: {urls:?}");
+    assert_eq!(host_ports.len(), bindings, "a host port published twice");
+
+    // The secret file exists; the example is a placeholder of one line.
+    let file = compose_secret_file(&compose, postgres_password);
+    let password = read(&file);
+    assert_eq!(password.lines().count(), 1, "{}: one line", file.display());
+    assert!(
+        password.contains("example") && password.contains("change-me"),
+        "{}: an example value",
+        file.display()
+    );
+}
+
+#[test]
+fn compose_postgres_prometheus_scrapes_every_replica_with_the_rules() {
+    let compose = compose_postgres();
+    let config = compose_prometheus_config(&compose);
+    let job = list(&config["scrape_configs"], "scrape_configs")
+        .iter()
+        .find(|j| j["job_name"].as_str() == Some("hookgauge"))
+        .expect("a scrape job named hookgauge");
+    assert_eq!(job["honor_timestamps"].as_bool(), Some(true));
+    let targets: BTreeSet<&str> = list(&job["static_configs"], "static_configs")
+        .iter()
+        .flat_map(|c| list(&c["targets"], "targets"))
+        .map(|t| text(t, "target"))
+        .collect();
+    let replicas: BTreeSet<String> = hookgauge_services(&compose)
+        .into_iter()
+        .map(|(name, _)| format!("{name}:{METRICS_PORT}"))
+        .collect();
+    assert_eq!(
+        targets,
+        replicas.iter().map(String::as_str).collect(),
+        "every replica's metrics port, nothing else"
+    );
+
+    // Grafana as in compose.yaml, reading this Prometheus.
+    let base = self::compose();
+    assert_eq!(
+        compose_service(&compose, "grafana"),
+        compose_service(&base, "grafana"),
+        "grafana as in compose.yaml"
+    );
+    assert!(
+        published_ports(compose_service(&compose, "prometheus"))
+            .iter()
+            .any(|(_, p)| *p == 9090),
+        "Prometheus on 9090"
     );
 }
