@@ -1,7 +1,8 @@
 //! The deployment files, checked without a cluster or a container engine:
-//! every manifest under deploy/kubernetes, deploy/kubernetes-postgres and
-//! deploy/compose parses, the Kubernetes objects, the Dockerfile, the compose
-//! services and the Prometheus configurations agree on ports, paths and names,
+//! every manifest under deploy/kubernetes (the base, the SQLite variant
+//! applying it, the PostgreSQL overlay) and deploy/compose parses, the
+//! Kubernetes objects, the Dockerfile, the compose services and the
+//! Prometheus configurations agree on ports, paths and names,
 //! the shipped configuration passes the real binary's `check-config`, and
 //! `promtool check config` accepts every Prometheus configuration. The
 //! PostgreSQL overlay is checked on the objects it produces, built here from
@@ -15,7 +16,10 @@ use serde::Deserialize;
 use serde_norway::Value;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+/// `kubectl apply -k deploy/kubernetes`: the SQLite variant, the base as it is.
 const KUBERNETES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/kubernetes");
+/// The manifests both variants are made of.
+const KUBERNETES_BASE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/kubernetes/base");
 const COMPOSE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/compose");
 const COMPOSE_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/compose/compose.yaml");
 const PROMETHEUS_CONFIG: &str = concat!(
@@ -23,8 +27,12 @@ const PROMETHEUS_CONFIG: &str = concat!(
     "/deploy/prometheus/prometheus.yml"
 );
 /// The kustomize overlay running several replicas on PostgreSQL.
-const KUBERNETES_POSTGRES: &str =
-    concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/kubernetes-postgres");
+const KUBERNETES_POSTGRES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/deploy/kubernetes/overlays/postgres"
+);
+/// How the overlay names its base.
+const POSTGRES_OVERLAY_BASE: &str = "../../base";
 const COMPOSE_POSTGRES_FILE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/deploy/compose/compose.postgres.yaml"
@@ -128,10 +136,10 @@ fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String
 // ---------------------------------------------------------------------------
 // Kubernetes objects
 
-/// Every Kubernetes object under deploy/kubernetes, with the file it is in
-/// (kustomization.yaml excluded).
+/// Every Kubernetes object under deploy/kubernetes/base, with the file it is
+/// in (kustomization.yaml excluded).
 fn manifests() -> Vec<(String, Value)> {
-    yaml_files(KUBERNETES)
+    yaml_files(KUBERNETES_BASE)
         .iter()
         .filter(|p| file_name(p) != "kustomization.yaml")
         .flat_map(|p| documents(p).into_iter().map(move |d| (file_name(p), d)))
@@ -362,7 +370,7 @@ fn strategic_merge(target: &mut Value, patch: &Value) {
     }
 }
 
-/// What `kubectl apply -k deploy/kubernetes-postgres` applies.
+/// What `kubectl apply -k deploy/kubernetes/overlays/postgres` applies.
 fn postgres_objects() -> Vec<Value> {
     kustomize(Path::new(KUBERNETES_POSTGRES))
 }
@@ -719,8 +727,16 @@ fn assert_container_listeners(stdout: &str) {
 
 #[test]
 fn every_deployment_yaml_file_parses() {
-    let mut files = yaml_files(KUBERNETES);
-    files.extend(yaml_files(KUBERNETES_POSTGRES));
+    let mut files: Vec<PathBuf> = walk(Path::new(KUBERNETES))
+        .into_iter()
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .collect();
+    for dir in [KUBERNETES, KUBERNETES_BASE, KUBERNETES_POSTGRES] {
+        assert!(
+            files.contains(&Path::new(dir).join("kustomization.yaml")),
+            "{dir}: no kustomization.yaml"
+        );
+    }
     files.extend(yaml_files(COMPOSE));
     files.push(PathBuf::from(PROMETHEUS_CONFIG));
     files.push(PathBuf::from(PROMETHEUS_POSTGRES_CONFIG));
@@ -782,7 +798,7 @@ fn kubernetes_manifests_are_named_labelled_objects_of_the_expected_kinds() {
 
 #[test]
 fn kustomization_lists_every_manifest_that_exists_except_the_examples() {
-    let kustomization = single_document(&Path::new(KUBERNETES).join("kustomization.yaml"));
+    let kustomization = single_document(&Path::new(KUBERNETES_BASE).join("kustomization.yaml"));
     assert_eq!(
         kustomization["kind"].as_str(),
         Some("Kustomization"),
@@ -796,24 +812,56 @@ fn kustomization_lists_every_manifest_that_exists_except_the_examples() {
     assert_eq!(unique.len(), resources.len(), "duplicate resources");
     for resource in &resources {
         assert!(
-            Path::new(KUBERNETES).join(resource).is_file(),
-            "kustomization.yaml lists {resource}, which does not exist"
+            Path::new(KUBERNETES_BASE).join(resource).is_file(),
+            "base/kustomization.yaml lists {resource}, which does not exist"
         );
         assert!(
             !NOT_IN_KUSTOMIZATION.contains(resource),
             "{resource} must not be applied with the rest"
         );
     }
-    for file in yaml_files(KUBERNETES) {
+    for file in yaml_files(KUBERNETES_BASE) {
         let name = file_name(&file);
         if name == "kustomization.yaml" || NOT_IN_KUSTOMIZATION.contains(&name.as_str()) {
             continue;
         }
         assert!(
             unique.contains(name.as_str()),
-            "{name} is not listed in kustomization.yaml"
+            "{name} is not listed in base/kustomization.yaml"
         );
     }
+}
+
+#[test]
+fn kubernetes_directory_applies_the_base_as_it_is() {
+    // `kubectl apply -k deploy/kubernetes` is the SQLite variant: the base,
+    // unpatched, and no manifest of its own beside the kustomization.
+    let top = Path::new(KUBERNETES);
+    let files: Vec<String> = yaml_files(KUBERNETES)
+        .iter()
+        .map(|p| file_name(p))
+        .collect();
+    assert_eq!(
+        files,
+        ["kustomization.yaml"],
+        "the manifests belong in base/ (or an overlay), not beside deploy/kubernetes/kustomization.yaml"
+    );
+    let kustomization = kustomization(top);
+    assert_eq!(
+        kustomization_entries(&kustomization, "resources"),
+        ["base"],
+        "deploy/kubernetes/kustomization.yaml applies the base"
+    );
+    assert_eq!(
+        kustomization_entries(&kustomization, "patches"),
+        Vec::<String>::new(),
+        "the SQLite variant is the base as it is"
+    );
+    assert_eq!(
+        Path::new(KUBERNETES_BASE).canonicalize().unwrap(),
+        top.join("base").canonicalize().unwrap()
+    );
+    assert_eq!(kustomize(top), kustomize(Path::new(KUBERNETES_BASE)));
 }
 
 #[test]
@@ -1470,20 +1518,33 @@ fn assert_bind_mounts_exist_and_named_volumes_are_declared(compose: &Value) {
 #[test]
 fn postgres_overlay_builds_on_the_base_from_files_that_exist() {
     let overlay = Path::new(KUBERNETES_POSTGRES);
-    let base = Path::new(KUBERNETES).canonicalize().unwrap();
-    // kustomize refuses a base directory that contains the overlay ("cycle detected").
+    let base = Path::new(KUBERNETES_BASE).canonicalize().unwrap();
+    let kustomization = kustomization(overlay);
+    let resources = kustomization_entries(&kustomization, "resources");
+    let patches = kustomization_entries(&kustomization, "patches");
+    // deploy/kubernetes/overlays/postgres names deploy/kubernetes/base.
+    assert!(
+        resources.iter().any(|r| r == POSTGRES_OVERLAY_BASE),
+        "the overlay's resources include {POSTGRES_OVERLAY_BASE}: {resources:?}"
+    );
+    assert_eq!(
+        overlay.join(POSTGRES_OVERLAY_BASE).canonicalize().unwrap(),
+        base,
+        "{POSTGRES_OVERLAY_BASE} from the overlay is deploy/kubernetes/base"
+    );
+    // kustomize refuses a base directory that contains the overlay ("cycle
+    // detected"): base/ holds no kustomization but its own.
     assert!(
         !overlay.canonicalize().unwrap().starts_with(&base),
         "the overlay must not be inside the base's directory"
     );
-    let kustomization = kustomization(overlay);
-    let resources = kustomization_entries(&kustomization, "resources");
-    let patches = kustomization_entries(&kustomization, "patches");
+    let nested: Vec<PathBuf> = walk(&base)
+        .into_iter()
+        .filter(|p| file_name(p) == "kustomization.yaml" && p.parent() != Some(base.as_path()))
+        .collect();
     assert!(
-        resources
-            .iter()
-            .any(|r| overlay.join(r).canonicalize().is_ok_and(|dir| dir == base)),
-        "the overlay's resources include the base: {resources:?}"
+        nested.is_empty(),
+        "kustomizations inside the base's directory: {nested:?}"
     );
     let listed: BTreeSet<&str> = resources
         .iter()
