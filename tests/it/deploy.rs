@@ -624,6 +624,8 @@ struct StoreUrl {
     host: String,
     port: Option<u64>,
     database: String,
+    /// The `sslmode` query parameter.
+    sslmode: Option<String>,
 }
 
 impl StoreUrl {
@@ -649,7 +651,11 @@ impl StoreUrl {
             ),
             None => (host_port, None),
         };
-        let database = path.split('?').next().unwrap();
+        let (database, query) = path.split_once('?').unwrap_or((path, ""));
+        let sslmode = query
+            .split('&')
+            .find_map(|parameter| parameter.strip_prefix("sslmode="))
+            .map(str::to_owned);
         assert!(
             !user.is_empty() && !host.is_empty() && !database.is_empty(),
             "{url}"
@@ -660,6 +666,7 @@ impl StoreUrl {
             host: host.to_owned(),
             port,
             database: database.to_owned(),
+            sslmode,
         }
     }
 }
@@ -1818,6 +1825,11 @@ fn postgres_overlay_mounts_the_store_url_secret_where_url_file_points() {
             .is_some_and(|p| p.contains("REPLACE")),
         "the example's password is a placeholder: {url}"
     );
+    assert_eq!(
+        store.sslmode.as_deref(),
+        Some("disable"),
+        "hookgauge does not encrypt the connection to PostgreSQL: {url}"
+    );
 
     // The commands in the example and the README create that Secret's key.
     for file in [
@@ -1841,9 +1853,16 @@ fn postgres_overlay_mounts_the_store_url_secret_where_url_file_points() {
                 &documented.user,
                 &documented.host,
                 documented.port,
-                &documented.database
+                &documented.database,
+                &documented.sslmode
             ),
-            (&store.user, &store.host, store.port, &store.database),
+            (
+                &store.user,
+                &store.host,
+                store.port,
+                &store.database,
+                &store.sslmode
+            ),
             "{}: the same store as secret.example.yaml",
             file.display()
         );
