@@ -21,6 +21,14 @@
 //! numbers, and the work that must run once runs on the one replica that
 //! holds the background lock ([`Store::background`]).
 
+/// `(name, SQL)` of each migration file under `dir`, in order.
+macro_rules! migrations {
+    ($dir:literal, $($name:literal),* $(,)?) => {
+        &[$(($name, include_str!(concat!($dir, $name, ".sql")))),*]
+    };
+}
+use migrations;
+
 pub mod deliveries;
 pub mod history;
 pub mod migrate;
@@ -506,7 +514,7 @@ impl Backend {
 
     fn transaction<T>(
         &mut self,
-        f: impl FnOnce(&mut dyn Sql) -> Result<T, DbError>,
+        f: impl FnMut(&mut dyn Sql) -> Result<T, DbError>,
     ) -> Result<T, DbError> {
         match self {
             Backend::Sqlite(db) => db.transaction(f),
@@ -518,8 +526,8 @@ impl Backend {
     /// change feed row's seq (PostgreSQL, when there are effects).
     fn publishing<T>(
         &mut self,
-        f: impl FnOnce(&mut dyn Sql) -> Result<T, DbError>,
-        effects_of: impl FnOnce(&T) -> Vec<Effect>,
+        f: impl FnMut(&mut dyn Sql) -> Result<T, DbError>,
+        effects_of: impl Fn(&T) -> Vec<Effect>,
     ) -> Result<(T, Option<i64>), DbError> {
         match self {
             Backend::Sqlite(db) => Ok((db.transaction(f)?, None)),
@@ -739,7 +747,7 @@ impl Writer {
     /// Runs one transaction outside the batch path, reopening as needed.
     fn write<T>(
         &mut self,
-        f: impl FnOnce(&mut dyn Sql) -> Result<T, DbError>,
+        f: impl FnMut(&mut dyn Sql) -> Result<T, DbError>,
     ) -> Result<T, StoreError> {
         let result = self
             .ensure_open()
@@ -757,14 +765,15 @@ impl Writer {
         batch: u32,
         body_excess: u64,
     ) -> Result<Pruned, StoreError> {
-        let mut watermark = self.body_watermark;
+        let from = self.body_watermark;
         let shared = matches!(self.config.location, Location::Postgres(_));
-        let pruned = self.write(|tx| {
+        let (pruned, watermark) = self.write(|tx| {
+            let mut watermark = from;
             let pruned = rules::prune(tx, policy, now_ms, batch, body_excess, &mut watermark)?;
             if shared {
                 postgres::prune_feed(tx, now_ms, batch)?;
             }
-            Ok(pruned)
+            Ok((pruned, watermark))
         })?;
         self.body_watermark = watermark;
         Ok(pruned)
@@ -979,5 +988,46 @@ fn fault(error: DbError) -> StoreError {
     StoreError::Unavailable {
         kind: error.fault_kind().unwrap_or(FaultKind::Other),
         message: error.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// The migration files in `dir`, by name, in order.
+    fn files(dir: &str) -> Vec<String> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src/store")
+            .join(dir);
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.unwrap().file_name().into_string().unwrap();
+                name.strip_suffix(".sql").map(str::to_owned)
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn both_backends_have_the_same_migrations_and_embed_every_file() {
+        let sqlite: Vec<&str> = super::sqlite::MIGRATIONS.iter().map(|(n, _)| *n).collect();
+        let postgres: Vec<&str> = super::postgres::MIGRATIONS
+            .iter()
+            .map(|(n, _)| *n)
+            .collect();
+        assert_eq!(sqlite, postgres, "a migration added to one backend only");
+        assert_eq!(
+            files("migrations"),
+            sqlite,
+            "a SQLite migration file not embedded"
+        );
+        assert_eq!(
+            files("migrations/postgres"),
+            postgres,
+            "a PostgreSQL migration file not embedded"
+        );
     }
 }

@@ -27,13 +27,14 @@ use crate::ledger::Effect;
 /// Embedded migrations, the same steps as SQLite's in PostgreSQL's dialect
 /// (a test keeps the two lists in step); `hookgauge_schema` records how
 /// many have run.
-pub(super) const MIGRATIONS: &[&str] = &[
-    include_str!("migrations/postgres/0001_init.sql"),
-    include_str!("migrations/postgres/0002_native_sources.sql"),
-    include_str!("migrations/postgres/0003_ledger_admin.sql"),
-    include_str!("migrations/postgres/0004_poll_state.sql"),
-    include_str!("migrations/postgres/0005_replicas.sql"),
-];
+pub(super) const MIGRATIONS: &[(&str, &str)] = super::migrations!(
+    "migrations/postgres/",
+    "0001_init",
+    "0002_native_sources",
+    "0003_ledger_admin",
+    "0004_poll_state",
+    "0005_replicas",
+);
 
 /// Advisory lock keys (one namespace per purpose, fixed for the product).
 const MIGRATION_LOCK: i64 = 0x686f_6f6b_0001;
@@ -163,6 +164,17 @@ impl r2d2::ManageConnection for Manager {
     }
 }
 
+/// Times a transaction the server aborted (deadlock, serialization) runs again.
+const RETRIES: u32 = 5;
+
+/// The server aborted the transaction to let another one through: running
+/// it again is expected to succeed.
+fn retryable(error: &postgres::Error) -> bool {
+    error.code().is_some_and(|c| {
+        *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
+    })
+}
+
 /// Classifies a PostgreSQL error as a store fault.
 pub fn fault_kind(error: &postgres::Error) -> FaultKind {
     if error.is_closed() {
@@ -228,9 +240,32 @@ impl Database {
         })
     }
 
+    /// Runs `f` in one transaction. Replicas writing the same facts at once
+    /// can deadlock (each batch holds a row the other's next insert waits
+    /// for) or, rarely, fail to serialize: the server aborts one of them,
+    /// and it runs again, at most [`RETRIES`] more times.
     pub fn transaction<T>(
         &mut self,
-        f: impl FnOnce(&mut dyn Sql) -> Result<T, DbError>,
+        mut f: impl FnMut(&mut dyn Sql) -> Result<T, DbError>,
+    ) -> Result<T, DbError> {
+        let mut retries = 0;
+        loop {
+            match self.attempt(&mut f) {
+                Err(DbError::Postgres(error)) if retryable(&error) && retries < RETRIES => {
+                    retries += 1;
+                    tracing::debug!(error = %error, retries, "Transaction aborted by the server; running it again");
+                    // Apart in time, so that the two do not meet again.
+                    let jitter = u64::from(std::process::id() % 7) + 3 * retries as u64;
+                    std::thread::sleep(Duration::from_millis(jitter));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn attempt<T>(
+        &mut self,
+        f: &mut impl FnMut(&mut dyn Sql) -> Result<T, DbError>,
     ) -> Result<T, DbError> {
         let Database {
             client, statements, ..
@@ -249,8 +284,8 @@ impl Database {
     /// Returns the feed row's seq.
     pub fn publishing<T>(
         &mut self,
-        f: impl FnOnce(&mut dyn Sql) -> Result<T, DbError>,
-        effects_of: impl FnOnce(&T) -> Vec<Effect>,
+        mut f: impl FnMut(&mut dyn Sql) -> Result<T, DbError>,
+        effects_of: impl Fn(&T) -> Vec<Effect>,
     ) -> Result<(T, Option<i64>), DbError> {
         self.transaction(|tx| {
             let out = f(tx)?;
@@ -478,7 +513,7 @@ fn migrate(client: &mut Client) -> Result<(), DbError> {
                 MIGRATIONS.len()
             )));
         }
-        for (index, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        for (index, (_, sql)) in MIGRATIONS.iter().enumerate().skip(applied) {
             let version = (index + 1) as i64;
             let mut tx = client.transaction()?;
             tx.batch_execute(sql)?;

@@ -13,13 +13,14 @@ use crate::config::Synchronous;
 
 /// Embedded migrations, applied in order; `PRAGMA user_version` records how
 /// many have run.
-pub(super) const MIGRATIONS: &[&str] = &[
-    include_str!("migrations/0001_init.sql"),
-    include_str!("migrations/0002_native_sources.sql"),
-    include_str!("migrations/0003_ledger_admin.sql"),
-    include_str!("migrations/0004_poll_state.sql"),
-    include_str!("migrations/0005_replicas.sql"),
-];
+pub(super) const MIGRATIONS: &[(&str, &str)] = super::migrations!(
+    "migrations/",
+    "0001_init",
+    "0002_native_sources",
+    "0003_ledger_admin",
+    "0004_poll_state",
+    "0005_replicas",
+);
 
 /// WAL size (in pages) at which the writer completes a checkpoint itself.
 const WAL_RESTART_PAGES: u32 = 16_384;
@@ -88,7 +89,7 @@ impl Database {
     /// is taken first, so a busy database fails before any work is done).
     pub fn transaction<T>(
         &mut self,
-        f: impl FnOnce(&mut dyn Sql) -> Result<T, DbError>,
+        mut f: impl FnMut(&mut dyn Sql) -> Result<T, DbError>,
     ) -> Result<T, DbError> {
         let tx = self
             .conn
@@ -128,7 +129,7 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
             )),
         ));
     }
-    for (index, sql) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
+    for (index, (_, sql)) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
         let version = index + 1;
         conn.execute_batch(&format!(
             "BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version = {version};\nCOMMIT;"

@@ -23,6 +23,7 @@ mod polling;
 mod postgres;
 mod prometheus;
 mod props;
+mod replicas;
 mod rules;
 mod signatures;
 mod sources;
