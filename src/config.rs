@@ -1220,6 +1220,49 @@ mod tests {
     }
 
     #[test]
+    fn a_postgres_store_never_shows_its_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("password");
+        std::fs::write(&file, "pw-from-file\n").unwrap();
+        let inline = load(
+            "[store]\nurl = \"postgres://hg:pw-inline@db.example:6432/hookgauge\"\n",
+            &[],
+        )
+        .unwrap();
+        let pg = inline.store.postgres.as_ref().unwrap();
+        assert_eq!(pg.describe(), "postgres://hg@db.example:6432/hookgauge");
+        assert_eq!(pg.config.get_password(), Some(&b"pw-inline"[..]));
+        assert!(!inline.to_redacted_toml().contains("pw-inline"));
+        assert!(!format!("{pg:?}").contains("pw-inline"));
+
+        let from_file = load(
+            &format!(
+                "[store]\nurl = \"postgres://hg@db.example/hookgauge\"\npassword_file = {:?}\n",
+                file.to_str().unwrap()
+            ),
+            &[],
+        )
+        .unwrap();
+        let pg = from_file.store.postgres.as_ref().unwrap();
+        assert_eq!(pg.config.get_password(), Some(&b"pw-from-file"[..]));
+        assert!(!from_file.to_redacted_toml().contains("pw-from-file"));
+
+        for (toml, key) in [
+            ("url = \"mysql://hg:pw-bad@db/x\"", "store.url"),
+            ("url = \"postgres://hg:pw-bad@db:port/x\"", "store.url"),
+            ("url = \"postgres://hg:pw-bad@db\"", "store.url"),
+            ("password_file = \"/nonexistent\"", "store.password_file"),
+        ] {
+            let error = load(&format!("[store]\n{toml}\n"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(error.starts_with(key), "{error}");
+            assert!(!error.contains("pw-bad"), "{error}");
+        }
+        assert!(load("", &[]).unwrap().store.postgres.is_none());
+    }
+
+    #[test]
     fn defaults_listen_on_loopback() {
         let settings = load("", &[]).unwrap();
         assert_eq!(settings.ingest_addr.to_string(), "127.0.0.1:8080");
