@@ -58,7 +58,16 @@ pub async fn not_found() -> HttpResponse {
     HttpResponse::NotFound().json(json!({"error": "not_found", "detail": "no such endpoint"}))
 }
 
-async fn healthz() -> HttpResponse {
+/// Alive, unless this replica's metric view fell behind the shared store
+/// beyond repair (see `Store::view_stale`): a restart rebuilds it.
+async fn healthz(state: web::Data<IngestState>) -> HttpResponse {
+    if state.store.view_stale() {
+        return HttpResponse::ServiceUnavailable().json(json!({
+            "status": "unavailable",
+            "reason": "view_behind_store",
+            "detail": "this replica missed changes the store no longer keeps; restart it to rebuild its metrics",
+        }));
+    }
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 

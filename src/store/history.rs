@@ -75,8 +75,13 @@ impl History {
                 });
             }
         }
+        // An export reads whole histories: no statement timeout.
+        let location = match location {
+            Location::Postgres(config) => Location::Postgres(Box::new(config.without_timeouts())),
+            other => other.clone(),
+        };
         Ok(History {
-            reader: Reader::new(location),
+            reader: Reader::new(&location),
         })
     }
 

@@ -133,8 +133,10 @@ pub fn sqlite_to_postgres(
     }
     let mut tx = target.transaction().map_err(DbError::from)?;
     // A large history takes longer than one statement is allowed at serve time.
-    tx.batch_execute("SET LOCAL statement_timeout = 0")
-        .map_err(DbError::from)?;
+    tx.batch_execute(
+        "SET LOCAL statement_timeout = 0; SET LOCAL idle_in_transaction_session_timeout = 0",
+    )
+    .map_err(DbError::from)?;
     let mut copied = Vec::new();
     for (table, columns) in TABLES {
         let count = source.read(|sql| {

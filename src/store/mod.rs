@@ -272,6 +272,7 @@ enum Command {
 pub struct Store {
     commands: mpsc::Sender<Command>,
     background: watch::Receiver<bool>,
+    cursor: Arc<Mutex<postgres::FeedCursor>>,
 }
 
 impl Store {
@@ -329,29 +330,14 @@ impl Store {
                 background
             }
         };
-        let follower = match &config.location {
-            Location::Postgres(pg) => {
-                Some((pg.as_ref().clone(), Arc::clone(&cursor), Arc::clone(&sink)))
-            }
-            Location::Sqlite(_) => None,
-        };
         let stop_writer = Arc::clone(&stop);
+        let view_cursor = Arc::clone(&cursor);
         std::thread::Builder::new()
             .name("hookgauge-store".into())
             .spawn(move || {
                 let _always_held = always_held;
                 let mut writer = Writer::new(config, sink, stop_writer, helpers, cursor);
                 let _ = first_open.send(writer.ensure_open().map(|_| ()));
-                if let Some((pg, cursor, sink)) = follower {
-                    // Started after the restore, which sets the cursor.
-                    let stop = Arc::clone(&writer.stop_helpers);
-                    writer.helpers.push(
-                        std::thread::Builder::new()
-                            .name("hookgauge-follow".into())
-                            .spawn(move || postgres::follow(pg, cursor, sink, stop))
-                            .expect("the change feed thread can be spawned"),
-                    );
-                }
                 writer.run(receiver);
             })
             .expect("the store writer thread can be spawned");
@@ -360,9 +346,20 @@ impl Store {
             Store {
                 commands,
                 background,
+                cursor: view_cursor,
             },
             result,
         )
+    }
+
+    /// Shared store: this replica's view missed changes that retention
+    /// deleted from the change feed before it could apply them (it was
+    /// cut off for longer than the feed is kept). A restart rebuilds it.
+    pub fn view_stale(&self) -> bool {
+        self.cursor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .stale()
     }
 
     /// True while this process runs the work that must run once (retention,
@@ -551,7 +548,10 @@ impl Backend {
         let now = now_seconds();
         match self {
             Backend::Sqlite(db) => db.read(|sql| rules::restore(sql, now, windows, sink)),
-            Backend::Postgres(db) => db.restore(|sql| rules::restore(sql, now, windows, sink)),
+            Backend::Postgres(db) => db.restore(
+                |sql, buffer| rules::restore(sql, now, windows, buffer),
+                sink,
+            ),
         }
     }
 
@@ -626,6 +626,7 @@ impl Writer {
                         db.restore(self.config.windows, &*self.sink)
                             .map_err(|e| self.open_failed(e))?;
                         self.restored = true;
+                        self.follow_feed();
                     }
                     if let Backend::Sqlite(_) = db {
                         let counted: i64 = db
@@ -647,6 +648,27 @@ impl Writer {
             }
         }
         Ok(self.db.as_mut().expect("opened above"))
+    }
+
+    /// Shared store: starts following the other replicas' commits, from
+    /// the cursor the restore left (never before it: what the feed holds
+    /// before the restore's snapshot is in the restored view already).
+    fn follow_feed(&mut self) {
+        let Location::Postgres(pg) = &self.config.location else {
+            return;
+        };
+        let (pg, cursor, sink, stop) = (
+            pg.as_ref().clone(),
+            Arc::clone(&self.cursor),
+            Arc::clone(&self.sink),
+            Arc::clone(&self.stop_helpers),
+        );
+        self.helpers.push(
+            std::thread::Builder::new()
+                .name("hookgauge-follow".into())
+                .spawn(move || postgres::follow(pg, cursor, sink, stop))
+                .expect("the change feed thread can be spawned"),
+        );
     }
 
     fn open_failed(&mut self, error: DbError) -> StoreError {
@@ -769,9 +791,9 @@ impl Writer {
         let shared = matches!(self.config.location, Location::Postgres(_));
         let (pruned, watermark) = self.write(|tx| {
             let mut watermark = from;
-            let pruned = rules::prune(tx, policy, now_ms, batch, body_excess, &mut watermark)?;
+            let mut pruned = rules::prune(tx, policy, now_ms, batch, body_excess, &mut watermark)?;
             if shared {
-                postgres::prune_feed(tx, now_ms, batch)?;
+                pruned.more |= postgres::prune_feed(tx, now_ms)?;
             }
             Ok((pruned, watermark))
         })?;
@@ -795,6 +817,7 @@ impl Writer {
         let result = self.ensure_open().and_then(|db| {
             db.publishing(
                 |tx| {
+                    rules::lock_apps(tx, deliveries)?;
                     let mut results = Vec::with_capacity(deliveries.len());
                     for delivery in deliveries {
                         results.push(rules::record_one(tx, delivery, max_body)?);
@@ -918,6 +941,7 @@ impl Writer {
         let db = self.ensure_open()?;
         let result = db.publishing(
             |tx| {
+                rules::lock_apps(tx, deliveries.iter().copied())?;
                 let mut results = Vec::with_capacity(deliveries.len());
                 for (index, delivery) in deliveries.iter().enumerate() {
                     match rules::record_one(tx, delivery, max_body) {

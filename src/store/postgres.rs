@@ -50,7 +50,10 @@ pub const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
 const FOLLOW_BATCH: i64 = 1000;
 /// How long feed rows are kept: a replica cut off from the database for
 /// longer rebuilds its view at restart.
-pub const FEED_RETENTION: Duration = Duration::from_secs(24 * 3600);
+pub const FEED_RETENTION: Duration = Duration::from_secs(3600);
+/// Feed rows one retention step deletes at most (a busy store adds one per
+/// commit, hundreds a second).
+const FEED_PRUNE_LIMIT: i64 = 50_000;
 
 /// How to reach the database. `Debug` never shows the password.
 #[derive(Clone)]
@@ -90,15 +93,30 @@ impl PostgresConfig {
         )
     }
 
-    /// A new connection, with the statement timeout set.
+    /// A new connection, with the statement timeout set. The server also
+    /// ends a transaction left idle for as long (a replica frozen or cut off
+    /// mid-commit must not hold its locks), and probes the connection so
+    /// that it notices a vanished client within about 20 s rather than the
+    /// system's two hours.
     pub fn connect(&self) -> Result<Client, DbError> {
         let mut client = self.config.connect(NoTls)?;
+        let ms = self.statement_timeout.as_millis();
         client.batch_execute(&format!(
-            "SET statement_timeout = {}; SET lock_timeout = {}",
-            self.statement_timeout.as_millis(),
-            self.statement_timeout.as_millis()
+            "SET statement_timeout = {ms}; SET lock_timeout = {ms}; \
+             SET idle_in_transaction_session_timeout = {ms}; \
+             SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 3; \
+             SET tcp_keepalives_count = 3; SET tcp_user_timeout = 15000"
         ))?;
         Ok(client)
+    }
+
+    /// The same database without statement timeouts (the export reads
+    /// whole histories).
+    pub fn without_timeouts(&self) -> PostgresConfig {
+        PostgresConfig {
+            statement_timeout: Duration::ZERO,
+            ..self.clone()
+        }
     }
 
     /// A pool of read connections (admin API, poller state, export).
@@ -171,7 +189,9 @@ const RETRIES: u32 = 5;
 /// it again is expected to succeed.
 fn retryable(error: &postgres::Error) -> bool {
     error.code().is_some_and(|c| {
-        *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
+        *c == SqlState::T_R_DEADLOCK_DETECTED
+            || *c == SqlState::T_R_SERIALIZATION_FAILURE
+            || *c == SqlState::UNIQUE_VIOLATION
     })
 }
 
@@ -181,8 +201,16 @@ pub fn fault_kind(error: &postgres::Error) -> FaultKind {
         return FaultKind::Io;
     }
     let Some(code) = error.code() else {
-        // No answer from the server: the connection failed or broke.
-        return FaultKind::Io;
+        // No answer from the server: the connection failed or broke; else
+        // the client refused a value (a bug: it fails on its own).
+        let mut source = std::error::Error::source(error);
+        while let Some(cause) = source {
+            if cause.is::<std::io::Error>() {
+                return FaultKind::Io;
+            }
+            source = cause.source();
+        }
+        return FaultKind::Other;
     };
     let class = &code.code()[..2];
     match code {
@@ -216,6 +244,15 @@ pub fn fault_kind(error: &postgres::Error) -> FaultKind {
 #[derive(Debug, Default)]
 pub struct FeedCursor {
     seq: i64,
+    /// Retention deleted feed rows this view had not applied: its numbers
+    /// are behind until the process restarts and rebuilds them.
+    stale: bool,
+}
+
+impl FeedCursor {
+    pub fn stale(&self) -> bool {
+        self.stale
+    }
 }
 
 /// The writer's connection.
@@ -255,7 +292,10 @@ impl Database {
                     retries += 1;
                     tracing::debug!(error = %error, retries, "Transaction aborted by the server; running it again");
                     // Apart in time, so that the two do not meet again.
-                    let jitter = u64::from(std::process::id() % 7) + 3 * retries as u64;
+                    let nanos = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.subsec_nanos());
+                    let jitter = u64::from(nanos % 20) + 5 * u64::from(retries);
                     std::thread::sleep(Duration::from_millis(jitter));
                 }
                 other => return other,
@@ -309,43 +349,54 @@ impl Database {
 
     /// After a commit that published `seq`: applies the feed rows before it
     /// that this view has not seen, then `effects` (the row itself), unless
-    /// the follower got there first.
+    /// the follower got there first. The feed is read before the cursor is
+    /// locked, so that a slow read never holds up the follower or acks.
     pub fn apply_through(&mut self, seq: i64, effects: &[Effect], sink: &dyn CommitSink) {
-        let cursor = Arc::clone(&self.cursor);
-        let mut cursor = cursor.lock().unwrap_or_else(|e| e.into_inner());
-        if cursor.seq >= seq {
+        let from = self.cursor.lock().unwrap_or_else(|e| e.into_inner()).seq;
+        if from >= seq {
             return;
         }
-        if cursor.seq < seq - 1 {
-            let from = cursor.seq;
-            let mut read = Pg {
+        let read = if from < seq - 1 {
+            let mut sql = Pg {
                 client: &mut self.client,
                 statements: Some(&mut self.statements),
             };
-            match read_feed(&mut read, from, Some(seq - 1)) {
-                Ok(rows) => apply_rows(&rows, &mut cursor, sink),
+            match read_feed(&mut sql, from, seq - 1) {
+                Ok(read) => Some(read),
                 Err(error) => {
-                    // The follower reads them on its next round.
+                    // The follower reads them (and this one) on its next round.
                     tracing::warn!(error = %error, "Change feed not read after a commit");
                     return;
                 }
             }
-            if cursor.seq < seq - 1 {
+        } else {
+            None
+        };
+        let mut cursor = self.cursor.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(read) = read {
+            let complete = read.complete;
+            apply_read(read, &mut cursor, sink);
+            if !complete {
                 return;
             }
         }
-        sink.apply(effects);
-        cursor.seq = seq;
+        if cursor.seq < seq {
+            // Everything before `seq` is applied (seqs between that no row
+            // holds were rolled back).
+            sink.apply(effects);
+            cursor.seq = seq;
+        }
     }
 
     /// Restores the view from one consistent snapshot, with the feed cursor
-    /// of that snapshot: later rows are the feed's to apply.
+    /// of that snapshot: later rows are the feed's to apply. `f` hands what
+    /// it reads to a buffer; the sink gets it only once the whole read
+    /// succeeded, so a failed attempt never counts anything twice.
     pub fn restore(
         &mut self,
-        f: impl FnOnce(&mut dyn Sql) -> Result<(), DbError>,
+        f: impl FnOnce(&mut dyn Sql, &dyn CommitSink) -> Result<(), DbError>,
+        sink: &dyn CommitSink,
     ) -> Result<(), DbError> {
-        let cursor = Arc::clone(&self.cursor);
-        let mut cursor = cursor.lock().unwrap_or_else(|e| e.into_inner());
         let mut tx = self
             .client
             .build_transaction()
@@ -358,10 +409,17 @@ impl Database {
             client: &mut tx,
             statements: None,
         };
-        let seq: i64 =
-            (&mut sql as &mut dyn Sql).value("SELECT COALESCE(MAX(seq), 0) FROM changes", &[])?;
-        f(&mut sql)?;
+        // Everything up to here is in the snapshot, pruned feed rows included.
+        let seq: i64 = (&mut sql as &mut dyn Sql).value(
+            "SELECT GREATEST(COALESCE((SELECT MAX(seq) FROM changes), 0), (SELECT through FROM changes_pruned))",
+            &[],
+        )?;
+        let buffer = Buffer::default();
+        f(&mut sql, &buffer)?;
         tx.commit()?;
+        let mut cursor = self.cursor.lock().unwrap_or_else(|e| e.into_inner());
+        let items = buffer.0.into_inner().unwrap_or_else(|e| e.into_inner());
+        sink.restore(&mut items.into_iter());
         cursor.seq = seq;
         Ok(())
     }
@@ -371,6 +429,21 @@ impl Database {
     }
 }
 
+/// Collects what a restore reads, for the sink once it all succeeded.
+#[derive(Default)]
+struct Buffer(Mutex<Vec<super::Restored>>);
+
+impl CommitSink for Buffer {
+    fn restore(&self, items: &mut dyn Iterator<Item = super::Restored>) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(items);
+    }
+    fn apply(&self, _effects: &[Effect]) {}
+    fn commit_finished(&self, _duration: Duration, _result: Result<(), FaultKind>) {}
+}
+
 /// A change feed row: its seq, its effects, and its age when read.
 struct FeedRow {
     seq: i64,
@@ -378,28 +451,74 @@ struct FeedRow {
     age_ms: i64,
 }
 
-fn read_feed(sql: &mut dyn Sql, after: i64, through: Option<i64>) -> Result<Vec<FeedRow>, DbError> {
-    sql.rows(
-        "SELECT seq, effects, CAST(extract(epoch FROM clock_timestamp()) * 1000 AS BIGINT) - at_ms \
-         FROM changes WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
-        &[&after, &through.unwrap_or(i64::MAX), &FOLLOW_BATCH],
-        |r| {
-            let text: String = r.get(1)?;
-            let effects = serde_json::from_str(&text).unwrap_or_else(|error| {
-                tracing::error!(error = %error, "A change feed row cannot be read; skipped");
-                Vec::new()
-            });
-            Ok(FeedRow {
-                seq: r.get(0)?,
-                effects,
-                age_ms: r.get(2)?,
-            })
-        },
-    )
+/// One read of the feed: the rows after a cursor, how far retention has
+/// deleted rows (same statement, same snapshot), and whether the rows end
+/// where asked (not cut at [`FOLLOW_BATCH`]).
+struct FeedRead {
+    rows: Vec<FeedRow>,
+    pruned: i64,
+    complete: bool,
 }
 
-fn apply_rows(rows: &[FeedRow], cursor: &mut FeedCursor, sink: &dyn CommitSink) {
-    for row in rows {
+fn read_feed(sql: &mut dyn Sql, after: i64, through: i64) -> Result<FeedRead, DbError> {
+    let mut pruned = 0;
+    let mut rows = Vec::new();
+    sql.each(
+        "SELECT p.through, c.seq, c.effects, c.age FROM changes_pruned AS p LEFT JOIN LATERAL (\
+           SELECT seq, effects, CAST(extract(epoch FROM clock_timestamp()) * 1000 AS BIGINT) - at_ms AS age \
+           FROM changes WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3) AS c ON true",
+        &[&after, &through, &FOLLOW_BATCH],
+        &mut |r| {
+            pruned = r.get(0)?;
+            let Some(seq) = r.get::<Option<i64>>(1)? else {
+                return Ok(());
+            };
+            rows.push(FeedRow {
+                seq,
+                effects: decode_effects(seq, &r.get::<String>(2)?),
+                age_ms: r.get(3)?,
+            });
+            Ok(())
+        },
+    )?;
+    let complete = (rows.len() as i64) < FOLLOW_BATCH;
+    Ok(FeedRead {
+        rows,
+        pruned,
+        complete,
+    })
+}
+
+/// The effects of one feed row; one that this binary cannot read (written
+/// by a newer one, during a rolling upgrade) is skipped alone, and said.
+fn decode_effects(seq: i64, text: &str) -> Vec<Effect> {
+    let values: Vec<serde_json::Value> = serde_json::from_str(text).unwrap_or_else(|error| {
+        tracing::error!(seq, error = %error, "A change feed row cannot be read; skipped");
+        Vec::new()
+    });
+    values
+        .into_iter()
+        .filter_map(|value| {
+            serde_json::from_value(value)
+                .inspect_err(|error| {
+                    tracing::error!(seq, error = %error, "An effect in the change feed cannot be read; skipped");
+                })
+                .ok()
+        })
+        .collect()
+}
+
+fn apply_read(read: FeedRead, cursor: &mut FeedCursor, sink: &dyn CommitSink) {
+    if read.pruned > cursor.seq && !cursor.stale {
+        tracing::error!(
+            view = cursor.seq,
+            pruned = read.pruned,
+            "This replica was cut off from the store for longer than the change feed is kept: \
+             its metrics miss changes; /healthz fails until a restart rebuilds them"
+        );
+        cursor.stale = true;
+    }
+    for row in read.rows {
         if row.seq <= cursor.seq {
             continue;
         }
@@ -466,32 +585,38 @@ fn catch_up(
     sink: &dyn CommitSink,
 ) -> Result<(), DbError> {
     loop {
-        let mut cursor = cursor.lock().unwrap_or_else(|e| e.into_inner());
-        let rows = read_feed(
-            &mut Pg {
-                client: &mut *client,
-                statements: None,
-            },
-            cursor.seq,
-            None,
-        )?;
-        let full = rows.len() as i64 >= FOLLOW_BATCH;
-        apply_rows(&rows, &mut cursor, sink);
-        if !full {
+        let from = cursor.lock().unwrap_or_else(|e| e.into_inner()).seq;
+        let mut sql = Pg {
+            client: &mut *client,
+            statements: None,
+        };
+        let read = read_feed(&mut sql, from, i64::MAX)?;
+        let complete = read.complete;
+        apply_read(
+            read,
+            &mut cursor.lock().unwrap_or_else(|e| e.into_inner()),
+            sink,
+        );
+        if complete {
             return Ok(());
         }
     }
 }
 
-/// Drops feed rows older than [`FEED_RETENTION`] (the retention step).
-pub fn prune_feed(sql: &mut dyn Sql, now_ms: i64, batch: u32) -> Result<usize, DbError> {
-    sql.execute(
-        "DELETE FROM changes WHERE seq IN (SELECT seq FROM changes WHERE at_ms < ?1 ORDER BY seq LIMIT ?2)",
+/// Drops feed rows older than [`FEED_RETENTION`] (a retention step);
+/// true when there are more to drop.
+pub fn prune_feed(sql: &mut dyn Sql, now_ms: i64) -> Result<bool, DbError> {
+    let dropped: i64 = sql.value(
+        "WITH gone AS (DELETE FROM changes WHERE seq IN \
+           (SELECT seq FROM changes WHERE at_ms < ?1 ORDER BY seq LIMIT ?2) RETURNING seq) \
+         UPDATE changes_pruned SET through = GREATEST(through, (SELECT COALESCE(MAX(seq), 0) FROM gone)) \
+         RETURNING (SELECT COUNT(*) FROM gone)",
         &[
             &(now_ms - FEED_RETENTION.as_millis() as i64),
-            &i64::from(batch),
+            &FEED_PRUNE_LIMIT,
         ],
-    )
+    )?;
+    Ok(dropped >= FEED_PRUNE_LIMIT)
 }
 
 fn migrate(client: &mut Client) -> Result<(), DbError> {
@@ -549,7 +674,19 @@ pub fn hold_lock(
         let holding = *held.borrow();
         let result = (|| -> Result<bool, DbError> {
             if client.is_none() {
-                client = Some(config.connect()?);
+                let mut conn = config.connect()?;
+                // The server ends this session when it stays idle (its
+                // client froze or was cut off), which frees the lock for
+                // another replica; a live one is busy every `interval`.
+                // PostgreSQL before 14 has no such setting: the TCP probes
+                // set by `connect` then bound the wait.
+                let idle = (interval * 5).as_millis();
+                if let Err(error) =
+                    conn.batch_execute(&format!("SET idle_session_timeout = {idle}"))
+                {
+                    tracing::debug!(error = %error, "No idle_session_timeout on this server");
+                }
+                client = Some(conn);
             }
             let conn = client.as_mut().expect("connected above");
             if holding {

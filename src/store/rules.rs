@@ -492,6 +492,38 @@ enum EventResult {
     Outdated { superseded_by: String },
 }
 
+/// PostgreSQL: takes a transaction-level advisory lock for each
+/// application `deliveries` write facts of, in one order. Facts of one
+/// application read each other (a commit looks for its deploys, a deploy
+/// for its commits and links, pushes number their commits), so two
+/// replicas writing facts of one application take turns; different
+/// applications proceed in parallel. SQLite has one writer already.
+pub fn lock_apps<'d>(
+    tx: &mut dyn Sql,
+    deliveries: impl IntoIterator<Item = &'d Delivery>,
+) -> Result<(), DbError> {
+    if tx.dialect() != super::sql::Dialect::Postgres {
+        return Ok(());
+    }
+    let mut apps: Vec<&str> = deliveries
+        .into_iter()
+        .filter_map(|d| match &d.disposition {
+            Disposition::Events(events) => Some(events.iter().map(|e| e.app().as_str())),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    apps.sort_unstable();
+    apps.dedup();
+    for app in apps {
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended('hookgauge app ' || ?1, 0))",
+            &[&app],
+        )?;
+    }
+    Ok(())
+}
+
 /// Applies one delivery and writes its ledger row.
 pub fn record_one(
     tx: &mut dyn Sql,
@@ -914,7 +946,8 @@ fn apply_deploy(
             &time,
             &image,
             &commit,
-            &deploy.environment.as_deref().unwrap_or(""),
+            // PostgreSQL text cannot hold NUL; no environment name needs one.
+            &deploy.environment.as_deref().unwrap_or("").replace('\0', ""),
             &delivery_id,
         ],
     )?;

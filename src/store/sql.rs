@@ -324,8 +324,11 @@ impl<C: postgres::GenericClient> Sql for Pg<'_, C> {
         params: &[&dyn Param],
         each: &mut dyn FnMut(&Row<'_>) -> Result<(), DbError>,
     ) -> Result<(), DbError> {
+        use postgres::fallible_iterator::FallibleIterator;
         let statement = self.statement(sql)?;
-        for row in self.client.query(&statement, &pg_params(params))? {
+        // Row by row as they arrive: a restore reads whole tables.
+        let mut rows = self.client.query_raw(&statement, pg_params(params))?;
+        while let Some(row) = rows.next()? {
             each(&Row::Postgres(&row))?;
         }
         Ok(())

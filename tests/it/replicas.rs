@@ -453,3 +453,101 @@ async fn migrate_store_moves_an_embedded_history_into_postgresql_with_the_same_n
     assert_eq!(ids, [(rows + 1).to_string()]);
     postgres.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_missed_pruned_changes_fails_healthz_until_a_restart_rebuilds_it() {
+    let url = database_url().await;
+    let mut app = spawn_app_with(|raw| {
+        raw.sources.pelorus.secrets = vec![SECRET.into()];
+        raw.store.url = Some(url.clone());
+    })
+    .await;
+    let reply = app
+        .post_signed(
+            "deploytime",
+            &deploy_body("shop", "prod", &image(1), now() - 60),
+        )
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    assert_eq!(app.get(format!("{}/healthz", app.ingest)).await.status, 200);
+    // Retention deleted feed rows this replica never applied (as when it is
+    // cut off from the database for longer than the feed is kept).
+    app.exec("UPDATE changes_pruned SET through = 1000000");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let health = loop {
+        let health = app.get(format!("{}/healthz", app.ingest)).await;
+        if health.status != 200 || Instant::now() > deadline {
+            break health;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(health.status, 503, "{}", health.text);
+    assert_eq!(health.json["reason"], "view_behind_store");
+    // A restart rebuilds the view from the store: healthy, same numbers.
+    app.restart().await;
+    assert_eq!(app.get(format!("{}/healthz", app.ingest)).await.status, 200);
+    assert_eq!(deployments(&app.scrape().await), 1.0);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(app.get(format!("{}/healthz", app.ingest)).await.status, 200);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_and_its_deploy_arriving_at_two_replicas_at_once_get_their_lead_time() {
+    let url = database_url().await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = replica(&url, &dir, "a", &[]);
+    let b = replica(&url, &dir, "b", &[]);
+    let client = reqwest::Client::new();
+    let t = now() - 7200;
+    let pairs = 40u64;
+    let mut tasks = Vec::new();
+    for n in 0..pairs {
+        // The commit of image n to A, its deploy to B, at the same moment:
+        // each must see the other, whichever commits first.
+        let app = format!("svc{n}");
+        let commit = serde_json::to_vec(&serde_json::json!({
+            "app": app, "commit_hash": format!("{n:040x}"), "image_sha": image(n),
+            "namespace": "prod", "timestamp": t,
+        }))
+        .unwrap();
+        let deploy = deploy_body(&app, "prod", &image(n), t + 600);
+        for (ingest, event, body) in [
+            (a.ingest.clone(), "committime", commit),
+            (b.ingest.clone(), "deploytime", deploy),
+        ] {
+            let client = client.clone();
+            tasks.push(tokio::spawn(async move {
+                post_pelorus_to(&client, &ingest, event, &body, Some(SECRET)).await
+            }));
+        }
+    }
+    for task in tasks {
+        let reply = task.await.unwrap();
+        assert_eq!(reply.status, 202, "{}", reply.text);
+    }
+    let observed = Cluster::shared().psql(
+        &url,
+        "SELECT COUNT(*) FROM observations WHERE kind = 'lead_time' AND seconds = 600",
+    );
+    assert_eq!(
+        observed,
+        pairs.to_string(),
+        "every commit got its lead time"
+    );
+    for metrics in [&a.metrics, &b.metrics] {
+        let (scraped, all) = wait_scrape(&client, metrics, Duration::from_secs(10), |s| {
+            s.find("hookgauge_lead_time_seconds_count", &[])
+                .iter()
+                .map(|s| s.value)
+                .sum::<f64>()
+                == pairs as f64
+        })
+        .await;
+        assert!(
+            all,
+            "{:?}",
+            scraped.find("hookgauge_lead_time_seconds_count", &[])
+        );
+    }
+}

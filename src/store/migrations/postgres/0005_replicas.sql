@@ -16,3 +16,9 @@ CREATE TABLE changes (
     effects  TEXT   NOT NULL
 );
 CREATE INDEX changes_by_at ON changes (at_ms);
+-- The newest seq retention has deleted: a replica whose view is older
+-- than that missed changes and must rebuild it (it reports so on /healthz).
+CREATE TABLE changes_pruned (
+    through  BIGINT NOT NULL
+);
+INSERT INTO changes_pruned (through) VALUES (0);
