@@ -23,6 +23,7 @@ mod polling;
 mod postgres;
 mod prometheus;
 mod props;
+mod replicas_prometheus;
 mod rules;
 mod signatures;
 mod sources;
