@@ -24,6 +24,7 @@ mod postgres;
 mod prometheus;
 mod props;
 mod replicas;
+mod replicas_prometheus;
 mod rules;
 mod signatures;
 mod sources;

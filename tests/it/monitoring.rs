@@ -121,10 +121,24 @@ impl Prometheus {
 
     /// Runs an instant query; returns (labels, value) per result.
     pub async fn query(&self, expr: &str) -> Result<Vec<QueryResult>, String> {
+        self.query_at(expr, None).await
+    }
+
+    /// Runs an instant query evaluated at `time` (epoch seconds; now when
+    /// `None`); returns (labels, value) per result.
+    pub async fn query_at(
+        &self,
+        expr: &str,
+        time: Option<f64>,
+    ) -> Result<Vec<QueryResult>, String> {
+        let mut params = vec![("query", expr.to_owned())];
+        if let Some(time) = time {
+            params.push(("time", format!("{time:.3}")));
+        }
         let response: Value = self
             .client
             .get(format!("{}/api/v1/query", self.url))
-            .query(&[("query", expr)])
+            .query(&params)
             .send()
             .await
             .map_err(|e| e.to_string())?

@@ -14,7 +14,7 @@ use crate::monitoring::Prometheus;
 
 /// The quantile Prometheus' `histogram_quantile` computes from cumulative
 /// bucket counts, computed here from the raw observations.
-fn expected_quantile(q: f64, bounds: &[f64], observations: &[f64]) -> f64 {
+pub(crate) fn expected_quantile(q: f64, bounds: &[f64], observations: &[f64]) -> f64 {
     let counts: Vec<f64> = bounds
         .iter()
         .map(|b| observations.iter().filter(|o| **o <= *b).count() as f64)
@@ -33,7 +33,7 @@ fn expected_quantile(q: f64, bounds: &[f64], observations: &[f64]) -> f64 {
     lower + (bounds[index] - lower) * (rank - below) / (counts[index] - below)
 }
 
-fn assert_close(name: &str, actual: f64, expected: f64) {
+pub(crate) fn assert_close(name: &str, actual: f64, expected: f64) {
     assert!(
         (actual - expected).abs() < 1e-6,
         "{name}: got {actual}, expected {expected}"
@@ -41,7 +41,7 @@ fn assert_close(name: &str, actual: f64, expected: f64) {
 }
 
 /// Posts one Pelorus delivery to a running binary; returns the status.
-async fn post(
+pub(crate) async fn post(
     client: &reqwest::Client,
     ingest: &str,
     event: &str,
@@ -54,20 +54,20 @@ async fn post(
         .status
 }
 
-fn commit(app: &str, n: u64, time: i64) -> Value {
+pub(crate) fn commit(app: &str, n: u64, time: i64) -> Value {
     serde_json::json!({"app": app, "commit_hash": format!("{n:040x}"), "image_sha": image(n), "namespace": "build", "timestamp": time})
 }
 
-fn deploy(app: &str, namespace: &str, n: u64, time: i64) -> Value {
+pub(crate) fn deploy(app: &str, namespace: &str, n: u64, time: i64) -> Value {
     serde_json::json!({"app": app, "image_sha": image(n), "namespace": namespace, "timestamp": time})
 }
 
-fn failure(app: &str, id: &str, change: &str, time: i64) -> Value {
+pub(crate) fn failure(app: &str, id: &str, change: &str, time: i64) -> Value {
     serde_json::json!({"app": app, "failure_id": id, "failure_event": change, "timestamp": time})
 }
 
 /// Every PromQL expression of every shipped dashboard, with its location.
-fn dashboard_queries() -> Vec<(String, String)> {
+pub(crate) fn dashboard_queries() -> Vec<(String, String)> {
     fn walk(file: &str, panels: &[Value], out: &mut Vec<(String, String)>) {
         for panel in panels {
             let title = panel["title"].as_str().unwrap_or("?");
@@ -111,7 +111,7 @@ fn dashboard_queries() -> Vec<(String, String)> {
 }
 
 /// Grafana's variables as a dashboard user would have them set.
-fn substitute(expr: &str) -> String {
+pub(crate) fn substitute(expr: &str) -> String {
     expr.replace("${app}", "shop")
         .replace("$app", "shop")
         .replace("${namespace}", ".*")
