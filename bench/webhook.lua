@@ -3,9 +3,11 @@
 --
 -- The pool file is written by bench/gen_requests.py: fixed-length lines
 --   <64 hex HMAC-SHA256 signature> <SP> <exact JSON body> <LF>
--- Each wrk thread owns a disjoint slice of the first BENCH_POOL_COUNT lines,
--- seeks to it in init() and reads one line per request, so no delivery is
--- sent twice and memory stays flat however large the pool is.
+-- Each wrk thread owns a disjoint slice of the BENCH_POOL_COUNT lines from
+-- line BENCH_POOL_FIRST on, seeks to it in init() and reads one line per
+-- request, so no delivery is sent twice and memory stays flat however large
+-- the pool is. Two wrk processes given disjoint ranges of one pool (scenario
+-- pg2) send disjoint deliveries too.
 --
 -- When a thread exhausts its slice it no longer sends webhooks: its
 -- connections send a cheap filler (GET /bench/drained, which hookgauge answers
@@ -17,6 +19,7 @@
 -- Configuration (environment, set by scripts/bench):
 --   BENCH_POOL_FILE   pool file (required)
 --   BENCH_POOL_COUNT  number of lines of the pool to use (required)
+--   BENCH_POOL_FIRST  first line of the pool to use, 0-based (optional, 0)
 --   BENCH_LINE_LEN    length of one pool line in bytes, newline included (required)
 --   BENCH_THREADS     wrk -t value, to split the pool into slices (required)
 --   BENCH_MARKER_DIR  directory for per-thread "done" markers (optional)
@@ -68,14 +71,20 @@ statuses = {}        -- webhook answers by HTTP status
 function init(args)
    local file = os.getenv("BENCH_POOL_FILE") or error("BENCH_POOL_FILE must be set")
    local count = env_number("BENCH_POOL_COUNT")
+   local offset = os.getenv("BENCH_POOL_FIRST") or ""
+   if offset == "" then offset = "0" end
+   offset = tonumber(offset)
+   if offset == nil or offset < 0 then
+      error("BENCH_POOL_FIRST must be a line number (0 or more)")
+   end
    local nthreads = env_number("BENCH_THREADS")
    line_len = env_number("BENCH_LINE_LEN")
    marker_dir = os.getenv("BENCH_MARKER_DIR")
    if marker_dir == "" then marker_dir = nil end
 
    -- Disjoint slice [first, last) of the pool for this thread.
-   local first = math.floor(count * id / nthreads)
-   local last = math.floor(count * (id + 1) / nthreads)
+   local first = offset + math.floor(count * id / nthreads)
+   local last = offset + math.floor(count * (id + 1) / nthreads)
    remaining = last - first
    pool = assert(io.open(file, "rb"))
    assert(pool:seek("set", first * line_len))
