@@ -104,9 +104,11 @@ async fn process(
     // Claimed: should this attempt never finish, it is taken up again in a
     // while, with one attempt fewer left.
     let retry_at = super::now_ms() + backoff_ms(pending.attempts + 1);
-    store
-        .mark(pending.row, State::Processing, None, Some(retry_at))
-        .await?;
+    if !store.claim(pending.row, pending.attempts, retry_at).await? {
+        // Another worker (a replica that held the background work just
+        // before) claimed it since it was read.
+        return Ok(());
+    }
     let source = ingest
         .plugins
         .iter()

@@ -247,7 +247,8 @@ enum Command {
         state: State,
         error: Option<String>,
         next_attempt_ms: Option<i64>,
-        reply: oneshot::Sender<Result<(), StoreError>>,
+        claim: Option<i64>,
+        reply: oneshot::Sender<Result<bool, StoreError>>,
     },
     Prune {
         policy: RetentionPolicy,
@@ -436,12 +437,45 @@ impl Store {
         error: Option<String>,
         next_attempt_ms: Option<i64>,
     ) -> Result<(), StoreError> {
+        self.mark_if(row, state, error, next_attempt_ms, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// Claims a queued row for an attempt: moves it to `processing` only if
+    /// it still has `attempts` attempts made, so that of two workers that
+    /// read the same row one gets it. True when this one did.
+    pub async fn claim(
+        &self,
+        row: i64,
+        attempts: i64,
+        retry_at_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.mark_if(
+            row,
+            State::Processing,
+            None,
+            Some(retry_at_ms),
+            Some(attempts),
+        )
+        .await
+    }
+
+    async fn mark_if(
+        &self,
+        row: i64,
+        state: State,
+        error: Option<String>,
+        next_attempt_ms: Option<i64>,
+        claim: Option<i64>,
+    ) -> Result<bool, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Mark {
             row,
             state,
             error,
             next_attempt_ms,
+            claim,
             reply,
         })
         .await?;
@@ -707,10 +741,11 @@ impl Writer {
                         state,
                         error,
                         next_attempt_ms,
+                        claim,
                         reply,
                     } => {
                         let result = self.write(|tx| {
-                            rules::mark(tx, row, state, error.as_deref(), next_attempt_ms)
+                            rules::mark(tx, row, state, error.as_deref(), next_attempt_ms, claim)
                         });
                         let _ = reply.send(result);
                     }

@@ -123,23 +123,34 @@ pub fn enqueue_replay(
 }
 
 /// Moves a queued row to `processing`, or to `errored` with the error and
-/// the time of the next attempt (`None`: no more attempts).
+/// the time of the next attempt (`None`: no more attempts). With `claim`,
+/// only while the row has that many attempts made (compare and set: of two
+/// workers that read the row, one moves it). True when the row changed.
 pub fn mark(
     tx: &mut dyn Sql,
     row: i64,
     state: State,
     error: Option<&str>,
     next_attempt_ms: Option<i64>,
-) -> Result<(), DbError> {
+    claim: Option<i64>,
+) -> Result<bool, DbError> {
     // An attempt counts when it starts: one that never finishes (a crash, a
     // panic) still uses one up.
     let attempted = i64::from(state == State::Processing);
-    tx.execute(
+    let changed = tx.execute(
         "UPDATE deliveries SET state = ?2, error = ?3, next_attempt_ms = ?4, \
-         attempts = attempts + ?5 WHERE seq = ?1 AND state <> 'done'",
-        &[&row, &state.as_str(), &error, &next_attempt_ms, &attempted],
+         attempts = attempts + ?5 WHERE seq = ?1 AND state <> 'done' \
+         AND (CAST(?6 AS BIGINT) IS NULL OR attempts = ?6)",
+        &[
+            &row,
+            &state.as_str(),
+            &error,
+            &next_attempt_ms,
+            &attempted,
+            &claim,
+        ],
     )?;
-    Ok(())
+    Ok(changed == 1)
 }
 
 /// One bounded step of retention: at most `batch` bodies dropped and `batch`
