@@ -194,37 +194,18 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApp> {
                     let start = target.interval / targets * i as u32;
                     let (store, ledger, metrics) =
                         (store.clone(), ledger.clone(), Arc::clone(&metrics));
+                    macro_rules! poll_with {
+                        ($poller:ty) => {
+                            tokio::spawn(crate::poll::run(
+                                <$poller>::new(target.clone(), gate, store, ledger, metrics),
+                                start,
+                            ))
+                        };
+                    }
                     match target.provider {
-                        crate::poll::Provider::Github => tokio::spawn(crate::poll::run(
-                            crate::poll::GithubPoller::new(
-                                target.clone(),
-                                gate,
-                                store,
-                                ledger,
-                                metrics,
-                            ),
-                            start,
-                        )),
-                        crate::poll::Provider::Gitlab => tokio::spawn(crate::poll::run(
-                            crate::poll::GitlabPoller::new(
-                                target.clone(),
-                                gate,
-                                store,
-                                ledger,
-                                metrics,
-                            ),
-                            start,
-                        )),
-                        crate::poll::Provider::Gitea => tokio::spawn(crate::poll::run(
-                            crate::poll::GiteaPoller::new(
-                                target.clone(),
-                                gate,
-                                store,
-                                ledger,
-                                metrics,
-                            ),
-                            start,
-                        )),
+                        crate::poll::Provider::Github => poll_with!(crate::poll::GithubPoller),
+                        crate::poll::Provider::Gitlab => poll_with!(crate::poll::GitlabPoller),
+                        crate::poll::Provider::Gitea => poll_with!(crate::poll::GiteaPoller),
                     }
                 })
                 .collect();

@@ -236,16 +236,7 @@ impl TestApp {
     }
 
     pub async fn scrape(&self) -> Scrape {
-        let text = self
-            .client
-            .get(format!("{}/metrics", self.metrics))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        Scrape::parse(&text)
+        scrape_from(&self.client, &self.metrics).await
     }
 
     pub async fn get(&self, url: String) -> Reply {
@@ -339,6 +330,19 @@ pub fn postgres_rows<T: Send + 'static>(
     })
     .join()
     .unwrap()
+}
+
+/// One scrape of `/metrics` on the metrics port at `metrics` (a base URL).
+pub async fn scrape_from(client: &reqwest::Client, metrics: &str) -> Scrape {
+    let text = client
+        .get(format!("{metrics}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    Scrape::parse(&text)
 }
 
 /// Posts a Pelorus delivery to the ingest port at `ingest`, signed with

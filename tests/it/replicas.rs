@@ -28,15 +28,7 @@ fn replica(url: &str, dir: &tempfile::TempDir, name: &str, extra: &[(&str, &str)
 }
 
 async fn scrape(client: &reqwest::Client, metrics: &str) -> Scrape {
-    let text = client
-        .get(format!("{metrics}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    Scrape::parse(&text)
+    crate::harness::scrape_from(client, metrics).await
 }
 
 /// Waits (at most `limit`) until `check` holds on a scrape of `metrics`;

@@ -58,15 +58,7 @@ fn start_replica(dir: &Path, name: &str, url: &str) -> Process {
 }
 
 async fn scrape(client: &reqwest::Client, metrics: &str) -> Scrape {
-    let text = client
-        .get(format!("{metrics}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    Scrape::parse(&text)
+    crate::harness::scrape_from(client, metrics).await
 }
 
 fn dora(scrape: &Scrape) -> Vec<Sample> {
