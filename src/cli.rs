@@ -99,6 +99,10 @@ pub struct MigrateStoreArgs {
     /// File holding the database password, for a URL without one.
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
+    /// CA certificates (PEM) the server's certificate may chain to; implies
+    /// sslmode=require.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

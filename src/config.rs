@@ -145,6 +145,9 @@ pub struct RawStore {
     pub url_file: Option<PathBuf>,
     /// The database password, read from a file, for a URL without one.
     pub password_file: Option<PathBuf>,
+    /// CA certificates (PEM) the PostgreSQL server's certificate may chain
+    /// to besides the public roots; implies `sslmode=require`.
+    pub ca_file: Option<PathBuf>,
     /// PostgreSQL connections for reads (admin API, poller state, export).
     pub pool_size: u32,
     /// Longest a PostgreSQL statement may run before it fails (503).
@@ -166,6 +169,7 @@ impl Default for RawStore {
             url: None,
             url_file: None,
             password_file: None,
+            ca_file: None,
             pool_size: 8,
             statement_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
@@ -506,8 +510,9 @@ pub struct RetentionSettings {
 pub struct StoreSettings {
     /// The PostgreSQL store, when one is configured (else the embedded file).
     pub postgres: Option<crate::store::PostgresConfig>,
-    /// `[store] password_file`, shown by `check-config`.
+    /// `[store] password_file` and `ca_file`, shown by `check-config`.
     pub password_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
     pub synchronous: Synchronous,
     pub busy_timeout: Duration,
     pub max_body_bytes: usize,
@@ -682,6 +687,7 @@ impl Settings {
             store: StoreSettings {
                 postgres: postgres_store(&raw.store)?,
                 password_file: raw.store.password_file.clone(),
+                ca_file: raw.store.ca_file.clone(),
                 synchronous: raw.store.synchronous,
                 busy_timeout: raw.store.busy_timeout,
                 max_body_bytes: raw.store.max_body_bytes,
@@ -819,11 +825,16 @@ impl Settings {
                 Some(pg) => format!(
                     "url = {}\n{}pool_size = {}\nstatement_timeout = \"{}\"\n",
                     toml_str(&pg.describe()),
-                    match &self.store.password_file {
-                        Some(file) =>
-                            format!("password_file = {}\n", toml_str(&file.to_string_lossy())),
-                        None => String::new(),
-                    },
+                    [
+                        ("password_file", &self.store.password_file),
+                        ("ca_file", &self.store.ca_file)
+                    ]
+                    .iter()
+                    .filter_map(|(key, file)| {
+                        let file = file.as_ref()?;
+                        Some(format!("{key} = {}\n", toml_str(&file.to_string_lossy())))
+                    })
+                    .collect::<String>(),
                     pg.pool_size,
                     humantime::format_duration(pg.statement_timeout),
                 ),
@@ -960,6 +971,19 @@ pub fn postgres_config(
             "must be greater than zero",
         ));
     }
+    // `require`: encrypted and verified (libpq's verify-full). `prefer`, the
+    // default, and `disable` connect in the clear: a server's self-signed
+    // certificate must not stop a connection nobody asked to encrypt.
+    if raw.ca_file.is_some() {
+        config.ssl_mode(postgres::config::SslMode::Require);
+    }
+    let tls = match config.get_ssl_mode() {
+        postgres::config::SslMode::Require => Some(std::sync::Arc::new(
+            crate::store::postgres::tls_config(raw.ca_file.as_deref())
+                .map_err(|e| ConfigError::invalid("store.ca_file", e))?,
+        )),
+        _ => None,
+    };
     config
         .connect_timeout(raw.connect_timeout)
         .application_name("hookgauge")
@@ -970,6 +994,7 @@ pub fn postgres_config(
         config,
         pool_size: raw.pool_size,
         statement_timeout: raw.statement_timeout,
+        tls,
     })
 }
 
@@ -1260,6 +1285,43 @@ mod tests {
             assert!(!error.contains("pw-bad"), "{error}");
         }
         assert!(load("", &[]).unwrap().store.postgres.is_none());
+
+        // TLS only when asked for, and then verified.
+        let plain = inline.store.postgres.as_ref().unwrap();
+        assert!(plain.tls.is_none());
+        let required = load(
+            "[store]\nurl = \"postgres://hg@db.example/hookgauge?sslmode=require\"\n",
+            &[],
+        )
+        .unwrap();
+        let pg = required.store.postgres.as_ref().unwrap();
+        assert!(pg.tls.is_some());
+        assert_eq!(
+            pg.describe(),
+            "postgres://hg@db.example:5432/hookgauge?sslmode=require"
+        );
+        let error = load(
+            "[store]\nurl = \"postgres://hg@db.example/hookgauge\"\nca_file = \"/nonexistent/ca.crt\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.starts_with("store.ca_file"), "{error}");
+        let not_pem = dir.path().join("not-a-ca.pem");
+        std::fs::write(&not_pem, "hello\n").unwrap();
+        let error = load(
+            &format!(
+                "[store]\nurl = \"postgres://hg@db.example/hookgauge\"\nca_file = {:?}\n",
+                not_pem.to_str().unwrap()
+            ),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.starts_with("store.ca_file") && error.contains("no PEM"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -142,6 +142,7 @@ fn migrate_store(args: MigrateStoreArgs) -> anyhow::Result<()> {
     let from = std::path::PathBuf::from(args.from.strip_prefix("sqlite://").unwrap_or(&args.from));
     let raw = RawStore {
         password_file: args.password_file.clone(),
+        ca_file: args.ca_file.clone(),
         ..RawStore::default()
     };
     let to = postgres_config("--to", &args.to, &raw)?;

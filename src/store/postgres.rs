@@ -61,12 +61,16 @@ pub struct PostgresConfig {
     pub config: postgres::Config,
     pub pool_size: u32,
     pub statement_timeout: Duration,
+    /// TLS, with the server's certificate verified (`sslmode=require`);
+    /// `None`: a plain connection.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl std::fmt::Debug for PostgresConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresConfig")
             .field("database", &self.describe())
+            .field("tls", &self.tls.is_some())
             .field("pool_size", &self.pool_size)
             .field("statement_timeout", &self.statement_timeout)
             .finish()
@@ -87,9 +91,14 @@ impl PostgresConfig {
             .unwrap_or_default();
         let port = self.config.get_ports().first().copied().unwrap_or(5432);
         format!(
-            "postgres://{}@{host}:{port}/{}",
+            "postgres://{}@{host}:{port}/{}{}",
             self.config.get_user().unwrap_or(""),
-            self.config.get_dbname().unwrap_or("")
+            self.config.get_dbname().unwrap_or(""),
+            if self.tls.is_some() {
+                "?sslmode=require"
+            } else {
+                ""
+            }
         )
     }
 
@@ -99,7 +108,14 @@ impl PostgresConfig {
     /// that it notices a vanished client within about 20 s rather than the
     /// system's two hours.
     pub fn connect(&self) -> Result<Client, DbError> {
-        let mut client = self.config.connect(NoTls)?;
+        let mut client = match &self.tls {
+            Some(tls) => self
+                .config
+                .connect(tokio_postgres_rustls::MakeRustlsConnect::new(
+                    (**tls).clone(),
+                ))?,
+            None => self.config.connect(NoTls)?,
+        };
         let ms = self.statement_timeout.as_millis();
         client.batch_execute(&format!(
             "SET statement_timeout = {ms}; SET lock_timeout = {ms}; \
@@ -127,6 +143,35 @@ impl PostgresConfig {
             .connection_timeout(self.statement_timeout.max(Duration::from_secs(1)))
             .build_unchecked(Manager(self.clone()))
     }
+}
+
+/// TLS for `sslmode=require`: the server's certificate must chain to a
+/// public root (webpki-roots) or to one of `extra_roots` (a private CA, PEM)
+/// and name the host connected to.
+pub fn tls_config(extra_roots: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = extra_roots {
+        let mut added = 0;
+        for cert in rustls::pki_types::CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        {
+            let cert =
+                cert.map_err(|e| format!("{}: not a PEM certificate: {e}", path.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: not a usable CA certificate: {e}", path.display()))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(format!("{} holds no PEM certificate", path.display()));
+        }
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())
+        .map(|builder| builder.with_root_certificates(roots).with_no_client_auth())
 }
 
 /// Makes the pool's connections as [`PostgresConfig::connect`] does.

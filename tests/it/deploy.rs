@@ -1827,8 +1827,8 @@ fn postgres_overlay_mounts_the_store_url_secret_where_url_file_points() {
     );
     assert_eq!(
         store.sslmode.as_deref(),
-        Some("disable"),
-        "hookgauge does not encrypt the connection to PostgreSQL: {url}"
+        Some("require"),
+        "the example encrypts the connection to PostgreSQL: {url}"
     );
 
     // The commands in the example and the README create that Secret's key.

@@ -160,6 +160,85 @@ impl Cluster {
         cluster
     }
 
+    /// Turns TLS on (a throwaway CA, a server certificate for 127.0.0.1,
+    /// `ssl = on`), restarting the server on its port; returns the CA's
+    /// certificate (PEM), for clients that verify the server.
+    pub fn enable_tls(&self) -> PathBuf {
+        let dir = self.root.join("tls");
+        fs::create_dir_all(&dir).unwrap();
+        let openssl = |args: &[&str]| {
+            let output = run(Command::new("openssl").args(args).current_dir(&dir), "");
+            assert!(
+                output.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=hookgauge test CA",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ]);
+        for name in ["server.crt", "server.key"] {
+            let target = self.data.join(name);
+            fs::copy(dir.join(name), &target).unwrap();
+            set_mode(&target, 0o600);
+            if self.as_os_user {
+                let (uid, gid) = os_user_ids();
+                std::os::unix::fs::chown(&target, Some(uid), Some(gid)).unwrap();
+            }
+        }
+        OpenOptions::new()
+            .append(true)
+            .open(self.data.join("postgresql.conf"))
+            .unwrap()
+            .write_all(b"ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n")
+            .unwrap();
+        self.pause();
+        self.resume();
+        dir.join("ca.crt")
+    }
+
     /// Creates [`ROLE`], as the bootstrap superuser.
     fn create_role(&self) {
         let superuser_url = format!("postgres://{SUPERUSER}@127.0.0.1:{}/postgres", self.port);

@@ -543,3 +543,62 @@ async fn a_commit_and_its_deploy_arriving_at_two_replicas_at_once_get_their_lead
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sslmode_require_connects_over_tls_verified_against_the_configured_ca() {
+    let (cluster, ca) = tokio::task::spawn_blocking(|| {
+        let cluster = Cluster::start();
+        let ca = cluster.enable_tls();
+        (cluster, ca)
+    })
+    .await
+    .unwrap();
+    let database = format!("{}?sslmode=require", cluster.database());
+    let password_file = cluster.password_file();
+    let app = spawn_app_with(|raw| {
+        raw.sources.pelorus.secrets = vec![SECRET.into()];
+        raw.store.url = Some(database.clone());
+        raw.store.password_file = Some(password_file.clone());
+        raw.store.ca_file = Some(ca.clone());
+    })
+    .await;
+    let reply = app
+        .post_signed(
+            "deploytime",
+            &deploy_body("shop", "prod", &image(1), now() - 60),
+        )
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    let url = database.trim_end_matches("?sslmode=require").to_owned();
+    let encrypted = cluster.psql(
+        &url,
+        "SELECT COUNT(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+         WHERE ssl AND application_name = 'hookgauge'",
+    );
+    assert_ne!(encrypted, "0", "hookgauge's sessions use TLS");
+    let plain = cluster.psql(
+        &url,
+        "SELECT COUNT(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+         WHERE NOT ssl AND application_name = 'hookgauge'",
+    );
+    assert_eq!(plain, "0", "no hookgauge session in the clear");
+    app.shutdown().await;
+
+    // Without the CA the server's certificate is not trusted: nothing is
+    // written, and the reason is said.
+    let untrusted = spawn_app_with(|raw| {
+        raw.sources.pelorus.secrets = vec![SECRET.into()];
+        raw.store.url = Some(database.clone());
+        raw.store.password_file = Some(password_file.clone());
+    })
+    .await;
+    let reply = untrusted
+        .post_signed(
+            "deploytime",
+            &deploy_body("shop", "prod", &image(2), now() - 60),
+        )
+        .await;
+    assert_eq!(reply.status, 503, "{}", reply.text);
+    untrusted.shutdown().await;
+    assert_eq!(cluster.psql(&url, "SELECT COUNT(*) FROM deploys"), "1");
+}
