@@ -113,9 +113,8 @@ pub fn sqlite_to_postgres(
     }
     // Opening migrates both schemas to this binary's version.
     let mut source = sqlite::Database::open(from, store).map_err(DbError::from)?;
-    let cursor = std::sync::Arc::new(std::sync::Mutex::new(pg::FeedCursor::default()));
-    drop(pg::Database::open(to, cursor)?);
     let mut target = to.connect()?;
+    pg::migrate(&mut target)?;
     let held: i64 = target
         .query_one("SELECT COUNT(*) FROM deliveries", &[])
         .map_err(DbError::from)?

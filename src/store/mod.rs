@@ -47,6 +47,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use rules::Committed;
 use sql::{DbError, Sql};
 
 use crate::config::Synchronous;
@@ -553,26 +554,32 @@ impl Backend {
         }
     }
 
-    /// One transaction whose effects the other replicas must see too; the
-    /// change feed row's seq (PostgreSQL, when there are effects).
-    fn publishing<T>(
+    /// One transaction of deliveries, whose effects the other replicas
+    /// must see too (PostgreSQL: a change feed row, when there are any).
+    fn publishing(
         &mut self,
-        f: impl FnMut(&mut dyn Sql) -> Result<T, DbError>,
-        effects_of: impl Fn(&T) -> Vec<Effect>,
-    ) -> Result<(T, Option<i64>), DbError> {
+        f: impl FnMut(&mut dyn Sql) -> Result<Vec<rules::Applied>, DbError>,
+    ) -> Result<Committed, DbError> {
         match self {
-            Backend::Sqlite(db) => Ok((db.transaction(f)?, None)),
-            Backend::Postgres(db) => db.publishing(f, effects_of),
+            Backend::Sqlite(db) => {
+                let applied = db.transaction(f)?;
+                Ok(Committed {
+                    effects: rules::effects(&applied),
+                    applied,
+                    seq: None,
+                })
+            }
+            Backend::Postgres(db) => db.publishing(f),
         }
     }
 
     /// Hands what a commit changed to the view.
-    fn applied(&mut self, published: Option<i64>, effects: &[Effect], sink: &dyn CommitSink) {
+    fn applied(&mut self, committed: &Committed, sink: &dyn CommitSink) {
         match self {
-            Backend::Sqlite(_) => sink.apply(effects),
+            Backend::Sqlite(_) => sink.apply(&committed.effects),
             Backend::Postgres(db) => {
-                if let Some(seq) = published {
-                    db.apply_through(seq, effects, sink);
+                if let Some(seq) = committed.seq {
+                    db.apply_through(seq, &committed.effects, sink);
                 }
             }
         }
@@ -850,36 +857,36 @@ impl Writer {
         let max_body = self.config.max_body_bytes;
         let now_ms = now_seconds() * 1000;
         let result = self.ensure_open().and_then(|db| {
-            db.publishing(
-                |tx| {
-                    rules::lock_apps(tx, deliveries)?;
-                    let mut results = Vec::with_capacity(deliveries.len());
-                    for delivery in deliveries {
-                        results.push(rules::record_one(tx, delivery, max_body)?);
-                    }
-                    rules::save_cursors(tx, cursors, forget, now_ms)?;
-                    Ok(results)
-                },
-                |results| all_effects(results),
-            )
+            db.publishing(|tx| {
+                rules::lock_apps(tx, deliveries)?;
+                let mut results = Vec::with_capacity(deliveries.len());
+                for delivery in deliveries {
+                    results.push(rules::record_one(tx, delivery, max_body)?);
+                }
+                rules::save_cursors(tx, cursors, forget, now_ms)?;
+                Ok(results)
+            })
             .map_err(fault)
         });
         self.sink.commit_finished(
             started.elapsed(),
             result.as_ref().map(|_| ()).map_err(StoreError::kind),
         );
-        let (results, published) = match result {
-            Ok(done) => done,
+        let committed = match result {
+            Ok(committed) => committed,
             Err(error) => {
                 self.forget_connection_after(error.kind());
                 return Err(error);
             }
         };
-        let effects = all_effects(&results);
         if let Some(db) = self.db.as_mut() {
-            db.applied(published, &effects, &*self.sink);
+            db.applied(&committed, &*self.sink);
         }
-        Ok(results.into_iter().map(|(recorded, _)| recorded).collect())
+        Ok(committed
+            .applied
+            .into_iter()
+            .map(|(recorded, _)| recorded)
+            .collect())
     }
 
     /// Applies a batch in one transaction (group commit). A delivery that
@@ -947,12 +954,16 @@ impl Writer {
         let mut outcomes = Vec::with_capacity(records.len());
         for part in parts {
             match part {
-                Ok((applied, published)) => {
-                    let effects = all_effects(&applied);
+                Ok(committed) => {
                     if let Some(db) = self.db.as_mut() {
-                        db.applied(published, &effects, &*self.sink);
+                        db.applied(&committed, &*self.sink);
                     }
-                    outcomes.extend(applied.into_iter().map(|(recorded, _)| Ok(recorded)));
+                    outcomes.extend(
+                        committed
+                            .applied
+                            .into_iter()
+                            .map(|(recorded, _)| Ok(recorded)),
+                    );
                 }
                 Err(error) => outcomes.push(Err(error)),
             }
@@ -995,9 +1006,7 @@ impl Writer {
                     rules::cap_unauthenticated(tx, excess, keep)?;
                 }
                 Ok(results)
-            },
-            |results| all_effects(results),
-        );
+            });
         match result {
             Ok(done) => {
                 if let Some(n) = self.unauthenticated_rows.as_mut() {
@@ -1023,16 +1032,6 @@ impl Writer {
         }
     }
 }
-
-fn all_effects(results: &[rules::Applied]) -> Vec<Effect> {
-    results
-        .iter()
-        .flat_map(|(_, effects)| effects.iter().cloned())
-        .collect()
-}
-
-/// What a committed transaction applied, and its change feed row.
-type Committed = (Vec<rules::Applied>, Option<i64>);
 
 type Batch = Vec<(Delivery, oneshot::Sender<Result<Recorded, StoreError>>)>;
 

@@ -20,6 +20,7 @@ use postgres::error::SqlState;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, NoTls};
 
+use super::rules::{Applied, Committed};
 use super::sql::{DbError, Pg, Sql, Statements};
 use super::{CommitSink, FaultKind};
 use crate::ledger::Effect;
@@ -364,19 +365,22 @@ impl Database {
         Ok(out)
     }
 
-    /// As [`Database::transaction`]; the effects of its result (when there
-    /// are any) are added to the change feed in the same transaction.
-    /// Returns the feed row's seq.
-    pub fn publishing<T>(
+    /// As [`Database::transaction`], for deliveries: their effects (when
+    /// there are any) are added to the change feed in the same transaction.
+    /// Returns them with the feed row's seq.
+    pub fn publishing(
         &mut self,
-        mut f: impl FnMut(&mut dyn Sql) -> Result<T, DbError>,
-        effects_of: impl Fn(&T) -> Vec<Effect>,
-    ) -> Result<(T, Option<i64>), DbError> {
+        mut f: impl FnMut(&mut dyn Sql) -> Result<Vec<Applied>, DbError>,
+    ) -> Result<Committed, DbError> {
         self.transaction(|tx| {
-            let out = f(tx)?;
-            let effects = effects_of(&out);
+            let applied = f(tx)?;
+            let effects = super::rules::effects(&applied);
             if effects.is_empty() {
-                return Ok((out, None));
+                return Ok(Committed {
+                    applied,
+                    effects,
+                    seq: None,
+                });
             }
             let json = serde_json::to_string(&effects)
                 .map_err(|e| DbError::Broken(format!("effects cannot be encoded: {e}")))?;
@@ -388,7 +392,11 @@ impl Database {
                 &[&json],
             )?;
             tx.execute(&format!("NOTIFY {FEED_CHANNEL}"), &[])?;
-            Ok((out, Some(seq)))
+            Ok(Committed {
+                applied,
+                effects,
+                seq: Some(seq),
+            })
         })
     }
 
@@ -664,7 +672,8 @@ pub fn prune_feed(sql: &mut dyn Sql, now_ms: i64) -> Result<bool, DbError> {
     Ok(dropped >= FEED_PRUNE_LIMIT)
 }
 
-fn migrate(client: &mut Client) -> Result<(), DbError> {
+/// Brings the schema to this binary's version.
+pub(super) fn migrate(client: &mut Client) -> Result<(), DbError> {
     // Replicas starting together migrate one at a time (even the first
     // CREATE TABLE IF NOT EXISTS races with itself).
     client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])?;

@@ -75,6 +75,23 @@ pub struct PollCursor {
 /// What recording one delivery produced: its outcome and committed effects.
 pub type Applied = (Recorded, Vec<Effect>);
 
+/// What a committed transaction of deliveries applied: each one's outcome
+/// and effects, all the effects in order, and its change feed row (shared
+/// store, when there were effects).
+pub struct Committed {
+    pub applied: Vec<Applied>,
+    pub effects: Vec<Effect>,
+    pub seq: Option<i64>,
+}
+
+/// The effects of `applied`, in order.
+pub fn effects(applied: &[Applied]) -> Vec<Effect> {
+    applied
+        .iter()
+        .flat_map(|(_, effects)| effects.iter().cloned())
+        .collect()
+}
+
 pub const LEAD_TIME: &str = "lead_time";
 pub const TIME_TO_RESTORE: &str = "time_to_restore";
 
