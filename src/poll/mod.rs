@@ -812,6 +812,39 @@ macro_rules! poller_parts {
 }
 use poller_parts;
 
+/// `new` and `with_clock` of a provider's poller: its own fields (their
+/// values may read `$target` before it moves), then the parts every poller
+/// has: the target, its API client and its recorder.
+macro_rules! poller_new {
+    ($poller:ident, $target:ident, { $($field:ident: $value:expr),* $(,)? }) => {
+        impl $poller {
+            pub fn new(
+                $target: $crate::poll::PollTarget,
+                gate: std::sync::Arc<$crate::poll::TokenGate>,
+                store: $crate::store::Store,
+                ledger: $crate::store::deliveries::Ledger,
+                metrics: std::sync::Arc<$crate::metrics::Metrics>,
+            ) -> Self {
+                let api = $crate::poll::api::Api::new(&$target, gate, std::sync::Arc::clone(&metrics));
+                $poller {
+                    $($field: $value,)*
+                    target: $target,
+                    api,
+                    rec: $crate::poll::Recorder::new(store, ledger, metrics),
+                }
+            }
+
+            /// Paces and computes on `clock` rather than the system's (the
+            /// benchmark's simulated day).
+            pub fn with_clock(mut self, clock: $crate::poll::Clock) -> Self {
+                self.api.set_clock(clock);
+                self
+            }
+        }
+    };
+}
+use poller_new;
+
 pub trait Poller: Send {
     fn target(&self) -> &PollTarget;
 

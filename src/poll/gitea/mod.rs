@@ -17,17 +17,13 @@
 mod commits;
 mod pulls;
 
-use std::sync::Arc;
-
 use super::api::Api;
 use super::forge::{self, Base, IssueList};
 use super::reviews::PULLS_STREAM;
-use super::{PollError, PollTarget, Poller, Recorder, Stream, TokenGate, MAX_PAGES};
-use crate::metrics::Metrics;
+use super::{PollError, PollTarget, Poller, Recorder, Stream, MAX_PAGES};
 use crate::plugins::{gitea::Gitea, Plugin};
-use crate::poll::poller_parts;
-use crate::store::deliveries::Ledger;
-use crate::store::{PollCursor, Store};
+use crate::poll::{poller_new, poller_parts};
+use crate::store::PollCursor;
 
 /// The media type of the API's answers.
 const GITEA_JSON: &str = "application/json";
@@ -113,31 +109,9 @@ impl Poller for GiteaPoller {
     }
 }
 
+poller_new!(GiteaPoller, target, { base: Base::new(&target), default_branch: None });
+
 impl GiteaPoller {
-    pub fn new(
-        target: PollTarget,
-        gate: Arc<TokenGate>,
-        store: Store,
-        ledger: Ledger,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        let api = Api::new(&target, gate, Arc::clone(&metrics));
-        GiteaPoller {
-            base: Base::new(&target),
-            target,
-            api,
-            rec: Recorder::new(store, ledger, metrics),
-            default_branch: None,
-        }
-    }
-
-    /// Paces and computes on `clock` rather than the system's (the
-    /// benchmark's simulated day).
-    pub fn with_clock(mut self, clock: super::Clock) -> Self {
-        self.api.set_clock(clock);
-        self
-    }
-
     /// The tracked branches ([`forge::tracked_branches`]).
     async fn branches(&mut self, cursors: &mut Vec<PollCursor>) -> Result<Vec<String>, PollError> {
         forge::tracked_branches(

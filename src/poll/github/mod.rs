@@ -11,7 +11,6 @@ mod commits;
 mod pulls;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -20,16 +19,14 @@ use super::api::{Api, Fetched};
 use super::forge::{self, Base, IssueList};
 use super::reviews::PULLS_STREAM;
 use super::{
-    mapped, rfc3339, server_time, PollError, PollTarget, Poller, Recorder, Stream, TokenGate,
-    MAX_PAGES, OVERLAP_SECONDS,
+    mapped, rfc3339, server_time, PollError, PollTarget, Poller, Recorder, Stream, MAX_PAGES,
+    OVERLAP_SECONDS,
 };
 use crate::ledger::Delivery;
-use crate::metrics::Metrics;
 use crate::plugins::{github::GitHub, Plugin};
 use crate::poll::mark_of;
-use crate::poll::poller_parts;
-use crate::store::deliveries::Ledger;
-use crate::store::{PollCursor, Store};
+use crate::poll::{poller_new, poller_parts};
+use crate::store::PollCursor;
 
 /// The media type of the REST API's JSON answers.
 const GITHUB_JSON: &str = "application/vnd.github+json";
@@ -123,31 +120,9 @@ impl Poller for GithubPoller {
     }
 }
 
+poller_new!(GithubPoller, target, { base: Base::new(&target), default_branch: None });
+
 impl GithubPoller {
-    pub fn new(
-        target: PollTarget,
-        gate: Arc<TokenGate>,
-        store: Store,
-        ledger: Ledger,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        let api = Api::new(&target, gate, Arc::clone(&metrics));
-        GithubPoller {
-            base: Base::new(&target),
-            target,
-            api,
-            rec: Recorder::new(store, ledger, metrics),
-            default_branch: None,
-        }
-    }
-
-    /// Paces and computes on `clock` rather than the system's (the
-    /// benchmark's simulated day).
-    pub fn with_clock(mut self, clock: super::Clock) -> Self {
-        self.api.set_clock(clock);
-        self
-    }
-
     /// The tracked branches ([`forge::tracked_branches`]).
     async fn branches(&mut self, cursors: &mut Vec<PollCursor>) -> Result<Vec<String>, PollError> {
         forge::tracked_branches(

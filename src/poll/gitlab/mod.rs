@@ -15,7 +15,6 @@ mod commits;
 mod merge_requests;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -23,16 +22,14 @@ use serde_json::{json, Value};
 use super::api::{Api, Fetched, Listing};
 use super::reviews::PULLS_STREAM;
 use super::{
-    mapped, rfc3339, server_time, settled, Clock, PollError, PollTarget, Poller, Recorder, Stream,
-    TokenGate, MAX_PAGES, OVERLAP_SECONDS,
+    mapped, rfc3339, server_time, settled, PollError, PollTarget, Poller, Recorder, Stream,
+    MAX_PAGES, OVERLAP_SECONDS,
 };
 use crate::ledger::Delivery;
-use crate::metrics::Metrics;
 use crate::plugins::{gitlab::GitLab, Plugin};
 use crate::poll::mark_of;
-use crate::poll::poller_parts;
-use crate::store::deliveries::Ledger;
-use crate::store::{PollCursor, Store};
+use crate::poll::{poller_new, poller_parts};
+use crate::store::PollCursor;
 
 /// The media type of the REST API's answers.
 const GITLAB_JSON: &str = "application/json";
@@ -109,31 +106,9 @@ impl Poller for GitlabPoller {
     }
 }
 
+poller_new!(GitlabPoller, target, { project: ProjectMark::default(), asked: BTreeSet::new() });
+
 impl GitlabPoller {
-    pub fn new(
-        target: PollTarget,
-        gate: Arc<TokenGate>,
-        store: Store,
-        ledger: Ledger,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        let api = Api::new(&target, gate, Arc::clone(&metrics));
-        GitlabPoller {
-            target,
-            api,
-            rec: Recorder::new(store, ledger, metrics),
-            project: ProjectMark::default(),
-            asked: BTreeSet::new(),
-        }
-    }
-
-    /// Paces and computes on `clock` rather than the system's (the
-    /// benchmark's simulated day).
-    pub fn with_clock(mut self, clock: Clock) -> Self {
-        self.api.set_clock(clock);
-        self
-    }
-
     /// The project's address: by its numeric id.
     fn base(&self) -> String {
         format!("{}/projects/{}", self.target.api_url, self.project.id)
