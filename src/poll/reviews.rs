@@ -213,16 +213,20 @@ pub(in crate::poll) trait PullReviews: Send {
 
 /// One poll of a review stream after its listing (`None`: unchanged):
 /// the plan is carried out through `source`, the closed pull requests'
-/// review state let go, the waits published; returns the new mark. The
-/// reviews' validators join `cursors` only when everything was read, as
-/// they are kept only with the mark they fed (a poll cut short keeps
-/// neither, and reads them again).
+/// review state let go, the waits published, and the stream's new state
+/// (`listed_cursor`: its `cursor` with the listing's validators) joins
+/// `cursors` with the new mark when it changed. The reviews' validators
+/// join `cursors` only when everything was read, as they are kept only
+/// with the mark they fed (a poll cut short keeps neither, and reads them
+/// again).
 pub(in crate::poll) async fn refresh(
     source: &mut impl PullReviews,
-    mut mark: PullsMark,
+    cursor: PollCursor,
+    mut listed_cursor: PollCursor,
     listed: Option<Vec<Listed>>,
     cursors: &mut Vec<PollCursor>,
-) -> Result<PullsMark, PollError> {
+) -> Result<(), PollError> {
+    let mut mark: PullsMark = super::mark_of(&cursor).unwrap_or_default();
     let now = source.parts().1.server_now();
     let plan = mark.plan(listed, now);
     let (rec, _, target) = source.parts();
@@ -234,7 +238,11 @@ pub(in crate::poll) async fn refresh(
     cursors.extend(review_cursors);
     let (rec, api, target) = source.parts();
     mark.publish(&rec.metrics, &target.repo, api.skew());
-    Ok(mark)
+    listed_cursor.watermark = Some(serde_json::to_string(&mark).unwrap_or_default());
+    if listed_cursor != cursor {
+        cursors.push(listed_cursor);
+    }
+    Ok(())
 }
 
 impl ReviewPlan {

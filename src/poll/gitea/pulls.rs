@@ -16,9 +16,8 @@ use serde_json::Value;
 
 use super::{work_in_progress, GiteaPoller, GITEA_JSON, MAX_LIST_PAGES};
 use crate::poll::api::{Api, Listing};
-use crate::poll::mark_of;
 use crate::poll::reviews;
-use crate::poll::reviews::{last_review, Listed, PullReviews, PullsMark, PULLS_STREAM};
+use crate::poll::reviews::{last_review, Listed, PullReviews, PULLS_STREAM};
 use crate::poll::{server_time, PollError};
 use crate::poll::{PollTarget, Recorder};
 use crate::store::PollCursor;
@@ -34,7 +33,6 @@ impl GiteaPoller {
         cursors: &mut Vec<PollCursor>,
     ) -> Result<(), PollError> {
         let cursor = self.rec.cursor(self.target.stream(PULLS_STREAM));
-        let mark: PullsMark = mark_of(&cursor).unwrap_or_default();
         let mut new_cursor = cursor.clone();
         let first = format!("{}/pulls?state=open&limit=50&page=1", self.base);
         let listed = self
@@ -61,12 +59,7 @@ impl GiteaPoller {
                     .filter_map(listed)
                     .collect()
             });
-        let mark = reviews::refresh(self, mark, listed, cursors).await?;
-        new_cursor.watermark = Some(serde_json::to_string(&mark).unwrap_or_default());
-        if new_cursor != cursor {
-            cursors.push(new_cursor);
-        }
-        Ok(())
+        reviews::refresh(self, cursor, new_cursor, listed, cursors).await
     }
 }
 

@@ -14,9 +14,8 @@ use serde_json::Value;
 
 use super::{server_time, GithubPoller, PollError, GITHUB_JSON, MAX_PAGES};
 use crate::poll::api::{Api, Listing};
-use crate::poll::mark_of;
 use crate::poll::reviews;
-use crate::poll::reviews::{last_review, Listed, PullReviews, PullsMark, PULLS_STREAM};
+use crate::poll::reviews::{last_review, Listed, PullReviews, PULLS_STREAM};
 use crate::poll::{PollTarget, Recorder};
 use crate::store::PollCursor;
 
@@ -28,7 +27,6 @@ impl GithubPoller {
         cursors: &mut Vec<PollCursor>,
     ) -> Result<(), PollError> {
         let cursor = self.rec.cursor(self.target.stream(PULLS_STREAM));
-        let mark: PullsMark = mark_of(&cursor).unwrap_or_default();
         let mut new_cursor = cursor.clone();
         // One base on the server; several are filtered here.
         let base = match branches {
@@ -63,12 +61,7 @@ impl GithubPoller {
                     .filter_map(listed)
                     .collect()
             });
-        let mark = reviews::refresh(self, mark, listed, cursors).await?;
-        new_cursor.watermark = Some(serde_json::to_string(&mark).unwrap_or_default());
-        if new_cursor != cursor {
-            cursors.push(new_cursor);
-        }
-        Ok(())
+        reviews::refresh(self, cursor, new_cursor, listed, cursors).await
     }
 }
 

@@ -14,9 +14,8 @@ use serde_json::Value;
 
 use super::{GitlabPoller, GITLAB_JSON};
 use crate::poll::api::{Api, Fetched};
-use crate::poll::mark_of;
 use crate::poll::reviews;
-use crate::poll::reviews::{Listed, PullReviews, PullState, PullsMark, PULLS_STREAM};
+use crate::poll::reviews::{Listed, PullReviews, PullState, PULLS_STREAM};
 use crate::poll::{server_time, PollError};
 use crate::poll::{PollTarget, Recorder};
 use crate::store::PollCursor;
@@ -40,7 +39,6 @@ impl GitlabPoller {
         cursors: &mut Vec<PollCursor>,
     ) -> Result<(), PollError> {
         let cursor = self.rec.cursor(self.target.stream(PULLS_STREAM));
-        let mark: PullsMark = mark_of(&cursor).unwrap_or_default();
         // One target branch on the server; several are filtered here.
         let target = match branches {
             [one] => format!(
@@ -67,15 +65,8 @@ impl GitlabPoller {
             .filter(|mr| mr["reviewers"].as_array().is_some_and(|r| !r.is_empty()))
             .filter_map(|mr| mr["iid"].as_u64())
             .collect();
-        let mark = reviews::refresh(self, mark, Some(listed), cursors).await?;
-        let watermark = serde_json::to_string(&mark).ok();
-        if watermark != cursor.watermark {
-            cursors.push(PollCursor {
-                watermark,
-                ..cursor
-            });
-        }
-        Ok(())
+        let listed_cursor = cursor.clone();
+        reviews::refresh(self, cursor, listed_cursor, Some(listed), cursors).await
     }
 }
 
