@@ -509,19 +509,23 @@ impl RateLimit {
         }
     }
 
-    /// True when one more admission fits in second `now`.
+    /// True when one more admission fits in second `now`. A `now` older than
+    /// the current window (a request received just before the second
+    /// turned, admitted just after) counts against the current window: going
+    /// back would start a fresh count and let concurrent requests from two
+    /// seconds admit without bound.
     pub fn admit(&self, now: i64) -> bool {
         let second = (now.max(0) as u64) & 0xffff_ffff;
         let mut current = self.window.load(Ordering::Relaxed);
         loop {
             let (at, used) = (current >> 32, current & 0xffff_ffff);
-            let next = if at == second {
+            let next = if second > at {
+                (second << 32) | 1
+            } else {
                 if used >= u64::from(self.per_second) {
                     return false;
                 }
                 current + 1
-            } else {
-                (second << 32) | 1
             };
             match self.window.compare_exchange_weak(
                 current,
@@ -713,5 +717,28 @@ async fn native_webhook(
             tracing::error!(error = %error, "Delivery not acknowledged: store unavailable");
             IngestError::StoreUnavailable.to_response(Some(&checked.id))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RateLimit;
+
+    #[test]
+    fn a_rate_limit_admits_per_second_and_starts_again_at_the_next() {
+        let limit = RateLimit::new(3);
+        assert_eq!((0..5).filter(|_| limit.admit(100)).count(), 3);
+        assert_eq!((0..5).filter(|_| limit.admit(101)).count(), 3);
+    }
+
+    #[test]
+    fn requests_of_the_previous_second_count_against_the_current_one() {
+        // Received at 100 and 101, admitted in any order: still at most
+        // `per_second` each time the window turns, never a fresh count for
+        // every switch between the two seconds.
+        let limit = RateLimit::new(3);
+        let admitted = (0..40).filter(|n| limit.admit(100 + n % 2)).count();
+        // One in second 100, then three in 101 (the window turned there).
+        assert_eq!(admitted, 1 + 3);
     }
 }
