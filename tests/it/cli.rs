@@ -288,9 +288,13 @@ async fn send_standard_webhooks_signs_a_message_the_generic_source_accepts() {
     .await;
     let url = app.ingest.clone();
     let image_sha = image(44);
+    // One event time for every send: the message id is derived from the event, so
+    // without it two sends in different seconds are two messages, not a replay.
+    let at = now().to_string();
     let args = send_args(&url, &image_sha, &[]);
     let mut standard = vec!["send", "--standard-webhooks"];
     standard.extend_from_slice(&args[1..]);
+    standard.extend(["--timestamp", &at]);
     let secret = [("HOOKGAUGE_SECRET", WHSEC)];
     let (code, stdout, stderr) = tokio::task::block_in_place(|| run(&standard, &secret));
     assert_eq!(code, 0, "{stdout}{stderr}");
