@@ -64,6 +64,10 @@ pub enum Command {
     /// Retries with backoff on connection errors and 5xx answers. Exits 0 when the
     /// event was accepted or was already recorded (duplicate), 1 when the server
     /// refused it, 3 when it could not be delivered.
+    ///
+    /// The connection and signing options (--url, --secret, --secret-file,
+    /// --standard-webhooks, --retries, --timeout) go before or after the event:
+    /// `send --url URL deploytime …` and `send deploytime --url URL …` are the same.
     Send(SendArgs),
     /// Write the stored history as OpenMetrics, for backfilling Prometheus.
     ///
@@ -153,6 +157,7 @@ pub struct SendArgs {
     /// Base URL of the ingest port, or the full webhook URL.
     #[arg(
         long,
+        global = true,
         value_name = "URL",
         env = "HOOKGAUGE_URL",
         default_value = "http://127.0.0.1:8080"
@@ -161,6 +166,7 @@ pub struct SendArgs {
     /// Shared secret to sign with (prefer --secret-file or HOOKGAUGE_SECRET).
     #[arg(
         long,
+        global = true,
         value_name = "SECRET",
         env = "HOOKGAUGE_SECRET",
         hide_env_values = true,
@@ -168,17 +174,17 @@ pub struct SendArgs {
     )]
     pub secret: Option<String>,
     /// File holding the shared secret (first non-empty line).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE")]
     pub secret_file: Option<PathBuf>,
     /// Send as a Standard Webhooks message (`{"type", "timestamp", "data"}`,
     /// signed with a `whsec_` secret) to `/hooks/standard-webhooks`.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub standard_webhooks: bool,
     /// Retries after the first attempt, on connection errors and 5xx answers.
-    #[arg(long, value_name = "N", default_value_t = 5)]
+    #[arg(long, global = true, value_name = "N", default_value_t = 5)]
     pub retries: usize,
     /// Time limit for each attempt, e.g. 10s.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, global = true, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
     #[command(subcommand)]
     pub event: SendEvent,
@@ -257,5 +263,38 @@ mod tests {
         let cli = Cli::try_parse_from(["hookgauge", "--data-dir", "/tmp/x"]).unwrap();
         assert!(cli.command.is_none());
         assert_eq!(cli.serve.data_dir, Some(PathBuf::from("/tmp/x")));
+    }
+
+    #[test]
+    fn send_options_go_before_or_after_the_event() {
+        let parse = |args: &[&str]| {
+            let Some(Command::Send(send)) = Cli::try_parse_from(args).unwrap().command else {
+                panic!("a send command");
+            };
+            (send.url, send.retries, send.timeout, send.standard_webhooks)
+        };
+        let event = [
+            "deploytime",
+            "--app",
+            "a",
+            "--image-sha",
+            "s",
+            "--namespace",
+            "n",
+        ];
+        let options = [
+            "--url",
+            "http://h:1",
+            "--retries",
+            "2",
+            "--timeout",
+            "3s",
+            "--standard-webhooks",
+        ];
+        let before = parse(&[&["hookgauge", "send"][..], &options, &event].concat());
+        let after = parse(&[&["hookgauge", "send"][..], &event, &options].concat());
+        let expected = ("http://h:1".to_owned(), 2, Duration::from_secs(3), true);
+        assert_eq!(before, expected);
+        assert_eq!(after, expected);
     }
 }
