@@ -169,12 +169,23 @@ async fn every_forged_credential_is_refused_without_a_trace() {
             ),
             ("missing", with(source.headers, &[]), BODY.to_vec()),
             (
-                "valid and forged twice",
+                "valid, then forged in a second header",
+                with(
+                    source.headers,
+                    &[
+                        (source.signature, format!("{p}{good}")),
+                        (source.signature, format!("{p}{}", "1".repeat(64))),
+                    ],
+                ),
+                BODY.to_vec(),
+            ),
+            (
+                "forged, then valid in a second header",
                 with(
                     source.headers,
                     &[
                         (source.signature, format!("{p}{}", "0".repeat(64))),
-                        (source.signature, format!("{p}{}", "1".repeat(64))),
+                        (source.signature, format!("{p}{good}")),
                     ],
                 ),
                 BODY.to_vec(),

@@ -490,8 +490,22 @@ impl Scrape {
             .collect()
     }
 
-    /// The value of the one sample of `name` with `labels`; 0 when absent.
+    /// The value of the one sample of `name` with `labels`. An absent series
+    /// fails the test: a check for 0 must not pass because nothing was
+    /// exposed (use [`Scrape::value_or_zero`] where absence means zero).
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        match self.find(name, labels).as_slice() {
+            [] => panic!("no sample of {name} {labels:?} in the scrape"),
+            [one] => one.value,
+            many => panic!("{} samples of {name} {labels:?}", many.len()),
+        }
+    }
+
+    /// The value of a series that exists only from its first value on (a
+    /// labelled counter before its first increment, a repository's gauge
+    /// before its first poll): 0 while absent. For waits on a count, where
+    /// "not yet" and "none" are the same.
+    pub fn value_or_zero(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         match self.find(name, labels).as_slice() {
             [] => 0.0,
             [one] => one.value,

@@ -431,12 +431,40 @@ async fn oversized_chunked_body_is_refused_with_413() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn declared_oversized_body_is_refused_before_reading() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = spawn_app().await;
-    let reply = app.post_signed("deploytime", &vec![b' '; 100_001]).await;
-    assert_eq!(reply.status, 413);
+    // Headers that declare one byte past the limit, and no body at all: an
+    // answer can only come from the declared length, since reading the
+    // body would wait (10 s) for bytes that never come.
+    let address = app.ingest.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request = format!(
+        "POST /pelorus/webhook HTTP/1.1\r\nHost: {address}\r\nUser-Agent: {USER_AGENT}\r\n\
+         X-Pelorus-Event: deploytime\r\nX-Hub-Signature-256: {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100001\r\n\r\n",
+        sign(SECRET, b"")
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = vec![0; 4096];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut head))
+        .await
+        .expect("answered before the body was sent")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&head[..read]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("body_too_large"), "{answer}");
+    drop(stream);
+    let ledger = app.ledger();
+    assert_eq!(ledger.len(), 1);
+    assert_eq!(
+        (ledger[0].outcome.as_str(), ledger[0].reason.as_deref()),
+        ("invalid", Some("body_too_large"))
+    );
+    assert_eq!(ledger[0].body, None, "nothing of the body is kept");
     let exact = app.post_signed("deploytime", &vec![b' '; 100_000]).await;
     assert_eq!(
-        exact.status, 400,
+        (exact.status, exact.json["reason"].as_str()),
+        (400, Some("invalid_json")),
         "a body of exactly the limit is read (and is not JSON)"
     );
     app.shutdown().await;

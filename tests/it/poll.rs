@@ -105,7 +105,7 @@ fn deployment(id: i64, created_at: &str) -> Value {
 }
 
 async fn deployments_total(app: &TestApp) -> f64 {
-    app.scrape().await.value(
+    app.scrape().await.value_or_zero(
         "hookgauge_deployments_total",
         &[("app", "acme/shop"), ("namespace", "production")],
     )
@@ -292,7 +292,7 @@ async fn a_polled_deploy_counts_once_with_its_webhook_and_restarts_poll_conditio
         Some("W/\"d1\"")
     );
     eventually("the 304 counted", || async {
-        app.scrape().await.value(
+        app.scrape().await.value_or_zero(
             "hookgauge_poll_requests_total",
             &[
                 ("repo", "acme/shop"),
@@ -463,8 +463,9 @@ async fn incident_issues_are_polled_since_their_watermark_and_counted_once() {
         .await;
     mount_quiet_streams(&server).await;
     let (_token_dir, mut app) = app_polling(&server, false).await;
-    let failures =
-        |scrape: &crate::harness::Scrape, name: &str| scrape.value(name, &[("app", "acme/shop")]);
+    let failures = |scrape: &crate::harness::Scrape, name: &str| {
+        scrape.value_or_zero(name, &[("app", "acme/shop")])
+    };
     eventually("the incident", || async {
         failures(&app.scrape().await, "hookgauge_failures_resolved_total") == 1.0
     })
@@ -703,7 +704,7 @@ async fn pull_requests_waiting_for_a_review_are_gauged_until_someone_reviews_the
     // the store.
     app.restart().await;
     eventually("the 304", || async {
-        app.scrape().await.value(
+        app.scrape().await.value_or_zero(
             "hookgauge_poll_requests_total",
             &[
                 ("repo", "acme/shop"),
@@ -725,7 +726,7 @@ async fn pull_requests_waiting_for_a_review_are_gauged_until_someone_reviews_the
         .await;
     app.restart().await;
     eventually("the 502", || async {
-        app.scrape().await.value(
+        app.scrape().await.value_or_zero(
             "hookgauge_poll_requests_total",
             &[
                 ("repo", "acme/shop"),
@@ -842,7 +843,7 @@ async fn commits_reaching_the_default_branch_are_read_through_its_head_and_a_com
     })
     .await;
     eventually("the 304", || async {
-        app.scrape().await.value(
+        app.scrape().await.value_or_zero(
             "hookgauge_poll_requests_total",
             &[
                 ("repo", "acme/shop"),
@@ -1064,7 +1065,7 @@ async fn a_revoked_token_is_read_again_from_its_file_without_double_counting() {
     .await;
     assert_eq!(rotating.refusals.load(Ordering::SeqCst), 1);
     eventually("the 200 for the new token", || async {
-        app.scrape().await.value(
+        app.scrape().await.value_or_zero(
             "hookgauge_poll_requests_total",
             &[
                 ("repo", "acme/shop"),
@@ -1222,6 +1223,9 @@ async fn a_permission_refusal_degrades_the_repository_without_retries() {
         "documentation_url": "https://docs.github.com/rest/deployments/deployments#list-deployments"
     }));
     let (_token_dir, app) = refused_with(&server, refusal).await;
+    let refused_at = std::time::Instant::now();
+    // Degraded at the first refusal (a transient failure degrades only
+    // after five in a row).
     eventually("the degraded repository", || async {
         poll_gauge(&app, "hookgauge_poll_degraded").await == 1.0
     })
@@ -1231,8 +1235,17 @@ async fn a_permission_refusal_degrades_the_repository_without_retries() {
         !requests_to(&server, "/pulls").await.is_empty()
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A retry would come within the first backoff of a transient failure
+    // (at most 2 s, with full jitter) or the 60 s interval: past the former,
+    // the refused stream is still waiting for its longest interval.
+    // Nothing can be observed to happen here, so this waits out the time.
+    let first_backoff = Duration::from_secs(2) + Duration::from_millis(500);
+    tokio::time::sleep(first_backoff.saturating_sub(refused_at.elapsed())).await;
     assert_eq!(requests_to(&server, "/deployments").await.len(), 1);
+    assert_eq!(
+        poll_gauge(&app, "hookgauge_poll_backoff_seconds").await,
+        0.0
+    );
     app.shutdown().await;
 }
 

@@ -367,7 +367,9 @@ fn gitea_entry(server: &MockServer, token_dir: &tempfile::TempDir) -> hookgauge:
 }
 
 async fn failures(app: &TestApp, name: &str) -> f64 {
-    app.scrape().await.value(name, &[("app", "acme/shop")])
+    app.scrape()
+        .await
+        .value_or_zero(name, &[("app", "acme/shop")])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -635,7 +637,7 @@ async fn a_deploy_status_polled_and_delivered_by_webhook_counts_once() {
 }
 
 async fn deploy_count(app: &TestApp) -> f64 {
-    app.scrape().await.value(
+    app.scrape().await.value_or_zero(
         "hookgauge_deployments_total",
         &[("app", "acme/shop"), ("namespace", "production")],
     )

@@ -305,7 +305,7 @@ fn deployment(id: i64, updated: i64, status: &str) -> Value {
 }
 
 async fn deployments_total(app: &TestApp) -> f64 {
-    app.scrape().await.value(
+    app.scrape().await.value_or_zero(
         "hookgauge_deployments_total",
         &[("app", "acme/shop"), ("namespace", "production")],
     )
@@ -549,8 +549,9 @@ async fn gitlab_incidents_by_type_and_label_count_once_and_resume_after_the_over
     mount(&server, &format!("{PROJECT}/issues"), issues.clone()).await;
     mount_quiet_project(&server).await;
     let (_token_dir, mut app) = app_polling(&server, false).await;
-    let failures =
-        |scrape: &crate::harness::Scrape, name: &str| scrape.value(name, &[("app", "acme/shop")]);
+    let failures = |scrape: &crate::harness::Scrape, name: &str| {
+        scrape.value_or_zero(name, &[("app", "acme/shop")])
+    };
     eventually("the incidents", || async {
         let scrape = app.scrape().await;
         failures(&scrape, "hookgauge_failures_total") == 2.0
@@ -599,7 +600,7 @@ async fn gitlab_incidents_by_type_and_label_count_once_and_resume_after_the_over
     // Since the restart only the late incident was recorded, and nothing
     // read again within the overlap was even offered as a duplicate.
     let delivered = |outcome: &str| {
-        scrape.value(
+        scrape.value_or_zero(
             "hookgauge_deliveries_total",
             &[
                 ("source", "gitlab"),

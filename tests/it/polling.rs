@@ -57,7 +57,7 @@ pub async fn review_waits(app: &TestApp) -> Vec<(String, f64)> {
 
 /// `hookgauge_pull_requests_awaiting_review` of `acme/shop`.
 pub async fn awaiting_review(app: &TestApp) -> f64 {
-    app.scrape().await.value(
+    app.scrape().await.value_or_zero(
         "hookgauge_pull_requests_awaiting_review",
         &[("repo", "acme/shop")],
     )

@@ -16,8 +16,36 @@ async fn assert_rejected(app: &TestApp, reply: Reply, reason: &str) {
     assert_eq!(last.reason.as_deref(), Some(reason));
     assert_eq!(last.body, None, "a rejected body is never kept");
     let scrape = app.scrape().await;
-    assert_eq!(scrape.value("hookgauge_deployments_total", &[]), 0.0);
+    assert!(scrape.find("hookgauge_deployments_total", &[]).is_empty());
     assert!(scrape.find("deploy_timestamp", &[]).is_empty());
+}
+
+/// The deploys of `shop` in `prod` that the ledger accepted and the metrics
+/// counted: every one of `images` is exposed, and counted once.
+async fn assert_deploys_recorded(app: &TestApp, images: &[String]) {
+    let accepted = app
+        .ledger()
+        .into_iter()
+        .filter(|row| row.outcome == "accepted")
+        .count();
+    assert_eq!(accepted, images.len(), "accepted ledger rows");
+    let scrape = app.scrape().await;
+    assert_eq!(
+        scrape.value(
+            "hookgauge_deployments_total",
+            &[("app", "shop"), ("namespace", "prod")]
+        ),
+        images.len() as f64
+    );
+    for image_sha in images {
+        assert_eq!(
+            scrape
+                .find("deploy_timestamp", &[("image_sha", image_sha.as_str())])
+                .len(),
+            1,
+            "{image_sha} is exposed"
+        );
+    }
 }
 
 fn body() -> Vec<u8> {
@@ -29,6 +57,7 @@ async fn valid_signature_is_accepted() {
     let app = spawn_app().await;
     let reply = app.post_signed("deploytime", &body()).await;
     assert_eq!((reply.status, reply.outcome()), (202, "accepted"));
+    assert_deploys_recorded(&app, &[image(3)]).await;
     app.shutdown().await;
 }
 
@@ -80,6 +109,7 @@ async fn second_secret_of_a_rotation_is_accepted() {
         )
         .await;
     assert_eq!(neither.status, 401);
+    assert_deploys_recorded(&app, &[image(1), image(2)]).await;
     app.shutdown().await;
 }
 
@@ -161,11 +191,7 @@ fn pelorus_documented_example(file: &[u8]) -> (Vec<u8>, Vec<u8>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pelorus_documented_curl_example_passes_the_lenient_check() {
-    let app = spawn_app_with(|raw| {
-        raw.sources.pelorus.secrets = vec![SECRET.into()];
-        raw.metrics.exposure_window = std::time::Duration::from_secs(20 * 365 * 86_400);
-    })
-    .await;
+    let app = spawn_app().await;
     let (signed, sent) = pelorus_documented_example(&fixture("pelorus/deploytime.json"));
     assert_ne!(signed, sent);
     let reply = post_with_signature_header(&app, &sent, &[&sign(SECRET, &signed)]).await;
@@ -174,6 +200,23 @@ async fn pelorus_documented_curl_example_passes_the_lenient_check() {
         (202, "accepted"),
         "{}",
         reply.text
+    );
+    // The fixture's deploy (2023) is older than the exposure window, so it
+    // shows in the counter, not as a deploy_timestamp series.
+    let scrape = app.scrape().await;
+    assert_eq!(
+        scrape.value(
+            "hookgauge_deployments_total",
+            &[("app", "mongo-todolist"), ("namespace", "mongo-persistent")]
+        ),
+        1.0
+    );
+    let rows = app.ledger();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows[0].body.as_deref(),
+        Some(sent.as_slice()),
+        "the sent bytes are kept"
     );
     app.shutdown().await;
 }
@@ -194,7 +237,19 @@ async fn lenient_check_can_be_turned_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_secret_unsigned_deliveries_are_accepted_on_loopback() {
     let app = spawn_app_with(|_| {}).await;
+    assert!(app.raw.sources.pelorus.secrets.is_empty());
+    assert!(app.raw.server.ingest_addr.starts_with("127.0.0.1:"));
     let reply = app.post_pelorus("deploytime", &body(), None).await;
-    assert_eq!(reply.status, 202);
+    assert_eq!((reply.status, reply.outcome()), (202, "accepted"));
+    assert_deploys_recorded(&app, &[image(3)]).await;
+    // Only because it listens on loopback: the same settings on a public
+    // address are refused before anything starts.
+    let mut public = app.raw.clone();
+    public.server.ingest_addr = "0.0.0.0:0".into();
+    let refused = hookgauge::config::Settings::from_raw(public).unwrap_err();
+    assert!(
+        refused.to_string().contains("sources.pelorus.secrets"),
+        "{refused}"
+    );
     app.shutdown().await;
 }
