@@ -254,7 +254,7 @@ async fn main() {
     let (store, opened) = Store::start(
         StoreConfig {
             location: location.clone(),
-            synchronous: hookgauge::config::Synchronous::Normal,
+            synchronous: hookgauge::store::Synchronous::Normal,
             busy_timeout: Duration::from_secs(5),
             max_body_bytes: 64 * 1024,
             max_unauthenticated_rows: 10_000,

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use crate::metrics::SPAN_BUCKETS;
 use crate::store::history::{History, HistoryFilter, ObservationRow};
@@ -51,13 +51,6 @@ pub fn parse_time(value: &str, now: i64) -> Result<i64, String> {
     Err(format!(
         "`{value}` is neither epoch seconds, an RFC 3339 time (2026-01-31T12:00:00Z) nor a duration ago (30d)"
     ))
-}
-
-pub fn now_seconds() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_secs() as i64
 }
 
 /// Instance-free base series that the shipped recording rules

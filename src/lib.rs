@@ -1,27 +1,38 @@
 //! hookgauge: turns the webhooks a delivery pipeline already emits into the
 //! four DORA keys for Prometheus. See ARCHITECTURE.md for the map.
 //!
-//! Modules in reading order: configuration and CLI, the domain (events and
-//! ledger), authentication, source plugins, the store, the metric view, the
-//! two HTTP ports, and the wiring that starts them.
+//! Modules in layer order, lowest first: each uses only those above it in
+//! this list (checked by `tests/it/tidy.rs`). The clock and the domain
+//! (events, signatures, the ledger's types), the command line's definitions,
+//! source plugins, the store, the metric view, the pollers, the
+//! configuration that assembles their settings, then the programs: export,
+//! send, the two HTTP ports and the wiring that starts them.
 
-pub mod cli;
-pub mod config;
-pub mod telemetry;
+pub mod clock;
 
 pub mod events;
-pub mod ledger;
-pub mod plugins;
 pub mod signature;
 
-pub mod metrics;
+pub mod ledger;
+
+pub mod cli;
+
+pub mod plugins;
+
 pub mod store;
 
-pub mod admin;
-pub mod app;
-pub mod ingest;
+pub mod metrics;
 
 pub mod poll;
 
+pub mod config;
+pub mod telemetry;
+
 pub mod export;
 pub mod send;
+
+pub mod ingest;
+
+pub mod admin;
+
+pub mod app;

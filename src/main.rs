@@ -88,7 +88,8 @@ fn serve(args: ServeArgs) -> ExitCode {
 }
 
 fn export(args: ExportArgs) -> anyhow::Result<()> {
-    use hookgauge::export::{export, now_seconds, parse_time};
+    use hookgauge::clock::now_seconds;
+    use hookgauge::export::{export, parse_time};
     use hookgauge::store::history::{History, HistoryFilter};
     use std::io::Write;
 
@@ -136,8 +137,8 @@ fn export(args: ExportArgs) -> anyhow::Result<()> {
 }
 
 fn migrate_store(args: MigrateStoreArgs) -> anyhow::Result<()> {
-    use hookgauge::config::{postgres_config, RawStore};
     use hookgauge::store::{migrate, Location, RestoreWindows, StoreConfig};
+    use hookgauge::store::{postgres_config, RawStore};
 
     let from = std::path::PathBuf::from(args.from.strip_prefix("sqlite://").unwrap_or(&args.from));
     let raw = RawStore {

@@ -2,7 +2,9 @@
 //! same rules as the server, signs the exact bytes it sends, posts it and
 //! retries with jittered exponential backoff on connection errors and 5xx.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use crate::clock::now_seconds;
 
 use anyhow::{bail, Context};
 use backon::{ExponentialBuilder, Retryable};
@@ -25,13 +27,6 @@ pub enum SendResult {
 
 enum Attempt {
     Transient(String),
-}
-
-fn now_seconds() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// The event header and JSON payload for the flags given.

@@ -8,6 +8,7 @@
 //! secret or a computed MAC; errors carry only a bounded reason code.
 
 use std::fmt;
+use std::path::Path;
 
 use hmac::{Hmac, Mac};
 use serde_json::Value;
@@ -357,6 +358,29 @@ fn write_python_string(s: &str, out: &mut String) {
         }
     }
     out.push('"');
+}
+
+/// The most a secrets file may hold: a file of secrets is a few lines, and a
+/// path pointing at a device or a large file must not be read without end.
+const MAX_SECRETS_FILE_BYTES: u64 = 64 * 1024;
+
+/// Reads a secrets file of at most [`MAX_SECRETS_FILE_BYTES`].
+pub fn read_secrets_file(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let cannot = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .map_err(cannot)?
+        .take(MAX_SECRETS_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(cannot)?;
+    if text.len() as u64 > MAX_SECRETS_FILE_BYTES {
+        return Err(format!(
+            "{} is larger than {MAX_SECRETS_FILE_BYTES} bytes: not a file of secrets",
+            path.display()
+        ));
+    }
+    Ok(text)
 }
 
 #[cfg(test)]

@@ -332,7 +332,7 @@ async fn detail(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse 
 
 /// Queues a redelivery of a ledger row; the answer names the new row.
 pub async fn queue_redelivery(state: &AdminState, id: i64) -> Result<i64, Problem> {
-    match state.store.enqueue_replay(id, super::now_ms()).await {
+    match state.store.enqueue_replay(id, crate::clock::now_ms()).await {
         Ok(Ok(row)) => {
             state.worker_wake.notify_one();
             Ok(row)
@@ -441,7 +441,7 @@ async fn event_intervals(req: HttpRequest, state: web::Data<AdminState>) -> Http
         }
     }
     let window = IntervalWindow::DEFAULT;
-    let now = super::now_ms() / 1000;
+    let now = crate::clock::now_ms() / 1000;
     match state
         .ledger
         .event_intervals(query.repo, kind, window, now)
@@ -462,7 +462,7 @@ async fn sources(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse
     }
     match state
         .ledger
-        .sources(state.source_names.clone(), super::now_ms())
+        .sources(state.source_names.clone(), crate::clock::now_ms())
         .await
     {
         Ok(sources) => HttpResponse::Ok().json(json!({"sources": sources})),

@@ -10,7 +10,6 @@ pub mod worker;
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix_web::{web, HttpResponse};
 use futures_util::stream;
@@ -31,14 +30,6 @@ pub struct AdminState {
     pub worker_wake: Arc<tokio::sync::Notify>,
 }
 
-/// Now, in epoch milliseconds.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// Content type of the Prometheus text exposition format.
 pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -51,10 +42,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 async fn metrics(view: web::Data<Arc<View>>) -> HttpResponse {
     let view = Arc::clone(&view);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let now = crate::clock::now_seconds();
     let parts = view.render_parts();
     let body =
         stream::iter(0..parts).map(move |part| Ok::<_, Infallible>(view.render_part(part, now)));

@@ -450,7 +450,7 @@ async fn sources(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse
     }
     match state
         .ledger
-        .sources(state.source_names.clone(), super::now_ms())
+        .sources(state.source_names.clone(), crate::clock::now_ms())
         .await
     {
         Ok(sources) => page("Sources", &sources_body(&sources)),

@@ -47,7 +47,7 @@ pub async fn redeliveries(
     let mut store_down = 0u32;
     loop {
         let due: Vec<Pending> = ledger
-            .pending(super::now_ms(), 16)
+            .pending(crate::clock::now_ms(), 16)
             .await
             .unwrap_or_default();
         let idle = due.is_empty();
@@ -103,7 +103,7 @@ async fn process(
     }
     // Claimed: should this attempt never finish, it is taken up again in a
     // while, with one attempt fewer left.
-    let retry_at = super::now_ms() + backoff_ms(pending.attempts + 1);
+    let retry_at = crate::clock::now_ms() + backoff_ms(pending.attempts + 1);
     if !store.claim(pending.row, pending.attempts, retry_at).await? {
         // Another worker (a replica that held the background work just
         // before) claimed it since it was read.
@@ -136,7 +136,7 @@ async fn process(
                     .unwrap_or_else(|| DeliveryId::derived(&[pending.delivery_id.as_bytes()])),
                 source,
                 event,
-                received_at_ms: super::now_ms(),
+                received_at_ms: crate::clock::now_ms(),
                 authenticated: true,
                 body: None,
                 disposition,
@@ -202,7 +202,7 @@ pub async fn retention(
             let step = store
                 .prune(
                     settings.policy.clone(),
-                    super::now_ms(),
+                    crate::clock::now_ms(),
                     PRUNE_BATCH,
                     excess,
                 )
@@ -226,7 +226,7 @@ pub async fn retention(
                     if !pruned.more {
                         metrics
                             .store_last_prune
-                            .set(super::now_ms() as f64 / 1000.0);
+                            .set(crate::clock::now_ms() as f64 / 1000.0);
                         break;
                     }
                     // Let deliveries queued meanwhile go first.
@@ -266,7 +266,7 @@ impl IntervalGauges {
     /// One recomputation. Called once before the ports open, so that the
     /// gauges are there from the first scrape after a restart.
     pub async fn refresh(&mut self) {
-        let now = super::now_ms() / 1000;
+        let now = crate::clock::now_ms() / 1000;
         let intervals = match self
             .ledger
             .event_intervals(None, None, IntervalWindow::DEFAULT, now)

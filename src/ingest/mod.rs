@@ -9,7 +9,7 @@ mod error;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use actix_web::http::header::{self, HeaderMap};
 use actix_web::http::StatusCode;
@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 
 pub use error::{IngestError, MAX_REQUEST_HEADERS, MAX_REQUEST_HEADER_BYTES, RETRY_AFTER_SECONDS};
 
+use crate::clock::{now_ms, now_seconds};
 use crate::config::{PelorusSettings, SourceInstance};
 use crate::ledger::{Delivery, DeliveryId, Disposition, Outcome};
 use crate::metrics::Metrics;
@@ -84,13 +85,6 @@ async fn readyz(state: web::Data<IngestState>) -> HttpResponse {
             .insert_header((header::RETRY_AFTER, RETRY_AFTER_SECONDS.to_string()))
             .json(json!({"status": "unavailable", "reason": "store_timeout"})),
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Reads the body, refusing it as soon as it is known to exceed `limit`
@@ -552,10 +546,6 @@ fn is_json(headers: &HeaderMap) -> bool {
                 || (essence.starts_with("application/") && essence.ends_with("+json"))
         })
         .unwrap_or(false)
-}
-
-fn now_seconds() -> i64 {
-    now_ms() / 1000
 }
 
 /// What a native delivery turned out to be after every check passed.

@@ -84,7 +84,7 @@ impl Collector for ReviewWaits {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let now = crate::store::now_seconds();
+        let now = crate::clock::now_seconds();
         let waits = self.waits.lock().unwrap_or_else(|e| e.into_inner());
         for (repo, numbers) in waits.iter() {
             for (number, since) in numbers {
@@ -117,7 +117,7 @@ mod tests {
     #[test]
     fn waits_are_taken_at_scrape_time_and_leave_with_their_pull_request() {
         let waits = ReviewWaits::new();
-        let now = crate::store::now_seconds();
+        let now = crate::clock::now_seconds();
         waits.set("acme/shop", BTreeMap::from([(7, now - 600), (8, now - 60)]));
         let seen = series(&waits);
         let seven = seen

@@ -11,11 +11,12 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hash, RandomState};
 use std::io::Write;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 
 use super::Metrics;
+use crate::clock::now_seconds;
 use crate::events::{App, ImageSha};
 use crate::ledger::Effect;
 use crate::store::{CommitSink, FaultKind, RestoreWindows, Restored};
@@ -122,13 +123,6 @@ pub struct View {
     names: Mutex<HashSet<Arc<str>>>,
     /// Unresolved failures of each app, with their creation times.
     open_failures: Mutex<HashMap<Arc<str>, OpenFailures>>,
-}
-
-fn now_seconds() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 impl View {

@@ -289,7 +289,7 @@ impl TokenSource {
     /// The token, one word; `env` looks environment variables up.
     fn read(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
         let token = match self {
-            TokenSource::File(path) => crate::config::read_secrets_file(path)?,
+            TokenSource::File(path) => crate::signature::read_secrets_file(path)?,
             TokenSource::Env(name) => {
                 env(name).ok_or_else(|| format!("environment variable {name} is not set"))?
             }
@@ -586,9 +586,7 @@ impl Clock {
 
     pub fn now_ms(&self) -> i64 {
         match &self.0 {
-            None => std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64),
+            None => crate::clock::now_ms(),
             Some(ms) => ms.load(std::sync::atomic::Ordering::SeqCst),
         }
     }
@@ -1190,7 +1188,7 @@ pub async fn budget_floor(target: &PollTarget, gate: &TokenGate) -> Duration {
 }
 
 fn now_seconds() -> i64 {
-    crate::store::now_seconds()
+    crate::clock::now_seconds()
 }
 
 /// An RFC 3339 timestamp of an API object as epoch seconds.

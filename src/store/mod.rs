@@ -34,11 +34,13 @@ pub mod history;
 pub mod migrate;
 pub mod postgres;
 mod rules;
+pub mod settings;
 pub mod sql;
 mod sqlite;
 
 pub use postgres::PostgresConfig;
-pub use rules::{now_seconds, PollCursor, Pruned, ReplayRefusal, RetentionPolicy};
+pub use rules::{PollCursor, Pruned, ReplayRefusal, RetentionPolicy};
+pub use settings::{postgres_config, InvalidSetting, RawStore, Synchronous};
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,7 +52,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use rules::Committed;
 use sql::{DbError, Sql};
 
-use crate::config::Synchronous;
+use crate::clock::now_seconds;
 use crate::events::{App, CommitLink, CommitSha, ImageSha, IssueNumber, Namespace};
 use crate::ledger::{Delivery, Effect, Recorded, State};
 

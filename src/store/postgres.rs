@@ -241,50 +241,6 @@ fn retryable(error: &postgres::Error) -> bool {
     })
 }
 
-/// Classifies a PostgreSQL error as a store fault.
-pub fn fault_kind(error: &postgres::Error) -> FaultKind {
-    if error.is_closed() {
-        return FaultKind::Io;
-    }
-    let Some(code) = error.code() else {
-        // No answer from the server: the connection failed or broke; else
-        // the client refused a value (a bug: it fails on its own).
-        let mut source = std::error::Error::source(error);
-        while let Some(cause) = source {
-            if cause.is::<std::io::Error>() {
-                return FaultKind::Io;
-            }
-            source = cause.source();
-        }
-        return FaultKind::Other;
-    };
-    let class = &code.code()[..2];
-    match code {
-        c if *c == SqlState::DISK_FULL => FaultKind::Full,
-        c if *c == SqlState::READ_ONLY_SQL_TRANSACTION => FaultKind::ReadOnly,
-        c if *c == SqlState::QUERY_CANCELED
-            || *c == SqlState::T_R_SERIALIZATION_FAILURE
-            || *c == SqlState::T_R_DEADLOCK_DETECTED
-            || *c == SqlState::LOCK_NOT_AVAILABLE =>
-        {
-            FaultKind::Busy
-        }
-        c if *c == SqlState::ADMIN_SHUTDOWN
-            || *c == SqlState::CRASH_SHUTDOWN
-            || *c == SqlState::CANNOT_CONNECT_NOW =>
-        {
-            FaultKind::Io
-        }
-        _ => match class {
-            "08" => FaultKind::Io,
-            "53" => FaultKind::Busy,
-            "28" | "3D" => FaultKind::Open,
-            "58" => FaultKind::Io,
-            _ => FaultKind::Other,
-        },
-    }
-}
-
 /// Where this replica's view is in the change feed; shared by the writer
 /// (after its commits) and the follower thread.
 #[derive(Debug, Default)]

@@ -8,10 +8,9 @@
 //! the same fact waits for the first one's commit, then inserts nothing),
 //! and a failure's row is locked before its newer end is kept.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use super::sql::{DbError, Sql};
 use super::{CommitSink, RestoreWindows, Restored};
+use crate::clock::now_seconds;
 use crate::events::{
     App, Commit, CommitLink, CommitSha, Deploy, Event, Failure, FailureChange, ImageSha,
     IssueNumber, Link, Namespace,
@@ -94,13 +93,6 @@ pub fn effects(applied: &[Applied]) -> Vec<Effect> {
 
 pub const LEAD_TIME: &str = "lead_time";
 pub const TIME_TO_RESTORE: &str = "time_to_restore";
-
-pub fn now_seconds() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
 
 /// Queues a redelivery of ledger row `original`: a new row, linked to it,
 /// with its body, headers and instance, in state `queued`.

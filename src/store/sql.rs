@@ -152,8 +152,8 @@ impl DbError {
     /// failed on its own); `None` for [`DbError::Broken`].
     pub fn fault_kind(&self) -> Option<FaultKind> {
         match self {
-            DbError::Sqlite(error) => super::sqlite::fault_kind(error),
-            DbError::Postgres(error) => Some(super::postgres::fault_kind(error)),
+            DbError::Sqlite(error) => sqlite_fault_kind(error),
+            DbError::Postgres(error) => Some(postgres_fault_kind(error)),
             DbError::Broken(_) => None,
         }
     }
@@ -386,6 +386,67 @@ fn strip_index_hints(sql: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// Classifies errors that mean "the database cannot be written now".
+fn sqlite_fault_kind(error: &rusqlite::Error) -> Option<FaultKind> {
+    let rusqlite::Error::SqliteFailure(failure, _) = error else {
+        return None;
+    };
+    Some(match failure.code {
+        rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked => FaultKind::Busy,
+        rusqlite::ErrorCode::DiskFull => FaultKind::Full,
+        rusqlite::ErrorCode::ReadOnly => FaultKind::ReadOnly,
+        rusqlite::ErrorCode::SystemIoFailure => FaultKind::Io,
+        rusqlite::ErrorCode::CannotOpen
+        | rusqlite::ErrorCode::PermissionDenied
+        | rusqlite::ErrorCode::NotADatabase => FaultKind::Open,
+        _ => FaultKind::Other,
+    })
+}
+
+/// Classifies a PostgreSQL error as a store fault.
+fn postgres_fault_kind(error: &postgres::Error) -> FaultKind {
+    if error.is_closed() {
+        return FaultKind::Io;
+    }
+    let Some(code) = error.code() else {
+        // No answer from the server: the connection failed or broke; else
+        // the client refused a value (a bug: it fails on its own).
+        let mut source = std::error::Error::source(error);
+        while let Some(cause) = source {
+            if cause.is::<std::io::Error>() {
+                return FaultKind::Io;
+            }
+            source = cause.source();
+        }
+        return FaultKind::Other;
+    };
+    let class = &code.code()[..2];
+    match code {
+        c if *c == postgres::error::SqlState::DISK_FULL => FaultKind::Full,
+        c if *c == postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION => FaultKind::ReadOnly,
+        c if *c == postgres::error::SqlState::QUERY_CANCELED
+            || *c == postgres::error::SqlState::T_R_SERIALIZATION_FAILURE
+            || *c == postgres::error::SqlState::T_R_DEADLOCK_DETECTED
+            || *c == postgres::error::SqlState::LOCK_NOT_AVAILABLE =>
+        {
+            FaultKind::Busy
+        }
+        c if *c == postgres::error::SqlState::ADMIN_SHUTDOWN
+            || *c == postgres::error::SqlState::CRASH_SHUTDOWN
+            || *c == postgres::error::SqlState::CANNOT_CONNECT_NOW =>
+        {
+            FaultKind::Io
+        }
+        _ => match class {
+            "08" => FaultKind::Io,
+            "53" => FaultKind::Busy,
+            "28" | "3D" => FaultKind::Open,
+            "58" => FaultKind::Io,
+            _ => FaultKind::Other,
+        },
+    }
 }
 
 #[cfg(test)]

@@ -5,11 +5,11 @@
 //!
 //! Runs only on the store's writer thread (one writer: SQLite's own lock).
 
-use rusqlite::{Connection, ErrorCode, OpenFlags};
+use rusqlite::{Connection, OpenFlags};
 
 use super::sql::{DbError, Lite, Sql};
-use super::{FaultKind, StoreConfig};
-use crate::config::Synchronous;
+use super::StoreConfig;
+use super::Synchronous;
 
 /// Embedded migrations, applied in order; `PRAGMA user_version` records how
 /// many have run.
@@ -24,23 +24,6 @@ pub(super) const MIGRATIONS: &[(&str, &str)] = super::migrations!(
 
 /// WAL size (in pages) at which the writer completes a checkpoint itself.
 const WAL_RESTART_PAGES: u32 = 16_384;
-
-/// Classifies errors that mean "the database cannot be written now".
-pub fn fault_kind(error: &rusqlite::Error) -> Option<FaultKind> {
-    let rusqlite::Error::SqliteFailure(failure, _) = error else {
-        return None;
-    };
-    Some(match failure.code {
-        ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => FaultKind::Busy,
-        ErrorCode::DiskFull => FaultKind::Full,
-        ErrorCode::ReadOnly => FaultKind::ReadOnly,
-        ErrorCode::SystemIoFailure => FaultKind::Io,
-        ErrorCode::CannotOpen | ErrorCode::PermissionDenied | ErrorCode::NotADatabase => {
-            FaultKind::Open
-        }
-        _ => FaultKind::Other,
-    })
-}
 
 pub struct Database {
     conn: Connection,

@@ -29,3 +29,4 @@ mod rules;
 mod signatures;
 mod sources;
 mod store;
+mod tidy;
