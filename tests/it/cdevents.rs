@@ -560,3 +560,103 @@ async fn cdevents_deploy_before_its_artifact_link_still_measures_lead_time() {
         3600.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdevents_send_emits_events_the_source_records() {
+    let app = spawn_cdevents().await;
+    let url = app.ingest.clone();
+    let secret = [("HOOKGAUGE_SECRET", SECRET)];
+    let send = |command: &[&str]| {
+        let mut args = vec!["send", "--cdevents", "--url", &url, "--retries", "0"];
+        args.extend_from_slice(command);
+        tokio::task::block_in_place(|| crate::cli::run(&args, &secret))
+    };
+    let commands: [&[&str]; 4] = [
+        &[
+            "committime",
+            "--app",
+            "shop",
+            "--commit",
+            SHA,
+            "--image-sha",
+            DIGEST,
+            "--namespace",
+            "production",
+            "--timestamp",
+            "1714557600",
+        ],
+        &[
+            "deploytime",
+            "--app",
+            "shop",
+            "--image-sha",
+            DIGEST,
+            "--namespace",
+            "production",
+            "--timestamp",
+            "1714558200",
+        ],
+        &[
+            "failure",
+            "--app",
+            "shop",
+            "--failure-id",
+            "INC-3",
+            "--event",
+            "created",
+            "--timestamp",
+            "1714558800",
+        ],
+        &[
+            "failure",
+            "--app",
+            "shop",
+            "--failure-id",
+            "INC-3",
+            "--event",
+            "resolved",
+            "--timestamp",
+            "1714559400",
+        ],
+    ];
+    for command in commands {
+        let (code, stdout, stderr) = send(command);
+        assert_eq!(code, 0, "{command:?}: {stdout}{stderr}");
+        assert!(stdout.contains("\"outcome\":\"accepted\""), "{stdout}");
+    }
+    // Sent again: the same CloudEvent id, the same delivery.
+    let (code, stdout, _) = send(commands[1]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("\"outcome\":\"duplicate\""), "{stdout}");
+    assert_eq!(
+        app.count(&format!(
+            "SELECT COUNT(*) FROM links WHERE app = 'shop' AND commit_sha = '{SHA}' AND image_sha = '{DIGEST}'"
+        )),
+        1
+    );
+    assert_eq!(
+        app.count(&format!(
+            "SELECT COUNT(*) FROM deploys WHERE app = 'shop' AND image_sha = '{DIGEST}' AND time = 1714558200"
+        )),
+        1
+    );
+    let scrape = app.scrape().await;
+    assert_eq!(
+        scrape.value("hookgauge_time_to_restore_seconds_sum", &[("app", "shop")]),
+        600.0
+    );
+    let rows = app.ledger();
+    assert!(rows
+        .iter()
+        .all(|r| r.delivery_id.starts_with("/hookgauge/send#")));
+    assert_eq!(
+        rows.iter().map(|r| r.event.as_str()).collect::<Vec<_>>(),
+        [
+            "artifact.packaged",
+            "service.deployed",
+            "incident.detected",
+            "incident.resolved",
+            "service.deployed"
+        ]
+    );
+}
