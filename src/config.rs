@@ -461,7 +461,13 @@ impl SourceInstance {
             o.legacy_sha1_signatures.to_string(),
         );
         line("auth", text(o.auth.as_str()));
-        line("signature_header", text(o.signature_header));
+        line(
+            "signature_header",
+            text(match o.signature_header {
+                "" => plugins::cdevents::DEFAULT_SIGNATURE_HEADER,
+                name => name,
+            }),
+        );
         let table = |entries: Vec<(String, String)>| {
             let pairs: Vec<String> = entries
                 .iter()
