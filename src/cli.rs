@@ -27,6 +27,9 @@ Examples:
   The same as a Standard Webhooks message (the secret is whsec_...):
     HOOKGAUGE_SECRET=whsec_... hookgauge send --standard-webhooks \\
       --url https://hookgauge.example.com deploytime --app shop ...
+  The same as a CDEvent (service.deployed) to /hooks/cdevents:
+    HOOKGAUGE_SECRET=... hookgauge send --cdevents \\
+      --url https://hookgauge.example.com deploytime --app shop ...
 
 Every configuration key can also be set as HOOKGAUGE__SECTION__KEY, e.g.
 HOOKGAUGE__SERVER__INGEST_ADDR=0.0.0.0:8080.";
@@ -66,7 +69,7 @@ pub enum Command {
     /// refused it, 3 when it could not be delivered.
     ///
     /// The connection and signing options (--url, --secret, --secret-file,
-    /// --standard-webhooks, --retries, --timeout) go before or after the event:
+    /// --standard-webhooks, --cdevents, --retries, --timeout) go before or after the event:
     /// `send --url URL deploytime …` and `send deploytime --url URL …` are the same.
     Send(SendArgs),
     /// Write the stored history as OpenMetrics, for backfilling Prometheus.
@@ -180,6 +183,12 @@ pub struct SendArgs {
     /// signed with a `whsec_` secret) to `/hooks/standard-webhooks`.
     #[arg(long, global = true)]
     pub standard_webhooks: bool,
+    /// Send as a CDEvent (spec 0.5, CloudEvents binary mode) to
+    /// `/hooks/cdevents`, signed like a Pelorus delivery: committime as
+    /// `artifact.packaged`, deploytime as `service.deployed`, failure as
+    /// `incident.detected` / `incident.resolved`.
+    #[arg(long, global = true, conflicts_with = "standard_webhooks")]
+    pub cdevents: bool,
     /// Retries after the first attempt, on connection errors and 5xx answers.
     #[arg(long, global = true, value_name = "N", default_value_t = 5)]
     pub retries: usize,

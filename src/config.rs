@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::events::{App, Namespace};
-use crate::plugins::{self, Plugin, SourceOptions};
+use crate::plugins::{self, AuthScheme, Plugin, SourceOptions};
 use crate::signature::{read_secrets_file, Secret, Verifier};
 use crate::store::settings::postgres_store;
 pub use crate::store::{RawStore, Synchronous};
@@ -217,6 +217,12 @@ pub struct RawSourceOptions {
     pub issue_types: Vec<String>,
     /// GitHub only: also accept the SHA-1 `X-Hub-Signature`.
     pub legacy_sha1_signatures: bool,
+    /// CDEvents only: how deliveries are authenticated, `hmac` (default),
+    /// `bearer` or `standard-webhooks`.
+    pub auth: Option<String>,
+    /// CDEvents only: the header carrying `sha256=<hex HMAC of the body>`
+    /// under `auth = "hmac"` (default `X-Hub-Signature-256`).
+    pub signature_header: Option<String>,
     /// Largest body this instance reads (default: the source's own cap).
     pub max_body_bytes: Option<usize>,
 }
@@ -390,6 +396,14 @@ impl SourceInstance {
         line(
             "legacy_sha1_signatures",
             o.legacy_sha1_signatures.to_string(),
+        );
+        line("auth", text(o.auth.as_str()));
+        line(
+            "signature_header",
+            text(match o.signature_header {
+                "" => plugins::cdevents::DEFAULT_SIGNATURE_HEADER,
+                name => name,
+            }),
         );
         let table = |entries: Vec<(String, String)>| {
             let pairs: Vec<String> = entries
@@ -940,6 +954,25 @@ fn source_instance(
     }
     options.deploy_workflows = raw.deploy_workflows;
     options.legacy_sha1_signatures = raw.legacy_sha1_signatures;
+    if let Some(auth) = raw.auth {
+        options.auth = AuthScheme::parse(&auth).ok_or_else(|| {
+            ConfigError::invalid(
+                &format!("{key}.auth"),
+                "must be hmac, bearer or standard-webhooks",
+            )
+        })?;
+    }
+    if let Some(name) = raw.signature_header {
+        let header =
+            actix_web::http::header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                ConfigError::invalid(
+                    &format!("{key}.signature_header"),
+                    "not a valid header name",
+                )
+            })?;
+        // Read once per instance at start-up: leaked to live as long as the process.
+        options.signature_header = Box::leak(header.as_str().to_owned().into_boxed_str());
+    }
     for (environment, namespace) in raw.namespaces {
         let parsed = Namespace::parse(&namespace).map_err(|e| {
             ConfigError::invalid(

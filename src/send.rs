@@ -151,10 +151,68 @@ pub fn standard_message(kind: &str, data: &Value, now: i64) -> (String, Vec<u8>)
     (id, serde_json::to_vec(&body).unwrap_or_default())
 }
 
+/// The CDEvent (spec 0.5) that reports the same as `data`, the Pelorus
+/// payload of `event`, and its CloudEvents type. Its id is derived from the
+/// event, so that every retry, and sending the same event again, carries
+/// the same id.
+pub fn cdevent(event: &SendEvent, data: &Value) -> (String, String, Value) {
+    use sha2::Digest as _;
+    let app = data["app"].as_str().unwrap_or_default();
+    let time = data["timestamp"].as_i64().unwrap_or_default();
+    let timestamp = chrono::DateTime::from_timestamp(time, 0)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default();
+    let artifact = |image: &Value| format!("pkg:oci/{app}@{}", image.as_str().unwrap_or_default());
+    let (kind, subject) = match event {
+        SendEvent::Committime { .. } => (
+            "artifact.packaged",
+            json!({"id": artifact(&data["image_sha"]), "content": {"change": {"id": data["commit_hash"]}}}),
+        ),
+        SendEvent::Deploytime { .. } => (
+            "service.deployed",
+            json!({"id": app, "content": {
+                "environment": {"id": data["namespace"]},
+                "artifactId": artifact(&data["image_sha"]),
+            }}),
+        ),
+        SendEvent::Failure { event, .. } => (
+            match event {
+                FailureEventArg::Created => "incident.detected",
+                FailureEventArg::Resolved => "incident.resolved",
+            },
+            json!({"id": data["failure_id"], "content": {
+                "environment": {"id": "production"},
+                "service": {"id": app},
+            }}),
+        ),
+    };
+    let kind = format!("dev.cdevents.{kind}.0.3.0");
+    let identity =
+        serde_json::to_vec(&json!({"type": kind, "subject": subject, "timestamp": timestamp}))
+            .unwrap_or_default();
+    let id = hex::encode(&sha2::Sha256::digest(&identity)[..16]);
+    let cdevent = json!({
+        "context": {
+            "specversion": "0.5.0",
+            "id": id,
+            "source": CDEVENTS_SOURCE,
+            "type": kind,
+            "timestamp": timestamp,
+        },
+        "subject": subject,
+    });
+    (id, kind, cdevent)
+}
+
+/// `source` of the CDEvents `hookgauge send` emits.
+pub const CDEVENTS_SOURCE: &str = "/hookgauge/send";
+
 /// Runs `hookgauge send`. Prints the server's answer on stdout.
 pub async fn run(args: SendArgs) -> anyhow::Result<SendResult> {
     let default_path = if args.standard_webhooks {
         "/hooks/standard-webhooks"
+    } else if args.cdevents {
+        "/hooks/cdevents"
     } else {
         "/pelorus/webhook"
     };
@@ -187,6 +245,24 @@ pub async fn run(args: SendArgs) -> anyhow::Result<SendResult> {
             PayloadError::Malformed { message } => bail!("the event could not be built: {message}"),
         }
     }
+    if args.cdevents
+        && matches!(
+            &args.event,
+            SendEvent::Deploytime {
+                commit: Some(_),
+                ..
+            }
+        )
+    {
+        bail!("--commit cannot be carried by a CDEvent service.deployed; report the commit with committime (artifact.packaged) instead");
+    }
+    let cloudevent = args.cdevents.then(|| cdevent(&args.event, &payload));
+    let body = match &cloudevent {
+        Some((_, _, cdevent)) => {
+            serde_json::to_vec(cdevent).context("cannot serialise the CDEvent")?
+        }
+        None => body,
+    };
     let client = reqwest::Client::builder()
         .timeout(args.timeout)
         .user_agent(format!(
@@ -208,8 +284,8 @@ pub async fn run(args: SendArgs) -> anyhow::Result<SendResult> {
         let request = client
             .post(url.clone())
             .header("content-type", "application/json");
-        let request = match (&standard, &secret) {
-            (Some((key, (id, message))), _) => {
+        let request = match (&standard, &cloudevent, &secret) {
+            (Some((key, (id, message))), _, _) => {
                 let now = now_seconds();
                 request
                     .header("webhook-id", id.as_str())
@@ -220,14 +296,33 @@ pub async fn run(args: SendArgs) -> anyhow::Result<SendResult> {
                     )
                     .body(message.clone())
             }
-            (None, Some(secret)) => request
+            (None, Some((id, kind, cdevent)), secret) => {
+                let request = request
+                    .header("ce-specversion", "1.0")
+                    .header("ce-id", id.as_str())
+                    .header("ce-source", CDEVENTS_SOURCE)
+                    .header("ce-type", kind.as_str())
+                    .header(
+                        "ce-time",
+                        cdevent["context"]["timestamp"].as_str().unwrap_or_default(),
+                    );
+                let request = match secret {
+                    Some(secret) => request.header(
+                        "x-hub-signature-256",
+                        format!("sha256={}", signature::sign_hex(secret, &body)),
+                    ),
+                    None => request,
+                };
+                request.body(body.clone())
+            }
+            (None, None, Some(secret)) => request
                 .header(pelorus::EVENT_HEADER, event.as_str())
                 .header(
                     pelorus::SIGNATURE_HEADER,
                     format!("sha256={}", signature::sign_hex(secret, &body)),
                 )
                 .body(body.clone()),
-            (None, None) => request
+            (None, None, None) => request
                 .header(pelorus::EVENT_HEADER, event.as_str())
                 .body(body.clone()),
         };

@@ -150,6 +150,24 @@ impl IngestError {
     /// The HTTP response: `{"outcome", "delivery_id", "detail", "error",
     /// "field", "reason"}`, plus `errors` listing every failing field on 422.
     pub fn to_response(&self, delivery_id: Option<&DeliveryId>) -> HttpResponse {
+        let body = self.body(delivery_id);
+        let mut response = HttpResponse::build(self.status());
+        if matches!(self, IngestError::StoreUnavailable) {
+            response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECONDS.to_string()));
+        }
+        if matches!(
+            self,
+            IngestError::TooLarge { .. } | IngestError::BodyTimeout { .. }
+        ) {
+            // The rest of the body is not read: the connection cannot be reused.
+            response.insert_header((header::CONNECTION, "close"));
+        }
+        response.json(body)
+    }
+
+    /// The JSON body of [`IngestError::to_response`] (also one item of a
+    /// batch answer).
+    pub fn body(&self, delivery_id: Option<&DeliveryId>) -> serde_json::Value {
         let mut body = json!({
             "outcome": self.outcome().map(Outcome::as_str),
             "delivery_id": delivery_id.map(DeliveryId::as_str),
@@ -164,17 +182,6 @@ impl IngestError {
                 .map(|p| json!({"field": p.field, "reason": p.reason.as_str()}))
                 .collect();
         }
-        let mut response = HttpResponse::build(self.status());
-        if matches!(self, IngestError::StoreUnavailable) {
-            response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECONDS.to_string()));
-        }
-        if matches!(
-            self,
-            IngestError::TooLarge { .. } | IngestError::BodyTimeout { .. }
-        ) {
-            // The rest of the body is not read: the connection cannot be reused.
-            response.insert_header((header::CONNECTION, "close"));
-        }
-        response.json(body)
+        body
     }
 }

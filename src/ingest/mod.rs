@@ -438,6 +438,21 @@ async fn refuse(
     headers: String,
     instance: Option<String>,
 ) -> HttpResponse {
+    let (error, id) =
+        record_refusal(state, source, refusal, received_at_ms, headers, instance).await;
+    error.to_response(Some(&id))
+}
+
+/// Records and counts a refused delivery as [`refuse`] does; returns the
+/// error and the id to answer with.
+async fn record_refusal(
+    state: &IngestState,
+    source: &'static str,
+    refusal: Refusal,
+    received_at_ms: i64,
+    headers: String,
+    instance: Option<String>,
+) -> (IngestError, DeliveryId) {
     static UNREAD: AtomicU64 = AtomicU64::new(0);
     let id = match &refusal.body {
         Some(body) => DeliveryId::derived(&[source.as_bytes(), body]),
@@ -449,7 +464,7 @@ async fn refuse(
         ]),
     };
     let Some(outcome) = refusal.error.outcome() else {
-        return refusal.error.to_response(Some(&id));
+        return (refusal.error, id);
     };
     state.metrics.count_delivery(source, refusal.event, outcome);
     tracing::info!(
@@ -484,7 +499,7 @@ async fn refuse(
             tracing::warn!(error = %store_error, "Refused delivery not written to the ledger");
         }
     }
-    refusal.error.to_response(Some(&id))
+    (refusal.error, id)
 }
 
 /// At most `per_second` admissions in each wall-clock second.
@@ -556,6 +571,13 @@ struct NativeChecked {
     disposition: Disposition,
 }
 
+/// What an authentic request to a native instance carries: one delivery,
+/// or a batch whose items were mapped (or refused) one by one.
+enum NativeRequest {
+    One(NativeChecked),
+    Batch(Vec<Result<NativeChecked, Refusal>>),
+}
+
 /// The shared runner's checks for one native source instance: body cap,
 /// media type, authentication on the raw bytes, then the plugin's mapping.
 async fn check_native(
@@ -563,7 +585,7 @@ async fn check_native(
     headers: &HeaderMap,
     query: &str,
     payload: web::Payload,
-) -> Result<NativeChecked, Refusal> {
+) -> Result<NativeRequest, Refusal> {
     let plugin = instance.plugin;
     let event = plugin.event(headers, None);
     let body = read_body(headers, payload, instance.max_body_bytes)
@@ -581,7 +603,53 @@ async fn check_native(
         let error = IngestError::Unauthorized(failure);
         return Err(Refusal::before_auth(error, event, Some(body)));
     }
-    map_native(instance, headers, body)
+    if plugin.batch(headers) {
+        return map_batch(instance, headers, body).map(NativeRequest::Batch);
+    }
+    map_native(instance, headers, body).map(NativeRequest::One)
+}
+
+/// The items of an authentic batch, each mapped as a delivery of its own
+/// whose body is the item (what the ledger keeps and a redelivery runs).
+fn map_batch(
+    instance: &SourceInstance,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Vec<Result<NativeChecked, Refusal>>, Refusal> {
+    let plugin = instance.plugin;
+    let event = plugin.event(headers, None);
+    if !is_json(headers) {
+        let error = IngestError::UnsupportedMediaType;
+        return Err(Refusal::after_auth(error, event, body));
+    }
+    let items = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Array(items)) => items,
+        Ok(_) => {
+            let error = IngestError::MalformedJson {
+                message: "a batch is a JSON array of events".into(),
+            };
+            return Err(Refusal::after_auth(error, event, body));
+        }
+        Err(e) => {
+            let error = IngestError::MalformedJson {
+                message: e.to_string(),
+            };
+            return Err(Refusal::after_auth(error, event, body));
+        }
+    };
+    Ok(items
+        .into_iter()
+        .map(|item| {
+            let bytes = Bytes::from(serde_json::to_vec(&item).unwrap_or_default());
+            if !item.is_object() {
+                let error = IngestError::MalformedJson {
+                    message: "a batch item is not a JSON object".into(),
+                };
+                return Err(Refusal::after_auth(error, event, bytes));
+            }
+            map_value(instance, headers, item, bytes)
+        })
+        .collect())
 }
 
 /// What an authentic delivery to a native instance is: media type, JSON,
@@ -602,6 +670,17 @@ fn map_native(
         Ok(value) => value,
         Err(problem) => return Err(Refusal::after_auth(problem.into(), event, body)),
     };
+    map_value(instance, headers, value, body)
+}
+
+/// What the parsed JSON object `value` of a delivery (`body`) is.
+fn map_value(
+    instance: &SourceInstance,
+    headers: &HeaderMap,
+    value: Value,
+    body: Bytes,
+) -> Result<NativeChecked, Refusal> {
+    let plugin = instance.plugin;
     let (event, mapping) = plugin.classify(headers, &value, &instance.options);
     let id = plugin
         .delivery_id(headers, &value)
@@ -649,10 +728,10 @@ async fn native_webhook(
         );
         return IngestError::SourceDisabled.to_response(None);
     };
-    let checked = match check_native(instance, req.headers(), req.query_string(), payload).await {
-        Ok(checked) => checked,
+    let headers = recorded_headers(req.headers(), &instance.credential_headers);
+    let request = match check_native(instance, req.headers(), req.query_string(), payload).await {
+        Ok(request) => request,
         Err(refusal) => {
-            let headers = recorded_headers(req.headers(), &instance.credential_headers);
             let name = instance.name.clone();
             return refuse(
                 &state,
@@ -665,19 +744,38 @@ async fn native_webhook(
             .await;
         }
     };
+    let checked = match request {
+        NativeRequest::One(checked) => checked,
+        NativeRequest::Batch(items) => {
+            return answer_batch(&state, instance, items, received_at_ms, headers).await
+        }
+    };
     tracing::Span::current().record("delivery_id", tracing::field::display(&checked.id));
+    match record_native(&state, instance, checked, received_at_ms, headers).await {
+        Ok(body) => HttpResponse::Ok().json(body),
+        Err((error, id)) => error.to_response(Some(&id)),
+    }
+}
+
+/// Records one checked delivery and counts it: the answer's body once it
+/// committed, else the error to answer with.
+async fn record_native(
+    state: &IngestState,
+    instance: &SourceInstance,
+    checked: NativeChecked,
+    received_at_ms: i64,
+    headers: String,
+) -> Result<Value, (IngestError, DeliveryId)> {
+    let source = instance.plugin.source();
     let record = Delivery {
         id: checked.id.clone(),
-        source: plugin.source(),
+        source,
         event: checked.event,
         received_at_ms,
         authenticated: true,
         body: Some(checked.body),
         disposition: checked.disposition,
-        headers: Some(recorded_headers(
-            req.headers(),
-            &instance.credential_headers,
-        )),
+        headers: Some(headers),
         instance: instance.name.clone(),
         queued_row: None,
     };
@@ -685,8 +783,9 @@ async fn native_webhook(
         Ok(recorded) => {
             state
                 .metrics
-                .count_delivery(plugin.source(), checked.event, recorded.outcome);
+                .count_delivery(source, checked.event, recorded.outcome);
             tracing::debug!(
+                delivery_id = %checked.id,
                 outcome = recorded.outcome.as_str(),
                 event = checked.event,
                 "Delivery recorded"
@@ -701,13 +800,63 @@ async fn native_webhook(
             }
             // Every committed outcome is a 200: senders disable hooks that
             // answer 4xx to what they consider ordinary events.
-            HttpResponse::Ok().json(body)
+            Ok(body)
         }
         Err(error) => {
             tracing::error!(error = %error, "Delivery not acknowledged: store unavailable");
-            IngestError::StoreUnavailable.to_response(Some(&checked.id))
+            Err((IngestError::StoreUnavailable, checked.id))
         }
     }
+}
+
+/// Records every item of a batch as a delivery of its own, in order, and
+/// answers `{"events": [...]}` with each item's own answer. The batch is a
+/// 200 only when every item's outcome committed; else it takes the status
+/// of its gravest item (503 before the 4xx of a refused item), so that a
+/// sender retries it; items already stored are duplicates then.
+async fn answer_batch(
+    state: &IngestState,
+    instance: &SourceInstance,
+    items: Vec<Result<NativeChecked, Refusal>>,
+    received_at_ms: i64,
+    headers: String,
+) -> HttpResponse {
+    let source = instance.plugin.source();
+    let mut answers = Vec::with_capacity(items.len());
+    let mut status = StatusCode::OK;
+    for item in items {
+        let answer = match item {
+            Ok(checked) => {
+                record_native(state, instance, checked, received_at_ms, headers.clone()).await
+            }
+            Err(refusal) => Err(record_refusal(
+                state,
+                source,
+                refusal,
+                received_at_ms,
+                headers.clone(),
+                instance.name.clone(),
+            )
+            .await),
+        };
+        answers.push(match answer {
+            Ok(body) => body,
+            Err((error, id)) => {
+                let item_status = error.status();
+                if status != StatusCode::SERVICE_UNAVAILABLE
+                    && (status.is_success() || item_status == StatusCode::SERVICE_UNAVAILABLE)
+                {
+                    status = item_status;
+                }
+                error.body(Some(&id))
+            }
+        });
+    }
+    let mut response = HttpResponse::build(status);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECONDS.to_string()));
+    }
+    response.json(json!({"events": answers}))
 }
 
 #[cfg(test)]

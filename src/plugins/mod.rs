@@ -9,6 +9,7 @@
 
 pub mod azure;
 pub mod bitbucket;
+pub mod cdevents;
 pub mod declarative;
 pub mod gitea;
 pub mod github;
@@ -98,6 +99,43 @@ pub struct SourceOptions {
     pub issue_types: Vec<String>,
     /// Also accept GitHub's SHA-1 `X-Hub-Signature` (opt-in, GitHub only).
     pub legacy_sha1_signatures: bool,
+    /// How deliveries are authenticated, where the operator chooses (CDEvents).
+    pub auth: AuthScheme,
+    /// The lowercase header carrying the HMAC under [`AuthScheme::Hmac`].
+    pub signature_header: &'static str,
+}
+
+/// The authentication schemes an operator can choose for a source whose
+/// senders differ (CDEvents emitters): the closed set of `auth` values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AuthScheme {
+    /// `sha256=<hex HMAC-SHA256 of the raw body>` in `signature_header`.
+    #[default]
+    Hmac,
+    /// `Authorization: Bearer <secret>` (or basic auth with it as password).
+    Bearer,
+    /// Standard Webhooks v1 under `whsec_` keys.
+    StandardWebhooks,
+}
+
+impl AuthScheme {
+    pub fn parse(value: &str) -> Option<AuthScheme> {
+        [
+            AuthScheme::Hmac,
+            AuthScheme::Bearer,
+            AuthScheme::StandardWebhooks,
+        ]
+        .into_iter()
+        .find(|a| a.as_str() == value)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthScheme::Hmac => "hmac",
+            AuthScheme::Bearer => "bearer",
+            AuthScheme::StandardWebhooks => "standard-webhooks",
+        }
+    }
 }
 
 impl SourceOptions {
@@ -201,6 +239,13 @@ pub trait Plugin: Sync {
         )
     }
 
+    /// True when the request carries several deliveries (a CloudEvents
+    /// batch): the body is a JSON array whose items the runner maps, records
+    /// and answers one by one, each as a body of its own under `headers`.
+    fn batch(&self, _headers: &HeaderMap) -> bool {
+        false
+    }
+
     /// The sender's id of this delivery, if it has one (else the runner
     /// derives one from the body).
     fn delivery_id(&self, headers: &HeaderMap, payload: &Value) -> Option<DeliveryId>;
@@ -229,6 +274,7 @@ pub const SOURCES: &[&dyn Plugin] = &[
     &pagerduty::PagerDuty,
     &opsgenie::Opsgenie,
     &standard::StandardWebhooks,
+    &cdevents::CdEvents,
 ];
 
 /// The built-in plugins followed by the declarative ones: every source

@@ -35,6 +35,7 @@ pub(super) const MIGRATIONS: &[(&str, &str)] = super::migrations!(
     "0003_ledger_admin",
     "0004_poll_state",
     "0005_replicas",
+    "0006_links_by_image",
 );
 
 /// Advisory lock keys (one namespace per purpose, fixed for the product).

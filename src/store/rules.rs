@@ -827,11 +827,15 @@ fn apply_commit(
             effects.append(&mut more);
         }
     }
-    // A deploy may have arrived first: its earliest time joins this commit.
+    // A deploy may have arrived first: its earliest time joins this commit,
+    // whether it names the commit, its image or an image linked to it.
     let deployed: Option<i64> = tx.value(
         "SELECT MIN(time) FROM (\
            SELECT time FROM deploys WHERE app = ?1 AND image_sha = ?2 AND ?2 <> '' \
-           UNION ALL SELECT time FROM deploys WHERE app = ?1 AND commit_sha = ?3) AS deployed",
+           UNION ALL SELECT time FROM deploys WHERE app = ?1 AND commit_sha = ?3 \
+           UNION ALL SELECT d.time FROM links AS l JOIN deploys AS d \
+             ON d.app = l.app AND d.image_sha = l.image_sha \
+             WHERE l.app = ?1 AND l.commit_sha = ?3) AS deployed",
         &[&app, &image, &commit.commit.as_str()],
     )?;
     if let Some(deployed) = deployed {
@@ -908,8 +912,8 @@ fn observe_lead_times(
     Ok(effects)
 }
 
-/// Every commit built into `image` (`''`: none) or named `commit` that has
-/// no lead time yet gets one from a deploy at `deployed`.
+/// Every commit built into `image` (`''`: none), linked to it, or named
+/// `commit` that has no lead time yet gets one from a deploy at `deployed`.
 fn observe_deployed(
     tx: &mut dyn Sql,
     app: &App,
@@ -920,7 +924,10 @@ fn observe_deployed(
     let commits: Vec<(String, i64)> = tx.rows(
         "SELECT commit_sha, MIN(time) FROM (\
            SELECT commit_sha, time FROM commits INDEXED BY commits_by_image WHERE app = ?1 AND image_sha = ?2 AND ?2 <> '' \
-           UNION ALL SELECT commit_sha, time FROM commits WHERE app = ?1 AND commit_sha = ?3) AS built \
+           UNION ALL SELECT commit_sha, time FROM commits WHERE app = ?1 AND commit_sha = ?3 \
+           UNION ALL SELECT c.commit_sha, c.time FROM links AS l JOIN commits AS c \
+             ON c.app = l.app AND c.commit_sha = l.commit_sha \
+             WHERE l.app = ?1 AND l.image_sha = ?2 AND ?2 <> '') AS built \
          GROUP BY commit_sha",
         &[&app.as_str(), &image, &commit],
         |r| Ok((r.get(0)?, r.get(1)?)),
@@ -1043,6 +1050,21 @@ fn apply_link(tx: &mut dyn Sql, link: &Link, delivery_id: &str) -> Result<EventR
             time,
         });
         effects.extend(observe_deployed(tx, &link.app, &image, "", time)?);
+    }
+    // The image may have been deployed before the link arrived (a deploy
+    // naming only its digest): the commit was shipped by its first deploy.
+    let deployed: Option<i64> = tx.value(
+        "SELECT MIN(time) FROM deploys WHERE app = ?1 AND image_sha = ?2",
+        &[&app, &image],
+    )?;
+    if let Some(deployed) = deployed {
+        effects.extend(observe_deployed(
+            tx,
+            &link.app,
+            "",
+            link.commit.as_str(),
+            deployed,
+        )?);
     }
     Ok(EventResult::New(effects))
 }

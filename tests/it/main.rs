@@ -7,6 +7,7 @@ mod harness;
 mod admin;
 mod alerts;
 mod attacks;
+mod cdevents;
 mod cli;
 mod crash;
 mod deploy;

@@ -78,7 +78,10 @@ fn no_import_runs_up_the_layer_order() {
             continue;
         };
         let Some(own) = rank(&module) else {
-            unknown.push(format!("{}: module `{module}` has no layer", file.display()));
+            unknown.push(format!(
+                "{}: module `{module}` has no layer",
+                file.display()
+            ));
             continue;
         };
         let text = std::fs::read_to_string(file).unwrap();
@@ -127,12 +130,18 @@ fn every_library_module_has_a_layer() {
     sorted_declared.sort();
     let mut layers = LAYERS.to_vec();
     layers.sort();
-    assert_eq!(sorted_declared, layers, "src/lib.rs and LAYERS list the same modules");
+    assert_eq!(
+        sorted_declared, layers,
+        "src/lib.rs and LAYERS list the same modules"
+    );
 }
 
 #[test]
 fn the_scan_sees_imports_and_paths_but_not_comments() {
-    assert_eq!(crate_modules("use crate::store::{Store, StoreError};"), ["store"]);
+    assert_eq!(
+        crate_modules("use crate::store::{Store, StoreError};"),
+        ["store"]
+    );
     assert_eq!(
         crate_modules("    let now = crate::clock::now_seconds(); // crate::app"),
         ["clock"]
