@@ -1,4 +1,4 @@
-//! The admin API on the metrics port (README "Admin API"): the delivery
+//! The admin API on the metrics port (docs/operations.md): the delivery
 //! ledger, its redelivery and the stored events, as JSON with stable field
 //! names. Every route checks [`authorize`] first.
 
@@ -418,7 +418,7 @@ struct IntervalsQuery {
 }
 
 /// `GET /api/v1/stats/event-intervals[?repo=&type=]`: the mean time between
-/// consecutive events per application and kind (README "Event intervals").
+/// consecutive events per application and kind (docs/operations.md, "Event intervals").
 /// Needs a configured API key even from loopback.
 async fn event_intervals(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
     if let Err(denied) = authorize(&req, &state.api_keys, Credentials::KeyRequired) {

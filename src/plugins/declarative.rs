@@ -1,5 +1,5 @@
 //! Declarative plugins: a source described by a TOML file instead of Rust
-//! code (README "Writing a plugin"). A file names the source, how its
+//! code (docs/sources.md, "Writing a plugin"). A file names the source, how its
 //! deliveries are authenticated, where the delivery id is, and an ordered
 //! list of rules; the first rule whose headers and conditions hold decides
 //! what the delivery becomes: events built from RFC 9535 JSONPath fields, or

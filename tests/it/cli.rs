@@ -96,24 +96,18 @@ fn check_config_names_the_bad_key() {
     assert!(stderr.contains("does not exist"), "{stderr}");
 }
 
-/// Every TOML block of the README: plugin files (they start with `#
-/// plugins/<name>.toml`) load as plugins, and every configuration sample
+/// Every TOML block of README.md and docs/: plugin files (they start with
+/// `# plugins/<name>.toml`) load as plugins, and every configuration sample
 /// passes `check-config` with those plugins, secret and key files pointing
 /// at a real file.
 #[test]
-fn readme_toml_samples_load() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let blocks: Vec<&str> = readme
-        .split("```toml\n")
-        .skip(1)
-        .map(|rest| &rest[..rest.find("```").unwrap()])
+fn doc_toml_samples_load() {
+    let documents = crate::docs::documents();
+    let blocks: Vec<&str> = documents
+        .iter()
+        .flat_map(|(_, text)| crate::docs::blocks(text, "toml"))
         .collect();
-    assert!(
-        blocks.len() > 10,
-        "the README's TOML samples: {}",
-        blocks.len()
-    );
+    assert!(blocks.len() > 10, "the TOML samples: {}", blocks.len());
     let dir = tempfile::tempdir().unwrap();
     let plugins = dir.path().join("plugins");
     std::fs::create_dir(&plugins).unwrap();
@@ -144,7 +138,7 @@ fn readme_toml_samples_load() {
             &["check-config", "--config", config.to_str().unwrap()],
             &[("HOOKGAUGE__SERVER__PLUGINS_DIR", plugins.to_str().unwrap())],
         );
-        assert_eq!(code, 0, "README sample:\n{sample}\n{stderr}");
+        assert_eq!(code, 0, "documented sample:\n{sample}\n{stderr}");
     }
 }
 

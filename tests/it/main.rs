@@ -11,6 +11,7 @@ mod cdevents;
 mod cli;
 mod crash;
 mod deploy;
+mod docs;
 mod fuzz;
 mod limits;
 mod monitoring;
