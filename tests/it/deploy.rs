@@ -6,7 +6,8 @@
 //! the shipped configuration passes the real binary's `check-config`, and
 //! `promtool check config` accepts every Prometheus configuration. The
 //! PostgreSQL overlay is checked on the objects it produces, built here from
-//! its patches (CI has no kustomize).
+//! its patches (CI has no kustomize). `tests/container` builds the image
+//! and runs it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
