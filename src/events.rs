@@ -60,9 +60,32 @@ impl FieldError {
     }
 }
 
-fn has_control_chars(s: &str) -> bool {
-    s.chars().any(char::is_control)
+/// A name or id: 1 to `max_chars` characters, no control characters.
+fn check_text(value: &str, max_chars: usize) -> Result<&str, FieldError> {
+    if value.is_empty() {
+        return Err(FieldError::Empty);
+    }
+    if value.chars().count() > max_chars {
+        return Err(FieldError::TooLong);
+    }
+    if value.chars().any(char::is_control) {
+        return Err(FieldError::InvalidFormat);
+    }
+    Ok(value)
 }
+
+/// `as_str` of a newtype over text.
+macro_rules! text_newtype {
+    ($($name:ident),*) => {$(
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+    )*};
+}
+
+text_newtype!(App, Namespace, CommitSha, IssueNumber, CommitLink);
 
 /// Application name: 1 to 200 characters, no control characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -72,20 +95,7 @@ impl App {
     pub const MAX_LEN: usize = 200;
 
     pub fn parse(value: &str) -> Result<Self, FieldError> {
-        if value.is_empty() {
-            return Err(FieldError::Empty);
-        }
-        if value.chars().count() > Self::MAX_LEN {
-            return Err(FieldError::TooLong);
-        }
-        if has_control_chars(value) {
-            return Err(FieldError::InvalidFormat);
-        }
-        Ok(App(value.into()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
+        check_text(value, Self::MAX_LEN).map(|v| App(v.into()))
     }
 }
 
@@ -114,10 +124,6 @@ impl Namespace {
         }
         Ok(Namespace(value.into()))
     }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
 /// Git commit SHA: 7 or 40 hexadecimal digits, kept in lowercase so that the
@@ -134,10 +140,6 @@ impl CommitSha {
             return Err(FieldError::InvalidFormat);
         }
         Ok(CommitSha(value.to_ascii_lowercase().into()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
     }
 }
 
@@ -198,20 +200,7 @@ impl IssueNumber {
     pub const MAX_LEN: usize = 200;
 
     pub fn parse(value: &str) -> Result<Self, FieldError> {
-        if value.is_empty() {
-            return Err(FieldError::Empty);
-        }
-        if value.chars().count() > Self::MAX_LEN {
-            return Err(FieldError::TooLong);
-        }
-        if has_control_chars(value) {
-            return Err(FieldError::InvalidFormat);
-        }
-        Ok(IssueNumber(value.into()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
+        check_text(value, Self::MAX_LEN).map(|v| IssueNumber(v.into()))
     }
 }
 
@@ -231,10 +220,6 @@ impl CommitLink {
             return Err(FieldError::InvalidFormat);
         }
         Ok(CommitLink(value.into()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
     }
 }
 
