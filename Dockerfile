@@ -71,9 +71,11 @@ EXPOSE 8080 9464
 
 # hookgauge has no health subcommand and the image has neither curl nor wget. Rather than adding
 # a package (and its libraries) only for this, the check speaks HTTP/1.0 to /healthz through
-# bash's /dev/tcp and looks for a 200 status line. It assumes the default ingest port 8080.
+# bash's /dev/tcp and looks for a 200 status line. It probes the port of
+# HOOKGAUGE__SERVER__INGEST_ADDR (8080 unless changed with -e/env:); an ingest port moved with
+# `serve --ingest-addr` or a configuration file is not seen, so move it with the variable.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8080 && printf 'GET /healthz HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' >&3 && head -n 1 <&3 | grep -q ' 200 '"]
+    CMD ["bash", "-c", "port=${HOOKGAUGE__SERVER__INGEST_ADDR##*:}; exec 3<>/dev/tcp/127.0.0.1/${port:-8080} && printf 'GET /healthz HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' >&3 && head -n 1 <&3 | grep -q ' 200 '"]
 
 # SIGTERM stops hookgauge gracefully (in-flight requests get server.shutdown_timeout, 30s by
 # default): give `docker stop` more than that, e.g. `docker stop -t 40`.

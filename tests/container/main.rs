@@ -377,6 +377,16 @@ struct Container<'a> {
 impl<'a> Container<'a> {
     /// `podman run --detach` with `options` and the test image.
     fn start(engine: &'a Engine, what: &str, options: &[String]) -> Container<'a> {
+        Container::start_with_command(engine, what, options, &[])
+    }
+
+    /// As [`Container::start`], running `command` instead of the image's `CMD`.
+    fn start_with_command(
+        engine: &'a Engine,
+        what: &str,
+        options: &[String],
+        command: &[&str],
+    ) -> Container<'a> {
         let container = Container {
             engine,
             name: unique(what),
@@ -384,6 +394,7 @@ impl<'a> Container<'a> {
         let mut args = vec!["run", "--detach", "--name", &container.name];
         args.extend(options.iter().map(String::as_str));
         args.push(IMAGE);
+        args.extend(command);
         engine.podman(&args);
         container
     }
@@ -693,10 +704,23 @@ fn image_refuses_to_listen_on_all_interfaces_without_a_secret() {
     );
 }
 
+/// Waits until `/readyz` answers 200 on the container's `port`.
+fn wait_ready(container: &Container, port: u16) {
+    let ingest = container.url(port);
+    let deadline = Instant::now() + START_LIMIT;
+    while !get(&format!("{ingest}/readyz")).is_ok_and(|(status, _)| status == 200) {
+        assert!(
+            Instant::now() < deadline,
+            "not ready on {port} within {START_LIMIT:?}; logs:\n{}",
+            container.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
-fn healthcheck_fails_when_nothing_answers_on_the_ingest_port_it_probes() {
+fn healthcheck_follows_the_ingest_port_of_the_environment() {
     let Some(engine) = engine() else { return };
-    // The HEALTHCHECK assumes the default ingest port, 8080.
     let container = Container::start(
         engine,
         "moved",
@@ -706,16 +730,25 @@ fn healthcheck_fails_when_nothing_answers_on_the_ingest_port_it_probes() {
             "--publish=127.0.0.1::8081".into(),
         ],
     );
-    let ingest = container.url(8081);
-    let deadline = Instant::now() + START_LIMIT;
-    while !get(&format!("{ingest}/readyz")).is_ok_and(|(status, _)| status == 200) {
-        assert!(
-            Instant::now() < deadline,
-            "not ready on 8081 within {START_LIMIT:?}; logs:\n{}",
-            container.logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_ready(&container, 8081);
+    container.assert_healthy();
+}
+
+#[test]
+fn healthcheck_fails_when_nothing_answers_on_the_ingest_port_it_probes() {
+    let Some(engine) = engine() else { return };
+    // Moved by a flag, which the HEALTHCHECK does not see: it probes 8080,
+    // the port of HOOKGAUGE__SERVER__INGEST_ADDR, where nothing listens.
+    let container = Container::start_with_command(
+        engine,
+        "flagged",
+        &[
+            format!("--env=HOOKGAUGE__SOURCES__PELORUS__SECRETS={SECRET}"),
+            "--publish=127.0.0.1::8081".into(),
+        ],
+        &["serve", "--ingest-addr", "0.0.0.0:8081"],
+    );
+    wait_ready(&container, 8081);
     let (passed, status) = container.health();
     assert!(!passed, "the healthcheck passed with nothing on 8080");
     assert_ne!(status, "healthy");
