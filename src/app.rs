@@ -80,7 +80,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApp> {
             );
         }
         Err(error) => tracing::error!(
-            error = %error,
+            error = &error as &dyn std::error::Error,
             "Store unavailable at start-up; ingest answers 503 and /readyz fails until it can be written"
         ),
     }

@@ -204,7 +204,10 @@ fn problem(status: StatusCode, field: &'static str, reason: &'static str) -> Pro
 }
 
 fn unavailable(error: &StoreError) -> Problem {
-    tracing::warn!(error = %error, "Admin API: store unavailable");
+    tracing::warn!(
+        error = error as &dyn std::error::Error,
+        "Admin API: store unavailable"
+    );
     problem(
         StatusCode::SERVICE_UNAVAILABLE,
         "store",

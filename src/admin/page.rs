@@ -357,13 +357,14 @@ fn row_id(req: &HttpRequest) -> Option<i64> {
 }
 
 fn unavailable(title: &str, error: &crate::store::StoreError) -> HttpResponse {
-    let mut response = page(
-        title,
-        &format!(
-            "<p>The store is unavailable: {}</p>",
-            esc(&error.to_string())
-        ),
-    );
+    // The whole chain: the store's fault and what caused it.
+    let mut why = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        why.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    let mut response = page(title, &format!("<p>{}</p>", esc(&why)));
     *response.status_mut() = actix_web::http::StatusCode::SERVICE_UNAVAILABLE;
     response
 }

@@ -233,7 +233,10 @@ pub async fn retention(
                     tokio::task::yield_now().await;
                 }
                 Err(error) => {
-                    tracing::warn!(error = %error, "Retention step failed; trying at the next run");
+                    tracing::warn!(
+                        error = &error as &dyn std::error::Error,
+                        "Retention step failed; trying at the next run"
+                    );
                     break;
                 }
             }
@@ -274,7 +277,10 @@ impl IntervalGauges {
         {
             Ok(intervals) => intervals,
             Err(error) => {
-                tracing::warn!(error = %error, "Event intervals not refreshed: store unavailable");
+                tracing::warn!(
+                    error = &error as &dyn std::error::Error,
+                    "Event intervals not refreshed: store unavailable"
+                );
                 return;
             }
         };

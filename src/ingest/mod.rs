@@ -76,7 +76,10 @@ async fn readyz(state: web::Data<IngestState>) -> HttpResponse {
     match tokio::time::timeout(READY_TIMEOUT, state.store.check_writable()).await {
         Ok(Ok(())) => HttpResponse::Ok().json(json!({"status": "ready"})),
         Ok(Err(error)) => {
-            tracing::warn!(error = %error, "Not ready: store cannot be written");
+            tracing::warn!(
+                error = &error as &dyn std::error::Error,
+                "Not ready: store cannot be written"
+            );
             HttpResponse::ServiceUnavailable()
                 .insert_header((header::RETRY_AFTER, RETRY_AFTER_SECONDS.to_string()))
                 .json(json!({"status": "unavailable", "reason": format!("store_{}", error.kind())}))
@@ -363,7 +366,10 @@ async fn pelorus_webhook(
             HttpResponse::build(status).json(body)
         }
         Err(error) => {
-            tracing::error!(error = %error, "Delivery not acknowledged: store unavailable");
+            tracing::error!(
+                error = &error as &dyn std::error::Error,
+                "Delivery not acknowledged: store unavailable"
+            );
             IngestError::StoreUnavailable.to_response(Some(&id))
         }
     }
@@ -496,7 +502,10 @@ async fn record_refusal(
     // requests is answered and counted, but only a trickle reaches the disk.
     if refusal.authenticated || state.unauthenticated_rows.admit(received_at_ms / 1000) {
         if let Err(store_error) = state.store.record(record).await {
-            tracing::warn!(error = %store_error, "Refused delivery not written to the ledger");
+            tracing::warn!(
+                error = &store_error as &dyn std::error::Error,
+                "Refused delivery not written to the ledger"
+            );
         }
     }
     (refusal.error, id)
@@ -803,7 +812,10 @@ async fn record_native(
             Ok(body)
         }
         Err(error) => {
-            tracing::error!(error = %error, "Delivery not acknowledged: store unavailable");
+            tracing::error!(
+                error = &error as &dyn std::error::Error,
+                "Delivery not acknowledged: store unavailable"
+            );
             Err((IngestError::StoreUnavailable, checked.id))
         }
     }

@@ -244,16 +244,15 @@ impl Reader {
                     f(&mut sql)
                 }
                 Err(error) => {
-                    return Err(StoreError::Unavailable {
-                        kind: FaultKind::Io,
-                        message: format!("no database connection: {error}"),
-                    })
+                    return Err(StoreError::unavailable(
+                        FaultKind::Io,
+                        super::Unusable::NoConnection(Box::new(error)),
+                    ))
                 }
             },
         };
-        result.map_err(|error| StoreError::Unavailable {
-            kind: error.fault_kind().unwrap_or(FaultKind::Other),
-            message: error.to_string(),
+        result.map_err(|error| {
+            StoreError::unavailable(error.fault_kind().unwrap_or(FaultKind::Other), error)
         })
     }
 }

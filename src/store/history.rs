@@ -69,10 +69,10 @@ impl History {
     pub fn open(location: &Location) -> Result<History, StoreError> {
         if let Location::Sqlite(path) = location {
             if !path.exists() {
-                return Err(StoreError::Unavailable {
-                    kind: FaultKind::Open,
-                    message: format!("no store at {}", path.display()),
-                });
+                return Err(StoreError::unavailable(
+                    FaultKind::Open,
+                    super::Unusable::NoStore(path.clone()),
+                ));
             }
         }
         // An export reads whole histories: no statement timeout.

@@ -69,12 +69,68 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 const LOCK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why the store could not do what was asked. Carries no payload data.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone)]
 pub enum StoreError {
-    #[error("the store is unavailable ({kind}): {message}")]
-    Unavailable { kind: FaultKind, message: String },
-    #[error("the store has shut down")]
+    /// The database cannot be used now; `cause` (the error's source) says
+    /// why: the database's own error, or what hookgauge found
+    /// ([`Unusable`]). Shared, because one failed commit answers every
+    /// delivery of its batch.
+    Unavailable {
+        kind: FaultKind,
+        cause: Arc<dyn std::error::Error + Send + Sync>,
+    },
     Closed,
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Unavailable { kind, .. } => write!(f, "the store is unavailable ({kind})"),
+            StoreError::Closed => f.write_str("the store has shut down"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StoreError::Unavailable { cause, .. } => Some(&**cause),
+            StoreError::Closed => None,
+        }
+    }
+}
+
+/// What hookgauge found that makes the store unusable, when the database
+/// itself reported nothing (or reported it while opening).
+#[derive(Debug, thiserror::Error)]
+pub enum Unusable {
+    #[error("no store at {}", .0.display())]
+    NoStore(PathBuf),
+    #[error("no database connection")]
+    NoConnection(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("cannot open {location}")]
+    CannotOpen {
+        location: String,
+        #[source]
+        cause: DbError,
+    },
+    #[error("the store is not open")]
+    NotOpen,
+    #[error("delivery {0} could not be applied")]
+    NotApplied(String),
+}
+
+impl StoreError {
+    /// Unavailable as `kind`, because of `cause`.
+    pub fn unavailable(
+        kind: FaultKind,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> StoreError {
+        StoreError::Unavailable {
+            kind,
+            cause: Arc::new(cause),
+        }
+    }
 }
 
 impl StoreError {
@@ -622,7 +678,7 @@ struct Writer {
     /// Rows up to this seq have had their bodies pruned (retention).
     body_watermark: i64,
     last_open_attempt: Option<Instant>,
-    last_open_error: Option<(FaultKind, String)>,
+    last_open_error: Option<StoreError>,
 }
 
 impl Writer {
@@ -656,11 +712,9 @@ impl Writer {
                 .last_open_attempt
                 .is_some_and(|at| at.elapsed() < REOPEN_INTERVAL);
             if recently {
-                let (kind, message) = self
-                    .last_open_error
-                    .clone()
-                    .unwrap_or((FaultKind::Open, "not open".into()));
-                return Err(StoreError::Unavailable { kind, message });
+                return Err(self.last_open_error.clone().unwrap_or_else(|| {
+                    StoreError::unavailable(FaultKind::Open, Unusable::NotOpen)
+                }));
             }
             self.last_open_attempt = Some(Instant::now());
             match Backend::open(&self.config, &self.cursor) {
@@ -719,12 +773,27 @@ impl Writer {
             Some(FaultKind::Other) | None => FaultKind::Open,
             Some(kind) => kind,
         };
-        let message = format!("cannot open {}: {error}", self.config.location.describe());
-        if self.last_open_error.as_ref().map(|(_, m)| m) != Some(&message) {
-            tracing::error!(error = %message, "Store unavailable");
+        let message = error.to_string();
+        let again = self.last_open_error.as_ref().is_some_and(|last| {
+            std::error::Error::source(last)
+                .and_then(std::error::Error::source)
+                .is_some_and(|cause| cause.to_string() == message)
+        });
+        let error = StoreError::unavailable(
+            kind,
+            Unusable::CannotOpen {
+                location: self.config.location.describe(),
+                cause: error,
+            },
+        );
+        if !again {
+            tracing::error!(
+                error = &error as &dyn std::error::Error,
+                "Store unavailable"
+            );
         }
-        self.last_open_error = Some((kind, message.clone()));
-        StoreError::Unavailable { kind, message }
+        self.last_open_error = Some(error.clone());
+        error
     }
 
     fn run(&mut self, mut receiver: mpsc::Receiver<Command>) {
@@ -911,43 +980,40 @@ impl Writer {
                     "A delivery could not be applied; replaying its batch one delivery at a time"
                 );
                 let mut each = Vec::with_capacity(deliveries.len());
-                let mut fault_seen: Option<(FaultKind, String)> = None;
+                let mut fault_seen: Option<StoreError> = None;
                 for delivery in &deliveries {
-                    if let Some((kind, message)) = &fault_seen {
-                        each.push(Err(StoreError::Unavailable {
-                            kind: *kind,
-                            message: message.clone(),
-                        }));
+                    if let Some(fault) = &fault_seen {
+                        each.push(Err(fault.clone()));
                         continue;
                     }
                     each.push(match self.record_in_one_transaction(&[delivery]) {
                         Ok(Ok(done)) => Ok(done),
-                        Ok(Err(_)) => Err(StoreError::Unavailable {
-                            kind: FaultKind::Other,
-                            message: format!("delivery {} could not be applied", delivery.id),
-                        }),
+                        Ok(Err(_)) => Err(StoreError::unavailable(
+                            FaultKind::Other,
+                            Unusable::NotApplied(delivery.id.to_string()),
+                        )),
                         Err(error) => {
-                            fault_seen = Some((error.kind(), error.to_string()));
+                            fault_seen = Some(error.clone());
                             Err(error)
                         }
                     });
                 }
-                if let Some((kind, _)) = fault_seen {
-                    self.forget_connection_after(kind);
+                if let Some(fault) = fault_seen {
+                    self.forget_connection_after(fault.kind());
                 }
                 each
             }
             Err(error) => {
                 let kind = error.kind();
                 self.sink.commit_finished(started.elapsed(), Err(kind));
-                tracing::error!(error = %error, deliveries = records.len(), "Commit failed; answering 503");
+                tracing::error!(
+                    error = &error as &dyn std::error::Error,
+                    deliveries = records.len(),
+                    "Commit failed; answering 503"
+                );
                 self.forget_connection_after(kind);
-                let message = error.to_string();
                 for (_, reply) in records.drain(..) {
-                    let _ = reply.send(Err(StoreError::Unavailable {
-                        kind,
-                        message: message.clone(),
-                    }));
+                    let _ = reply.send(Err(error.clone()));
                 }
                 return;
             }
@@ -1045,15 +1111,30 @@ impl Drop for Writer {
 }
 
 fn fault(error: DbError) -> StoreError {
-    StoreError::Unavailable {
-        kind: error.fault_kind().unwrap_or(FaultKind::Other),
-        message: error.to_string(),
-    }
+    StoreError::unavailable(error.fault_kind().unwrap_or(FaultKind::Other), error)
 }
 
 #[cfg(test)]
 mod tests {
     use std::path::Path;
+
+    use super::{FaultKind, StoreError, Unusable};
+
+    #[test]
+    fn an_unavailable_store_keeps_its_cause_as_the_source() {
+        let error = StoreError::unavailable(FaultKind::Open, Unusable::NoStore("/x/h.db".into()));
+        assert_eq!(error.to_string(), "the store is unavailable (open)");
+        assert_eq!(error.kind(), FaultKind::Open);
+        let cause = std::error::Error::source(&error).expect("a cause");
+        assert_eq!(cause.to_string(), "no store at /x/h.db");
+        assert!(cause.downcast_ref::<Unusable>().is_some());
+        // A batch's replies share one cause.
+        let copy = error.clone();
+        assert!(std::ptr::eq(
+            std::error::Error::source(&copy).unwrap(),
+            cause
+        ));
+    }
 
     /// The migration files in `dir`, by name, in order.
     fn files(dir: &str) -> Vec<String> {
