@@ -766,7 +766,7 @@ impl Settings {
             metrics = toml_str(&self.metrics_addr.to_string()),
             data_dir = toml_str(&self.data_dir.to_string_lossy()),
             allow_unsigned = self.allow_unsigned,
-            shutdown = humantime::format_duration(self.shutdown_timeout),
+            shutdown = duration_text(self.shutdown_timeout),
             max_connections = self.max_connections,
             plugins_dir = match &self.plugins_dir {
                 Some(dir) => format!("plugins_dir = {}\n", toml_str(&dir.to_string_lossy())),
@@ -787,17 +787,17 @@ impl Settings {
                     })
                     .collect::<String>(),
                     pg.pool_size,
-                    humantime::format_duration(pg.statement_timeout),
+                    duration_text(pg.statement_timeout),
                 ),
                 None => String::new(),
             },
             sync = self.store.synchronous.as_str(),
-            busy = humantime::format_duration(self.store.busy_timeout),
+            busy = duration_text(self.store.busy_timeout),
             max_body = self.store.max_body_bytes,
             max_unauth = self.store.max_unauthenticated_rows,
             max_unauth_rate = self.store.max_unauthenticated_per_second,
-            commit_window = humantime::format_duration(self.metrics.commit_window),
-            exposure_window = humantime::format_duration(self.metrics.exposure_window),
+            commit_window = duration_text(self.metrics.commit_window),
+            exposure_window = duration_text(self.metrics.exposure_window),
             log_format = match self.log.format {
                 LogFormat::Text => "text",
                 LogFormat::Json => "json",
@@ -808,7 +808,7 @@ impl Settings {
             r_ledger = self.retention.policy.ledger_days,
             r_events = self.retention.policy.events_days,
             r_total = self.retention.policy.max_body_bytes_total,
-            r_interval = humantime::format_duration(self.retention.interval),
+            r_interval = duration_text(self.retention.interval),
             p_enabled = self.pelorus.enabled,
             p_secrets = secrets(&self.pelorus.secrets),
             p_lenient = self.pelorus.lenient_signatures,
@@ -831,6 +831,21 @@ impl Settings {
             Some(pg) => crate::store::Location::Postgres(Box::new(pg.clone())),
             None => crate::store::Location::Sqlite(self.database_path()),
         }
+    }
+}
+
+/// A duration as `check-config` prints it: in the largest whole unit
+/// (`90d`, `2h`, `30m`, `45s`), which the configuration reads back.
+fn duration_text(duration: Duration) -> String {
+    let seconds = duration.as_secs();
+    if duration.subsec_nanos() != 0 || seconds == 0 {
+        return humantime::format_duration(duration).to_string();
+    }
+    match seconds {
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3_600 == 0 => format!("{}h", s / 3_600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
     }
 }
 
@@ -1067,6 +1082,20 @@ fn load_keys(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_print_in_their_largest_whole_unit_and_read_back() {
+        for (duration, text) in [
+            (Duration::from_secs(90 * 86_400), "90d"),
+            (Duration::from_secs(2 * 3_600), "2h"),
+            (Duration::from_secs(30 * 60), "30m"),
+            (Duration::from_secs(45), "45s"),
+            (Duration::from_millis(1_500), "1s 500ms"),
+        ] {
+            assert_eq!(duration_text(duration), text);
+            assert_eq!(humantime::parse_duration(text).unwrap(), duration);
+        }
+    }
 
     fn load(toml: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
