@@ -203,7 +203,8 @@ def main():
         with Run(root) as run:
             if not os.access(run.bin, os.X_OK):
                 raise BenchError("%s not found (build it, or set BENCH_BIN)" % run.bin)
-            version = subprocess.run([run.bin, "--version"], capture_output=True, text=True).stdout.strip()
+            version = subprocess.run([run.bin, "--version"], capture_output=True, text=True).stdout
+            version = (version.splitlines() or ["hookgauge"])[0].strip()
             wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
             wrk_version = (wrk_version.stdout or wrk_version.stderr).splitlines()[0:1]
             say("hookgauge bench: %s" % run.machine())

@@ -128,7 +128,7 @@ def session(cfg, run, shape, names, table, figures):
     if busy:
         table.row("  under load (c32, one a second; median / max)",
                   "%.1f / %.1f ms" % (median(busy) * 1000, busy[-1] * 1000))
-    table.row("  scrape size, bytes per series", "%s bytes, %.0f" % (commas(size), size / series))
+    table.row("  scrape size, bytes per deploy_timestamp series", "%s bytes, %.0f" % (commas(size), size / series))
     what = "%sVmHWM (peak RSS) after the fill" % prefix
     if full_scale:
         table.check(what, "%s MiB" % mib(hwm), hwm / 1024.0, "<=", cfg.target_rss_mib,
