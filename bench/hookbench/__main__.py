@@ -177,6 +177,7 @@ def run_shape(cfg, run, shape, tables):
             growth.session(cfg, run, shape, [n for n in loads if n != "full"], table, figures)
     if "soak" in names and (not cfg.smoke or shape.name == "S5"):
         growth.soak(cfg, run, shape, table)
+    run.drop_pools()
     if table.rows:
         tables.append(table)
 

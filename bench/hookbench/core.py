@@ -380,6 +380,11 @@ class Run:
              % (commas(count), shape.name, name, time.monotonic() - start, line_len))
         return pools.Pool(path, count, line_len)
 
+    def drop_pools(self):
+        """Removes the pool files (a full run writes about 1 GB of them)."""
+        if not self.keep:
+            shutil.rmtree(os.path.join(self.tmp, "pools"), ignore_errors=True)
+
     # -- wrk
 
     def wrk(self, server, threads, connections, duration, pool, lines, name,
