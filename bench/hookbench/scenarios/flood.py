@@ -21,11 +21,13 @@ def run_flood(cfg, run, shape, table):
         pool = run.pool("flood", max(load.lines_for(cfg, "c1") * 2, 2000), shape)
         quiet = run.wrk(server, 1, 1, cfg.duration, pool, pool.take(pool.count // 2), "flood")
         seconds = duration_seconds(cfg.duration)
+        # The flood starts a little before the valid sender and ends after it.
+        lead = 0.5 if cfg.smoke else 1
         out_path = run.path("flood", "wrk-flood.txt")
         with open(out_path, "wb") as out:
-            flooder = run.spawn(["wrk", "-t1", "-c32", "-d%ds" % (seconds + 2), "-s", run.flood_lua,
+            flooder = run.spawn(["wrk", "-t1", "-c32", "-d%ds" % (seconds + 2 * lead), "-s", run.flood_lua,
                                  server.ingest + "/pelorus/webhook"], stdout=out, stderr=subprocess.STDOUT)
-        time.sleep(1)
+        time.sleep(lead)
         busy = run.wrk(server, 1, 1, cfg.duration, pool, pool.take(pool.count - pool.cursor), "flood")
         rc = flooder.wait()
         run.processes.remove(flooder)
