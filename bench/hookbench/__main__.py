@@ -211,6 +211,7 @@ def main():
             say("hookgauge bench: %s" % run.machine())
             print("    %s (%s), %s" % (version or "hookgauge", run.bin, " ".join(wrk_version)))
             if cfg.smoke:
+                Table.targets = False
                 print("    smoke run: every shape for a second or two with tiny fills; correctness only,"
                       " the figures mean nothing")
             tables = []
