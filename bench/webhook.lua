@@ -1,7 +1,7 @@
 -- wrk script for scripts/bench: sends pre-signed, unique Pelorus `deploytime`
 -- deliveries to hookgauge's POST /pelorus/webhook.
 --
--- The pool file is written by bench/gen_requests.py: fixed-length lines
+-- The pool file is written by bench/hookbench/pool.py: fixed-length lines
 --   <64 hex HMAC-SHA256 signature> <SP> <exact JSON body> <LF>
 -- Each wrk thread owns a disjoint slice of the BENCH_POOL_COUNT lines from
 -- line BENCH_POOL_FIRST on, seeks to it in init() and reads one line per
@@ -16,7 +16,7 @@
 -- That makes "send exactly N deliveries and wait for every answer" possible;
 -- the caller interrupts wrk (SIGINT) once all threads have written a marker.
 --
--- Configuration (environment, set by scripts/bench):
+-- Configuration (environment, set by the harness):
 --   BENCH_POOL_FILE   pool file (required)
 --   BENCH_POOL_COUNT  number of lines of the pool to use (required)
 --   BENCH_POOL_FIRST  first line of the pool to use, 0-based (optional, 0)
@@ -24,9 +24,12 @@
 --   BENCH_THREADS     wrk -t value, to split the pool into slices (required)
 --   BENCH_MARKER_DIR  directory for per-thread "done" markers (optional)
 --
--- done() prints "bench-result key=value" lines that scripts/bench parses:
--- per-status counts of webhook answers (fillers excluded), requests sent,
--- fillers, threads that exhausted their slice, and wrk's socket errors.
+-- done() prints "bench-result key=value" lines that the harness (bench/hookbench)
+-- parses: per-status counts of webhook answers (fillers excluded), requests
+-- sent, fillers, threads that exhausted their slice, wrk's socket errors, the
+-- requests and duration of the run, and the latency distribution in
+-- microseconds: mean, max and the percentiles 50, 75, 90, 99, 99.9 and 99.99
+-- (latency_p99_9_us is p99.9).
 
 local function env_number(name)
    local v = tonumber(os.getenv(name) or "")
@@ -210,9 +213,16 @@ function done(summary, latency, requests)
       string.format("errors_read=%d", e.read),
       string.format("errors_write=%d", e.write),
       string.format("errors_timeout=%d", e.timeout),
-      string.format("lua_p50_us=%d", latency:percentile(50)),
-      string.format("lua_p99_us=%d", latency:percentile(99)),
+      string.format("requests=%d", summary.requests),
+      string.format("duration_us=%d", summary.duration),
+      string.format("latency_mean_us=%.1f", latency.mean),
+      string.format("latency_max_us=%d", latency.max),
    }
+   -- wrk --latency prints 50/75/90/99 only, rounded; these are exact (us).
+   for _, p in ipairs({ 50, 75, 90, 99, 99.9, 99.99 }) do
+      table.insert(out, string.format("latency_p%s_us=%d",
+         (string.format("%g", p):gsub("%.", "_")), latency:percentile(p)))
+   end
    for _, kv in ipairs(out) do
       io.write("bench-result ", kv, "\n")
    end
