@@ -12,6 +12,7 @@ mod cli;
 mod crash;
 mod deploy;
 mod fuzz;
+mod keys;
 mod limits;
 mod monitoring;
 mod page;
