@@ -350,6 +350,20 @@ async fn rules_and_dashboards_compute_the_four_keys_in_a_real_prometheus() {
         expected_quantile(0.5, &bounds, &[1_170.0, 600.0]),
     );
 
+    // Tiers (hookgauge.rules.yml, 4 elite .. 1 low). shop: 4 deploys in 7 days
+    // (4/7 a day: high), lead time p50 within a day (elite), linked change
+    // failure rate 25 % and rework rate 75 % (low), recovery 1 170 s (elite).
+    for (key, tier) in [
+        ("deployment_frequency", 3.0),
+        ("lead_time", 4.0),
+        ("change_failure_rate", 1.0),
+        ("failed_deployment_recovery_time", 4.0),
+        ("rework_rate", 1.0),
+    ] {
+        let expr = format!("hookgauge:tier{{app=\"shop\",key=\"{key}\"}}");
+        assert_close(&expr, prometheus.value(&expr).await, tier);
+    }
+
     // Pelorus-compatible sdp:* rules (visible while the deploys are recent).
     let by_commit = |n: u64| format!("sdp:lead_time:by_commit{{app=\"shop\",commit=\"{n:040x}\"}}");
     assert_close(
