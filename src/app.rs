@@ -62,6 +62,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApp> {
         max_body_bytes: settings.store.max_body_bytes,
         max_unauthenticated_rows: settings.store.max_unauthenticated_rows,
         windows: windows.into(),
+        failure_link_window: settings.metrics.failure_link_window,
     };
     let started = Instant::now();
     let sink = Arc::clone(&view);

@@ -134,6 +134,12 @@ pub struct RawMetrics {
     /// unless its out-of-order window is raised; keep the two in step.
     #[serde(with = "humantime_serde")]
     pub exposure_window: Duration,
+    /// A failure created this long after a deploy of its application (with
+    /// no deploy in between) is tied to that deploy: it counts in the linked
+    /// change failure rate and its recovery in the failed deployment
+    /// recovery time. Replicas sharing a store must agree on it.
+    #[serde(with = "humantime_serde")]
+    pub failure_link_window: Duration,
 }
 
 impl Default for RawMetrics {
@@ -141,6 +147,7 @@ impl Default for RawMetrics {
         RawMetrics {
             commit_window: Duration::from_secs(90 * 24 * 3600),
             exposure_window: Duration::from_secs(30 * 60),
+            failure_link_window: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -217,6 +224,12 @@ pub struct RawSourceOptions {
     pub issue_types: Vec<String>,
     /// GitHub only: also accept the SHA-1 `X-Hub-Signature`.
     pub legacy_sha1_signatures: bool,
+    /// GitHub, GitLab: refs whose deploys are rework (`hotfix/*`).
+    #[serde(deserialize_with = "string_list")]
+    pub rework_refs: Vec<String>,
+    /// GitHub: deployment tasks that are rework (`deploy:hotfix`).
+    #[serde(deserialize_with = "string_list")]
+    pub rework_tasks: Vec<String>,
     /// CDEvents only: how deliveries are authenticated, `hmac` (default),
     /// `bearer` or `standard-webhooks`.
     pub auth: Option<String>,
@@ -393,6 +406,8 @@ impl SourceInstance {
         line("incident_labels", list(&o.incident_labels));
         line("deploy_workflows", list(&o.deploy_workflows));
         line("issue_types", list(&o.issue_types));
+        line("rework_refs", list(&o.rework_refs));
+        line("rework_tasks", list(&o.rework_tasks));
         line(
             "legacy_sha1_signatures",
             o.legacy_sha1_signatures.to_string(),
@@ -475,6 +490,7 @@ pub struct StoreSettings {
 pub struct MetricsSettings {
     pub commit_window: Duration,
     pub exposure_window: Duration,
+    pub failure_link_window: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -566,6 +582,12 @@ impl Settings {
                 "must be greater than zero",
             ));
         }
+        if raw.metrics.failure_link_window.is_zero() {
+            return Err(ConfigError::invalid(
+                "metrics.failure_link_window",
+                "must be greater than zero",
+            ));
+        }
         if raw.metrics.commit_window.is_zero() {
             return Err(ConfigError::invalid(
                 "metrics.commit_window",
@@ -648,6 +670,7 @@ impl Settings {
             metrics: MetricsSettings {
                 commit_window: raw.metrics.commit_window,
                 exposure_window: raw.metrics.exposure_window,
+                failure_link_window: raw.metrics.failure_link_window,
             },
             log: raw.log,
             pelorus,
@@ -743,6 +766,7 @@ impl Settings {
              [metrics]\n\
              commit_window = \"{commit_window}\"\n\
              exposure_window = \"{exposure_window}\"\n\
+             failure_link_window = \"{failure_link_window}\"\n\
              \n\
              [log]\n\
              format = \"{log_format}\"\n\
@@ -798,6 +822,7 @@ impl Settings {
             max_unauth_rate = self.store.max_unauthenticated_per_second,
             commit_window = duration_text(self.metrics.commit_window),
             exposure_window = duration_text(self.metrics.exposure_window),
+            failure_link_window = duration_text(self.metrics.failure_link_window),
             log_format = match self.log.format {
                 LogFormat::Text => "text",
                 LogFormat::Json => "json",
@@ -968,6 +993,8 @@ fn source_instance(
         options.issue_types = raw.issue_types;
     }
     options.deploy_workflows = raw.deploy_workflows;
+    options.rework_refs = raw.rework_refs;
+    options.rework_tasks = raw.rework_tasks;
     options.legacy_sha1_signatures = raw.legacy_sha1_signatures;
     if let Some(auth) = raw.auth {
         options.auth = AuthScheme::parse(&auth).ok_or_else(|| {

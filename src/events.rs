@@ -266,6 +266,9 @@ pub struct Deploy {
     pub image_sha: Option<ImageSha>,
     pub commit: Option<CommitSha>,
     pub environment: Option<Box<str>>,
+    /// The source reports this deploy as unplanned work that restores
+    /// production (a rollback, a hotfix): rework whatever the failures say.
+    pub rework: bool,
     pub time: EventTime,
 }
 

@@ -241,6 +241,24 @@ pub enum Effect {
         app: App,
         seconds: f64,
     },
+    /// A failure tied to a deployment was resolved after this long.
+    FailedDeploymentRecovery {
+        app: App,
+        seconds: f64,
+    },
+    /// A stored deploy was decided rework (`true`), or that decision was
+    /// withdrawn (`false`): each counts once on its own counter.
+    Rework {
+        app: App,
+        namespace: Namespace,
+        rework: bool,
+    },
+    /// A failure was tied to a stored deploy (`true`), or no longer is.
+    DeployFailed {
+        app: App,
+        namespace: Namespace,
+        failed: bool,
+    },
 }
 
 #[cfg(test)]

@@ -157,6 +157,7 @@ fn migrate_store(args: MigrateStoreArgs) -> anyhow::Result<()> {
             commit_window: std::time::Duration::ZERO,
             exposure_window: std::time::Duration::ZERO,
         },
+        failure_link_window: std::time::Duration::from_secs(24 * 3600),
     };
     eprintln!(
         "hookgauge migrate-store: {} -> {}",

@@ -42,6 +42,15 @@ pub struct Metrics {
     pub failures_resolved: IntCounterVec,
     pub lead_time: HistogramVec,
     pub time_to_restore: HistogramVec,
+    /// Deploys decided rework (DORA's fifth key), and those decisions
+    /// withdrawn by a later fact; the rework deploys are their difference.
+    pub rework_deployments: IntCounterVec,
+    pub rework_withdrawn: IntCounterVec,
+    /// Deploys a failure was tied to (the linked change failure rate), and
+    /// those ties withdrawn by a later fact.
+    pub failed_deployments: IntCounterVec,
+    pub failed_withdrawn: IntCounterVec,
+    pub failed_deployment_recovery: HistogramVec,
     pub deliveries: IntCounterVec,
     pub request_duration: HistogramVec,
     pub store_commit_duration: Histogram,
@@ -124,6 +133,38 @@ impl Metrics {
         let time_to_restore = histogram(
             "hookgauge_time_to_restore_seconds",
             "Time from a failure's creation to its resolution, observed once per failure.",
+            &["app"],
+            SPAN_BUCKETS.to_vec(),
+        );
+        let rework_deployments = counter(
+            "hookgauge_rework_deployments_total",
+            "Deployments decided rework (unplanned, made while a failure of the application was \
+             open, or reported so by their source), by application and namespace; subtract \
+             hookgauge_rework_deployments_withdrawn_total for the rework deployments.",
+            &["app", "namespace"],
+        );
+        let rework_withdrawn = counter(
+            "hookgauge_rework_deployments_withdrawn_total",
+            "Rework decisions withdrawn because a later fact (a resolution arriving late) showed \
+             no failure open at the deployment, by application and namespace.",
+            &["app", "namespace"],
+        );
+        let failed_deployments = counter(
+            "hookgauge_failed_deployments_total",
+            "Deployments a production failure was tied to (created within the link window after \
+             the deployment, no deployment in between), by application and namespace.",
+            &["app", "namespace"],
+        );
+        let failed_withdrawn = counter(
+            "hookgauge_failed_deployments_withdrawn_total",
+            "Ties of a failure to a deployment withdrawn by a later fact (a deployment in between, \
+             a newer creation time), by application and namespace.",
+            &["app", "namespace"],
+        );
+        let failed_deployment_recovery = histogram(
+            "hookgauge_failed_deployment_recovery_seconds",
+            "Time from the creation to the resolution of a failure tied to a deployment, observed \
+             once per failure.",
             &["app"],
             SPAN_BUCKETS.to_vec(),
         );
@@ -306,6 +347,11 @@ impl Metrics {
             failures_resolved,
             lead_time,
             time_to_restore,
+            rework_deployments,
+            rework_withdrawn,
+            failed_deployments,
+            failed_withdrawn,
+            failed_deployment_recovery,
             deliveries,
             request_duration,
             store_commit_duration,

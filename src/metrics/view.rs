@@ -17,7 +17,7 @@ use bytes::Bytes;
 
 use super::Metrics;
 use crate::clock::now_seconds;
-use crate::events::{App, ImageSha};
+use crate::events::{App, ImageSha, Namespace};
 use crate::ledger::Effect;
 use crate::store::{CommitSink, FaultKind, RestoreWindows, Restored};
 
@@ -441,12 +441,24 @@ impl CommitSink for View {
                     namespace,
                     count,
                     last,
+                    rework,
+                    rework_withdrawn,
+                    failed,
+                    failed_withdrawn,
                 } => {
                     raise_to(
                         &m.deployments
                             .with_label_values(&[app.as_str(), namespace.as_str()]),
                         count,
                     );
+                    let marks = deploy_marks(m, &app, &namespace);
+                    for (counter, target) in
+                        marks
+                            .iter()
+                            .zip([rework, rework_withdrawn, failed, failed_withdrawn])
+                    {
+                        raise_to(counter, target);
+                    }
                     self.set_last_deploy(&app, namespace.as_str(), last);
                 }
                 Restored::OpenFailure {
@@ -471,6 +483,10 @@ impl CommitSink for View {
                     .observe(seconds),
                 Restored::TimeToRestore { app, seconds } => m
                     .time_to_restore
+                    .with_label_values(&[app.as_str()])
+                    .observe(seconds),
+                Restored::FailedDeploymentRecovery { app, seconds } => m
+                    .failed_deployment_recovery
                     .with_label_values(&[app.as_str()])
                     .observe(seconds),
             }
@@ -505,6 +521,8 @@ impl CommitSink for View {
                     m.deployments
                         .with_label_values(&[app.as_str(), namespace.as_str()])
                         .inc();
+                    // Rework and failed counts exist (at 0) beside every deploy count.
+                    deploy_marks(m, app, namespace);
                     self.set_last_deploy(app, namespace.as_str(), *time);
                     if let Some(image_sha) = image_sha {
                         self.set_deploy(app, namespace.as_str(), *image_sha, *time);
@@ -552,6 +570,34 @@ impl CommitSink for View {
                     .time_to_restore
                     .with_label_values(&[app.as_str()])
                     .observe(*seconds),
+                Effect::FailedDeploymentRecovery { app, seconds } => m
+                    .failed_deployment_recovery
+                    .with_label_values(&[app.as_str()])
+                    .observe(*seconds),
+                Effect::Rework {
+                    app,
+                    namespace,
+                    rework,
+                } => {
+                    let [marked, withdrawn, _, _] = deploy_marks(m, app, namespace);
+                    if *rework {
+                        marked.inc()
+                    } else {
+                        withdrawn.inc()
+                    }
+                }
+                Effect::DeployFailed {
+                    app,
+                    namespace,
+                    failed,
+                } => {
+                    let [_, _, marked, withdrawn] = deploy_marks(m, app, namespace);
+                    if *failed {
+                        marked.inc()
+                    } else {
+                        withdrawn.inc()
+                    }
+                }
             }
         }
     }
@@ -580,6 +626,19 @@ fn failure_counters(m: &Metrics, app: &App) -> (prometheus::IntCounter, promethe
         m.failures.with_label_values(&[app.as_str()]),
         m.failures_resolved.with_label_values(&[app.as_str()]),
     )
+}
+
+/// The rework and failed-deployment counters of an app in a namespace
+/// (decided, withdrawn, each), created together so that every ratio has
+/// its series.
+fn deploy_marks(m: &Metrics, app: &App, namespace: &Namespace) -> [prometheus::IntCounter; 4] {
+    let labels = [app.as_str(), namespace.as_str()];
+    [
+        m.rework_deployments.with_label_values(&labels),
+        m.rework_withdrawn.with_label_values(&labels),
+        m.failed_deployments.with_label_values(&labels),
+        m.failed_withdrawn.with_label_values(&labels),
+    ]
 }
 
 /// Raises a counter to `target` (never lowers it: a counter that went down

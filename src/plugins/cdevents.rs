@@ -174,7 +174,7 @@ impl Plugin for CdEvents {
         }
         match kind.name {
             "service.deployed" | "service.upgraded" | "service.rolledback" => {
-                deploy(cdevent, options)
+                deploy(cdevent, kind.name, options)
             }
             "incident.detected" | "incident.reported" => {
                 incident(cdevent, options, FailureChange::Created)
@@ -320,7 +320,7 @@ fn environment(cdevent: &Value) -> Option<&str> {
 /// `service.deployed`, `.upgraded` or `.rolledback`: a deploy of the service
 /// `subject.id` into `subject.content.environment.id`, of the image the
 /// `artifactId` pins by digest (else of no known image).
-fn deploy(cdevent: &Value, options: &SourceOptions) -> Result<Mapping, PayloadError> {
+fn deploy(cdevent: &Value, kind: &str, options: &SourceOptions) -> Result<Mapping, PayloadError> {
     let environment = environment(cdevent)
         .or_else(|| options.environments.first().map(String::as_str))
         .unwrap_or("production");
@@ -345,6 +345,9 @@ fn deploy(cdevent: &Value, options: &SourceOptions) -> Result<Mapping, PayloadEr
             None
         }
     };
+    // A rollback restores an earlier version because the current one
+    // failed: DORA's unplanned deployment, rework whatever the incidents say.
+    let rework = kind == "service.rolledback";
     let deploy = (|| {
         Some(Event::Deploy(Deploy {
             app: app?,
@@ -352,6 +355,7 @@ fn deploy(cdevent: &Value, options: &SourceOptions) -> Result<Mapping, PayloadEr
             image_sha,
             commit: None,
             environment: Some(environment.into()),
+            rework,
             time: time?,
         }))
     })();
@@ -599,6 +603,8 @@ mod tests {
             };
             assert_eq!(deploy.image_sha, None);
             assert_eq!(deploy.commit, None);
+            // A rollback is rework (DORA's unplanned deployment); an upgrade is not.
+            assert_eq!(deploy.rework, kind.starts_with("service.rolledback"));
             assert_eq!(
                 deploy.app.as_str(),
                 "https://argocd.example/applications/shop"

@@ -976,6 +976,7 @@ impl Declarative {
                         image_sha: image,
                         commit: commit.clone(),
                         environment: environment.clone().map(Into::into),
+                        rework: false,
                         time,
                     })
                 }),

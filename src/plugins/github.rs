@@ -46,6 +46,8 @@ impl Plugin for GitHub {
             "apps",
             "deploy_workflows",
             "legacy_sha1_signatures",
+            "rework_refs",
+            "rework_tasks",
         ]
     }
 
@@ -220,6 +222,15 @@ fn payload_digest(payload: &Value) -> Option<ImageSha> {
     .and_then(|d| ImageSha::parse(d).ok())
 }
 
+/// The source says this deploy restores production: the deployment's
+/// payload flags it (`"rework": true`), or its task or ref is one the
+/// instance lists as rework (`rework_tasks`, `rework_refs`).
+fn reported_rework(payload: &Value, options: &SourceOptions) -> bool {
+    payload::at(payload, "deployment.payload.rework") == Some(&Value::Bool(true))
+        || options.is_rework_task(payload::text(payload, "deployment.task").unwrap_or_default())
+        || options.is_rework_ref(payload::text(payload, "deployment.ref").unwrap_or_default())
+}
+
 fn deployment_status(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadError> {
     if payload::text(payload, "deployment_status.state") != Some("success") {
         return Ok(Mapping::Ignored("deployment_not_successful"));
@@ -245,6 +256,7 @@ fn deployment_status(payload: &Value, options: &SourceOptions) -> Result<Mapping
             image_sha: payload_digest(payload),
             commit: Some(commit?),
             environment: Some(environment.into()),
+            rework: reported_rework(payload, options),
             time: time?,
         }))
     })();
@@ -358,4 +370,41 @@ fn package(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadE
         }))
     })();
     r.finish_event(link)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deploys_are_rework_by_payload_flag_task_or_ref_pattern() {
+        let options = SourceOptions {
+            rework_refs: vec!["hotfix/*".into(), "rollback".into()],
+            rework_tasks: vec!["deploy:hotfix".into()],
+            ..GitHub.defaults()
+        };
+        let payload = |deployment: Value| serde_json::json!({ "deployment": deployment });
+        let cases = [
+            (serde_json::json!({"ref": "main", "task": "deploy"}), false),
+            (serde_json::json!({"ref": "hotfix/login"}), true),
+            (serde_json::json!({"ref": "refs/heads/hotfix/login"}), true),
+            (serde_json::json!({"ref": "hotfixes"}), false),
+            (serde_json::json!({"ref": "rollback"}), true),
+            (serde_json::json!({"ref": "rollback-2"}), false),
+            (serde_json::json!({"task": "deploy:hotfix"}), true),
+            (serde_json::json!({"payload": {"rework": true}}), true),
+            (serde_json::json!({"payload": {"rework": "yes"}}), false),
+        ];
+        for (deployment, rework) in cases {
+            assert_eq!(
+                reported_rework(&payload(deployment.clone()), &options),
+                rework,
+                "{deployment}"
+            );
+        }
+        assert!(!reported_rework(
+            &payload(serde_json::json!({"ref": "hotfix/x"})),
+            &GitHub.defaults()
+        ));
+    }
 }

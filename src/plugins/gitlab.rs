@@ -41,7 +41,15 @@ impl Plugin for GitLab {
     }
 
     fn options(&self) -> &'static [&'static str] {
-        super::FORGE_OPTIONS
+        &[
+            "branches",
+            "environments",
+            "namespaces",
+            "incident_labels",
+            "apps",
+            "deploy_workflows",
+            "rework_refs",
+        ]
     }
 
     fn verifier(&self, secrets: Vec<Secret>, _options: &SourceOptions) -> Result<Verifier, String> {
@@ -157,6 +165,7 @@ fn deployment(payload: &Value, options: &SourceOptions) -> Result<Mapping, Paylo
             image_sha: None,
             commit: Some(commit?),
             environment: Some(environment.into()),
+            rework: options.is_rework_ref(payload::text(payload, "ref").unwrap_or_default()),
             time: time?,
         }))
     })();

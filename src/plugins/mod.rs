@@ -103,6 +103,11 @@ pub struct SourceOptions {
     pub auth: AuthScheme,
     /// The lowercase header carrying the HMAC under [`AuthScheme::Hmac`].
     pub signature_header: &'static str,
+    /// Refs (branches or tags) whose deploys are rework, as the source
+    /// reports them: exact names, or a prefix ending in `*` (`hotfix/*`).
+    pub rework_refs: Vec<String>,
+    /// Deployment tasks (GitHub `deployment.task`) that are rework.
+    pub rework_tasks: Vec<String>,
 }
 
 /// The authentication schemes an operator can choose for a source whose
@@ -184,6 +189,28 @@ impl SourceOptions {
         } else {
             self.branches.iter().any(|b| b == branch)
         }
+    }
+
+    /// A deploy of `reference` (a branch or tag, `refs/heads/` or
+    /// `refs/tags/` optional) is rework: it matches one of `rework_refs`.
+    pub fn is_rework_ref(&self, reference: &str) -> bool {
+        let name = reference
+            .strip_prefix("refs/heads/")
+            .or_else(|| reference.strip_prefix("refs/tags/"))
+            .unwrap_or(reference);
+        !name.is_empty()
+            && self
+                .rework_refs
+                .iter()
+                .any(|pattern| match pattern.strip_suffix('*') {
+                    Some(prefix) => name.starts_with(prefix),
+                    None => name == pattern,
+                })
+    }
+
+    /// A deployment task (GitHub `deployment.task`) that is rework.
+    pub fn is_rework_task(&self, task: &str) -> bool {
+        !task.is_empty() && self.rework_tasks.iter().any(|t| t == task)
     }
 
     pub fn is_deploy_workflow(&self, candidates: &[&str]) -> bool {
@@ -387,6 +414,7 @@ pub fn deploy_event(
             image_sha: None,
             commit,
             environment: Some(environment.into()),
+            rework: false,
             time: time?,
         }))
     })();

@@ -181,6 +181,7 @@ pub fn parse_event(event: PelorusEvent, body: &[u8]) -> Result<Event, PayloadErr
                     image_sha: Some(image_sha?),
                     commit,
                     environment: None,
+                    rework: false,
                     time: time?,
                 }))
             })();

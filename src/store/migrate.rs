@@ -26,7 +26,8 @@ const TABLES: &[(&str, &str)] = &[
     ),
     (
         "deploys",
-        "app, namespace, time, image_sha, commit_sha, environment, delivery_id",
+        "app, namespace, time, image_sha, commit_sha, environment, delivery_id, \
+         rework_reported, rework, rework_marked, failed, failed_marked",
     ),
     (
         "failures",

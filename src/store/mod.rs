@@ -208,12 +208,18 @@ pub enum Restored {
         created: Option<i64>,
         resolved: Option<i64>,
     },
-    /// How many deploys of an app into a namespace, and the latest one's time.
+    /// How many deploys of an app into a namespace, and the latest one's
+    /// time; how often they were decided rework or tied to a failure, and
+    /// how often such a decision was withdrawn.
     DeployCount {
         app: App,
         namespace: Namespace,
         count: u64,
         last: i64,
+        rework: u64,
+        rework_withdrawn: u64,
+        failed: u64,
+        failed_withdrawn: u64,
     },
     /// A failure created and not resolved since.
     OpenFailure {
@@ -231,6 +237,10 @@ pub enum Restored {
         seconds: f64,
     },
     TimeToRestore {
+        app: App,
+        seconds: f64,
+    },
+    FailedDeploymentRecovery {
         app: App,
         seconds: f64,
     },
@@ -286,6 +296,9 @@ pub struct StoreConfig {
     pub max_body_bytes: usize,
     pub max_unauthenticated_rows: u64,
     pub windows: RestoreWindows,
+    /// A failure created this long after a deploy of its application (with
+    /// no deploy in between) is tied to that deploy.
+    pub failure_link_window: Duration,
 }
 
 enum Command {
@@ -926,13 +939,14 @@ impl Writer {
     ) -> Result<Vec<Recorded>, StoreError> {
         let started = Instant::now();
         let max_body = self.config.max_body_bytes;
+        let link_window = self.config.failure_link_window.as_secs() as i64;
         let now_ms = now_seconds() * 1000;
         let result = self.ensure_open().and_then(|db| {
             db.publishing(|tx| {
                 rules::lock_apps(tx, deliveries)?;
                 let mut results = Vec::with_capacity(deliveries.len());
                 for delivery in deliveries {
-                    results.push(rules::record_one(tx, delivery, max_body)?);
+                    results.push(rules::record_one(tx, delivery, max_body, link_window)?);
                 }
                 rules::save_cursors(tx, cursors, forget, now_ms)?;
                 Ok(results)
@@ -1048,6 +1062,7 @@ impl Writer {
         deliveries: &[&Delivery],
     ) -> Result<Result<Committed, usize>, StoreError> {
         let max_body = self.config.max_body_bytes;
+        let link_window = self.config.failure_link_window.as_secs() as i64;
         let keep = self.config.max_unauthenticated_rows;
         let counted = self.unauthenticated_rows;
         let added: u64 = deliveries.iter().map(|d| u64::from(!d.authenticated)).sum();
@@ -1058,7 +1073,7 @@ impl Writer {
                 rules::lock_apps(tx, deliveries.iter().copied())?;
                 let mut results = Vec::with_capacity(deliveries.len());
                 for (index, delivery) in deliveries.iter().enumerate() {
-                    match rules::record_one(tx, delivery, max_body) {
+                    match rules::record_one(tx, delivery, max_body, link_window) {
                         Ok(result) => results.push(result),
                         Err(error) => {
                             if !error.is_fault() {

@@ -36,6 +36,7 @@ pub(super) const MIGRATIONS: &[(&str, &str)] = super::migrations!(
     "0004_poll_state",
     "0005_replicas",
     "0006_links_by_image",
+    "0007_rework",
 );
 
 /// Advisory lock keys (one namespace per purpose, fixed for the product).

@@ -93,6 +93,9 @@ pub fn effects(applied: &[Applied]) -> Vec<Effect> {
 
 pub const LEAD_TIME: &str = "lead_time";
 pub const TIME_TO_RESTORE: &str = "time_to_restore";
+/// Recovery time of a failure tied to a deployment (DORA's failed
+/// deployment recovery time).
+pub const FAILED_DEPLOYMENT_RECOVERY: &str = "failed_deployment_recovery";
 
 /// Queues a redelivery of ledger row `original`: a new row, linked to it,
 /// with its body, headers and instance, in state `queued`.
@@ -420,18 +423,26 @@ pub fn restore(
     )?;
 
     tx.each(
-        "SELECT app, namespace, COUNT(*), MAX(time) FROM deploys GROUP BY app, namespace",
+        "SELECT app, namespace, COUNT(*), MAX(time), CAST(SUM(rework_marked) AS BIGINT), \
+         CAST(SUM(rework_marked - rework) AS BIGINT), CAST(SUM(failed_marked) AS BIGINT), \
+         CAST(SUM(failed_marked - failed) AS BIGINT) FROM deploys GROUP BY app, namespace",
         &[],
         &mut |r| {
             if let (Ok(app), Ok(namespace)) = (
                 App::parse(&r.get::<String>(0)?),
                 Namespace::parse(&r.get::<String>(1)?),
             ) {
+                let count =
+                    |i: usize| -> Result<u64, DbError> { Ok(r.get::<i64>(i)?.max(0) as u64) };
                 items.push(Restored::DeployCount {
                     app,
                     namespace,
-                    count: r.get::<i64>(2)? as u64,
+                    count: count(2)?,
                     last: r.get(3)?,
+                    rework: count(4)?,
+                    rework_withdrawn: count(5)?,
+                    failed: count(6)?,
+                    failed_withdrawn: count(7)?,
                 });
             }
             Ok(())
@@ -488,6 +499,9 @@ pub fn restore(
             match kind.as_str() {
                 LEAD_TIME => part.push(Restored::LeadTime { app, seconds }),
                 TIME_TO_RESTORE => part.push(Restored::TimeToRestore { app, seconds }),
+                FAILED_DEPLOYMENT_RECOVERY => {
+                    part.push(Restored::FailedDeploymentRecovery { app, seconds })
+                }
                 _ => {}
             }
             if part.len() >= PART {
@@ -549,6 +563,7 @@ pub fn record_one(
     tx: &mut dyn Sql,
     delivery: &Delivery,
     max_body_bytes: usize,
+    link_window: i64,
 ) -> Result<Applied, DbError> {
     let (outcome, reason, detail, keys, superseded_by, effects, keep_body) = match &delivery
         .disposition
@@ -597,7 +612,7 @@ pub fn record_one(
                 let mut any_new = false;
                 let mut superseded = None;
                 for event in events {
-                    match apply_event(tx, event, delivery.id.as_str())? {
+                    match apply_event(tx, event, delivery.id.as_str(), link_window)? {
                         EventResult::New(mut e) => {
                             any_new = true;
                             effects.append(&mut e);
@@ -732,11 +747,16 @@ fn delivery_seen(tx: &mut dyn Sql, delivery: &Delivery) -> Result<bool, DbError>
     )
 }
 
-fn apply_event(tx: &mut dyn Sql, event: &Event, delivery_id: &str) -> Result<EventResult, DbError> {
+fn apply_event(
+    tx: &mut dyn Sql,
+    event: &Event,
+    delivery_id: &str,
+    link_window: i64,
+) -> Result<EventResult, DbError> {
     match event {
         Event::Commit(commit) => apply_commit(tx, commit, delivery_id),
-        Event::Deploy(deploy) => apply_deploy(tx, deploy, delivery_id),
-        Event::Failure(failure) => apply_failure(tx, failure, delivery_id),
+        Event::Deploy(deploy) => apply_deploy(tx, deploy, delivery_id, link_window),
+        Event::Failure(failure) => apply_failure(tx, failure, delivery_id, link_window),
         Event::Link(link) => apply_link(tx, link, delivery_id),
     }
 }
@@ -766,10 +786,10 @@ fn observe_once(
     }
     let app = app.clone();
     let seconds = seconds as f64;
-    Ok(Some(if kind == LEAD_TIME {
-        Effect::LeadTime { app, seconds }
-    } else {
-        Effect::TimeToRestore { app, seconds }
+    Ok(Some(match kind {
+        LEAD_TIME => Effect::LeadTime { app, seconds },
+        FAILED_DEPLOYMENT_RECOVERY => Effect::FailedDeploymentRecovery { app, seconds },
+        _ => Effect::TimeToRestore { app, seconds },
     }))
 }
 
@@ -939,6 +959,7 @@ fn apply_deploy(
     tx: &mut dyn Sql,
     deploy: &Deploy,
     delivery_id: &str,
+    link_window: i64,
 ) -> Result<EventResult, DbError> {
     let app = deploy.app.as_str();
     let commit = deploy.commit.as_ref().map(CommitSha::as_str).unwrap_or("");
@@ -965,8 +986,8 @@ fn apply_deploy(
         return Ok(EventResult::Duplicate);
     }
     let inserted = tx.execute(
-        "INSERT INTO deploys (app, namespace, time, image_sha, commit_sha, environment, delivery_id) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+        "INSERT INTO deploys (app, namespace, time, image_sha, commit_sha, environment, delivery_id, \
+         rework_reported) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
         &[
             &app,
             &deploy.namespace.as_str(),
@@ -976,6 +997,7 @@ fn apply_deploy(
             // PostgreSQL text cannot hold NUL; no environment name needs one.
             &deploy.environment.as_deref().unwrap_or("").replace('\0', ""),
             &delivery_id,
+            &i64::from(deploy.rework),
         ],
     )?;
     if inserted == 0 {
@@ -993,6 +1015,22 @@ fn apply_deploy(
     if let Some(commit) = &deploy.commit {
         effects.extend(observe_shipped(tx, &deploy.app, commit, time)?);
     }
+    // This deploy is decided now; the one before it may have been tied to
+    // failures that this one now stands between (it is the later deploy).
+    effects.extend(redecide(
+        tx,
+        &deploy.app,
+        time - link_window,
+        time,
+        link_window,
+    )?);
+    effects.extend(observe_linked_recoveries(
+        tx,
+        &deploy.app,
+        time,
+        time + link_window,
+        link_window,
+    )?);
     Ok(EventResult::New(effects))
 }
 
@@ -1077,6 +1115,7 @@ fn apply_failure(
     tx: &mut dyn Sql,
     failure: &Failure,
     delivery_id: &str,
+    link_window: i64,
 ) -> Result<EventResult, DbError> {
     let app = failure.app.as_str();
     let issue = failure.issue_number.as_str();
@@ -1123,6 +1162,7 @@ fn apply_failure(
         },
         &[&app, &issue, &time, &delivery_id],
     )?;
+    let (before_created, before_resolved) = (created, resolved);
     let (created, resolved) = match failure.change {
         FailureChange::Created => (Some(time), resolved),
         FailureChange::Resolved => (created, Some(time)),
@@ -1152,6 +1192,148 @@ fn apply_failure(
             issue,
             resolved - created,
         )?);
+        effects.extend(observe_linked_recoveries(
+            tx,
+            &failure.app,
+            created - 1,
+            created,
+            link_window,
+        )?);
+    }
+    // The deploys whose decision this change can move: those inside the
+    // failure's open span before or after it (rework), and those in the
+    // link window before either creation time (failed).
+    let spans = [(before_created, before_resolved), (created, resolved)];
+    let mut from = i64::MAX;
+    let mut to = i64::MIN;
+    for (created, resolved) in spans {
+        let Some(created) = created else { continue };
+        from = from.min(created - link_window);
+        to = to.max(match resolved {
+            Some(resolved) if resolved >= created => resolved.max(created),
+            _ => i64::MAX,
+        });
+    }
+    if from <= to {
+        effects.extend(redecide(tx, &failure.app, from, to, link_window)?);
     }
     Ok(EventResult::New(effects))
+}
+
+/// Decides again whether each deploy of `app` between `from` and `to`
+/// (inclusive) is rework and whether a failure is tied to it, from the
+/// facts stored now, and records and reports every decision that changed.
+/// The decisions are functions of the stored facts alone, so whatever
+/// order the facts arrive in, the last transaction leaves the same answer:
+///
+/// - rework: the source reported it so, or a failure of the app was open at
+///   the deploy's time (created at or before it, and not resolved, resolved
+///   at or after it, or resolved before a newer creation);
+/// - failed: a failure of the app was created after the deploy, within
+///   `link_window` seconds, with no other deploy of the app in between.
+fn redecide(
+    tx: &mut dyn Sql,
+    app: &App,
+    from: i64,
+    to: i64,
+    link_window: i64,
+) -> Result<Vec<Effect>, DbError> {
+    type Decision = (String, String, i64, i64, i64, bool, bool);
+    let rows: Vec<Decision> = tx.rows(
+        "SELECT d.namespace, d.image_sha, d.time, d.rework, d.failed, \
+           (d.rework_reported <> 0 OR EXISTS (SELECT 1 FROM failures AS f \
+              WHERE f.app = d.app AND f.created IS NOT NULL AND f.created <= d.time \
+              AND (f.resolved IS NULL OR f.resolved < f.created OR f.resolved >= d.time))), \
+           EXISTS (SELECT 1 FROM failures AS f INDEXED BY failures_by_created \
+              WHERE f.app = d.app AND f.created > d.time AND f.created <= d.time + ?4 \
+              AND NOT EXISTS (SELECT 1 FROM deploys AS later INDEXED BY deploys_by_app_time \
+                WHERE later.app = d.app AND later.time > d.time AND later.time < f.created)) \
+         FROM deploys AS d INDEXED BY deploys_by_app_time \
+         WHERE d.app = ?1 AND d.time >= ?2 AND d.time <= ?3",
+        &[&app.as_str(), &from, &to, &link_window],
+        |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+            ))
+        },
+    )?;
+    let mut effects = Vec::new();
+    for (namespace, image, time, rework, failed, rework_now, failed_now) in rows {
+        let (was_rework, was_failed) = (rework != 0, failed != 0);
+        if was_rework == rework_now && was_failed == failed_now {
+            continue;
+        }
+        tx.execute(
+            "UPDATE deploys SET rework = ?5, failed = ?6, \
+             rework_marked = rework_marked + ?7, failed_marked = failed_marked + ?8 \
+             WHERE app = ?1 AND namespace = ?2 AND image_sha = ?3 AND time = ?4",
+            &[
+                &app.as_str(),
+                &namespace,
+                &image,
+                &time,
+                &i64::from(rework_now),
+                &i64::from(failed_now),
+                &i64::from(rework_now && !was_rework),
+                &i64::from(failed_now && !was_failed),
+            ],
+        )?;
+        let Ok(namespace) = Namespace::parse(&namespace) else {
+            continue;
+        };
+        if was_rework != rework_now {
+            effects.push(Effect::Rework {
+                app: app.clone(),
+                namespace: namespace.clone(),
+                rework: rework_now,
+            });
+        }
+        if was_failed != failed_now {
+            effects.push(Effect::DeployFailed {
+                app: app.clone(),
+                namespace,
+                failed: failed_now,
+            });
+        }
+    }
+    Ok(effects)
+}
+
+/// A recovery-time observation for each failure of `app` created after
+/// `after` and up to `until` that is resolved and tied to a deploy (one of
+/// the app's deploys lies in the `link_window` seconds before its
+/// creation), once per failure.
+fn observe_linked_recoveries(
+    tx: &mut dyn Sql,
+    app: &App,
+    after: i64,
+    until: i64,
+    link_window: i64,
+) -> Result<Vec<Effect>, DbError> {
+    let linked: Vec<(String, i64)> = tx.rows(
+        "SELECT f.issue_number, f.resolved - f.created FROM failures AS f INDEXED BY failures_by_created \
+         WHERE f.app = ?1 AND f.created > ?2 AND f.created <= ?3 \
+         AND f.resolved IS NOT NULL AND f.resolved >= f.created \
+         AND EXISTS (SELECT 1 FROM deploys AS d INDEXED BY deploys_by_app_time WHERE d.app = f.app \
+           AND d.time < f.created AND d.time >= f.created - ?4)",
+        &[&app.as_str(), &after, &until, &link_window],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let mut effects = Vec::new();
+    for (issue, seconds) in linked {
+        effects.extend(observe_once(
+            tx,
+            FAILED_DEPLOYMENT_RECOVERY,
+            app,
+            &issue,
+            seconds,
+        )?);
+    }
+    Ok(effects)
 }

@@ -21,6 +21,7 @@ pub(super) const MIGRATIONS: &[(&str, &str)] = super::migrations!(
     "0004_poll_state",
     "0005_replicas",
     "0006_links_by_image",
+    "0007_rework",
 );
 
 /// WAL size (in pages) at which the writer completes a checkpoint itself.

@@ -660,3 +660,43 @@ async fn cdevents_send_emits_events_the_source_records() {
         ]
     );
 }
+
+/// Issue 21: a `service.rolledback` is a deploy that counts as rework, with
+/// no failure open; a `service.deployed` of the same service is not.
+#[tokio::test]
+async fn cdevents_rollback_counts_as_rework() {
+    let app = spawn_cdevents().await;
+    let rollback = cdevent(
+        "rb-1",
+        "service.rolledback.0.3.0",
+        "2024-05-01T12:00:00Z",
+        json!({"id": "shop", "content": {
+            "environment": {"id": "production"},
+            "artifactId": format!("pkg:oci/shop@{}", DIGEST.replace(':', "%3A")),
+        }}),
+    );
+    for body in [deployed("d-1", "2024-05-01T10:00:00Z"), rollback] {
+        let reply = post_binary(
+            &app,
+            body["context"]["id"].as_str().unwrap(),
+            &serde_json::to_vec(&body).unwrap(),
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        assert_eq!(reply.outcome(), "accepted", "{}", reply.text);
+    }
+    let scrape = app.scrape().await;
+    let labels = [("app", "shop"), ("namespace", "production")];
+    assert_eq!(scrape.value("hookgauge_deployments_total", &labels), 2.0);
+    assert_eq!(
+        scrape.value("hookgauge_rework_deployments_total", &labels),
+        1.0
+    );
+    assert_eq!(
+        app.strings(
+            "SELECT CAST(time AS TEXT) FROM deploys WHERE rework <> 0 AND rework_reported <> 0"
+        ),
+        ["1714564800"]
+    );
+    app.shutdown().await;
+}

@@ -13,6 +13,7 @@ mod crash;
 mod deploy;
 mod docs;
 mod fuzz;
+mod keys;
 mod limits;
 mod monitoring;
 mod page;

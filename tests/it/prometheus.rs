@@ -187,7 +187,14 @@ async fn rules_and_dashboards_compute_the_four_keys_in_a_real_prometheus() {
 
     // Live history. Lead times: shop c1 → first deploy 7 080 s, c2 → 3 510 s
     // (staging first), cart c3 → 1 700 s. Time to restore: shop INC-1 1 170 s.
+    // Five keys (issue 21), by hand: shop's image-0 deploy at t-1500 is the
+    // one INC-1 (created t-1200) is tied to; the three shop deploys after it
+    // were made while INC-1 was open (t-1200 to t-30): rework 3 of 4. cart's
+    // one deploy is followed by INC-2 (t-20): tied. legacy's third deploy is
+    // followed 22 h later by OLD-1 (within the 24 h window), restored in
+    // 600 s. Recovery of tied failures: shop 1 170 s, legacy 600 s.
     let live = [
+        ("deploytime", deploy("shop", "shop-prod", 0, t - 1_500)),
         ("committime", commit("shop", 1, t - 7_200)),
         ("committime", commit("shop", 2, t - 3_600)),
         ("committime", commit("cart", 3, t - 1_800)),
@@ -252,7 +259,7 @@ async fn rules_and_dashboards_compute_the_four_keys_in_a_real_prometheus() {
     assert_close(
         "shop prod today",
         prometheus.value(&increase1d("shop", "shop-prod")).await,
-        2.0,
+        3.0,
     );
     assert_close(
         "shop staging today",
@@ -273,7 +280,7 @@ async fn rules_and_dashboards_compute_the_four_keys_in_a_real_prometheus() {
     assert_close(
         "shop per day",
         prometheus.value(&per_day("shop")).await,
-        3.0 / 7.0,
+        4.0 / 7.0,
     );
     assert_close(
         "legacy per day",
@@ -284,7 +291,7 @@ async fn rules_and_dashboards_compute_the_four_keys_in_a_real_prometheus() {
     assert_close(
         "shop change failure rate",
         prometheus.value(&cfr("shop")).await,
-        1.0 / 3.0,
+        1.0 / 4.0,
     );
     assert_close(
         "cart change failure rate",
@@ -312,6 +319,50 @@ async fn rules_and_dashboards_compute_the_four_keys_in_a_real_prometheus() {
         prometheus.value(expr).await,
         expected_quantile(0.5, &bounds, &[1_170.0]),
     );
+
+    // The five keys' rules (issue 21).
+    for (app, rework, linked) in [
+        ("shop", 3.0 / 4.0, 1.0 / 4.0),
+        ("cart", 0.0, 1.0),
+        ("legacy", 0.0, 1.0 / 3.0),
+    ] {
+        let expr = format!("hookgauge:rework_rate:30d{{app=\"{app}\"}}");
+        assert_close(&expr, prometheus.value(&expr).await, rework);
+        let expr = format!("hookgauge:change_failure_rate_linked:30d{{app=\"{app}\"}}");
+        assert_close(&expr, prometheus.value(&expr).await, linked);
+    }
+    let expr = "hookgauge:rework_rate:30d{scope=\"all\"}";
+    assert_close(expr, prometheus.value(expr).await, 3.0 / 8.0);
+    let expr = "hookgauge:change_failure_rate_linked:30d{scope=\"all\"}";
+    assert_close(expr, prometheus.value(expr).await, 3.0 / 8.0);
+    for (app, recoveries) in [("shop", &[1_170.0][..]), ("legacy", &[600.0][..])] {
+        let expr = format!("hookgauge:failed_deployment_recovery_seconds:p50_30d{{app=\"{app}\"}}");
+        assert_close(
+            &expr,
+            prometheus.value(&expr).await,
+            expected_quantile(0.5, &bounds, recoveries),
+        );
+    }
+    let expr = "hookgauge:failed_deployment_recovery_seconds:p50_30d{scope=\"all\"}";
+    assert_close(
+        expr,
+        prometheus.value(expr).await,
+        expected_quantile(0.5, &bounds, &[1_170.0, 600.0]),
+    );
+
+    // Tiers (hookgauge.rules.yml, 4 elite .. 1 low). shop: 4 deploys in 7 days
+    // (4/7 a day: high), lead time p50 within a day (elite), linked change
+    // failure rate 25 % and rework rate 75 % (low), recovery 1 170 s (elite).
+    for (key, tier) in [
+        ("deployment_frequency", 3.0),
+        ("lead_time", 4.0),
+        ("change_failure_rate", 1.0),
+        ("failed_deployment_recovery_time", 4.0),
+        ("rework_rate", 1.0),
+    ] {
+        let expr = format!("hookgauge:tier{{app=\"shop\",key=\"{key}\"}}");
+        assert_close(&expr, prometheus.value(&expr).await, tier);
+    }
 
     // Pelorus-compatible sdp:* rules (visible while the deploys are recent).
     let by_commit = |n: u64| format!("sdp:lead_time:by_commit{{app=\"shop\",commit=\"{n:040x}\"}}");
