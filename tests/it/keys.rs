@@ -14,7 +14,7 @@ fn failure_body(id: &str, event: &str, timestamp: i64) -> Vec<u8> {
     .unwrap()
 }
 
-async fn deploy(app: &TestApp, n: u64, time: i64) {
+pub async fn deploy(app: &TestApp, n: u64, time: i64) {
     let reply = app
         .post_signed("deploytime", &deploy_body("shop", "prod", &image(n), time))
         .await;
@@ -22,7 +22,7 @@ async fn deploy(app: &TestApp, n: u64, time: i64) {
     assert_eq!(reply.outcome(), "accepted", "deploy {n}");
 }
 
-async fn failure(app: &TestApp, id: &str, event: &str, time: i64) {
+pub async fn failure(app: &TestApp, id: &str, event: &str, time: i64) {
     let reply = app
         .post_signed("failure", &failure_body(id, event, time))
         .await;
