@@ -14,6 +14,7 @@ use crate::events::App;
 use crate::ledger::{Outcome, State};
 use crate::signature::{self, Secret};
 use crate::store::deliveries::{DeliveryFilter, EventFilter, IntervalWindow, EVENT_KINDS};
+use crate::store::keys::WINDOWS;
 use crate::store::{ReplayRefusal, StoreError};
 
 /// Most rows one page of a listing returns.
@@ -32,6 +33,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         )
         .route("/api/v1/events", web::get().to(events))
         .route("/api/v1/sources", web::get().to(sources))
+        .route("/api/v1/keys", web::get().to(keys))
         .route(
             "/api/v1/stats/event-intervals",
             web::get().to(event_intervals),
@@ -457,6 +459,65 @@ async fn event_intervals(req: HttpRequest, state: web::Data<AdminState>) -> Http
         })),
         Err(error) => unavailable(&error).response(),
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysQuery {
+    app: Option<String>,
+    days: Option<String>,
+}
+
+/// `GET /api/v1/keys[?app=&days=]`: the five keys over the last 7, 30 or
+/// 90 days (default 30) with their tiers and 13 weekly trend points, for one
+/// application or for all of them and each (docs/operations.md, "Keys page").
+async fn keys(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
+    if let Err(denied) = authorize(&req, &state.api_keys, Credentials::Bearer) {
+        return denied.response();
+    }
+    let query = match web::Query::<KeysQuery>::from_query(req.query_string()) {
+        Ok(q) => q.into_inner(),
+        Err(e) => return bad_query(&e),
+    };
+    let days = match query.days.as_deref() {
+        None => 30,
+        Some(days) => match days.parse::<u32>() {
+            Ok(days) if WINDOWS.contains(&days) => days,
+            _ => {
+                return problem(StatusCode::UNPROCESSABLE_ENTITY, "days", "not_7_30_or_90")
+                    .response()
+            }
+        },
+    };
+    let app = query.app.filter(|a| !a.is_empty());
+    if let Some(app) = &app {
+        if App::parse(app).is_err() {
+            return problem(StatusCode::UNPROCESSABLE_ENTITY, "app", "invalid_app").response();
+        }
+    }
+    let now = crate::clock::now_ms() / 1000;
+    let facts = match state.ledger.key_facts(app.clone(), now).await {
+        Ok(facts) => facts,
+        Err(error) => return unavailable(&error).response(),
+    };
+    let card =
+        |app: Option<&str>| json!({"keys": facts.window(app, days), "trend": facts.trend(app)});
+    let body = match &app {
+        Some(app) => json!({"days": days, "now": now, "app": app,
+            "keys": facts.window(Some(app), days), "trend": facts.trend(Some(app))}),
+        None => {
+            let apps: Vec<_> = facts
+                .apps()
+                .map(|app| {
+                    let mut one = card(Some(app));
+                    one["app"] = json!(app);
+                    one
+                })
+                .collect();
+            json!({"days": days, "now": now, "all": card(None), "apps": apps})
+        }
+    };
+    HttpResponse::Ok().json(body)
 }
 
 async fn sources(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {

@@ -19,12 +19,14 @@ use super::api::{
 use super::AdminState;
 use crate::signature;
 use crate::store::deliveries::{DeliveryDetail, DeliveryRow, SourceSummary};
+use crate::store::keys::{Figure, Key, KeyFacts, TrendPoint, WINDOWS};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/", web::get().to(index))
         .route("/deliveries/{id}", web::get().to(detail))
         .route("/deliveries/{id}/redeliver", web::post().to(redeliver))
         .route("/sources", web::get().to(sources))
+        .route("/keys", web::get().to(keys))
         .route("/login", web::get().to(login_form))
         .route("/login", web::post().to(login));
 }
@@ -60,7 +62,10 @@ th{background:#eef0f3}pre{background:#fff;border:1px solid #dde1e6;padding:.6rem
 .ignored{background:#fdf1c7;color:#6b4e00}.invalid,.rejected,.errored{background:#fbd5d5;color:#8a1212}\
 .queued,.processing{background:#dbe9ff;color:#123f8a}form.filters{display:flex;flex-wrap:wrap;gap:.6rem;margin:0 0 1rem}\
 label{display:flex;flex-direction:column;font-size:.85em}input,select,button{font:inherit;padding:.25rem .4rem}\
-button{cursor:pointer}.muted{color:#5b6470}table.fields th{width:12rem}";
+button{cursor:pointer}.muted{color:#5b6470}table.fields th{width:12rem}\
+.elite{background:#d5f5dd;color:#0b5c22}.high{background:#dbe9ff;color:#123f8a}.medium{background:#fdf1c7;color:#6b4e00}\
+.low{background:#fbd5d5;color:#8a1212}table.keys{margin:0 0 1.6rem}table.keys td.trend{width:170px}\
+svg.trend polyline{fill:none;stroke:#123f8a;stroke-width:1.5}svg.trend circle{fill:#123f8a}svg.trend line{stroke:#dde1e6}";
 
 fn page(title: &str, body: &str) -> HttpResponse {
     let html = format!(
@@ -68,6 +73,7 @@ fn page(title: &str, body: &str) -> HttpResponse {
          <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
          <title>{} · hookgauge</title><style>{STYLE}</style></head><body>\
          <header><strong>hookgauge</strong><nav><a href=\"/\">Deliveries</a> · <a href=\"/sources\">Sources</a> · \
+         <a href=\"/keys\">Keys</a> · \
          <a href=\"/metrics\">Metrics</a></nav></header><main>{body}</main></body></html>",
         esc(title)
     );
@@ -456,6 +462,184 @@ async fn sources(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse
     {
         Ok(sources) => page("Sources", &sources_body(&sources)),
         Err(error) => unavailable("Sources", &error),
+    }
+}
+
+/// A duration in its two largest units: `4h 0m`, `2d 3h`, `45s`.
+fn duration(seconds: f64) -> String {
+    let s = seconds.round() as i64;
+    let (d, h, m) = (s / 86_400, s % 86_400 / 3_600, s % 3_600 / 60);
+    if d > 0 {
+        format!("{d}d {h}h")
+    } else if h > 0 {
+        format!("{h}h {m}m")
+    } else if m > 0 {
+        format!("{m}m {}s", s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// A key's value as a person reads it.
+fn key_value(key: Key, value: f64) -> String {
+    match key {
+        Key::DeploymentFrequency => format!("{value:.2}/day"),
+        Key::LeadTime | Key::FailedDeploymentRecoveryTime => duration(value),
+        Key::ChangeFailureRate | Key::ReworkRate => format!("{:.1} %", value * 100.0),
+    }
+}
+
+fn figure_cell(key: Key, figure: &Figure) -> String {
+    match (figure.value, figure.tier) {
+        (Some(value), Some(tier)) => format!(
+            "<td class=\"figure\" data-value=\"{value}\"><span class=\"value\">{}</span> {}</td>",
+            esc(&key_value(key, value)),
+            badge(tier.as_str())
+        ),
+        _ => "<td class=\"figure\"><span class=\"muted\">no data</span></td>".into(),
+    }
+}
+
+/// The weekly points of one key as a small line chart: one circle per week
+/// with a value, lines between consecutive ones, 0 at the bottom.
+fn trend_svg(key: Key, points: &[TrendPoint]) -> String {
+    const W: f64 = 160.0;
+    const H: f64 = 36.0;
+    let values: Vec<Option<f64>> = points.iter().map(|p| p.keys.figure(key).value).collect();
+    let max = values.iter().flatten().fold(0.0_f64, |a, b| a.max(*b));
+    let step = W / (values.len().max(2) - 1) as f64;
+    let y = |v: f64| {
+        if max > 0.0 {
+            H - 2.0 - (v / max) * (H - 4.0)
+        } else {
+            H - 2.0
+        }
+    };
+    let described: Vec<String> = values
+        .iter()
+        .map(|v| v.map_or("none".into(), |v| key_value(key, v)))
+        .collect();
+    let mut svg = format!(
+        "<svg class=\"trend\" width=\"{W}\" height=\"{H}\" viewBox=\"-3 -1 {} {}\" role=\"img\" \
+         aria-label=\"{}, weekly\"><title>{}, weekly over 13 weeks: {}</title>\
+         <line x1=\"0\" y1=\"{}\" x2=\"{W}\" y2=\"{}\"/>",
+        W + 6.0,
+        H + 2.0,
+        esc(key.title()),
+        esc(key.title()),
+        esc(&described.join(", ")),
+        H - 2.0,
+        H - 2.0,
+    );
+    let mut run: Vec<String> = Vec::new();
+    let flush = |run: &mut Vec<String>, svg: &mut String| {
+        if run.len() > 1 {
+            let _ = write!(svg, "<polyline points=\"{}\"/>", run.join(" "));
+        }
+        run.clear();
+    };
+    for (i, value) in values.iter().enumerate() {
+        match value {
+            Some(v) => {
+                let (px, py) = (i as f64 * step, y(*v));
+                run.push(format!("{px:.1},{py:.1}"));
+                let _ = write!(svg, "<circle cx=\"{px:.1}\" cy=\"{py:.1}\" r=\"2\"/>");
+            }
+            None => flush(&mut run, &mut svg),
+        }
+    }
+    flush(&mut run, &mut svg);
+    svg.push_str("</svg>");
+    svg
+}
+
+/// One application's (or all applications') keys: a row per key, a column
+/// per window, and the weekly trend.
+fn keys_table(facts: &KeyFacts, app: Option<&str>) -> String {
+    let windows: Vec<_> = WINDOWS.iter().map(|d| facts.window(app, *d)).collect();
+    let trend = facts.trend(app);
+    let (id, title) = match app {
+        Some(app) => (format!("app-{}", enc(app)), esc(app)),
+        None => ("all".to_owned(), "All applications".to_owned()),
+    };
+    let mut out = format!(
+        "<section class=\"app\" id=\"{}\"><h2>{title}</h2><table class=\"keys\"><thead><tr>\
+         <th scope=\"col\">Key</th>",
+        esc(&id)
+    );
+    for (days, keys) in WINDOWS.iter().zip(&windows) {
+        let _ = write!(
+            out,
+            "<th scope=\"col\">{days} days <span class=\"muted\">({} deploy{})</span></th>",
+            keys.deployments,
+            if keys.deployments == 1 { "" } else { "s" }
+        );
+    }
+    out.push_str("<th scope=\"col\">Weekly, 13 weeks</th></tr></thead><tbody>");
+    for key in Key::ALL {
+        let _ = write!(
+            out,
+            "<tr class=\"key\" data-key=\"{}\"><th scope=\"row\">{}</th>",
+            key.name(),
+            esc(key.title())
+        );
+        for keys in &windows {
+            out.push_str(&figure_cell(key, keys.figure(key)));
+        }
+        let _ = write!(
+            out,
+            "<td class=\"trend\">{}</td></tr>",
+            trend_svg(key, &trend)
+        );
+    }
+    out.push_str("</tbody></table></section>");
+    out
+}
+
+fn keys_body(facts: &KeyFacts, app: Option<&str>) -> String {
+    let mut out = String::from(
+        "<h1>The five keys</h1><p class=\"muted\">Computed from the store: deployments per day, the \
+         median change lead time (commits first deployed in the window), the change failure rate of \
+         deployments a failure was tied to, the median recovery time of those failures, and the \
+         share of rework deployments; tiers as in the Prometheus rules. Medians are exact here, \
+         estimated from histogram buckets in Prometheus.</p>",
+    );
+    match app {
+        Some(app) => {
+            out.push_str(&keys_table(facts, Some(app)));
+            out.push_str("<p><a href=\"/keys\">All applications</a></p>");
+        }
+        None => {
+            out.push_str(&keys_table(facts, None));
+            let apps: Vec<&str> = facts.apps().collect();
+            if apps.is_empty() {
+                out.push_str("<p class=\"muted\">No deployment in the last 13 weeks yet.</p>");
+            }
+            for app in apps {
+                out.push_str(&keys_table(facts, Some(app)));
+            }
+        }
+    }
+    out
+}
+
+#[derive(Deserialize)]
+struct KeysPageQuery {
+    app: Option<String>,
+}
+
+async fn keys(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
+    if let Err(denied) = authorize(&req, &state.api_keys, Credentials::BearerOrSession) {
+        return denied_page(denied);
+    }
+    let app = web::Query::<KeysPageQuery>::from_query(req.query_string())
+        .ok()
+        .and_then(|q| q.into_inner().app)
+        .filter(|a| !a.is_empty());
+    let now = crate::clock::now_ms() / 1000;
+    match state.ledger.key_facts(app.clone(), now).await {
+        Ok(facts) => page("Keys", &keys_body(&facts, app.as_deref())),
+        Err(error) => unavailable("Keys", &error),
     }
 }
 

@@ -323,7 +323,7 @@ impl Ledger {
     }
 
     /// Runs `f` on a read connection on a blocking thread.
-    async fn read<T: Send + 'static>(
+    pub(super) async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut dyn Sql) -> Result<T, DbError> + Send + 'static,
     ) -> Result<T, StoreError> {

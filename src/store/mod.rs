@@ -31,6 +31,7 @@ use migrations;
 
 pub mod deliveries;
 pub mod history;
+pub mod keys;
 pub mod migrate;
 pub mod postgres;
 mod rules;

@@ -14,7 +14,7 @@ fn failure_body(id: &str, event: &str, timestamp: i64) -> Vec<u8> {
     .unwrap()
 }
 
-async fn deploy(app: &TestApp, n: u64, time: i64) {
+pub async fn deploy(app: &TestApp, n: u64, time: i64) {
     let reply = app
         .post_signed("deploytime", &deploy_body("shop", "prod", &image(n), time))
         .await;
@@ -22,7 +22,7 @@ async fn deploy(app: &TestApp, n: u64, time: i64) {
     assert_eq!(reply.outcome(), "accepted", "deploy {n}");
 }
 
-async fn failure(app: &TestApp, id: &str, event: &str, time: i64) {
+pub async fn failure(app: &TestApp, id: &str, event: &str, time: i64) {
     let reply = app
         .post_signed("failure", &failure_body(id, event, time))
         .await;
@@ -182,5 +182,266 @@ async fn failures_outside_the_link_window_are_not_tied_to_a_deploy() {
         1_800.0
     );
     assert_eq!(counts(&scrape), (1.0, 0.0, 0.0, 1.0, 0.0));
+    app.shutdown().await;
+}
+
+const DAY: i64 = 86_400;
+
+/// The keys page's and `/api/v1/keys`' scenario, at fixed times before `t`
+/// (`now` when it starts). `shop`, by hand:
+///
+/// | fact | at (from t)   | decided                                       |
+/// |------|---------------|-----------------------------------------------|
+/// | D1   | -1d           | lead time of C1: 2 h                          |
+/// | D2   | -2d           | lead time of C2: 10 h; F1 over by then         |
+/// | D3   | -3d           | lead time of C3: 4 h; failed (F1 at -3d+1h)    |
+/// | F1   | -3d+1h..+3h   | tied to D3, recovered in 7200 s                |
+/// | D4   | -10d          | failed (F2 at -10d+1h)                         |
+/// | F2   | -10d+1h..-9d  | tied to D4, recovered in 82800 s               |
+/// | D4b  | -10d+6h       | rework (F2 open)                               |
+/// | D5   | -40d          | —                                             |
+///
+/// and `cart` deployed once, at -20d.
+pub async fn keys_scenario(app: &TestApp, t: i64) {
+    for (n, c, commit_at) in [
+        (1, "c1", t - DAY - 2 * HOUR),
+        (2, "c2", t - 2 * DAY - 10 * HOUR),
+        (3, "c3", t - 3 * DAY - 4 * HOUR),
+    ] {
+        let commit = serde_json::json!({"app": "shop", "commit_hash": format!("{c:0>40}"),
+            "image_sha": image(n), "namespace": "prod", "timestamp": commit_at});
+        let reply = app
+            .post_signed("committime", &serde_json::to_vec(&commit).unwrap())
+            .await;
+        assert_eq!(reply.status, 202, "{}", reply.text);
+    }
+    for (n, at) in [
+        (1, t - DAY),
+        (2, t - 2 * DAY),
+        (3, t - 3 * DAY),
+        (4, t - 10 * DAY),
+        (5, t - 10 * DAY + 6 * HOUR),
+        (6, t - 40 * DAY),
+    ] {
+        deploy(app, n, at).await;
+    }
+    failure(app, "F1", "created", t - 3 * DAY + HOUR).await;
+    failure(app, "F1", "resolved", t - 3 * DAY + 3 * HOUR).await;
+    failure(app, "F2", "created", t - 10 * DAY + HOUR).await;
+    failure(app, "F2", "resolved", t - 9 * DAY).await;
+    let reply = app
+        .post_signed(
+            "deploytime",
+            &deploy_body("cart", "prod", &image(7), t - 20 * DAY),
+        )
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+}
+
+/// (value, tier) of each key, in the order of the page's rows: deployment
+/// frequency, lead time, change failure rate, recovery time, rework rate.
+pub type Expected = [(Option<f64>, Option<&'static str>); 5];
+
+/// The hand-computed keys of [`keys_scenario`]: (app or "all", days, keys).
+pub fn keys_expected() -> Vec<(&'static str, u32, Expected)> {
+    let (el, hi, me, lo) = (Some("elite"), Some("high"), Some("medium"), Some("low"));
+    vec![
+        // shop: D1-D3 in 7 days; D4 and D4b join in 30; D5 in 90.
+        (
+            "shop",
+            7,
+            [
+                (Some(3.0 / 7.0), hi),
+                (Some(14_400.0), el),
+                (Some(1.0 / 3.0), lo),
+                (Some(7_200.0), hi),
+                (Some(0.0), el),
+            ],
+        ),
+        (
+            "shop",
+            30,
+            [
+                (Some(5.0 / 30.0), hi),
+                (Some(14_400.0), el),
+                (Some(2.0 / 5.0), lo),
+                (Some(45_000.0), hi),
+                (Some(1.0 / 5.0), lo),
+            ],
+        ),
+        (
+            "shop",
+            90,
+            [
+                (Some(6.0 / 90.0), me),
+                (Some(14_400.0), el),
+                (Some(2.0 / 6.0), lo),
+                (Some(45_000.0), hi),
+                (Some(1.0 / 6.0), lo),
+            ],
+        ),
+        // cart: no deploy in 7 days (frequency low, no rates); one in 30.
+        (
+            "cart",
+            7,
+            [
+                (Some(0.0), lo),
+                (None, None),
+                (None, None),
+                (None, None),
+                (None, None),
+            ],
+        ),
+        (
+            "cart",
+            30,
+            [
+                (Some(1.0 / 30.0), me),
+                (None, None),
+                (Some(0.0), el),
+                (None, None),
+                (Some(0.0), el),
+            ],
+        ),
+        (
+            "all",
+            30,
+            [
+                (Some(6.0 / 30.0), hi),
+                (Some(14_400.0), el),
+                (Some(2.0 / 6.0), lo),
+                (Some(45_000.0), hi),
+                (Some(1.0 / 6.0), lo),
+            ],
+        ),
+        (
+            "all",
+            90,
+            [
+                (Some(7.0 / 90.0), me),
+                (Some(14_400.0), el),
+                (Some(2.0 / 7.0), lo),
+                (Some(45_000.0), hi),
+                (Some(1.0 / 7.0), me),
+            ],
+        ),
+    ]
+}
+
+pub const KEY_NAMES: [&str; 5] = [
+    "deployment_frequency",
+    "lead_time",
+    "change_failure_rate",
+    "failed_deployment_recovery_time",
+    "rework_rate",
+];
+
+fn check_keys(keys: &serde_json::Value, expected: &Expected, what: &str) {
+    for (name, (value, tier)) in KEY_NAMES.iter().zip(expected) {
+        let figure = &keys[name];
+        match value {
+            Some(v) => {
+                let got = figure["value"].as_f64().unwrap_or(f64::NAN);
+                assert!((got - v).abs() < 1e-9, "{what} {name}: {got} != {v}");
+            }
+            None => assert!(figure["value"].is_null(), "{what} {name}: {figure}"),
+        }
+        assert_eq!(figure["tier"].as_str(), *tier, "{what} {name}");
+    }
+}
+
+const API_KEY: &str = "keys-test-admin-key";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_keys_api_gives_the_hand_computed_keys() {
+    let app = spawn_app_with(|raw| {
+        raw.sources.pelorus.secrets = vec![SECRET.into()];
+        raw.admin.api_keys = vec![API_KEY.into()];
+    })
+    .await;
+    let t = now();
+    keys_scenario(&app, t).await;
+    let get = |query: &str| {
+        app.client
+            .get(format!("{}/api/v1/keys{query}", app.metrics))
+            .bearer_auth(API_KEY)
+            .send()
+    };
+
+    for (who, days, expected) in keys_expected() {
+        let query = match who {
+            "all" => format!("?days={days}"),
+            app => format!("?app={app}&days={days}"),
+        };
+        let reply = Reply::from(get(&query).await.unwrap()).await;
+        assert_eq!(reply.status, 200, "{query}: {}", reply.text);
+        assert_eq!(reply.json["days"], days);
+        let keys = match who {
+            "all" => &reply.json["all"]["keys"],
+            _ => &reply.json["keys"],
+        };
+        check_keys(keys, &expected, &format!("{who} {days}d"));
+    }
+
+    // Without app: all of them and each; 30 days by default.
+    let reply = Reply::from(get("").await.unwrap()).await;
+    assert_eq!(reply.json["days"], 30);
+    let apps: Vec<&str> = reply.json["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["app"].as_str().unwrap())
+        .collect();
+    assert_eq!(apps, ["cart", "shop"]);
+    let shop = &reply.json["apps"][1];
+    assert_eq!(shop["keys"]["deployments"], 5);
+    assert_eq!(shop["keys"]["failed_deployments"], 2);
+    assert_eq!(shop["keys"]["rework_deployments"], 1);
+    assert_eq!(shop["keys"]["lead_times"], 3);
+    assert_eq!(shop["keys"]["recoveries"], 2);
+    // The trend: 13 weeks, oldest first, each over 7 days; D1-D3 in the
+    // last, D4 and D4b the week before, D5 in the sixth from the end.
+    let trend = shop["trend"].as_array().unwrap();
+    assert_eq!(trend.len(), 13);
+    let deploys: Vec<i64> = trend
+        .iter()
+        .map(|p| p["deployments"].as_i64().unwrap())
+        .collect();
+    assert_eq!(deploys, [0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 2, 3]);
+    assert_eq!(trend[12]["end"], reply.json["now"]);
+    let week_1 = &trend[11];
+    assert_eq!(week_1["change_failure_rate"]["value"], 0.5);
+    assert_eq!(week_1["rework_rate"]["value"], 0.5);
+    assert!(trend[0]["lead_time"]["value"].is_null());
+    assert_eq!(trend[0]["deployment_frequency"]["tier"], "low");
+
+    // days is 7, 30 or 90.
+    for bad in ["?days=14", "?days=week", "?app=shop&days=0"] {
+        let reply = Reply::from(get(bad).await.unwrap()).await;
+        assert_eq!(reply.status, 422, "{bad}: {}", reply.text);
+        assert_eq!(reply.json["field"], "days", "{bad}");
+    }
+    // An API key is required once one is configured.
+    let reply = app.get(format!("{}/api/v1/keys?days=7", app.metrics)).await;
+    assert_eq!(reply.status, 401, "{}", reply.text);
+    let wrong = app
+        .client
+        .get(format!("{}/api/v1/keys", app.metrics))
+        .bearer_auth("not-the-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    // The page takes the same rule: without a session it sends to /login.
+    let page = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(format!("{}/keys", app.metrics))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 303);
+    assert_eq!(page.headers()["location"], "/login");
     app.shutdown().await;
 }

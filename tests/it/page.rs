@@ -234,3 +234,147 @@ async fn a_person_filters_opens_and_redelivers_in_the_browser() {
     client.close().await.unwrap();
     app.shutdown().await;
 }
+
+/// The keys page in headless Chromium: reached from the deliveries page's
+/// navigation after signing in, it shows the hand-computed keys of
+/// `keys::keys_scenario` with their tiers, and a trend chart per key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_reads_the_keys_page_in_the_browser() {
+    use crate::keys::{keys_expected, keys_scenario, KEY_NAMES};
+
+    let driver = start_driver().await;
+    let app = spawn_app_with(|raw| {
+        raw.sources.pelorus.secrets = vec![SECRET.into()];
+        raw.admin.api_keys = vec![KEY.into()];
+    })
+    .await;
+    keys_scenario(&app, now()).await;
+
+    let client = browser(&driver).await;
+    let run = async {
+        client
+            .goto(&format!("{}/login", app.metrics))
+            .await
+            .unwrap();
+        let form = client.form(Locator::Css("form")).await.unwrap();
+        form.set_by_name("key", KEY).await.unwrap();
+        form.submit().await.unwrap();
+        client
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Css("header a[href='/keys']"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        client
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Css("section#all"))
+            .await
+            .unwrap();
+        assert_eq!(client.current_url().await.unwrap().path(), "/keys");
+        let sections = texts(&client, "section.app h2").await;
+        assert_eq!(sections, ["All applications", "cart", "shop"]);
+
+        for (who, days, expected) in keys_expected() {
+            let section = match who {
+                "all" => "all".to_owned(),
+                app => format!("app-{app}"),
+            };
+            let column = [7, 30, 90].iter().position(|d| *d == days).unwrap() + 1;
+            for (name, (value, tier)) in KEY_NAMES.iter().zip(expected) {
+                let css = format!(
+                    "section#{section} tr[data-key='{name}'] td.figure:nth-of-type({column})"
+                );
+                let cell = client.find(Locator::Css(&css)).await.unwrap();
+                let what = format!("{who} {days}d {name}");
+                match value {
+                    Some(v) => {
+                        let shown: f64 = cell
+                            .attr("data-value")
+                            .await
+                            .unwrap()
+                            .unwrap_or_else(|| panic!("{what}: no value"))
+                            .parse()
+                            .unwrap();
+                        assert!((shown - v).abs() < 1e-9, "{what}: {shown} != {v}");
+                        let badge = cell
+                            .find(Locator::Css(".badge"))
+                            .await
+                            .unwrap()
+                            .text()
+                            .await
+                            .unwrap();
+                        assert_eq!(Some(badge.as_str()), tier, "{what}");
+                    }
+                    None => assert_eq!(cell.text().await.unwrap(), "no data", "{what}"),
+                }
+            }
+        }
+        // What a person reads: shop's lead time, failure rate and recovery.
+        let shop_lead = texts(
+            &client,
+            "section#app-shop tr[data-key='lead_time'] td.figure",
+        )
+        .await;
+        assert_eq!(shop_lead[0], "4h 0m elite");
+        let shop_cfr = texts(
+            &client,
+            "section#app-shop tr[data-key='change_failure_rate'] td.figure",
+        )
+        .await;
+        assert_eq!(shop_cfr, ["33.3 % low", "40.0 % low", "33.3 % low"]);
+        let recovery = texts(
+            &client,
+            "section#app-shop tr[data-key='failed_deployment_recovery_time'] td.figure",
+        )
+        .await;
+        assert_eq!(recovery, ["2h 0m high", "12h 30m high", "12h 30m high"]);
+
+        // A trend chart per key and section, server-rendered SVG: shop's
+        // deployment frequency has a point in each of the 13 weeks.
+        assert_eq!(
+            client
+                .find_all(Locator::Css("svg.trend"))
+                .await
+                .unwrap()
+                .len(),
+            15
+        );
+        let points = client
+            .find_all(Locator::Css(
+                "section#app-shop tr[data-key='deployment_frequency'] svg.trend circle",
+            ))
+            .await
+            .unwrap();
+        assert_eq!(points.len(), 13);
+        let source = client.source().await.unwrap();
+        assert!(!source.contains("<script"), "no JavaScript");
+        // Its description, week by week: D5 six weeks ago, D4 and D4b, D1-D3.
+        assert!(
+            source.contains(
+                "0.00/day, 0.00/day, 0.14/day, 0.00/day, 0.00/day, 0.00/day, 0.29/day, 0.43/day</title>"
+            ),
+            "the deployment frequency trend's description"
+        );
+
+        let screenshot = client.screenshot().await.unwrap();
+        let artefacts = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("artefacts");
+        std::fs::create_dir_all(&artefacts).unwrap();
+        std::fs::write(artefacts.join("keys-page.png"), screenshot).unwrap();
+
+        // One application on its own.
+        client
+            .goto(&format!("{}/keys?app=cart", app.metrics))
+            .await
+            .unwrap();
+        assert_eq!(texts(&client, "section.app h2").await, ["cart"]);
+    };
+    tokio::time::timeout(Duration::from_secs(90), run)
+        .await
+        .expect("the browser session finished within 90 s");
+    client.close().await.unwrap();
+    app.shutdown().await;
+}
