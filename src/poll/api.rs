@@ -9,11 +9,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::{Clock, PollError, PollTarget, Provider};
+use super::clock::Clock;
+use super::error::PollError;
+use super::settings::{PollTarget, Provider, TokenSource};
 use crate::metrics::Metrics;
 use crate::signature::Secret;
 use crate::store::PollCursor;
 
+/// Pages of one list read in one poll at most (100 items each).
+pub(super) const MAX_PAGES: usize = 10;
 /// GitHub's pinned API version (POLLING.md §1).
 const GITHUB_API_VERSION: &str = "2022-11-28";
 /// Time allowed for one answer (POLLING.md §6 step 4).
@@ -275,7 +279,7 @@ pub struct Api {
     api_url: String,
     repo: String,
     token: Secret,
-    token_source: super::TokenSource,
+    token_source: TokenSource,
     metrics: Arc<Metrics>,
     gate: Arc<TokenGate>,
     /// Server clock minus local clock, from the last `Date` header.
@@ -731,7 +735,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_limit_one_repository_met_holds_every_repository_of_the_token() {
-        let raw: super::super::RawTarget = toml::from_str(
+        let raw: crate::poll::RawTarget = toml::from_str(
             "repo = \"acme/shop\"\ntoken_env = \"T\"\napi_url = \"http://127.0.0.1:9\"",
         )
         .unwrap();

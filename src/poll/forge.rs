@@ -10,9 +10,10 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::api::{Api, Fetched};
-use super::{
-    mapped, rfc3339, server_time, settled, PollError, PollTarget, Recorder, OVERLAP_SECONDS,
-};
+use super::error::PollError;
+use super::recorder::{mapped, Recorder};
+use super::settings::PollTarget;
+use super::watermark::{rfc3339, server_time, settled, OVERLAP_SECONDS};
 use crate::ledger::Delivery;
 use crate::store::PollCursor;
 

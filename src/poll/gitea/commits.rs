@@ -28,8 +28,9 @@ use serde_json::{json, Value};
 use super::{branch_path, GiteaPoller, EVENT_HEADER, GITEA_JSON, MAX_LIST_PAGES};
 use crate::ledger::Delivery;
 use crate::poll::api::Fetched;
-use crate::poll::mark_of;
-use crate::poll::{forge, mapped, server_time, PollError, OVERLAP_SECONDS};
+use crate::poll::recorder::mapped;
+use crate::poll::watermark::{mark_of, server_time, OVERLAP_SECONDS};
+use crate::poll::{forge, PollError};
 use crate::store::PollCursor;
 
 /// Heads whose statuses are followed for this long after they are seen.

@@ -18,9 +18,10 @@ mod commits;
 mod pulls;
 
 use super::api::Api;
+use super::api::MAX_PAGES;
 use super::forge::{self, Base, IssueList};
 use super::reviews::PULLS_STREAM;
-use super::{PollError, PollTarget, Poller, Recorder, Stream, MAX_PAGES};
+use super::{PollError, PollTarget, Poller, Recorder, Stream};
 use crate::plugins::{gitea::Gitea, Plugin};
 use crate::poll::{poller_new, poller_parts};
 use crate::store::PollCursor;

@@ -18,7 +18,8 @@ use super::{work_in_progress, GiteaPoller, GITEA_JSON, MAX_LIST_PAGES};
 use crate::poll::api::{Api, Listing};
 use crate::poll::reviews;
 use crate::poll::reviews::{last_review, Listed, PullReviews, PULLS_STREAM};
-use crate::poll::{server_time, PollError};
+use crate::poll::watermark::server_time;
+use crate::poll::PollError;
 use crate::poll::{PollTarget, Recorder};
 use crate::store::PollCursor;
 

@@ -11,13 +11,10 @@
 use serde_json::Value;
 
 use super::forge;
-use super::{
-    rfc3339, server_time, Fetched, GithubPoller, PollError, GITHUB_JSON, MAX_PAGES, OVERLAP_SECONDS,
-};
+use super::{Fetched, GithubPoller, PollError, GITHUB_JSON, MAX_PAGES};
 use crate::ledger::Delivery;
 use crate::plugins::{github::GitHub, Plugin};
-use crate::poll::mark_of;
-use crate::poll::HeadMark;
+use crate::poll::watermark::{mark_of, rfc3339, server_time, HeadMark, OVERLAP_SECONDS};
 use crate::store::PollCursor;
 
 const GITHUB_SHA: &str = "application/vnd.github.sha";

@@ -15,16 +15,15 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::api::MAX_PAGES;
 use super::api::{Api, Fetched};
 use super::forge::{self, Base, IssueList};
+use super::recorder::mapped;
 use super::reviews::PULLS_STREAM;
-use super::{
-    mapped, rfc3339, server_time, PollError, PollTarget, Poller, Recorder, Stream, MAX_PAGES,
-    OVERLAP_SECONDS,
-};
+use super::watermark::{mark_of, server_time};
+use super::{PollError, PollTarget, Poller, Recorder, Stream};
 use crate::ledger::Delivery;
 use crate::plugins::{github::GitHub, Plugin};
-use crate::poll::mark_of;
 use crate::poll::{poller_new, poller_parts};
 use crate::store::PollCursor;
 

@@ -13,8 +13,9 @@ use serde_json::{json, Value};
 use super::{GitlabPoller, EVENT_HEADER, GITLAB_JSON};
 use crate::ledger::Delivery;
 use crate::poll::api::Fetched;
-use crate::poll::mark_of;
-use crate::poll::{mapped, rfc3339, server_time, HeadMark, PollError, OVERLAP_SECONDS};
+use crate::poll::recorder::mapped;
+use crate::poll::watermark::{mark_of, rfc3339, server_time, HeadMark, OVERLAP_SECONDS};
+use crate::poll::PollError;
 use crate::store::PollCursor;
 
 impl GitlabPoller {

@@ -16,7 +16,8 @@ use super::{GitlabPoller, GITLAB_JSON};
 use crate::poll::api::{Api, Fetched};
 use crate::poll::reviews;
 use crate::poll::reviews::{Listed, PullReviews, PullState, PULLS_STREAM};
-use crate::poll::{server_time, PollError};
+use crate::poll::watermark::server_time;
+use crate::poll::PollError;
 use crate::poll::{PollTarget, Recorder};
 use crate::store::PollCursor;
 

@@ -19,15 +19,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::api::MAX_PAGES;
 use super::api::{Api, Fetched, Listing};
+use super::recorder::mapped;
 use super::reviews::PULLS_STREAM;
-use super::{
-    mapped, rfc3339, server_time, settled, PollError, PollTarget, Poller, Recorder, Stream,
-    MAX_PAGES, OVERLAP_SECONDS,
-};
+use super::watermark::{mark_of, rfc3339, server_time, settled, OVERLAP_SECONDS};
+use super::{PollError, PollTarget, Poller, Recorder, Stream};
 use crate::ledger::Delivery;
 use crate::plugins::{gitlab::GitLab, Plugin};
-use crate::poll::mark_of;
 use crate::poll::{poller_new, poller_parts};
 use crate::store::PollCursor;
 
@@ -504,11 +503,11 @@ mod tests {
     /// A target polling `acme/shop` with the GitLab source's defaults.
     pub(super) fn target() -> PollTarget {
         PollTarget {
-            provider: super::super::Provider::Gitlab,
+            provider: crate::poll::Provider::Gitlab,
             repo: "acme/shop".into(),
             api_url: "https://gitlab.example/api/v4".into(),
             token: crate::signature::Secret::new("glpat-test"),
-            token_source: super::super::TokenSource::Env("TOKEN".into()),
+            token_source: crate::poll::TokenSource::Env("TOKEN".into()),
             source: "gitlab".into(),
             branch: None,
             options: GitLab.defaults(),
