@@ -120,8 +120,8 @@ pub(super) async fn tracked_branches(
             last_modified,
             ..
         } => {
-            let repository: Value = serde_json::from_slice(&body)
-                .map_err(|e| PollError::Transient(format!("repository: {e}")))?;
+            let repository: Value =
+                serde_json::from_slice(&body).map_err(|e| PollError::json("repository", e))?;
             let branch = repository["default_branch"].as_str().map(str::to_owned);
             let new_cursor = PollCursor {
                 etag,
@@ -137,7 +137,7 @@ pub(super) async fn tracked_branches(
     };
     let branch = branch
         .filter(|b| !b.is_empty())
-        .ok_or_else(|| PollError::Transient("repository: no default_branch".into()))?;
+        .ok_or_else(|| PollError::missing("repository", "no default_branch"))?;
     *cache = Some((branch.clone(), tokio::time::Instant::now()));
     Ok(vec![branch])
 }

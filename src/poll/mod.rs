@@ -36,7 +36,7 @@ use std::time::Duration;
 
 pub use api::{token_gates, TokenGate};
 pub use clock::Clock;
-pub use error::PollError;
+pub use error::{Failure, PollError, Refusal};
 pub use gitea::GiteaPoller;
 pub use github::GithubPoller;
 pub use gitlab::GitlabPoller;
@@ -193,15 +193,15 @@ pub async fn run<P: Poller>(mut poller: P, start: Duration) {
                 tracing::warn!(
                     repo,
                     stream = stream.name(),
-                    error,
+                    error = %error,
                     "Poll failed; backing off"
                 )
             }
-            Err(PollError::Refused(error) | PollError::Gone(error)) => {
+            Err(error @ (PollError::Refused(_) | PollError::Gone { .. })) => {
                 tracing::error!(
                     repo,
                     stream = stream.name(),
-                    error,
+                    error = %error,
                     "Poll refused; retrying at the longest interval"
                 )
             }

@@ -18,7 +18,7 @@ use super::watermark::mark_of;
 use crate::ledger::{Delivery, DeliveryId, Disposition};
 use crate::metrics::Metrics;
 use crate::store::deliveries::{IntervalWindow, Ledger};
-use crate::store::{PollCursor, Store, StoreError};
+use crate::store::{PollCursor, Store};
 
 /// What a poller keeps of the store: the stream states of its repository
 /// as the current stream's poll began, and the streams to let go.
@@ -64,8 +64,7 @@ impl Recorder {
         self.stored = self
             .ledger
             .poll_cursors(prefix)
-            .await
-            .map_err(|e| PollError::Transient(e.to_string()))?
+            .await?
             .into_iter()
             .map(|c| (c.stream.clone(), c))
             .collect();
@@ -102,8 +101,7 @@ impl Recorder {
                 std::mem::take(cursors),
                 std::mem::take(&mut self.forget),
             )
-            .await
-            .map_err(|e: StoreError| PollError::Transient(e.to_string()))?;
+            .await?;
         for (r, event) in recorded.iter().zip(events) {
             self.metrics.count_delivery(source, event, r.outcome);
         }

@@ -109,7 +109,7 @@ impl Outcome {
                 wait: Duration::from_secs((until - now).max(0) as u64),
             },
             Err(PollError::Transient(_)) => Outcome::Transient,
-            Err(PollError::Refused(_) | PollError::Gone(_)) => Outcome::Refused,
+            Err(PollError::Refused(_) | PollError::Gone { .. }) => Outcome::Refused,
         }
     }
 }

@@ -68,7 +68,7 @@ impl GiteaPoller {
         let mark: Option<HeadMark> = mark_of(&cursor);
         let url = format!("{}/branches/{}", self.base, branch_path(branch));
         let answer = match self.api.get(&url, &cursor, "branch", GITEA_JSON).await {
-            Err(PollError::Gone(_)) => {
+            Err(PollError::Gone { .. }) => {
                 tracing::warn!(repo = %self.target.repo, branch, "Tracked branch not found; its commits are not polled");
                 return Ok(());
             }
@@ -85,11 +85,11 @@ impl GiteaPoller {
             } => {
                 new_cursor.etag = etag;
                 new_cursor.last_modified = last_modified;
-                let object: Value = serde_json::from_slice(&body)
-                    .map_err(|e| PollError::Transient(format!("branch: {e}")))?;
+                let object: Value =
+                    serde_json::from_slice(&body).map_err(|e| PollError::json("branch", e))?;
                 let sha = object["commit"]["id"].as_str().unwrap_or_default();
                 if !is_sha(sha) {
-                    return Err(PollError::Transient("branch: no commit id".into()));
+                    return Err(PollError::missing("branch", "no commit id"));
                 }
                 Some(sha.to_owned())
             }
@@ -154,7 +154,7 @@ impl GiteaPoller {
             return self.listed(head, None, window).await;
         };
         match self.listed(head, Some(&old.sha), window).await {
-            Err(PollError::Transient(error)) => {
+            Err(error @ PollError::Transient(_)) => {
                 // A `not` naming a commit the instance no longer has fails
                 // the listing: read down to the old head's time instead.
                 let url = format!(
@@ -166,11 +166,11 @@ impl GiteaPoller {
                     .get(&url, &PollCursor::default(), "commit", GITEA_JSON)
                     .await
                 {
-                    Err(PollError::Gone(_)) => {
+                    Err(PollError::Gone { .. }) => {
                         tracing::warn!(repo = %self.target.repo, "The last head read is gone (history rewritten); reading commits by date");
                         self.listed(head, None, old.at - OVERLAP_SECONDS).await
                     }
-                    Ok(_) => Err(PollError::Transient(error)),
+                    Ok(_) => Err(error),
                     Err(other) => Err(other),
                 }
             }
@@ -258,7 +258,7 @@ impl GiteaPoller {
                 )
                 .await;
             let statuses = match listed {
-                Err(PollError::Gone(_)) => {
+                Err(PollError::Gone { .. }) => {
                     deploys.remove(&sha);
                     continue;
                 }

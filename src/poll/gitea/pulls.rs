@@ -86,7 +86,7 @@ impl PullReviews for GiteaPoller {
             )
             .await
         {
-            Err(PollError::Gone(_)) => return Ok(created),
+            Err(PollError::Gone { .. }) => return Ok(created),
             other => other?.map(|list| list.items).unwrap_or_default(),
         };
         Ok(events

@@ -14,6 +14,7 @@ use super::forge;
 use super::{Fetched, GithubPoller, PollError, GITHUB_JSON, MAX_PAGES};
 use crate::ledger::Delivery;
 use crate::plugins::{github::GitHub, Plugin};
+use crate::poll::error::Failure;
 use crate::poll::watermark::{mark_of, rfc3339, server_time, HeadMark, OVERLAP_SECONDS};
 use crate::store::PollCursor;
 
@@ -38,7 +39,7 @@ impl GithubPoller {
         }
         let url = format!("{}/commits/{branch_path}", self.base);
         let head = match self.api.get(&url, &cursor, "branch_head", GITHUB_SHA).await {
-            Err(PollError::Gone(_)) => {
+            Err(PollError::Gone { .. }) => {
                 tracing::warn!(repo = %self.target.repo, branch, "Tracked branch not found; its commits are not polled");
                 return Ok(());
             }
@@ -49,10 +50,10 @@ impl GithubPoller {
         };
         let sha = String::from_utf8_lossy(&body).trim().to_owned();
         if sha.len() < 40 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(PollError::Transient(format!(
-                "branch_head: not a commit SHA ({} bytes)",
-                body.len()
-            )));
+            return Err(PollError::Transient(Failure::NotASha {
+                endpoint: "branch_head",
+                bytes: body.len(),
+            }));
         }
         if mark.as_ref().is_some_and(|m| m.sha == sha) {
             return Ok(());
@@ -60,7 +61,7 @@ impl GithubPoller {
         let mut backfill = mark.as_ref().and_then(|m| m.backfill.clone());
         let commits = match &mark {
             Some(old) => match self.compare(&old.sha, &sha).await {
-                Err(PollError::Gone(_)) => {
+                Err(PollError::Gone { .. }) => {
                     self.listed(branch, &branch_path, old.at - OVERLAP_SECONDS)
                         .await?
                         .0
@@ -116,8 +117,8 @@ impl GithubPoller {
                 break;
             };
             pages += 1;
-            let page: Value = serde_json::from_slice(&body)
-                .map_err(|e| PollError::Transient(format!("compare: {e}")))?;
+            let page: Value =
+                serde_json::from_slice(&body).map_err(|e| PollError::json("compare", e))?;
             commits.extend(page["commits"].as_array().cloned().unwrap_or_default());
             if pages < MAX_PAGES {
                 next = self.api.same_origin(link);

@@ -228,7 +228,7 @@ impl GithubPoller {
                 .get(&url, &statuses_cursor, "statuses", GITHUB_JSON)
                 .await
             {
-                Err(PollError::Gone(_)) => {
+                Err(PollError::Gone { .. }) => {
                     // Deleted since: nothing more to follow.
                     mark.open.remove(&id);
                     continue;
@@ -247,12 +247,12 @@ impl GithubPoller {
             else {
                 continue;
             };
-            let statuses: Vec<Value> = serde_json::from_slice(&body)
-                .map_err(|e| PollError::Transient(format!("statuses: {e}")))?;
+            let statuses: Vec<Value> =
+                serde_json::from_slice(&body).map_err(|e| PollError::json("statuses", e))?;
             let deployment = match deployments.get(&id) {
                 Some(d) => d.clone(),
                 None => match self.deployment(id).await {
-                    Err(PollError::Gone(_)) => {
+                    Err(PollError::Gone { .. }) => {
                         mark.open.remove(&id);
                         continue;
                     }
@@ -371,8 +371,8 @@ impl GithubPoller {
             .await
         {
             Ok(Fetched::Changed { body, .. }) => serde_json::from_slice::<Vec<Value>>(&body)
-                .map_err(|e| PollError::Transient(format!("statuses: {e}")))?,
-            Ok(Fetched::NotModified) | Err(PollError::Gone(_)) => return Ok(Vec::new()),
+                .map_err(|e| PollError::json("statuses", e))?,
+            Ok(Fetched::NotModified) | Err(PollError::Gone { .. }) => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
         Ok(statuses
@@ -389,9 +389,10 @@ impl GithubPoller {
             .get(&url, &PollCursor::default(), "deployment", GITHUB_JSON)
             .await?
         {
-            Fetched::Changed { body, .. } => serde_json::from_slice(&body)
-                .map_err(|e| PollError::Transient(format!("deployment: {e}"))),
-            Fetched::NotModified => Err(PollError::Transient("unexpected 304".into())),
+            Fetched::Changed { body, .. } => {
+                serde_json::from_slice(&body).map_err(|e| PollError::json("deployment", e))
+            }
+            Fetched::NotModified => Err(PollError::not_modified("deployment")),
         }
     }
 

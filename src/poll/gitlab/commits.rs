@@ -37,20 +37,20 @@ impl GitlabPoller {
             .get(&url, &PollCursor::default(), "branch", GITLAB_JSON)
             .await
         {
-            Err(PollError::Gone(_)) => {
+            Err(PollError::Gone { .. }) => {
                 tracing::warn!(repo = %self.target.repo, branch, "Tracked branch not found; its commits are not polled");
                 return Ok(());
             }
             other => other?,
         };
         let Fetched::Changed { body, .. } = answer else {
-            return Err(PollError::Transient("branch: unexpected 304".into()));
+            return Err(PollError::not_modified("branch"));
         };
-        let head: Value = serde_json::from_slice(&body)
-            .map_err(|e| PollError::Transient(format!("branch: {e}")))?;
+        let head: Value =
+            serde_json::from_slice(&body).map_err(|e| PollError::json("branch", e))?;
         let sha = head["commit"]["id"].as_str().unwrap_or_default().to_owned();
         if sha.len() != 40 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(PollError::Transient("branch: no commit id".into()));
+            return Err(PollError::missing("branch", "no commit id"));
         }
         if mark.as_ref().is_some_and(|m| m.sha == sha) {
             return Ok(());
@@ -59,7 +59,7 @@ impl GitlabPoller {
             Some(old) => match self.compare(&old.sha, &sha).await {
                 Ok(Some(commits)) => commits,
                 // The old head is gone, or the server gave up comparing.
-                Ok(None) | Err(PollError::Gone(_)) => {
+                Ok(None) | Err(PollError::Gone { .. }) => {
                     self.listed(&branch_path, old.at - OVERLAP_SECONDS).await?
                 }
                 Err(e) => return Err(e),
@@ -102,10 +102,10 @@ impl GitlabPoller {
             .get(&url, &PollCursor::default(), "compare", GITLAB_JSON)
             .await?
         else {
-            return Err(PollError::Transient("compare: unexpected 304".into()));
+            return Err(PollError::not_modified("compare"));
         };
-        let compare: Value = serde_json::from_slice(&body)
-            .map_err(|e| PollError::Transient(format!("compare: {e}")))?;
+        let compare: Value =
+            serde_json::from_slice(&body).map_err(|e| PollError::json("compare", e))?;
         if compare["compare_timeout"].as_bool() == Some(true) {
             tracing::warn!(repo = %self.target.repo, "Compare timed out on the server; listing the branch's commits instead");
             return Ok(None);

@@ -156,16 +156,17 @@ impl GitlabPoller {
             .get(&url, &PollCursor::default(), "project", GITLAB_JSON)
             .await?
         else {
-            return Err(PollError::Transient("project: unexpected 304".into()));
+            return Err(PollError::not_modified("project"));
         };
-        let project: Value = serde_json::from_slice(&body)
-            .map_err(|e| PollError::Transient(format!("project: {e}")))?;
+        let project: Value =
+            serde_json::from_slice(&body).map_err(|e| PollError::json("project", e))?;
         let (Some(id), Some(path)) = (
             project["id"].as_u64(),
             project["path_with_namespace"].as_str(),
         ) else {
-            return Err(PollError::Transient(
-                "project: no id or path_with_namespace".into(),
+            return Err(PollError::missing(
+                "project",
+                "no id or path_with_namespace",
             ));
         };
         let configured_by_path = !self.target.repo.bytes().all(|b| b.is_ascii_digit());
@@ -198,8 +199,9 @@ impl GitlabPoller {
         }
         match &self.project.default_branch {
             Some(branch) => Ok(vec![branch.clone()]),
-            None => Err(PollError::Transient(
-                "project: no default_branch (an empty repository?)".into(),
+            None => Err(PollError::missing(
+                "project",
+                "no default_branch (an empty repository?)",
             )),
         }
     }
