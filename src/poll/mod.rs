@@ -28,6 +28,7 @@ mod recorder;
 mod reviews;
 mod schedule;
 mod settings;
+mod streams;
 mod watermark;
 
 use std::future::Future;
@@ -44,10 +45,10 @@ pub use recorder::Recorder;
 pub use schedule::{budget_floor, Outcome, Schedule, Stream};
 pub use settings::{PollTarget, Provider, RawPoll, RawTarget, TokenSource};
 
-/// A repository's poller: its streams, each polled on its own.
 /// The [`Poller`] methods that a poller with the fields `target`
 /// ([`PollTarget`]), `rec` ([`Recorder`]) and `api` (its `Api`) answers
-/// from them, for its `impl Poller`.
+/// from them, for its `impl Poller`; its streams are polled as
+/// `streams::poll_stream` does for every provider, through its `Streams`.
 macro_rules! poller_parts {
     () => {
         fn target(&self) -> &$crate::poll::PollTarget {
@@ -64,6 +65,13 @@ macro_rules! poller_parts {
 
         fn take_poll_interval_hint(&mut self) -> Option<std::time::Duration> {
             self.api.take_hint()
+        }
+
+        async fn poll_stream(
+            &mut self,
+            stream: $crate::poll::Stream,
+        ) -> Result<bool, $crate::poll::PollError> {
+            $crate::poll::streams::poll_stream(self, stream).await
         }
     };
 }
@@ -102,6 +110,7 @@ macro_rules! poller_new {
 }
 use poller_new;
 
+/// A repository's poller: its streams, each polled on its own.
 pub trait Poller: Send {
     fn target(&self) -> &PollTarget;
 

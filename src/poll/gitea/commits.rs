@@ -29,7 +29,8 @@ use super::{branch_path, GiteaPoller, EVENT_HEADER, GITEA_JSON, MAX_LIST_PAGES};
 use crate::ledger::Delivery;
 use crate::poll::api::Fetched;
 use crate::poll::recorder::mapped;
-use crate::poll::watermark::{mark_of, server_time, OVERLAP_SECONDS};
+use crate::poll::streams::{branch_head, head_cursor};
+use crate::poll::watermark::{server_time, OVERLAP_SECONDS};
 use crate::poll::{forge, PollError};
 use crate::store::PollCursor;
 
@@ -62,17 +63,20 @@ impl GiteaPoller {
         deliveries: &mut Vec<Delivery>,
         cursors: &mut Vec<PollCursor>,
     ) -> Result<(), PollError> {
-        let cursor = self
-            .rec
-            .cursor(self.target.stream(&format!("head|{branch}")));
-        let mark: Option<HeadMark> = mark_of(&cursor);
+        let (cursor, mark) = head_cursor::<HeadMark>(&self.rec, &self.target, branch);
         let url = format!("{}/branches/{}", self.base, branch_path(branch));
-        let answer = match self.api.get(&url, &cursor, "branch", GITEA_JSON).await {
-            Err(PollError::Gone { .. }) => {
-                tracing::warn!(repo = %self.target.repo, branch, "Tracked branch not found; its commits are not polled");
-                return Ok(());
-            }
-            other => other?,
+        let Some(answer) = branch_head(
+            &mut self.api,
+            &self.target,
+            branch,
+            &url,
+            &cursor,
+            "branch",
+            GITEA_JSON,
+        )
+        .await?
+        else {
+            return Ok(());
         };
         let mut new_cursor = cursor.clone();
         let head = match answer {

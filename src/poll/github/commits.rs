@@ -10,12 +10,13 @@
 
 use serde_json::Value;
 
-use super::forge;
 use super::{Fetched, GithubPoller, PollError, GITHUB_JSON, MAX_PAGES};
 use crate::ledger::Delivery;
 use crate::plugins::{github::GitHub, Plugin};
 use crate::poll::error::Failure;
-use crate::poll::watermark::{mark_of, rfc3339, server_time, HeadMark, OVERLAP_SECONDS};
+use crate::poll::forge;
+use crate::poll::streams::{branch_head, head_cursor};
+use crate::poll::watermark::{rfc3339, server_time, HeadMark, OVERLAP_SECONDS};
 use crate::store::PollCursor;
 
 const GITHUB_SHA: &str = "application/vnd.github.sha";
@@ -28,24 +29,24 @@ impl GithubPoller {
         deliveries: &mut Vec<Delivery>,
         cursors: &mut Vec<PollCursor>,
     ) -> Result<(), PollError> {
-        let cursor = self
-            .rec
-            .cursor(self.target.stream(&format!("head|{branch}")));
-        let mut mark: Option<HeadMark> = mark_of(&cursor);
+        let (cursor, mut mark) = head_cursor::<HeadMark>(&self.rec, &self.target, branch);
         let branch_path: String = form_urlencoded::byte_serialize(branch.as_bytes()).collect();
         if let Some(unfinished) = mark.as_mut().filter(|m| m.backfill.is_some()) {
             self.backfill_commits(branch, unfinished, &cursor, deliveries, cursors)
                 .await?;
         }
         let url = format!("{}/commits/{branch_path}", self.base);
-        let head = match self.api.get(&url, &cursor, "branch_head", GITHUB_SHA).await {
-            Err(PollError::Gone { .. }) => {
-                tracing::warn!(repo = %self.target.repo, branch, "Tracked branch not found; its commits are not polled");
-                return Ok(());
-            }
-            other => other?,
-        };
-        let Fetched::Changed { body, .. } = head else {
+        let head = branch_head(
+            &mut self.api,
+            &self.target,
+            branch,
+            &url,
+            &cursor,
+            "branch_head",
+            GITHUB_SHA,
+        )
+        .await?;
+        let Some(Fetched::Changed { body, .. }) = head else {
             return Ok(());
         };
         let sha = String::from_utf8_lossy(&body).trim().to_owned();

@@ -14,7 +14,8 @@ use super::{GitlabPoller, EVENT_HEADER, GITLAB_JSON};
 use crate::ledger::Delivery;
 use crate::poll::api::Fetched;
 use crate::poll::recorder::mapped;
-use crate::poll::watermark::{mark_of, rfc3339, server_time, HeadMark, OVERLAP_SECONDS};
+use crate::poll::streams::{branch_head, head_cursor};
+use crate::poll::watermark::{rfc3339, server_time, HeadMark, OVERLAP_SECONDS};
 use crate::poll::PollError;
 use crate::store::PollCursor;
 
@@ -26,22 +27,23 @@ impl GitlabPoller {
         deliveries: &mut Vec<Delivery>,
         cursors: &mut Vec<PollCursor>,
     ) -> Result<(), PollError> {
-        let cursor = self
-            .rec
-            .cursor(self.target.stream(&format!("head|{branch}")));
-        let mark: Option<HeadMark> = mark_of(&cursor);
+        let (cursor, mark) = head_cursor::<HeadMark>(&self.rec, &self.target, branch);
         let branch_path: String = form_urlencoded::byte_serialize(branch.as_bytes()).collect();
         let url = format!("{}/repository/branches/{branch_path}", self.base());
-        let answer = match self
-            .api
-            .get(&url, &PollCursor::default(), "branch", GITLAB_JSON)
-            .await
-        {
-            Err(PollError::Gone { .. }) => {
-                tracing::warn!(repo = %self.target.repo, branch, "Tracked branch not found; its commits are not polled");
-                return Ok(());
-            }
-            other => other?,
+        // GitLab has no conditional read of a head: never validators.
+        let none = PollCursor::default();
+        let Some(answer) = branch_head(
+            &mut self.api,
+            &self.target,
+            branch,
+            &url,
+            &none,
+            "branch",
+            GITLAB_JSON,
+        )
+        .await?
+        else {
+            return Ok(());
         };
         let Fetched::Changed { body, .. } = answer else {
             return Err(PollError::not_modified("branch"));
