@@ -13,9 +13,12 @@ use serde_json::{json, Value};
 use wiremock::matchers::path_regex;
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
+use hookgauge::poll::{token_gates, GiteaPoller, PollError, Provider, Stream};
+
 use crate::harness::{fixture, now, spawn_app_with, TestApp, SECRET};
 use crate::polling::{
-    assert_webhook_is_duplicate, awaiting_review, eventually, review_waits, rfc3339,
+    answered, assert_webhook_is_duplicate, awaiting_review, commit_time, deployments_total,
+    eventually, review_waits, rfc3339, Rig, Stepped,
 };
 use crate::sources::{post, provider_headers};
 
@@ -496,14 +499,6 @@ async fn lists_are_followed_by_link_past_a_clamped_page_size() {
     app.shutdown().await;
 }
 
-async fn commit_time(app: &TestApp, sha: &str) -> Option<f64> {
-    app.scrape()
-        .await
-        .find("commit_timestamp", &[("app", "acme/shop"), ("commit", sha)])
-        .first()
-        .map(|s| s.value)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_of_the_default_branch_are_recorded_once_across_restarts() {
     let server = MockServer::start().await;
@@ -611,11 +606,11 @@ async fn a_deploy_status_polled_and_delivered_by_webhook_counts_once() {
     let source = json!({"secrets": [SECRET], "deploy_workflows": ["deploy/production"]});
     let (_token_dir, mut app) = app_polling(&server, source).await;
     eventually("the polled deploy", || async {
-        deploy_count(&app).await == 1.0
+        deployments_total(&app).await == 1.0
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(deploy_count(&app).await, 1.0);
+    assert_eq!(deployments_total(&app).await, 1.0);
     assert_eq!(fake.count(&format!("/statuses/{head}")), 1);
 
     // The same status as Gitea's webhook: already counted.
@@ -623,7 +618,7 @@ async fn a_deploy_status_polled_and_delivered_by_webhook_counts_once() {
     payload["sha"] = json!(head);
     payload["repository"] = json!({"full_name": "acme/shop"});
     assert_webhook_is_duplicate(&app, "gitea", "status", "hook-status-3", &payload).await;
-    assert_eq!(deploy_count(&app).await, 1.0);
+    assert_eq!(deployments_total(&app).await, 1.0);
 
     // Deployed: its statuses are let go.
     app.restart().await;
@@ -634,13 +629,6 @@ async fn a_deploy_status_polled_and_delivered_by_webhook_counts_once() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(fake.count(&format!("/statuses/{head}")), 1);
     app.shutdown().await;
-}
-
-async fn deploy_count(app: &TestApp) -> f64 {
-    app.scrape().await.value_or_zero(
-        "hookgauge_deployments_total",
-        &[("app", "acme/shop"), ("namespace", "production")],
-    )
 }
 
 fn pull(number: u64, title: &str, author: &str, base: &str, created: i64, updated: i64) -> Value {
@@ -768,57 +756,62 @@ async fn review_waits_are_gauged_until_someone_reviews() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// A Gitea poller of `acme/shop` on the fake, stepped on `rig`.
+fn gitea(rig: &Rig, server: &MockServer) -> Stepped<GiteaPoller> {
+    let api_url = format!("{}/api/v1", server.uri());
+    let target = Rig::target(Provider::Gitea, "acme/shop", &api_url, TOKEN, "");
+    let gate = token_gates(std::slice::from_ref(&target)).remove(0);
+    rig.poller(target, gate, GiteaPoller::new, GiteaPoller::with_clock)
+}
+
+#[tokio::test]
 async fn a_proxy_429_with_retry_after_holds_every_stream_until_then() {
     let server = MockServer::start().await;
     let fake = FakeGitea::start(&server).await;
     fake.with(|repo| repo.throttle = 1);
-    let (_token_dir, app) = app_polling(&server, json!({})).await;
-    eventually("the refused request", || async {
-        !fake.log.lock().unwrap().is_empty()
-    })
-    .await;
-    eventually("a request after the wait", || async {
-        fake.log.lock().unwrap().len() >= 2
-    })
-    .await;
-    let log = fake.log.lock().unwrap().clone();
-    let waited = log[1].0 - log[0].0;
+    let rig = Rig::start().await;
+    let mut shop = gitea(&rig, &server);
+    let (first, limited) = shop.step(&rig).await;
     assert!(
-        waited >= Duration::from_secs(2),
-        "the next request came {waited:?} after a Retry-After of 2 s"
+        matches!(limited, Err(PollError::RateLimited { .. })),
+        "{limited:?}"
     );
-    assert!(waited < Duration::from_secs(5), "{waited:?}");
+    // Every stream waits: one polled meanwhile asks nothing.
+    let held = shop.poll(&rig, Stream::Commits).await;
+    assert!(
+        matches!(held, Err(PollError::RateLimited { .. })),
+        "{held:?}"
+    );
+    assert_eq!(fake.log.lock().unwrap().len(), 1);
+    let (_, wait) = shop.next(&rig);
+    assert!(
+        wait >= Duration::from_secs(2),
+        "the next request comes {wait:?} after a Retry-After of 2 s"
+    );
+    assert!(wait < Duration::from_secs(5), "{wait:?}");
+    let (again, result) = shop.step(&rig).await;
+    assert_eq!(again, first, "the refused stream is the first polled again");
+    assert!(result.is_ok(), "{result:?}");
+    let log = fake.log.lock().unwrap().clone();
     assert_eq!(
         log[1].1.url.path(),
         log[0].1.url.path(),
         "the refused request is the first sent again"
     );
-    assert_eq!(
-        app.scrape().await.value(
-            "hookgauge_poll_requests_total",
-            &[
-                ("repo", "acme/shop"),
-                ("endpoint", "issues"),
-                ("status", "429")
-            ]
-        ),
-        1.0
-    );
-    app.shutdown().await;
+    assert_eq!(answered(&rig.scrape(), "issues", "429"), 1.0);
+    rig.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn a_deleted_repository_is_not_asked_again_soon() {
     let server = MockServer::start().await;
     let fake = FakeGitea::start(&server).await;
     fake.with(|repo| repo.deleted = true);
-    let (_token_dir, app) = app_polling(&server, json!({})).await;
-    eventually("each stream's 404", || async {
-        fake.log.lock().unwrap().len() >= 3
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rig = Rig::start().await;
+    let mut shop = gitea(&rig, &server);
+    for result in shop.poll_each(&rig).await {
+        assert!(matches!(result, Err(PollError::Gone { .. })), "{result:?}");
+    }
     let paths: Vec<String> = fake
         .log
         .lock()
@@ -833,20 +826,14 @@ async fn a_deleted_repository_is_not_asked_again_soon() {
             "/api/v1/repos/acme/shop",
             "/api/v1/repos/acme/shop"
         ],
-        "one 404 per stream, then nothing until the longest interval"
+        "one 404 per stream"
     );
-    assert_eq!(
-        app.scrape().await.value(
-            "hookgauge_poll_requests_total",
-            &[
-                ("repo", "acme/shop"),
-                ("endpoint", "repository"),
-                ("status", "404")
-            ]
-        ),
-        2.0
-    );
-    app.shutdown().await;
+    assert_eq!(answered(&rig.scrape(), "repository", "404"), 2.0);
+    // Then nothing until the longest interval (30 min).
+    assert!(shop.schedule.degraded());
+    let (_, wait) = shop.next(&rig);
+    assert!(wait >= Duration::from_secs(29 * 60), "{wait:?}");
+    rig.shutdown().await;
 }
 
 /// `hookgauge check-config` on `config`: exit code, stdout, stderr.

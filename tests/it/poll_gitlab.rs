@@ -13,9 +13,12 @@ use serde_json::{json, Value};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
+use hookgauge::poll::{token_gates, Clock, GitlabPoller, PollError, Provider, Stream};
+
 use crate::harness::{now, TestApp, SECRET};
 use crate::polling::{
-    assert_webhook_is_duplicate, awaiting_review, eventually, requests_to, review_waits, rfc3339,
+    answered, assert_webhook_is_duplicate, awaiting_review, commit_time, deployments_of,
+    deployments_total, eventually, http_date, requests_to, review_waits, rfc3339, Rig, Stepped,
 };
 
 const TOKEN: &str = "glpat-fake-token-for-tests";
@@ -304,13 +307,6 @@ fn deployment(id: i64, updated: i64, status: &str) -> Value {
     })
 }
 
-async fn deployments_total(app: &TestApp) -> f64 {
-    app.scrape().await.value_or_zero(
-        "hookgauge_deployments_total",
-        &[("app", "acme/shop"), ("namespace", "production")],
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gitlab_deployments_are_read_by_paired_updated_after_through_links_and_count_once() {
     let server = MockServer::start().await;
@@ -414,8 +410,9 @@ async fn gitlab_deployments_are_read_by_paired_updated_after_through_links_and_c
 }
 
 /// Deployments answered 429 three ways, then 200: `Retry-After` (with a
-/// later `RateLimit-Reset`), then `RateLimit-Reset` alone, then neither.
-struct Throttled(AtomicUsize);
+/// later `RateLimit-Reset`), then `RateLimit-Reset` alone, then neither;
+/// resets on `clock`.
+struct Throttled(AtomicUsize, Clock);
 
 impl Respond for Throttled {
     fn respond(&self, request: &Request) -> ResponseTemplate {
@@ -423,44 +420,56 @@ impl Respond for Throttled {
             return refused;
         }
         let refused = json!({"message": "Retry later"});
-        match self.0.fetch_add(1, Ordering::SeqCst) {
+        let now = self.1.now_seconds();
+        let date = http_date(now);
+        let template = match self.0.fetch_add(1, Ordering::SeqCst) {
             0 => ResponseTemplate::new(429)
                 .insert_header("retry-after", "2")
-                .insert_header("ratelimit-reset", (now() + 30).to_string().as_str())
+                .insert_header("ratelimit-reset", (now + 30).to_string().as_str())
                 .set_body_json(refused),
             1 => ResponseTemplate::new(429)
-                .insert_header("ratelimit-reset", (now() + 8).to_string().as_str())
+                .insert_header("ratelimit-reset", (now + 8).to_string().as_str())
                 .set_body_json(refused),
             2 => ResponseTemplate::new(429).set_body_json(refused),
-            _ => answer(200).set_body_json(json!([deployment(7, now() - 600, "success")])),
-        }
+            _ => answer(200).set_body_json(json!([deployment(7, now - 600, "success")])),
+        };
+        // The server's clock is the rig's.
+        template.insert_header("date", date.as_str())
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// A GitLab poller of `acme/shop` on the fake, stepped on `rig`.
+fn gitlab(rig: &Rig, server: &MockServer) -> Stepped<GitlabPoller> {
+    let api_url = format!("{}/api/v4", server.uri());
+    let target = Rig::target(Provider::Gitlab, "acme/shop", &api_url, TOKEN, "");
+    let gate = token_gates(std::slice::from_ref(&target)).remove(0);
+    rig.poller(target, gate, GitlabPoller::new, GitlabPoller::with_clock)
+}
+
+#[tokio::test]
 async fn gitlab_429s_wait_for_retry_after_then_the_reset_then_back_off() {
     let server = MockServer::start().await;
+    let rig = Rig::start().await;
     mount(
         &server,
         &format!("{PROJECT}/deployments"),
-        Throttled(AtomicUsize::new(0)),
+        Throttled(AtomicUsize::new(0), rig.clock.clone()),
     )
     .await;
     mount_quiet_project(&server).await;
-    let started = std::time::Instant::now();
-    let (_token_dir, app) = app_polling(&server, false).await;
+    let mut shop = gitlab(&rig, &server);
+    // When each deployments request went (seconds on the rig's clock).
     let mut times = Vec::new();
-    for n in 1..=4 {
-        eventually(&format!("deployments request {n}"), || async {
-            requests_to(&server, "/deployments").await.len() >= n
-        })
-        .await;
-        times.push(started.elapsed().as_secs_f64());
+    while times.len() < 4 {
+        let (stream, result) = shop.step(&rig).await;
+        if stream == Stream::Deployments {
+            times.push(rig.since_start().as_secs_f64());
+            assert_eq!(result.is_ok(), times.len() == 4, "{result:?}");
+        }
+        assert!(rig.since_start() < Duration::from_secs(60), "{times:?}");
     }
-    eventually("the deploy", || async {
-        deployments_total(&app).await == 1.0
-    })
-    .await;
+    assert_eq!(requests_to(&server, "/deployments").await.len(), 4);
+    assert_eq!(deployments_of(&rig.scrape()), 1.0);
     let gaps: Vec<f64> = times.windows(2).map(|w| w[1] - w[0]).collect();
     // Retry-After: 2 s, although the reset is 30 s ahead.
     assert!((1.9..4.0).contains(&gaps[0]), "{gaps:?}");
@@ -470,10 +479,10 @@ async fn gitlab_429s_wait_for_retry_after_then_the_reset_then_back_off() {
     // Neither: backoff (the first failure waits at most 2 s), not the
     // earlier reset.
     assert!(gaps[2] < 3.0, "{gaps:?}");
-    app.shutdown().await;
+    rig.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn a_gitlab_403_is_not_retried_while_other_streams_go_on() {
     let server = MockServer::start().await;
     Mock::given(method("GET"))
@@ -483,25 +492,22 @@ async fn a_gitlab_403_is_not_retried_while_other_streams_go_on() {
         .mount(&server)
         .await;
     mount_quiet_project(&server).await;
-    let (_token_dir, app) = app_polling(&server, false).await;
-    eventually("the merge requests after the refusal", || async {
-        !requests_to(&server, "/merge_requests").await.is_empty()
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rig = Rig::start().await;
+    let mut shop = gitlab(&rig, &server);
+    let refused = shop.poll(&rig, Stream::Deployments).await;
+    assert!(matches!(refused, Err(PollError::Refused(_))), "{refused:?}");
+    assert!(shop.schedule.degraded());
+    // The other streams go on; the refused one waits for its longest
+    // interval (30 min).
+    while rig.since_start() + shop.next(&rig).1 < Duration::from_secs(29 * 60) {
+        let (stream, result) = shop.step(&rig).await;
+        assert_ne!(stream, Stream::Deployments, "at {:?}", rig.since_start());
+        assert!(result.is_ok(), "{stream:?}: {result:?}");
+    }
+    assert!(!requests_to(&server, "/merge_requests").await.is_empty());
     assert_eq!(requests_to(&server, "/deployments").await.len(), 1);
-    let scrape = app.scrape().await;
-    assert_eq!(
-        scrape.value(
-            "hookgauge_poll_requests_total",
-            &[
-                ("repo", "acme/shop"),
-                ("endpoint", "deployments"),
-                ("status", "403")
-            ]
-        ),
-        1.0
-    );
+    let scrape = rig.scrape();
+    assert_eq!(answered(&scrape, "deployments", "403"), 1.0);
     // The quota is read from GitLab's headers.
     assert_eq!(
         scrape.value(
@@ -510,7 +516,7 @@ async fn a_gitlab_403_is_not_retried_while_other_streams_go_on() {
         ),
         1990.0
     );
-    app.shutdown().await;
+    rig.shutdown().await;
 }
 
 fn issue(
@@ -621,14 +627,6 @@ fn commit(id: &str, at: i64) -> Value {
         "authored_date": gitlab_time(at), "committed_date": gitlab_time(at),
         "web_url": format!("https://gitlab.example/acme/shop/-/commit/{id}")
     })
-}
-
-async fn commit_time(app: &TestApp, sha: &str) -> Option<f64> {
-    app.scrape()
-        .await
-        .find("commit_timestamp", &[("app", "acme/shop"), ("commit", sha)])
-        .first()
-        .map(|s| s.value)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
