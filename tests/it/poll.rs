@@ -16,8 +16,8 @@ use hookgauge::poll::{token_gates, GithubPoller, PollError, Provider, Stream};
 use crate::harness::{now, TestApp, SECRET};
 use crate::polling::{
     answered, assert_webhook_is_duplicate, awaiting_review, commit_time, deployments_of,
-    deployments_total, eventually, eventually_answered, http_date, requests_to, review_waits,
-    rfc3339, Rig, Stepped,
+    deployments_total, eventually, eventually_answered, eventually_recorded, http_date,
+    requests_to, review_waits, rfc3339, Rig, Stepped,
 };
 
 pub(crate) const TOKEN: &str = "ghp_fake_token_for_tests";
@@ -165,6 +165,18 @@ impl Respond for BranchHead {
             .insert_header("etag", etag.as_str())
             .set_body_string(sha)
     }
+}
+
+/// No deployment and no incident, and the quiet streams below: for tests
+/// that mount their commits or pull requests ahead of them.
+async fn mount_quiet_but_for_commits_and_pulls(server: &MockServer) {
+    Mock::given(method("GET"))
+        .and(path("/repos/acme/shop/deployments"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
+        .mount(server)
+        .await;
+    mount_no_incidents(server).await;
+    mount_quiet_streams(server).await;
 }
 
 /// The repository (default branch `main`), a `main` head with no history
@@ -619,13 +631,7 @@ async fn review_waits_survive_restarts_and_a_push_rereads_reviews_conditionally(
         .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
         .mount(&server)
         .await;
-    Mock::given(method("GET"))
-        .and(path("/repos/acme/shop/deployments"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
-        .mount(&server)
-        .await;
-    mount_no_incidents(&server).await;
-    mount_quiet_streams(&server).await;
+    mount_quiet_but_for_commits_and_pulls(&server).await;
 
     let (_token_dir, mut app) = app_polling(&server, false).await;
     eventually("#9 waiting", || async {
@@ -720,19 +726,10 @@ async fn commits_reaching_the_default_branch_are_read_through_its_head_and_a_com
         ))
         .mount(&server)
         .await;
-    Mock::given(method("GET"))
-        .and(path("/repos/acme/shop/deployments"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
-        .mount(&server)
-        .await;
-    mount_no_incidents(&server).await;
-    mount_quiet_streams(&server).await;
+    mount_quiet_but_for_commits_and_pulls(&server).await;
 
     let (_token_dir, mut app) = app_polling(&server, false).await;
-    eventually("the bootstrap commits", || async {
-        commit_time(&app, c1).await.is_some() && commit_time(&app, c2).await.is_some()
-    })
-    .await;
+    eventually_recorded(&app, &[c1, c2]).await;
     assert_eq!(commit_time(&app, c1).await, Some((t - 1200) as f64));
     let listed = requests_to(&server, "/repos/acme/shop/commits").await;
     assert_eq!(listed.len(), 1);
@@ -1374,13 +1371,7 @@ async fn a_history_longer_than_a_poll_reads_is_read_on_over_the_next_polls() {
         .with_priority(1)
         .mount(&server)
         .await;
-    Mock::given(method("GET"))
-        .and(path("/repos/acme/shop/deployments"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
-        .mount(&server)
-        .await;
-    mount_no_incidents(&server).await;
-    mount_quiet_streams(&server).await;
+    mount_quiet_but_for_commits_and_pulls(&server).await;
     let since = format!("backfill_since = {:?}", rfc3339(t - 86_400));
     let (_token_dir, mut app) = app_polling_with(&server, false, &since).await;
     let newest = format!("{:040x}", 500);

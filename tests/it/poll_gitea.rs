@@ -18,7 +18,7 @@ use hookgauge::poll::{token_gates, GiteaPoller, PollError, Provider, Stream};
 use crate::harness::{fixture, now, spawn_app_with, TestApp, SECRET};
 use crate::polling::{
     answered, assert_webhook_is_duplicate, awaiting_review, commit_time, deployments_total,
-    eventually, review_waits, rfc3339, Rig, Stepped,
+    eventually, eventually_recorded, review_waits, rfc3339, Rig, Stepped,
 };
 use crate::sources::{post, provider_headers};
 
@@ -516,10 +516,7 @@ async fn commits_of_the_default_branch_are_recorded_once_across_restarts() {
         ];
     });
     let (_token_dir, mut app) = app_polling(&server, json!({})).await;
-    eventually("the bootstrap commits", || async {
-        commit_time(&app, &c1).await.is_some() && commit_time(&app, &c2).await.is_some()
-    })
-    .await;
+    eventually_recorded(&app, &[&c1, &c2]).await;
     // The author time, as Gitea's push webhooks carry it.
     assert_eq!(commit_time(&app, &c1).await, Some((t - 1300) as f64));
     assert_eq!(commit_time(&app, &c0).await, None, "outside the window");

@@ -18,7 +18,8 @@ use hookgauge::poll::{token_gates, Clock, GitlabPoller, PollError, Provider, Str
 use crate::harness::{now, TestApp, SECRET};
 use crate::polling::{
     answered, assert_webhook_is_duplicate, awaiting_review, commit_time, deployments_of,
-    deployments_total, eventually, http_date, requests_to, review_waits, rfc3339, Rig, Stepped,
+    deployments_total, eventually, eventually_recorded, http_date, requests_to, review_waits,
+    rfc3339, Rig, Stepped,
 };
 
 pub(crate) const TOKEN: &str = "glpat-fake-token-for-tests";
@@ -657,10 +658,7 @@ async fn gitlab_commits_come_from_the_branch_head_and_a_compare() {
     mount_quiet_project(&server).await;
 
     let (_token_dir, mut app) = app_polling(&server, false).await;
-    eventually("the bootstrap commits", || async {
-        commit_time(&app, c1).await.is_some() && commit_time(&app, c2).await.is_some()
-    })
-    .await;
+    eventually_recorded(&app, &[c1, c2]).await;
     assert_eq!(commit_time(&app, c1).await, Some((t - 1200) as f64));
     let listed = requests_to(&server, "/repository/commits").await;
     assert_eq!(listed.len(), 1);

@@ -22,8 +22,8 @@ use serde_json::json;
 use wiremock::matchers::{method, path_regex};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::harness::{now, Scrape};
-use crate::polling::{requests_to, rfc3339, Rig};
+use crate::harness::now;
+use crate::polling::{awaiting_of, requests_to, rfc3339, waits_of, Rig};
 
 const DAY: i64 = 86_400;
 
@@ -73,25 +73,6 @@ const CASES: &[Case] = &[
     },
 ];
 
-/// `hookgauge_pull_request_review_wait_seconds` of `acme/shop` by number.
-fn waits(scrape: &Scrape) -> Vec<(String, f64)> {
-    scrape
-        .find(
-            "hookgauge_pull_request_review_wait_seconds",
-            &[("repo", "acme/shop")],
-        )
-        .iter()
-        .map(|s| (s.labels["number"].clone(), s.value))
-        .collect()
-}
-
-fn awaiting(scrape: &Scrape) -> f64 {
-    scrape.value_or_zero(
-        "hookgauge_pull_requests_awaiting_review",
-        &[("repo", "acme/shop")],
-    )
-}
-
 type New<P> = fn(PollTarget, Arc<TokenGate>, Store, Ledger, Arc<Metrics>) -> P;
 
 async fn scenario<P: Poller>(case: &Case, new: New<P>, with_clock: fn(P, Clock) -> P) {
@@ -107,8 +88,8 @@ async fn scenario<P: Poller>(case: &Case, new: New<P>, with_clock: fn(P, Clock) 
     let polled = poller.poll(&rig, Stream::PullRequests).await;
     assert!(matches!(polled, Ok(true)), "{name}: {polled:?}");
     let scrape = rig.scrape();
-    assert_eq!(awaiting(&scrape), 2.0, "{name}");
-    let first = waits(&scrape);
+    assert_eq!(awaiting_of(&scrape), 2.0, "{name}");
+    let first = waits_of(&scrape);
     let numbers: Vec<&str> = first.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(numbers, ["1", "2"], "{name}: {first:?}");
     // Within a few seconds: the rig's clock runs ahead of the fake's
@@ -138,8 +119,8 @@ async fn scenario<P: Poller>(case: &Case, new: New<P>, with_clock: fn(P, Clock) 
     let polled = poller.poll(&rig, Stream::PullRequests).await;
     assert!(polled.is_ok(), "{name}: {polled:?}");
     let scrape = rig.scrape();
-    assert_eq!(awaiting(&scrape), 1.0, "{name}");
-    let second = waits(&scrape);
+    assert_eq!(awaiting_of(&scrape), 1.0, "{name}");
+    let second = waits_of(&scrape);
     assert_eq!(second.len(), 1, "{name}: {second:?}");
     assert_eq!(second[0].0, "2", "{name}");
     for (n, reads) in [(1, 2), (2, 1), (3, 0), (4, 1)] {

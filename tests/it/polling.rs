@@ -54,8 +54,12 @@ pub fn rfc3339(epoch: i64) -> String {
 
 /// `hookgauge_pull_request_review_wait_seconds` of `acme/shop` by number.
 pub async fn review_waits(app: &TestApp) -> Vec<(String, f64)> {
-    app.scrape()
-        .await
+    waits_of(&app.scrape().await)
+}
+
+/// `hookgauge_pull_request_review_wait_seconds` of `acme/shop` by number.
+pub fn waits_of(scrape: &Scrape) -> Vec<(String, f64)> {
+    scrape
         .find(
             "hookgauge_pull_request_review_wait_seconds",
             &[("repo", "acme/shop")],
@@ -67,10 +71,28 @@ pub async fn review_waits(app: &TestApp) -> Vec<(String, f64)> {
 
 /// `hookgauge_pull_requests_awaiting_review` of `acme/shop`.
 pub async fn awaiting_review(app: &TestApp) -> f64 {
-    app.scrape().await.value_or_zero(
+    awaiting_of(&app.scrape().await)
+}
+
+/// `hookgauge_pull_requests_awaiting_review` of `acme/shop`.
+pub fn awaiting_of(scrape: &Scrape) -> f64 {
+    scrape.value_or_zero(
         "hookgauge_pull_requests_awaiting_review",
         &[("repo", "acme/shop")],
     )
+}
+
+/// Waits (bounded) until the commit time of each of `shas` is recorded.
+pub async fn eventually_recorded(app: &TestApp, shas: &[&str]) {
+    eventually(&format!("the commits {shas:?}"), || async {
+        for sha in shas {
+            if commit_time(app, sha).await.is_none() {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
 }
 
 /// The app polling `acme/shop` on `provider`'s API at `api_url` with
