@@ -16,8 +16,8 @@ use hookgauge::poll::{token_gates, GithubPoller, PollError, Provider, Stream};
 use crate::harness::{now, TestApp, SECRET};
 use crate::polling::{
     answered, assert_webhook_is_duplicate, awaiting_review, commit_time, deployments_of,
-    deployments_total, eventually, eventually_answered, eventually_recorded, http_date,
-    requests_to, review_waits, rfc3339, Rig, Stepped,
+    deployments_total, eventually, eventually_answered, eventually_deployed, eventually_recorded,
+    http_date, requests_to, review_waits, rfc3339, Rig, Stepped,
 };
 
 pub(crate) const TOKEN: &str = "ghp_fake_token_for_tests";
@@ -237,10 +237,7 @@ async fn a_polled_deploy_counts_once_with_its_webhook_and_restarts_poll_conditio
 
     let (_token_dir, mut app) = app_polling(&server, true).await;
 
-    eventually("the polled deploy", || async {
-        deployments_total(&app).await == 1.0
-    })
-    .await;
+    eventually_deployed(&app, 1.0).await;
     let lists = requests_to(&server, "/deployments").await;
     assert_eq!(lists.len(), 1);
     assert!(lists[0].headers.get("if-none-match").is_none());
@@ -429,10 +426,7 @@ async fn deployment_pages_are_followed_through_their_links() {
     mount_no_incidents(&server).await;
     mount_quiet_streams(&server).await;
     let (_token_dir, app) = app_polling(&server, false).await;
-    eventually("three deploys", || async {
-        deployments_total(&app).await == 3.0
-    })
-    .await;
+    eventually_deployed(&app, 3.0).await;
     let page2 = requests_to(&server, "/repositories/1/deployments").await;
     assert_eq!(page2.len(), 1, "the next page, by its link, once");
     assert_eq!(page2[0].url.query(), Some("per_page=100&page=2"));
@@ -856,10 +850,7 @@ async fn a_renamed_repository_is_followed_to_its_new_address_and_remembered() {
         .await;
     mount_repository_at(&server, "/repositories/42").await;
     let (_token_dir, mut app) = app_polling(&server, false).await;
-    eventually("the deploy, through the redirect", || async {
-        deployments_total(&app).await == 1.0
-    })
-    .await;
+    eventually_deployed(&app, 1.0).await;
     eventually("the pull requests, at the new address", || async {
         !requests_to(&server, "/repositories/42/pulls")
             .await
@@ -962,10 +953,7 @@ async fn a_revoked_token_is_read_again_from_its_file_without_double_counting() {
         .with_priority(1)
         .mount(&server)
         .await;
-    eventually("the deploy", || async {
-        deployments_total(&app).await == 1.0
-    })
-    .await;
+    eventually_deployed(&app, 1.0).await;
 
     // The token is revoked and the Secret rotated; the app restarts with
     // the old token (read before the rotation, say) …
@@ -1296,10 +1284,7 @@ async fn a_backfill_interrupted_mid_way_resumes_where_it_stopped_without_duplica
     let (_token_dir, mut app) = app_polling_with(&server, false, &since).await;
 
     // Pages 1 and 2 are read and committed; page 3 fails.
-    eventually("two pages of deploys", || async {
-        deployments_total(&app).await == 10.0
-    })
-    .await;
+    eventually_deployed(&app, 10.0).await;
     eventually("the failing page", || async {
         requests_to(&server, "/deployments")
             .await
@@ -1319,10 +1304,7 @@ async fn a_backfill_interrupted_mid_way_resumes_where_it_stopped_without_duplica
     })
     .await;
     broken.store(false, Ordering::SeqCst);
-    eventually("the whole backfill", || async {
-        deployments_total(&app).await == 15.0
-    })
-    .await;
+    eventually_deployed(&app, 15.0).await;
     let page_2 = requests_to(&server, "/deployments")
         .await
         .iter()
@@ -1424,10 +1406,7 @@ async fn deployments_made_while_polls_were_down_for_days_are_counted() {
     mount_no_incidents(&server).await;
     mount_quiet_streams(&server).await;
     let (_token_dir, mut app) = app_polling(&server, false).await;
-    eventually("the first deploy", || async {
-        deployments_total(&app).await == 1.0
-    })
-    .await;
+    eventually_deployed(&app, 1.0).await;
     // The service was down for days; meanwhile #8 was deployed, two days
     // before it comes back.
     list.set(json!([
@@ -1435,10 +1414,7 @@ async fn deployments_made_while_polls_were_down_for_days_are_counted() {
         with_sha(7, now() - 600)
     ]));
     app.restart().await;
-    eventually("the deploy made while down", || async {
-        deployments_total(&app).await == 2.0
-    })
-    .await;
+    eventually_deployed(&app, 2.0).await;
     assert_eq!(
         requests_to(&server, "/deployments/8/statuses").await.len(),
         1

@@ -18,7 +18,7 @@ use hookgauge::poll::{token_gates, GiteaPoller, PollError, Provider, Stream};
 use crate::harness::{fixture, now, spawn_app_with, TestApp, SECRET};
 use crate::polling::{
     answered, assert_webhook_is_duplicate, awaiting_review, commit_time, deployments_total,
-    eventually, eventually_recorded, review_waits, rfc3339, Rig, Stepped,
+    eventually, eventually_deployed, eventually_recorded, review_waits, rfc3339, Rig, Stepped,
 };
 use crate::sources::{post, provider_headers};
 
@@ -602,10 +602,7 @@ async fn a_deploy_status_polled_and_delivered_by_webhook_counts_once() {
     });
     let source = json!({"secrets": [SECRET], "deploy_workflows": ["deploy/production"]});
     let (_token_dir, mut app) = app_polling(&server, source).await;
-    eventually("the polled deploy", || async {
-        deployments_total(&app).await == 1.0
-    })
-    .await;
+    eventually_deployed(&app, 1.0).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(deployments_total(&app).await, 1.0);
     assert_eq!(fake.count(&format!("/statuses/{head}")), 1);

@@ -18,8 +18,8 @@ use hookgauge::poll::{token_gates, Clock, GitlabPoller, PollError, Provider, Str
 use crate::harness::{now, TestApp, SECRET};
 use crate::polling::{
     answered, assert_webhook_is_duplicate, awaiting_review, commit_time, deployments_of,
-    deployments_total, eventually, eventually_recorded, http_date, requests_to, review_waits,
-    rfc3339, Rig, Stepped,
+    deployments_total, eventually, eventually_deployed, eventually_recorded, http_date,
+    requests_to, review_waits, rfc3339, Rig, Stepped,
 };
 
 pub(crate) const TOKEN: &str = "glpat-fake-token-for-tests";
@@ -331,10 +331,7 @@ async fn gitlab_deployments_are_read_by_paired_updated_after_through_links_and_c
     mount_quiet_project(&server).await;
     let (_token_dir, mut app) = app_polling(&server, true).await;
 
-    eventually("the first read", || async {
-        deployments_total(&app).await == 249.0
-    })
-    .await;
+    eventually_deployed(&app, 249.0).await;
     let lists = requests_to(&server, "/deployments").await;
     assert_eq!(lists.len(), 3, "three pages, and no page 4");
     for request in &lists {
@@ -391,10 +388,7 @@ async fn gitlab_deployments_are_read_by_paired_updated_after_through_links_and_c
     // its newest update less the 2-minute overlap, finds deployment 101,
     // and counts deployment 1 (read again, updated) once.
     app.restart().await;
-    eventually("the skipped deployment", || async {
-        deployments_total(&app).await == 250.0
-    })
-    .await;
+    eventually_deployed(&app, 250.0).await;
     let lists = requests_to(&server, "/deployments").await;
     let resumed = query(&lists[3]);
     assert_eq!(resumed["order_by"], "updated_at");

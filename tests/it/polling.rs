@@ -176,6 +176,15 @@ pub async fn deployments_total(app: &TestApp) -> f64 {
     deployments_of(&app.scrape().await)
 }
 
+/// Waits (bounded) until `app` counted `n` deployments of `acme/shop` to
+/// production.
+pub async fn eventually_deployed(app: &TestApp, n: f64) {
+    eventually(&format!("{n} deployments"), || async {
+        deployments_total(app).await == n
+    })
+    .await;
+}
+
 /// `hookgauge_deployments_total` of `acme/shop` to production.
 pub fn deployments_of(scrape: &Scrape) -> f64 {
     scrape.value_or_zero(
