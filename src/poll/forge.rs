@@ -8,7 +8,6 @@
 //!
 //! Builds deliveries and cursors only; committing them is the caller's.
 
-use std::future::Future;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -18,7 +17,7 @@ use super::error::PollError;
 use super::recorder::{mapped, Recorder};
 use super::reviews::{self, last_review, Listed, PullReviews, PULLS_STREAM};
 use super::settings::PollTarget;
-use super::streams::Streams;
+use super::streams::{BranchCommits, Deployments, Streams};
 use super::watermark::{rfc3339, server_time, settled, OVERLAP_SECONDS};
 use crate::ledger::Delivery;
 use crate::store::PollCursor;
@@ -60,25 +59,10 @@ pub(super) struct ForgeParts<'a> {
 
 /// A poller of a GitHub-shaped API: its streams are read as [`Streams`]
 /// says, its deployments and commits its own way.
-pub(super) trait Forge: Send {
+pub(super) trait Forge: Deployments + BranchCommits {
     const DIALECT: &'static Dialect;
 
     fn forge(&mut self) -> ForgeParts<'_>;
-
-    /// The deployments stream.
-    fn deployments(
-        &mut self,
-        deliveries: &mut Vec<Delivery>,
-        cursors: &mut Vec<PollCursor>,
-    ) -> impl Future<Output = Result<(), PollError>> + Send;
-
-    /// The commits that reached `branch`.
-    fn branch_commits(
-        &mut self,
-        branch: &str,
-        deliveries: &mut Vec<Delivery>,
-        cursors: &mut Vec<PollCursor>,
-    ) -> impl Future<Output = Result<(), PollError>> + Send;
 }
 
 /// [`Forge::forge`] of a poller with the fields `api`, `rec`, `target`,
@@ -126,29 +110,12 @@ impl<F: Forge> Streams for F {
         tracked_branches(parts, Self::DIALECT.accept, cursors).await
     }
 
-    async fn deployments(
-        &mut self,
-        deliveries: &mut Vec<Delivery>,
-        cursors: &mut Vec<PollCursor>,
-    ) -> Result<(), PollError> {
-        <Self as Forge>::deployments(self, deliveries, cursors).await
-    }
-
     async fn incidents(
         &mut self,
         deliveries: &mut Vec<Delivery>,
         cursors: &mut Vec<PollCursor>,
     ) -> Result<(), PollError> {
         incidents(self.forge(), Self::DIALECT, deliveries, cursors).await
-    }
-
-    async fn branch_commits(
-        &mut self,
-        branch: &str,
-        deliveries: &mut Vec<Delivery>,
-        cursors: &mut Vec<PollCursor>,
-    ) -> Result<(), PollError> {
-        <Self as Forge>::branch_commits(self, branch, deliveries, cursors).await
     }
 
     /// The open pull requests against `branches` (several are filtered

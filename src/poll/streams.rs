@@ -21,9 +21,29 @@ use super::watermark::mark_of;
 use crate::ledger::Delivery;
 use crate::store::PollCursor;
 
+/// The deployments stream, as each provider reads it.
+pub(in crate::poll) trait Deployments: Send {
+    fn deployments(
+        &mut self,
+        deliveries: &mut Vec<Delivery>,
+        cursors: &mut Vec<PollCursor>,
+    ) -> impl Future<Output = Result<(), PollError>> + Send;
+}
+
+/// The commits stream of one branch, as each provider reads it.
+pub(in crate::poll) trait BranchCommits: Send {
+    /// The commits that reached `branch`.
+    fn branch_commits(
+        &mut self,
+        branch: &str,
+        deliveries: &mut Vec<Delivery>,
+        cursors: &mut Vec<PollCursor>,
+    ) -> impl Future<Output = Result<(), PollError>> + Send;
+}
+
 /// What a provider reads for each stream; new states join `cursors`, facts
 /// join `deliveries`.
-pub(in crate::poll) trait Streams: Send {
+pub(in crate::poll) trait Streams: Deployments + BranchCommits {
     /// The poller's recorder and target.
     fn books(&mut self) -> (&mut Recorder, &PollTarget);
 
@@ -42,22 +62,8 @@ pub(in crate::poll) trait Streams: Send {
         cursors: &mut Vec<PollCursor>,
     ) -> impl Future<Output = Result<Vec<String>, PollError>> + Send;
 
-    fn deployments(
-        &mut self,
-        deliveries: &mut Vec<Delivery>,
-        cursors: &mut Vec<PollCursor>,
-    ) -> impl Future<Output = Result<(), PollError>> + Send;
-
     fn incidents(
         &mut self,
-        deliveries: &mut Vec<Delivery>,
-        cursors: &mut Vec<PollCursor>,
-    ) -> impl Future<Output = Result<(), PollError>> + Send;
-
-    /// The commits that reached `branch`.
-    fn branch_commits(
-        &mut self,
-        branch: &str,
         deliveries: &mut Vec<Delivery>,
         cursors: &mut Vec<PollCursor>,
     ) -> impl Future<Output = Result<(), PollError>> + Send;

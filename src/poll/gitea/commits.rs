@@ -29,7 +29,7 @@ use super::{branch_path, GiteaPoller, EVENT_HEADER, GITEA_JSON, MAX_LIST_PAGES};
 use crate::ledger::Delivery;
 use crate::poll::api::Fetched;
 use crate::poll::recorder::mapped;
-use crate::poll::streams::{branch_head, head_cursor};
+use crate::poll::streams::{branch_head, head_cursor, BranchCommits};
 use crate::poll::watermark::{server_time, OVERLAP_SECONDS};
 use crate::poll::{forge, PollError};
 use crate::store::PollCursor;
@@ -54,10 +54,10 @@ struct HeadMark {
     deploys: BTreeMap<String, i64>,
 }
 
-impl GiteaPoller {
+impl BranchCommits for GiteaPoller {
     /// Polls the head of `branch`, records the commits it gained and the
     /// deploys its followed heads report.
-    pub(super) async fn commits(
+    async fn branch_commits(
         &mut self,
         branch: &str,
         deliveries: &mut Vec<Delivery>,
@@ -145,7 +145,9 @@ impl GiteaPoller {
         }
         statuses
     }
+}
 
+impl GiteaPoller {
     /// The commits `head` gained since the last head read (`mark`), or in
     /// the bootstrap window; oldest first.
     async fn new_commits(

@@ -18,6 +18,7 @@ mod commits;
 
 use super::api::{Api, MAX_PAGES};
 use super::forge::{forge_parts, Base, Dialect, Forge, IssueList};
+use super::streams::Deployments;
 use super::{PollError, PollTarget, Poller, Recorder};
 use crate::ledger::Delivery;
 use crate::poll::{poller_new, poller_parts};
@@ -91,7 +92,9 @@ impl Forge for GiteaPoller {
     const DIALECT: &'static Dialect = &GITEA;
 
     forge_parts!();
+}
 
+impl Deployments for GiteaPoller {
     /// Gitea has no deployments API; deploys come from commit statuses,
     /// read with the commits.
     async fn deployments(
@@ -100,15 +103,6 @@ impl Forge for GiteaPoller {
         _cursors: &mut Vec<PollCursor>,
     ) -> Result<(), PollError> {
         Ok(())
-    }
-
-    async fn branch_commits(
-        &mut self,
-        branch: &str,
-        deliveries: &mut Vec<Delivery>,
-        cursors: &mut Vec<PollCursor>,
-    ) -> Result<(), PollError> {
-        self.commits(branch, deliveries, cursors).await
     }
 }
 

@@ -15,15 +15,15 @@ use crate::ledger::Delivery;
 use crate::plugins::{github::GitHub, Plugin};
 use crate::poll::error::Failure;
 use crate::poll::forge;
-use crate::poll::streams::{branch_head, head_cursor};
+use crate::poll::streams::{branch_head, head_cursor, BranchCommits};
 use crate::poll::watermark::{rfc3339, server_time, HeadMark, OVERLAP_SECONDS};
 use crate::store::PollCursor;
 
 const GITHUB_SHA: &str = "application/vnd.github.sha";
 
-impl GithubPoller {
+impl BranchCommits for GithubPoller {
     /// Polls the head of `branch` and records the commits it gained.
-    pub(super) async fn commits(
+    async fn branch_commits(
         &mut self,
         branch: &str,
         deliveries: &mut Vec<Delivery>,
@@ -101,7 +101,9 @@ impl GithubPoller {
         });
         Ok(())
     }
+}
 
+impl GithubPoller {
     /// The commits reachable from `new` and not from `old`, oldest first.
     async fn compare(&mut self, old: &str, new: &str) -> Result<Vec<Value>, PollError> {
         let mut next = Some(format!("{}/compare/{old}...{new}?per_page=100", self.base));

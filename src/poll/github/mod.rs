@@ -18,6 +18,7 @@ use super::api::MAX_PAGES;
 use super::api::{Api, Fetched};
 use super::forge::{forge_parts, Base, Dialect, Forge, IssueList};
 use super::recorder::mapped;
+use super::streams::Deployments;
 use super::watermark::{mark_of, server_time};
 use super::{PollError, PollTarget, Poller, Recorder};
 use crate::ledger::Delivery;
@@ -97,7 +98,9 @@ impl Forge for GithubPoller {
     const DIALECT: &'static Dialect = &GITHUB;
 
     forge_parts!();
+}
 
+impl Deployments for GithubPoller {
     /// The deployments stream: new deployments (newest first, by `Link`)
     /// and the statuses of those still followed.
     async fn deployments(
@@ -261,15 +264,6 @@ impl Forge for GithubPoller {
                 .await?;
         }
         Ok(())
-    }
-
-    async fn branch_commits(
-        &mut self,
-        branch: &str,
-        deliveries: &mut Vec<Delivery>,
-        cursors: &mut Vec<PollCursor>,
-    ) -> Result<(), PollError> {
-        self.commits(branch, deliveries, cursors).await
     }
 }
 

@@ -14,14 +14,14 @@ use super::{GitlabPoller, EVENT_HEADER, GITLAB_JSON};
 use crate::ledger::Delivery;
 use crate::poll::api::Fetched;
 use crate::poll::recorder::mapped;
-use crate::poll::streams::{branch_head, head_cursor};
+use crate::poll::streams::{branch_head, head_cursor, BranchCommits};
 use crate::poll::watermark::{rfc3339, server_time, HeadMark, OVERLAP_SECONDS};
 use crate::poll::PollError;
 use crate::store::PollCursor;
 
-impl GitlabPoller {
+impl BranchCommits for GitlabPoller {
     /// Reads the head of `branch` and records the commits it gained.
-    pub(super) async fn commits(
+    async fn branch_commits(
         &mut self,
         branch: &str,
         deliveries: &mut Vec<Delivery>,
@@ -94,7 +94,9 @@ impl GitlabPoller {
         });
         Ok(())
     }
+}
 
+impl GitlabPoller {
     /// The commits reachable from `new` and not from `old` (merge-base
     /// comparison); `None` when the server timed out comparing.
     async fn compare(&mut self, old: &str, new: &str) -> Result<Option<Vec<Value>>, PollError> {

@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use super::api::MAX_PAGES;
 use super::api::{Api, Fetched, Listing};
 use super::recorder::mapped;
-use super::streams::Streams;
+use super::streams::{Deployments, Streams};
 use super::watermark::{mark_of, rfc3339, server_time, settled, OVERLAP_SECONDS};
 use super::{PollError, PollTarget, Poller, Recorder};
 use crate::ledger::Delivery;
@@ -69,26 +69,7 @@ impl Poller for GitlabPoller {
 
 poller_new!(GitlabPoller, target, { project: ProjectMark::default(), asked: BTreeSet::new() });
 
-impl Streams for GitlabPoller {
-    fn books(&mut self) -> (&mut Recorder, &PollTarget) {
-        (&mut self.rec, &self.target)
-    }
-
-    /// Reads the project first: every stream addresses it by its id.
-    async fn prepare(&mut self, cursors: &mut Vec<PollCursor>) -> Result<(), PollError> {
-        self.read_project(cursors).await
-    }
-
-    /// The project is addressed by its id: nothing moves.
-    fn conclude(&mut self, _cursors: &mut Vec<PollCursor>) {}
-
-    async fn tracked_branches(
-        &mut self,
-        _cursors: &mut Vec<PollCursor>,
-    ) -> Result<Vec<String>, PollError> {
-        self.branches()
-    }
-
+impl Deployments for GitlabPoller {
     /// The deployments stream: successful deployments updated since the
     /// watermark (less an overlap), oldest update first. `updated_after`
     /// is always paired with `order_by=updated_at`, which GitLab requires.
@@ -115,6 +96,27 @@ impl Streams for GitlabPoller {
             }
         }
         Ok(())
+    }
+}
+
+impl Streams for GitlabPoller {
+    fn books(&mut self) -> (&mut Recorder, &PollTarget) {
+        (&mut self.rec, &self.target)
+    }
+
+    /// Reads the project first: every stream addresses it by its id.
+    async fn prepare(&mut self, cursors: &mut Vec<PollCursor>) -> Result<(), PollError> {
+        self.read_project(cursors).await
+    }
+
+    /// The project is addressed by its id: nothing moves.
+    fn conclude(&mut self, _cursors: &mut Vec<PollCursor>) {}
+
+    async fn tracked_branches(
+        &mut self,
+        _cursors: &mut Vec<PollCursor>,
+    ) -> Result<Vec<String>, PollError> {
+        self.branches()
     }
 
     /// The incidents stream: issues of type incident, and issues carrying
@@ -149,15 +151,6 @@ impl Streams for GitlabPoller {
             }
         }
         Ok(())
-    }
-
-    async fn branch_commits(
-        &mut self,
-        branch: &str,
-        deliveries: &mut Vec<Delivery>,
-        cursors: &mut Vec<PollCursor>,
-    ) -> Result<(), PollError> {
-        self.commits(branch, deliveries, cursors).await
     }
 
     async fn pull_requests(
