@@ -9,11 +9,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::{Clock, PollError, PollTarget, Provider};
+use super::clock::Clock;
+use super::error::{Failure, PollError, Refusal};
+use super::settings::{PollTarget, Provider, TokenSource};
 use crate::metrics::Metrics;
 use crate::signature::Secret;
 use crate::store::PollCursor;
 
+/// Pages of one list read in one poll at most (100 items each).
+pub(super) const MAX_PAGES: usize = 10;
 /// GitHub's pinned API version (POLLING.md §1).
 const GITHUB_API_VERSION: &str = "2022-11-28";
 /// Time allowed for one answer (POLLING.md §6 step 4).
@@ -275,7 +279,7 @@ pub struct Api {
     api_url: String,
     repo: String,
     token: Secret,
-    token_source: super::TokenSource,
+    token_source: TokenSource,
     metrics: Arc<Metrics>,
     gate: Arc<TokenGate>,
     /// Server clock minus local clock, from the last `Date` header.
@@ -387,8 +391,8 @@ impl Api {
             new_cursor.etag = etag;
             new_cursor.last_modified = last_modified;
         }
-        let items: Vec<Value> = serde_json::from_slice(&body)
-            .map_err(|e| PollError::Transient(format!("{endpoint}: {e}")))?;
+        let items: Vec<Value> =
+            serde_json::from_slice(&body).map_err(|e| PollError::json(endpoint, e))?;
         Ok(Some((items, next)))
     }
 
@@ -523,7 +527,7 @@ impl Api {
                 // A timed-out request may still be charged (POLLING.md §1.2).
                 state.paid += 1;
                 // The error text may carry the URL, never the token.
-                return Err(PollError::Transient(error.without_url().to_string()));
+                return Err(PollError::Transient(Failure::Request(error.without_url())));
             }
         };
         let status = response.status();
@@ -558,7 +562,7 @@ impl Api {
                 let body = response
                     .bytes()
                     .await
-                    .map_err(|e| PollError::Transient(e.without_url().to_string()))?;
+                    .map_err(|e| PollError::Transient(Failure::Request(e.without_url())))?;
                 Ok(Fetched::Changed {
                     body,
                     etag,
@@ -594,22 +598,20 @@ impl Api {
                 match self.token_source.read(&|name| std::env::var(name).ok()) {
                     Ok(token) if token.as_bytes() != self.token.expose() => {
                         self.token = Secret::new(token);
-                        Err(PollError::Transient(format!(
-                            "{endpoint}: 401; the token changed and is used from now on"
-                        )))
+                        Err(PollError::Transient(Failure::TokenChanged { endpoint }))
                     }
-                    _ => Err(PollError::Refused(format!(
-                        "{endpoint}: 401: the token is wrong or expired"
-                    ))),
+                    _ => Err(PollError::Refused(Refusal::Unauthorized { endpoint })),
                 }
             }
-            404 | 410 => Err(PollError::Gone(format!(
-                "{endpoint}: {status}: no such repository or object, or the token cannot see it"
-            ))),
-            code if status.is_server_error() => {
-                Err(PollError::Transient(format!("{endpoint}: {code}")))
-            }
-            code => Err(PollError::Refused(format!("{endpoint}: unexpected {code}"))),
+            404 | 410 => Err(PollError::Gone { endpoint, status }),
+            code if status.is_server_error() => Err(PollError::Transient(Failure::ServerError {
+                endpoint,
+                status: code,
+            })),
+            code => Err(PollError::Refused(Refusal::Status {
+                endpoint,
+                status: code,
+            })),
         }
     }
 
@@ -642,7 +644,7 @@ impl Api {
         retry_after: Option<i64>,
         body: &str,
         quota: Quota,
-        endpoint: &str,
+        endpoint: &'static str,
     ) -> PollError {
         let now = self.clock.now_seconds();
         if let Some(seconds) = retry_after {
@@ -665,19 +667,21 @@ impl Api {
                 } else if secondary || status == 429 {
                     PollError::RateLimited { until: now + 60 }
                 } else {
-                    PollError::Refused(format!(
-                        "{endpoint}: 403 (permission, SSO or a blocked token)"
-                    ))
+                    PollError::Refused(Refusal::Forbidden {
+                        endpoint,
+                        why: "permission, SSO or a blocked token",
+                    })
                 }
             }
             Provider::Gitlab | Provider::Gitea if status == 429 => match quota.reset {
                 Some(reset) if reset > now => PollError::RateLimited { until: reset + 1 },
                 // Neither header: exponential backoff.
-                _ => PollError::Transient(format!("{endpoint}: 429 without a retry time")),
+                _ => PollError::Transient(Failure::NoRetryTime { endpoint }),
             },
-            Provider::Gitlab | Provider::Gitea => {
-                PollError::Refused(format!("{endpoint}: 403 (permission, or an address block)"))
-            }
+            Provider::Gitlab | Provider::Gitea => PollError::Refused(Refusal::Forbidden {
+                endpoint,
+                why: "permission, or an address block",
+            }),
         }
     }
 
@@ -731,7 +735,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_limit_one_repository_met_holds_every_repository_of_the_token() {
-        let raw: super::super::RawTarget = toml::from_str(
+        let raw: crate::poll::RawTarget = toml::from_str(
             "repo = \"acme/shop\"\ntoken_env = \"T\"\napi_url = \"http://127.0.0.1:9\"",
         )
         .unwrap();

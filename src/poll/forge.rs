@@ -1,7 +1,10 @@
 //! What the pollers of the GitHub-shaped APIs (GitHub, Gitea and Forgejo)
 //! share: the repository's address as it moves, its tracked branches,
 //! incident issues read since a watermark and mapped as `issues` webhooks,
-//! and commits mapped as one `push` webhook.
+//! open pull requests and their reviews, and commits mapped as one `push`
+//! webhook. A poller of such an API is a [`Forge`]: it says how its API
+//! differs (its [`Dialect`]) and reads its deployments and commits itself;
+//! every other stream is read here, the same way for each.
 //!
 //! Builds deliveries and cursors only; committing them is the caller's.
 
@@ -9,12 +12,229 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::api::{Api, Fetched};
-use super::{
-    mapped, rfc3339, server_time, settled, PollError, PollTarget, Recorder, OVERLAP_SECONDS,
-};
+use super::api::{Api, Fetched, Listing};
+use super::error::PollError;
+use super::recorder::{mapped, Recorder};
+use super::reviews::{self, last_review, Listed, PullReviews, PULLS_STREAM};
+use super::settings::PollTarget;
+use super::streams::{BranchCommits, Deployments, Streams};
+use super::watermark::{rfc3339, server_time, settled, OVERLAP_SECONDS};
 use crate::ledger::Delivery;
 use crate::store::PollCursor;
+
+/// How a GitHub-shaped API differs from GitHub's.
+pub(super) struct Dialect {
+    /// The header its webhooks name their event in (`x-github-event`, …).
+    pub(super) header: &'static str,
+    /// The media type of its JSON answers.
+    pub(super) accept: &'static str,
+    /// The query of a list's first page (its page size).
+    pub(super) first_page: &'static str,
+    /// Pages of one list read in one poll at most.
+    pub(super) max_pages: usize,
+    pub(super) issues: IssueList,
+    /// The open pull requests' first page from the repository's address
+    /// and the tracked branches (filtered by `base.ref` here in any case).
+    pub(super) open_pulls: fn(base: &str, branches: &[String]) -> String,
+    /// Whether a listed pull request is a draft.
+    pub(super) draft: fn(pull: &Value) -> bool,
+    /// Whether a timeline event marked the pull request ready for review.
+    pub(super) marks_ready: fn(event: &Value) -> bool,
+    /// Whether a timeline may be missing (404: an instance without
+    /// timelines), a pull request then ready from its creation.
+    pub(super) timeline_optional: bool,
+    /// Review states that are no reviews.
+    pub(super) not_reviews: &'static [&'static str],
+}
+
+/// The parts of a [`Forge`] poller the shared streams use.
+pub(super) struct ForgeParts<'a> {
+    pub(super) api: &'a mut Api,
+    pub(super) rec: &'a mut Recorder,
+    pub(super) target: &'a PollTarget,
+    pub(super) base: &'a mut Base,
+    /// The repository's default branch and when it was read.
+    pub(super) default_branch: &'a mut Option<(String, tokio::time::Instant)>,
+}
+
+/// A poller of a GitHub-shaped API: its streams are read as [`Streams`]
+/// says, its deployments and commits its own way.
+pub(super) trait Forge: Deployments + BranchCommits {
+    const DIALECT: &'static Dialect;
+
+    fn forge(&mut self) -> ForgeParts<'_>;
+}
+
+/// [`Forge::forge`] of a poller with the fields `api`, `rec`, `target`,
+/// `base` and `default_branch`.
+macro_rules! forge_parts {
+    () => {
+        fn forge(&mut self) -> $crate::poll::forge::ForgeParts<'_> {
+            $crate::poll::forge::ForgeParts {
+                api: &mut self.api,
+                rec: &mut self.rec,
+                target: &self.target,
+                base: &mut self.base,
+                default_branch: &mut self.default_branch,
+            }
+        }
+    };
+}
+pub(super) use forge_parts;
+
+impl<F: Forge> Streams for F {
+    fn books(&mut self) -> (&mut Recorder, &PollTarget) {
+        let parts = self.forge();
+        (parts.rec, parts.target)
+    }
+
+    /// Takes up the address an earlier poll saw the repository move to.
+    async fn prepare(&mut self, _cursors: &mut Vec<PollCursor>) -> Result<(), PollError> {
+        let parts = self.forge();
+        parts.base.load(parts.rec, parts.target);
+        Ok(())
+    }
+
+    /// Follows a move the stream's requests met, stored when it is new.
+    fn conclude(&mut self, cursors: &mut Vec<PollCursor>) {
+        let parts = self.forge();
+        parts.base.follow(parts.api, parts.target);
+        cursors.extend(parts.base.moved_cursor());
+    }
+
+    async fn tracked_branches(
+        &mut self,
+        cursors: &mut Vec<PollCursor>,
+    ) -> Result<Vec<String>, PollError> {
+        let parts = self.forge();
+        tracked_branches(parts, Self::DIALECT.accept, cursors).await
+    }
+
+    async fn incidents(
+        &mut self,
+        deliveries: &mut Vec<Delivery>,
+        cursors: &mut Vec<PollCursor>,
+    ) -> Result<(), PollError> {
+        incidents(self.forge(), Self::DIALECT, deliveries, cursors).await
+    }
+
+    /// The open pull requests against `branches` (several are filtered
+    /// here), and the reviews of those the plan calls for.
+    async fn pull_requests(
+        &mut self,
+        branches: &[String],
+        cursors: &mut Vec<PollCursor>,
+    ) -> Result<(), PollError> {
+        let dialect = Self::DIALECT;
+        let parts = self.forge();
+        let cursor = parts.rec.cursor(parts.target.stream(PULLS_STREAM));
+        let mut new_cursor = cursor.clone();
+        let first = (dialect.open_pulls)(parts.base.as_str(), branches);
+        let repo = &parts.target.repo;
+        let listed = parts
+            .api
+            .list_all(
+                first,
+                &cursor,
+                &mut new_cursor,
+                "pulls",
+                dialect.accept,
+                dialect.max_pages,
+            )
+            .await?
+            .map(|list| {
+                if list.truncated {
+                    tracing::warn!(repo = %repo, pages = dialect.max_pages, "More open pull requests than a poll reads; the rest are not gauged");
+                }
+                list.items
+                    .iter()
+                    .filter(|pull| {
+                        let base_ref = pull["base"]["ref"].as_str().unwrap_or_default();
+                        branches.iter().any(|b| b == base_ref)
+                    })
+                    .filter_map(|pull| Listed::of(pull, (dialect.draft)(pull)))
+                    .collect()
+            });
+        reviews::refresh(self, cursor, new_cursor, listed, cursors).await
+    }
+}
+
+impl<F: Forge> PullReviews for F {
+    fn parts(&mut self) -> (&mut Recorder, &Api, &PollTarget) {
+        let parts = self.forge();
+        (parts.rec, parts.api, parts.target)
+    }
+
+    /// The later of its creation and the last timeline event that marked
+    /// it ready ([`Dialect::marks_ready`]).
+    async fn ready_at(&mut self, number: u64, created: i64) -> Result<i64, PollError> {
+        let dialect = Self::DIALECT;
+        let parts = self.forge();
+        let first = format!(
+            "{}/issues/{number}/timeline?{}",
+            parts.base, dialect.first_page
+        );
+        let listed = parts
+            .api
+            .list_all(
+                first,
+                &PollCursor::default(),
+                &mut PollCursor::default(),
+                "timeline",
+                dialect.accept,
+                dialect.max_pages,
+            )
+            .await;
+        let events = match listed {
+            Err(PollError::Gone { .. }) if dialect.timeline_optional => return Ok(created),
+            other => other?.map(|list| list.items).unwrap_or_default(),
+        };
+        Ok(events
+            .iter()
+            .filter(|event| (dialect.marks_ready)(event))
+            .filter_map(|event| server_time(&event["created_at"]))
+            .fold(created, i64::max))
+    }
+
+    /// The latest review of pull request `number` by someone other than
+    /// `author`, from its reviews (conditional on their own ETag where the
+    /// server gives one); `None` when they did not change.
+    async fn last_review(
+        &mut self,
+        number: u64,
+        author: &str,
+        cursors: &mut Vec<PollCursor>,
+    ) -> Result<Option<Option<i64>>, PollError> {
+        let dialect = Self::DIALECT;
+        let parts = self.forge();
+        let cursor = parts
+            .rec
+            .cursor(parts.target.stream(&format!("reviews|{number}")));
+        let first = format!(
+            "{}/pulls/{number}/reviews?{}",
+            parts.base, dialect.first_page
+        );
+        let mut new_cursor = cursor.clone();
+        let Some(Listing { items: all, .. }) = parts
+            .api
+            .list_all(
+                first,
+                &cursor,
+                &mut new_cursor,
+                "reviews",
+                dialect.accept,
+                dialect.max_pages,
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        if new_cursor != cursor {
+            cursors.push(new_cursor);
+        }
+        Ok(Some(last_review(&all, author, dialect.not_reviews)))
+    }
+}
 
 /// How long the repository's default branch is trusted before it is asked
 /// for again.
@@ -24,6 +244,8 @@ const DEFAULT_BRANCH_TTL: Duration = Duration::from_secs(3600);
 pub(super) struct Base {
     home: String,
     current: String,
+    /// The stored address's cursor, as [`Base::load`] read it.
+    location: Option<PollCursor>,
 }
 
 impl std::fmt::Display for Base {
@@ -38,6 +260,7 @@ impl Base {
         Base {
             current: home.clone(),
             home,
+            location: None,
         }
     }
 
@@ -45,18 +268,19 @@ impl Base {
         &self.current
     }
 
-    /// Takes up the address stored by an earlier poll (a move it saw);
-    /// returns its cursor, for [`Base::moved_cursor`].
-    pub(super) fn load(&mut self, rec: &Recorder, target: &PollTarget) -> PollCursor {
+    /// Takes up the address stored by an earlier poll (a move it saw),
+    /// keeping its cursor for [`Base::moved_cursor`].
+    pub(super) fn load(&mut self, rec: &Recorder, target: &PollTarget) {
         let location = rec.cursor(target.stream("location"));
         if let Some(moved) = &location.watermark {
             self.current.clone_from(moved);
         }
-        location
+        self.location = Some(location);
     }
 
     /// The cursor to store when the address moved since [`Base::load`].
-    pub(super) fn moved_cursor(&self, location: PollCursor) -> Option<PollCursor> {
+    pub(super) fn moved_cursor(&mut self) -> Option<PollCursor> {
+        let location = self.location.take()?;
         let moved = location.watermark.as_deref() != Some(self.current.as_str())
             && self.current != self.home;
         moved.then(|| PollCursor {
@@ -92,15 +316,18 @@ impl Base {
 /// default branch, else the repository's `default_branch`, read from the
 /// API (conditionally where the server gave validators) at most hourly
 /// and kept in `cache`; its cursor joins `cursors` when it changed.
-pub(super) async fn tracked_branches(
-    api: &mut Api,
-    rec: &Recorder,
-    target: &PollTarget,
-    base: &mut Base,
-    cache: &mut Option<(String, tokio::time::Instant)>,
+async fn tracked_branches(
+    parts: ForgeParts<'_>,
     accept: &str,
     cursors: &mut Vec<PollCursor>,
 ) -> Result<Vec<String>, PollError> {
+    let ForgeParts {
+        api,
+        rec,
+        target,
+        base,
+        default_branch: cache,
+    } = parts;
     if let Some(branches) = target.configured_branches() {
         return Ok(branches);
     }
@@ -119,8 +346,8 @@ pub(super) async fn tracked_branches(
             last_modified,
             ..
         } => {
-            let repository: Value = serde_json::from_slice(&body)
-                .map_err(|e| PollError::Transient(format!("repository: {e}")))?;
+            let repository: Value =
+                serde_json::from_slice(&body).map_err(|e| PollError::json("repository", e))?;
             let branch = repository["default_branch"].as_str().map(str::to_owned);
             let new_cursor = PollCursor {
                 etag,
@@ -136,20 +363,16 @@ pub(super) async fn tracked_branches(
     };
     let branch = branch
         .filter(|b| !b.is_empty())
-        .ok_or_else(|| PollError::Transient("repository: no default_branch".into()))?;
+        .ok_or_else(|| PollError::missing("repository", "no default_branch"))?;
     *cache = Some((branch.clone(), tokio::time::Instant::now()));
     Ok(vec![branch])
 }
 
 /// How a provider lists a repository's issues.
 pub(super) struct IssueList {
-    /// The header its webhooks name their event in (`x-github-event`, …).
-    pub(super) header: &'static str,
-    pub(super) accept: &'static str,
     /// The first page's URL from the repository's address, one incident
     /// label (URL-encoded) and `since` (RFC 3339).
     pub(super) url: fn(base: &str, label: &str, since: &str) -> String,
-    pub(super) max_pages: usize,
     /// Whether the list comes oldest update first: a read cut at
     /// `max_pages` then still moves the watermark to the newest update
     /// read; otherwise the watermark stays until a poll reads to the end.
@@ -162,15 +385,20 @@ pub(super) struct IssueList {
 /// its creation and, once closed, its resolution, mapped by the provider's
 /// `issues` rules; pull requests and issues without an incident label (a
 /// server may drop a label filter it does not know) are left out.
-pub(super) async fn incidents(
-    api: &mut Api,
-    rec: &Recorder,
-    target: &PollTarget,
-    base: &Base,
-    list: &IssueList,
+async fn incidents(
+    parts: ForgeParts<'_>,
+    dialect: &Dialect,
     deliveries: &mut Vec<Delivery>,
     cursors: &mut Vec<PollCursor>,
 ) -> Result<(), PollError> {
+    let ForgeParts {
+        api,
+        rec,
+        target,
+        base,
+        ..
+    } = parts;
+    let list = &dialect.issues;
     for label in target.options.incident_labels.clone() {
         let cursor = rec.cursor(target.stream(&format!("incidents|{label}")));
         // The URL stays the same until new data is committed, so that its
@@ -188,8 +416,8 @@ pub(super) async fn incidents(
                 &cursor,
                 &mut new_cursor,
                 "issues",
-                list.accept,
-                list.max_pages,
+                dialect.accept,
+                dialect.max_pages,
             )
             .await?;
         let Some(listing) = listed else {
@@ -219,11 +447,11 @@ pub(super) async fn incidents(
                 })
             });
             if incident {
-                deliveries.extend(issue_deliveries(target, list.header, issue));
+                deliveries.extend(issue_deliveries(target, dialect.header, issue));
             }
         }
         if listing.truncated && !list.oldest_update_first {
-            tracing::warn!(repo = %target.repo, label, pages = list.max_pages, "More incident issues than a poll reads; the watermark waits until a poll reads them all");
+            tracing::warn!(repo = %target.repo, label, pages = dialect.max_pages, "More incident issues than a poll reads; the watermark waits until a poll reads them all");
             newest = None;
         }
         if let Some(newest) = newest {

@@ -10,7 +10,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::api::Api;
-use super::{server_time, PollError, PollTarget, Recorder};
+use super::error::PollError;
+use super::recorder::Recorder;
+use super::settings::PollTarget;
+use super::watermark::server_time;
 use crate::metrics::Metrics;
 use crate::store::PollCursor;
 
@@ -226,7 +229,7 @@ pub(in crate::poll) async fn refresh(
     listed: Option<Vec<Listed>>,
     cursors: &mut Vec<PollCursor>,
 ) -> Result<(), PollError> {
-    let mut mark: PullsMark = super::mark_of(&cursor).unwrap_or_default();
+    let mut mark: PullsMark = super::watermark::mark_of(&cursor).unwrap_or_default();
     let now = source.parts().1.server_now();
     let plan = mark.plan(listed, now);
     let (rec, _, target) = source.parts();

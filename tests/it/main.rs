@@ -22,6 +22,7 @@ mod pipelines;
 mod poll;
 mod poll_gitea;
 mod poll_gitlab;
+mod poll_reviews;
 mod polling;
 mod postgres;
 mod prometheus;

@@ -11,12 +11,16 @@ use serde_json::{json, Value};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
-use crate::harness::{now, spawn_app_with, TestApp, SECRET};
+use hookgauge::poll::{token_gates, GithubPoller, PollError, Provider, Stream};
+
+use crate::harness::{now, TestApp, SECRET};
 use crate::polling::{
-    assert_webhook_is_duplicate, awaiting_review, eventually, requests_to, review_waits, rfc3339,
+    answered, assert_webhook_is_duplicate, awaiting_review, commit_time, deployments_of,
+    deployments_total, eventually, eventually_answered, eventually_deployed, eventually_recorded,
+    http_date, requests_to, review_waits, rfc3339, Rig, Stepped,
 };
 
-const TOKEN: &str = "ghp_fake_token_for_tests";
+pub(crate) const TOKEN: &str = "ghp_fake_token_for_tests";
 
 /// A JSON list with a weak ETag: 304 when `If-None-Match` repeats it
 /// byte for byte, after checking the request carries a valid token.
@@ -63,20 +67,20 @@ impl Respond for Conditional {
 /// A [`Conditional`] list whose content a test changes; its ETag follows
 /// the content.
 #[derive(Clone)]
-struct Listing {
+pub(crate) struct Listing {
     body: Arc<std::sync::Mutex<Value>>,
     remaining: Arc<AtomicUsize>,
 }
 
 impl Listing {
-    fn new(body: Value) -> Listing {
+    pub(crate) fn new(body: Value) -> Listing {
         Listing {
             body: Arc::new(std::sync::Mutex::new(body)),
             remaining: Arc::new(AtomicUsize::new(5000)),
         }
     }
 
-    fn set(&self, body: Value) {
+    pub(crate) fn set(&self, body: Value) {
         *self.body.lock().unwrap() = body;
     }
 }
@@ -104,13 +108,6 @@ fn deployment(id: i64, created_at: &str) -> Value {
     })
 }
 
-async fn deployments_total(app: &TestApp) -> f64 {
-    app.scrape().await.value_or_zero(
-        "hookgauge_deployments_total",
-        &[("app", "acme/shop"), ("namespace", "production")],
-    )
-}
-
 /// The app polling `acme/shop` on the fake server with a token from a
 /// file (kept alive by the returned directory); `webhooks` also serves
 /// `/hooks/github`.
@@ -135,7 +132,7 @@ async fn app_polling_with(
 }
 
 /// An issues list with no incident, for tests about deployments.
-async fn mount_no_incidents(server: &MockServer) {
+pub(crate) async fn mount_no_incidents(server: &MockServer) {
     Mock::given(method("GET"))
         .and(path("/repos/acme/shop/issues"))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
@@ -170,9 +167,21 @@ impl Respond for BranchHead {
     }
 }
 
+/// No deployment and no incident, and the quiet streams below: for tests
+/// that mount their commits or pull requests ahead of them.
+async fn mount_quiet_but_for_commits_and_pulls(server: &MockServer) {
+    Mock::given(method("GET"))
+        .and(path("/repos/acme/shop/deployments"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
+        .mount(server)
+        .await;
+    mount_no_incidents(server).await;
+    mount_quiet_streams(server).await;
+}
+
 /// The repository (default branch `main`), a `main` head with no history
 /// and no open pull request: for tests about other streams.
-async fn mount_quiet_streams(server: &MockServer) {
+pub(crate) async fn mount_quiet_streams(server: &MockServer) {
     Mock::given(method("GET"))
         .and(path("/repos/acme/shop"))
         .respond_with(
@@ -228,10 +237,7 @@ async fn a_polled_deploy_counts_once_with_its_webhook_and_restarts_poll_conditio
 
     let (_token_dir, mut app) = app_polling(&server, true).await;
 
-    eventually("the polled deploy", || async {
-        deployments_total(&app).await == 1.0
-    })
-    .await;
+    eventually_deployed(&app, 1.0).await;
     let lists = requests_to(&server, "/deployments").await;
     assert_eq!(lists.len(), 1);
     assert!(lists[0].headers.get("if-none-match").is_none());
@@ -248,17 +254,7 @@ async fn a_polled_deploy_counts_once_with_its_webhook_and_restarts_poll_conditio
         "{streams:?}"
     );
     let scrape = app.scrape().await;
-    assert_eq!(
-        scrape.value(
-            "hookgauge_poll_requests_total",
-            &[
-                ("repo", "acme/shop"),
-                ("endpoint", "deployments"),
-                ("status", "200")
-            ]
-        ),
-        1.0
-    );
+    assert_eq!(answered(&scrape, "deployments", "200"), 1.0);
     assert_eq!(
         scrape.value(
             "hookgauge_poll_rate_limit_remaining",
@@ -291,68 +287,81 @@ async fn a_polled_deploy_counts_once_with_its_webhook_and_restarts_poll_conditio
             .and_then(|v| v.to_str().ok()),
         Some("W/\"d1\"")
     );
-    eventually("the 304 counted", || async {
-        app.scrape().await.value_or_zero(
-            "hookgauge_poll_requests_total",
-            &[
-                ("repo", "acme/shop"),
-                ("endpoint", "deployments"),
-                ("status", "304"),
-            ],
-        ) == 1.0
-    })
-    .await;
+    eventually_answered(&app, "deployments", "304", 1.0).await;
     assert_eq!(requests_to(&server, "/statuses").await.len(), 1);
     assert_eq!(deployments_total(&app).await, 1.0);
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// A GitHub poller of `acme/shop` on the fake, stepped on `rig`.
+fn github(rig: &Rig, server: &MockServer) -> Stepped<GithubPoller> {
+    let target = Rig::target(Provider::Github, "acme/shop", &server.uri(), TOKEN, "");
+    let gate = token_gates(std::slice::from_ref(&target)).remove(0);
+    rig.poller(target, gate, GithubPoller::new, GithubPoller::with_clock)
+}
+
+#[tokio::test]
 async fn an_exhausted_quota_stops_requests_until_the_reset() {
     let server = MockServer::start().await;
-    let reset = now() + 4;
+    let rig = Rig::start().await;
+    let reset = rig.clock.now_seconds() + 4;
+    let clock = rig.clock.clone();
     Mock::given(method("GET"))
         .and(path("/repos/acme/shop/deployments"))
-        .respond_with(
+        .respond_with(move |_: &Request| {
             ResponseTemplate::new(403)
+                .insert_header("date", http_date(clock.now_seconds()).as_str())
                 .insert_header("x-ratelimit-limit", "5000")
                 .insert_header("x-ratelimit-remaining", "0")
                 .insert_header("x-ratelimit-reset", reset.to_string().as_str())
-                .set_body_json(json!({"message": "API rate limit exceeded for user ID 1."})),
-        )
+                .set_body_json(json!({"message": "API rate limit exceeded for user ID 1."}))
+        })
         .mount(&server)
         .await;
-    let (_token_dir, app) = app_polling(&server, false).await;
-    eventually("the first request", || async {
-        requests_to(&server, "/deployments").await.len() == 1
-    })
-    .await;
+    let mut shop = github(&rig, &server);
+    let limited = shop.poll(&rig, Stream::Deployments).await;
     assert!(
-        now() < reset - 1,
-        "the first request came well before the reset"
+        matches!(limited, Err(PollError::RateLimited { until }) if until == reset + 1),
+        "{limited:?}"
     );
-    // Silent until the reset (+1 s), then one more attempt.
-    while now() < reset {
-        assert_eq!(requests_to(&server, "/deployments").await.len(), 1);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    eventually("the attempt after the reset", || async {
-        requests_to(&server, "/deployments").await.len() == 2
-    })
-    .await;
+    // Silent until the reset (+1 s): every stream waits for it, and one
+    // polled before then is refused without a request.
+    let (_, wait) = shop.next(&rig);
+    assert!(
+        wait >= Duration::from_secs((reset + 1 - rig.clock.now_seconds()) as u64),
+        "{wait:?}"
+    );
+    rig.advance(Duration::from_secs(2));
+    let held = shop.poll(&rig, Stream::Incidents).await;
+    assert!(
+        matches!(held, Err(PollError::RateLimited { .. })),
+        "{held:?}"
+    );
+    assert_eq!(server.received_requests().await.unwrap().len(), 1);
+    // Then one more attempt.
+    let (stream, again) = shop.step(&rig).await;
+    assert_eq!(stream, Stream::Deployments);
+    assert!(rig.clock.now_seconds() > reset, "after the reset");
+    assert!(
+        matches!(again, Err(PollError::RateLimited { .. })),
+        "{again:?}"
+    );
+    assert_eq!(requests_to(&server, "/deployments").await.len(), 2);
     // Refused again although the reset is past: it backs off (≥ 4 s), it
     // does not retry at once.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(requests_to(&server, "/deployments").await.len(), 2);
-    let scrape = app.scrape().await;
+    assert!(
+        shop.next(&rig).1 >= Duration::from_secs(4),
+        "{:?}",
+        shop.next(&rig)
+    );
     assert_eq!(
-        scrape.value(
+        rig.scrape().value(
             "hookgauge_poll_rate_limit_remaining",
             &[("repo", "acme/shop")]
         ),
         0.0
     );
-    app.shutdown().await;
+    rig.shutdown().await;
 }
 
 /// A page of deployments with a `Link` to the next one.
@@ -417,10 +426,7 @@ async fn deployment_pages_are_followed_through_their_links() {
     mount_no_incidents(&server).await;
     mount_quiet_streams(&server).await;
     let (_token_dir, app) = app_polling(&server, false).await;
-    eventually("three deploys", || async {
-        deployments_total(&app).await == 3.0
-    })
-    .await;
+    eventually_deployed(&app, 3.0).await;
     let page2 = requests_to(&server, "/repositories/1/deployments").await;
     assert_eq!(page2.len(), 1, "the next page, by its link, once");
     assert_eq!(page2[0].url.query(), Some("per_page=100&page=2"));
@@ -508,11 +514,11 @@ async fn incident_issues_are_polled_since_their_watermark_and_counted_once() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn repositories_sharing_a_token_share_its_exhausted_quota() {
     let server = MockServer::start().await;
-    // acme/shop exhausts the token; acme/cart answers 502 first, so its
-    // poller would retry within 4 s if it did not know the quota is gone.
+    // acme/shop exhausts the token; acme/cart answers 502, so its poller
+    // would retry soon if it did not know the quota is gone.
     Mock::given(method("GET"))
         .and(path("/repos/acme/shop/deployments"))
         .respond_with(
@@ -531,26 +537,27 @@ async fn repositories_sharing_a_token_share_its_exhausted_quota() {
         .await;
     mount_no_incidents(&server).await;
     mount_quiet_streams(&server).await;
-    let token_dir = tempfile::tempdir().unwrap();
-    let token_file = token_dir.path().join("token");
-    std::fs::write(&token_file, TOKEN).unwrap();
-    let entry = |repo: &str| {
-        toml::from_str(&format!(
-            "repo = {repo:?}\ntoken_file = {:?}\napi_url = {:?}",
-            token_file.display().to_string(),
-            server.uri()
-        ))
-        .unwrap()
-    };
-    let app =
-        spawn_app_with(|raw| raw.poll.github = vec![entry("acme/shop"), entry("acme/cart")]).await;
-    eventually("the exhausting answer", || async {
-        !requests_to(&server, "/repos/acme/shop/deployments")
-            .await
-            .is_empty()
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    let rig = Rig::start().await;
+    let targets = ["acme/shop", "acme/cart"]
+        .map(|repo| Rig::target(Provider::Github, repo, &server.uri(), TOKEN, ""));
+    let gates = token_gates(&targets);
+    let [shop, cart] = targets;
+    let [shop_gate, cart_gate] = [Arc::clone(&gates[0]), Arc::clone(&gates[1])];
+    let mut shop = rig.poller(shop, shop_gate, GithubPoller::new, GithubPoller::with_clock);
+    let mut cart = rig.poller(cart, cart_gate, GithubPoller::new, GithubPoller::with_clock);
+    let exhausted = shop.poll(&rig, Stream::Deployments).await;
+    assert!(
+        matches!(exhausted, Err(PollError::RateLimited { .. })),
+        "{exhausted:?}"
+    );
+    rig.advance(Duration::from_secs(5));
+    for (poller, repo) in [(&mut shop, "acme/shop"), (&mut cart, "acme/cart")] {
+        let held = poller.poll(&rig, Stream::Deployments).await;
+        assert!(
+            matches!(held, Err(PollError::RateLimited { .. })),
+            "{repo}: {held:?}"
+        );
+    }
     assert_eq!(
         requests_to(&server, "/repos/acme/shop/deployments")
             .await
@@ -560,14 +567,13 @@ async fn repositories_sharing_a_token_share_its_exhausted_quota() {
     assert!(
         requests_to(&server, "/repos/acme/cart/deployments")
             .await
-            .len()
-            <= 1,
-        "cart sent nothing more once the shared token was exhausted"
+            .is_empty(),
+        "cart sent nothing once the shared token was exhausted"
     );
-    app.shutdown().await;
+    rig.shutdown().await;
 }
 
-fn pull(number: u64, author: &str, created: i64, updated: i64, draft: bool) -> Value {
+pub(crate) fn pull(number: u64, author: &str, created: i64, updated: i64, draft: bool) -> Value {
     json!({
         "number": number, "state": "open", "draft": draft,
         "created_at": rfc3339(created), "updated_at": rfc3339(updated),
@@ -576,12 +582,12 @@ fn pull(number: u64, author: &str, created: i64, updated: i64, draft: bool) -> V
     })
 }
 
-fn review(id: u64, by: &str, state: &str, at: i64) -> Value {
+pub(crate) fn review(id: u64, by: &str, state: &str, at: i64) -> Value {
     json!({"id": id, "user": {"login": by}, "state": state, "submitted_at": rfc3339(at)})
 }
 
 /// Mounts `listing` at `at`, ahead of the quiet streams' mocks.
-async fn mount_listing(server: &MockServer, at: &str, listing: &Listing) {
+pub(crate) async fn mount_listing(server: &MockServer, at: &str, listing: &Listing) {
     Mock::given(method("GET"))
         .and(path(at))
         .respond_with(listing.clone())
@@ -590,31 +596,25 @@ async fn mount_listing(server: &MockServer, at: &str, listing: &Listing) {
         .await;
 }
 
+/// GitHub's part of the review waits (the scenario every provider shares
+/// is in `poll_reviews.rs`): one base asked on the server, reviews read
+/// again conditionally after a push without undoing them, and the waits
+/// kept across restarts whether the list answers 304 or fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pull_requests_waiting_for_a_review_are_gauged_until_someone_reviews_them() {
+async fn review_waits_survive_restarts_and_a_push_rereads_reviews_conditionally() {
     let server = MockServer::start().await;
     let t = now();
     let day = 86_400;
     let pulls = Listing::new(json!([
-        pull(7, "ann", t - 3 * day, t - 3 * day, false),
-        pull(8, "ann", t - 5 * day, t - 5 * day, true),
         pull(9, "cat", t - 2 * day, t - 3600, false),
         pull(10, "dan", t - 2 * day, t - 2 * day, false),
     ]));
     mount_listing(&server, "/repos/acme/shop/pulls", &pulls).await;
-    let reviews_of_7 = Listing::new(json!([]));
-    mount_listing(&server, "/repos/acme/shop/pulls/7/reviews", &reviews_of_7).await;
-    // The author's own comment is no review; nor is one from before #9 was
-    // last marked ready.
-    let reviews_of_9 = Listing::new(json!([
-        review(90, "cat", "COMMENTED", t - 600),
-        review(91, "bob", "APPROVED", t - 2 * day + 60),
-    ]));
+    let reviews_of_9 = Listing::new(json!([review(91, "bob", "APPROVED", t - 2 * day + 60)]));
     mount_listing(&server, "/repos/acme/shop/pulls/9/reviews", &reviews_of_9).await;
     let reviews_of_10 = Listing::new(json!([review(100, "eve", "COMMENTED", t - day)]));
     mount_listing(&server, "/repos/acme/shop/pulls/10/reviews", &reviews_of_10).await;
     let ready_9 = Listing::new(json!([
-        {"event": "convert_to_draft", "created_at": rfc3339(t - 2 * day + 120)},
         {"event": "ready_for_review", "created_at": rfc3339(t - 1800)},
     ]));
     mount_listing(&server, "/repos/acme/shop/issues/9/timeline", &ready_9).await;
@@ -625,47 +625,14 @@ async fn pull_requests_waiting_for_a_review_are_gauged_until_someone_reviews_the
         .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
         .mount(&server)
         .await;
-    Mock::given(method("GET"))
-        .and(path("/repos/acme/shop/deployments"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
-        .mount(&server)
-        .await;
-    mount_no_incidents(&server).await;
-    mount_quiet_streams(&server).await;
+    mount_quiet_but_for_commits_and_pulls(&server).await;
 
     let (_token_dir, mut app) = app_polling(&server, false).await;
-    eventually("two pull requests waiting", || async {
-        awaiting_review(&app).await == 2.0
+    eventually("#9 waiting", || async {
+        awaiting_review(&app).await == 1.0
     })
     .await;
-    let waits = review_waits(&app).await;
-    let numbers: Vec<&str> = waits.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(numbers, ["7", "9"], "{waits:?}");
-    assert!(
-        (3.0 * day as f64..3.0 * day as f64 + 60.0).contains(&waits[0].1),
-        "#7 waits since its creation: {waits:?}"
-    );
-    assert!(
-        (1800.0..1860.0).contains(&waits[1].1),
-        "#9 waits since it was last marked ready: {waits:?}"
-    );
-    // A draft's reviews are not read; each ready one's timeline once.
-    assert!(requests_to(&server, "/pulls/8/reviews").await.is_empty());
-    for n in [7, 9, 10] {
-        assert_eq!(
-            requests_to(&server, &format!("/pulls/{n}/reviews"))
-                .await
-                .len(),
-            1
-        );
-        assert_eq!(
-            requests_to(&server, &format!("/issues/{n}/timeline"))
-                .await
-                .len(),
-            1,
-            "#{n}"
-        );
-    }
+    assert_eq!(review_waits(&app).await[0].0, "9");
     let lists = requests_to(&server, "/pulls").await;
     let query = lists[0].url.query().unwrap_or_default();
     assert!(
@@ -673,47 +640,33 @@ async fn pull_requests_waiting_for_a_review_are_gauged_until_someone_reviews_the
         "{query}"
     );
 
-    // Bob comments on #7, which bumps its `updated_at`: after the next poll
-    // (a restart polls at once) #7 no longer waits. Dan pushes to #10,
-    // reviewed already: its reviews are read again (304) and it still does
-    // not wait. #9 did not change: its reviews are not read again.
-    reviews_of_7.set(json!([review(70, "bob", "COMMENTED", now())]));
+    // Dan pushes to #10, reviewed already: after the next poll (a restart
+    // polls at once) its reviews are read again, conditionally (304), and
+    // it still does not wait. #9 did not change: its reviews are not read
+    // again.
     let mut pushed = pull(10, "dan", t - 2 * day, now(), false);
     pushed["head"]["sha"] = json!("5555555555555555555555555555555555555555");
     pulls.set(json!([
-        pull(7, "ann", t - 3 * day, now(), false),
-        pull(8, "ann", t - 5 * day, t - 5 * day, true),
         pull(9, "cat", t - 2 * day, t - 3600, false),
-        pushed,
+        pushed
     ]));
     app.restart().await;
-    eventually("#7 reviewed", || async {
-        awaiting_review(&app).await == 1.0
+    eventually("#10's reviews read again", || async {
+        requests_to(&server, "/pulls/10/reviews").await.len() == 2
     })
     .await;
+    let reviews = requests_to(&server, "/pulls/10/reviews").await;
+    assert!(reviews[1].headers.get("if-none-match").is_some());
+    eventually_answered(&app, "reviews", "304", 1.0).await;
     let waits = review_waits(&app).await;
     assert_eq!(waits.len(), 1, "{waits:?}");
     assert_eq!(waits[0].0, "9");
-    let reviews = requests_to(&server, "/pulls/7/reviews").await;
-    assert_eq!(reviews.len(), 2);
-    assert!(reviews[1].headers.get("if-none-match").is_some());
     assert_eq!(requests_to(&server, "/pulls/9/reviews").await.len(), 1);
-    assert_eq!(requests_to(&server, "/pulls/10/reviews").await.len(), 2);
 
     // Nothing changed: the list answers 304, and the waits come back from
     // the store.
     app.restart().await;
-    eventually("the 304", || async {
-        app.scrape().await.value_or_zero(
-            "hookgauge_poll_requests_total",
-            &[
-                ("repo", "acme/shop"),
-                ("endpoint", "pulls"),
-                ("status", "304"),
-            ],
-        ) == 1.0
-    })
-    .await;
+    eventually_answered(&app, "pulls", "304", 1.0).await;
     assert_eq!(awaiting_review(&app).await, 1.0);
     assert_eq!(review_waits(&app).await[0].0, "9");
 
@@ -725,17 +678,7 @@ async fn pull_requests_waiting_for_a_review_are_gauged_until_someone_reviews_the
         .mount(&server)
         .await;
     app.restart().await;
-    eventually("the 502", || async {
-        app.scrape().await.value_or_zero(
-            "hookgauge_poll_requests_total",
-            &[
-                ("repo", "acme/shop"),
-                ("endpoint", "pulls"),
-                ("status", "502"),
-            ],
-        ) == 1.0
-    })
-    .await;
+    eventually_answered(&app, "pulls", "502", 1.0).await;
     assert_eq!(awaiting_review(&app).await, 1.0);
     let waits = review_waits(&app).await;
     assert_eq!(waits.len(), 1, "{waits:?}");
@@ -749,14 +692,6 @@ fn commit(sha: &str, at: i64) -> Value {
         "html_url": format!("https://github.com/acme/shop/commit/{sha}"),
         "commit": {"message": "change", "committer": {"name": "ann", "date": rfc3339(at)}}
     })
-}
-
-async fn commit_time(app: &TestApp, sha: &str) -> Option<f64> {
-    app.scrape()
-        .await
-        .find("commit_timestamp", &[("app", "acme/shop"), ("commit", sha)])
-        .first()
-        .map(|s| s.value)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -785,19 +720,10 @@ async fn commits_reaching_the_default_branch_are_read_through_its_head_and_a_com
         ))
         .mount(&server)
         .await;
-    Mock::given(method("GET"))
-        .and(path("/repos/acme/shop/deployments"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
-        .mount(&server)
-        .await;
-    mount_no_incidents(&server).await;
-    mount_quiet_streams(&server).await;
+    mount_quiet_but_for_commits_and_pulls(&server).await;
 
     let (_token_dir, mut app) = app_polling(&server, false).await;
-    eventually("the bootstrap commits", || async {
-        commit_time(&app, c1).await.is_some() && commit_time(&app, c2).await.is_some()
-    })
-    .await;
+    eventually_recorded(&app, &[c1, c2]).await;
     assert_eq!(commit_time(&app, c1).await, Some((t - 1200) as f64));
     let listed = requests_to(&server, "/repos/acme/shop/commits").await;
     assert_eq!(listed.len(), 1);
@@ -842,17 +768,7 @@ async fn commits_reaching_the_default_branch_are_read_through_its_head_and_a_com
         requests_to(&server, "/commits/main").await.len() == 3
     })
     .await;
-    eventually("the 304", || async {
-        app.scrape().await.value_or_zero(
-            "hookgauge_poll_requests_total",
-            &[
-                ("repo", "acme/shop"),
-                ("endpoint", "branch_head"),
-                ("status", "304"),
-            ],
-        ) == 1.0
-    })
-    .await;
+    eventually_answered(&app, "branch_head", "304", 1.0).await;
     assert_eq!(
         requests_to(&server, &format!("/compare/{c2}...{c3}"))
             .await
@@ -934,10 +850,7 @@ async fn a_renamed_repository_is_followed_to_its_new_address_and_remembered() {
         .await;
     mount_repository_at(&server, "/repositories/42").await;
     let (_token_dir, mut app) = app_polling(&server, false).await;
-    eventually("the deploy, through the redirect", || async {
-        deployments_total(&app).await == 1.0
-    })
-    .await;
+    eventually_deployed(&app, 1.0).await;
     eventually("the pull requests, at the new address", || async {
         !requests_to(&server, "/repositories/42/pulls")
             .await
@@ -1040,10 +953,7 @@ async fn a_revoked_token_is_read_again_from_its_file_without_double_counting() {
         .with_priority(1)
         .mount(&server)
         .await;
-    eventually("the deploy", || async {
-        deployments_total(&app).await == 1.0
-    })
-    .await;
+    eventually_deployed(&app, 1.0).await;
 
     // The token is revoked and the Secret rotated; the app restarts with
     // the old token (read before the rotation, say) …
@@ -1064,17 +974,7 @@ async fn a_revoked_token_is_read_again_from_its_file_without_double_counting() {
     })
     .await;
     assert_eq!(rotating.refusals.load(Ordering::SeqCst), 1);
-    eventually("the 200 for the new token", || async {
-        app.scrape().await.value_or_zero(
-            "hookgauge_poll_requests_total",
-            &[
-                ("repo", "acme/shop"),
-                ("endpoint", "deployments"),
-                ("status", "200"),
-            ],
-        ) == 1.0
-    })
-    .await;
+    eventually_answered(&app, "deployments", "200", 1.0).await;
     assert_eq!(deployments_total(&app).await, 1.0, "no double count");
     let scrape = app.scrape().await;
     assert_eq!(
@@ -1102,7 +1002,7 @@ impl Respond for Flaky {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn a_burst_of_502s_is_retried_with_backoff_and_loses_nothing() {
     let server = MockServer::start().await;
     let deployment = mount_repository_at(&server, "/repos/acme/shop").await;
@@ -1119,42 +1019,38 @@ async fn a_burst_of_502s_is_retried_with_backoff_and_loses_nothing() {
         .with_priority(1)
         .mount(&server)
         .await;
-    let (_token_dir, app) = app_polling(&server, false).await;
-    eventually("the deploy after two 502s", || async {
-        deployments_total(&app).await == 1.0
-    })
-    .await;
+    let rig = Rig::start().await;
+    let mut shop = github(&rig, &server);
+    let mut results = Vec::new();
+    while deployments_of(&rig.scrape()) == 0.0 && results.len() < 20 {
+        if let (Stream::Deployments, result) = shop.step(&rig).await {
+            results.push(result.map_err(|e| e.to_string()));
+        }
+    }
+    assert_eq!(
+        results,
+        [
+            Err("transient failure: deployments: 502".to_owned()),
+            Err("transient failure: deployments: 502".to_owned()),
+            Ok(true)
+        ]
+    );
     let lists = requests_to(&server, "/deployments").await;
     assert_eq!(lists.len(), 3);
     // The watermark did not move: every attempt asked for the same thing.
     assert!(lists
         .iter()
         .all(|r| r.url == lists[0].url && r.headers.get("if-none-match").is_none()));
-    let scrape = app.scrape().await;
-    assert_eq!(
-        scrape.value(
-            "hookgauge_poll_requests_total",
-            &[
-                ("repo", "acme/shop"),
-                ("endpoint", "deployments"),
-                ("status", "502")
-            ]
-        ),
-        2.0
-    );
-    assert_eq!(
-        scrape.value("hookgauge_poll_degraded", &[("repo", "acme/shop")]),
-        0.0
-    );
-    app.shutdown().await;
+    assert_eq!(answered(&rig.scrape(), "deployments", "502"), 2.0);
+    assert!(!shop.schedule.degraded());
+    rig.shutdown().await;
 }
 
-/// The app polling a fake whose deployments answer `refusal`; waits for
-/// that answer and returns the app.
+/// A GitHub poller stepped on a fake whose deployments answer `refusal`.
 async fn refused_with(
     server: &MockServer,
     refusal: ResponseTemplate,
-) -> (tempfile::TempDir, TestApp) {
+) -> (Rig, Stepped<GithubPoller>) {
     mount_repository_at(server, "/repos/acme/shop").await;
     Mock::given(method("GET"))
         .and(path("/repos/acme/shop/deployments"))
@@ -1162,26 +1058,12 @@ async fn refused_with(
         .with_priority(1)
         .mount(server)
         .await;
-    let (token_dir, app) = app_polling(server, false).await;
-    eventually("the refusal", || async {
-        app.scrape()
-            .await
-            .find(
-                "hookgauge_poll_requests_total",
-                &[("endpoint", "deployments"), ("status", "403")],
-            )
-            .len()
-            == 1
-    })
-    .await;
-    (token_dir, app)
+    let rig = Rig::start().await;
+    let shop = github(&rig, server);
+    (rig, shop)
 }
 
-async fn poll_gauge(app: &TestApp, name: &str) -> f64 {
-    app.scrape().await.value(name, &[("repo", "acme/shop")])
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn a_secondary_limit_holds_the_repository_for_its_retry_after_or_a_minute() {
     let secondary = json!({
         "message": "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.",
@@ -1196,60 +1078,60 @@ async fn a_secondary_limit_holds_the_repository_for_its_retry_after_or_a_minute(
         if let Some(seconds) = retry_after {
             refusal = refusal.insert_header("retry-after", seconds);
         }
-        let (_token_dir, app) = refused_with(&server, refusal).await;
-        eventually("the backoff", || async {
-            poll_gauge(&app, "hookgauge_poll_backoff_seconds").await > 0.0
-        })
-        .await;
-        let backoff = poll_gauge(&app, "hookgauge_poll_backoff_seconds").await;
+        let (rig, mut shop) = refused_with(&server, refusal).await;
+        let limited = shop.poll(&rig, Stream::Deployments).await;
+        assert!(
+            matches!(limited, Err(PollError::RateLimited { .. })),
+            "{limited:?}"
+        );
+        let backoff = shop.schedule.backoff().as_secs_f64();
         assert!(
             (expected - 2.0..=expected + 1.0).contains(&backoff),
             "retry-after {retry_after:?}: backoff {backoff}"
         );
-        // Every stream waits: nothing else was asked after the refusal.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Every stream waits, and one polled meanwhile asks nothing.
+        let (_, wait) = shop.next(&rig);
+        assert!(wait.as_secs_f64() >= expected - 2.0, "{wait:?}");
+        let held = shop.poll(&rig, Stream::PullRequests).await;
+        assert!(
+            matches!(held, Err(PollError::RateLimited { .. })),
+            "{held:?}"
+        );
         let asked = server.received_requests().await.unwrap().len();
         assert_eq!(asked, 1, "retry-after {retry_after:?}");
-        assert_eq!(poll_gauge(&app, "hookgauge_poll_degraded").await, 0.0);
-        app.shutdown().await;
+        assert!(!shop.schedule.degraded());
+        rig.shutdown().await;
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn a_permission_refusal_degrades_the_repository_without_retries() {
     let server = MockServer::start().await;
     let refusal = ResponseTemplate::new(403).set_body_json(json!({
         "message": "Resource not accessible by personal access token",
         "documentation_url": "https://docs.github.com/rest/deployments/deployments#list-deployments"
     }));
-    let (_token_dir, app) = refused_with(&server, refusal).await;
-    let refused_at = std::time::Instant::now();
+    let (rig, mut shop) = refused_with(&server, refusal).await;
+    let refused = shop.poll(&rig, Stream::Deployments).await;
+    assert!(matches!(refused, Err(PollError::Refused(_))), "{refused:?}");
     // Degraded at the first refusal (a transient failure degrades only
-    // after five in a row).
-    eventually("the degraded repository", || async {
-        poll_gauge(&app, "hookgauge_poll_degraded").await == 1.0
-    })
-    .await;
-    // The other streams go on; the refused one is not asked again soon.
-    eventually("the pull requests", || async {
-        !requests_to(&server, "/pulls").await.is_empty()
-    })
-    .await;
-    // A retry would come within the first backoff of a transient failure
-    // (at most 2 s, with full jitter) or the 60 s interval: past the former,
-    // the refused stream is still waiting for its longest interval.
-    // Nothing can be observed to happen here, so this waits out the time.
-    let first_backoff = Duration::from_secs(2) + Duration::from_millis(500);
-    tokio::time::sleep(first_backoff.saturating_sub(refused_at.elapsed())).await;
+    // after five in a row), without a backoff.
+    assert!(shop.schedule.degraded());
+    assert_eq!(shop.schedule.backoff(), Duration::ZERO);
+    // The other streams go on; the refused one is not asked again before
+    // its longest interval (30 min).
+    while rig.since_start() + shop.next(&rig).1 < Duration::from_secs(29 * 60) {
+        let (stream, result) = shop.step(&rig).await;
+        assert_ne!(stream, Stream::Deployments, "at {:?}", rig.since_start());
+        assert!(result.is_ok(), "{stream:?}: {result:?}");
+    }
+    assert!(!requests_to(&server, "/pulls").await.is_empty());
     assert_eq!(requests_to(&server, "/deployments").await.len(), 1);
-    assert_eq!(
-        poll_gauge(&app, "hookgauge_poll_backoff_seconds").await,
-        0.0
-    );
-    app.shutdown().await;
+    assert!(shop.schedule.degraded());
+    rig.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn a_reset_in_server_time_is_waited_for_on_the_local_clock() {
     // The server's clock is 10 minutes ahead; its reset is 20 minutes
     // ahead of the server's now, so 20 minutes from now here (not 30, as
@@ -1269,20 +1151,24 @@ async fn a_reset_in_server_time_is_waited_for_on_the_local_clock() {
         )
         .set_body_json(json!({"message": "API rate limit exceeded for user ID 1."}));
     let server = MockServer::start().await;
-    let (_token_dir, app) = refused_with(&server, refusal).await;
-    eventually("the backoff", || async {
-        poll_gauge(&app, "hookgauge_poll_backoff_seconds").await > 0.0
-    })
-    .await;
-    let reset = poll_gauge(&app, "hookgauge_poll_rate_limit_reset_timestamp_seconds").await;
-    let local = (now() + 1200) as f64;
+    let (rig, mut shop) = refused_with(&server, refusal).await;
+    let limited = shop.poll(&rig, Stream::Deployments).await;
+    assert!(
+        matches!(limited, Err(PollError::RateLimited { .. })),
+        "{limited:?}"
+    );
+    let reset = rig.scrape().value(
+        "hookgauge_poll_rate_limit_reset_timestamp_seconds",
+        &[("repo", "acme/shop")],
+    );
+    let local = (rig.clock.now_seconds() + 1200) as f64;
     assert!(
         (reset - local).abs() <= 3.0,
         "reset {reset}, expected about {local}"
     );
-    let backoff = poll_gauge(&app, "hookgauge_poll_backoff_seconds").await;
+    let backoff = shop.schedule.backoff().as_secs_f64();
     assert!((1195.0..=1205.0).contains(&backoff), "backoff {backoff}");
-    app.shutdown().await;
+    rig.shutdown().await;
 }
 
 /// A success status for every deployment `id`, created at `created(id)`.
@@ -1398,10 +1284,7 @@ async fn a_backfill_interrupted_mid_way_resumes_where_it_stopped_without_duplica
     let (_token_dir, mut app) = app_polling_with(&server, false, &since).await;
 
     // Pages 1 and 2 are read and committed; page 3 fails.
-    eventually("two pages of deploys", || async {
-        deployments_total(&app).await == 10.0
-    })
-    .await;
+    eventually_deployed(&app, 10.0).await;
     eventually("the failing page", || async {
         requests_to(&server, "/deployments")
             .await
@@ -1421,10 +1304,7 @@ async fn a_backfill_interrupted_mid_way_resumes_where_it_stopped_without_duplica
     })
     .await;
     broken.store(false, Ordering::SeqCst);
-    eventually("the whole backfill", || async {
-        deployments_total(&app).await == 15.0
-    })
-    .await;
+    eventually_deployed(&app, 15.0).await;
     let page_2 = requests_to(&server, "/deployments")
         .await
         .iter()
@@ -1473,13 +1353,7 @@ async fn a_history_longer_than_a_poll_reads_is_read_on_over_the_next_polls() {
         .with_priority(1)
         .mount(&server)
         .await;
-    Mock::given(method("GET"))
-        .and(path("/repos/acme/shop/deployments"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
-        .mount(&server)
-        .await;
-    mount_no_incidents(&server).await;
-    mount_quiet_streams(&server).await;
+    mount_quiet_but_for_commits_and_pulls(&server).await;
     let since = format!("backfill_since = {:?}", rfc3339(t - 86_400));
     let (_token_dir, mut app) = app_polling_with(&server, false, &since).await;
     let newest = format!("{:040x}", 500);
@@ -1532,10 +1406,7 @@ async fn deployments_made_while_polls_were_down_for_days_are_counted() {
     mount_no_incidents(&server).await;
     mount_quiet_streams(&server).await;
     let (_token_dir, mut app) = app_polling(&server, false).await;
-    eventually("the first deploy", || async {
-        deployments_total(&app).await == 1.0
-    })
-    .await;
+    eventually_deployed(&app, 1.0).await;
     // The service was down for days; meanwhile #8 was deployed, two days
     // before it comes back.
     list.set(json!([
@@ -1543,10 +1414,7 @@ async fn deployments_made_while_polls_were_down_for_days_are_counted() {
         with_sha(7, now() - 600)
     ]));
     app.restart().await;
-    eventually("the deploy made while down", || async {
-        deployments_total(&app).await == 2.0
-    })
-    .await;
+    eventually_deployed(&app, 2.0).await;
     assert_eq!(
         requests_to(&server, "/deployments/8/statuses").await.len(),
         1

@@ -13,18 +13,21 @@ use serde_json::{json, Value};
 use wiremock::matchers::path_regex;
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
+use hookgauge::poll::{token_gates, GiteaPoller, PollError, Provider, Stream};
+
 use crate::harness::{fixture, now, spawn_app_with, TestApp, SECRET};
 use crate::polling::{
-    assert_webhook_is_duplicate, awaiting_review, eventually, review_waits, rfc3339,
+    answered, assert_webhook_is_duplicate, awaiting_review, commit_time, deployments_total,
+    eventually, eventually_deployed, eventually_recorded, review_waits, rfc3339, Rig, Stepped,
 };
 use crate::sources::{post, provider_headers};
 
-const TOKEN: &str = "gitea-token-for-tests";
+pub(crate) const TOKEN: &str = "gitea-token-for-tests";
 const REPO: &str = "/api/v1/repos/acme/shop";
 
 /// What the fake repository holds; tests change it between polls.
 #[derive(Default)]
-struct Repository {
+pub(crate) struct Repository {
     deleted: bool,
     /// Gitea's `[api] MAX_RESPONSE_ITEMS`.
     max_items: usize,
@@ -33,23 +36,23 @@ struct Repository {
     commits: Vec<Value>,
     /// Commit statuses by SHA.
     statuses: HashMap<String, Vec<Value>>,
-    pulls: Vec<Value>,
-    reviews: HashMap<u64, Vec<Value>>,
-    timelines: HashMap<u64, Vec<Value>>,
+    pub(crate) pulls: Vec<Value>,
+    pub(crate) reviews: HashMap<u64, Vec<Value>>,
+    pub(crate) timelines: HashMap<u64, Vec<Value>>,
     /// Requests the proxy in front refuses (429, `Retry-After: 2`) next.
     throttle: usize,
 }
 
 /// The fake instance: every request is logged with its arrival time.
 #[derive(Clone)]
-struct FakeGitea {
+pub(crate) struct FakeGitea {
     repo: Arc<Mutex<Repository>>,
     log: Arc<Mutex<Vec<(Instant, Request)>>>,
     root: String,
 }
 
 impl FakeGitea {
-    async fn start(server: &MockServer) -> FakeGitea {
+    pub(crate) async fn start(server: &MockServer) -> FakeGitea {
         let fake = FakeGitea {
             repo: Arc::new(Mutex::new(Repository {
                 max_items: 50,
@@ -65,7 +68,7 @@ impl FakeGitea {
         fake
     }
 
-    fn with<R>(&self, change: impl FnOnce(&mut Repository) -> R) -> R {
+    pub(crate) fn with<R>(&self, change: impl FnOnce(&mut Repository) -> R) -> R {
         change(&mut self.repo.lock().unwrap())
     }
 
@@ -496,14 +499,6 @@ async fn lists_are_followed_by_link_past_a_clamped_page_size() {
     app.shutdown().await;
 }
 
-async fn commit_time(app: &TestApp, sha: &str) -> Option<f64> {
-    app.scrape()
-        .await
-        .find("commit_timestamp", &[("app", "acme/shop"), ("commit", sha)])
-        .first()
-        .map(|s| s.value)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_of_the_default_branch_are_recorded_once_across_restarts() {
     let server = MockServer::start().await;
@@ -521,10 +516,7 @@ async fn commits_of_the_default_branch_are_recorded_once_across_restarts() {
         ];
     });
     let (_token_dir, mut app) = app_polling(&server, json!({})).await;
-    eventually("the bootstrap commits", || async {
-        commit_time(&app, &c1).await.is_some() && commit_time(&app, &c2).await.is_some()
-    })
-    .await;
+    eventually_recorded(&app, &[&c1, &c2]).await;
     // The author time, as Gitea's push webhooks carry it.
     assert_eq!(commit_time(&app, &c1).await, Some((t - 1300) as f64));
     assert_eq!(commit_time(&app, &c0).await, None, "outside the window");
@@ -610,12 +602,9 @@ async fn a_deploy_status_polled_and_delivered_by_webhook_counts_once() {
     });
     let source = json!({"secrets": [SECRET], "deploy_workflows": ["deploy/production"]});
     let (_token_dir, mut app) = app_polling(&server, source).await;
-    eventually("the polled deploy", || async {
-        deploy_count(&app).await == 1.0
-    })
-    .await;
+    eventually_deployed(&app, 1.0).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(deploy_count(&app).await, 1.0);
+    assert_eq!(deployments_total(&app).await, 1.0);
     assert_eq!(fake.count(&format!("/statuses/{head}")), 1);
 
     // The same status as Gitea's webhook: already counted.
@@ -623,7 +612,7 @@ async fn a_deploy_status_polled_and_delivered_by_webhook_counts_once() {
     payload["sha"] = json!(head);
     payload["repository"] = json!({"full_name": "acme/shop"});
     assert_webhook_is_duplicate(&app, "gitea", "status", "hook-status-3", &payload).await;
-    assert_eq!(deploy_count(&app).await, 1.0);
+    assert_eq!(deployments_total(&app).await, 1.0);
 
     // Deployed: its statuses are let go.
     app.restart().await;
@@ -636,14 +625,14 @@ async fn a_deploy_status_polled_and_delivered_by_webhook_counts_once() {
     app.shutdown().await;
 }
 
-async fn deploy_count(app: &TestApp) -> f64 {
-    app.scrape().await.value_or_zero(
-        "hookgauge_deployments_total",
-        &[("app", "acme/shop"), ("namespace", "production")],
-    )
-}
-
-fn pull(number: u64, title: &str, author: &str, base: &str, created: i64, updated: i64) -> Value {
+pub(crate) fn pull(
+    number: u64,
+    title: &str,
+    author: &str,
+    base: &str,
+    created: i64,
+    updated: i64,
+) -> Value {
     json!({
         "id": 500 + number, "number": number, "title": title, "body": "", "state": "open",
         "url": format!("http://localhost/acme/shop/pulls/{number}"),
@@ -659,7 +648,7 @@ fn pull(number: u64, title: &str, author: &str, base: &str, created: i64, update
     })
 }
 
-fn review(id: u64, by: &str, state: &str, at: i64) -> Value {
+pub(crate) fn review(id: u64, by: &str, state: &str, at: i64) -> Value {
     json!({
         "id": id, "user": {"login": by}, "team": null, "state": state, "body": "",
         "commit_id": "a".repeat(40), "stale": false, "official": false, "dismissed": false,
@@ -668,25 +657,18 @@ fn review(id: u64, by: &str, state: &str, at: i64) -> Value {
     })
 }
 
+/// Gitea's part of the review waits (the scenario every provider shares is
+/// in `poll_reviews.rs`): a title that says work in progress on an
+/// instance without `draft`, a base filtered here, and review requests and
+/// pending reviews that are no reviews.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn review_waits_are_gauged_until_someone_reviews() {
+async fn wip_titles_other_bases_and_review_requests_do_not_end_a_wait() {
     let server = MockServer::start().await;
     let fake = FakeGitea::start(&server).await;
     let t = now();
     let day = 86_400;
     fake.with(|repo| {
-        let mut draft = pull(8, "new search", "ann", "main", t - 5 * day, t - 5 * day);
-        draft["draft"] = json!(true);
         repo.pulls = vec![
-            pull(
-                7,
-                "faster checkout",
-                "ann",
-                "main",
-                t - 3 * day,
-                t - 3 * day,
-            ),
-            draft,
             // An instance without `draft`: the title says so.
             pull(
                 9,
@@ -700,16 +682,8 @@ async fn review_waits_are_gauged_until_someone_reviews() {
             pull(11, "retry payments", "eve", "main", t - day, t - day),
             pull(12, "fix typo", "fay", "main", t - day, t - day),
         ];
-        // #7 was opened as work in progress and made ready 30 minutes ago.
-        repo.timelines.insert(
-            7,
-            vec![
-                json!({"id": 1, "type": "change_title", "old_title": "WIP: faster checkout",
-                        "new_title": "faster checkout", "created_at": rfc3339(t - 1800),
-                        "user": {"login": "ann"}}),
-            ],
-        );
-        // A review request and a pending review are no reviews; a comment is.
+        // A review request and a pending review are no reviews, nor is the
+        // author's own comment; someone else's comment is.
         repo.reviews.insert(
             11,
             vec![
@@ -721,104 +695,80 @@ async fn review_waits_are_gauged_until_someone_reviews() {
         repo.reviews
             .insert(12, vec![review(120, "gus", "COMMENT", t - 600)]);
     });
-    let (_token_dir, mut app) = app_polling(&server, json!({})).await;
-    eventually("two pull requests waiting", || async {
-        awaiting_review(&app).await == 2.0
-    })
-    .await;
-    let waits = review_waits(&app).await;
-    let numbers: Vec<&str> = waits.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(numbers, ["11", "7"], "{waits:?}");
-    assert!(
-        (1800.0..1860.0).contains(&waits[1].1),
-        "#7 waits since it was made ready: {waits:?}"
-    );
-    assert!(
-        (day as f64..day as f64 + 60.0).contains(&waits[0].1),
-        "#11 waits since its creation: {waits:?}"
-    );
-    for (n, reads) in [(7, 1), (8, 0), (9, 0), (10, 0), (11, 1), (12, 1)] {
-        assert_eq!(fake.count(&format!("/pulls/{n}/reviews")), reads, "#{n}");
-    }
-
-    // Bob approves #7, which bumps its `updated_at`: the next poll (a
-    // restart polls at once) clears its wait. #11 and #12 did not change:
-    // their reviews are not read again.
-    fake.with(|repo| {
-        repo.reviews
-            .insert(7, vec![review(70, "bob", "APPROVED", now())]);
-        repo.pulls[0]["updated_at"] = json!(rfc3339(now()));
-    });
-    app.restart().await;
-    eventually("#7 reviewed", || async {
+    let (_token_dir, app) = app_polling(&server, json!({})).await;
+    eventually("one pull request waiting", || async {
         awaiting_review(&app).await == 1.0
     })
     .await;
     let waits = review_waits(&app).await;
     assert_eq!(waits.len(), 1, "{waits:?}");
     assert_eq!(waits[0].0, "11");
-    assert_eq!(fake.count("/pulls/7/reviews"), 2);
-    assert_eq!(fake.count("/pulls/11/reviews"), 1);
-    assert_eq!(fake.count("/pulls/12/reviews"), 1);
-    assert_eq!(
-        fake.count("/issues/7/timeline"),
-        1,
-        "its ready time is kept"
+    assert!(
+        (day as f64..day as f64 + 60.0).contains(&waits[0].1),
+        "#11 waits since its creation: {waits:?}"
     );
+    for (n, reads) in [(9, 0), (10, 0), (11, 1), (12, 1)] {
+        assert_eq!(fake.count(&format!("/pulls/{n}/reviews")), reads, "#{n}");
+    }
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// A Gitea poller of `acme/shop` on the fake, stepped on `rig`.
+fn gitea(rig: &Rig, server: &MockServer) -> Stepped<GiteaPoller> {
+    let api_url = format!("{}/api/v1", server.uri());
+    let target = Rig::target(Provider::Gitea, "acme/shop", &api_url, TOKEN, "");
+    let gate = token_gates(std::slice::from_ref(&target)).remove(0);
+    rig.poller(target, gate, GiteaPoller::new, GiteaPoller::with_clock)
+}
+
+#[tokio::test]
 async fn a_proxy_429_with_retry_after_holds_every_stream_until_then() {
     let server = MockServer::start().await;
     let fake = FakeGitea::start(&server).await;
     fake.with(|repo| repo.throttle = 1);
-    let (_token_dir, app) = app_polling(&server, json!({})).await;
-    eventually("the refused request", || async {
-        !fake.log.lock().unwrap().is_empty()
-    })
-    .await;
-    eventually("a request after the wait", || async {
-        fake.log.lock().unwrap().len() >= 2
-    })
-    .await;
-    let log = fake.log.lock().unwrap().clone();
-    let waited = log[1].0 - log[0].0;
+    let rig = Rig::start().await;
+    let mut shop = gitea(&rig, &server);
+    let (first, limited) = shop.step(&rig).await;
     assert!(
-        waited >= Duration::from_secs(2),
-        "the next request came {waited:?} after a Retry-After of 2 s"
+        matches!(limited, Err(PollError::RateLimited { .. })),
+        "{limited:?}"
     );
-    assert!(waited < Duration::from_secs(5), "{waited:?}");
+    // Every stream waits: one polled meanwhile asks nothing.
+    let held = shop.poll(&rig, Stream::Commits).await;
+    assert!(
+        matches!(held, Err(PollError::RateLimited { .. })),
+        "{held:?}"
+    );
+    assert_eq!(fake.log.lock().unwrap().len(), 1);
+    let (_, wait) = shop.next(&rig);
+    assert!(
+        wait >= Duration::from_secs(2),
+        "the next request comes {wait:?} after a Retry-After of 2 s"
+    );
+    assert!(wait < Duration::from_secs(5), "{wait:?}");
+    let (again, result) = shop.step(&rig).await;
+    assert_eq!(again, first, "the refused stream is the first polled again");
+    assert!(result.is_ok(), "{result:?}");
+    let log = fake.log.lock().unwrap().clone();
     assert_eq!(
         log[1].1.url.path(),
         log[0].1.url.path(),
         "the refused request is the first sent again"
     );
-    assert_eq!(
-        app.scrape().await.value(
-            "hookgauge_poll_requests_total",
-            &[
-                ("repo", "acme/shop"),
-                ("endpoint", "issues"),
-                ("status", "429")
-            ]
-        ),
-        1.0
-    );
-    app.shutdown().await;
+    assert_eq!(answered(&rig.scrape(), "issues", "429"), 1.0);
+    rig.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn a_deleted_repository_is_not_asked_again_soon() {
     let server = MockServer::start().await;
     let fake = FakeGitea::start(&server).await;
     fake.with(|repo| repo.deleted = true);
-    let (_token_dir, app) = app_polling(&server, json!({})).await;
-    eventually("each stream's 404", || async {
-        fake.log.lock().unwrap().len() >= 3
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rig = Rig::start().await;
+    let mut shop = gitea(&rig, &server);
+    for result in shop.poll_each(&rig).await {
+        assert!(matches!(result, Err(PollError::Gone { .. })), "{result:?}");
+    }
     let paths: Vec<String> = fake
         .log
         .lock()
@@ -833,20 +783,14 @@ async fn a_deleted_repository_is_not_asked_again_soon() {
             "/api/v1/repos/acme/shop",
             "/api/v1/repos/acme/shop"
         ],
-        "one 404 per stream, then nothing until the longest interval"
+        "one 404 per stream"
     );
-    assert_eq!(
-        app.scrape().await.value(
-            "hookgauge_poll_requests_total",
-            &[
-                ("repo", "acme/shop"),
-                ("endpoint", "repository"),
-                ("status", "404")
-            ]
-        ),
-        2.0
-    );
-    app.shutdown().await;
+    assert_eq!(answered(&rig.scrape(), "repository", "404"), 2.0);
+    // Then nothing until the longest interval (30 min).
+    assert!(shop.schedule.degraded());
+    let (_, wait) = shop.next(&rig);
+    assert!(wait >= Duration::from_secs(29 * 60), "{wait:?}");
+    rig.shutdown().await;
 }
 
 /// `hookgauge check-config` on `config`: exit code, stdout, stderr.

@@ -1,13 +1,23 @@
 //! What the poller tests of every provider share: bounded waits, the
-//! requests a fake received, the review-wait gauges, and the app polling
-//! `acme/shop` with a token read from a file.
+//! requests a fake received, the gauges and counters they read, the app
+//! polling `acme/shop` with a token read from a file, and the [`Rig`] that
+//! steps pollers on a simulated clock instead.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hookgauge::config::RawConfig;
+use hookgauge::metrics::view::{View, Windows};
+use hookgauge::metrics::Metrics;
+use hookgauge::poll::{
+    budget_floor, Clock, Outcome, PollError, PollTarget, Poller, Provider, RawTarget, Schedule,
+    Stream, TokenGate,
+};
+use hookgauge::store::deliveries::Ledger;
+use hookgauge::store::{Location, Store, StoreConfig, Synchronous};
 use wiremock::{MockServer, Request};
 
-use crate::harness::{spawn_app_with, TestApp, SECRET};
+use crate::harness::{spawn_app_with, Scrape, TestApp, SECRET};
 use crate::sources::{post, provider_headers};
 
 /// Waits (bounded: 15 s) for `check` to hold.
@@ -44,8 +54,12 @@ pub fn rfc3339(epoch: i64) -> String {
 
 /// `hookgauge_pull_request_review_wait_seconds` of `acme/shop` by number.
 pub async fn review_waits(app: &TestApp) -> Vec<(String, f64)> {
-    app.scrape()
-        .await
+    waits_of(&app.scrape().await)
+}
+
+/// `hookgauge_pull_request_review_wait_seconds` of `acme/shop` by number.
+pub fn waits_of(scrape: &Scrape) -> Vec<(String, f64)> {
+    scrape
         .find(
             "hookgauge_pull_request_review_wait_seconds",
             &[("repo", "acme/shop")],
@@ -57,10 +71,28 @@ pub async fn review_waits(app: &TestApp) -> Vec<(String, f64)> {
 
 /// `hookgauge_pull_requests_awaiting_review` of `acme/shop`.
 pub async fn awaiting_review(app: &TestApp) -> f64 {
-    app.scrape().await.value_or_zero(
+    awaiting_of(&app.scrape().await)
+}
+
+/// `hookgauge_pull_requests_awaiting_review` of `acme/shop`.
+pub fn awaiting_of(scrape: &Scrape) -> f64 {
+    scrape.value_or_zero(
         "hookgauge_pull_requests_awaiting_review",
         &[("repo", "acme/shop")],
     )
+}
+
+/// Waits (bounded) until the commit time of each of `shas` is recorded.
+pub async fn eventually_recorded(app: &TestApp, shas: &[&str]) {
+    eventually(&format!("the commits {shas:?}"), || async {
+        for sha in shas {
+            if commit_time(app, sha).await.is_none() {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
 }
 
 /// The app polling `acme/shop` on `provider`'s API at `api_url` with
@@ -108,4 +140,213 @@ pub async fn assert_webhook_is_duplicate(
     let reply = post(app, &format!("/hooks/{source}"), &headers, &body).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     assert_eq!(reply.json["outcome"], "duplicate", "{}", reply.text);
+}
+
+/// Waits (bounded) until `app` counted `n` answers `status` of its
+/// requests to `endpoint` for `acme/shop`.
+pub async fn eventually_answered(app: &TestApp, endpoint: &str, status: &str, n: f64) {
+    eventually(&format!("{n} {endpoint} answered {status}"), || async {
+        answered(&app.scrape().await, endpoint, status) == n
+    })
+    .await;
+}
+
+/// `hookgauge_poll_requests_total` of `acme/shop` to `endpoint` answered
+/// `status`.
+pub fn answered(scrape: &Scrape, endpoint: &str, status: &str) -> f64 {
+    scrape.value_or_zero(
+        "hookgauge_poll_requests_total",
+        &[
+            ("repo", "acme/shop"),
+            ("endpoint", endpoint),
+            ("status", status),
+        ],
+    )
+}
+
+/// Epoch seconds as an HTTP `Date`, for a fake whose clock is a rig's.
+pub fn http_date(epoch: i64) -> String {
+    chrono::DateTime::from_timestamp(epoch, 0)
+        .unwrap()
+        .to_rfc2822()
+}
+
+/// `hookgauge_deployments_total` of `acme/shop` to production, in `app`.
+pub async fn deployments_total(app: &TestApp) -> f64 {
+    deployments_of(&app.scrape().await)
+}
+
+/// Waits (bounded) until `app` counted `n` deployments of `acme/shop` to
+/// production.
+pub async fn eventually_deployed(app: &TestApp, n: f64) {
+    eventually(&format!("{n} deployments"), || async {
+        deployments_total(app).await == n
+    })
+    .await;
+}
+
+/// `hookgauge_deployments_total` of `acme/shop` to production.
+pub fn deployments_of(scrape: &Scrape) -> f64 {
+    scrape.value_or_zero(
+        "hookgauge_deployments_total",
+        &[("app", "acme/shop"), ("namespace", "production")],
+    )
+}
+
+/// The commit time of `sha` in `acme/shop`, once recorded.
+pub async fn commit_time(app: &TestApp, sha: &str) -> Option<f64> {
+    app.scrape()
+        .await
+        .find("commit_timestamp", &[("app", "acme/shop"), ("commit", sha)])
+        .first()
+        .map(|s| s.value)
+}
+
+/// Pollers stepped by a test instead of scheduled (POLLING.md §7): they
+/// write into a real SQLite store and count in their own metrics, on a
+/// simulated clock that only the poller's waits and the test move.
+pub struct Rig {
+    pub clock: Clock,
+    pub metrics: Arc<Metrics>,
+    store: Store,
+    ledger: Ledger,
+    /// The clock's start (epoch ms): schedules count from it.
+    epoch_ms: i64,
+    _dir: tempfile::TempDir,
+}
+
+impl Rig {
+    pub async fn start() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let windows = Windows {
+            commit: Duration::from_secs(30 * 86_400),
+            exposure: Duration::from_secs(30 * 86_400),
+        };
+        let view = Arc::new(View::new(Arc::clone(&metrics), windows));
+        let database = dir.path().join("hookgauge.db");
+        let location = Location::Sqlite(database);
+        let (store, opened) = Store::start(
+            StoreConfig {
+                location: location.clone(),
+                synchronous: Synchronous::Normal,
+                busy_timeout: Duration::from_secs(5),
+                max_body_bytes: 64 * 1024,
+                max_unauthenticated_rows: 10_000,
+                windows: windows.into(),
+            },
+            view,
+        );
+        opened.expect("the store opens");
+        let clock = Clock::simulated(Clock::default().now_ms());
+        Rig {
+            epoch_ms: clock.now_ms(),
+            clock,
+            metrics,
+            ledger: Ledger::new(&location),
+            store,
+            _dir: dir,
+        }
+    }
+
+    /// `repo` on `provider`'s API at `api_url`, polled with `token`, the
+    /// entry holding `extra` (TOML) too.
+    pub fn target(
+        provider: Provider,
+        repo: &str,
+        api_url: &str,
+        token: &str,
+        extra: &str,
+    ) -> PollTarget {
+        let raw: RawTarget = toml::from_str(&format!(
+            "repo = {repo:?}\ntoken_env = \"TOKEN\"\napi_url = {api_url:?}\n{extra}"
+        ))
+        .unwrap();
+        PollTarget::from_raw(provider, &raw, 0, 0.5, &[], &|_| Some(token.to_owned())).unwrap()
+    }
+
+    /// A poller of `target` (made by `new`, e.g. `GithubPoller::new`) on the
+    /// rig's store, metrics and clock, every stream due now.
+    pub fn poller<P: Poller>(
+        &self,
+        target: PollTarget,
+        gate: Arc<TokenGate>,
+        new: fn(PollTarget, Arc<TokenGate>, Store, Ledger, Arc<Metrics>) -> P,
+        with_clock: fn(P, Clock) -> P,
+    ) -> Stepped<P> {
+        let schedule = Schedule::new(&target, self.since_start(), |_| None);
+        let poller = new(
+            target,
+            gate,
+            self.store.clone(),
+            self.ledger.clone(),
+            Arc::clone(&self.metrics),
+        );
+        Stepped {
+            poller: with_clock(poller, self.clock.clone()),
+            schedule,
+        }
+    }
+
+    /// The time since the clock's start, as schedules count it.
+    pub fn since_start(&self) -> Duration {
+        Duration::from_millis((self.clock.now_ms() - self.epoch_ms).max(0) as u64)
+    }
+
+    /// Moves the clock forward by `d`.
+    pub fn advance(&self, d: Duration) {
+        self.clock
+            .advance_to(self.clock.now_ms() + d.as_millis() as i64);
+    }
+
+    /// The rig's metrics, as a scrape would show them.
+    pub fn scrape(&self) -> Scrape {
+        Scrape::parse(&String::from_utf8(self.metrics.encode_registry()).unwrap())
+    }
+
+    pub async fn shutdown(self) {
+        self.store.shutdown().await;
+    }
+}
+
+/// A stepped poller and the schedule `run` would keep for it.
+pub struct Stepped<P> {
+    pub poller: P,
+    pub schedule: Schedule,
+}
+
+impl<P: Poller> Stepped<P> {
+    /// Polls `stream` now, and records how it went in the schedule as
+    /// `run` does.
+    pub async fn poll(&mut self, rig: &Rig, stream: Stream) -> Result<bool, PollError> {
+        let result = self.poller.poll_stream(stream).await;
+        let hint = self.poller.take_poll_interval_hint();
+        let floor = budget_floor(self.poller.target(), self.poller.gate()).await;
+        let outcome = Outcome::of(&result, None, rig.clock.now_seconds());
+        self.schedule
+            .record(stream, rig.since_start(), outcome, hint, floor);
+        result
+    }
+
+    /// Every stream once, in order, as [`Stepped::poll`] polls them.
+    pub async fn poll_each(&mut self, rig: &Rig) -> Vec<Result<bool, PollError>> {
+        let mut results = Vec::new();
+        for stream in self.poller.target().provider.streams() {
+            results.push(self.poll(rig, *stream).await);
+        }
+        results
+    }
+
+    /// The stream due next and how long after now.
+    pub fn next(&self, rig: &Rig) -> (Stream, Duration) {
+        let (stream, due) = self.schedule.next();
+        (stream, due.saturating_sub(rig.since_start()))
+    }
+
+    /// Moves the clock to the next stream's due time and polls it.
+    pub async fn step(&mut self, rig: &Rig) -> (Stream, Result<bool, PollError>) {
+        let (stream, wait) = self.next(rig);
+        rig.advance(wait);
+        (stream, self.poll(rig, stream).await)
+    }
 }

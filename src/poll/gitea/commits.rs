@@ -28,8 +28,10 @@ use serde_json::{json, Value};
 use super::{branch_path, GiteaPoller, EVENT_HEADER, GITEA_JSON, MAX_LIST_PAGES};
 use crate::ledger::Delivery;
 use crate::poll::api::Fetched;
-use crate::poll::mark_of;
-use crate::poll::{forge, mapped, server_time, PollError, OVERLAP_SECONDS};
+use crate::poll::recorder::mapped;
+use crate::poll::streams::{branch_head, head_cursor, BranchCommits};
+use crate::poll::watermark::{server_time, OVERLAP_SECONDS};
+use crate::poll::{forge, PollError};
 use crate::store::PollCursor;
 
 /// Heads whose statuses are followed for this long after they are seen.
@@ -52,26 +54,29 @@ struct HeadMark {
     deploys: BTreeMap<String, i64>,
 }
 
-impl GiteaPoller {
+impl BranchCommits for GiteaPoller {
     /// Polls the head of `branch`, records the commits it gained and the
     /// deploys its followed heads report.
-    pub(super) async fn commits(
+    async fn branch_commits(
         &mut self,
         branch: &str,
         deliveries: &mut Vec<Delivery>,
         cursors: &mut Vec<PollCursor>,
     ) -> Result<(), PollError> {
-        let cursor = self
-            .rec
-            .cursor(self.target.stream(&format!("head|{branch}")));
-        let mark: Option<HeadMark> = mark_of(&cursor);
+        let (cursor, mark) = head_cursor::<HeadMark>(&self.rec, &self.target, branch);
         let url = format!("{}/branches/{}", self.base, branch_path(branch));
-        let answer = match self.api.get(&url, &cursor, "branch", GITEA_JSON).await {
-            Err(PollError::Gone(_)) => {
-                tracing::warn!(repo = %self.target.repo, branch, "Tracked branch not found; its commits are not polled");
-                return Ok(());
-            }
-            other => other?,
+        let Some(answer) = branch_head(
+            &mut self.api,
+            &self.target,
+            branch,
+            &url,
+            &cursor,
+            "branch",
+            GITEA_JSON,
+        )
+        .await?
+        else {
+            return Ok(());
         };
         let mut new_cursor = cursor.clone();
         let head = match answer {
@@ -84,11 +89,11 @@ impl GiteaPoller {
             } => {
                 new_cursor.etag = etag;
                 new_cursor.last_modified = last_modified;
-                let object: Value = serde_json::from_slice(&body)
-                    .map_err(|e| PollError::Transient(format!("branch: {e}")))?;
+                let object: Value =
+                    serde_json::from_slice(&body).map_err(|e| PollError::json("branch", e))?;
                 let sha = object["commit"]["id"].as_str().unwrap_or_default();
                 if !is_sha(sha) {
-                    return Err(PollError::Transient("branch: no commit id".into()));
+                    return Err(PollError::missing("branch", "no commit id"));
                 }
                 Some(sha.to_owned())
             }
@@ -140,7 +145,9 @@ impl GiteaPoller {
         }
         statuses
     }
+}
 
+impl GiteaPoller {
     /// The commits `head` gained since the last head read (`mark`), or in
     /// the bootstrap window; oldest first.
     async fn new_commits(
@@ -153,7 +160,7 @@ impl GiteaPoller {
             return self.listed(head, None, window).await;
         };
         match self.listed(head, Some(&old.sha), window).await {
-            Err(PollError::Transient(error)) => {
+            Err(error @ PollError::Transient(_)) => {
                 // A `not` naming a commit the instance no longer has fails
                 // the listing: read down to the old head's time instead.
                 let url = format!(
@@ -165,11 +172,11 @@ impl GiteaPoller {
                     .get(&url, &PollCursor::default(), "commit", GITEA_JSON)
                     .await
                 {
-                    Err(PollError::Gone(_)) => {
+                    Err(PollError::Gone { .. }) => {
                         tracing::warn!(repo = %self.target.repo, "The last head read is gone (history rewritten); reading commits by date");
                         self.listed(head, None, old.at - OVERLAP_SECONDS).await
                     }
-                    Ok(_) => Err(PollError::Transient(error)),
+                    Ok(_) => Err(error),
                     Err(other) => Err(other),
                 }
             }
@@ -257,7 +264,7 @@ impl GiteaPoller {
                 )
                 .await;
             let statuses = match listed {
-                Err(PollError::Gone(_)) => {
+                Err(PollError::Gone { .. }) => {
                     deploys.remove(&sha);
                     continue;
                 }

@@ -15,13 +15,12 @@
 //! list ends only where `Link` has no `rel="next"`, never on a short page.
 
 mod commits;
-mod pulls;
 
-use super::api::Api;
-use super::forge::{self, Base, IssueList};
-use super::reviews::PULLS_STREAM;
-use super::{PollError, PollTarget, Poller, Recorder, Stream, MAX_PAGES};
-use crate::plugins::{gitea::Gitea, Plugin};
+use super::api::{Api, MAX_PAGES};
+use super::forge::{forge_parts, Base, Dialect, Forge, IssueList};
+use super::streams::Deployments;
+use super::{PollError, PollTarget, Poller, Recorder};
+use crate::ledger::Delivery;
 use crate::poll::{poller_new, poller_parts};
 use crate::store::PollCursor;
 
@@ -33,16 +32,44 @@ const EVENT_HEADER: &str = "x-gitea-event";
 /// items, so a poll reaches as far as GitHub's 10 pages of 100.
 const MAX_LIST_PAGES: usize = MAX_PAGES * 2;
 
-/// Gitea's issue list: `type=issues` leaves pull requests out; newest
-/// first, so a read cut at the page limit leaves the watermark.
-const ISSUES: IssueList = IssueList {
+/// Gitea's API as the shared streams read it: pages of 50. The issue list
+/// takes `type=issues`, which leaves pull requests out, and comes newest
+/// first, so a read cut at the page limit leaves the watermark. The open
+/// pull requests (`/pulls?state=open`) are filtered by `base.ref` here. A
+/// draft is one whose `draft` says so (newer Gitea, Forgejo) or, where the
+/// field is missing, whose title starts with `WIP:` or `[WIP]`, Gitea's
+/// work-in-progress convention (and what its `draft` reports); it became
+/// ready at its creation or at the last timeline `change_title` that took
+/// the prefix off, at its creation where the instance has no timeline
+/// (before Gitea 1.15). `PENDING` (an unsubmitted draft review) and
+/// `REQUEST_REVIEW` (a request, not a review) are no reviews.
+const GITEA: Dialect = Dialect {
     header: EVENT_HEADER,
     accept: GITEA_JSON,
-    url: |base, label, since| {
-        format!("{base}/issues?state=all&type=issues&labels={label}&since={since}&limit=50&page=1")
-    },
+    first_page: "limit=50&page=1",
     max_pages: MAX_LIST_PAGES,
-    oldest_update_first: false,
+    issues: IssueList {
+        url: |base, label, since| {
+            format!(
+                "{base}/issues?state=all&type=issues&labels={label}&since={since}&limit=50&page=1"
+            )
+        },
+        oldest_update_first: false,
+    },
+    open_pulls: |base, _branches| format!("{base}/pulls?state=open&limit=50&page=1"),
+    draft: |pull| {
+        pull["draft"]
+            .as_bool()
+            .unwrap_or_else(|| work_in_progress(pull["title"].as_str().unwrap_or_default()))
+    },
+    marks_ready: |event| {
+        let title = |key: &str| event[key].as_str().unwrap_or_default().to_owned();
+        event["type"].as_str() == Some("change_title")
+            && work_in_progress(&title("old_title"))
+            && !work_in_progress(&title("new_title"))
+    },
+    timeline_optional: true,
+    not_reviews: &["PENDING", "REQUEST_REVIEW"],
 };
 
 /// Polls one repository of a Gitea or Forgejo instance.
@@ -57,73 +84,25 @@ pub struct GiteaPoller {
 
 impl Poller for GiteaPoller {
     poller_parts!();
-
-    async fn poll_stream(&mut self, stream: Stream) -> Result<bool, PollError> {
-        self.rec.load(self.target.stream("")).await?;
-        let location = self.base.load(&self.rec, &self.target);
-        self.rec
-            .restore_waits(self.target.stream(PULLS_STREAM), &self.target.repo);
-        let mut deliveries = Vec::new();
-        let mut cursors = Vec::new();
-        let result = match stream {
-            Stream::Incidents => {
-                forge::incidents(
-                    &mut self.api,
-                    &self.rec,
-                    &self.target,
-                    &self.base,
-                    &ISSUES,
-                    &mut deliveries,
-                    &mut cursors,
-                )
-                .await
-            }
-            Stream::Commits => match self.branches(&mut cursors).await {
-                Ok(branches) => {
-                    let mut result = Ok(());
-                    for branch in &branches {
-                        result = self.commits(branch, &mut deliveries, &mut cursors).await;
-                        if result.is_err() {
-                            break;
-                        }
-                    }
-                    result
-                }
-                Err(e) => Err(e),
-            },
-            Stream::PullRequests => match self.branches(&mut cursors).await {
-                Ok(branches) => self.pulls(&branches, &mut cursors).await,
-                Err(e) => Err(e),
-            },
-            // Gitea has no deployments API; deploys come from commit
-            // statuses, read with the commits.
-            Stream::Deployments => Ok(()),
-        };
-        self.base.follow(&mut self.api, &self.target);
-        cursors.extend(self.base.moved_cursor(location));
-        let changed = self
-            .rec
-            .commit(Gitea.source(), &mut deliveries, &mut cursors)
-            .await?;
-        result.map(|()| changed)
-    }
 }
 
 poller_new!(GiteaPoller, target, { base: Base::new(&target), default_branch: None });
 
-impl GiteaPoller {
-    /// The tracked branches ([`forge::tracked_branches`]).
-    async fn branches(&mut self, cursors: &mut Vec<PollCursor>) -> Result<Vec<String>, PollError> {
-        forge::tracked_branches(
-            &mut self.api,
-            &self.rec,
-            &self.target,
-            &mut self.base,
-            &mut self.default_branch,
-            GITEA_JSON,
-            cursors,
-        )
-        .await
+impl Forge for GiteaPoller {
+    const DIALECT: &'static Dialect = &GITEA;
+
+    forge_parts!();
+}
+
+impl Deployments for GiteaPoller {
+    /// Gitea has no deployments API; deploys come from commit statuses,
+    /// read with the commits.
+    async fn deployments(
+        &mut self,
+        _deliveries: &mut Vec<Delivery>,
+        _cursors: &mut Vec<PollCursor>,
+    ) -> Result<(), PollError> {
+        Ok(())
     }
 }
 

@@ -10,52 +10,51 @@
 
 use serde_json::Value;
 
-use super::forge;
-use super::{
-    rfc3339, server_time, Fetched, GithubPoller, PollError, GITHUB_JSON, MAX_PAGES, OVERLAP_SECONDS,
-};
+use super::{Fetched, GithubPoller, PollError, GITHUB_JSON, MAX_PAGES};
 use crate::ledger::Delivery;
 use crate::plugins::{github::GitHub, Plugin};
-use crate::poll::mark_of;
-use crate::poll::HeadMark;
+use crate::poll::error::Failure;
+use crate::poll::forge;
+use crate::poll::streams::{branch_head, head_cursor, BranchCommits};
+use crate::poll::watermark::{rfc3339, server_time, HeadMark, OVERLAP_SECONDS};
 use crate::store::PollCursor;
 
 const GITHUB_SHA: &str = "application/vnd.github.sha";
 
-impl GithubPoller {
+impl BranchCommits for GithubPoller {
     /// Polls the head of `branch` and records the commits it gained.
-    pub(super) async fn commits(
+    async fn branch_commits(
         &mut self,
         branch: &str,
         deliveries: &mut Vec<Delivery>,
         cursors: &mut Vec<PollCursor>,
     ) -> Result<(), PollError> {
-        let cursor = self
-            .rec
-            .cursor(self.target.stream(&format!("head|{branch}")));
-        let mut mark: Option<HeadMark> = mark_of(&cursor);
+        let (cursor, mut mark) = head_cursor::<HeadMark>(&self.rec, &self.target, branch);
         let branch_path: String = form_urlencoded::byte_serialize(branch.as_bytes()).collect();
         if let Some(unfinished) = mark.as_mut().filter(|m| m.backfill.is_some()) {
             self.backfill_commits(branch, unfinished, &cursor, deliveries, cursors)
                 .await?;
         }
         let url = format!("{}/commits/{branch_path}", self.base);
-        let head = match self.api.get(&url, &cursor, "branch_head", GITHUB_SHA).await {
-            Err(PollError::Gone(_)) => {
-                tracing::warn!(repo = %self.target.repo, branch, "Tracked branch not found; its commits are not polled");
-                return Ok(());
-            }
-            other => other?,
-        };
-        let Fetched::Changed { body, .. } = head else {
+        let head = branch_head(
+            &mut self.api,
+            &self.target,
+            branch,
+            &url,
+            &cursor,
+            "branch_head",
+            GITHUB_SHA,
+        )
+        .await?;
+        let Some(Fetched::Changed { body, .. }) = head else {
             return Ok(());
         };
         let sha = String::from_utf8_lossy(&body).trim().to_owned();
         if sha.len() < 40 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(PollError::Transient(format!(
-                "branch_head: not a commit SHA ({} bytes)",
-                body.len()
-            )));
+            return Err(PollError::Transient(Failure::NotASha {
+                endpoint: "branch_head",
+                bytes: body.len(),
+            }));
         }
         if mark.as_ref().is_some_and(|m| m.sha == sha) {
             return Ok(());
@@ -63,7 +62,7 @@ impl GithubPoller {
         let mut backfill = mark.as_ref().and_then(|m| m.backfill.clone());
         let commits = match &mark {
             Some(old) => match self.compare(&old.sha, &sha).await {
-                Err(PollError::Gone(_)) => {
+                Err(PollError::Gone { .. }) => {
                     self.listed(branch, &branch_path, old.at - OVERLAP_SECONDS)
                         .await?
                         .0
@@ -102,7 +101,9 @@ impl GithubPoller {
         });
         Ok(())
     }
+}
 
+impl GithubPoller {
     /// The commits reachable from `new` and not from `old`, oldest first.
     async fn compare(&mut self, old: &str, new: &str) -> Result<Vec<Value>, PollError> {
         let mut next = Some(format!("{}/compare/{old}...{new}?per_page=100", self.base));
@@ -119,8 +120,8 @@ impl GithubPoller {
                 break;
             };
             pages += 1;
-            let page: Value = serde_json::from_slice(&body)
-                .map_err(|e| PollError::Transient(format!("compare: {e}")))?;
+            let page: Value =
+                serde_json::from_slice(&body).map_err(|e| PollError::json("compare", e))?;
             commits.extend(page["commits"].as_array().cloned().unwrap_or_default());
             if pages < MAX_PAGES {
                 next = self.api.same_origin(link);

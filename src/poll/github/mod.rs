@@ -8,23 +8,21 @@
 //! the validators stored for its URL, and a 304 costs no quota.
 
 mod commits;
-mod pulls;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::api::MAX_PAGES;
 use super::api::{Api, Fetched};
-use super::forge::{self, Base, IssueList};
-use super::reviews::PULLS_STREAM;
-use super::{
-    mapped, rfc3339, server_time, PollError, PollTarget, Poller, Recorder, Stream, MAX_PAGES,
-    OVERLAP_SECONDS,
-};
+use super::forge::{forge_parts, Base, Dialect, Forge, IssueList};
+use super::recorder::mapped;
+use super::streams::Deployments;
+use super::watermark::{mark_of, server_time};
+use super::{PollError, PollTarget, Poller, Recorder};
 use crate::ledger::Delivery;
 use crate::plugins::{github::GitHub, Plugin};
-use crate::poll::mark_of;
 use crate::poll::{poller_new, poller_parts};
 use crate::store::PollCursor;
 
@@ -32,15 +30,37 @@ use crate::store::PollCursor;
 const GITHUB_JSON: &str = "application/vnd.github+json";
 /// Deployments younger than this have their statuses followed.
 const STATUS_HORIZON_SECONDS: i64 = 24 * 3600;
-/// GitHub's issue list: oldest update first, 100 a page.
-const ISSUES: IssueList = IssueList {
+/// GitHub's API as the shared streams read it: pages of 100; issues
+/// oldest update first; open pull requests newest update first, of one
+/// base on the server; a draft says so; a pull request became ready at its
+/// timeline's last `ready_for_review`; a pending review is a draft nobody
+/// else sees.
+const GITHUB: Dialect = Dialect {
     header: "x-github-event",
     accept: GITHUB_JSON,
-    url: |base, label, since| {
-        format!("{base}/issues?state=all&labels={label}&sort=updated&direction=asc&per_page=100&since={since}")
-    },
+    first_page: "per_page=100",
     max_pages: MAX_PAGES,
-    oldest_update_first: true,
+    issues: IssueList {
+        url: |base, label, since| {
+            format!("{base}/issues?state=all&labels={label}&sort=updated&direction=asc&per_page=100&since={since}")
+        },
+        oldest_update_first: true,
+    },
+    open_pulls: |base, branches| {
+        // One base on the server; several are filtered here.
+        let base_param = match branches {
+            [one] => format!(
+                "&base={}",
+                form_urlencoded::byte_serialize(one.as_bytes()).collect::<String>()
+            ),
+            _ => String::new(),
+        };
+        format!("{base}/pulls?state=open{base_param}&sort=updated&direction=desc&per_page=100")
+    },
+    draft: |pull| pull["draft"].as_bool().unwrap_or(false),
+    marks_ready: |event| event["event"].as_str() == Some("ready_for_review"),
+    timeline_optional: false,
+    not_reviews: &["PENDING"],
 };
 
 /// What the deployments stream keeps between polls (the cursor's
@@ -70,73 +90,17 @@ pub struct GithubPoller {
 
 impl Poller for GithubPoller {
     poller_parts!();
-
-    async fn poll_stream(&mut self, stream: Stream) -> Result<bool, PollError> {
-        self.rec.load(self.target.stream("")).await?;
-        let location = self.base.load(&self.rec, &self.target);
-        self.rec
-            .restore_waits(self.target.stream(PULLS_STREAM), &self.target.repo);
-        let mut deliveries = Vec::new();
-        let mut cursors = Vec::new();
-        let result = match stream {
-            Stream::Deployments => self.deployments(&mut deliveries, &mut cursors).await,
-            Stream::Incidents => {
-                forge::incidents(
-                    &mut self.api,
-                    &self.rec,
-                    &self.target,
-                    &self.base,
-                    &ISSUES,
-                    &mut deliveries,
-                    &mut cursors,
-                )
-                .await
-            }
-            Stream::Commits => match self.branches(&mut cursors).await {
-                Ok(branches) => {
-                    let mut result = Ok(());
-                    for branch in &branches {
-                        result = self.commits(branch, &mut deliveries, &mut cursors).await;
-                        if result.is_err() {
-                            break;
-                        }
-                    }
-                    result
-                }
-                Err(e) => Err(e),
-            },
-            Stream::PullRequests => match self.branches(&mut cursors).await {
-                Ok(branches) => self.pulls(&branches, &mut cursors).await,
-                Err(e) => Err(e),
-            },
-        };
-        self.base.follow(&mut self.api, &self.target);
-        cursors.extend(self.base.moved_cursor(location));
-        let changed = self
-            .rec
-            .commit(GitHub.source(), &mut deliveries, &mut cursors)
-            .await?;
-        result.map(|()| changed)
-    }
 }
 
 poller_new!(GithubPoller, target, { base: Base::new(&target), default_branch: None });
 
-impl GithubPoller {
-    /// The tracked branches ([`forge::tracked_branches`]).
-    async fn branches(&mut self, cursors: &mut Vec<PollCursor>) -> Result<Vec<String>, PollError> {
-        forge::tracked_branches(
-            &mut self.api,
-            &self.rec,
-            &self.target,
-            &mut self.base,
-            &mut self.default_branch,
-            GITHUB_JSON,
-            cursors,
-        )
-        .await
-    }
+impl Forge for GithubPoller {
+    const DIALECT: &'static Dialect = &GITHUB;
 
+    forge_parts!();
+}
+
+impl Deployments for GithubPoller {
     /// The deployments stream: new deployments (newest first, by `Link`)
     /// and the statuses of those still followed.
     async fn deployments(
@@ -229,7 +193,7 @@ impl GithubPoller {
                 .get(&url, &statuses_cursor, "statuses", GITHUB_JSON)
                 .await
             {
-                Err(PollError::Gone(_)) => {
+                Err(PollError::Gone { .. }) => {
                     // Deleted since: nothing more to follow.
                     mark.open.remove(&id);
                     continue;
@@ -248,12 +212,12 @@ impl GithubPoller {
             else {
                 continue;
             };
-            let statuses: Vec<Value> = serde_json::from_slice(&body)
-                .map_err(|e| PollError::Transient(format!("statuses: {e}")))?;
+            let statuses: Vec<Value> =
+                serde_json::from_slice(&body).map_err(|e| PollError::json("statuses", e))?;
             let deployment = match deployments.get(&id) {
                 Some(d) => d.clone(),
                 None => match self.deployment(id).await {
-                    Err(PollError::Gone(_)) => {
+                    Err(PollError::Gone { .. }) => {
                         mark.open.remove(&id);
                         continue;
                     }
@@ -301,7 +265,9 @@ impl GithubPoller {
         }
         Ok(())
     }
+}
 
+impl GithubPoller {
     /// Goes on with an unfinished backfill, at most [`MAX_PAGES`] pages a
     /// poll: the statuses of each deployment created since
     /// `backfill_since`, read once; each page committed with the place
@@ -372,8 +338,8 @@ impl GithubPoller {
             .await
         {
             Ok(Fetched::Changed { body, .. }) => serde_json::from_slice::<Vec<Value>>(&body)
-                .map_err(|e| PollError::Transient(format!("statuses: {e}")))?,
-            Ok(Fetched::NotModified) | Err(PollError::Gone(_)) => return Ok(Vec::new()),
+                .map_err(|e| PollError::json("statuses", e))?,
+            Ok(Fetched::NotModified) | Err(PollError::Gone { .. }) => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
         Ok(statuses
@@ -390,9 +356,10 @@ impl GithubPoller {
             .get(&url, &PollCursor::default(), "deployment", GITHUB_JSON)
             .await?
         {
-            Fetched::Changed { body, .. } => serde_json::from_slice(&body)
-                .map_err(|e| PollError::Transient(format!("deployment: {e}"))),
-            Fetched::NotModified => Err(PollError::Transient("unexpected 304".into())),
+            Fetched::Changed { body, .. } => {
+                serde_json::from_slice(&body).map_err(|e| PollError::json("deployment", e))
+            }
+            Fetched::NotModified => Err(PollError::not_modified("deployment")),
         }
     }
 

@@ -13,43 +13,46 @@ use serde_json::{json, Value};
 use super::{GitlabPoller, EVENT_HEADER, GITLAB_JSON};
 use crate::ledger::Delivery;
 use crate::poll::api::Fetched;
-use crate::poll::mark_of;
-use crate::poll::{mapped, rfc3339, server_time, HeadMark, PollError, OVERLAP_SECONDS};
+use crate::poll::recorder::mapped;
+use crate::poll::streams::{branch_head, head_cursor, BranchCommits};
+use crate::poll::watermark::{rfc3339, server_time, HeadMark, OVERLAP_SECONDS};
+use crate::poll::PollError;
 use crate::store::PollCursor;
 
-impl GitlabPoller {
+impl BranchCommits for GitlabPoller {
     /// Reads the head of `branch` and records the commits it gained.
-    pub(super) async fn commits(
+    async fn branch_commits(
         &mut self,
         branch: &str,
         deliveries: &mut Vec<Delivery>,
         cursors: &mut Vec<PollCursor>,
     ) -> Result<(), PollError> {
-        let cursor = self
-            .rec
-            .cursor(self.target.stream(&format!("head|{branch}")));
-        let mark: Option<HeadMark> = mark_of(&cursor);
+        let (cursor, mark) = head_cursor::<HeadMark>(&self.rec, &self.target, branch);
         let branch_path: String = form_urlencoded::byte_serialize(branch.as_bytes()).collect();
         let url = format!("{}/repository/branches/{branch_path}", self.base());
-        let answer = match self
-            .api
-            .get(&url, &PollCursor::default(), "branch", GITLAB_JSON)
-            .await
-        {
-            Err(PollError::Gone(_)) => {
-                tracing::warn!(repo = %self.target.repo, branch, "Tracked branch not found; its commits are not polled");
-                return Ok(());
-            }
-            other => other?,
+        // GitLab has no conditional read of a head: never validators.
+        let none = PollCursor::default();
+        let Some(answer) = branch_head(
+            &mut self.api,
+            &self.target,
+            branch,
+            &url,
+            &none,
+            "branch",
+            GITLAB_JSON,
+        )
+        .await?
+        else {
+            return Ok(());
         };
         let Fetched::Changed { body, .. } = answer else {
-            return Err(PollError::Transient("branch: unexpected 304".into()));
+            return Err(PollError::not_modified("branch"));
         };
-        let head: Value = serde_json::from_slice(&body)
-            .map_err(|e| PollError::Transient(format!("branch: {e}")))?;
+        let head: Value =
+            serde_json::from_slice(&body).map_err(|e| PollError::json("branch", e))?;
         let sha = head["commit"]["id"].as_str().unwrap_or_default().to_owned();
         if sha.len() != 40 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(PollError::Transient("branch: no commit id".into()));
+            return Err(PollError::missing("branch", "no commit id"));
         }
         if mark.as_ref().is_some_and(|m| m.sha == sha) {
             return Ok(());
@@ -58,7 +61,7 @@ impl GitlabPoller {
             Some(old) => match self.compare(&old.sha, &sha).await {
                 Ok(Some(commits)) => commits,
                 // The old head is gone, or the server gave up comparing.
-                Ok(None) | Err(PollError::Gone(_)) => {
+                Ok(None) | Err(PollError::Gone { .. }) => {
                     self.listed(&branch_path, old.at - OVERLAP_SECONDS).await?
                 }
                 Err(e) => return Err(e),
@@ -91,7 +94,9 @@ impl GitlabPoller {
         });
         Ok(())
     }
+}
 
+impl GitlabPoller {
     /// The commits reachable from `new` and not from `old` (merge-base
     /// comparison); `None` when the server timed out comparing.
     async fn compare(&mut self, old: &str, new: &str) -> Result<Option<Vec<Value>>, PollError> {
@@ -101,10 +106,10 @@ impl GitlabPoller {
             .get(&url, &PollCursor::default(), "compare", GITLAB_JSON)
             .await?
         else {
-            return Err(PollError::Transient("compare: unexpected 304".into()));
+            return Err(PollError::not_modified("compare"));
         };
-        let compare: Value = serde_json::from_slice(&body)
-            .map_err(|e| PollError::Transient(format!("compare: {e}")))?;
+        let compare: Value =
+            serde_json::from_slice(&body).map_err(|e| PollError::json("compare", e))?;
         if compare["compare_timeout"].as_bool() == Some(true) {
             tracing::warn!(repo = %self.target.repo, "Compare timed out on the server; listing the branch's commits instead");
             return Ok(None);

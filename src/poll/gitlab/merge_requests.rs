@@ -16,7 +16,8 @@ use super::{GitlabPoller, GITLAB_JSON};
 use crate::poll::api::{Api, Fetched};
 use crate::poll::reviews;
 use crate::poll::reviews::{Listed, PullReviews, PullState, PULLS_STREAM};
-use crate::poll::{server_time, PollError};
+use crate::poll::watermark::server_time;
+use crate::poll::PollError;
 use crate::poll::{PollTarget, Recorder};
 use crate::store::PollCursor;
 
@@ -84,7 +85,7 @@ impl PullReviews for GitlabPoller {
         );
         let notes = match self.list(url, "notes").await {
             // Merged or deleted since it was listed.
-            Err(PollError::Gone(_)) => return Ok(created),
+            Err(PollError::Gone { .. }) => return Ok(created),
             other => other?,
         };
         Ok(last_ready(&notes).map_or(created, |at| at.max(created)))
@@ -108,12 +109,10 @@ impl PullReviews for GitlabPoller {
             .await
         {
             Ok(Fetched::Changed { body, .. }) => serde_json::from_slice::<Value>(&body)
-                .map_err(|e| PollError::Transient(format!("approvals: {e}")))?,
-            Ok(Fetched::NotModified) => {
-                return Err(PollError::Transient("approvals: unexpected 304".into()))
-            }
+                .map_err(|e| PollError::json("approvals", e))?,
+            Ok(Fetched::NotModified) => return Err(PollError::not_modified("approvals")),
             // Merged or deleted since it was listed.
-            Err(PollError::Gone(_)) => return Ok(None),
+            Err(PollError::Gone { .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
         let approved = last_approval(&approvals, author);
@@ -125,7 +124,7 @@ impl PullReviews for GitlabPoller {
             Ok(reviewers) => Ok(Some(
                 reviewed_by_reviewers(&reviewers, author).then_some(i64::MAX),
             )),
-            Err(PollError::Gone(_)) => Ok(None),
+            Err(PollError::Gone { .. }) => Ok(None),
             Err(e) => Err(e),
         }
     }

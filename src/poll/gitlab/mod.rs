@@ -19,15 +19,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::api::MAX_PAGES;
 use super::api::{Api, Fetched, Listing};
-use super::reviews::PULLS_STREAM;
-use super::{
-    mapped, rfc3339, server_time, settled, PollError, PollTarget, Poller, Recorder, Stream,
-    MAX_PAGES, OVERLAP_SECONDS,
-};
+use super::recorder::mapped;
+use super::streams::{Deployments, Streams};
+use super::watermark::{mark_of, rfc3339, server_time, settled, OVERLAP_SECONDS};
+use super::{PollError, PollTarget, Poller, Recorder};
 use crate::ledger::Delivery;
-use crate::plugins::{gitlab::GitLab, Plugin};
-use crate::poll::mark_of;
 use crate::poll::{poller_new, poller_parts};
 use crate::store::PollCursor;
 
@@ -67,46 +65,102 @@ pub struct GitlabPoller {
 
 impl Poller for GitlabPoller {
     poller_parts!();
-
-    async fn poll_stream(&mut self, stream: Stream) -> Result<bool, PollError> {
-        self.rec.load(self.target.stream("")).await?;
-        self.rec
-            .restore_waits(self.target.stream(PULLS_STREAM), &self.target.repo);
-        let mut deliveries = Vec::new();
-        let mut cursors = Vec::new();
-        let result = match self.read_project(&mut cursors).await {
-            Err(e) => Err(e),
-            Ok(()) => match stream {
-                Stream::Deployments => self.deployments(&mut deliveries, &mut cursors).await,
-                Stream::Incidents => self.incidents(&mut deliveries, &mut cursors).await,
-                Stream::Commits => match self.branches() {
-                    Ok(branches) => {
-                        let mut result = Ok(());
-                        for branch in &branches {
-                            result = self.commits(branch, &mut deliveries, &mut cursors).await;
-                            if result.is_err() {
-                                break;
-                            }
-                        }
-                        result
-                    }
-                    Err(e) => Err(e),
-                },
-                Stream::PullRequests => match self.branches() {
-                    Ok(branches) => self.merge_requests(&branches, &mut cursors).await,
-                    Err(e) => Err(e),
-                },
-            },
-        };
-        let changed = self
-            .rec
-            .commit(GitLab.source(), &mut deliveries, &mut cursors)
-            .await?;
-        result.map(|()| changed)
-    }
 }
 
 poller_new!(GitlabPoller, target, { project: ProjectMark::default(), asked: BTreeSet::new() });
+
+impl Deployments for GitlabPoller {
+    /// The deployments stream: successful deployments updated since the
+    /// watermark (less an overlap), oldest update first. `updated_after`
+    /// is always paired with `order_by=updated_at`, which GitLab requires.
+    async fn deployments(
+        &mut self,
+        deliveries: &mut Vec<Delivery>,
+        cursors: &mut Vec<PollCursor>,
+    ) -> Result<(), PollError> {
+        let deployments = self
+            .read_since(
+                "deployments",
+                |base, since| {
+                    format!(
+                        "{base}/deployments?updated_after={since}&order_by=updated_at&sort=asc&status=success&per_page=100"
+                    )
+                },
+                "deployments",
+                cursors,
+            )
+            .await?;
+        for deployment in &deployments {
+            if deployment["status"].as_str() == Some("success") {
+                deliveries.push(self.deployment_delivery(deployment));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Streams for GitlabPoller {
+    fn books(&mut self) -> (&mut Recorder, &PollTarget) {
+        (&mut self.rec, &self.target)
+    }
+
+    /// Reads the project first: every stream addresses it by its id.
+    async fn prepare(&mut self, cursors: &mut Vec<PollCursor>) -> Result<(), PollError> {
+        self.read_project(cursors).await
+    }
+
+    /// The project is addressed by its id: nothing moves.
+    fn conclude(&mut self, _cursors: &mut Vec<PollCursor>) {}
+
+    async fn tracked_branches(
+        &mut self,
+        _cursors: &mut Vec<PollCursor>,
+    ) -> Result<Vec<String>, PollError> {
+        self.branches()
+    }
+
+    /// The incidents stream: issues of type incident, and issues carrying
+    /// each incident label, updated since their watermark (less an
+    /// overlap), oldest update first. An issue found both ways is one
+    /// failure.
+    async fn incidents(
+        &mut self,
+        deliveries: &mut Vec<Delivery>,
+        cursors: &mut Vec<PollCursor>,
+    ) -> Result<(), PollError> {
+        let mut filters = vec![("type|incident".to_owned(), "issue_type=incident".to_owned())];
+        for label in &self.target.options.incident_labels {
+            let param: String = form_urlencoded::byte_serialize(label.as_bytes()).collect();
+            filters.push((format!("label|{label}"), format!("labels={param}")));
+        }
+        for (key, filter) in filters {
+            let issues = self
+                .read_since(
+                    &format!("incidents|{key}"),
+                    |base, since| {
+                        format!(
+                            "{base}/issues?{filter}&scope=all&updated_after={since}&order_by=updated_at&sort=asc&per_page=100"
+                        )
+                    },
+                    "issues",
+                    cursors,
+                )
+                .await?;
+            for issue in &issues {
+                deliveries.extend(self.issue_deliveries(issue));
+            }
+        }
+        Ok(())
+    }
+
+    async fn pull_requests(
+        &mut self,
+        branches: &[String],
+        cursors: &mut Vec<PollCursor>,
+    ) -> Result<(), PollError> {
+        self.merge_requests(branches, cursors).await
+    }
+}
 
 impl GitlabPoller {
     /// The project's address: by its numeric id.
@@ -157,16 +211,17 @@ impl GitlabPoller {
             .get(&url, &PollCursor::default(), "project", GITLAB_JSON)
             .await?
         else {
-            return Err(PollError::Transient("project: unexpected 304".into()));
+            return Err(PollError::not_modified("project"));
         };
-        let project: Value = serde_json::from_slice(&body)
-            .map_err(|e| PollError::Transient(format!("project: {e}")))?;
+        let project: Value =
+            serde_json::from_slice(&body).map_err(|e| PollError::json("project", e))?;
         let (Some(id), Some(path)) = (
             project["id"].as_u64(),
             project["path_with_namespace"].as_str(),
         ) else {
-            return Err(PollError::Transient(
-                "project: no id or path_with_namespace".into(),
+            return Err(PollError::missing(
+                "project",
+                "no id or path_with_namespace",
             ));
         };
         let configured_by_path = !self.target.repo.bytes().all(|b| b.is_ascii_digit());
@@ -199,8 +254,9 @@ impl GitlabPoller {
         }
         match &self.project.default_branch {
             Some(branch) => Ok(vec![branch.clone()]),
-            None => Err(PollError::Transient(
-                "project: no default_branch (an empty repository?)".into(),
+            None => Err(PollError::missing(
+                "project",
+                "no default_branch (an empty repository?)",
             )),
         }
     }
@@ -267,34 +323,6 @@ impl GitlabPoller {
         Ok(self.listing(url, endpoint).await?.items)
     }
 
-    /// The deployments stream: successful deployments updated since the
-    /// watermark (less an overlap), oldest update first. `updated_after`
-    /// is always paired with `order_by=updated_at`, which GitLab requires.
-    async fn deployments(
-        &mut self,
-        deliveries: &mut Vec<Delivery>,
-        cursors: &mut Vec<PollCursor>,
-    ) -> Result<(), PollError> {
-        let deployments = self
-            .read_since(
-                "deployments",
-                |base, since| {
-                    format!(
-                        "{base}/deployments?updated_after={since}&order_by=updated_at&sort=asc&status=success&per_page=100"
-                    )
-                },
-                "deployments",
-                cursors,
-            )
-            .await?;
-        for deployment in &deployments {
-            if deployment["status"].as_str() == Some("success") {
-                deliveries.push(self.deployment_delivery(deployment));
-            }
-        }
-        Ok(())
-    }
-
     /// A successful deployment as the ledger records it; the delivery id
     /// comes from the deployment's id alone, so a deployment read again,
     /// even updated since, is one delivery.
@@ -308,40 +336,6 @@ impl GitlabPoller {
             &payload,
             &[b"deployment", id.as_bytes()],
         )
-    }
-
-    /// The incidents stream: issues of type incident, and issues carrying
-    /// each incident label, updated since their watermark (less an
-    /// overlap), oldest update first. An issue found both ways is one
-    /// failure.
-    async fn incidents(
-        &mut self,
-        deliveries: &mut Vec<Delivery>,
-        cursors: &mut Vec<PollCursor>,
-    ) -> Result<(), PollError> {
-        let mut filters = vec![("type|incident".to_owned(), "issue_type=incident".to_owned())];
-        for label in &self.target.options.incident_labels {
-            let param: String = form_urlencoded::byte_serialize(label.as_bytes()).collect();
-            filters.push((format!("label|{label}"), format!("labels={param}")));
-        }
-        for (key, filter) in filters {
-            let issues = self
-                .read_since(
-                    &format!("incidents|{key}"),
-                    |base, since| {
-                        format!(
-                            "{base}/issues?{filter}&scope=all&updated_after={since}&order_by=updated_at&sort=asc&per_page=100"
-                        )
-                    },
-                    "issues",
-                    cursors,
-                )
-                .await?;
-            for issue in &issues {
-                deliveries.extend(self.issue_deliveries(issue));
-            }
-        }
-        Ok(())
     }
 
     /// An incident's opening and, once closed, its closing, as the ledger
@@ -500,15 +494,16 @@ mod tests {
     use super::*;
     use crate::events::{Event, FailureChange};
     use crate::ledger::Disposition;
+    use crate::plugins::{gitlab::GitLab, Plugin};
 
     /// A target polling `acme/shop` with the GitLab source's defaults.
     pub(super) fn target() -> PollTarget {
         PollTarget {
-            provider: super::super::Provider::Gitlab,
+            provider: crate::poll::Provider::Gitlab,
             repo: "acme/shop".into(),
             api_url: "https://gitlab.example/api/v4".into(),
             token: crate::signature::Secret::new("glpat-test"),
-            token_source: super::super::TokenSource::Env("TOKEN".into()),
+            token_source: crate::poll::TokenSource::Env("TOKEN".into()),
             source: "gitlab".into(),
             branch: None,
             options: GitLab.defaults(),
