@@ -234,6 +234,7 @@ impl Rig {
                 max_body_bytes: 64 * 1024,
                 max_unauthenticated_rows: 10_000,
                 windows: windows.into(),
+                failure_link_window: Duration::from_secs(86_400),
             },
             view,
         );
