@@ -87,7 +87,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApp> {
     }
 
     let ledger = Ledger::new(&settings.store_location());
-    let mut interval_gauges = worker::IntervalGauges::new(ledger.clone(), Arc::clone(&metrics));
+    let mut interval_gauges = worker::IntervalGauges::new(ledger.clone(), Arc::clone(&view));
     interval_gauges.refresh().await;
 
     for source in settings.unsigned_sources() {

@@ -42,11 +42,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 async fn metrics(view: web::Data<Arc<View>>) -> HttpResponse {
     let view = Arc::clone(&view);
-    let now = crate::clock::now_seconds();
-    let parts = view.render_parts();
-    let body =
-        stream::iter(0..parts).map(move |part| Ok::<_, Infallible>(view.render_part(part, now)));
+    let scrape = view.begin_scrape(crate::clock::now_seconds()).await;
+    // One chunk per poll, yielding to the runtime before each, so that a
+    // scrape of many series never keeps a worker from other requests.
+    let body = stream::unfold((view, scrape), |(view, mut scrape)| async move {
+        tokio::task::yield_now().await;
+        let chunk = view.render_next(&mut scrape)?;
+        Some((Ok::<_, Infallible>(chunk), (view, scrape)))
+    });
     HttpResponse::Ok().content_type(TEXT_FORMAT).streaming(body)
 }
-
-use futures_util::StreamExt as _;

@@ -8,7 +8,6 @@
 //! while it waited. Each redelivery's events are applied by the store's
 //! usual rules (event time decides `outdated`), whatever the order.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +17,7 @@ use tokio::sync::Notify;
 use crate::config::RetentionSettings;
 use crate::ingest::{self, IngestState};
 use crate::ledger::{Delivery, DeliveryId, State};
+use crate::metrics::view::{Interval, View};
 use crate::metrics::Metrics;
 use crate::plugins::pelorus;
 use crate::store::deliveries::{IntervalWindow, Ledger, Pending};
@@ -250,20 +250,16 @@ pub async fn retention(
 }
 
 /// `hookgauge_event_interval_seconds` and `_events`, recomputed from the
-/// store; series of an application and kind that left the window go.
+/// store and handed to the view whole; series of an application and kind
+/// that left the window go.
 pub struct IntervalGauges {
     ledger: Ledger,
-    metrics: Arc<Metrics>,
-    shown: HashSet<(String, &'static str)>,
+    view: Arc<View>,
 }
 
 impl IntervalGauges {
-    pub fn new(ledger: Ledger, metrics: Arc<Metrics>) -> Self {
-        IntervalGauges {
-            ledger,
-            metrics,
-            shown: HashSet::new(),
-        }
+    pub fn new(ledger: Ledger, view: Arc<View>) -> Self {
+        IntervalGauges { ledger, view }
     }
 
     /// One recomputation. Called once before the ports open, so that the
@@ -284,31 +280,17 @@ impl IntervalGauges {
                 return;
             }
         };
-        let metrics = &self.metrics;
-        let current: HashSet<(String, &'static str)> =
-            intervals.iter().map(|i| (i.repo.clone(), i.kind)).collect();
-        for (repo, kind) in self.shown.iter().filter(|s| !current.contains(s)) {
-            let _ = metrics
-                .event_interval
-                .remove_label_values(&[repo.as_str(), kind]);
-            let _ = metrics
-                .event_interval_events
-                .remove_label_values(&[repo.as_str(), kind]);
-        }
-        for i in &intervals {
-            let labels = [i.repo.as_str(), i.kind];
-            metrics
-                .event_interval_events
-                .with_label_values(&labels)
-                .set(i64::from(i.events));
-            match i.mean_interval_seconds {
-                Some(mean) => metrics.event_interval.with_label_values(&labels).set(mean),
-                None => {
-                    let _ = metrics.event_interval.remove_label_values(&labels);
-                }
-            }
-        }
-        self.shown = current;
+        self.view.set_intervals(
+            intervals
+                .into_iter()
+                .map(|i| Interval {
+                    repo: i.repo.into_boxed_str(),
+                    kind: i.kind,
+                    events: i.events,
+                    mean_seconds: i.mean_interval_seconds,
+                })
+                .collect(),
+        );
     }
 
     /// Recomputes every `every` until the task is aborted.

@@ -1,10 +1,12 @@
-//! Metrics served on the metrics port: the DORA counters and histograms and
-//! hookgauge's self-metrics (one `prometheus::Registry` per app, no globals),
-//! plus the Pelorus gauges kept by [`view::View`].
+//! Metrics served on the metrics port: hookgauge's self-metrics (one
+//! `prometheus::Registry` per process, no globals), and the DORA series kept
+//! by [`view::View`]: the Pelorus gauges and the counters, histograms and
+//! gauges of each application ([`apps::AppSeries`]).
 //!
 //! Only `view` changes the DORA series, and only from what the store
 //! committed. Labels come from closed sets or from validated event fields.
 
+pub mod apps;
 pub mod reviews;
 pub mod view;
 
@@ -37,27 +39,10 @@ pub const SPAN_BUCKETS: &[f64] = &[
 /// Every series hookgauge registers.
 pub struct Metrics {
     pub registry: Registry,
-    pub deployments: IntCounterVec,
-    pub failures: IntCounterVec,
-    pub failures_resolved: IntCounterVec,
-    pub lead_time: HistogramVec,
-    pub time_to_restore: HistogramVec,
-    /// Deploys decided rework (DORA's fifth key), and those decisions
-    /// withdrawn by a later fact; the rework deploys are their difference.
-    pub rework_deployments: IntCounterVec,
-    pub rework_withdrawn: IntCounterVec,
-    /// Deploys a failure was tied to (the linked change failure rate), and
-    /// those ties withdrawn by a later fact.
-    pub failed_deployments: IntCounterVec,
-    pub failed_withdrawn: IntCounterVec,
-    pub failed_deployment_recovery: HistogramVec,
     pub deliveries: IntCounterVec,
     pub request_duration: HistogramVec,
     pub store_commit_duration: Histogram,
     pub store_errors: IntCounterVec,
-    pub last_deploy: GaugeVec,
-    pub open_failures: IntGaugeVec,
-    pub oldest_open_failure: GaugeVec,
     pub store_rows: IntGauge,
     pub store_body_bytes: IntGauge,
     pub store_last_prune: Gauge,
@@ -71,10 +56,6 @@ pub struct Metrics {
     /// Shared store: how long after its commit on another replica the last
     /// change reached this replica's view.
     pub follow_lag: Gauge,
-    /// Mean time between consecutive events, by application and kind
-    /// (`Ledger::event_intervals`), refreshed every minute.
-    pub event_interval: GaugeVec,
-    pub event_interval_events: IntGaugeVec,
     /// Pollers: requests by repository, endpoint and HTTP status (or
     /// `error`), the quota left and its reset, the last complete poll.
     pub poll_requests: IntCounterVec,
@@ -109,65 +90,6 @@ impl Metrics {
                 .expect("metric registered once");
             vec
         };
-        let deployments = counter(
-            "hookgauge_deployments_total",
-            "Successful deployments recorded, by application and namespace.",
-            &["app", "namespace"],
-        );
-        let failures = counter(
-            "hookgauge_failures_total",
-            "Production failures recorded as created, by application.",
-            &["app"],
-        );
-        let failures_resolved = counter(
-            "hookgauge_failures_resolved_total",
-            "Production failures recorded as resolved, by application.",
-            &["app"],
-        );
-        let lead_time = histogram(
-            "hookgauge_lead_time_seconds",
-            "Time from a commit to its first deployment, observed once per commit.",
-            &["app"],
-            SPAN_BUCKETS.to_vec(),
-        );
-        let time_to_restore = histogram(
-            "hookgauge_time_to_restore_seconds",
-            "Time from a failure's creation to its resolution, observed once per failure.",
-            &["app"],
-            SPAN_BUCKETS.to_vec(),
-        );
-        let rework_deployments = counter(
-            "hookgauge_rework_deployments_total",
-            "Deployments decided rework (unplanned, made while a failure of the application was \
-             open, or reported so by their source), by application and namespace; subtract \
-             hookgauge_rework_deployments_withdrawn_total for the rework deployments.",
-            &["app", "namespace"],
-        );
-        let rework_withdrawn = counter(
-            "hookgauge_rework_deployments_withdrawn_total",
-            "Rework decisions withdrawn because a later fact (a resolution arriving late) showed \
-             no failure open at the deployment, by application and namespace.",
-            &["app", "namespace"],
-        );
-        let failed_deployments = counter(
-            "hookgauge_failed_deployments_total",
-            "Deployments a production failure was tied to (created within the link window after \
-             the deployment, no deployment in between), by application and namespace.",
-            &["app", "namespace"],
-        );
-        let failed_withdrawn = counter(
-            "hookgauge_failed_deployments_withdrawn_total",
-            "Ties of a failure to a deployment withdrawn by a later fact (a deployment in between, \
-             a newer creation time), by application and namespace.",
-            &["app", "namespace"],
-        );
-        let failed_deployment_recovery = histogram(
-            "hookgauge_failed_deployment_recovery_seconds",
-            "Time from the creation to the resolution of a failure tied to a deployment, observed \
-             once per failure.",
-            &["app"],
-            SPAN_BUCKETS.to_vec(),
-        );
         let deliveries = counter(
             "hookgauge_deliveries_total",
             "Webhook deliveries received, by source, event and outcome.",
@@ -206,16 +128,6 @@ impl Metrics {
                 .expect("metric registered once");
             vec
         };
-        let last_deploy = gauge(
-            "hookgauge_last_deploy_timestamp_seconds",
-            "Time of the latest deployment recorded, by application and namespace.",
-            &["app", "namespace"],
-        );
-        let oldest_open_failure = gauge(
-            "hookgauge_oldest_open_failure_timestamp_seconds",
-            "Creation time of the oldest unresolved production failure, by application.",
-            &["app"],
-        );
         let int_gauge_vec = |name: &str, help: &str, labels: &[&str]| {
             let vec =
                 IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
@@ -224,11 +136,6 @@ impl Metrics {
                 .expect("metric registered once");
             vec
         };
-        let open_failures = int_gauge_vec(
-            "hookgauge_open_failures",
-            "Production failures created and not yet resolved, by application.",
-            &["app"],
-        );
         let build_info = int_gauge_vec(
             "hookgauge_build_info",
             "Always 1; labelled with the running version.",
@@ -294,17 +201,6 @@ impl Metrics {
         for result in ["done", "errored"] {
             redeliveries.with_label_values(&[result]);
         }
-        let event_interval = gauge(
-            "hookgauge_event_interval_seconds",
-            "Mean time between consecutive events over the last 7 days or the last 500 events, \
-             whichever holds fewer, by application (repo) and event type.",
-            &["repo", "type"],
-        );
-        let event_interval_events = int_gauge_vec(
-            "hookgauge_event_interval_events",
-            "Events the mean interval of hookgauge_event_interval_seconds is taken over.",
-            &["repo", "type"],
-        );
         let poll_requests = counter(
             "hookgauge_poll_requests_total",
             "Poller requests to provider APIs, by repository, endpoint and HTTP status (304: not modified).",
@@ -342,23 +238,10 @@ impl Metrics {
             .expect("metric registered once");
         Metrics {
             registry,
-            deployments,
-            failures,
-            failures_resolved,
-            lead_time,
-            time_to_restore,
-            rework_deployments,
-            rework_withdrawn,
-            failed_deployments,
-            failed_withdrawn,
-            failed_deployment_recovery,
             deliveries,
             request_duration,
             store_commit_duration,
             store_errors,
-            last_deploy,
-            open_failures,
-            oldest_open_failure,
             store_rows,
             store_body_bytes,
             store_last_prune,
@@ -367,8 +250,6 @@ impl Metrics {
             redeliveries,
             background_active,
             follow_lag,
-            event_interval,
-            event_interval_events,
             poll_requests,
             poll_quota_remaining,
             poll_quota_reset,

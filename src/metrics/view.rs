@@ -10,27 +10,28 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hash, RandomState};
 use std::io::Write;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::apps::{AppSeries, Mark, Span};
 use super::Metrics;
 use crate::clock::now_seconds;
 use crate::events::{App, ImageSha, Namespace};
 use crate::ledger::Effect;
 use crate::store::{CommitSink, FaultKind, RestoreWindows, Restored};
 
-const SHARDS: usize = 32;
+pub(super) const SHARDS: usize = 32;
 
 /// A hash map split into independently locked shards.
-struct Sharded<K, V> {
+pub(super) struct Sharded<K, V> {
     shards: Box<[RwLock<HashMap<K, V>>]>,
     hasher: RandomState,
 }
 
 impl<K: Hash + Eq, V> Sharded<K, V> {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Sharded {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
@@ -41,7 +42,7 @@ impl<K: Hash + Eq, V> Sharded<K, V> {
         &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
     }
 
-    fn update(&self, key: K, f: impl FnOnce(&mut V), default: impl FnOnce() -> V) {
+    pub(super) fn update(&self, key: K, f: impl FnOnce(&mut V), default: impl FnOnce() -> V) {
         let mut shard = self.shard(&key).write().unwrap_or_else(|e| e.into_inner());
         f(shard.entry(key).or_insert_with(default));
     }
@@ -55,7 +56,12 @@ impl<K: Hash + Eq, V> Sharded<K, V> {
         }
     }
 
-    fn len(&self) -> usize {
+    /// One shard's map, read-locked.
+    pub(super) fn read_shard(&self, shard: usize) -> RwLockReadGuard<'_, HashMap<K, V>> {
+        self.shards[shard].read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn len(&self) -> usize {
         self.shards
             .iter()
             .map(|s| s.read().unwrap_or_else(|e| e.into_inner()).len())
@@ -120,9 +126,24 @@ pub struct View {
     commits: Sharded<CommitKey, CommitEntry>,
     deploys: Sharded<DeployKey, i64>,
     failures: Sharded<FailureKey, FailureEntry>,
+    /// The DORA counters, histograms and gauges of each application.
+    apps: AppSeries,
     names: Mutex<HashSet<Arc<str>>>,
     /// Unresolved failures of each app, with their creation times.
     open_failures: Mutex<HashMap<Arc<str>, OpenFailures>>,
+    /// The event intervals as last computed, by application and kind.
+    intervals: RwLock<Arc<[Interval]>>,
+    scrapes: Arc<tokio::sync::Semaphore>,
+}
+
+/// The mean time between an application's events of one kind
+/// (`Ledger::event_intervals`), exposed as `hookgauge_event_interval_seconds`
+/// (with two events or more) and `hookgauge_event_interval_events`.
+pub struct Interval {
+    pub repo: Box<str>,
+    pub kind: &'static str,
+    pub events: u32,
+    pub mean_seconds: Option<f64>,
 }
 
 impl View {
@@ -133,8 +154,11 @@ impl View {
             commits: Sharded::new(),
             deploys: Sharded::new(),
             failures: Sharded::new(),
+            apps: AppSeries::new(),
             names: Mutex::new(HashSet::new()),
             open_failures: Mutex::new(HashMap::new()),
+            intervals: RwLock::new(Arc::new([])),
+            scrapes: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_SCRAPES)),
         }
     }
 
@@ -226,23 +250,12 @@ impl View {
         );
     }
 
-    /// Raises the app's latest-deployment gauge to `time`.
-    fn set_last_deploy(&self, app: &App, namespace: &str, time: i64) {
-        let gauge = self
-            .metrics
-            .last_deploy
-            .with_label_values(&[app.as_str(), namespace]);
-        if (time as f64) > gauge.get() {
-            gauge.set(time as f64);
-        }
-    }
-
     /// Records whether a failure is open (`Some(created)`) or not, and
     /// refreshes the app's open-failure gauges.
     fn set_open(&self, app: &App, issue: &str, open_since: Option<i64>) {
         let app_name = self.intern(app.as_str());
         let mut open = self.open_failures.lock().unwrap_or_else(|e| e.into_inner());
-        let issues = open.entry(app_name).or_default();
+        let issues = open.entry(app_name.clone()).or_default();
         match open_since {
             Some(created) => {
                 issues.insert(issue.into(), created);
@@ -251,19 +264,25 @@ impl View {
                 issues.remove(issue);
             }
         }
-        let m = &self.metrics;
-        m.open_failures
-            .with_label_values(&[app.as_str()])
-            .set(issues.len() as i64);
-        match issues.values().min() {
-            Some(oldest) => m
-                .oldest_open_failure
-                .with_label_values(&[app.as_str()])
-                .set(*oldest as f64),
-            None => {
-                let _ = m.oldest_open_failure.remove_label_values(&[app.as_str()]);
-            }
-        }
+        self.apps
+            .set_open(app_name, issues.len(), issues.values().min().copied());
+    }
+
+    fn observe(&self, app: &App, span: Span, seconds: f64) {
+        self.apps.observe(self.intern(app.as_str()), span, seconds);
+    }
+
+    fn mark(&self, app: &App, namespace: &Namespace, mark: Mark) {
+        self.apps.mark(
+            self.intern(app.as_str()),
+            self.intern(namespace.as_str()),
+            mark,
+        );
+    }
+
+    /// Replaces the event intervals (refreshed every minute).
+    pub fn set_intervals(&self, intervals: Vec<Interval>) {
+        *self.intervals.write().unwrap_or_else(|e| e.into_inner()) = intervals.into();
     }
 
     /// Drops gauge series that have left their exposure window.
@@ -284,18 +303,56 @@ impl View {
         (self.commits.len(), self.deploys.len(), self.failures.len())
     }
 
-    /// Number of parts [`View::render_part`] produces for one scrape.
-    pub fn render_parts(&self) -> usize {
-        4 * SHARDS + 1
+    /// Starts a scrape once fewer than [`CONCURRENT_SCRAPES`] are running
+    /// (the others wait here), with its windows taken at `now`.
+    pub async fn begin_scrape(&self, now: i64) -> Scrape {
+        let permit = Arc::clone(&self.scrapes).acquire_owned().await.ok();
+        Scrape {
+            now,
+            part: 0,
+            headed: false,
+            _permit: permit,
+        }
     }
 
-    /// Renders one part of a scrape in the text exposition format: the four
-    /// Pelorus families shard by shard, then the registry. `now` is fixed for
-    /// the whole scrape so that every part applies the same windows.
-    pub fn render_part(&self, part: usize, now: i64) -> Bytes {
-        let mut out = Vec::with_capacity(if part < 4 * SHARDS { 16 * 1024 } else { 0 });
+    /// The next chunk of a scrape in the text exposition format, `None` once
+    /// it is complete: the four Pelorus families shard by shard, then each
+    /// application family shard by shard, then the registry. A chunk holds
+    /// whole parts (one family of one shard, each rendered under that
+    /// shard's read lock alone) and stops growing past [`CHUNK_BYTES`].
+    pub fn render_next(&self, scrape: &mut Scrape) -> Option<Bytes> {
+        if scrape.part >= PARTS {
+            return None;
+        }
+        let mut out = Vec::with_capacity(CHUNK_BYTES + CHUNK_BYTES / 2);
+        while scrape.part < PARTS && out.len() < CHUNK_BYTES {
+            self.render_part(scrape, &mut out);
+            scrape.part += 1;
+        }
+        Some(Bytes::from(out))
+    }
+
+    fn render_part(&self, scrape: &mut Scrape, out: &mut Vec<u8>) {
+        let part = scrape.part;
+        if part >= PELORUS_PARTS {
+            let part = part - PELORUS_PARTS;
+            let (family, shard) = (part / SHARDS, part % SHARDS);
+            if shard == 0 {
+                scrape.headed = false;
+            }
+            if family < AppSeries::FAMILIES {
+                self.apps.render(family, shard, &mut scrape.headed, out);
+            } else if family < AppSeries::FAMILIES + 2 {
+                let seconds = family == AppSeries::FAMILIES;
+                self.render_intervals(seconds, shard, &mut scrape.headed, out);
+            } else {
+                out.extend_from_slice(&self.metrics.encode_registry());
+            }
+            return;
+        }
+        let now = scrape.now;
         let (family, shard) = (part / SHARDS, part % SHARDS);
-        if family < 4 && shard == 0 {
+        if shard == 0 {
             let (name, help) = PELORUS_FAMILIES[family];
             let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n");
         }
@@ -303,46 +360,46 @@ impl View {
         match family {
             0 => {
                 let since = self.commit_since(now);
-                let commits = self.commits.shards[shard]
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner());
+                let commits = self.commits.read_shard(shard);
                 for (key, entry) in commits.iter().filter(|(_, e)| e.time >= since) {
                     out.extend_from_slice(b"commit_timestamp{app=\"");
-                    escape_label(&mut out, &key.app);
+                    escape_label(out, &key.app);
                     out.extend_from_slice(b"\",commit=\"");
-                    escape_label(&mut out, &key.commit);
+                    escape_label(out, &key.commit);
                     out.extend_from_slice(b"\",image_sha=\"");
                     if let Some(image_sha) = &key.image_sha {
                         let _ = write!(out, "{image_sha}");
                     }
                     out.extend_from_slice(b"\",namespace=\"");
-                    escape_label(&mut out, entry.namespace.as_deref().unwrap_or(""));
+                    escape_label(out, entry.namespace.as_deref().unwrap_or(""));
                     out.extend_from_slice(b"\",commit_link=\"");
-                    escape_label(&mut out, entry.link.as_deref().unwrap_or(""));
-                    let _ = writeln!(out, "\"}} {}", entry.time);
+                    escape_label(out, entry.link.as_deref().unwrap_or(""));
+                    out.extend_from_slice(b"\"} ");
+                    write_int(out, entry.time);
+                    out.push(b'\n');
                 }
             }
             1 => {
-                let deploys = self.deploys.shards[shard]
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner());
+                let deploys = self.deploys.read_shard(shard);
                 for (key, &time) in deploys.iter().filter(|(_, t)| **t >= exposure_since) {
                     out.extend_from_slice(b"deploy_timestamp{app=\"");
-                    escape_label(&mut out, &key.app);
+                    escape_label(out, &key.app);
                     let _ = write!(out, "\",image_sha=\"{}\",namespace=\"", key.image_sha);
-                    escape_label(&mut out, &key.namespace);
-                    let _ = writeln!(out, "\"}} {time} {}", time * 1000);
+                    escape_label(out, &key.namespace);
+                    out.extend_from_slice(b"\"} ");
+                    write_int(out, time);
+                    out.push(b' ');
+                    write_int(out, time * 1000);
+                    out.push(b'\n');
                 }
             }
-            2 | 3 => {
+            _ => {
                 let name: &[u8] = if family == 2 {
                     b"failure_creation_timestamp{app=\""
                 } else {
                     b"failure_resolution_timestamp{app=\""
                 };
-                let failures = self.failures.shards[shard]
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner());
+                let failures = self.failures.read_shard(shard);
                 for (key, entry) in failures.iter() {
                     let time = if family == 2 {
                         entry.created
@@ -353,24 +410,97 @@ impl View {
                         continue;
                     };
                     out.extend_from_slice(name);
-                    escape_label(&mut out, &key.app);
+                    escape_label(out, &key.app);
                     out.extend_from_slice(b"\",issue_number=\"");
-                    escape_label(&mut out, &key.issue_number);
-                    let _ = writeln!(out, "\"}} {time} {}", time * 1000);
+                    escape_label(out, &key.issue_number);
+                    out.extend_from_slice(b"\"} ");
+                    write_int(out, time);
+                    out.push(b' ');
+                    write_int(out, time * 1000);
+                    out.push(b'\n');
                 }
             }
-            _ => out = self.metrics.encode_registry(),
         }
-        Bytes::from(out)
+    }
+
+    /// One slice in `SHARDS` of the event intervals, as one of their two
+    /// families; the read lock is held only to take the list.
+    fn render_intervals(&self, seconds: bool, part: usize, headed: &mut bool, out: &mut Vec<u8>) {
+        let intervals = Arc::clone(&self.intervals.read().unwrap_or_else(|e| e.into_inner()));
+        let (from, to) = (
+            intervals.len() * part / SHARDS,
+            intervals.len() * (part + 1) / SHARDS,
+        );
+        let (name, help) = if seconds {
+            (
+                "hookgauge_event_interval_seconds",
+                "Mean time between consecutive events over the last 7 days or the last 500 events, \
+                 whichever holds fewer, by application (repo) and event type.",
+            )
+        } else {
+            (
+                "hookgauge_event_interval_events",
+                "Events the mean interval of hookgauge_event_interval_seconds is taken over.",
+            )
+        };
+        for i in &intervals[from..to] {
+            let value = if seconds {
+                match i.mean_seconds {
+                    Some(mean) => mean,
+                    None => continue,
+                }
+            } else {
+                f64::from(i.events)
+            };
+            if !*headed {
+                *headed = true;
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            }
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b"{repo=\"");
+            escape_label(out, &i.repo);
+            out.extend_from_slice(b"\",type=\"");
+            escape_label(out, i.kind);
+            out.extend_from_slice(b"\"} ");
+            write_value(out, value);
+            out.push(b'\n');
+        }
     }
 
     /// A whole scrape in one buffer (tests, `export`).
     pub fn render(&self) -> Vec<u8> {
-        let now = now_seconds();
-        (0..self.render_parts())
-            .flat_map(|part| self.render_part(part, now))
-            .collect()
+        let mut scrape = Scrape {
+            now: now_seconds(),
+            part: 0,
+            headed: false,
+            _permit: None,
+        };
+        let mut out = Vec::new();
+        while let Some(chunk) = self.render_next(&mut scrape) {
+            out.extend_from_slice(&chunk);
+        }
+        out
     }
+}
+
+/// Scrapes rendered at once; more wait for one of them to finish, so that
+/// scrapes never take more than this many cores from ingest.
+pub const CONCURRENT_SCRAPES: usize = 2;
+
+/// A chunk of a streamed scrape stops growing past this size.
+pub const CHUNK_BYTES: usize = 64 * 1024;
+
+const PELORUS_PARTS: usize = 4 * SHARDS;
+const PARTS: usize = PELORUS_PARTS + (AppSeries::FAMILIES + 2) * SHARDS + 1;
+
+/// One scrape in progress ([`View::begin_scrape`]): the time its windows
+/// are taken at, the next part, whether the current application family has
+/// written its header, and its place among the concurrent scrapes.
+pub struct Scrape {
+    now: i64,
+    part: usize,
+    headed: bool,
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 const PELORUS_FAMILIES: [(&str, &str); 4] = [
@@ -393,7 +523,11 @@ const PELORUS_FAMILIES: [(&str, &str); 4] = [
 ];
 
 /// Escapes a label value for the text exposition format.
-fn escape_label(out: &mut Vec<u8>, value: &str) {
+pub(super) fn escape_label(out: &mut Vec<u8>, value: &str) {
+    if !value.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
+        out.extend_from_slice(value.as_bytes());
+        return;
+    }
     for &b in value.as_bytes() {
         match b {
             b'\\' => out.extend_from_slice(b"\\\\"),
@@ -406,7 +540,6 @@ fn escape_label(out: &mut Vec<u8>, value: &str) {
 
 impl CommitSink for View {
     fn restore(&self, items: &mut dyn Iterator<Item = Restored>) {
-        let m = &self.metrics;
         for item in items {
             match item {
                 Restored::Commit {
@@ -445,22 +578,13 @@ impl CommitSink for View {
                     rework_withdrawn,
                     failed,
                     failed_withdrawn,
-                } => {
-                    raise_to(
-                        &m.deployments
-                            .with_label_values(&[app.as_str(), namespace.as_str()]),
-                        count,
-                    );
-                    let marks = deploy_marks(m, &app, &namespace);
-                    for (counter, target) in
-                        marks
-                            .iter()
-                            .zip([rework, rework_withdrawn, failed, failed_withdrawn])
-                    {
-                        raise_to(counter, target);
-                    }
-                    self.set_last_deploy(&app, namespace.as_str(), last);
-                }
+                } => self.apps.restore_deploys(
+                    self.intern(app.as_str()),
+                    self.intern(namespace.as_str()),
+                    count,
+                    [rework, rework_withdrawn, failed, failed_withdrawn],
+                    last,
+                ),
                 Restored::OpenFailure {
                     app,
                     issue_number,
@@ -471,30 +595,23 @@ impl CommitSink for View {
                     created,
                     resolved,
                 } => {
-                    let (created_total, resolved_total) = failure_counters(m, &app);
-                    raise_to(&created_total, created);
-                    raise_to(&resolved_total, resolved);
-                    // Exists (at 0 when none is open) for every app with failures.
-                    m.open_failures.with_label_values(&[app.as_str()]);
+                    // The open-failures gauge exists (at 0 when none is open)
+                    // for every app with failures.
+                    self.apps
+                        .restore_failures(self.intern(app.as_str()), created, resolved)
                 }
-                Restored::LeadTime { app, seconds } => m
-                    .lead_time
-                    .with_label_values(&[app.as_str()])
-                    .observe(seconds),
-                Restored::TimeToRestore { app, seconds } => m
-                    .time_to_restore
-                    .with_label_values(&[app.as_str()])
-                    .observe(seconds),
-                Restored::FailedDeploymentRecovery { app, seconds } => m
-                    .failed_deployment_recovery
-                    .with_label_values(&[app.as_str()])
-                    .observe(seconds),
+                Restored::LeadTime { app, seconds } => self.observe(&app, Span::LeadTime, seconds),
+                Restored::TimeToRestore { app, seconds } => {
+                    self.observe(&app, Span::TimeToRestore, seconds)
+                }
+                Restored::FailedDeploymentRecovery { app, seconds } => {
+                    self.observe(&app, Span::Recovery, seconds)
+                }
             }
         }
     }
 
     fn apply(&self, effects: &[Effect]) {
-        let m = &self.metrics;
         for effect in effects {
             match effect {
                 Effect::Commit {
@@ -518,12 +635,12 @@ impl CommitSink for View {
                     image_sha,
                     time,
                 } => {
-                    m.deployments
-                        .with_label_values(&[app.as_str(), namespace.as_str()])
-                        .inc();
                     // Rework and failed counts exist (at 0) beside every deploy count.
-                    deploy_marks(m, app, namespace);
-                    self.set_last_deploy(app, namespace.as_str(), *time);
+                    self.apps.count_deploy(
+                        self.intern(app.as_str()),
+                        self.intern(namespace.as_str()),
+                        *time,
+                    );
                     if let Some(image_sha) = image_sha {
                         self.set_deploy(app, namespace.as_str(), *image_sha, *time);
                     }
@@ -541,10 +658,8 @@ impl CommitSink for View {
                     first,
                     open_since,
                 } => {
-                    let (created, _) = failure_counters(m, app);
-                    if *first {
-                        created.inc();
-                    }
+                    self.apps
+                        .count_failure(self.intern(app.as_str()), false, *first);
                     self.set_failure(app, issue_number.as_str(), Some(*time), None);
                     self.set_open(app, issue_number.as_str(), *open_since);
                 }
@@ -555,49 +670,44 @@ impl CommitSink for View {
                     first,
                     open_since,
                 } => {
-                    let (_, resolved) = failure_counters(m, app);
-                    if *first {
-                        resolved.inc();
-                    }
+                    self.apps
+                        .count_failure(self.intern(app.as_str()), true, *first);
                     self.set_failure(app, issue_number.as_str(), None, Some(*time));
                     self.set_open(app, issue_number.as_str(), *open_since);
                 }
-                Effect::LeadTime { app, seconds } => m
-                    .lead_time
-                    .with_label_values(&[app.as_str()])
-                    .observe(*seconds),
-                Effect::TimeToRestore { app, seconds } => m
-                    .time_to_restore
-                    .with_label_values(&[app.as_str()])
-                    .observe(*seconds),
-                Effect::FailedDeploymentRecovery { app, seconds } => m
-                    .failed_deployment_recovery
-                    .with_label_values(&[app.as_str()])
-                    .observe(*seconds),
+                Effect::LeadTime { app, seconds } => self.observe(app, Span::LeadTime, *seconds),
+                Effect::TimeToRestore { app, seconds } => {
+                    self.observe(app, Span::TimeToRestore, *seconds)
+                }
+                Effect::FailedDeploymentRecovery { app, seconds } => {
+                    self.observe(app, Span::Recovery, *seconds)
+                }
                 Effect::Rework {
                     app,
                     namespace,
                     rework,
-                } => {
-                    let [marked, withdrawn, _, _] = deploy_marks(m, app, namespace);
+                } => self.mark(
+                    app,
+                    namespace,
                     if *rework {
-                        marked.inc()
+                        Mark::Rework
                     } else {
-                        withdrawn.inc()
-                    }
-                }
+                        Mark::ReworkWithdrawn
+                    },
+                ),
                 Effect::DeployFailed {
                     app,
                     namespace,
                     failed,
-                } => {
-                    let [_, _, marked, withdrawn] = deploy_marks(m, app, namespace);
+                } => self.mark(
+                    app,
+                    namespace,
                     if *failed {
-                        marked.inc()
+                        Mark::Failed
                     } else {
-                        withdrawn.inc()
-                    }
-                }
+                        Mark::FailedWithdrawn
+                    },
+                ),
             }
         }
     }
@@ -619,35 +729,33 @@ impl CommitSink for View {
     }
 }
 
-/// Both failure counters of an app: they always exist together, so that
-/// ratios and restarts see the same series (a resolved count of 0 included).
-fn failure_counters(m: &Metrics, app: &App) -> (prometheus::IntCounter, prometheus::IntCounter) {
-    (
-        m.failures.with_label_values(&[app.as_str()]),
-        m.failures_resolved.with_label_values(&[app.as_str()]),
-    )
-}
-
-/// The rework and failed-deployment counters of an app in a namespace
-/// (decided, withdrawn, each), created together so that every ratio has
-/// its series.
-fn deploy_marks(m: &Metrics, app: &App, namespace: &Namespace) -> [prometheus::IntCounter; 4] {
-    let labels = [app.as_str(), namespace.as_str()];
-    [
-        m.rework_deployments.with_label_values(&labels),
-        m.rework_withdrawn.with_label_values(&labels),
-        m.failed_deployments.with_label_values(&labels),
-        m.failed_withdrawn.with_label_values(&labels),
-    ]
-}
-
-/// Raises a counter to `target` (never lowers it: a counter that went down
-/// would look like a restart to Prometheus).
-fn raise_to(counter: &prometheus::IntCounter, target: u64) {
-    let current = counter.get();
-    if target > current {
-        counter.inc_by(target - current);
+/// Writes a sample value as `f64`'s `Display` does (what the `prometheus`
+/// crate writes), whole numbers without going through the formatter.
+pub(super) fn write_value(out: &mut Vec<u8>, value: f64) {
+    if value.fract() == 0.0 && value.abs() < 1e15 && !(value == 0.0 && value.is_sign_negative()) {
+        write_int(out, value as i64);
+    } else {
+        let _ = write!(out, "{value}");
     }
+}
+
+/// Writes an integer in decimal.
+pub(super) fn write_int(out: &mut Vec<u8>, value: i64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut n = value.unsigned_abs();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if value < 0 {
+        out.push(b'-');
+    }
+    out.extend_from_slice(&buf[i..]);
 }
 
 #[cfg(test)]
@@ -659,5 +767,32 @@ mod tests {
         let mut out = Vec::new();
         escape_label(&mut out, "a\"b\\c\nd");
         assert_eq!(out, b"a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn values_are_written_as_f64_displays_them() {
+        for v in [
+            0.0,
+            -0.0,
+            1.0,
+            -7.0,
+            42.5,
+            1e-9,
+            1_765_000_000.0,
+            1e15,
+            1e21,
+            -3.25e7,
+            9.007e15,
+            u64::MAX as f64,
+            f64::INFINITY,
+            f64::NAN,
+        ] {
+            let mut out = Vec::new();
+            write_value(&mut out, v);
+            assert_eq!(String::from_utf8(out).unwrap(), v.to_string());
+        }
+        let mut out = Vec::new();
+        write_int(&mut out, i64::MIN);
+        assert_eq!(String::from_utf8(out).unwrap(), i64::MIN.to_string());
     }
 }

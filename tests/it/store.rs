@@ -412,3 +412,117 @@ async fn full_disk_answers_503_acknowledges_nothing_and_recovers_when_space_retu
     );
     drop(conn);
 }
+
+/// 10,000 applications (three namespaces, every hundredth with a lead time
+/// and a failure): the scrape holds every series, each family under one
+/// `# TYPE` line with its series together, passes `promtool check metrics`,
+/// and a restart rebuilds the same series.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_apps_scrape_whole_grouped_and_identical_after_restart() {
+    use futures_util::StreamExt as _;
+    const APPS: u64 = 10_000;
+    let mut app = spawn_app_with(|raw| {
+        raw.sources.pelorus.secrets = vec![SECRET.into()];
+        raw.metrics.commit_window = Duration::from_secs(20 * 365 * 86_400);
+    })
+    .await;
+    let t = now();
+    let mut posts = Vec::new();
+    for n in 0..APPS {
+        let name = format!("app-{n:05}");
+        let namespace = format!("ns{}", n % 3);
+        if n % 100 == 0 {
+            let commit = serde_json::json!({
+                "app": name, "commit_hash": format!("{n:040x}"), "image_sha": image(n),
+                "namespace": namespace, "timestamp": t - 3_600 - n as i64,
+            });
+            posts.push(("committime", serde_json::to_vec(&commit).unwrap()));
+        }
+        posts.push((
+            "deploytime",
+            deploy_body(&name, &namespace, &image(n), t - 60),
+        ));
+        if n % 100 == 0 {
+            for (change, time) in [("created", t - 50), ("resolved", t - 10)] {
+                let failure = serde_json::json!({"app": name, "failure_id": "1", "failure_event": change, "timestamp": time});
+                posts.push(("failure", serde_json::to_vec(&failure).unwrap()));
+            }
+        }
+    }
+    // In order per app (a commit before its deploy), many apps at once.
+    let statuses: Vec<u16> = futures_util::stream::iter(posts.chunks(4))
+        .map(|chunk| {
+            let app = &app;
+            async move {
+                let mut statuses = Vec::new();
+                for (event, body) in chunk {
+                    statuses.push(app.post_signed(event, body).await.status);
+                }
+                statuses
+            }
+        })
+        .buffer_unordered(32)
+        .flat_map(futures_util::stream::iter)
+        .collect()
+        .await;
+    assert!(statuses.iter().all(|s| *s == 202), "not all accepted");
+
+    let scrape = app.scrape().await;
+    let apps = APPS as usize;
+    for (family, expected) in [
+        ("deploy_timestamp", apps),
+        ("hookgauge_deployments_total", apps),
+        ("hookgauge_last_deploy_timestamp_seconds", apps),
+        ("hookgauge_rework_deployments_total", apps),
+        ("hookgauge_rework_deployments_withdrawn_total", apps),
+        ("hookgauge_failed_deployments_total", apps),
+        ("hookgauge_failed_deployments_withdrawn_total", apps),
+        ("commit_timestamp", apps / 100),
+        ("hookgauge_lead_time_seconds_count", apps / 100),
+        ("hookgauge_failures_total", apps / 100),
+        ("hookgauge_failures_resolved_total", apps / 100),
+        ("hookgauge_open_failures", apps / 100),
+    ] {
+        assert_eq!(scrape.find(family, &[]).len(), expected, "{family}");
+    }
+    assert_eq!(
+        scrape.value("hookgauge_deployments_total", &[("app", "app-04242")]),
+        1.0
+    );
+    assert_eq!(
+        scrape
+            .find(
+                "hookgauge_lead_time_seconds_bucket",
+                &[("app", "app-00700")]
+            )
+            .len(),
+        SPAN_BUCKETS_WITH_INF
+    );
+    // Every family once, its series right under its own header.
+    let mut seen = std::collections::HashSet::new();
+    let mut family = String::new();
+    for line in scrape.text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            family = rest.split(' ').next().unwrap().to_string();
+            assert!(seen.insert(family.clone()), "{family} twice");
+        } else if !line.starts_with('#') {
+            let name = line.split(['{', ' ']).next().unwrap();
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|b| *b == family))
+                .unwrap_or(name);
+            assert_eq!(base, family, "{line} outside its family");
+        }
+    }
+    let (ok, output) = promtool_check_metrics(&scrape.text);
+    assert!(ok, "promtool check metrics failed:\n{output}");
+
+    let before = scrape.dora_samples();
+    app.restart().await;
+    let after = app.scrape().await.dora_samples();
+    assert!(before == after, "a restart rebuilt different series");
+    app.shutdown().await;
+}
+
+/// The buckets a histogram exposes: every bound of the spans and `+Inf`.
+const SPAN_BUCKETS_WITH_INF: usize = 15;
