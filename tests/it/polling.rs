@@ -208,6 +208,8 @@ pub async fn commit_time(app: &TestApp, sha: &str) -> Option<f64> {
 pub struct Rig {
     pub clock: Clock,
     pub metrics: Arc<Metrics>,
+    /// What `/metrics` serves: the per-application series and the registry.
+    view: Arc<View>,
     store: Store,
     ledger: Ledger,
     /// The clock's start (epoch ms): schedules count from it.
@@ -236,7 +238,7 @@ impl Rig {
                 windows: windows.into(),
                 failure_link_window: Duration::from_secs(86_400),
             },
-            view,
+            Arc::clone(&view) as Arc<dyn hookgauge::store::CommitSink>,
         );
         opened.expect("the store opens");
         let clock = Clock::simulated(Clock::default().now_ms());
@@ -244,6 +246,7 @@ impl Rig {
             epoch_ms: clock.now_ms(),
             clock,
             metrics,
+            view,
             ledger: Ledger::new(&location),
             store,
             _dir: dir,
@@ -302,7 +305,7 @@ impl Rig {
 
     /// The rig's metrics, as a scrape would show them.
     pub fn scrape(&self) -> Scrape {
-        Scrape::parse(&String::from_utf8(self.metrics.encode_registry()).unwrap())
+        Scrape::parse(&String::from_utf8(self.view.render()).unwrap())
     }
 
     pub async fn shutdown(self) {
