@@ -259,15 +259,16 @@ async fn a_person_reads_the_keys_page_in_the_browser() {
         let form = client.form(Locator::Css("form")).await.unwrap();
         form.set_by_name("key", KEY).await.unwrap();
         form.submit().await.unwrap();
+        // Signed in once the navigation shows the keys link. It is followed
+        // by its address, not clicked: the page that showed it may still be
+        // replaced by the login's redirect, leaving a clicked element stale.
         client
             .wait()
             .at_most(Duration::from_secs(10))
             .for_element(Locator::Css("header a[href='/keys']"))
             .await
-            .unwrap()
-            .click()
-            .await
             .unwrap();
+        client.goto(&format!("{}/keys", app.metrics)).await.unwrap();
         client
             .wait()
             .at_most(Duration::from_secs(10))

@@ -367,11 +367,41 @@ async fn full_disk_answers_503_acknowledges_nothing_and_recovers_when_space_retu
         "503 with Retry-After"
     );
     assert_eq!(full.json["reason"], "store_unavailable");
-    let ready = app.get(format!("{}/readyz", app.ingest)).await;
+    // The failed commit's rollback can leave room in files SQLite already
+    // holds (WAL frames), so a one-row readiness probe may still fit. Take
+    // the disk's free space again, and use up that room with deliveries
+    // (each acknowledged one is counted) until the probe fails too.
+    let topped_up = disk.path.join("ballast-2");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&topped_up).unwrap();
+        let chunk = vec![0u8; 4 * 1024];
+        while file.write_all(&chunk).is_ok() {}
+        let _ = file.sync_all();
+    }
+    let mut ready = app.get(format!("{}/readyz", app.ingest)).await;
+    for n in 5_000..5_200u64 {
+        if ready.status == 503 {
+            break;
+        }
+        let reply = app
+            .post_signed(
+                "deploytime",
+                &deploy_body("shop", "prod", &image(n), t + n as i64),
+            )
+            .await;
+        match reply.status {
+            202 => acked.push(n),
+            503 => {}
+            other => panic!("unexpected {other}: {}", reply.text),
+        }
+        ready = app.get(format!("{}/readyz", app.ingest)).await;
+    }
     assert_eq!(ready.status, 503, "{}", ready.text);
 
     // Space returns: service resumes without a restart.
     std::fs::remove_file(&ballast).unwrap();
+    std::fs::remove_file(&topped_up).unwrap();
     let mut recovered = false;
     for attempt in 0..50u64 {
         let n = 10_000 + attempt;
