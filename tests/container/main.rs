@@ -430,7 +430,12 @@ impl<'a> Container<'a> {
 
     /// Polls `/readyz` on the ingest port until it answers 200.
     fn wait_ready(&self) -> String {
-        let ingest = self.url(8080);
+        self.wait_ready_on(8080)
+    }
+
+    /// Polls `/readyz` on the container's `port` until it answers 200.
+    fn wait_ready_on(&self, port: u16) -> String {
+        let ingest = self.url(port);
         let deadline = Instant::now() + START_LIMIT;
         loop {
             if get(&format!("{ingest}/readyz")).is_ok_and(|(status, _)| status == 200) {
@@ -704,20 +709,6 @@ fn image_refuses_to_listen_on_all_interfaces_without_a_secret() {
     );
 }
 
-/// Waits until `/readyz` answers 200 on the container's `port`.
-fn wait_ready(container: &Container, port: u16) {
-    let ingest = container.url(port);
-    let deadline = Instant::now() + START_LIMIT;
-    while !get(&format!("{ingest}/readyz")).is_ok_and(|(status, _)| status == 200) {
-        assert!(
-            Instant::now() < deadline,
-            "not ready on {port} within {START_LIMIT:?}; logs:\n{}",
-            container.logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 #[test]
 fn healthcheck_follows_the_ingest_port_of_the_environment() {
     let Some(engine) = engine() else { return };
@@ -730,7 +721,7 @@ fn healthcheck_follows_the_ingest_port_of_the_environment() {
             "--publish=127.0.0.1::8081".into(),
         ],
     );
-    wait_ready(&container, 8081);
+    container.wait_ready_on(8081);
     container.assert_healthy();
 }
 
@@ -748,7 +739,7 @@ fn healthcheck_fails_when_nothing_answers_on_the_ingest_port_it_probes() {
         ],
         &["serve", "--ingest-addr", "0.0.0.0:8081"],
     );
-    wait_ready(&container, 8081);
+    container.wait_ready_on(8081);
     let (passed, status) = container.health();
     assert!(!passed, "the healthcheck passed with nothing on 8080");
     assert_ne!(status, "healthy");

@@ -315,6 +315,15 @@ impl Drop for SmallDisk {
     }
 }
 
+/// Writes `path` in chunks of `chunk` bytes until its disk is full.
+fn fill_disk(path: &std::path::Path, chunk: usize) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).unwrap();
+    let chunk = vec![0u8; chunk];
+    while file.write_all(&chunk).is_ok() {}
+    let _ = file.sync_all();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_disk_answers_503_acknowledges_nothing_and_recovers_when_space_returns() {
     let root = tempfile::tempdir().unwrap();
@@ -336,13 +345,7 @@ async fn full_disk_answers_503_acknowledges_nothing_and_recovers_when_space_retu
     assert_eq!(first.status, 202);
     // Leave a few kilobytes: a ballast file takes the rest.
     let ballast = disk.path.join("ballast");
-    {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&ballast).unwrap();
-        let chunk = vec![0u8; 64 * 1024];
-        while file.write_all(&chunk).is_ok() {}
-        let _ = file.sync_all();
-    }
+    fill_disk(&ballast, 64 * 1024);
     let mut acked = vec![0u64];
     let mut full = None;
     for n in 1..5_000u64 {
@@ -372,13 +375,7 @@ async fn full_disk_answers_503_acknowledges_nothing_and_recovers_when_space_retu
     // the disk's free space again, and use up that room with deliveries
     // (each acknowledged one is counted) until the probe fails too.
     let topped_up = disk.path.join("ballast-2");
-    {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&topped_up).unwrap();
-        let chunk = vec![0u8; 4 * 1024];
-        while file.write_all(&chunk).is_ok() {}
-        let _ = file.sync_all();
-    }
+    fill_disk(&topped_up, 4 * 1024);
     let mut ready = app.get(format!("{}/readyz", app.ingest)).await;
     for n in 5_000..5_200u64 {
         if ready.status == 503 {
