@@ -116,7 +116,10 @@ class Cluster:
         os.unlink(pwfile)
         with open(os.path.join(self.data, "postgresql.conf"), "a") as conf:
             conf.write("\n# The benchmark's throwaway cluster.\nlisten_addresses = '127.0.0.1'\n"
-                       "unix_socket_directories = '%s'\npassword_encryption = 'scram-sha-256'\n" % self.server_dir)
+                       "unix_socket_directories = '%s'\npassword_encryption = 'scram-sha-256'\n"
+                       "# Round trips counted per statement (pg1, pg2).\n"
+                       "shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track_utility = on\n"
+                       % self.server_dir)
         for _ in range(3):
             (port,) = free_ports(1)
             logged = os.path.getsize(self.log) if os.path.exists(self.log) else 0
@@ -160,10 +163,33 @@ class Cluster:
     def new_database(self, name):
         """A fresh database owned by the login role; its URL (no password)."""
         self.psql(SUPERUSER, self.super_password, "postgres", "CREATE DATABASE %s OWNER %s" % (name, ROLE))
+        self.psql(SUPERUSER, self.super_password, name, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         return "postgres://%s@127.0.0.1:%d/%s?sslmode=disable" % (ROLE, self.port, name)
 
     def rows(self, database):
         return int(self.psql(ROLE, self.password, database, "SELECT COUNT(*) FROM deploys"))
+
+    def statements(self, database):
+        """What the login role sent to `database` so far: (statements
+        executed, transactions committed), from pg_stat_statements. Each
+        statement is one round trip: the store sends them one at a time
+        (BEGIN and COMMIT included); a batch of the group commit is one
+        transaction."""
+        out = self.psql(SUPERUSER, self.super_password, database,
+                        "SELECT COALESCE(SUM(s.calls), 0), COALESCE(SUM(s.calls) FILTER (WHERE s.query = 'COMMIT'), 0) "
+                        "FROM pg_stat_statements s JOIN pg_roles r ON r.oid = s.userid WHERE r.rolname = '%s' "
+                        "AND s.dbid = (SELECT oid FROM pg_database WHERE datname = '%s')" % (ROLE, database))
+        calls, commits = out.split("|")
+        return int(calls), int(commits)
+
+    def top_statements(self, database, limit=12):
+        """The statements the servers sent most often, with their calls."""
+        out = self.psql(SUPERUSER, self.super_password, database,
+                        "SELECT s.calls, regexp_replace(left(s.query, 90), '\\s+', ' ', 'g') FROM pg_stat_statements s "
+                        "JOIN pg_roles r ON r.oid = s.userid WHERE r.rolname = '%s' AND s.dbid = "
+                        "(SELECT oid FROM pg_database WHERE datname = '%s') ORDER BY s.calls DESC LIMIT %d"
+                        % (ROLE, database, limit))
+        return [line.split("|", 1) for line in out.splitlines() if "|" in line]
 
     def settle(self, database):
         """Counts the rows until the count stops moving, at most ~5 s."""

@@ -944,11 +944,8 @@ impl Writer {
         let now_ms = now_seconds() * 1000;
         let result = self.ensure_open().and_then(|db| {
             db.publishing(|tx| {
-                rules::lock_apps(tx, deliveries)?;
-                let mut results = Vec::with_capacity(deliveries.len());
-                for delivery in deliveries {
-                    results.push(rules::record_one(tx, delivery, max_body, link_window)?);
-                }
+                let deliveries: Vec<&Delivery> = deliveries.iter().collect();
+                let results = rules::record_all(tx, &deliveries, max_body, link_window, &mut None)?;
                 rules::save_cursors(tx, cursors, forget, now_ms)?;
                 Ok(results)
             })
@@ -1069,28 +1066,14 @@ impl Writer {
         let added: u64 = deliveries.iter().map(|d| u64::from(!d.authenticated)).sum();
         let mut failed = None;
         let db = self.ensure_open()?;
-        let result = db.publishing(
-            |tx| {
-                rules::lock_apps(tx, deliveries.iter().copied())?;
-                let mut results = Vec::with_capacity(deliveries.len());
-                for (index, delivery) in deliveries.iter().enumerate() {
-                    match rules::record_one(tx, delivery, max_body, link_window) {
-                        Ok(result) => results.push(result),
-                        Err(error) => {
-                            if !error.is_fault() {
-                                tracing::error!(error = %error, delivery_id = %delivery.id, "Delivery could not be applied");
-                                failed = Some(index);
-                            }
-                            return Err(error);
-                        }
-                    }
-                }
-                if added > 0 {
-                    let excess = counted.map(|n| (n + added).saturating_sub(keep));
-                    rules::cap_unauthenticated(tx, excess, keep)?;
-                }
-                Ok(results)
-            });
+        let result = db.publishing(|tx| {
+            let results = rules::record_all(tx, deliveries, max_body, link_window, &mut failed)?;
+            if added > 0 {
+                let excess = counted.map(|n| (n + added).saturating_sub(keep));
+                rules::cap_unauthenticated(tx, excess, keep)?;
+            }
+            Ok(results)
+        });
         match result {
             Ok(done) => {
                 if let Some(n) = self.unauthenticated_rows.as_mut() {

@@ -8,6 +8,8 @@
 //! the same fact waits for the first one's commit, then inserts nothing),
 //! and a failure's row is locked before its newer end is kept.
 
+use std::collections::HashSet;
+
 use super::sql::{DbError, Sql};
 use super::{CommitSink, RestoreWindows, Restored};
 use crate::clock::now_seconds;
@@ -549,21 +551,223 @@ pub fn lock_apps<'d>(
         .collect();
     apps.sort_unstable();
     apps.dedup();
-    for app in apps {
-        tx.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended('hookgauge app ' || ?1, 0))",
-            &[&app],
-        )?;
+    if apps.is_empty() {
+        return Ok(());
+    }
+    // One statement (one round trip) for all of them, taken in the sorted
+    // order of the array, as every writer does: no two wait on each other.
+    let apps = serde_json::to_string(&apps)
+        .map_err(|e| DbError::Broken(format!("application names cannot be encoded: {e}")))?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('hookgauge app ' || a, 0)) \
+         FROM json_array_elements_text(CAST(CAST(?1 AS TEXT) AS json)) WITH ORDINALITY AS t(a, n) ORDER BY n",
+        &[&apps],
+    )?;
+    Ok(())
+}
+
+/// Applies `deliveries` in order in the transaction `tx` and writes their
+/// ledger rows; the caller commits. On an error other than a database
+/// fault, `failed` names a delivery it came from.
+///
+/// The statements a batch sends do not grow with its size where they need
+/// not (each is a round trip on PostgreSQL): the application locks are one
+/// statement, "was this delivery recorded before" is one read for the
+/// whole batch (answered from memory for deliveries of the batch itself),
+/// and the ledger rows are inserted together at the end, several per
+/// statement. The facts are applied one event at a time, as before.
+pub fn record_all(
+    tx: &mut dyn Sql,
+    deliveries: &[&Delivery],
+    max_body_bytes: usize,
+    link_window: i64,
+    failed: &mut Option<usize>,
+) -> Result<Vec<Applied>, DbError> {
+    let not_fault = |error: DbError, index: usize, failed: &mut Option<usize>| {
+        if !error.is_fault() {
+            tracing::error!(error = %error, delivery_id = %deliveries[index].id, "Delivery could not be applied");
+            *failed = Some(index);
+        }
+        error
+    };
+    lock_apps(tx, deliveries.iter().copied())?;
+    let mut recording = Recording {
+        seen: recorded_before(tx, deliveries)?,
+        rows: Vec::with_capacity(deliveries.len()),
+        current: 0,
+    };
+    let mut results = Vec::with_capacity(deliveries.len());
+    for (index, delivery) in deliveries.iter().enumerate() {
+        recording.current = index;
+        let result = record_one(tx, delivery, max_body_bytes, link_window, &mut recording)
+            .map_err(|e| not_fault(e, index, failed))?;
+        results.push(result);
+    }
+    insert_ledger_rows(tx, &recording.rows)
+        .map_err(|(error, index)| not_fault(error, index, failed))?;
+    Ok(results)
+}
+
+/// What one [`record_all`] knows as it goes.
+struct Recording<'d> {
+    /// (source, delivery id) of every delivery recorded with events, before
+    /// this batch or in it; `None` on SQLite, which is asked each time (a
+    /// statement there is a function call, not a round trip).
+    seen: Option<HashSet<(String, String)>>,
+    /// Ledger rows to insert at the end, in order.
+    rows: Vec<LedgerRow<'d>>,
+    /// The index in the batch of the delivery being recorded.
+    current: usize,
+}
+
+impl Recording<'_> {
+    fn seen(&self, tx: &mut dyn Sql, delivery: &Delivery) -> Result<bool, DbError> {
+        match &self.seen {
+            Some(seen) => Ok(seen.contains(&(delivery.source.to_owned(), delivery.id.to_string()))),
+            None => delivery_seen(tx, delivery),
+        }
+    }
+
+    /// `delivery`'s row now says it was recorded (accepted, duplicate or
+    /// outdated): the same delivery later in the batch is a duplicate.
+    fn recorded(&mut self, delivery: &Delivery) {
+        if let Some(seen) = self.seen.as_mut() {
+            seen.insert((delivery.source.to_owned(), delivery.id.to_string()));
+        }
+    }
+}
+
+/// A new ledger row, inserted by [`insert_ledger_rows`].
+struct LedgerRow<'d> {
+    /// Its delivery's index in the batch.
+    index: usize,
+    delivery: &'d Delivery,
+    outcome: &'static str,
+    reason: Option<&'static str>,
+    detail: String,
+    keys: String,
+    superseded_by: Option<String>,
+    body: Option<&'d [u8]>,
+    apps: String,
+}
+
+/// PostgreSQL: the deliveries of the batch that were recorded before, in
+/// one read. SQLite: `None` (asked per delivery).
+fn recorded_before(
+    tx: &mut dyn Sql,
+    deliveries: &[&Delivery],
+) -> Result<Option<HashSet<(String, String)>>, DbError> {
+    if tx.dialect() != super::sql::Dialect::Postgres {
+        return Ok(None);
+    }
+    let pairs: Vec<(&str, &str)> = deliveries
+        .iter()
+        .filter(|d| matches!(d.disposition, Disposition::Events(_)))
+        .map(|d| (d.source, d.id.as_str()))
+        .collect();
+    let mut seen = HashSet::new();
+    if pairs.is_empty() {
+        return Ok(Some(seen));
+    }
+    let pairs = serde_json::to_string(&pairs)
+        .map_err(|e| DbError::Broken(format!("delivery ids cannot be encoded: {e}")))?;
+    tx.each(
+        "SELECT DISTINCT d.source, d.delivery_id FROM json_array_elements(CAST(CAST(?1 AS TEXT) AS json)) AS p \
+         JOIN deliveries AS d ON d.source = p.value->>0 AND d.delivery_id = p.value->>1 \
+         WHERE d.outcome IN ('accepted', 'duplicate', 'outdated')",
+        &[&pairs],
+        &mut |r| {
+            seen.insert((r.get(0)?, r.get(1)?));
+            Ok(())
+        },
+    )?;
+    Ok(Some(seen))
+}
+
+/// Columns of a new ledger row, and the insert statements of 1, 2, 4 …
+/// [`LEDGER_CHUNK`] rows.
+const LEDGER_COLUMNS: &str =
+    "delivery_id, source, event, received_at_ms, outcome, reason, detail, \
+     event_keys, superseded_by, authenticated, body, headers, instance, apps";
+const LEDGER_WIDTH: usize = 14;
+const LEDGER_CHUNK: usize = 64;
+
+fn ledger_insert(rows: usize) -> &'static str {
+    static STATEMENTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let statements = STATEMENTS.get_or_init(|| {
+        (0..=LEDGER_CHUNK.trailing_zeros())
+            .map(|power| {
+                let values: Vec<String> = (0..1usize << power)
+                    .map(|row| {
+                        let params: Vec<String> = (1..=LEDGER_WIDTH)
+                            .map(|column| format!("?{}", row * LEDGER_WIDTH + column))
+                            .collect();
+                        format!("({})", params.join(", "))
+                    })
+                    .collect();
+                format!(
+                    "INSERT INTO deliveries ({LEDGER_COLUMNS}) VALUES {}",
+                    values.join(", ")
+                )
+            })
+            .collect()
+    });
+    &statements[rows.trailing_zeros() as usize]
+}
+
+/// Inserts `rows` in order, in as few statements as their number allows
+/// (the largest power of two that fits, again and again). On an error, the
+/// index (in the batch) of the first row of the statement that failed.
+fn insert_ledger_rows(tx: &mut dyn Sql, rows: &[LedgerRow<'_>]) -> Result<(), (DbError, usize)> {
+    let mut done = 0;
+    while done < rows.len() {
+        let left = rows.len() - done;
+        let take = if left >= LEDGER_CHUNK {
+            LEDGER_CHUNK
+        } else {
+            1 << (usize::BITS - 1 - left.leading_zeros())
+        };
+        let chunk = &rows[done..done + take];
+        let authenticated: Vec<i64> = chunk
+            .iter()
+            .map(|r| i64::from(r.delivery.authenticated))
+            .collect();
+        let ids: Vec<&str> = chunk.iter().map(|r| r.delivery.id.as_str()).collect();
+        let mut params: Vec<&dyn super::sql::Param> = Vec::with_capacity(take * LEDGER_WIDTH);
+        for ((row, authenticated), id) in chunk.iter().zip(&authenticated).zip(&ids) {
+            let d = row.delivery;
+            params.extend_from_slice(&[
+                id,
+                &d.source,
+                &d.event,
+                &d.received_at_ms,
+                &row.outcome,
+                &row.reason,
+                &row.detail,
+                &row.keys,
+                &row.superseded_by,
+                authenticated,
+                &row.body,
+                &d.headers,
+                &d.instance,
+                &row.apps,
+            ]);
+        }
+        tx.execute(ledger_insert(take), &params)
+            .map_err(|error| (error, rows[done].index))?;
+        done += take;
     }
     Ok(())
 }
 
-/// Applies one delivery and writes its ledger row.
-pub fn record_one(
+/// Applies one delivery; its ledger row is updated now (a queued
+/// redelivery finishing) or left in `recording` to insert.
+fn record_one<'d>(
     tx: &mut dyn Sql,
-    delivery: &Delivery,
+    delivery: &'d Delivery,
     max_body_bytes: usize,
     link_window: i64,
+    recording: &mut Recording<'d>,
 ) -> Result<Applied, DbError> {
     let (outcome, reason, detail, keys, superseded_by, effects, keep_body) = match &delivery
         .disposition
@@ -597,7 +801,7 @@ pub fn record_one(
         ),
         Disposition::Events(events) => {
             let keys: Vec<String> = events.iter().map(Event::identity).collect();
-            if delivery_seen(tx, delivery)? {
+            if recording.seen(tx, delivery)? {
                 (
                     Outcome::Duplicate,
                     Some("delivery_seen"),
@@ -666,6 +870,12 @@ pub fn record_one(
         _ => "[]".to_owned(),
     };
     let keys = serde_json::to_string(&keys).unwrap_or_else(|_| "[]".into());
+    if matches!(
+        outcome,
+        Outcome::Accepted | Outcome::Duplicate | Outcome::Outdated
+    ) {
+        recording.recorded(delivery);
+    }
     if let Some(row) = delivery.queued_row {
         // A redelivery finishing: its queued row takes the outcome.
         let updated = tx.execute(
@@ -692,27 +902,17 @@ pub fn record_one(
             )));
         }
     } else {
-        tx.execute(
-            "INSERT INTO deliveries (delivery_id, source, event, received_at_ms, outcome, reason, detail, \
-             event_keys, superseded_by, authenticated, body, headers, instance, apps) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-            &[
-                &delivery.id.as_str(),
-                &delivery.source,
-                &delivery.event,
-                &delivery.received_at_ms,
-                &outcome.as_str(),
-                &reason,
-                &detail,
-                &keys,
-                &superseded_by,
-                &i64::from(delivery.authenticated),
-                &body,
-                &delivery.headers,
-                &delivery.instance,
-                &apps,
-            ],
-        )?;
+        recording.rows.push(LedgerRow {
+            index: recording.current,
+            delivery,
+            outcome: outcome.as_str(),
+            reason,
+            detail: detail.clone(),
+            keys,
+            superseded_by: superseded_by.clone(),
+            body,
+            apps,
+        });
     }
     Ok((
         Recorded {
@@ -932,6 +1132,15 @@ fn observe_lead_times(
     Ok(effects)
 }
 
+/// The commits (sha, time; a commit can be in more than one image) of app
+/// `?1` built into image `?2` (`''`: none), linked to it, or named `?3`.
+const BUILT: &str = "SELECT commit_sha, time FROM commits INDEXED BY commits_by_image \
+       WHERE app = ?1 AND image_sha = ?2 AND ?2 <> '' \
+     UNION ALL SELECT commit_sha, time FROM commits WHERE app = ?1 AND commit_sha = ?3 \
+     UNION ALL SELECT c.commit_sha, c.time FROM links AS l JOIN commits AS c \
+       ON c.app = l.app AND c.commit_sha = l.commit_sha \
+       WHERE l.app = ?1 AND l.image_sha = ?2 AND ?2 <> ''";
+
 /// Every commit built into `image` (`''`: none), linked to it, or named
 /// `commit` that has no lead time yet gets one from a deploy at `deployed`.
 fn observe_deployed(
@@ -942,13 +1151,7 @@ fn observe_deployed(
     deployed: i64,
 ) -> Result<Vec<Effect>, DbError> {
     let commits: Vec<(String, i64)> = tx.rows(
-        "SELECT commit_sha, MIN(time) FROM (\
-           SELECT commit_sha, time FROM commits INDEXED BY commits_by_image WHERE app = ?1 AND image_sha = ?2 AND ?2 <> '' \
-           UNION ALL SELECT commit_sha, time FROM commits WHERE app = ?1 AND commit_sha = ?3 \
-           UNION ALL SELECT c.commit_sha, c.time FROM links AS l JOIN commits AS c \
-             ON c.app = l.app AND c.commit_sha = l.commit_sha \
-             WHERE l.app = ?1 AND l.image_sha = ?2 AND ?2 <> '') AS built \
-         GROUP BY commit_sha",
+        &format!("SELECT commit_sha, MIN(time) FROM ({BUILT}) AS built GROUP BY commit_sha"),
         &[&app.as_str(), &image, &commit],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
@@ -975,7 +1178,8 @@ fn apply_deploy(
     // and the same image or the same commit. (PostgreSQL also holds this as
     // two unique indexes, which the insert below meets when another replica
     // stores the same deploy at the same moment.)
-    let seen = tx.exists(
+    let seen = tx.dialect() != super::sql::Dialect::Postgres
+        && tx.exists(
         "SELECT 1 FROM deploys WHERE ?4 <> '' AND app = ?1 AND image_sha = ?4 AND namespace = ?2 AND time = ?3 \
          UNION ALL SELECT 1 FROM deploys INDEXED BY deploys_by_commit \
            WHERE ?5 <> '' AND app = ?1 AND commit_sha = ?5 AND time = ?3 AND namespace = ?2 \
@@ -1009,29 +1213,88 @@ fn apply_deploy(
         image_sha,
         time,
     }];
+    let context = deploy_context(tx, &deploy.app, &image, commit, time, link_window)?;
     // Every commit built into this image (or named by the deploy) that has no
     // lead time yet gets one: this is its first deployment we know of.
-    effects.extend(observe_deployed(tx, &deploy.app, &image, commit, time)?);
+    effects.extend(observe_lead_times(tx, &deploy.app, context.built, time)?);
     if let Some(commit) = &deploy.commit {
         effects.extend(observe_shipped(tx, &deploy.app, commit, time)?);
     }
     // This deploy is decided now; the one before it may have been tied to
     // failures that this one now stands between (it is the later deploy).
-    effects.extend(redecide(
-        tx,
-        &deploy.app,
-        time - link_window,
-        time,
-        link_window,
-    )?);
-    effects.extend(observe_linked_recoveries(
-        tx,
-        &deploy.app,
-        time,
-        time + link_window,
-        link_window,
-    )?);
+    effects.extend(apply_decisions(tx, &deploy.app, context.decisions)?);
+    effects.extend(observe_recoveries(tx, &deploy.app, context.recoveries)?);
     Ok(EventResult::New(effects))
+}
+
+/// What a new deploy at `time` decides, read in one statement (one round
+/// trip) rather than three: the commits [`observe_deployed`] reads, the
+/// deploys [`redecide`] reads from `time - link_window` to `time`, and the
+/// failures [`observe_linked_recoveries`] reads from `time` to `time +
+/// link_window`. None of the writes that follow changes what the others
+/// read (lead-time observations, the deploys' decisions, recovery
+/// observations), so one snapshot answers all three as the three reads did.
+struct DeployContext {
+    built: Vec<(String, i64)>,
+    decisions: Vec<Decision>,
+    recoveries: Vec<(String, i64)>,
+}
+
+fn deploy_context(
+    tx: &mut dyn Sql,
+    app: &App,
+    image: &str,
+    commit: &str,
+    time: i64,
+    link_window: i64,
+) -> Result<DeployContext, DbError> {
+    let mut context = DeployContext {
+        built: Vec::new(),
+        decisions: Vec::new(),
+        recoveries: Vec::new(),
+    };
+    tx.each(
+        &format!(
+            "SELECT CAST(0 AS BIGINT), commit_sha, '', MIN(time), 0, 0, 1 = 0, 1 = 0 FROM ({BUILT}) AS built \
+             GROUP BY commit_sha \
+             UNION ALL SELECT CAST(1 AS BIGINT), d.namespace, d.image_sha, d.time, d.rework, d.failed, \
+               {}, {} \
+             FROM deploys AS d INDEXED BY deploys_by_app_time \
+             WHERE d.app = ?1 AND d.time >= ?5 AND d.time <= ?4 \
+             UNION ALL SELECT CAST(2 AS BIGINT), f.issue_number, '', f.resolved - f.created, 0, 0, 1 = 0, 1 = 0 \
+             FROM failures AS f INDEXED BY failures_by_created WHERE f.app = ?1 AND f.created > ?4 \
+             AND f.created <= ?7 AND {}",
+            rework_now(),
+            failed_now("?6"),
+            linked_recovery("?6")
+        ),
+        &[
+            &app.as_str(),
+            &image,
+            &commit,
+            &time,
+            &(time - link_window),
+            &link_window,
+            &(time + link_window),
+        ],
+        &mut |r| {
+            match r.get::<i64>(0)? {
+                0 => context.built.push((r.get(1)?, r.get(3)?)),
+                1 => context.decisions.push(Decision {
+                    namespace: r.get(1)?,
+                    image: r.get(2)?,
+                    time: r.get(3)?,
+                    rework: r.get::<i64>(4)? != 0,
+                    failed: r.get::<i64>(5)? != 0,
+                    rework_now: r.get(6)?,
+                    failed_now: r.get(7)?,
+                }),
+                _ => context.recoveries.push((r.get(1)?, r.get(3)?)),
+            }
+            Ok(())
+        },
+    )?;
+    Ok(context)
 }
 
 /// The image most recently linked to `commit` of `app`, if any.
@@ -1238,34 +1501,81 @@ fn redecide(
     to: i64,
     link_window: i64,
 ) -> Result<Vec<Effect>, DbError> {
-    type Decision = (String, String, i64, i64, i64, bool, bool);
-    let rows: Vec<Decision> = tx.rows(
-        "SELECT d.namespace, d.image_sha, d.time, d.rework, d.failed, \
-           (d.rework_reported <> 0 OR EXISTS (SELECT 1 FROM failures AS f \
-              WHERE f.app = d.app AND f.created IS NOT NULL AND f.created <= d.time \
-              AND (f.resolved IS NULL OR f.resolved < f.created OR f.resolved >= d.time))), \
-           EXISTS (SELECT 1 FROM failures AS f INDEXED BY failures_by_created \
-              WHERE f.app = d.app AND f.created > d.time AND f.created <= d.time + ?4 \
-              AND NOT EXISTS (SELECT 1 FROM deploys AS later INDEXED BY deploys_by_app_time \
-                WHERE later.app = d.app AND later.time > d.time AND later.time < f.created)) \
-         FROM deploys AS d INDEXED BY deploys_by_app_time \
-         WHERE d.app = ?1 AND d.time >= ?2 AND d.time <= ?3",
+    let decisions = tx.rows(
+        &format!(
+            "SELECT d.namespace, d.image_sha, d.time, d.rework, d.failed, {}, {} \
+             FROM deploys AS d INDEXED BY deploys_by_app_time \
+             WHERE d.app = ?1 AND d.time >= ?2 AND d.time <= ?3",
+            rework_now(),
+            failed_now("?4")
+        ),
         &[&app.as_str(), &from, &to, &link_window],
         |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-            ))
+            Ok(Decision {
+                namespace: r.get(0)?,
+                image: r.get(1)?,
+                time: r.get(2)?,
+                rework: r.get::<i64>(3)? != 0,
+                failed: r.get::<i64>(4)? != 0,
+                rework_now: r.get(5)?,
+                failed_now: r.get(6)?,
+            })
         },
     )?;
+    apply_decisions(tx, app, decisions)
+}
+
+/// A deploy `d` is rework when the source reported it so or a failure of
+/// its app was open at its time.
+fn rework_now() -> &'static str {
+    "(d.rework_reported <> 0 OR EXISTS (SELECT 1 FROM failures AS f \
+       WHERE f.app = d.app AND f.created IS NOT NULL AND f.created <= d.time \
+       AND (f.resolved IS NULL OR f.resolved < f.created OR f.resolved >= d.time)))"
+}
+
+/// A deploy `d` failed when a failure of its app was created after it,
+/// within `window` (a parameter) seconds, with no other deploy in between.
+fn failed_now(window: &str) -> String {
+    format!(
+        "EXISTS (SELECT 1 FROM failures AS f INDEXED BY failures_by_created \
+           WHERE f.app = d.app AND f.created > d.time AND f.created <= d.time + {window} \
+           AND NOT EXISTS (SELECT 1 FROM deploys AS later INDEXED BY deploys_by_app_time \
+             WHERE later.app = d.app AND later.time > d.time AND later.time < f.created))"
+    )
+}
+
+/// A failure `f`, resolved, is tied to a deploy when one of its app's
+/// deploys lies in the `window` (a parameter) seconds before its creation.
+fn linked_recovery(window: &str) -> String {
+    format!(
+        "f.resolved IS NOT NULL AND f.resolved >= f.created \
+         AND EXISTS (SELECT 1 FROM deploys AS d INDEXED BY deploys_by_app_time WHERE d.app = f.app \
+           AND d.time < f.created AND d.time >= f.created - {window})"
+    )
+}
+
+/// A deploy's stored decisions and what the stored facts decide now.
+struct Decision {
+    namespace: String,
+    image: String,
+    time: i64,
+    rework: bool,
+    failed: bool,
+    rework_now: bool,
+    failed_now: bool,
+}
+
+/// Records and reports every decision of `decisions` (deploys of `app`)
+/// that changed.
+fn apply_decisions(
+    tx: &mut dyn Sql,
+    app: &App,
+    decisions: Vec<Decision>,
+) -> Result<Vec<Effect>, DbError> {
     let mut effects = Vec::new();
-    for (namespace, image, time, rework, failed, rework_now, failed_now) in rows {
-        let (was_rework, was_failed) = (rework != 0, failed != 0);
+    for d in decisions {
+        let (was_rework, was_failed) = (d.rework, d.failed);
+        let (rework_now, failed_now) = (d.rework_now, d.failed_now);
         if was_rework == rework_now && was_failed == failed_now {
             continue;
         }
@@ -1275,16 +1585,16 @@ fn redecide(
              WHERE app = ?1 AND namespace = ?2 AND image_sha = ?3 AND time = ?4",
             &[
                 &app.as_str(),
-                &namespace,
-                &image,
-                &time,
+                &d.namespace,
+                &d.image,
+                &d.time,
                 &i64::from(rework_now),
                 &i64::from(failed_now),
                 &i64::from(rework_now && !was_rework),
                 &i64::from(failed_now && !was_failed),
             ],
         )?;
-        let Ok(namespace) = Namespace::parse(&namespace) else {
+        let Ok(namespace) = Namespace::parse(&d.namespace) else {
             continue;
         };
         if was_rework != rework_now {
@@ -1317,14 +1627,23 @@ fn observe_linked_recoveries(
     link_window: i64,
 ) -> Result<Vec<Effect>, DbError> {
     let linked: Vec<(String, i64)> = tx.rows(
-        "SELECT f.issue_number, f.resolved - f.created FROM failures AS f INDEXED BY failures_by_created \
-         WHERE f.app = ?1 AND f.created > ?2 AND f.created <= ?3 \
-         AND f.resolved IS NOT NULL AND f.resolved >= f.created \
-         AND EXISTS (SELECT 1 FROM deploys AS d INDEXED BY deploys_by_app_time WHERE d.app = f.app \
-           AND d.time < f.created AND d.time >= f.created - ?4)",
+        &format!(
+            "SELECT f.issue_number, f.resolved - f.created FROM failures AS f INDEXED BY failures_by_created \
+             WHERE f.app = ?1 AND f.created > ?2 AND f.created <= ?3 AND {}",
+            linked_recovery("?4")
+        ),
         &[&app.as_str(), &after, &until, &link_window],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
+    observe_recoveries(tx, app, linked)
+}
+
+/// A recovery-time observation for each (failure, seconds) that has none.
+fn observe_recoveries(
+    tx: &mut dyn Sql,
+    app: &App,
+    linked: Vec<(String, i64)>,
+) -> Result<Vec<Effect>, DbError> {
     let mut effects = Vec::new();
     for (issue, seconds) in linked {
         effects.extend(observe_once(

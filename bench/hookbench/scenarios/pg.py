@@ -35,8 +35,10 @@ def pg1(cfg, run, shape, pool, table):
     url = pg.new_database(database)
     server = run.start_server(shape.name + "-pg1", store_url=url, password_file=pg.password_file)
     try:
+        before = pg.statements(database)
         result = run.wrk(server, cfg.threads, cfg.connections, cfg.duration, pool, (0, pool.count), "pg1")
         rows = pg.settle(database)
+        after = pg.statements(database)
         counted = server.settle().stored()
     finally:
         server.stop()
@@ -52,6 +54,7 @@ def pg1(cfg, run, shape, pool, table):
               commas(result.rps))
     table.row("  p50 / p99 / p99.9", "%s / %s / %s ms" % (ms(result.p(50)), ms(result.p(99)), ms(result.p(99.9))))
     table.correctness("  acked / stored (rows in deploys)", acked, rows)
+    round_trips(table, pg, database, acked, before, after)
 
 
 def pg2(cfg, run, shape, pool, table):
@@ -67,6 +70,7 @@ def pg2(cfg, run, shape, pool, table):
     servers = [run.start_server(shape.name + "-pg2-1", store_url=url, password_file=pg.password_file)]
     try:
         servers.append(run.start_server(shape.name + "-pg2-2", store_url=url, password_file=pg.password_file))
+        before = pg.statements(database)
         half = pool.count // 2
         ranges = [(0, half), (half, pool.count - half)]
         background = [run.wrk(server, threads, connections, cfg.duration, pool, lines, "pg2", background=True)
@@ -74,6 +78,7 @@ def pg2(cfg, run, shape, pool, table):
         results = [run.wrk_result(process, path, "pg2") for process, path in background]
         acked = sum(r["s2xx"] for r in results)
         rows = pg.settle(database)
+        after = pg.statements(database)
         # Each replica's view follows the other's commits through the change
         # feed: ~2 s for both to agree with each other and with the rows.
         for attempt in range(11):
@@ -95,12 +100,32 @@ def pg2(cfg, run, shape, pool, table):
     if not agree:
         run.fail("%s pg2: hookgauge_deployments_total %d (replica 1) / %d (replica 2), the database holds %d"
                  % (shape.name, sums[0], sums[1], rows))
+    round_trips(table, pg, database, acked, before, after)
     table.row("pg2: two replicas, 2x wrk -t%d -c%d req/s (sum)" % (threads, connections),
               "%s (%s + %s)" % (commas(rps), commas(results[0].rps), commas(results[1].rps)))
     table.row("  p99 replica 1 / replica 2", "%s / %s ms" % (ms(results[0].p(99)), ms(results[1].p(99))))
     table.correctness("  acked by both / stored (rows in deploys)", acked, rows)
     table.row("  deployments_total on replica 1 / 2", "%s / %s" % (commas(sums[0]), commas(sums[1])), "",
               "equal, = rows", "ok" if agree else "FAILED")
+
+
+def round_trips(table, pg, database, acked, before, after):
+    """Statements (each a round trip) and transactions per delivery during
+    the load, from pg_stat_statements and pg_stat_database: a batch is one
+    transaction of the group commit. The followers' feed reads and the
+    background tasks are counted too."""
+    statements, commits = after[0] - before[0], after[1] - before[1]
+    if acked <= 0 or commits <= 0:
+        return
+    note("round trips: %s statements in %s transactions for %s acked deliveries: %.2f per delivery, "
+         "%.1f deliveries and %.1f statements per transaction"
+         % (commas(statements), commas(commits), commas(acked), statements / acked, acked / commits,
+            statements / commits))
+    if os.environ.get("BENCH_VERBOSE") == "1":
+        for calls, query in pg.top_statements(database):
+            note("  %10s  %s" % (calls, query))
+    table.row("  round trips per delivery (statements; deliveries per batch)",
+              "%.2f (%.1f)" % (statements / acked, acked / commits))
 
 
 def run_pg(cfg, run, shape, names, table):
