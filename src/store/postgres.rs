@@ -342,14 +342,19 @@ impl Database {
             }
             let json = serde_json::to_string(&effects)
                 .map_err(|e| DbError::Broken(format!("effects cannot be encoded: {e}")))?;
-            // Taken last and held to the commit: feed rows get their seq in
-            // commit order.
-            tx.execute("SELECT pg_advisory_xact_lock(?1)", &[&FEED_LOCK])?;
+            // One statement: the feed lock, taken last and held to the
+            // commit (feed rows get their seq in commit order, since the row
+            // is made only once the lock is held), the row, and the
+            // notification the followers get at the commit.
             let seq: i64 = tx.value(
-                "INSERT INTO changes (at_ms, effects) VALUES (CAST(extract(epoch FROM clock_timestamp()) * 1000 AS BIGINT), ?1) RETURNING seq",
-                &[&json],
+                &format!(
+                    "INSERT INTO changes (at_ms, effects) \
+                     SELECT CAST(extract(epoch FROM clock_timestamp()) * 1000 AS BIGINT), ?1 \
+                     FROM (SELECT pg_advisory_xact_lock(?2), pg_notify('{FEED_CHANNEL}', '')) AS taken \
+                     RETURNING seq"
+                ),
+                &[&json, &FEED_LOCK],
             )?;
-            tx.execute(&format!("NOTIFY {FEED_CHANNEL}"), &[])?;
             Ok(Committed {
                 applied,
                 effects,
