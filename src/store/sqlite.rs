@@ -1,7 +1,7 @@
 //! The embedded SQLite backend: opening the file in WAL mode, its schema
 //! migrations, the background checkpoints and the classification of its
 //! errors. The rules applied inside its transactions are shared with
-//! PostgreSQL (`rules.rs`).
+//! PostgreSQL (`rules/`).
 //!
 //! Runs only on the store's writer thread (one writer: SQLite's own lock).
 
@@ -102,7 +102,7 @@ impl Database {
     }
 }
 
-fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     let applied: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if applied as usize > MIGRATIONS.len() {
         return Err(rusqlite::Error::SqliteFailure(
