@@ -159,15 +159,11 @@ fn push(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadErro
 fn status(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadError> {
     let key = payload::text(payload, "commit_status.key").unwrap_or_default();
     let name = payload::text(payload, "commit_status.name").unwrap_or_default();
-    if options.deploy_workflows.is_empty() || !options.is_deploy_workflow(&[key, name]) {
-        return Ok(Mapping::Ignored("status_not_a_deploy"));
-    }
-    if payload::text(payload, "commit_status.state") != Some("SUCCESSFUL") {
-        return Ok(Mapping::Ignored("status_not_successful"));
-    }
-    super::commit_deploy(
+    super::status_deploy(
         payload,
         options,
+        &[key, name],
+        payload::text(payload, "commit_status.state") == Some("SUCCESSFUL"),
         DeployFields {
             app: &["repository.full_name"],
             commit: &[
@@ -176,7 +172,6 @@ fn status(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadEr
             ],
             time: "commit_status.updated_on",
         },
-        None,
     )
 }
 

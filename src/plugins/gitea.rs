@@ -83,20 +83,15 @@ fn push(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadErro
 
 fn status(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadError> {
     let context = payload::text(payload, "context").unwrap_or_default();
-    if options.deploy_workflows.is_empty() || !options.is_deploy_workflow(&[context]) {
-        return Ok(Mapping::Ignored("status_not_a_deploy"));
-    }
-    if payload::text(payload, "state") != Some("success") {
-        return Ok(Mapping::Ignored("status_not_successful"));
-    }
-    super::commit_deploy(
+    super::status_deploy(
         payload,
         options,
+        &[context],
+        payload::text(payload, "state") == Some("success"),
         DeployFields {
             app: &["repository.full_name"],
             commit: &["sha"],
             time: "updated_at",
         },
-        None,
     )
 }

@@ -10,9 +10,7 @@ use serde_json::Value;
 
 use super::payload::{self, Reader};
 use super::{DeployFields, Mapping, Naming, PayloadError, Place, Plugin, SourceOptions};
-use crate::events::{
-    App, Commit, CommitLink, CommitSha, Deploy, Event, FailureChange, ImageSha, Link,
-};
+use crate::events::{App, Commit, CommitLink, CommitSha, Deploy, Event, FailureChange, ImageSha};
 use crate::signature::{HmacAlgorithm, HmacHeader, MacEncoding, Secret, Verifier};
 
 pub struct GitHub;
@@ -363,15 +361,7 @@ fn package(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadE
         "registry_package.updated_at",
         "package.updated_at",
     ]);
-    let link = (|| {
-        Some(Event::Link(Link {
-            app: app?,
-            commit,
-            image_sha,
-            time: time?,
-        }))
-    })();
-    r.finish_event(link)
+    r.finish_link(app, commit, image_sha, time)
 }
 
 #[cfg(test)]

@@ -429,6 +429,25 @@ pub fn commit_deploy(
     deploy_event(r, options, fields.app, &[fields.time], commit, environment)
 }
 
+/// The deploy a commit status reports when it is an opt-in deploy signal:
+/// one of `names` (its context or key) is a configured deploy workflow and
+/// the status is `successful`; else the reason it is ignored.
+pub fn status_deploy(
+    payload: &Value,
+    options: &SourceOptions,
+    names: &[&str],
+    successful: bool,
+    fields: DeployFields,
+) -> Result<Mapping, PayloadError> {
+    if !options.is_deploy_workflow(names) {
+        return Ok(Mapping::Ignored("status_not_a_deploy"));
+    }
+    if !successful {
+        return Ok(Mapping::Ignored("status_not_successful"));
+    }
+    commit_deploy(payload, options, fields, None)
+}
+
 /// The commit SHA a value ends in: a SHA, a URL or a `ref:sha` pair.
 pub fn commit_in(value: &str) -> Result<CommitSha, FieldError> {
     CommitSha::parse(
