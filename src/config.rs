@@ -576,24 +576,12 @@ impl Settings {
                 "must be at least 1: no connection could be served",
             ));
         }
-        if raw.metrics.exposure_window.is_zero() {
-            return Err(ConfigError::invalid(
-                "metrics.exposure_window",
-                "must be greater than zero",
-            ));
-        }
-        if raw.metrics.failure_link_window.is_zero() {
-            return Err(ConfigError::invalid(
-                "metrics.failure_link_window",
-                "must be greater than zero",
-            ));
-        }
-        if raw.metrics.commit_window.is_zero() {
-            return Err(ConfigError::invalid(
-                "metrics.commit_window",
-                "must be greater than zero",
-            ));
-        }
+        positive("metrics.exposure_window", raw.metrics.exposure_window)?;
+        positive(
+            "metrics.failure_link_window",
+            raw.metrics.failure_link_window,
+        )?;
+        positive("metrics.commit_window", raw.metrics.commit_window)?;
         if raw.store.max_unauthenticated_rows == 0 {
             return Err(ConfigError::invalid(
                 "store.max_unauthenticated_rows",
@@ -617,12 +605,7 @@ impl Settings {
                 "must not exceed retention.ledger_days: a body is kept in its ledger row",
             ));
         }
-        if raw.retention.interval.is_zero() {
-            return Err(ConfigError::invalid(
-                "retention.interval",
-                "must be greater than zero",
-            ));
-        }
+        positive("retention.interval", raw.retention.interval)?;
         let admin = AdminSettings {
             api_keys: load_keys(
                 "admin",
@@ -872,6 +855,14 @@ fn duration_text(duration: Duration) -> String {
         s if s % 60 == 0 => format!("{}m", s / 60),
         s => format!("{s}s"),
     }
+}
+
+/// Refuses a zero `duration` at `key`.
+fn positive(key: &str, duration: Duration) -> Result<(), ConfigError> {
+    if duration.is_zero() {
+        return Err(ConfigError::invalid(key, "must be greater than zero"));
+    }
+    Ok(())
 }
 
 fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
@@ -1287,5 +1278,29 @@ mod tests {
         let settings = load("[metrics]\nexposure_window = \"2h\"\n", &[]).unwrap();
         let again = load(&settings.to_redacted_toml(), &[]).unwrap();
         assert_eq!(again.metrics.exposure_window, Duration::from_secs(7200));
+    }
+
+    #[test]
+    fn zero_windows_and_bad_source_tables_name_their_key() {
+        for (toml, expected) in [
+            (
+                "[metrics]\ncommit_window = \"0s\"\n",
+                "metrics.commit_window: must be greater than zero",
+            ),
+            (
+                "[retention]\ninterval = \"0s\"\n",
+                "retention.interval: must be greater than zero",
+            ),
+            (
+                "[sources.github.namespaces]\nprod = \"-\"\n",
+                "sources.github.namespaces.prod: not an RFC 1123 label (invalid_format)",
+            ),
+            (
+                "[sources.github.acme.apps]\n\"acme/shop\" = \"\"\n",
+                "sources.github.acme.apps.acme/shop: not a valid application name (empty)",
+            ),
+        ] {
+            assert_eq!(load(toml, &[]).unwrap_err().to_string(), expected);
+        }
     }
 }
