@@ -12,9 +12,8 @@ use serde_json::Value;
 
 use super::github::{pushed_commits, PushFields};
 use super::payload::{self, Reader};
-use super::{Mapping, PayloadError, Plugin, SourceOptions};
+use super::{Mapping, Naming, PayloadError, Place, Plugin, SourceOptions};
 use crate::events::{CommitSha, FailureChange, FieldError};
-use crate::ledger::DeliveryId;
 use crate::signature::{Secret, Verifier};
 
 pub struct AzureDevOps;
@@ -30,6 +29,13 @@ const EVENTS: &[&str] = &[
     "workitem.updated",
 ];
 
+/// The body names the event (`eventType`) and the delivery (`id`).
+const NAMING: Naming = Naming {
+    event: Place::Body("eventType"),
+    events: EVENTS,
+    delivery_id: Place::Body("id"),
+};
+
 /// `System.State` values that close a work item in the stock processes
 /// (Basic, Agile, Scrum, CMMI).
 const CLOSED_STATES: &[&str] = &["Closed", "Resolved", "Done"];
@@ -41,6 +47,10 @@ const SAMPLE_ACCOUNT: &str = "f844ec47-a9db-4511-8281-8b63f4eaf94e";
 impl Plugin for AzureDevOps {
     fn source(&self) -> &'static str {
         "azure-devops"
+    }
+
+    fn naming(&self) -> &'static Naming {
+        &NAMING
     }
 
     fn options(&self) -> &'static [&'static str] {
@@ -58,14 +68,6 @@ impl Plugin for AzureDevOps {
 
     fn verifier(&self, secrets: Vec<Secret>, _options: &SourceOptions) -> Result<Verifier, String> {
         Ok(Verifier::Bearer { secrets })
-    }
-
-    fn event(&self, _headers: &HeaderMap, payload: Option<&Value>) -> &'static str {
-        super::body_event(payload, "eventType", EVENTS)
-    }
-
-    fn delivery_id(&self, _headers: &HeaderMap, payload: &Value) -> Option<DeliveryId> {
-        payload::text(payload, "id").and_then(DeliveryId::from_header)
     }
 
     fn map(

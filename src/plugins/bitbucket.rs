@@ -9,9 +9,8 @@ use actix_web::http::header::HeaderMap;
 use serde_json::Value;
 
 use super::payload::{self, Reader};
-use super::{known_event, DeployFields, Mapping, PayloadError, Plugin, SourceOptions};
+use super::{DeployFields, Mapping, Naming, PayloadError, Place, Plugin, SourceOptions};
 use crate::events::{App, Commit, CommitLink, CommitSha, Event, FailureChange};
-use crate::ledger::DeliveryId;
 use crate::signature::{HmacHeader, Secret, Verifier};
 
 pub struct BitbucketCloud;
@@ -25,12 +24,23 @@ const EVENTS: &[&str] = &[
     "pullrequest:fulfilled",
 ];
 
+/// `X-Event-Key` names the event, `X-Request-UUID` the delivery.
+const NAMING: Naming = Naming {
+    event: Place::Headers(&["x-event-key"]),
+    events: EVENTS,
+    delivery_id: Place::Headers(&["x-request-uuid"]),
+};
+
 /// Bitbucket drops payloads over 256 KB; nothing larger is genuine.
 const MAX_BODY_BYTES: usize = 256 * 1024;
 
 impl Plugin for BitbucketCloud {
     fn source(&self) -> &'static str {
         "bitbucket"
+    }
+
+    fn naming(&self) -> &'static Naming {
+        &NAMING
     }
 
     fn options(&self) -> &'static [&'static str] {
@@ -49,14 +59,6 @@ impl Plugin for BitbucketCloud {
 
     fn max_body_bytes(&self) -> usize {
         MAX_BODY_BYTES
-    }
-
-    fn event(&self, headers: &HeaderMap, _payload: Option<&Value>) -> &'static str {
-        known_event(super::header(headers, "x-event-key"), EVENTS)
-    }
-
-    fn delivery_id(&self, headers: &HeaderMap, _payload: &Value) -> Option<DeliveryId> {
-        super::header_delivery_id(headers, &["x-request-uuid"])
     }
 
     fn map(
@@ -157,15 +159,11 @@ fn push(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadErro
 fn status(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadError> {
     let key = payload::text(payload, "commit_status.key").unwrap_or_default();
     let name = payload::text(payload, "commit_status.name").unwrap_or_default();
-    if options.deploy_workflows.is_empty() || !options.is_deploy_workflow(&[key, name]) {
-        return Ok(Mapping::Ignored("status_not_a_deploy"));
-    }
-    if payload::text(payload, "commit_status.state") != Some("SUCCESSFUL") {
-        return Ok(Mapping::Ignored("status_not_successful"));
-    }
-    super::commit_deploy(
+    super::status_deploy(
         payload,
         options,
+        &[key, name],
+        payload::text(payload, "commit_status.state") == Some("SUCCESSFUL"),
         DeployFields {
             app: &["repository.full_name"],
             commit: &[
@@ -174,7 +172,6 @@ fn status(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadEr
             ],
             time: "commit_status.updated_on",
         },
-        None,
     )
 }
 
@@ -219,9 +216,20 @@ const DATA_CENTER_EVENTS: &[&str] = &[
     "diagnostics:ping",
 ];
 
+/// `X-Event-Key` names the event, `X-Request-Id` the delivery.
+const DATA_CENTER_NAMING: Naming = Naming {
+    event: Place::Headers(&["x-event-key"]),
+    events: DATA_CENTER_EVENTS,
+    delivery_id: Place::Headers(&["x-request-id"]),
+};
+
 impl Plugin for BitbucketDataCenter {
     fn source(&self) -> &'static str {
         "bitbucket-datacenter"
+    }
+
+    fn naming(&self) -> &'static Naming {
+        &DATA_CENTER_NAMING
     }
 
     fn options(&self) -> &'static [&'static str] {
@@ -239,14 +247,6 @@ impl Plugin for BitbucketDataCenter {
 
     fn verifier(&self, secrets: Vec<Secret>, _options: &SourceOptions) -> Result<Verifier, String> {
         Ok(signed(secrets))
-    }
-
-    fn event(&self, headers: &HeaderMap, _payload: Option<&Value>) -> &'static str {
-        known_event(super::header(headers, "x-event-key"), DATA_CENTER_EVENTS)
-    }
-
-    fn delivery_id(&self, headers: &HeaderMap, _payload: &Value) -> Option<DeliveryId> {
-        super::header_delivery_id(headers, &["x-request-id"])
     }
 
     fn map(

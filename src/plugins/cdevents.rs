@@ -20,9 +20,7 @@ use serde_json::Value;
 use super::payload::{self, Reader};
 use super::{AuthScheme, FieldProblem, Mapping, PayloadError, Plugin, SourceOptions};
 use crate::events::{Commit, EventTime};
-use crate::events::{
-    CommitLink, Deploy, Event, FailureChange, FieldError, ImageSha, IssueNumber, Link,
-};
+use crate::events::{CommitLink, Deploy, Event, FailureChange, FieldError, ImageSha, IssueNumber};
 use crate::ledger::DeliveryId;
 use crate::signature::{self, HmacHeader, Secret, Verifier};
 
@@ -430,15 +428,7 @@ fn packaged(cdevent: &Value, options: &SourceOptions) -> Result<Mapping, Payload
         .app(&purl.path)
         .map_err(|reason| r.fail("subject.id", reason))
         .ok();
-    let link = (|| {
-        Some(Event::Link(Link {
-            app: app?,
-            commit,
-            image_sha,
-            time: time?,
-        }))
-    })();
-    r.finish_event(link)
+    r.finish_link(app, commit, image_sha, time)
 }
 
 #[cfg(test)]

@@ -1036,14 +1036,6 @@ impl Plugin for Declarative {
         super::LIST_OPTIONS
     }
 
-    fn defaults(&self) -> SourceOptions {
-        SourceOptions {
-            environments: vec!["production".into()],
-            incident_labels: vec!["incident".into()],
-            ..SourceOptions::default()
-        }
-    }
-
     fn verifier(&self, secrets: Vec<Secret>, _options: &SourceOptions) -> Result<Verifier, String> {
         Ok(match &self.auth {
             Auth::Hmac(header) => Verifier::Hmac {

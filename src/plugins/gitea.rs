@@ -10,8 +10,7 @@ use serde_json::Value;
 
 use super::github::{branch_push, forge_issue};
 use super::payload;
-use super::{known_event, DeployFields, Mapping, PayloadError, Plugin, SourceOptions};
-use crate::ledger::DeliveryId;
+use super::{DeployFields, Mapping, Naming, PayloadError, Place, Plugin, SourceOptions};
 use crate::signature::{HmacHeader, Secret, Verifier};
 
 pub struct Gitea;
@@ -27,9 +26,20 @@ const EVENTS: &[&str] = &[
     "workflow_run",
 ];
 
+/// The Forgejo, Gitea or Gogs headers name the event and the delivery.
+const NAMING: Naming = Naming {
+    event: Place::Headers(&["x-forgejo-event", "x-gitea-event", "x-gogs-event"]),
+    events: EVENTS,
+    delivery_id: Place::Headers(&["x-forgejo-delivery", "x-gitea-delivery", "x-gogs-delivery"]),
+};
+
 impl Plugin for Gitea {
     fn source(&self) -> &'static str {
         "gitea"
+    }
+
+    fn naming(&self) -> &'static Naming {
+        &NAMING
     }
 
     fn options(&self) -> &'static [&'static str] {
@@ -45,20 +55,6 @@ impl Plugin for Gitea {
             ],
             secrets,
         })
-    }
-
-    fn event(&self, headers: &HeaderMap, _payload: Option<&Value>) -> &'static str {
-        let value = ["x-forgejo-event", "x-gitea-event", "x-gogs-event"]
-            .iter()
-            .find_map(|name| super::header(headers, name));
-        known_event(value, EVENTS)
-    }
-
-    fn delivery_id(&self, headers: &HeaderMap, _payload: &Value) -> Option<DeliveryId> {
-        super::header_delivery_id(
-            headers,
-            &["x-forgejo-delivery", "x-gitea-delivery", "x-gogs-delivery"],
-        )
     }
 
     fn map(
@@ -87,20 +83,15 @@ fn push(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadErro
 
 fn status(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadError> {
     let context = payload::text(payload, "context").unwrap_or_default();
-    if options.deploy_workflows.is_empty() || !options.is_deploy_workflow(&[context]) {
-        return Ok(Mapping::Ignored("status_not_a_deploy"));
-    }
-    if payload::text(payload, "state") != Some("success") {
-        return Ok(Mapping::Ignored("status_not_successful"));
-    }
-    super::commit_deploy(
+    super::status_deploy(
         payload,
         options,
+        &[context],
+        payload::text(payload, "state") == Some("success"),
         DeployFields {
             app: &["repository.full_name"],
             commit: &["sha"],
             time: "updated_at",
         },
-        None,
     )
 }

@@ -9,11 +9,8 @@ use actix_web::http::header::HeaderMap;
 use serde_json::Value;
 
 use super::payload::{self, Reader};
-use super::{known_event, DeployFields, Mapping, PayloadError, Plugin, SourceOptions};
-use crate::events::{
-    App, Commit, CommitLink, CommitSha, Deploy, Event, FailureChange, ImageSha, Link,
-};
-use crate::ledger::DeliveryId;
+use super::{DeployFields, Mapping, Naming, PayloadError, Place, Plugin, SourceOptions};
+use crate::events::{App, Commit, CommitLink, CommitSha, Deploy, Event, FailureChange, ImageSha};
 use crate::signature::{HmacAlgorithm, HmacHeader, MacEncoding, Secret, Verifier};
 
 pub struct GitHub;
@@ -29,12 +26,23 @@ const EVENTS: &[&str] = &[
     "package",
 ];
 
+/// `X-GitHub-Event` names the event, `X-GitHub-Delivery` the delivery.
+const NAMING: Naming = Naming {
+    event: Place::Headers(&["x-github-event"]),
+    events: EVENTS,
+    delivery_id: Place::Headers(&["x-github-delivery"]),
+};
+
 /// All-zero SHA GitHub and GitLab send for a deleted or created ref.
 pub const ZERO_SHA: &str = "0000000000000000000000000000000000000000";
 
 impl Plugin for GitHub {
     fn source(&self) -> &'static str {
         "github"
+    }
+
+    fn naming(&self) -> &'static Naming {
+        &NAMING
     }
 
     fn options(&self) -> &'static [&'static str] {
@@ -65,14 +73,6 @@ impl Plugin for GitHub {
             });
         }
         Ok(Verifier::Hmac { headers, secrets })
-    }
-
-    fn event(&self, headers: &HeaderMap, _payload: Option<&Value>) -> &'static str {
-        known_event(super::header(headers, "x-github-event"), EVENTS)
-    }
-
-    fn delivery_id(&self, headers: &HeaderMap, _payload: &Value) -> Option<DeliveryId> {
-        super::header_delivery_id(headers, &["x-github-delivery"])
     }
 
     fn map(
@@ -361,15 +361,7 @@ fn package(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadE
         "registry_package.updated_at",
         "package.updated_at",
     ]);
-    let link = (|| {
-        Some(Event::Link(Link {
-            app: app?,
-            commit,
-            image_sha,
-            time: time?,
-        }))
-    })();
-    r.finish_event(link)
+    r.finish_link(app, commit, image_sha, time)
 }
 
 #[cfg(test)]

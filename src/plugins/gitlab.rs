@@ -11,9 +11,10 @@ use serde_json::Value;
 
 use super::github::branch_push;
 use super::payload::{self, Reader};
-use super::{known_event, DeployFields, Mapping, PayloadError, Plugin, SourceOptions};
+use super::{
+    known_event, DeployFields, Mapping, Naming, PayloadError, Place, Plugin, SourceOptions,
+};
 use crate::events::{App, CommitSha, Deploy, Event, FailureChange, FieldError};
-use crate::ledger::DeliveryId;
 use crate::signature::{self, Secret, Verifier};
 
 pub struct GitLab;
@@ -35,9 +36,21 @@ const KINDS: &[&str] = &[
     "note",
 ];
 
+/// The Standard Webhooks id, else GitLab's own event UUID, names the
+/// delivery.
+const NAMING: Naming = Naming {
+    delivery_id: Place::Headers(&["idempotency-key", "webhook-id", "x-gitlab-event-uuid"]),
+    ..Naming::NOWHERE
+};
+
 impl Plugin for GitLab {
     fn source(&self) -> &'static str {
         "gitlab"
+    }
+
+    /// Only the delivery id: `event` below reads the kind its own way.
+    fn naming(&self) -> &'static Naming {
+        &NAMING
     }
 
     fn options(&self) -> &'static [&'static str] {
@@ -93,13 +106,6 @@ impl Plugin for GitLab {
             Some("Note Hook" | "Confidential Note Hook") => "note",
             _ => "other",
         }
-    }
-
-    fn delivery_id(&self, headers: &HeaderMap, _payload: &Value) -> Option<DeliveryId> {
-        super::header_delivery_id(
-            headers,
-            &["idempotency-key", "webhook-id", "x-gitlab-event-uuid"],
-        )
     }
 
     fn map(

@@ -9,9 +9,8 @@ use actix_web::http::header::HeaderMap;
 use serde_json::Value;
 
 use super::payload::{self, Reader};
-use super::{Mapping, PayloadError, Plugin, SourceOptions};
+use super::{Mapping, Naming, PayloadError, Place, Plugin, SourceOptions};
 use crate::events::{App, FailureChange};
-use crate::ledger::DeliveryId;
 use crate::signature::{HmacHeader, Secret, Verifier};
 
 pub struct Jira;
@@ -22,12 +21,23 @@ const EVENTS: &[&str] = &[
     "jira:issue_deleted",
 ];
 
+/// The body's `webhookEvent` names the event, `X-Atlassian-Webhook-Identifier` the delivery.
+const NAMING: Naming = Naming {
+    event: Place::Body("webhookEvent"),
+    events: EVENTS,
+    delivery_id: Place::Headers(&["x-atlassian-webhook-identifier"]),
+};
+
 /// Labels of the form `app:<name>` name the application outright.
 const APP_LABEL: &str = "app:";
 
 impl Plugin for Jira {
     fn source(&self) -> &'static str {
         "jira"
+    }
+
+    fn naming(&self) -> &'static Naming {
+        &NAMING
     }
 
     fn options(&self) -> &'static [&'static str] {
@@ -47,14 +57,6 @@ impl Plugin for Jira {
             headers: vec![HmacHeader::sha256_hex("x-hub-signature", "sha256=")],
             secrets,
         })
-    }
-
-    fn event(&self, _headers: &HeaderMap, payload: Option<&Value>) -> &'static str {
-        super::body_event(payload, "webhookEvent", EVENTS)
-    }
-
-    fn delivery_id(&self, headers: &HeaderMap, _payload: &Value) -> Option<DeliveryId> {
-        super::header_delivery_id(headers, &["x-atlassian-webhook-identifier"])
     }
 
     fn map(

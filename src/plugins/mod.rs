@@ -220,6 +220,40 @@ impl SourceOptions {
     }
 }
 
+/// Where a source's deliveries name their event and carry their id.
+#[derive(Debug, Clone, Copy)]
+pub struct Naming {
+    /// Where the event is named.
+    pub event: Place,
+    /// The events this source tells apart; any other is `other`.
+    pub events: &'static [&'static str],
+    /// Where the delivery id is; without one the runner derives an id from
+    /// the body.
+    pub delivery_id: Place,
+}
+
+impl Naming {
+    /// Neither is named in one place: the plugin reads both its own way.
+    pub const NOWHERE: Naming = Naming {
+        event: Place::Nowhere,
+        events: &[],
+        delivery_id: Place::Nowhere,
+    };
+}
+
+/// Where a delivery carries a value.
+#[derive(Debug, Clone, Copy)]
+pub enum Place {
+    /// The first of these headers present (with a usable value).
+    Headers(&'static [&'static str]),
+    /// The text field at this path of the body (`None` before the body is
+    /// parsed).
+    Body(&'static str),
+    /// In no place a `Naming` can say: the plugin's own method reads it
+    /// (or, for a delivery id, the sender sends none).
+    Nowhere,
+}
+
 /// A native source. Implementations are unit structs listed in [`SOURCES`].
 pub trait Plugin: Sync {
     /// Name in paths (`/hooks/<source>`), configuration and labels.
@@ -247,9 +281,23 @@ pub trait Plugin: Sync {
         25 * 1024 * 1024
     }
 
+    /// Where this source's deliveries name their event and carry their id,
+    /// read by [`Plugin::event`] and [`Plugin::delivery_id`]. A plugin that
+    /// reads either its own way overrides that method instead.
+    fn naming(&self) -> &'static Naming {
+        &Naming::NOWHERE
+    }
+
     /// The event label, from a closed set: from the headers, or from the
     /// payload once it is parsed (`None` before authentication).
-    fn event(&self, headers: &HeaderMap, payload: Option<&Value>) -> &'static str;
+    fn event(&self, headers: &HeaderMap, payload: Option<&Value>) -> &'static str {
+        let naming = self.naming();
+        match naming.event {
+            Place::Headers(names) => known_event(first_header(headers, names), naming.events),
+            Place::Body(path) => body_event(payload, path, naming.events),
+            Place::Nowhere => "other",
+        }
+    }
 
     /// The event label of a parsed delivery and what it means, under the
     /// instance's options: [`Plugin::event`] and [`Plugin::map`], unless a
@@ -275,7 +323,13 @@ pub trait Plugin: Sync {
 
     /// The sender's id of this delivery, if it has one (else the runner
     /// derives one from the body).
-    fn delivery_id(&self, headers: &HeaderMap, payload: &Value) -> Option<DeliveryId>;
+    fn delivery_id(&self, headers: &HeaderMap, payload: &Value) -> Option<DeliveryId> {
+        match self.naming().delivery_id {
+            Place::Headers(names) => header_delivery_id(headers, names),
+            Place::Body(path) => payload::text(payload, path).and_then(DeliveryId::from_header),
+            Place::Nowhere => None,
+        }
+    }
 
     /// What the delivery means.
     fn map(
@@ -375,6 +429,25 @@ pub fn commit_deploy(
     deploy_event(r, options, fields.app, &[fields.time], commit, environment)
 }
 
+/// The deploy a commit status reports when it is an opt-in deploy signal:
+/// one of `names` (its context or key) is a configured deploy workflow and
+/// the status is `successful`; else the reason it is ignored.
+pub fn status_deploy(
+    payload: &Value,
+    options: &SourceOptions,
+    names: &[&str],
+    successful: bool,
+    fields: DeployFields,
+) -> Result<Mapping, PayloadError> {
+    if !options.is_deploy_workflow(names) {
+        return Ok(Mapping::Ignored("status_not_a_deploy"));
+    }
+    if !successful {
+        return Ok(Mapping::Ignored("status_not_successful"));
+    }
+    commit_deploy(payload, options, fields, None)
+}
+
 /// The commit SHA a value ends in: a SHA, a URL or a `ref:sha` pair.
 pub fn commit_in(value: &str) -> Result<CommitSha, FieldError> {
     CommitSha::parse(
@@ -424,6 +497,11 @@ pub fn deploy_event(
 /// A header's value as text, when present and readable.
 pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The first of the headers `names` present and readable.
+fn first_header<'a>(headers: &'a HeaderMap, names: &[&str]) -> Option<&'a str> {
+    names.iter().find_map(|name| header(headers, name))
 }
 
 /// A delivery id from the first of `names` present and usable.

@@ -10,14 +10,20 @@ use serde_json::Value;
 
 use super::payload::{self, Reader};
 use super::timestamp;
-use super::{Mapping, PayloadError, Plugin, SourceOptions};
+use super::{Mapping, Naming, PayloadError, Place, Plugin, SourceOptions};
 use crate::events::FailureChange;
-use crate::ledger::DeliveryId;
 use crate::signature::{Secret, Verifier};
 
 pub struct Opsgenie;
 
 const EVENTS: &[&str] = &["Create", "Close", "Acknowledge", "AddNote", "Delete"];
+
+/// The body's `action` names the event; no delivery id is sent.
+const NAMING: Naming = Naming {
+    event: Place::Body("action"),
+    events: EVENTS,
+    delivery_id: Place::Nowhere,
+};
 
 /// Tags of the form `app:<name>` name the application outright.
 const APP_TAG: &str = "app:";
@@ -27,20 +33,16 @@ impl Plugin for Opsgenie {
         "opsgenie"
     }
 
+    fn naming(&self) -> &'static Naming {
+        &NAMING
+    }
+
     fn options(&self) -> &'static [&'static str] {
         &["incident_labels", "apps"]
     }
 
     fn verifier(&self, secrets: Vec<Secret>, _options: &SourceOptions) -> Result<Verifier, String> {
         Ok(Verifier::Bearer { secrets })
-    }
-
-    fn event(&self, _headers: &HeaderMap, payload: Option<&Value>) -> &'static str {
-        super::body_event(payload, "action", EVENTS)
-    }
-
-    fn delivery_id(&self, _headers: &HeaderMap, _payload: &Value) -> Option<DeliveryId> {
-        None
     }
 
     fn map(

@@ -10,9 +10,8 @@ use actix_web::http::header::HeaderMap;
 use serde_json::Value;
 
 use super::payload::Reader;
-use super::{Mapping, PayloadError, Plugin, SourceOptions};
+use super::{Mapping, Naming, PayloadError, Place, Plugin, SourceOptions};
 use crate::events::FailureChange;
-use crate::ledger::DeliveryId;
 use crate::signature::{Secret, Verifier};
 
 pub struct PagerDuty;
@@ -25,12 +24,23 @@ const EVENTS: &[&str] = &[
     "pagey.ping",
 ];
 
+/// The body's `event.event_type` names the event, `X-Webhook-Id` the delivery.
+const NAMING: Naming = Naming {
+    event: Place::Body("event.event_type"),
+    events: EVENTS,
+    delivery_id: Place::Headers(&["x-webhook-id"]),
+};
+
 /// PagerDuty drops payloads over 256 KB.
 const MAX_BODY_BYTES: usize = 256 * 1024;
 
 impl Plugin for PagerDuty {
     fn source(&self) -> &'static str {
         "pagerduty"
+    }
+
+    fn naming(&self) -> &'static Naming {
+        &NAMING
     }
 
     fn options(&self) -> &'static [&'static str] {
@@ -47,14 +57,6 @@ impl Plugin for PagerDuty {
 
     fn max_body_bytes(&self) -> usize {
         MAX_BODY_BYTES
-    }
-
-    fn event(&self, _headers: &HeaderMap, payload: Option<&Value>) -> &'static str {
-        super::body_event(payload, "event.event_type", EVENTS)
-    }
-
-    fn delivery_id(&self, headers: &HeaderMap, _payload: &Value) -> Option<DeliveryId> {
-        super::header_delivery_id(headers, &["x-webhook-id"])
     }
 
     fn map(

@@ -7,7 +7,10 @@
 use serde_json::Value;
 
 use super::{timestamp, FieldProblem, Mapping, PayloadError};
-use crate::events::{App, Event, EventTime, Failure, FailureChange, FieldError, IssueNumber};
+use crate::events::{
+    App, CommitSha, Event, EventTime, Failure, FailureChange, FieldError, ImageSha, IssueNumber,
+    Link,
+};
 
 /// Parses a body that must be a JSON object.
 pub fn parse_object(body: &[u8]) -> Result<Value, PayloadError> {
@@ -181,6 +184,24 @@ impl<'a> Reader<'a> {
             }))
         })();
         self.finish_event(failure)
+    }
+
+    /// The link of `commit` to `image_sha` a delivery reports, when nothing
+    /// failed, else every problem.
+    pub fn finish_link(
+        self,
+        app: Option<App>,
+        commit: CommitSha,
+        image_sha: ImageSha,
+        time: Option<EventTime>,
+    ) -> Result<Mapping, PayloadError> {
+        let link = app.zip(time).map(|(app, time)| Link {
+            app,
+            commit,
+            image_sha,
+            time,
+        });
+        self.finish_event(link.map(Event::Link))
     }
 
     /// `Ok(value)` when nothing failed, else every problem.

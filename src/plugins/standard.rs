@@ -13,9 +13,8 @@ use serde_json::Value;
 
 use super::payload;
 use super::pelorus::{self, PelorusEvent};
-use super::{FieldProblem, Mapping, PayloadError, Plugin, SourceOptions};
+use super::{FieldProblem, Mapping, Naming, PayloadError, Place, Plugin, SourceOptions};
 use crate::events::FieldError;
-use crate::ledger::DeliveryId;
 use crate::signature::{self, Secret, Verifier};
 
 pub struct StandardWebhooks;
@@ -30,9 +29,20 @@ const EVENTS: &[&str] = &[
     "failure.resolved",
 ];
 
+/// The body's `type` names the event, `webhook-id` the delivery.
+const NAMING: Naming = Naming {
+    event: Place::Body("type"),
+    events: EVENTS,
+    delivery_id: Place::Headers(&["webhook-id"]),
+};
+
 impl Plugin for StandardWebhooks {
     fn source(&self) -> &'static str {
         "standard-webhooks"
+    }
+
+    fn naming(&self) -> &'static Naming {
+        &NAMING
     }
 
     fn options(&self) -> &'static [&'static str] {
@@ -48,14 +58,6 @@ impl Plugin for StandardWebhooks {
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Verifier::StandardWebhooks { keys })
-    }
-
-    fn event(&self, _headers: &HeaderMap, payload: Option<&Value>) -> &'static str {
-        super::body_event(payload, "type", EVENTS)
-    }
-
-    fn delivery_id(&self, headers: &HeaderMap, _payload: &Value) -> Option<DeliveryId> {
-        super::header_delivery_id(headers, &["webhook-id"])
     }
 
     fn map(

@@ -54,8 +54,8 @@ pub struct Listing {
     pub items: Vec<Value>,
     /// Where each page read ends in `items`.
     pub page_ends: Vec<usize>,
-    /// Pages were left unread (`max_pages`).
-    pub truncated: bool,
+    /// The first page left unread (`max_pages`), when pages were.
+    pub next: Option<String>,
 }
 
 impl Listing {
@@ -399,8 +399,8 @@ impl Api {
     /// Every page of a JSON list from `first`, following `rel="next"` links
     /// verbatim (same origin only) for at most `max_pages`; page 1 is
     /// conditional on `cursor`, whose validators `new_cursor` then takes.
-    /// `None` on a 304; else the items, where each page ended and whether
-    /// pages were left unread.
+    /// `None` on a 304; else the items, where each page ended and the first
+    /// page left unread.
     /// A short page is no end: a server may clamp the page size (Gitea's
     /// `MAX_RESPONSE_ITEMS`), only a missing `next` link ends the list.
     pub async fn list_all(
@@ -428,10 +428,24 @@ impl Api {
             if page + 1 < max_pages {
                 next = link;
             } else {
-                list.truncated = link.is_some();
+                list.next = link;
             }
         }
         Ok(all)
+    }
+
+    /// [`Api::list_all`] with no validators (every page is a full read).
+    pub async fn list_unconditional(
+        &mut self,
+        first: String,
+        endpoint: &'static str,
+        accept: &str,
+        max_pages: usize,
+    ) -> Result<Option<Listing>, PollError> {
+        let none = PollCursor::default();
+        let mut ignored = PollCursor::default();
+        self.list_all(first, &none, &mut ignored, endpoint, accept, max_pages)
+            .await
     }
 
     /// `link` when it points into the configured API (a `Link` elsewhere is

@@ -143,7 +143,7 @@ impl<F: Forge> Streams for F {
             )
             .await?
             .map(|list| {
-                if list.truncated {
+                if list.next.is_some() {
                     tracing::warn!(repo = %repo, pages = dialect.max_pages, "More open pull requests than a poll reads; the rest are not gauged");
                 }
                 list.items
@@ -176,14 +176,7 @@ impl<F: Forge> PullReviews for F {
         );
         let listed = parts
             .api
-            .list_all(
-                first,
-                &PollCursor::default(),
-                &mut PollCursor::default(),
-                "timeline",
-                dialect.accept,
-                dialect.max_pages,
-            )
+            .list_unconditional(first, "timeline", dialect.accept, dialect.max_pages)
             .await;
         let events = match listed {
             Err(PollError::Gone { .. }) if dialect.timeline_optional => return Ok(created),
@@ -450,7 +443,7 @@ async fn incidents(
                 deliveries.extend(issue_deliveries(target, dialect.header, issue));
             }
         }
-        if listing.truncated && !list.oldest_update_first {
+        if listing.next.is_some() && !list.oldest_update_first {
             tracing::warn!(repo = %target.repo, label, pages = dialect.max_pages, "More incident issues than a poll reads; the watermark waits until a poll reads them all");
             newest = None;
         }

@@ -254,14 +254,7 @@ impl GiteaPoller {
             let first = format!("{}/statuses/{sha}?limit=50&page=1", self.base);
             let listed = self
                 .api
-                .list_all(
-                    first,
-                    &PollCursor::default(),
-                    &mut PollCursor::default(),
-                    "statuses",
-                    GITEA_JSON,
-                    MAX_STATUS_PAGES,
-                )
+                .list_unconditional(first, "statuses", GITEA_JSON, MAX_STATUS_PAGES)
                 .await;
             let statuses = match listed {
                 Err(PollError::Gone { .. }) => {

@@ -194,35 +194,21 @@ impl GithubPoller {
         branch_path: &str,
         since: i64,
     ) -> Result<(Vec<Value>, Option<String>), PollError> {
-        let mut next = Some(format!(
+        let first = format!(
             "{}/commits?sha={branch_path}&since={}&per_page=100",
             self.base,
             rfc3339(since)
-        ));
-        let none = PollCursor::default();
-        let mut commits = Vec::new();
-        let mut page = 0;
-        while let Some(url) = next.take() {
-            let mut ignored = PollCursor::default();
-            let Some((items, link)) = self
-                .api
-                .list_page(&url, page, &none, &mut ignored, "commits", GITHUB_JSON)
-                .await?
-            else {
-                break;
-            };
-            page += 1;
-            commits.extend(items);
-            let link = self.api.same_origin(link);
-            if page < MAX_PAGES {
-                next = link;
-            } else if link.is_some() {
-                tracing::info!(repo = %self.target.repo, branch, pages = MAX_PAGES, "Branch history longer than a poll reads; the next polls go on");
-                commits.reverse();
-                return Ok((commits, link));
-            }
+        );
+        let listing = self
+            .api
+            .list_unconditional(first, "commits", GITHUB_JSON, MAX_PAGES)
+            .await?
+            .unwrap_or_default();
+        if listing.next.is_some() {
+            tracing::info!(repo = %self.target.repo, branch, pages = MAX_PAGES, "Branch history longer than a poll reads; the next polls go on");
         }
+        let mut commits = listing.items;
         commits.reverse();
-        Ok((commits, None))
+        Ok((commits, listing.next))
     }
 }

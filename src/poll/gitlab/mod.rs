@@ -267,17 +267,10 @@ impl GitlabPoller {
     async fn listing(&mut self, url: String, endpoint: &'static str) -> Result<Listing, PollError> {
         let listing = self
             .api
-            .list_all(
-                url,
-                &PollCursor::default(),
-                &mut PollCursor::default(),
-                endpoint,
-                GITLAB_JSON,
-                MAX_PAGES,
-            )
+            .list_unconditional(url, endpoint, GITLAB_JSON, MAX_PAGES)
             .await?
             .unwrap_or_default();
-        if listing.truncated {
+        if listing.next.is_some() {
             tracing::warn!(repo = %self.target.repo, endpoint, pages = MAX_PAGES, "List longer than the pages read in one poll; the rest is read by the next");
         }
         Ok(listing)

@@ -6,16 +6,19 @@
 //! Every error names the key it is about. Secrets are read here and nowhere
 //! else, and `Settings` prints them redacted.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::events::{App, Namespace};
-use crate::plugins::{self, AuthScheme, Plugin, SourceOptions};
-use crate::signature::{read_secrets_file, Secret, Verifier};
+mod sources;
+
+pub use self::sources::{
+    PelorusSettings, RawPelorus, RawSourceOptions, RawSources, SourceInstance,
+};
+use crate::plugins::{self, Plugin, SourceOptions};
+use crate::signature::{read_secrets_file, Secret};
 use crate::store::settings::postgres_store;
 pub use crate::store::{RawStore, Synchronous};
 
@@ -178,68 +181,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// `[sources.*]`: one table per webhook source.
-/// `[sources]`: the Pelorus endpoint and the native sources. A native
-/// source's section (`[sources.github]`) holds the options of its default
-/// instance and, as sub-tables, named instances (`[sources.github.acme]`,
-/// served at `/hooks/github/acme`). Unknown sources and options are refused
-/// when the settings are checked, naming the key.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct RawSources {
-    #[serde(default)]
-    pub pelorus: RawPelorus,
-    #[serde(flatten)]
-    pub native: BTreeMap<String, serde_json::Value>,
-}
-
-/// Options of one native source instance, as written.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawSourceOptions {
-    /// Serve this instance (default: true once its section exists).
-    pub enabled: Option<bool>,
-    /// Shared secrets or tokens; two entries while one is rotated.
-    #[serde(deserialize_with = "string_list")]
-    pub secrets: Vec<String>,
-    /// File with one secret per line (a mounted Kubernetes Secret).
-    pub secrets_file: Option<PathBuf>,
-    /// Branches whose pushes count (default: the repository's default branch).
-    #[serde(deserialize_with = "string_list")]
-    pub branches: Vec<String>,
-    /// Environments that count as production (default: `production`).
-    #[serde(deserialize_with = "string_list")]
-    pub environments: Vec<String>,
-    /// Environment → namespace (default: the environment as a label).
-    pub namespaces: BTreeMap<String, String>,
-    /// Labels that make an issue an incident (default: `incident`).
-    #[serde(deserialize_with = "string_list")]
-    pub incident_labels: Vec<String>,
-    /// Repository / project / service → application name.
-    pub apps: BTreeMap<String, String>,
-    /// Opt-in deploy signals (workflows, pipelines, jobs, status contexts).
-    #[serde(deserialize_with = "string_list")]
-    pub deploy_workflows: Vec<String>,
-    /// Issue or work item types that are incidents (Jira, Azure DevOps).
-    #[serde(deserialize_with = "string_list")]
-    pub issue_types: Vec<String>,
-    /// GitHub only: also accept the SHA-1 `X-Hub-Signature`.
-    pub legacy_sha1_signatures: bool,
-    /// GitHub, GitLab: refs whose deploys are rework (`hotfix/*`).
-    #[serde(deserialize_with = "string_list")]
-    pub rework_refs: Vec<String>,
-    /// GitHub: deployment tasks that are rework (`deploy:hotfix`).
-    #[serde(deserialize_with = "string_list")]
-    pub rework_tasks: Vec<String>,
-    /// CDEvents only: how deliveries are authenticated, `hmac` (default),
-    /// `bearer` or `standard-webhooks`.
-    pub auth: Option<String>,
-    /// CDEvents only: the header carrying `sha256=<hex HMAC of the body>`
-    /// under `auth = "hmac"` (default `X-Hub-Signature-256`).
-    pub signature_header: Option<String>,
-    /// Largest body this instance reads (default: the source's own cap).
-    pub max_body_bytes: Option<usize>,
-}
-
 /// A list written as a TOML array or, from the environment, as one
 /// comma-separated string; numbers and booleans are taken as their text.
 fn string_list<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Vec<String>, D::Error> {
@@ -266,30 +207,6 @@ fn string_list<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Vec<String>, D
         other => scalar(&other)
             .map(|one| vec![one])
             .ok_or_else(|| serde::de::Error::custom("expected a list of strings")),
-    }
-}
-
-/// `[sources.pelorus]`: the Pelorus-compatible endpoint `POST /pelorus/webhook`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawPelorus {
-    pub enabled: bool,
-    /// Shared secrets; two entries while a secret is rotated.
-    pub secrets: Vec<String>,
-    /// File with one secret per line (a mounted Kubernetes Secret).
-    pub secrets_file: Option<PathBuf>,
-    /// After a strict check fails, try Pelorus' whitespace-lenient check.
-    pub lenient_signatures: bool,
-}
-
-impl Default for RawPelorus {
-    fn default() -> Self {
-        RawPelorus {
-            enabled: true,
-            secrets: Vec::new(),
-            secrets_file: None,
-            lenient_signatures: true,
-        }
     }
 }
 
@@ -353,114 +270,6 @@ pub struct Settings {
     pub poll: Vec<crate::poll::PollTarget>,
 }
 
-/// One native source instance: `/hooks/<source>` or `/hooks/<source>/<name>`.
-#[derive(Clone)]
-pub struct SourceInstance {
-    pub plugin: &'static dyn Plugin,
-    pub name: Option<String>,
-    pub enabled: bool,
-    pub verifier: Verifier,
-    /// The headers carrying this instance's credentials (the verifier's),
-    /// redacted wherever headers are kept.
-    pub credential_headers: Vec<&'static str>,
-    pub options: SourceOptions,
-    /// Largest body read from a delivery to this instance.
-    pub max_body_bytes: usize,
-}
-
-impl SourceInstance {
-    /// `github` or `github.acme`: the configuration key of this instance.
-    pub fn key(&self) -> String {
-        match &self.name {
-            Some(name) => format!("{}.{name}", self.plugin.source()),
-            None => self.plugin.source().to_owned(),
-        }
-    }
-}
-
-impl SourceInstance {
-    /// This instance's section of `check-config`, secrets redacted.
-    fn to_redacted_toml(&self) -> String {
-        let text = |s: &str| serde_json::to_string(s).unwrap_or_default();
-        let list = |items: &[String]| {
-            let quoted: Vec<String> = items.iter().map(|i| text(i)).collect();
-            format!("[{}]", quoted.join(", "))
-        };
-        let secrets = self.verifier.secret_count();
-        let mut out = format!(
-            "\n[sources.{}]\nenabled = {}\nsecrets = [{}]\nmax_body_bytes = {}\n",
-            self.key(),
-            self.enabled,
-            vec!["\"[redacted]\""; secrets].join(", "),
-            self.max_body_bytes
-        );
-        let o = &self.options;
-        let options = self.plugin.options();
-        let mut line = |name: &str, value: String| {
-            if options.contains(&name) {
-                out.push_str(&format!("{name} = {value}\n"));
-            }
-        };
-        line("branches", list(&o.branches));
-        line("environments", list(&o.environments));
-        line("incident_labels", list(&o.incident_labels));
-        line("deploy_workflows", list(&o.deploy_workflows));
-        line("issue_types", list(&o.issue_types));
-        line("rework_refs", list(&o.rework_refs));
-        line("rework_tasks", list(&o.rework_tasks));
-        line(
-            "legacy_sha1_signatures",
-            o.legacy_sha1_signatures.to_string(),
-        );
-        line("auth", text(o.auth.as_str()));
-        line(
-            "signature_header",
-            text(match o.signature_header {
-                "" => plugins::cdevents::DEFAULT_SIGNATURE_HEADER,
-                name => name,
-            }),
-        );
-        let table = |entries: Vec<(String, String)>| {
-            let pairs: Vec<String> = entries
-                .iter()
-                .map(|(k, v)| format!("{} = {}", text(k), text(v)))
-                .collect();
-            format!("{{ {} }}", pairs.join(", "))
-        };
-        line(
-            "namespaces",
-            table(
-                o.namespaces
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().to_owned()))
-                    .collect(),
-            ),
-        );
-        line(
-            "apps",
-            table(
-                o.apps
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().to_owned()))
-                    .collect(),
-            ),
-        );
-        out
-    }
-}
-
-impl std::fmt::Debug for SourceInstance {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SourceInstance")
-            .field("source", &self.plugin.source())
-            .field("name", &self.name)
-            .field("enabled", &self.enabled)
-            .field("verifier", &self.verifier)
-            .field("options", &self.options)
-            .finish()
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct AdminSettings {
     pub api_keys: Vec<Secret>,
@@ -491,13 +300,6 @@ pub struct MetricsSettings {
     pub commit_window: Duration,
     pub exposure_window: Duration,
     pub failure_link_window: Duration,
-}
-
-#[derive(Debug, Clone)]
-pub struct PelorusSettings {
-    pub enabled: bool,
-    pub secrets: Vec<Secret>,
-    pub lenient_signatures: bool,
 }
 
 impl Settings {
@@ -576,24 +378,12 @@ impl Settings {
                 "must be at least 1: no connection could be served",
             ));
         }
-        if raw.metrics.exposure_window.is_zero() {
-            return Err(ConfigError::invalid(
-                "metrics.exposure_window",
-                "must be greater than zero",
-            ));
-        }
-        if raw.metrics.failure_link_window.is_zero() {
-            return Err(ConfigError::invalid(
-                "metrics.failure_link_window",
-                "must be greater than zero",
-            ));
-        }
-        if raw.metrics.commit_window.is_zero() {
-            return Err(ConfigError::invalid(
-                "metrics.commit_window",
-                "must be greater than zero",
-            ));
-        }
+        positive("metrics.exposure_window", raw.metrics.exposure_window)?;
+        positive(
+            "metrics.failure_link_window",
+            raw.metrics.failure_link_window,
+        )?;
+        positive("metrics.commit_window", raw.metrics.commit_window)?;
         if raw.store.max_unauthenticated_rows == 0 {
             return Err(ConfigError::invalid(
                 "store.max_unauthenticated_rows",
@@ -617,12 +407,7 @@ impl Settings {
                 "must not exceed retention.ledger_days: a body is kept in its ledger row",
             ));
         }
-        if raw.retention.interval.is_zero() {
-            return Err(ConfigError::invalid(
-                "retention.interval",
-                "must be greater than zero",
-            ));
-        }
+        positive("retention.interval", raw.retention.interval)?;
         let admin = AdminSettings {
             api_keys: load_keys(
                 "admin",
@@ -676,7 +461,7 @@ impl Settings {
             pelorus,
             admin,
             retention,
-            sources: native_sources(&raw.sources.native, &plugins)?,
+            sources: sources::native_sources(&raw.sources.native, &plugins)?,
             poll: Vec::new(),
             plugins,
             plugins_dir: raw.server.plugins_dir,
@@ -874,6 +659,14 @@ fn duration_text(duration: Duration) -> String {
     }
 }
 
+/// Refuses a zero `duration` at `key`.
+fn positive(key: &str, duration: Duration) -> Result<(), ConfigError> {
+    if duration.is_zero() {
+        return Err(ConfigError::invalid(key, "must be greater than zero"));
+    }
+    Ok(())
+}
+
 fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
     value.parse().map_err(|_| {
         ConfigError::invalid(
@@ -885,182 +678,6 @@ fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
 
 /// Secrets from the inline list and from `secrets_file` (one per line; blank
 /// lines and surrounding whitespace ignored).
-/// Keys every native instance takes, besides its source's own options.
-const COMMON_OPTIONS: &[&str] = &["enabled", "secrets", "secrets_file", "max_body_bytes"];
-
-/// The range of a source instance's `max_body_bytes`: below 1 KiB no real
-/// delivery fits; 25 MiB is the largest any provider sends (GitHub).
-const MIN_BODY_CAP: usize = 1024;
-const MAX_BODY_CAP: usize = 25 * 1024 * 1024;
-
-fn is_option(plugin: &dyn Plugin, key: &str) -> bool {
-    COMMON_OPTIONS.contains(&key) || plugin.options().contains(&key)
-}
-
-/// Builds the native source instances of `[sources.*]`.
-fn native_sources(
-    sections: &BTreeMap<String, serde_json::Value>,
-    known: &[&'static dyn Plugin],
-) -> Result<Vec<SourceInstance>, ConfigError> {
-    let mut instances = Vec::new();
-    for (source, section) in sections {
-        let key = format!("sources.{source}");
-        let plugin = known
-            .iter()
-            .copied()
-            .find(|p| p.source() == source)
-            .ok_or_else(|| {
-                let known: Vec<&str> = known.iter().map(|p| p.source()).collect();
-                ConfigError::invalid(
-                    &key,
-                    format!(
-                        "unknown source; known sources: pelorus, {}",
-                        known.join(", ")
-                    ),
-                )
-            })?;
-        let serde_json::Value::Object(table) = section else {
-            return Err(ConfigError::invalid(&key, "must be a table"));
-        };
-        let mut own = serde_json::Map::new();
-        for (k, v) in table {
-            if is_option(plugin, k) {
-                own.insert(k.clone(), v.clone());
-            } else if v.is_object() {
-                let valid_name = !k.is_empty()
-                    && k.len() <= 63
-                    && k.bytes().all(|b| {
-                        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
-                    });
-                if !valid_name {
-                    return Err(ConfigError::invalid(
-                        &format!("{key}.{k}"),
-                        "an instance name is 1 to 63 characters of a-z, 0-9, - and _",
-                    ));
-                }
-                instances.push(source_instance(plugin, Some(k), v, &format!("{key}.{k}"))?);
-            } else {
-                return Err(ConfigError::invalid(
-                    &format!("{key}.{k}"),
-                    format!(
-                        "not an option of {source}; its options: {}",
-                        COMMON_OPTIONS
-                            .iter()
-                            .chain(plugin.options())
-                            .copied()
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                ));
-            }
-        }
-        if !own.is_empty() {
-            let own = serde_json::Value::Object(own);
-            instances.push(source_instance(plugin, None, &own, &key)?);
-        }
-    }
-    Ok(instances)
-}
-
-fn source_instance(
-    plugin: &'static dyn Plugin,
-    name: Option<&str>,
-    table: &serde_json::Value,
-    key: &str,
-) -> Result<SourceInstance, ConfigError> {
-    if let serde_json::Value::Object(map) = table {
-        if let Some(k) = map.keys().find(|k| !is_option(plugin, k)) {
-            return Err(ConfigError::invalid(
-                &format!("{key}.{k}"),
-                format!("not an option of {}", plugin.source()),
-            ));
-        }
-    }
-    let raw: RawSourceOptions = serde_json::from_value(table.clone())
-        .map_err(|e| ConfigError::invalid(key, e.to_string()))?;
-    let secrets = load_secrets(key, &raw.secrets, raw.secrets_file.as_deref())?;
-    let mut options = plugin.defaults();
-    if !raw.branches.is_empty() {
-        options.branches = raw.branches;
-    }
-    if !raw.environments.is_empty() {
-        options.environments = raw.environments;
-    }
-    if !raw.incident_labels.is_empty() {
-        options.incident_labels = raw.incident_labels;
-    }
-    if !raw.issue_types.is_empty() {
-        options.issue_types = raw.issue_types;
-    }
-    options.deploy_workflows = raw.deploy_workflows;
-    options.rework_refs = raw.rework_refs;
-    options.rework_tasks = raw.rework_tasks;
-    options.legacy_sha1_signatures = raw.legacy_sha1_signatures;
-    if let Some(auth) = raw.auth {
-        options.auth = AuthScheme::parse(&auth).ok_or_else(|| {
-            ConfigError::invalid(
-                &format!("{key}.auth"),
-                "must be hmac, bearer or standard-webhooks",
-            )
-        })?;
-    }
-    if let Some(name) = raw.signature_header {
-        let header =
-            actix_web::http::header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                ConfigError::invalid(
-                    &format!("{key}.signature_header"),
-                    "not a valid header name",
-                )
-            })?;
-        // Read once per instance at start-up: leaked to live as long as the process.
-        options.signature_header = Box::leak(header.as_str().to_owned().into_boxed_str());
-    }
-    for (environment, namespace) in raw.namespaces {
-        let parsed = Namespace::parse(&namespace).map_err(|e| {
-            ConfigError::invalid(
-                &format!("{key}.namespaces.{environment}"),
-                format!("not an RFC 1123 label ({})", e.as_str()),
-            )
-        })?;
-        options.namespaces.insert(environment, parsed);
-    }
-    for (source_key, app) in raw.apps {
-        let parsed = App::parse(&app).map_err(|e| {
-            ConfigError::invalid(
-                &format!("{key}.apps.{source_key}"),
-                format!("not a valid application name ({})", e.as_str()),
-            )
-        })?;
-        options.apps.insert(source_key, parsed);
-    }
-    let verifier = if secrets.is_empty() {
-        Verifier::Open
-    } else {
-        plugin
-            .verifier(secrets, &options)
-            .map_err(|reason| ConfigError::invalid(&format!("{key}.secrets"), reason))?
-    };
-    let max_body_bytes = match raw.max_body_bytes {
-        None => plugin.max_body_bytes(),
-        Some(n) if (MIN_BODY_CAP..=MAX_BODY_CAP).contains(&n) => n,
-        Some(_) => {
-            return Err(ConfigError::invalid(
-                &format!("{key}.max_body_bytes"),
-                format!("must be between {MIN_BODY_CAP} and {MAX_BODY_CAP} bytes"),
-            ))
-        }
-    };
-    Ok(SourceInstance {
-        plugin,
-        name: name.map(str::to_owned),
-        enabled: raw.enabled.unwrap_or(true),
-        credential_headers: verifier.header_names(),
-        verifier,
-        options,
-        max_body_bytes,
-    })
-}
-
 fn load_secrets(
     section: &str,
     inline: &[String],
@@ -1287,5 +904,29 @@ mod tests {
         let settings = load("[metrics]\nexposure_window = \"2h\"\n", &[]).unwrap();
         let again = load(&settings.to_redacted_toml(), &[]).unwrap();
         assert_eq!(again.metrics.exposure_window, Duration::from_secs(7200));
+    }
+
+    #[test]
+    fn zero_windows_and_bad_source_tables_name_their_key() {
+        for (toml, expected) in [
+            (
+                "[metrics]\ncommit_window = \"0s\"\n",
+                "metrics.commit_window: must be greater than zero",
+            ),
+            (
+                "[retention]\ninterval = \"0s\"\n",
+                "retention.interval: must be greater than zero",
+            ),
+            (
+                "[sources.github.namespaces]\nprod = \"-\"\n",
+                "sources.github.namespaces.prod: not an RFC 1123 label (invalid_format)",
+            ),
+            (
+                "[sources.github.acme.apps]\n\"acme/shop\" = \"\"\n",
+                "sources.github.acme.apps.acme/shop: not a valid application name (empty)",
+            ),
+        ] {
+            assert_eq!(load(toml, &[]).unwrap_err().to_string(), expected);
+        }
     }
 }
