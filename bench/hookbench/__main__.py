@@ -26,7 +26,10 @@ Scenarios (BENCH_SCENARIOS), run on each shape:
   scrape   on S1, S2: fill BENCH_FILL deliveries (that many series), idle
            and loaded scrape times, bytes and RSS per series, ingest p99
            quiet vs scraped every second. S3 and S4 always measure these.
-  pg1      c32's load against one server on a throwaway PostgreSQL cluster
+  pg1      c32's load against one server on a throwaway PostgreSQL cluster:
+           req/s, latencies, round trips (statements) per delivery from
+           pg_stat_statements, CPU per delivery of hookgauge, PostgreSQL, wrk
+  pg1c1    the same with one connection (wrk -t1 -c1)
   pg2      two servers on one PostgreSQL database, the load split (S1, S2)
   flood    a valid sender alone and during a forged-signature flood (once)
   startup  1M events written into a store, time to /readyz (once)
@@ -83,7 +86,7 @@ from .core import BenchError, Run, Table, commas, duration_seconds, env_int, say
 from .scenarios import flood, growth, load, pg, series, startup
 from .shapes import SHAPES
 
-KNOWN = ("ceil32", "ceil1", "c32", "c1", "full", "scrape", "flood", "startup", "pg1", "pg2", "soak")
+KNOWN = ("ceil32", "ceil1", "c32", "c1", "full", "scrape", "flood", "startup", "pg1", "pg1c1", "pg2", "soak")
 
 
 def settings():
@@ -91,7 +94,7 @@ def settings():
     compare = os.environ.get("BENCH_COMPARE") == "1"
     soak = os.environ.get("BENCH_SOAK", "")
     if smoke:
-        scenarios = ["c32", "c1", "full", "scrape", "flood", "startup", "pg1", "pg2", "soak"]
+        scenarios = ["c32", "c1", "full", "scrape", "flood", "startup", "pg1", "pg1c1", "pg2", "soak"]
         shapes = list(SHAPES)
     elif compare:
         scenarios = ["ceil32", "c32", "ceil1", "c1"]
@@ -167,7 +170,7 @@ def run_shape(cfg, run, shape, tables):
         # The smoke run keeps each path once: full and scrape on S1, PostgreSQL on S2.
         if "scrape" in names and (not cfg.smoke or shape.name == "S1"):
             series.session(cfg, run, shape, ["c32"], table, {})
-        if ("pg1" in names or "pg2" in names) and (not cfg.smoke or shape.name == "S2"):
+        if any(name in names for name in ("pg1", "pg1c1", "pg2")) and (not cfg.smoke or shape.name == "S2"):
             pg.run_pg(cfg, run, shape, names, table)
     elif shape.kind == "series":
         if loads or "scrape" in names:
@@ -230,8 +233,9 @@ def main():
                 print(table.render(machine))
                 print()
             if run.postgres is not None:
-                print("PostgreSQL %s, data on %s: hookgauge, PostgreSQL and wrk share this machine's %d CPU(s);"
-                      " no target is set for pg1/pg2." % (run.postgres.version, run.postgres.fs, os.cpu_count()))
+                print("PostgreSQL %s, data on %s: hookgauge, PostgreSQL and wrk share this machine's %d CPU(s)"
+                      " (the CPU rows say how much each used)." % (run.postgres.version, run.postgres.fs,
+                                                                    os.cpu_count()))
             failures = list(run.failures)
     except BenchError as err:
         print("bench: %s" % err, file=sys.stderr)

@@ -183,13 +183,15 @@ class Cluster:
         return int(calls), int(commits)
 
     def top_statements(self, database, limit=12):
-        """The statements the servers sent most often, with their calls."""
+        """The statements the servers spent most time on: (calls, total
+        ms, mean us, text)."""
         out = self.psql(SUPERUSER, self.super_password, database,
-                        "SELECT s.calls, regexp_replace(left(s.query, 90), '\\s+', ' ', 'g') FROM pg_stat_statements s "
+                        "SELECT s.calls, round(s.total_exec_time), round(s.mean_exec_time * 1000), "
+                        "regexp_replace(left(s.query, 90), '\\s+', ' ', 'g') FROM pg_stat_statements s "
                         "JOIN pg_roles r ON r.oid = s.userid WHERE r.rolname = '%s' AND s.dbid = "
-                        "(SELECT oid FROM pg_database WHERE datname = '%s') ORDER BY s.calls DESC LIMIT %d"
+                        "(SELECT oid FROM pg_database WHERE datname = '%s') ORDER BY s.total_exec_time DESC LIMIT %d"
                         % (ROLE, database, limit))
-        return [line.split("|", 1) for line in out.splitlines() if "|" in line]
+        return [line.split("|", 3) for line in out.splitlines() if line.count("|") >= 3]
 
     def settle(self, database):
         """Counts the rows until the count stops moving, at most ~5 s."""

@@ -51,6 +51,17 @@ const FEED_CHANNEL: &str = "hookgauge_changes";
 pub const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
 /// Feed rows read at once.
 const FOLLOW_BATCH: i64 = 1000;
+/// How often the follower looks for tables that grew past their statistics.
+const ANALYZE_CHECK: Duration = Duration::from_secs(1);
+/// The tables the write path looks rows up in, through their indexes.
+const LOOKED_UP: &[&str] = &[
+    "deliveries",
+    "deploys",
+    "commits",
+    "links",
+    "failures",
+    "observations",
+];
 /// How long feed rows are kept: a replica cut off from the database for
 /// longer rebuilds its view at restart.
 pub const FEED_RETENTION: Duration = Duration::from_secs(3600);
@@ -555,6 +566,7 @@ pub fn follow(
 ) {
     let mut client: Option<Client> = None;
     let mut last_error: Option<String> = None;
+    let mut analyze = Some(std::time::Instant::now());
     while !stop.load(std::sync::atomic::Ordering::Acquire) {
         if client.is_none() {
             match config.connect().and_then(|mut c| {
@@ -580,6 +592,19 @@ pub fn follow(
             }
         }
         let conn = client.as_mut().expect("connected above");
+        if analyze.is_some_and(|last| last.elapsed() >= ANALYZE_CHECK) {
+            analyze = match analyze_grown(conn) {
+                Ok(()) => Some(std::time::Instant::now()),
+                Err(error) if error.fault_kind().is_none() => {
+                    tracing::warn!(
+                        error = %error,
+                        "Tables cannot be analyzed by this role; their statistics are left to autovacuum"
+                    );
+                    None
+                }
+                Err(_) => Some(std::time::Instant::now()),
+            };
+        }
         let result = catch_up(conn, &cursor, &*sink).and_then(|()| {
             // Wait for a notification (or the interval), then drop the rest:
             // one read of the feed answers them all.
@@ -593,6 +618,38 @@ pub fn follow(
             client = None;
         }
     }
+}
+
+/// Analyzes each table of [`LOOKED_UP`] that changed by more rows than
+/// it held at its last analyze (500 when it never had one). A database
+/// starts empty: until autovacuum's first analyze, up to a minute later
+/// (its naptime), the planner takes the tables for empty and the write
+/// path's prepared statements keep plans that scan them whole. This
+/// analyzes each table as it doubles (a handful of times while it grows);
+/// at its size, autovacuum keeps it analyzed.
+fn analyze_grown(client: &mut Client) -> Result<(), DbError> {
+    let tables: Vec<&str> = LOOKED_UP.to_vec();
+    let grown = client.query(
+        "SELECT s.relname, s.n_mod_since_analyze FROM pg_stat_user_tables AS s \
+         JOIN pg_class AS c ON c.oid = s.relid \
+         WHERE s.schemaname = current_schema() AND s.relname = ANY($1) \
+         AND s.n_mod_since_analyze > GREATEST(500, c.reltuples)",
+        &[&tables],
+    )?;
+    for row in grown {
+        let table: String = row.get(0);
+        // Only names of LOOKED_UP reach here.
+        if let Some(name) = LOOKED_UP.iter().find(|t| **t == table) {
+            let changed: i64 = row.get(1);
+            client.batch_execute(&format!("ANALYZE {name}"))?;
+            tracing::debug!(
+                table = name,
+                changed,
+                "Analyzed a table that outgrew its statistics"
+            );
+        }
+    }
+    Ok(())
 }
 
 fn catch_up(

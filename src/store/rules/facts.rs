@@ -292,7 +292,15 @@ fn apply_deploy(
         image_sha,
         time,
     }];
-    let context = deploy_context(tx, &deploy.app, &image, commit, time, link_window)?;
+    let context = deploy_context(
+        tx,
+        &deploy.app,
+        &deploy.namespace,
+        &image,
+        commit,
+        time,
+        link_window,
+    )?;
     // Every commit built into this image (or named by the deploy) that has no
     // lead time yet gets one: this is its first deployment we know of.
     effects.extend(observe_lead_times(tx, &deploy.app, context.built, time)?);
@@ -308,11 +316,22 @@ fn apply_deploy(
 
 /// What a new deploy at `time` decides, read in one statement (one round
 /// trip) rather than three: the commits [`observe_deployed`] reads, the
-/// deploys [`redecide`] reads from `time - link_window` to `time`, and the
-/// failures [`observe_linked_recoveries`] reads from `time` to `time +
-/// link_window`. None of the writes that follow changes what the others
-/// read (lead-time observations, the deploys' decisions, recovery
-/// observations), so one snapshot answers all three as the three reads did.
+/// deploys whose decisions it can change, and the failures
+/// [`observe_linked_recoveries`] reads from `time` to `time + link_window`.
+/// None of the writes that follow changes what the others read (lead-time
+/// observations, the deploys' decisions, recovery observations), so one
+/// snapshot answers all three as three reads would.
+///
+/// The deploys decided again are the new one and, when a failure of the
+/// application was created in the `link_window` after it, those at the
+/// newest time before it within `link_window`: as [`redecide`] over the
+/// whole window would find, reading only them. A new deploy changes no
+/// other deploy's rework (that follows the failures alone), leaves the
+/// deploys of its own second as they were (only a later deploy stands
+/// between a deploy and a failure), and can only stand between a failure
+/// created after it and the deploys just before it; older ones already
+/// have those in between. Reading the whole window cost a scan of every
+/// deploy of the application in the last `link_window`, per deploy.
 struct DeployContext {
     built: Vec<(String, i64)>,
     decisions: Vec<Decision>,
@@ -322,6 +341,7 @@ struct DeployContext {
 fn deploy_context(
     tx: &mut dyn Sql,
     app: &App,
+    namespace: &Namespace,
     image: &str,
     commit: &str,
     time: i64,
@@ -332,19 +352,25 @@ fn deploy_context(
         decisions: Vec::new(),
         recoveries: Vec::new(),
     };
+    let decided = format!(
+        "CAST(1 AS BIGINT), d.namespace, d.image_sha, d.time, d.rework, d.failed, {}, {}",
+        rework_now(),
+        failed_now("?6")
+    );
     tx.each(
         &format!(
             "SELECT CAST(0 AS BIGINT), commit_sha, '', MIN(time), 0, 0, 1 = 0, 1 = 0 FROM ({BUILT}) AS built \
              GROUP BY commit_sha \
-             UNION ALL SELECT CAST(1 AS BIGINT), d.namespace, d.image_sha, d.time, d.rework, d.failed, \
-               {}, {} \
-             FROM deploys AS d INDEXED BY deploys_by_app_time \
-             WHERE d.app = ?1 AND d.time >= ?5 AND d.time <= ?4 \
+             UNION ALL SELECT {decided} FROM deploys AS d \
+             WHERE d.app = ?1 AND d.image_sha = ?2 AND d.namespace = ?8 AND d.time = ?4 \
+             UNION ALL SELECT {decided} FROM deploys AS d INDEXED BY deploys_by_app_time \
+             WHERE d.app = ?1 AND d.time = (SELECT MAX(p.time) FROM deploys AS p INDEXED BY deploys_by_app_time \
+                 WHERE p.app = ?1 AND p.time < ?4 AND p.time >= ?5) \
+               AND EXISTS (SELECT 1 FROM failures AS f INDEXED BY failures_by_created \
+                 WHERE f.app = ?1 AND f.created > ?4 AND f.created <= ?7) \
              UNION ALL SELECT CAST(2 AS BIGINT), f.issue_number, '', f.resolved - f.created, 0, 0, 1 = 0, 1 = 0 \
              FROM failures AS f INDEXED BY failures_by_created WHERE f.app = ?1 AND f.created > ?4 \
              AND f.created <= ?7 AND {}",
-            rework_now(),
-            failed_now("?6"),
             linked_recovery("?6")
         ),
         &[
@@ -355,6 +381,7 @@ fn deploy_context(
             &(time - link_window),
             &link_window,
             &(time + link_window),
+            &namespace.as_str(),
         ],
         &mut |r| {
             match r.get::<i64>(0)? {

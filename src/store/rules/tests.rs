@@ -281,3 +281,47 @@ fn a_delivery_that_cannot_be_applied_names_its_place_in_the_batch() {
     assert!(matches!(result, Err(DbError::Broken(_))), "{result:?}");
     assert_eq!(failed, Some(1));
 }
+
+#[test]
+fn a_late_deploy_between_a_deploy_and_its_failure_takes_the_failure_over() {
+    let mut conn = database();
+    record(
+        &mut conn,
+        &[
+            events("older", vec![deploy("shop", 1, T - 50)]),
+            events("a", vec![deploy("shop", 2, T)]),
+            events("a-twin", vec![deploy("shop", 3, T)]),
+        ],
+    );
+    let failed = record(
+        &mut conn,
+        &[events(
+            "f",
+            vec![failure("shop", "INC-4", FailureChange::Created, T + 100)],
+        )],
+    );
+    let marked = |applied: &[Applied], to: bool| {
+        applied[0]
+            .1
+            .iter()
+            .filter(|e| matches!(e, Effect::DeployFailed { failed, .. } if *failed == to))
+            .count()
+    };
+    assert_eq!(marked(&failed, true), 2, "both deploys of T: {failed:?}");
+    // A deploy at T + 50 reported late now stands between them and the
+    // failure: both are failed no more, it is; the older one was never.
+    let late = record(
+        &mut conn,
+        &[events("late", vec![deploy("shop", 4, T + 50)])],
+    );
+    assert_eq!(marked(&late, false), 2, "{late:?}");
+    assert_eq!(marked(&late, true), 1, "{late:?}");
+    let failed_now: Vec<i64> = (&mut Lite(&conn) as &mut dyn Sql)
+        .rows(
+            "SELECT time FROM deploys WHERE failed <> 0 ORDER BY time",
+            &[],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(failed_now, [T + 50]);
+}
