@@ -49,44 +49,6 @@ pub const TIME_TO_RESTORE: &str = "time_to_restore";
 /// deployment recovery time).
 pub const FAILED_DEPLOYMENT_RECOVERY: &str = "failed_deployment_recovery";
 
-/// PostgreSQL: takes a transaction-level advisory lock for each
-/// application `deliveries` write facts of, in one order. Facts of one
-/// application read each other (a commit looks for its deploys, a deploy
-/// for its commits and links, pushes number their commits), so two
-/// replicas writing facts of one application take turns; different
-/// applications proceed in parallel. SQLite has one writer already.
-pub fn lock_apps<'d>(
-    tx: &mut dyn Sql,
-    deliveries: impl IntoIterator<Item = &'d Delivery>,
-) -> Result<(), DbError> {
-    if tx.dialect() != super::sql::Dialect::Postgres {
-        return Ok(());
-    }
-    let mut apps: Vec<&str> = deliveries
-        .into_iter()
-        .filter_map(|d| match &d.disposition {
-            Disposition::Events(events) => Some(events.iter().map(|e| e.app().as_str())),
-            _ => None,
-        })
-        .flatten()
-        .collect();
-    apps.sort_unstable();
-    apps.dedup();
-    if apps.is_empty() {
-        return Ok(());
-    }
-    // One statement (one round trip) for all of them, taken in the sorted
-    // order of the array, as every writer does: no two wait on each other.
-    let apps = serde_json::to_string(&apps)
-        .map_err(|e| DbError::Broken(format!("application names cannot be encoded: {e}")))?;
-    tx.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended('hookgauge app ' || a, 0)) \
-         FROM json_array_elements_text(CAST(CAST(?1 AS TEXT) AS json)) WITH ORDINALITY AS t(a, n) ORDER BY n",
-        &[&apps],
-    )?;
-    Ok(())
-}
-
 /// Applies `deliveries` in order in the transaction `tx` and writes their
 /// ledger rows; the caller commits. On an error other than a database
 /// fault, `failed` names a delivery it came from.
@@ -111,9 +73,8 @@ pub fn record_all(
         }
         error
     };
-    lock_apps(tx, deliveries.iter().copied())?;
     let mut recording = Recording {
-        before: recorded_before(tx, deliveries)?,
+        before: lock_and_recall(tx, deliveries)?,
         in_batch: HashSet::with_capacity(deliveries.len()),
         rows: Vec::with_capacity(deliveries.len()),
         current: 0,
@@ -184,35 +145,67 @@ struct LedgerRow<'d> {
     apps: String,
 }
 
-/// PostgreSQL: the deliveries of the batch that were recorded before, in
-/// one read. SQLite: `None` (asked per delivery).
-fn recorded_before(
+/// PostgreSQL, in one statement (one round trip): takes a
+/// transaction-level advisory lock for each application `deliveries` write
+/// facts of, in one order, and reads which of them were recorded before.
+/// Facts of one application read each other (a commit looks for its
+/// deploys, a deploy for its commits and links, pushes number their
+/// commits), so two replicas (or writers) writing facts of one application
+/// take turns; different applications proceed in parallel. The read sees
+/// what was committed when the statement began: of two replicas taking one
+/// delivery at once, the second may find none, and its events then meet the
+/// first one's rows (a duplicate all the same). SQLite: `None`, no lock
+/// (it has one writer) and the deliveries are asked about one by one (a
+/// statement there is a function call, not a round trip).
+fn lock_and_recall(
     tx: &mut dyn Sql,
     deliveries: &[&Delivery],
 ) -> Result<Option<HashSet<(String, String)>>, DbError> {
     if tx.dialect() != super::sql::Dialect::Postgres {
         return Ok(None);
     }
-    let pairs: Vec<(&str, &str)> = deliveries
+    let with_events: Vec<&Delivery> = deliveries
         .iter()
+        .copied()
         .filter(|d| matches!(d.disposition, Disposition::Events(_)))
-        .map(|d| (d.source, d.id.as_str()))
         .collect();
     let mut seen = HashSet::new();
-    if pairs.is_empty() {
+    if with_events.is_empty() {
         return Ok(Some(seen));
     }
-    let pairs = serde_json::to_string(&pairs)
-        .map_err(|e| DbError::Broken(format!("delivery ids cannot be encoded: {e}")))?;
-    // One index lookup per delivery: the lateral subquery keeps the
-    // planner from hashing the whole ledger against the list (which it
-    // takes for 100 rows long, whatever its length).
+    let mut apps: Vec<&str> = with_events
+        .iter()
+        .filter_map(|d| match &d.disposition {
+            Disposition::Events(events) => Some(events.iter().map(|e| e.app().as_str())),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    apps.sort_unstable();
+    apps.dedup();
+    let pairs: Vec<(&str, &str)> = with_events
+        .iter()
+        .map(|d| (d.source, d.id.as_str()))
+        .collect();
+    let encoded =
+        serde_json::to_string(&apps).and_then(|apps| Ok((apps, serde_json::to_string(&pairs)?)));
+    let (apps, pairs) =
+        encoded.map_err(|e| DbError::Broken(format!("a batch's names cannot be encoded: {e}")))?;
+    // The locks are taken in the sorted order of the array, as every
+    // writer does: no two wait on each other. Each lookup goes through the
+    // delivery id's index: the lateral subquery keeps the planner from
+    // hashing the whole ledger against the list (which it takes for 100
+    // rows long, whatever its length), and names `locked` so that the
+    // locks are taken first.
     tx.each(
-        "SELECT p.value->>0, p.value->>1 FROM json_array_elements(CAST(CAST(?1 AS TEXT) AS json)) AS p, \
-         LATERAL (SELECT 1 FROM deliveries AS d WHERE d.source = p.value->>0 \
-           AND d.delivery_id = p.value->>1 AND d.outcome IN ('accepted', 'duplicate', 'outdated') \
-           LIMIT 1) AS hit",
-        &[&pairs],
+        "SELECT p.value->>0, p.value->>1 FROM \
+           (SELECT count(pg_advisory_xact_lock(hashtextextended('hookgauge app ' || a, 0))) AS n \
+            FROM json_array_elements_text(CAST(CAST(?1 AS TEXT) AS json)) AS a) AS locked \
+         CROSS JOIN json_array_elements(CAST(CAST(?2 AS TEXT) AS json)) AS p \
+         CROSS JOIN LATERAL (SELECT 1 FROM deliveries AS d WHERE locked.n >= 0 \
+           AND d.source = p.value->>0 AND d.delivery_id = p.value->>1 \
+           AND d.outcome IN ('accepted', 'duplicate', 'outdated') LIMIT 1) AS hit",
+        &[&apps, &pairs],
         &mut |r| {
             seen.insert((r.get(0)?, r.get(1)?));
             Ok(())
