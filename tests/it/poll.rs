@@ -17,7 +17,7 @@ use crate::harness::{now, TestApp, SECRET};
 use crate::polling::{
     answered, assert_webhook_is_duplicate, awaiting_review, commit_time, deployments_of,
     deployments_total, eventually, eventually_answered, eventually_deployed, eventually_recorded,
-    http_date, requests_to, review_waits, rfc3339, Rig, Stepped,
+    http_date, requests_to, review_waits, rfc3339, Rig, Stepped, BRANCH_COMMITS,
 };
 
 pub(crate) const TOKEN: &str = "ghp_fake_token_for_tests";
@@ -295,9 +295,9 @@ async fn a_polled_deploy_counts_once_with_its_webhook_and_restarts_poll_conditio
 
 /// A GitHub poller of `acme/shop` on the fake, stepped on `rig`.
 fn github(rig: &Rig, server: &MockServer) -> Stepped<GithubPoller> {
-    let target = Rig::target(Provider::Github, "acme/shop", &server.uri(), TOKEN, "");
-    let gate = token_gates(std::slice::from_ref(&target)).remove(0);
-    rig.poller(target, gate, GithubPoller::new, GithubPoller::with_clock)
+    let api_url = server.uri();
+    let (new, with_clock) = (GithubPoller::new, GithubPoller::with_clock);
+    rig.shop_poller(Provider::Github, &api_url, TOKEN, new, with_clock)
 }
 
 #[tokio::test]
@@ -698,11 +698,7 @@ fn commit(sha: &str, at: i64) -> Value {
 async fn commits_reaching_the_default_branch_are_read_through_its_head_and_a_compare() {
     let server = MockServer::start().await;
     let t = now();
-    let (c1, c2, c3) = (
-        "1111111111111111111111111111111111111111",
-        "2222222222222222222222222222222222222222",
-        "3333333333333333333333333333333333333333",
-    );
+    let (c1, c2, c3) = BRANCH_COMMITS;
     let head = Arc::new(std::sync::Mutex::new(c2.to_owned()));
     Mock::given(method("GET"))
         .and(path("/repos/acme/shop/commits/main"))
