@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{
     deploy_body, image, now, post_pelorus_to, postgres_database, serve_command, spawn_app_with,
-    try_post_pelorus_to, Process, Scrape, SECRET,
+    try_post_pelorus_to, Process, Reply, Scrape, TestApp, SECRET,
 };
 use crate::postgres::Cluster;
 
@@ -25,6 +25,22 @@ fn replica(url: &str, dir: &tempfile::TempDir, name: &str, extra: &[(&str, &str)
         command.env(key, value);
     }
     Process::start(&mut command, &dir.path().join(format!("{name}.log")))
+}
+
+/// Replicas `a` and `b` on one fresh database: its URL, the directory
+/// holding their data and logs, and the two processes.
+async fn two_replicas() -> (String, tempfile::TempDir, Process, Process) {
+    let url = database_url().await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = replica(&url, &dir, "a", &[]);
+    let b = replica(&url, &dir, "b", &[]);
+    (url, dir, a, b)
+}
+
+/// Posts a Pelorus deploy of image `n` of `shop` to `prod` at `time`.
+async fn post_shop_deploy(app: &TestApp, n: u64, time: i64) -> Reply {
+    app.post_signed("deploytime", &deploy_body("shop", "prod", &image(n), time))
+        .await
 }
 
 async fn scrape(client: &reqwest::Client, metrics: &str) -> Scrape {
@@ -75,10 +91,7 @@ async fn database_url() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_count_interleaved_and_duplicated_deliveries_once_and_keep_the_newest() {
-    let url = database_url().await;
-    let dir = tempfile::tempdir().unwrap();
-    let a = replica(&url, &dir, "a", &[]);
-    let b = replica(&url, &dir, "b", &[]);
+    let (url, _dir, a, b) = two_replicas().await;
     let client = reqwest::Client::new();
     let t = now() - 600;
     let deploys = 240u64;
@@ -185,10 +198,7 @@ async fn two_replicas_count_interleaved_and_duplicated_deliveries_once_and_keep_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_replica_mid_load_loses_nothing_either_acknowledged() {
-    let url = database_url().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut a = replica(&url, &dir, "a", &[]);
-    let b = replica(&url, &dir, "b", &[]);
+    let (url, _dir, mut a, b) = two_replicas().await;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -379,12 +389,7 @@ async fn migrate_store_moves_an_embedded_history_into_postgresql_with_the_same_n
     .unwrap();
     assert_eq!(sqlite.post_signed("committime", &commit).await.status, 202);
     for n in 5..9 {
-        let reply = sqlite
-            .post_signed(
-                "deploytime",
-                &deploy_body("shop", "prod", &image(n), t + 60 * n as i64),
-            )
-            .await;
+        let reply = post_shop_deploy(&sqlite, n, t + 60 * n as i64).await;
         assert_eq!(reply.status, 202, "{}", reply.text);
     }
     for (change, time) in [("created", t + 100), ("resolved", t + 400)] {
@@ -433,12 +438,7 @@ async fn migrate_store_moves_an_embedded_history_into_postgresql_with_the_same_n
     assert_eq!(postgres.scrape().await.dora_samples(), before);
     assert_eq!(postgres.ledger().len(), rows);
     // New deliveries continue after the copied ledger rows.
-    let next = postgres
-        .post_signed(
-            "deploytime",
-            &deploy_body("shop", "prod", &image(9), t + 900),
-        )
-        .await;
+    let next = post_shop_deploy(&postgres, 9, t + 900).await;
     assert_eq!(next.status, 202, "{}", next.text);
     let ids =
         postgres.strings("SELECT CAST(seq AS TEXT) FROM deliveries ORDER BY seq DESC LIMIT 1");
@@ -454,12 +454,7 @@ async fn a_replica_that_missed_pruned_changes_fails_healthz_until_a_restart_rebu
         raw.store.url = Some(url.clone());
     })
     .await;
-    let reply = app
-        .post_signed(
-            "deploytime",
-            &deploy_body("shop", "prod", &image(1), now() - 60),
-        )
-        .await;
+    let reply = post_shop_deploy(&app, 1, now() - 60).await;
     assert_eq!(reply.status, 202, "{}", reply.text);
     assert_eq!(app.get(format!("{}/healthz", app.ingest)).await.status, 200);
     // Retention deleted feed rows this replica never applied (as when it is
@@ -486,10 +481,7 @@ async fn a_replica_that_missed_pruned_changes_fails_healthz_until_a_restart_rebu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_and_its_deploy_arriving_at_two_replicas_at_once_get_their_lead_time() {
-    let url = database_url().await;
-    let dir = tempfile::tempdir().unwrap();
-    let a = replica(&url, &dir, "a", &[]);
-    let b = replica(&url, &dir, "b", &[]);
+    let (url, _dir, a, b) = two_replicas().await;
     let client = reqwest::Client::new();
     let t = now() - 7200;
     let pairs = 40u64;
@@ -564,12 +556,7 @@ async fn sslmode_require_connects_over_tls_verified_against_the_configured_ca() 
         })
     };
     let app = spawn(Some(ca.clone())).await;
-    let reply = app
-        .post_signed(
-            "deploytime",
-            &deploy_body("shop", "prod", &image(1), now() - 60),
-        )
-        .await;
+    let reply = post_shop_deploy(&app, 1, now() - 60).await;
     assert_eq!(reply.status, 202, "{}", reply.text);
     let url = database.trim_end_matches("?sslmode=require").to_owned();
     let sessions = |encrypted: bool| {
@@ -588,12 +575,7 @@ async fn sslmode_require_connects_over_tls_verified_against_the_configured_ca() 
     // Without the CA the server's certificate is not trusted: the delivery
     // is answered 503 and nothing is written.
     let untrusted = spawn(None).await;
-    let reply = untrusted
-        .post_signed(
-            "deploytime",
-            &deploy_body("shop", "prod", &image(2), now() - 60),
-        )
-        .await;
+    let reply = post_shop_deploy(&untrusted, 2, now() - 60).await;
     assert_eq!(reply.status, 503, "{}", reply.text);
     untrusted.shutdown().await;
     assert_eq!(cluster.psql(&url, "SELECT COUNT(*) FROM deploys"), "1");
