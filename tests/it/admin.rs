@@ -48,10 +48,9 @@ async fn redeliver(app: &TestApp, id: i64) -> Reply {
 
 /// The deploys counted for the GitHub fixture's repository in `prod`.
 async fn prod_deploys(app: &TestApp) -> f64 {
-    app.scrape().await.value(
-        "hookgauge_deployments_total",
-        &[("app", "Codertocat/Hello-World"), ("namespace", "prod")],
-    )
+    app.scrape()
+        .await
+        .deployments_total("Codertocat/Hello-World", "prod")
 }
 
 async fn github(app: &TestApp, event: &str, id: &str, body: &[u8]) -> Reply {

@@ -446,6 +446,17 @@ impl Reply {
     pub fn outcome(&self) -> &str {
         self.json["outcome"].as_str().unwrap_or("")
     }
+
+    /// Asserts a 202 with the outcome `accepted`, showing the body if not.
+    #[track_caller]
+    pub fn assert_accepted(&self) {
+        assert_eq!(
+            (self.status, self.outcome()),
+            (202, "accepted"),
+            "{}",
+            self.text
+        );
+    }
 }
 
 /// One sample of a scrape.
@@ -493,6 +504,14 @@ impl Scrape {
     /// The value of the one sample of `name` with `labels`. An absent series
     /// fails the test: a check for 0 must not pass because nothing was
     /// exposed (use [`Scrape::value_or_zero`] where absence means zero).
+    /// `hookgauge_deployments_total` of `app` in `namespace`, as `value`.
+    pub fn deployments_total(&self, app: &str, namespace: &str) -> f64 {
+        self.value(
+            "hookgauge_deployments_total",
+            &[("app", app), ("namespace", namespace)],
+        )
+    }
+
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         match self.find(name, labels).as_slice() {
             [] => panic!("no sample of {name} {labels:?} in the scrape"),

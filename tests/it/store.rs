@@ -202,12 +202,7 @@ async fn read_only_data_dir_answers_503_and_recovers_when_writable() {
         deploy_body("shop", "prod", &image(3), t),
     )
     .await;
-    assert_eq!(
-        (accepted.status, accepted.outcome()),
-        (202, "accepted"),
-        "{}",
-        accepted.text
-    );
+    accepted.assert_accepted();
     let metrics = Scrape::parse(
         &client
             .get(format!("{}/metrics", server.metrics))
