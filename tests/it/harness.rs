@@ -220,17 +220,22 @@ impl TestApp {
         post_pelorus_to(&self.client, &self.ingest, event, body, secret).await
     }
 
-    /// Posts a delivery signed with the test secret.
     /// Signed Pelorus deploys of `shop` to `prod`, image `n` at `t + n`
     /// for each `n` of `images`, each of them accepted (202).
     pub async fn deploy_images(&self, images: std::ops::Range<u64>, t: i64) {
         for n in images {
-            let body = deploy_body("shop", "prod", &image(n), t + n as i64);
-            let reply = self.post_signed("deploytime", &body).await;
+            let reply = self.deploy_image(n, t + n as i64).await;
             assert_eq!(reply.status, 202, "image {n}: {}", reply.text);
         }
     }
 
+    /// A signed Pelorus deploy of `shop` to `prod`, image `n` at `time`.
+    pub async fn deploy_image(&self, n: u64, time: i64) -> Reply {
+        let body = deploy_body("shop", "prod", &image(n), time);
+        self.post_signed("deploytime", &body).await
+    }
+
+    /// Posts a delivery signed with the test secret.
     pub async fn post_signed(&self, event: &str, body: &[u8]) -> Reply {
         self.post_pelorus(event, body, Some(SECRET)).await
     }

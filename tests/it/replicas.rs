@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{
     deploy_body, image, now, post_pelorus_to, postgres_database, serve_command, spawn_app_with,
-    try_post_pelorus_to, Process, Reply, Scrape, TestApp, SECRET,
+    try_post_pelorus_to, Process, Scrape, SECRET,
 };
 use crate::postgres::Cluster;
 
@@ -35,12 +35,6 @@ async fn two_replicas() -> (String, tempfile::TempDir, Process, Process) {
     let a = replica(&url, &dir, "a", &[]);
     let b = replica(&url, &dir, "b", &[]);
     (url, dir, a, b)
-}
-
-/// Posts a Pelorus deploy of image `n` of `shop` to `prod` at `time`.
-async fn post_shop_deploy(app: &TestApp, n: u64, time: i64) -> Reply {
-    app.post_signed("deploytime", &deploy_body("shop", "prod", &image(n), time))
-        .await
 }
 
 async fn scrape(client: &reqwest::Client, metrics: &str) -> Scrape {
@@ -330,9 +324,7 @@ async fn an_unreachable_database_answers_503_and_the_replica_recovers_without_re
     })
     .await;
     let t = now() - 60;
-    let first = app
-        .post_signed("deploytime", &deploy_body("shop", "prod", &image(1), t))
-        .await;
+    let first = app.deploy_image(1, t).await;
     assert_eq!(first.status, 202, "{}", first.text);
 
     let cluster = Arc::new(cluster);
@@ -340,9 +332,7 @@ async fn an_unreachable_database_answers_503_and_the_replica_recovers_without_re
     tokio::task::spawn_blocking(move || paused.pause())
         .await
         .unwrap();
-    let down = app
-        .post_signed("deploytime", &deploy_body("shop", "prod", &image(2), t + 1))
-        .await;
+    let down = app.deploy_image(2, t + 1).await;
     assert_eq!(down.status, 503, "{}", down.text);
     assert!(!down.text.contains(cluster.password()), "{}", down.text);
     let ready = app.get(format!("{}/readyz", app.ingest)).await;
@@ -355,9 +345,7 @@ async fn an_unreachable_database_answers_503_and_the_replica_recovers_without_re
     // The sender retries; the store reconnects by itself.
     let deadline = Instant::now() + Duration::from_secs(20);
     let retried = loop {
-        let reply = app
-            .post_signed("deploytime", &deploy_body("shop", "prod", &image(2), t + 1))
-            .await;
+        let reply = app.deploy_image(2, t + 1).await;
         if reply.status != 503 || Instant::now() > deadline {
             break reply;
         }
@@ -389,7 +377,7 @@ async fn migrate_store_moves_an_embedded_history_into_postgresql_with_the_same_n
     .unwrap();
     assert_eq!(sqlite.post_signed("committime", &commit).await.status, 202);
     for n in 5..9 {
-        let reply = post_shop_deploy(&sqlite, n, t + 60 * n as i64).await;
+        let reply = sqlite.deploy_image(n, t + 60 * n as i64).await;
         assert_eq!(reply.status, 202, "{}", reply.text);
     }
     for (change, time) in [("created", t + 100), ("resolved", t + 400)] {
@@ -438,7 +426,7 @@ async fn migrate_store_moves_an_embedded_history_into_postgresql_with_the_same_n
     assert_eq!(postgres.scrape().await.dora_samples(), before);
     assert_eq!(postgres.ledger().len(), rows);
     // New deliveries continue after the copied ledger rows.
-    let next = post_shop_deploy(&postgres, 9, t + 900).await;
+    let next = postgres.deploy_image(9, t + 900).await;
     assert_eq!(next.status, 202, "{}", next.text);
     let ids =
         postgres.strings("SELECT CAST(seq AS TEXT) FROM deliveries ORDER BY seq DESC LIMIT 1");
@@ -454,7 +442,7 @@ async fn a_replica_that_missed_pruned_changes_fails_healthz_until_a_restart_rebu
         raw.store.url = Some(url.clone());
     })
     .await;
-    let reply = post_shop_deploy(&app, 1, now() - 60).await;
+    let reply = app.deploy_image(1, now() - 60).await;
     assert_eq!(reply.status, 202, "{}", reply.text);
     assert_eq!(app.get(format!("{}/healthz", app.ingest)).await.status, 200);
     // Retention deleted feed rows this replica never applied (as when it is
@@ -556,7 +544,7 @@ async fn sslmode_require_connects_over_tls_verified_against_the_configured_ca() 
         })
     };
     let app = spawn(Some(ca.clone())).await;
-    let reply = post_shop_deploy(&app, 1, now() - 60).await;
+    let reply = app.deploy_image(1, now() - 60).await;
     assert_eq!(reply.status, 202, "{}", reply.text);
     let url = database.trim_end_matches("?sslmode=require").to_owned();
     let sessions = |encrypted: bool| {
@@ -575,7 +563,7 @@ async fn sslmode_require_connects_over_tls_verified_against_the_configured_ca() 
     // Without the CA the server's certificate is not trusted: the delivery
     // is answered 503 and nothing is written.
     let untrusted = spawn(None).await;
-    let reply = post_shop_deploy(&untrusted, 2, now() - 60).await;
+    let reply = untrusted.deploy_image(2, now() - 60).await;
     assert_eq!(reply.status, 503, "{}", reply.text);
     untrusted.shutdown().await;
     assert_eq!(cluster.psql(&url, "SELECT COUNT(*) FROM deploys"), "1");
