@@ -30,6 +30,26 @@ struct Conditional {
     remaining: Arc<AtomicUsize>,
 }
 
+/// Serves `body` at `path` as a [`Conditional`] list with `etag`, counting
+/// down `quota`.
+async fn mount_conditional(
+    server: &MockServer,
+    url_path: &str,
+    body: Value,
+    etag: &str,
+    quota: &Arc<AtomicUsize>,
+) {
+    Mock::given(method("GET"))
+        .and(path(url_path))
+        .respond_with(Conditional {
+            body,
+            etag: etag.into(),
+            remaining: Arc::clone(quota),
+        })
+        .mount(server)
+        .await;
+}
+
 impl Respond for Conditional {
     fn respond(&self, request: &Request) -> ResponseTemplate {
         let header = |name: &str| {
@@ -214,24 +234,20 @@ async fn a_polled_deploy_counts_once_with_its_webhook_and_restarts_poll_conditio
         "id": 70, "state": "success", "environment": "production",
         "created_at": rfc3339(created + 120), "description": "Deployed"
     });
-    Mock::given(method("GET"))
-        .and(path("/repos/acme/shop/deployments"))
-        .respond_with(Conditional {
-            body: json!([deployment]),
-            etag: "W/\"d1\"".into(),
-            remaining: Arc::clone(&quota),
-        })
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/repos/acme/shop/deployments/7/statuses"))
-        .respond_with(Conditional {
-            body: json!([status]),
-            etag: "W/\"s1\"".into(),
-            remaining: Arc::clone(&quota),
-        })
-        .mount(&server)
-        .await;
+    for (url_path, body, etag) in [
+        (
+            "/repos/acme/shop/deployments",
+            json!([deployment]),
+            "W/\"d1\"",
+        ),
+        (
+            "/repos/acme/shop/deployments/7/statuses",
+            json!([status]),
+            "W/\"s1\"",
+        ),
+    ] {
+        mount_conditional(&server, url_path, body, etag, &quota).await;
+    }
     mount_no_incidents(&server).await;
     mount_quiet_streams(&server).await;
 
@@ -449,24 +465,16 @@ async fn incident_issues_are_polled_since_their_watermark_and_counted_once() {
         "created_at": rfc3339(opened), "updated_at": rfc3339(opened),
         "pull_request": {"url": "https://api.github.com/repos/acme/shop/pulls/13"}
     });
-    Mock::given(method("GET"))
-        .and(path("/repos/acme/shop/deployments"))
-        .respond_with(Conditional {
-            body: json!([]),
-            etag: "W/\"empty\"".into(),
-            remaining: Arc::clone(&quota),
-        })
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/repos/acme/shop/issues"))
-        .respond_with(Conditional {
-            body: json!([incident, pull]),
-            etag: "W/\"i1\"".into(),
-            remaining: Arc::clone(&quota),
-        })
-        .mount(&server)
-        .await;
+    for (url_path, body, etag) in [
+        ("/repos/acme/shop/deployments", json!([]), "W/\"empty\""),
+        (
+            "/repos/acme/shop/issues",
+            json!([incident, pull]),
+            "W/\"i1\"",
+        ),
+    ] {
+        mount_conditional(&server, url_path, body, etag, &quota).await;
+    }
     mount_quiet_streams(&server).await;
     let (_token_dir, mut app) = app_polling(&server, false).await;
     let failures = |scrape: &crate::harness::Scrape, name: &str| {

@@ -147,6 +147,12 @@ fn query(request: &Request) -> HashMap<String, String> {
     request.url.query_pairs().into_owned().collect()
 }
 
+/// What `items` holds for the pull request numbered `n` (a path segment),
+/// or nothing.
+fn numbered(items: &HashMap<u64, Vec<Value>>, n: &str) -> Vec<Value> {
+    items.get(&n.parse().unwrap()).cloned().unwrap_or_default()
+}
+
 fn not_found() -> ResponseTemplate {
     ResponseTemplate::new(404).set_body_json(
         json!({"errors": ["The target couldn't be found."], "message": "The target couldn't be found.", "url": "http://localhost/api/swagger"}),
@@ -281,21 +287,9 @@ impl Respond for FakeGitea {
                     .collect();
                 self.page(request, &pulls, max_items)
             }
-            ["pulls", n, "reviews"] => {
-                let reviews = repo
-                    .reviews
-                    .get(&n.parse().unwrap())
-                    .cloned()
-                    .unwrap_or_default();
-                self.page(request, &reviews, max_items)
-            }
+            ["pulls", n, "reviews"] => self.page(request, &numbered(&repo.reviews, n), max_items),
             ["issues", n, "timeline"] => {
-                let events = repo
-                    .timelines
-                    .get(&n.parse().unwrap())
-                    .cloned()
-                    .unwrap_or_default();
-                self.page(request, &events, max_items)
+                self.page(request, &numbered(&repo.timelines, n), max_items)
             }
             _ => not_found(),
         }
