@@ -41,6 +41,18 @@ async fn settled(app: &TestApp, id: i64, key: Option<&str>) -> Value {
     panic!("row {id} still pending");
 }
 
+/// Asks for delivery `id` to be redelivered, without a key.
+async fn redeliver(app: &TestApp, id: i64) -> Reply {
+    post_admin(app, &format!("/api/v1/deliveries/{id}/redeliver"), None).await
+}
+
+/// The deploys counted for the GitHub fixture's repository in `prod`.
+async fn prod_deploys(app: &TestApp) -> f64 {
+    app.scrape()
+        .await
+        .deployments_total("Codertocat/Hello-World", "prod")
+}
+
 async fn github(app: &TestApp, event: &str, id: &str, body: &[u8]) -> Reply {
     let headers = provider_headers("github", event, id, body, SECRET);
     post(app, "/hooks/github", &headers, body).await
@@ -237,12 +249,7 @@ async fn redelivery_after_a_config_change_accepts_what_was_ignored() {
         json!({"secrets": ["rotated-secret"], "environments": ["prod"]}),
     );
     app.restart().await;
-    let queued = post_admin(
-        &app,
-        &format!("/api/v1/deliveries/{original}/redeliver"),
-        None,
-    )
-    .await;
+    let queued = redeliver(&app, original).await;
     assert_eq!(queued.status, 202, "{}", queued.text);
     assert_eq!(queued.json["state"], "queued");
     let replay = queued.json["id"].as_i64().unwrap();
@@ -251,45 +258,21 @@ async fn redelivery_after_a_config_change_accepts_what_was_ignored() {
     assert_eq!(done["outcome"], "accepted", "{done}");
     assert_eq!(done["replay_of"], original);
     assert_eq!(done["delivery_id"], "gh-deploy-1");
-    let scrape = app.scrape().await;
-    assert_eq!(
-        scrape.value(
-            "hookgauge_deployments_total",
-            &[("app", "Codertocat/Hello-World"), ("namespace", "prod")]
-        ),
-        1.0
-    );
+    assert_eq!(prod_deploys(&app).await, 1.0);
     // Redelivered again: the deploy is already recorded.
-    let again = post_admin(
-        &app,
-        &format!("/api/v1/deliveries/{original}/redeliver"),
-        None,
-    )
-    .await;
+    let again = redeliver(&app, original).await;
     let again = settled(&app, again.json["id"].as_i64().unwrap(), None).await;
     assert_eq!(again["outcome"], "duplicate", "{again}");
     let detail = get(&app, &format!("/api/v1/deliveries/{original}"), None).await;
     assert_eq!(detail.json["replays"].as_array().unwrap().len(), 2);
-    let scrape = app.scrape().await;
-    assert_eq!(
-        scrape.value(
-            "hookgauge_deployments_total",
-            &[("app", "Codertocat/Hello-World"), ("namespace", "prod")]
-        ),
-        1.0
-    );
+    assert_eq!(prod_deploys(&app).await, 1.0);
 
     // A rejected delivery has nothing trustworthy to replay.
     let wrong = provider_headers("github", "ping", "gh-bad", b"{}", "not-the-secret");
     assert_eq!(post(&app, "/hooks/github", &wrong, b"{}").await.status, 401);
     let rejected = get(&app, "/api/v1/deliveries?outcome=rejected", None).await;
     let rejected_id = rejected.json["deliveries"][0]["id"].as_i64().unwrap();
-    let refused = post_admin(
-        &app,
-        &format!("/api/v1/deliveries/{rejected_id}/redeliver"),
-        None,
-    )
-    .await;
+    let refused = redeliver(&app, rejected_id).await;
     assert_eq!(refused.status, 409, "{}", refused.text);
     assert_eq!(refused.json["reason"], "not_authenticated");
 
@@ -297,12 +280,7 @@ async fn redelivery_after_a_config_change_accepts_what_was_ignored() {
     // is kept for a retry with its error shown.
     app.raw.sources.native.clear();
     app.restart().await;
-    let queued = post_admin(
-        &app,
-        &format!("/api/v1/deliveries/{original}/redeliver"),
-        None,
-    )
-    .await;
+    let queued = redeliver(&app, original).await;
     let errored = settled(&app, queued.json["id"].as_i64().unwrap(), None).await;
     assert_eq!(errored["state"], "errored", "{errored}");
     assert_eq!(errored["attempts"], 1);
@@ -466,21 +444,20 @@ async fn event_intervals_are_computed_from_the_store_per_app_and_type() {
         let body = deploy_body("cart", "prod", &image(1_000 + n), at);
         assert_eq!(app.post_signed("deploytime", &body).await.status, 202);
     }
-    // A commit of one deploy: a single event has no interval.
-    let commit = json!({"app": "shop", "commit_hash": "c5feabde2d8cd023215af4d2ceeb7a64839fc428",
-        "image_sha": image(4), "namespace": "prod", "timestamp": t - 3_000});
-    let reply = app
-        .post_signed("committime", &serde_json::to_vec(&commit).unwrap())
-        .await;
-    assert_eq!(reply.status, 202, "{}", reply.text);
-    // The same commit shipped in another image, its time given otherwise:
-    // still one event.
-    let again = json!({"app": "shop", "commit_hash": "c5feabde2d8cd023215af4d2ceeb7a64839fc428",
-        "image_sha": image(3), "namespace": "prod", "timestamp": t - 2_900});
-    let reply = app
-        .post_signed("committime", &serde_json::to_vec(&again).unwrap())
-        .await;
-    assert_eq!(reply.status, 202, "{}", reply.text);
+    // A commit of one deploy: a single event has no interval. The same
+    // commit shipped in another image, its time given otherwise, is still
+    // one event.
+    let commit_of_shop = |image_sha: String, timestamp: i64| {
+        let commit = json!({"app": "shop", "commit_hash": "c5feabde2d8cd023215af4d2ceeb7a64839fc428",
+            "image_sha": image_sha, "namespace": "prod", "timestamp": timestamp});
+        serde_json::to_vec(&commit).unwrap()
+    };
+    for (image_sha, timestamp) in [(image(4), t - 3_000), (image(3), t - 2_900)] {
+        let reply = app
+            .post_signed("committime", &commit_of_shop(image_sha, timestamp))
+            .await;
+        assert_eq!(reply.status, 202, "{}", reply.text);
+    }
 
     let check = |reply: &Reply| {
         assert_eq!(reply.status, 200, "{}", reply.text);

@@ -54,6 +54,18 @@ async fn post(
 }
 
 /// Binary mode: the CDEvent as the body, the CloudEvent in `ce-*` headers.
+/// Posts `body` as a CloudEvents batch (`application/cloudevents-batch+json`).
+async fn post_batch(app: &TestApp, body: &[u8]) -> Reply {
+    post(
+        app,
+        "/hooks/cdevents",
+        "application/cloudevents-batch+json",
+        &[],
+        body,
+    )
+    .await
+}
+
 async fn post_binary(app: &TestApp, id: &str, body: &[u8]) -> Reply {
     let cdevent: Value = serde_json::from_slice(body).unwrap();
     let kind = cdevent["context"]["type"].as_str().unwrap().to_owned();
@@ -82,15 +94,15 @@ fn cdevent(id: &str, kind: &str, time: &str, subject: Value) -> Value {
 }
 
 fn deployed(id: &str, time: &str) -> Value {
-    cdevent(
-        id,
-        "service.deployed.0.3.0",
-        time,
-        json!({"id": "shop", "content": {
-            "environment": {"id": "production"},
-            "artifactId": format!("pkg:oci/shop@{}", DIGEST.replace(':', "%3A")),
-        }}),
-    )
+    cdevent(id, "service.deployed.0.3.0", time, shop_in_production())
+}
+
+/// The subject of a service event: `shop`, in production, running `DIGEST`.
+fn shop_in_production() -> Value {
+    json!({"id": "shop", "content": {
+        "environment": {"id": "production"},
+        "artifactId": format!("pkg:oci/shop@{}", DIGEST.replace(':', "%3A")),
+    }})
 }
 
 /// What a conformance example must come to: outcome, ledger reason, and a
@@ -275,14 +287,7 @@ async fn cdevents_binary_structured_batch_and_bare_bodies_are_all_recorded() {
             json!({"id": "INC-1", "content": {"environment": {"id": "production"}, "service": {"id": "shop"}}}))),
     ]))
     .unwrap();
-    let reply = post(
-        &app,
-        "/hooks/cdevents",
-        "application/cloudevents-batch+json",
-        &[],
-        &batch,
-    )
-    .await;
+    let reply = post_batch(&app, &batch).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     let answers: Vec<(&str, &str)> = reply.json["events"]
         .as_array()
@@ -338,14 +343,7 @@ async fn cdevents_batch_with_a_bad_item_is_a_4xx_but_keeps_the_good_ones() {
         {"specversion": "1.0", "id": "empty", "source": "/b"},
     ]))
     .unwrap();
-    let reply = post(
-        &app,
-        "/hooks/cdevents",
-        "application/cloudevents-batch+json",
-        &[],
-        &batch,
-    )
-    .await;
+    let reply = post_batch(&app, &batch).await;
     assert_eq!(reply.status, 422, "{}", reply.text);
     let events = reply.json["events"].as_array().unwrap();
     assert_eq!(events[0]["outcome"], "accepted");
@@ -361,14 +359,7 @@ async fn cdevents_batch_with_a_bad_item_is_a_4xx_but_keeps_the_good_ones() {
     );
 
     // A batch that is not an array is malformed as a whole.
-    let reply = post(
-        &app,
-        "/hooks/cdevents",
-        "application/cloudevents-batch+json",
-        &[],
-        b"{}",
-    )
-    .await;
+    let reply = post_batch(&app, b"{}").await;
     assert_eq!(reply.status, 400, "{}", reply.text);
     assert_eq!(reply.json["reason"], "invalid_json");
 }
@@ -566,66 +557,25 @@ async fn cdevents_send_emits_events_the_source_records() {
     let app = spawn_cdevents().await;
     let url = app.ingest.clone();
     let secret = [("HOOKGAUGE_SECRET", SECRET)];
-    let send = |command: &[&str]| {
+    let send = |command: &str| {
         let mut args = vec!["send", "--cdevents", "--url", &url, "--retries", "0"];
-        args.extend_from_slice(command);
+        args.extend(command.split_whitespace());
         tokio::task::block_in_place(|| crate::cli::run(&args, &secret))
     };
-    let commands: [&[&str]; 4] = [
-        &[
-            "committime",
-            "--app",
-            "shop",
-            "--commit",
-            SHA,
-            "--image-sha",
-            DIGEST,
-            "--namespace",
-            "production",
-            "--timestamp",
-            "1714557600",
-        ],
-        &[
-            "deploytime",
-            "--app",
-            "shop",
-            "--image-sha",
-            DIGEST,
-            "--namespace",
-            "production",
-            "--timestamp",
-            "1714558200",
-        ],
-        &[
-            "failure",
-            "--app",
-            "shop",
-            "--failure-id",
-            "INC-3",
-            "--event",
-            "created",
-            "--timestamp",
-            "1714558800",
-        ],
-        &[
-            "failure",
-            "--app",
-            "shop",
-            "--failure-id",
-            "INC-3",
-            "--event",
-            "resolved",
-            "--timestamp",
-            "1714559400",
-        ],
+    // One command a line, its words separated by spaces.
+    let commands = [
+        format!("committime --app shop --commit {SHA} --image-sha {DIGEST} --namespace production --timestamp 1714557600"),
+        format!("deploytime --app shop --image-sha {DIGEST} --namespace production --timestamp 1714558200"),
+        "failure --app shop --failure-id INC-3 --event created --timestamp 1714558800".to_owned(),
+        "failure --app shop --failure-id INC-3 --event resolved --timestamp 1714559400".to_owned(),
     ];
-    for command in commands {
+    for command in &commands {
         let (code, stdout, stderr) = send(command);
         assert_eq!(code, 0, "{command:?}: {stdout}{stderr}");
         assert!(stdout.contains("\"outcome\":\"accepted\""), "{stdout}");
     }
     // Sent again: the same CloudEvent id, the same delivery.
-    let (code, stdout, _) = send(commands[1]);
+    let (code, stdout, _) = send(&commands[1]);
     assert_eq!(code, 0);
     assert!(stdout.contains("\"outcome\":\"duplicate\""), "{stdout}");
     assert_eq!(
@@ -670,10 +620,7 @@ async fn cdevents_rollback_counts_as_rework() {
         "rb-1",
         "service.rolledback.0.3.0",
         "2024-05-01T12:00:00Z",
-        json!({"id": "shop", "content": {
-            "environment": {"id": "production"},
-            "artifactId": format!("pkg:oci/shop@{}", DIGEST.replace(':', "%3A")),
-        }}),
+        shop_in_production(),
     );
     for body in [deployed("d-1", "2024-05-01T10:00:00Z"), rollback] {
         let reply = post_binary(

@@ -220,17 +220,22 @@ impl TestApp {
         post_pelorus_to(&self.client, &self.ingest, event, body, secret).await
     }
 
-    /// Posts a delivery signed with the test secret.
     /// Signed Pelorus deploys of `shop` to `prod`, image `n` at `t + n`
     /// for each `n` of `images`, each of them accepted (202).
     pub async fn deploy_images(&self, images: std::ops::Range<u64>, t: i64) {
         for n in images {
-            let body = deploy_body("shop", "prod", &image(n), t + n as i64);
-            let reply = self.post_signed("deploytime", &body).await;
+            let reply = self.deploy_image(n, t + n as i64).await;
             assert_eq!(reply.status, 202, "image {n}: {}", reply.text);
         }
     }
 
+    /// A signed Pelorus deploy of `shop` to `prod`, image `n` at `time`.
+    pub async fn deploy_image(&self, n: u64, time: i64) -> Reply {
+        let body = deploy_body("shop", "prod", &image(n), time);
+        self.post_signed("deploytime", &body).await
+    }
+
+    /// Posts a delivery signed with the test secret.
     pub async fn post_signed(&self, event: &str, body: &[u8]) -> Reply {
         self.post_pelorus(event, body, Some(SECRET)).await
     }
@@ -446,6 +451,17 @@ impl Reply {
     pub fn outcome(&self) -> &str {
         self.json["outcome"].as_str().unwrap_or("")
     }
+
+    /// Asserts a 202 with the outcome `accepted`, showing the body if not.
+    #[track_caller]
+    pub fn assert_accepted(&self) {
+        assert_eq!(
+            (self.status, self.outcome()),
+            (202, "accepted"),
+            "{}",
+            self.text
+        );
+    }
 }
 
 /// One sample of a scrape.
@@ -493,6 +509,14 @@ impl Scrape {
     /// The value of the one sample of `name` with `labels`. An absent series
     /// fails the test: a check for 0 must not pass because nothing was
     /// exposed (use [`Scrape::value_or_zero`] where absence means zero).
+    /// `hookgauge_deployments_total` of `app` in `namespace`, as `value`.
+    pub fn deployments_total(&self, app: &str, namespace: &str) -> f64 {
+        self.value(
+            "hookgauge_deployments_total",
+            &[("app", app), ("namespace", namespace)],
+        )
+    }
+
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         match self.find(name, labels).as_slice() {
             [] => panic!("no sample of {name} {labels:?} in the scrape"),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 
-use crate::harness::{fixture, free_port, now, spawn_app_with, SECRET};
+use crate::harness::{fixture, free_port, now, spawn_app_with, TestApp, SECRET};
 use crate::sources::{post, provider_headers};
 
 const KEY: &str = "page-test-admin-key";
@@ -85,6 +85,50 @@ async fn browser(driver: &Driver) -> Client {
     .expect("a browser session")
 }
 
+/// Waits up to 10 s for an element matching `css` to appear.
+async fn wait_for(client: &Client, css: &str) -> fantoccini::elements::Element {
+    client
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap()
+}
+
+/// Opens `path` on the metrics port.
+async fn open(client: &Client, app: &TestApp, path: &str) {
+    client
+        .goto(&format!("{}{path}", app.metrics))
+        .await
+        .unwrap();
+}
+
+/// Fills the sign-in form on the current page with the admin key and sends it.
+async fn submit_key(client: &Client) {
+    let form = client.form(Locator::Css("form")).await.unwrap();
+    form.set_by_name("key", KEY).await.unwrap();
+    form.submit().await.unwrap();
+}
+
+/// Clicks the element matching `css`.
+async fn click(client: &Client, css: &str) {
+    client
+        .find(Locator::Css(css))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+/// Saves a screenshot of the current page as a test artefact.
+async fn save_screenshot(client: &Client, file_name: &str) {
+    let screenshot = client.screenshot().await.unwrap();
+    let artefacts = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("artefacts");
+    std::fs::create_dir_all(&artefacts).unwrap();
+    std::fs::write(artefacts.join(file_name), screenshot).unwrap();
+}
+
 async fn texts(client: &Client, css: &str) -> Vec<String> {
     let mut out = Vec::new();
     for element in client.find_all(Locator::Css(css)).await.unwrap() {
@@ -127,18 +171,11 @@ async fn a_person_filters_opens_and_redelivers_in_the_browser() {
     let client = browser(&driver).await;
     let run = async {
         // Signing in: the page asks for the key once.
-        client.goto(&format!("{}/", app.metrics)).await.unwrap();
+        open(&client, &app, "/").await;
         let url = client.current_url().await.unwrap();
         assert_eq!(url.path(), "/login", "sent to the sign-in form");
-        let form = client.form(Locator::Css("form")).await.unwrap();
-        form.set_by_name("key", KEY).await.unwrap();
-        form.submit().await.unwrap();
-        client
-            .wait()
-            .at_most(Duration::from_secs(10))
-            .for_element(Locator::Css("table"))
-            .await
-            .unwrap();
+        submit_key(&client).await;
+        wait_for(&client, "table").await;
         assert_eq!(texts(&client, "tr.delivery").await.len(), 3);
 
         // Filter by outcome: only the ignored delivery is left.
@@ -167,19 +204,8 @@ async fn a_person_filters_opens_and_redelivers_in_the_browser() {
         );
 
         // The detail: reason, redacted signature, pretty-printed body.
-        client
-            .find(Locator::Css("tr.delivery a"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
-        let body = client
-            .wait()
-            .at_most(Duration::from_secs(10))
-            .for_element(Locator::Css("pre#body"))
-            .await
-            .unwrap();
+        click(&client, "tr.delivery a").await;
+        let body = wait_for(&client, "pre#body").await;
         assert!(body
             .text()
             .await
@@ -190,13 +216,7 @@ async fn a_person_filters_opens_and_redelivers_in_the_browser() {
         assert!(!page.contains(SECRET));
 
         // Redeliver: a new row, which ends accepted.
-        client
-            .find(Locator::Css("button#redeliver"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&client, "button#redeliver").await;
         let mut outcome = String::new();
         for _ in 0..150 {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -208,16 +228,10 @@ async fn a_person_filters_opens_and_redelivers_in_the_browser() {
         }
         assert_eq!(outcome, "accepted", "the redelivery's badge");
         assert!(client.source().await.unwrap().contains("Redelivery of"));
-        let screenshot = client.screenshot().await.unwrap();
-        let artefacts = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("artefacts");
-        std::fs::create_dir_all(&artefacts).unwrap();
-        std::fs::write(artefacts.join("deliveries-page.png"), screenshot).unwrap();
+        save_screenshot(&client, "deliveries-page.png").await;
 
         // The sources view: GitHub's last 24 hours by outcome.
-        client
-            .goto(&format!("{}/sources", app.metrics))
-            .await
-            .unwrap();
+        open(&client, &app, "/sources").await;
         let sources = texts(&client, "tr.source").await;
         let github = sources
             .iter()
@@ -252,29 +266,14 @@ async fn a_person_reads_the_keys_page_in_the_browser() {
 
     let client = browser(&driver).await;
     let run = async {
-        client
-            .goto(&format!("{}/login", app.metrics))
-            .await
-            .unwrap();
-        let form = client.form(Locator::Css("form")).await.unwrap();
-        form.set_by_name("key", KEY).await.unwrap();
-        form.submit().await.unwrap();
+        open(&client, &app, "/login").await;
+        submit_key(&client).await;
         // Signed in once the navigation shows the keys link. It is followed
         // by its address, not clicked: the page that showed it may still be
         // replaced by the login's redirect, leaving a clicked element stale.
-        client
-            .wait()
-            .at_most(Duration::from_secs(10))
-            .for_element(Locator::Css("header a[href='/keys']"))
-            .await
-            .unwrap();
-        client.goto(&format!("{}/keys", app.metrics)).await.unwrap();
-        client
-            .wait()
-            .at_most(Duration::from_secs(10))
-            .for_element(Locator::Css("section#all"))
-            .await
-            .unwrap();
+        wait_for(&client, "header a[href='/keys']").await;
+        open(&client, &app, "/keys").await;
+        wait_for(&client, "section#all").await;
         assert_eq!(client.current_url().await.unwrap().path(), "/keys");
         let sections = texts(&client, "section.app h2").await;
         assert_eq!(sections, ["All applications", "cart", "shop"]);
@@ -361,16 +360,10 @@ async fn a_person_reads_the_keys_page_in_the_browser() {
             "the deployment frequency trend's description"
         );
 
-        let screenshot = client.screenshot().await.unwrap();
-        let artefacts = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("artefacts");
-        std::fs::create_dir_all(&artefacts).unwrap();
-        std::fs::write(artefacts.join("keys-page.png"), screenshot).unwrap();
+        save_screenshot(&client, "keys-page.png").await;
 
         // One application on its own.
-        client
-            .goto(&format!("{}/keys?app=cart", app.metrics))
-            .await
-            .unwrap();
+        open(&client, &app, "/keys?app=cart").await;
         assert_eq!(texts(&client, "section.app h2").await, ["cart"]);
     };
     tokio::time::timeout(Duration::from_secs(90), run)

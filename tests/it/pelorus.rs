@@ -80,10 +80,7 @@ async fn every_pelorus_fixture_is_accepted_and_exposed() {
 
     let app_label = [("app", FIXTURE_APP)];
     assert_eq!(
-        scrape.value(
-            "hookgauge_deployments_total",
-            &[("app", FIXTURE_APP), ("namespace", "mongo-persistent")]
-        ),
+        scrape.deployments_total(FIXTURE_APP, "mongo-persistent"),
         1.0
     );
     assert_eq!(scrape.value("hookgauge_failures_total", &app_label), 1.0);
@@ -191,13 +188,7 @@ async fn redelivered_deploy_is_duplicate_and_counted_once() {
 
     let scrape = app.scrape().await;
     assert_eq!(scrape.find("deploy_timestamp", &[("app", "shop")]).len(), 1);
-    assert_eq!(
-        scrape.value(
-            "hookgauge_deployments_total",
-            &[("app", "shop"), ("namespace", "prod")]
-        ),
-        1.0
-    );
+    assert_eq!(scrape.deployments_total("shop", "prod"), 1.0);
     let outcome = |o| {
         [
             ("source", "pelorus"),
@@ -249,20 +240,9 @@ async fn old_deploy_is_stored_and_counted_but_not_exposed() {
             &deploy_body("shop", "prod", &image(2), two_days_ago),
         )
         .await;
-    assert_eq!(
-        (reply.status, reply.outcome()),
-        (202, "accepted"),
-        "{}",
-        reply.text
-    );
+    reply.assert_accepted();
     let scrape = app.scrape().await;
-    assert_eq!(
-        scrape.value(
-            "hookgauge_deployments_total",
-            &[("app", "shop"), ("namespace", "prod")]
-        ),
-        1.0
-    );
+    assert_eq!(scrape.deployments_total("shop", "prod"), 1.0);
     assert!(
         scrape.find("deploy_timestamp", &[]).is_empty(),
         "{}",

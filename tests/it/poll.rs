@@ -17,7 +17,7 @@ use crate::harness::{now, TestApp, SECRET};
 use crate::polling::{
     answered, assert_webhook_is_duplicate, awaiting_review, commit_time, deployments_of,
     deployments_total, eventually, eventually_answered, eventually_deployed, eventually_recorded,
-    http_date, requests_to, review_waits, rfc3339, Rig, Stepped,
+    http_date, requests_to, review_waits, rfc3339, Rig, Stepped, BRANCH_COMMITS,
 };
 
 pub(crate) const TOKEN: &str = "ghp_fake_token_for_tests";
@@ -28,6 +28,26 @@ struct Conditional {
     body: Value,
     etag: String,
     remaining: Arc<AtomicUsize>,
+}
+
+/// Serves `body` at `path` as a [`Conditional`] list with `etag`, counting
+/// down `quota`.
+async fn mount_conditional(
+    server: &MockServer,
+    url_path: &str,
+    body: Value,
+    etag: &str,
+    quota: &Arc<AtomicUsize>,
+) {
+    Mock::given(method("GET"))
+        .and(path(url_path))
+        .respond_with(Conditional {
+            body,
+            etag: etag.into(),
+            remaining: Arc::clone(quota),
+        })
+        .mount(server)
+        .await;
 }
 
 impl Respond for Conditional {
@@ -214,24 +234,20 @@ async fn a_polled_deploy_counts_once_with_its_webhook_and_restarts_poll_conditio
         "id": 70, "state": "success", "environment": "production",
         "created_at": rfc3339(created + 120), "description": "Deployed"
     });
-    Mock::given(method("GET"))
-        .and(path("/repos/acme/shop/deployments"))
-        .respond_with(Conditional {
-            body: json!([deployment]),
-            etag: "W/\"d1\"".into(),
-            remaining: Arc::clone(&quota),
-        })
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/repos/acme/shop/deployments/7/statuses"))
-        .respond_with(Conditional {
-            body: json!([status]),
-            etag: "W/\"s1\"".into(),
-            remaining: Arc::clone(&quota),
-        })
-        .mount(&server)
-        .await;
+    for (url_path, body, etag) in [
+        (
+            "/repos/acme/shop/deployments",
+            json!([deployment]),
+            "W/\"d1\"",
+        ),
+        (
+            "/repos/acme/shop/deployments/7/statuses",
+            json!([status]),
+            "W/\"s1\"",
+        ),
+    ] {
+        mount_conditional(&server, url_path, body, etag, &quota).await;
+    }
     mount_no_incidents(&server).await;
     mount_quiet_streams(&server).await;
 
@@ -295,9 +311,9 @@ async fn a_polled_deploy_counts_once_with_its_webhook_and_restarts_poll_conditio
 
 /// A GitHub poller of `acme/shop` on the fake, stepped on `rig`.
 fn github(rig: &Rig, server: &MockServer) -> Stepped<GithubPoller> {
-    let target = Rig::target(Provider::Github, "acme/shop", &server.uri(), TOKEN, "");
-    let gate = token_gates(std::slice::from_ref(&target)).remove(0);
-    rig.poller(target, gate, GithubPoller::new, GithubPoller::with_clock)
+    let api_url = server.uri();
+    let (new, with_clock) = (GithubPoller::new, GithubPoller::with_clock);
+    rig.shop_poller(Provider::Github, &api_url, TOKEN, new, with_clock)
 }
 
 #[tokio::test]
@@ -449,24 +465,16 @@ async fn incident_issues_are_polled_since_their_watermark_and_counted_once() {
         "created_at": rfc3339(opened), "updated_at": rfc3339(opened),
         "pull_request": {"url": "https://api.github.com/repos/acme/shop/pulls/13"}
     });
-    Mock::given(method("GET"))
-        .and(path("/repos/acme/shop/deployments"))
-        .respond_with(Conditional {
-            body: json!([]),
-            etag: "W/\"empty\"".into(),
-            remaining: Arc::clone(&quota),
-        })
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/repos/acme/shop/issues"))
-        .respond_with(Conditional {
-            body: json!([incident, pull]),
-            etag: "W/\"i1\"".into(),
-            remaining: Arc::clone(&quota),
-        })
-        .mount(&server)
-        .await;
+    for (url_path, body, etag) in [
+        ("/repos/acme/shop/deployments", json!([]), "W/\"empty\""),
+        (
+            "/repos/acme/shop/issues",
+            json!([incident, pull]),
+            "W/\"i1\"",
+        ),
+    ] {
+        mount_conditional(&server, url_path, body, etag, &quota).await;
+    }
     mount_quiet_streams(&server).await;
     let (_token_dir, mut app) = app_polling(&server, false).await;
     let failures = |scrape: &crate::harness::Scrape, name: &str| {
@@ -698,11 +706,7 @@ fn commit(sha: &str, at: i64) -> Value {
 async fn commits_reaching_the_default_branch_are_read_through_its_head_and_a_compare() {
     let server = MockServer::start().await;
     let t = now();
-    let (c1, c2, c3) = (
-        "1111111111111111111111111111111111111111",
-        "2222222222222222222222222222222222222222",
-        "3333333333333333333333333333333333333333",
-    );
+    let (c1, c2, c3) = BRANCH_COMMITS;
     let head = Arc::new(std::sync::Mutex::new(c2.to_owned()));
     Mock::given(method("GET"))
         .and(path("/repos/acme/shop/commits/main"))

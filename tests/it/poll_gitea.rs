@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use wiremock::matchers::path_regex;
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
-use hookgauge::poll::{token_gates, GiteaPoller, PollError, Provider, Stream};
+use hookgauge::poll::{GiteaPoller, PollError, Provider, Stream};
 
 use crate::harness::{fixture, now, spawn_app_with, TestApp, SECRET};
 use crate::polling::{
@@ -145,6 +145,12 @@ impl FakeGitea {
 
 fn query(request: &Request) -> HashMap<String, String> {
     request.url.query_pairs().into_owned().collect()
+}
+
+/// What `items` holds for the pull request numbered `n` (a path segment),
+/// or nothing.
+fn numbered(items: &HashMap<u64, Vec<Value>>, n: &str) -> Vec<Value> {
+    items.get(&n.parse().unwrap()).cloned().unwrap_or_default()
 }
 
 fn not_found() -> ResponseTemplate {
@@ -281,21 +287,9 @@ impl Respond for FakeGitea {
                     .collect();
                 self.page(request, &pulls, max_items)
             }
-            ["pulls", n, "reviews"] => {
-                let reviews = repo
-                    .reviews
-                    .get(&n.parse().unwrap())
-                    .cloned()
-                    .unwrap_or_default();
-                self.page(request, &reviews, max_items)
-            }
+            ["pulls", n, "reviews"] => self.page(request, &numbered(&repo.reviews, n), max_items),
             ["issues", n, "timeline"] => {
-                let events = repo
-                    .timelines
-                    .get(&n.parse().unwrap())
-                    .cloned()
-                    .unwrap_or_default();
-                self.page(request, &events, max_items)
+                self.page(request, &numbered(&repo.timelines, n), max_items)
             }
             _ => not_found(),
         }
@@ -716,9 +710,8 @@ async fn wip_titles_other_bases_and_review_requests_do_not_end_a_wait() {
 /// A Gitea poller of `acme/shop` on the fake, stepped on `rig`.
 fn gitea(rig: &Rig, server: &MockServer) -> Stepped<GiteaPoller> {
     let api_url = format!("{}/api/v1", server.uri());
-    let target = Rig::target(Provider::Gitea, "acme/shop", &api_url, TOKEN, "");
-    let gate = token_gates(std::slice::from_ref(&target)).remove(0);
-    rig.poller(target, gate, GiteaPoller::new, GiteaPoller::with_clock)
+    let (new, with_clock) = (GiteaPoller::new, GiteaPoller::with_clock);
+    rig.shop_poller(Provider::Gitea, &api_url, TOKEN, new, with_clock)
 }
 
 #[tokio::test]

@@ -13,13 +13,13 @@ use serde_json::{json, Value};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
-use hookgauge::poll::{token_gates, Clock, GitlabPoller, PollError, Provider, Stream};
+use hookgauge::poll::{Clock, GitlabPoller, PollError, Provider, Stream};
 
 use crate::harness::{now, TestApp, SECRET};
 use crate::polling::{
     answered, assert_webhook_is_duplicate, awaiting_review, commit_time, deployments_of,
     deployments_total, eventually, eventually_deployed, eventually_recorded, http_date,
-    requests_to, review_waits, rfc3339, Rig, Stepped,
+    requests_to, review_waits, rfc3339, Rig, Stepped, BRANCH_COMMITS,
 };
 
 pub(crate) const TOKEN: &str = "glpat-fake-token-for-tests";
@@ -436,9 +436,8 @@ impl Respond for Throttled {
 /// A GitLab poller of `acme/shop` on the fake, stepped on `rig`.
 fn gitlab(rig: &Rig, server: &MockServer) -> Stepped<GitlabPoller> {
     let api_url = format!("{}/api/v4", server.uri());
-    let target = Rig::target(Provider::Gitlab, "acme/shop", &api_url, TOKEN, "");
-    let gate = token_gates(std::slice::from_ref(&target)).remove(0);
-    rig.poller(target, gate, GitlabPoller::new, GitlabPoller::with_clock)
+    let (new, with_clock) = (GitlabPoller::new, GitlabPoller::with_clock);
+    rig.shop_poller(Provider::Gitlab, &api_url, TOKEN, new, with_clock)
 }
 
 #[tokio::test]
@@ -628,11 +627,7 @@ fn commit(id: &str, at: i64) -> Value {
 async fn gitlab_commits_come_from_the_branch_head_and_a_compare() {
     let server = MockServer::start().await;
     let t = now();
-    let (c1, c2, c3) = (
-        "1111111111111111111111111111111111111111",
-        "2222222222222222222222222222222222222222",
-        "3333333333333333333333333333333333333333",
-    );
+    let (c1, c2, c3) = BRANCH_COMMITS;
     let (branch, head) = Object::new(json!({"name": "main", "commit": {"id": c2}}));
     mount(
         &server,

@@ -9,21 +9,14 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 
-use hookgauge::metrics::Metrics;
-use hookgauge::poll::{
-    token_gates, Clock, GiteaPoller, GithubPoller, GitlabPoller, PollTarget, Poller, Provider,
-    Stream, TokenGate,
-};
-use hookgauge::store::deliveries::Ledger;
-use hookgauge::store::Store;
+use hookgauge::poll::{Clock, GiteaPoller, GithubPoller, GitlabPoller, Poller, Provider, Stream};
 use serde_json::json;
 use wiremock::matchers::{method, path_regex};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::harness::now;
-use crate::polling::{awaiting_of, requests_to, rfc3339, waits_of, Rig};
+use crate::polling::{awaiting_of, requests_to, rfc3339, waits_of, NewPoller, Rig};
 
 const DAY: i64 = 86_400;
 
@@ -73,18 +66,14 @@ const CASES: &[Case] = &[
     },
 ];
 
-type New<P> = fn(PollTarget, Arc<TokenGate>, Store, Ledger, Arc<Metrics>) -> P;
-
-async fn scenario<P: Poller>(case: &Case, new: New<P>, with_clock: fn(P, Clock) -> P) {
+async fn scenario<P: Poller>(case: &Case, new: NewPoller<P>, with_clock: fn(P, Clock) -> P) {
     let name = case.provider.name();
     let server = MockServer::start().await;
     let t = now();
     let review_first = (case.mount)(&server, t).await;
     let rig = Rig::start().await;
     let api_url = format!("{}{}", server.uri(), case.api_path);
-    let target = Rig::target(case.provider, "acme/shop", &api_url, case.token, "");
-    let gate = token_gates(std::slice::from_ref(&target)).remove(0);
-    let mut poller = rig.poller(target, gate, new, with_clock);
+    let mut poller = rig.shop_poller(case.provider, &api_url, case.token, new, with_clock);
     let polled = poller.poll(&rig, Stream::PullRequests).await;
     assert!(matches!(polled, Ok(true)), "{name}: {polled:?}");
     let scrape = rig.scrape();

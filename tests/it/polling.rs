@@ -10,8 +10,8 @@ use hookgauge::config::RawConfig;
 use hookgauge::metrics::view::{View, Windows};
 use hookgauge::metrics::Metrics;
 use hookgauge::poll::{
-    budget_floor, Clock, Outcome, PollError, PollTarget, Poller, Provider, RawTarget, Schedule,
-    Stream, TokenGate,
+    budget_floor, token_gates, Clock, Outcome, PollError, PollTarget, Poller, Provider, RawTarget,
+    Schedule, Stream, TokenGate,
 };
 use hookgauge::store::deliveries::Ledger;
 use hookgauge::store::{Location, Store, StoreConfig, Synchronous};
@@ -202,6 +202,16 @@ pub async fn commit_time(app: &TestApp, sha: &str) -> Option<f64> {
         .map(|s| s.value)
 }
 
+/// Three commit SHAs of `acme/shop`, in the order they reach the branch.
+pub const BRANCH_COMMITS: (&str, &str, &str) = (
+    "1111111111111111111111111111111111111111",
+    "2222222222222222222222222222222222222222",
+    "3333333333333333333333333333333333333333",
+);
+
+/// A poller's constructor, e.g. `GithubPoller::new`.
+pub type NewPoller<P> = fn(PollTarget, Arc<TokenGate>, Store, Ledger, Arc<Metrics>) -> P;
+
 /// Pollers stepped by a test instead of scheduled (POLLING.md §7): they
 /// write into a real SQLite store and count in their own metrics, on a
 /// simulated clock that only the poller's waits and the test move.
@@ -275,7 +285,7 @@ impl Rig {
         &self,
         target: PollTarget,
         gate: Arc<TokenGate>,
-        new: fn(PollTarget, Arc<TokenGate>, Store, Ledger, Arc<Metrics>) -> P,
+        new: NewPoller<P>,
         with_clock: fn(P, Clock) -> P,
     ) -> Stepped<P> {
         let schedule = Schedule::new(&target, self.since_start(), |_| None);
@@ -290,6 +300,21 @@ impl Rig {
             poller: with_clock(poller, self.clock.clone()),
             schedule,
         }
+    }
+
+    /// A poller (made by `new`) of `acme/shop` on `provider`'s API at
+    /// `api_url`, polled with `token` behind its own token gate.
+    pub fn shop_poller<P: Poller>(
+        &self,
+        provider: Provider,
+        api_url: &str,
+        token: &str,
+        new: NewPoller<P>,
+        with_clock: fn(P, Clock) -> P,
+    ) -> Stepped<P> {
+        let target = Rig::target(provider, "acme/shop", api_url, token, "");
+        let gate = token_gates(std::slice::from_ref(&target)).remove(0);
+        self.poller(target, gate, new, with_clock)
     }
 
     /// The time since the clock's start, as schedules count it.

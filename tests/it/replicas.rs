@@ -27,6 +27,16 @@ fn replica(url: &str, dir: &tempfile::TempDir, name: &str, extra: &[(&str, &str)
     Process::start(&mut command, &dir.path().join(format!("{name}.log")))
 }
 
+/// Replicas `a` and `b` on one fresh database: its URL, the directory
+/// holding their data and logs, and the two processes.
+async fn two_replicas() -> (String, tempfile::TempDir, Process, Process) {
+    let url = database_url().await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = replica(&url, &dir, "a", &[]);
+    let b = replica(&url, &dir, "b", &[]);
+    (url, dir, a, b)
+}
+
 async fn scrape(client: &reqwest::Client, metrics: &str) -> Scrape {
     crate::harness::scrape_from(client, metrics).await
 }
@@ -75,10 +85,7 @@ async fn database_url() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_count_interleaved_and_duplicated_deliveries_once_and_keep_the_newest() {
-    let url = database_url().await;
-    let dir = tempfile::tempdir().unwrap();
-    let a = replica(&url, &dir, "a", &[]);
-    let b = replica(&url, &dir, "b", &[]);
+    let (url, _dir, a, b) = two_replicas().await;
     let client = reqwest::Client::new();
     let t = now() - 600;
     let deploys = 240u64;
@@ -185,10 +192,7 @@ async fn two_replicas_count_interleaved_and_duplicated_deliveries_once_and_keep_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_replica_mid_load_loses_nothing_either_acknowledged() {
-    let url = database_url().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut a = replica(&url, &dir, "a", &[]);
-    let b = replica(&url, &dir, "b", &[]);
+    let (url, _dir, mut a, b) = two_replicas().await;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -320,9 +324,7 @@ async fn an_unreachable_database_answers_503_and_the_replica_recovers_without_re
     })
     .await;
     let t = now() - 60;
-    let first = app
-        .post_signed("deploytime", &deploy_body("shop", "prod", &image(1), t))
-        .await;
+    let first = app.deploy_image(1, t).await;
     assert_eq!(first.status, 202, "{}", first.text);
 
     let cluster = Arc::new(cluster);
@@ -330,9 +332,7 @@ async fn an_unreachable_database_answers_503_and_the_replica_recovers_without_re
     tokio::task::spawn_blocking(move || paused.pause())
         .await
         .unwrap();
-    let down = app
-        .post_signed("deploytime", &deploy_body("shop", "prod", &image(2), t + 1))
-        .await;
+    let down = app.deploy_image(2, t + 1).await;
     assert_eq!(down.status, 503, "{}", down.text);
     assert!(!down.text.contains(cluster.password()), "{}", down.text);
     let ready = app.get(format!("{}/readyz", app.ingest)).await;
@@ -345,9 +345,7 @@ async fn an_unreachable_database_answers_503_and_the_replica_recovers_without_re
     // The sender retries; the store reconnects by itself.
     let deadline = Instant::now() + Duration::from_secs(20);
     let retried = loop {
-        let reply = app
-            .post_signed("deploytime", &deploy_body("shop", "prod", &image(2), t + 1))
-            .await;
+        let reply = app.deploy_image(2, t + 1).await;
         if reply.status != 503 || Instant::now() > deadline {
             break reply;
         }
@@ -379,12 +377,7 @@ async fn migrate_store_moves_an_embedded_history_into_postgresql_with_the_same_n
     .unwrap();
     assert_eq!(sqlite.post_signed("committime", &commit).await.status, 202);
     for n in 5..9 {
-        let reply = sqlite
-            .post_signed(
-                "deploytime",
-                &deploy_body("shop", "prod", &image(n), t + 60 * n as i64),
-            )
-            .await;
+        let reply = sqlite.deploy_image(n, t + 60 * n as i64).await;
         assert_eq!(reply.status, 202, "{}", reply.text);
     }
     for (change, time) in [("created", t + 100), ("resolved", t + 400)] {
@@ -433,12 +426,7 @@ async fn migrate_store_moves_an_embedded_history_into_postgresql_with_the_same_n
     assert_eq!(postgres.scrape().await.dora_samples(), before);
     assert_eq!(postgres.ledger().len(), rows);
     // New deliveries continue after the copied ledger rows.
-    let next = postgres
-        .post_signed(
-            "deploytime",
-            &deploy_body("shop", "prod", &image(9), t + 900),
-        )
-        .await;
+    let next = postgres.deploy_image(9, t + 900).await;
     assert_eq!(next.status, 202, "{}", next.text);
     let ids =
         postgres.strings("SELECT CAST(seq AS TEXT) FROM deliveries ORDER BY seq DESC LIMIT 1");
@@ -454,12 +442,7 @@ async fn a_replica_that_missed_pruned_changes_fails_healthz_until_a_restart_rebu
         raw.store.url = Some(url.clone());
     })
     .await;
-    let reply = app
-        .post_signed(
-            "deploytime",
-            &deploy_body("shop", "prod", &image(1), now() - 60),
-        )
-        .await;
+    let reply = app.deploy_image(1, now() - 60).await;
     assert_eq!(reply.status, 202, "{}", reply.text);
     assert_eq!(app.get(format!("{}/healthz", app.ingest)).await.status, 200);
     // Retention deleted feed rows this replica never applied (as when it is
@@ -486,10 +469,7 @@ async fn a_replica_that_missed_pruned_changes_fails_healthz_until_a_restart_rebu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_and_its_deploy_arriving_at_two_replicas_at_once_get_their_lead_time() {
-    let url = database_url().await;
-    let dir = tempfile::tempdir().unwrap();
-    let a = replica(&url, &dir, "a", &[]);
-    let b = replica(&url, &dir, "b", &[]);
+    let (url, _dir, a, b) = two_replicas().await;
     let client = reqwest::Client::new();
     let t = now() - 7200;
     let pairs = 40u64;
@@ -564,12 +544,7 @@ async fn sslmode_require_connects_over_tls_verified_against_the_configured_ca() 
         })
     };
     let app = spawn(Some(ca.clone())).await;
-    let reply = app
-        .post_signed(
-            "deploytime",
-            &deploy_body("shop", "prod", &image(1), now() - 60),
-        )
-        .await;
+    let reply = app.deploy_image(1, now() - 60).await;
     assert_eq!(reply.status, 202, "{}", reply.text);
     let url = database.trim_end_matches("?sslmode=require").to_owned();
     let sessions = |encrypted: bool| {
@@ -588,12 +563,7 @@ async fn sslmode_require_connects_over_tls_verified_against_the_configured_ca() 
     // Without the CA the server's certificate is not trusted: the delivery
     // is answered 503 and nothing is written.
     let untrusted = spawn(None).await;
-    let reply = untrusted
-        .post_signed(
-            "deploytime",
-            &deploy_body("shop", "prod", &image(2), now() - 60),
-        )
-        .await;
+    let reply = untrusted.deploy_image(2, now() - 60).await;
     assert_eq!(reply.status, 503, "{}", reply.text);
     untrusted.shutdown().await;
     assert_eq!(cluster.psql(&url, "SELECT COUNT(*) FROM deploys"), "1");

@@ -31,10 +31,7 @@ async fn assert_deploys_recorded(app: &TestApp, images: &[String]) {
     assert_eq!(accepted, images.len(), "accepted ledger rows");
     let scrape = app.scrape().await;
     assert_eq!(
-        scrape.value(
-            "hookgauge_deployments_total",
-            &[("app", "shop"), ("namespace", "prod")]
-        ),
+        scrape.deployments_total("shop", "prod"),
         images.len() as f64
     );
     for image_sha in images {
@@ -195,20 +192,12 @@ async fn pelorus_documented_curl_example_passes_the_lenient_check() {
     let (signed, sent) = pelorus_documented_example(&fixture("pelorus/deploytime.json"));
     assert_ne!(signed, sent);
     let reply = post_with_signature_header(&app, &sent, &[&sign(SECRET, &signed)]).await;
-    assert_eq!(
-        (reply.status, reply.outcome()),
-        (202, "accepted"),
-        "{}",
-        reply.text
-    );
+    reply.assert_accepted();
     // The fixture's deploy (2023) is older than the exposure window, so it
     // shows in the counter, not as a deploy_timestamp series.
     let scrape = app.scrape().await;
     assert_eq!(
-        scrape.value(
-            "hookgauge_deployments_total",
-            &[("app", "mongo-todolist"), ("namespace", "mongo-persistent")]
-        ),
+        scrape.deployments_total("mongo-todolist", "mongo-persistent"),
         1.0
     );
     let rows = app.ledger();

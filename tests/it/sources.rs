@@ -511,12 +511,7 @@ async fn every_provider_fixture_maps_as_specified() {
     }
 
     let scrape = app.scrape().await;
-    let deploys = |app: &str, ns: &str| {
-        scrape.value(
-            "hookgauge_deployments_total",
-            &[("app", app), ("namespace", ns)],
-        )
-    };
+    let deploys = |app: &str, ns: &str| scrape.deployments_total(app, ns);
     assert_eq!(deploys("Codertocat/Hello-World", "production"), 1.0);
     assert_eq!(deploys("vedant8600317/test", "production"), 1.0);
     assert_eq!(deploys("team_name/repo_name", "production"), 1.0);
@@ -694,13 +689,7 @@ async fn standard_webhooks_deliveries_are_verified_and_replays_are_duplicates() 
     let replay = post(&app, "/hooks/standard-webhooks", &headers, &body).await;
     assert_eq!(replay.outcome(), "duplicate");
     let scrape = app.scrape().await;
-    assert_eq!(
-        scrape.value(
-            "hookgauge_deployments_total",
-            &[("app", "shop"), ("namespace", "shop-prod")]
-        ),
-        1.0
-    );
+    assert_eq!(scrape.deployments_total("shop", "shop-prod"), 1.0);
     assert_eq!(scrape.find("deploy_timestamp", &[("app", "shop")]).len(), 1);
     app.shutdown().await;
 }
@@ -784,13 +773,7 @@ async fn deploy_of_a_pushed_head_measures_every_commit_it_shipped() {
     );
     let again = app.scrape().await;
     assert_eq!(lead(&again, "count"), 3.0);
-    assert_eq!(
-        again.value(
-            "hookgauge_deployments_total",
-            &[("app", "acme/shop"), ("namespace", "production")]
-        ),
-        1.0
-    );
+    assert_eq!(again.deployments_total("acme/shop", "production"), 1.0);
     app.shutdown().await;
 }
 
@@ -831,12 +814,6 @@ async fn the_same_deploy_from_two_sources_counts_once() {
     let second = post(&app, "/hooks/standard-webhooks", &sw, &body).await;
     assert_eq!(second.outcome(), "duplicate", "{}", second.text);
     let scrape = app.scrape().await;
-    assert_eq!(
-        scrape.value(
-            "hookgauge_deployments_total",
-            &[("app", "acme/shop"), ("namespace", "production")]
-        ),
-        1.0
-    );
+    assert_eq!(scrape.deployments_total("acme/shop", "production"), 1.0);
     app.shutdown().await;
 }

@@ -67,19 +67,12 @@ async fn locked_store_answers_503_and_recovers_without_restart() {
     })
     .await;
     let t = now();
-    assert_eq!(
-        app.post_signed("deploytime", &deploy_body("shop", "prod", &image(1), t))
-            .await
-            .status,
-        202
-    );
+    assert_eq!(app.deploy_image(1, t).await.status, 202);
 
     // Another process holds the write lock.
     let other = rusqlite::Connection::open(app.database()).unwrap();
     other.execute_batch("BEGIN IMMEDIATE;").unwrap();
-    let refused = app
-        .post_signed("deploytime", &deploy_body("shop", "prod", &image(2), t))
-        .await;
+    let refused = app.deploy_image(2, t).await;
     assert_eq!(refused.status, 503, "{}", refused.text);
     assert_eq!(refused.headers["retry-after"], "5");
     assert_eq!(refused.json["error"], "service_unavailable");
@@ -99,9 +92,7 @@ async fn locked_store_answers_503_and_recovers_without_restart() {
     other.execute_batch("ROLLBACK;").unwrap();
 
     // The sender's retry now succeeds: the refused delivery was never stored.
-    let retried = app
-        .post_signed("deploytime", &deploy_body("shop", "prod", &image(2), t))
-        .await;
+    let retried = app.deploy_image(2, t).await;
     assert_eq!((retried.status, retried.outcome()), (202, "accepted"));
     assert_eq!(app.get(format!("{}/readyz", app.ingest)).await.status, 200);
     assert_eq!(
@@ -202,12 +193,7 @@ async fn read_only_data_dir_answers_503_and_recovers_when_writable() {
         deploy_body("shop", "prod", &image(3), t),
     )
     .await;
-    assert_eq!(
-        (accepted.status, accepted.outcome()),
-        (202, "accepted"),
-        "{}",
-        accepted.text
-    );
+    accepted.assert_accepted();
     let metrics = Scrape::parse(
         &client
             .get(format!("{}/metrics", server.metrics))
@@ -278,15 +264,20 @@ async fn sigterm_finishes_in_flight_work_and_closes_the_store() {
         !dir.path().join("hookgauge.db-wal").exists(),
         "WAL checkpointed and removed on close"
     );
-    let conn = rusqlite::Connection::open(&database).unwrap();
+    let stored = intact_deploy_count(&database);
+    assert_eq!(stored, 50);
+}
+
+/// The deploys in the SQLite file `database`, once its integrity check
+/// passes.
+fn intact_deploy_count(database: &std::path::Path) -> i64 {
+    let conn = rusqlite::Connection::open(database).unwrap();
     let check: String = conn
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap();
     assert_eq!(check, "ok");
-    let stored: i64 = conn
-        .query_row("SELECT COUNT(*) FROM deploys", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(stored, 50);
+    conn.query_row("SELECT COUNT(*) FROM deploys", [], |r| r.get(0))
+        .unwrap()
 }
 
 /// A tmpfs of `size` mounted at `path`, unmounted when dropped.
@@ -339,9 +330,7 @@ async fn full_disk_answers_503_acknowledges_nothing_and_recovers_when_space_retu
     })
     .await;
     let t = now() - 60;
-    let first = app
-        .post_signed("deploytime", &deploy_body("shop", "prod", &image(0), t))
-        .await;
+    let first = app.deploy_image(0, t).await;
     assert_eq!(first.status, 202);
     // Leave a few kilobytes: a ballast file takes the rest.
     let ballast = disk.path.join("ballast");
@@ -349,12 +338,7 @@ async fn full_disk_answers_503_acknowledges_nothing_and_recovers_when_space_retu
     let mut acked = vec![0u64];
     let mut full = None;
     for n in 1..5_000u64 {
-        let reply = app
-            .post_signed(
-                "deploytime",
-                &deploy_body("shop", "prod", &image(n), t + n as i64),
-            )
-            .await;
+        let reply = app.deploy_image(n, t + n as i64).await;
         match reply.status {
             202 => acked.push(n),
             503 => {
@@ -381,12 +365,7 @@ async fn full_disk_answers_503_acknowledges_nothing_and_recovers_when_space_retu
         if ready.status == 503 {
             break;
         }
-        let reply = app
-            .post_signed(
-                "deploytime",
-                &deploy_body("shop", "prod", &image(n), t + n as i64),
-            )
-            .await;
+        let reply = app.deploy_image(n, t + n as i64).await;
         match reply.status {
             202 => acked.push(n),
             503 => {}
@@ -402,12 +381,7 @@ async fn full_disk_answers_503_acknowledges_nothing_and_recovers_when_space_retu
     let mut recovered = false;
     for attempt in 0..50u64 {
         let n = 10_000 + attempt;
-        let reply = app
-            .post_signed(
-                "deploytime",
-                &deploy_body("shop", "prod", &image(n), t + n as i64),
-            )
-            .await;
+        let reply = app.deploy_image(n, t + n as i64).await;
         if reply.status == 202 {
             acked.push(n);
             recovered = true;
@@ -424,20 +398,12 @@ async fn full_disk_answers_503_acknowledges_nothing_and_recovers_when_space_retu
         "every acknowledged deploy counted, nothing else"
     );
     app.shutdown().await;
-    let conn = rusqlite::Connection::open(data.join("hookgauge.db")).unwrap();
-    let check: String = conn
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(check, "ok");
-    let stored: i64 = conn
-        .query_row("SELECT COUNT(*) FROM deploys", [], |r| r.get(0))
-        .unwrap();
+    let stored = intact_deploy_count(&data.join("hookgauge.db"));
     assert_eq!(
         stored as usize,
         acked.len(),
         "the store holds exactly what was acknowledged"
     );
-    drop(conn);
 }
 
 /// 10,000 applications (three namespaces, every hundredth with a lead time
