@@ -1,7 +1,7 @@
 """Usage: scripts/bench [--help]
        BENCH_COMPARE=1 scripts/bench                        (every shape, interleaved with the ceiling)
        BENCH_SHAPES="S2 S3" BENCH_SCENARIOS="c32 c1" scripts/bench
-       BENCH_SCENARIOS="pg1 pg2" BENCH_SHAPES="S1 S2" scripts/bench
+       BENCH_SCENARIOS="pg1 pg1c1 pg2" BENCH_SHAPES="S1 S2" scripts/bench
        BENCH_SOAK=1h scripts/bench                          (a line every minute)
        BENCH_SMOKE=1 BENCH_BIN=target/debug/hookgauge BENCH_NO_BUILD=1 scripts/bench
 
