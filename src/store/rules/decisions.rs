@@ -7,7 +7,7 @@ use super::facts::observe_once;
 use super::FAILED_DEPLOYMENT_RECOVERY;
 use crate::events::{App, Namespace};
 use crate::ledger::Effect;
-use crate::store::sql::{DbError, Sql};
+use crate::store::sql::{DbError, Row, Sql};
 
 /// Decides again whether each deploy of `app` between `from` and `to`
 /// (inclusive) is rework and whether a failure is tied to it, from the
@@ -36,17 +36,7 @@ pub(super) fn redecide(
             failed_now("?4")
         ),
         &[&app.as_str(), &from, &to, &link_window],
-        |r| {
-            Ok(Decision {
-                namespace: r.get(0)?,
-                image: r.get(1)?,
-                time: r.get(2)?,
-                rework: r.get::<i64>(3)? != 0,
-                failed: r.get::<i64>(4)? != 0,
-                rework_now: r.get(5)?,
-                failed_now: r.get(6)?,
-            })
-        },
+        |r| Decision::read(r, 0),
     )?;
     apply_decisions(tx, app, decisions)
 }
@@ -89,6 +79,22 @@ pub(super) struct Decision {
     pub(super) failed: bool,
     pub(super) rework_now: bool,
     pub(super) failed_now: bool,
+}
+
+impl Decision {
+    /// Reads the columns `first..first + 7` of `row`: namespace, image,
+    /// time, the stored rework and failed, then what is decided now.
+    pub(super) fn read(row: &Row<'_>, first: usize) -> Result<Decision, DbError> {
+        Ok(Decision {
+            namespace: row.get(first)?,
+            image: row.get(first + 1)?,
+            time: row.get(first + 2)?,
+            rework: row.get::<i64>(first + 3)? != 0,
+            failed: row.get::<i64>(first + 4)? != 0,
+            rework_now: row.get(first + 5)?,
+            failed_now: row.get(first + 6)?,
+        })
+    }
 }
 
 /// Records and reports every decision of `decisions` (deploys of `app`)

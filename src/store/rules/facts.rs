@@ -386,15 +386,7 @@ fn deploy_context(
         &mut |r| {
             match r.get::<i64>(0)? {
                 0 => context.built.push((r.get(1)?, r.get(3)?)),
-                1 => context.decisions.push(Decision {
-                    namespace: r.get(1)?,
-                    image: r.get(2)?,
-                    time: r.get(3)?,
-                    rework: r.get::<i64>(4)? != 0,
-                    failed: r.get::<i64>(5)? != 0,
-                    rework_now: r.get(6)?,
-                    failed_now: r.get(7)?,
-                }),
+                1 => context.decisions.push(Decision::read(r, 1)?),
                 _ => context.recoveries.push((r.get(1)?, r.get(3)?)),
             }
             Ok(())
