@@ -204,8 +204,20 @@ async fn redelivered_deploy_is_duplicate_and_counted_once() {
         scrape.value("hookgauge_deliveries_total", &outcome("duplicate")),
         1.0
     );
-    let outcomes: Vec<String> = app.ledger().into_iter().map(|r| r.outcome).collect();
-    assert_eq!(outcomes, ["accepted", "duplicate"]);
+    // Known as the same delivery (read before its batch), not only as an
+    // event already stored.
+    let outcomes: Vec<(String, Option<String>)> = app
+        .ledger()
+        .into_iter()
+        .map(|r| (r.outcome, r.reason))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("accepted".to_owned(), None),
+            ("duplicate".to_owned(), Some("delivery_seen".to_owned()))
+        ]
+    );
     app.shutdown().await;
 }
 

@@ -74,11 +74,14 @@ pub fn record_all(
         error
     };
     let mut recording = Recording {
-        before: lock_and_recall(tx, deliveries)?,
-        in_batch: HashSet::with_capacity(deliveries.len()),
+        recorded: HashSet::with_capacity(deliveries.len()),
+        ask_each: tx.dialect() != super::sql::Dialect::Postgres,
         rows: Vec::with_capacity(deliveries.len()),
         current: 0,
     };
+    if !recording.ask_each {
+        recording.recorded = lock_and_recall(tx, deliveries)?;
+    }
     let mut results = Vec::with_capacity(deliveries.len());
     for (index, delivery) in deliveries.iter().enumerate() {
         recording.current = index;
@@ -93,14 +96,14 @@ pub fn record_all(
 
 /// What one [`record_all`] knows as it goes.
 struct Recording<'d> {
-    /// (source, delivery id) of the deliveries recorded with events before
-    /// this batch (PostgreSQL: read once for the batch); `None` on SQLite,
-    /// which is asked each time (a statement there is a function call, not
-    /// a round trip).
-    before: Option<HashSet<(String, String)>>,
-    /// The same, of this batch's deliveries so far: their ledger rows are
-    /// inserted only at the end.
-    in_batch: HashSet<(&'static str, &'d str)>,
+    /// (source, delivery id) of the batch's deliveries known to be
+    /// recorded with events: before the batch (PostgreSQL: read once for
+    /// the batch) or earlier in it (their ledger rows are inserted only at
+    /// the end).
+    recorded: HashSet<(&'static str, &'d str)>,
+    /// SQLite: the deliveries recorded before the batch are asked about one
+    /// by one (a statement there is a function call, not a round trip).
+    ask_each: bool,
     /// Ledger rows to insert at the end, in order.
     rows: Vec<LedgerRow<'d>>,
     /// The index in the batch of the delivery being recorded.
@@ -110,23 +113,21 @@ struct Recording<'d> {
 impl<'d> Recording<'d> {
     fn seen(&self, tx: &mut dyn Sql, delivery: &Delivery) -> Result<bool, DbError> {
         if self
-            .in_batch
+            .recorded
             .contains(&(delivery.source, delivery.id.as_str()))
         {
             return Ok(true);
         }
-        match &self.before {
-            Some(before) => {
-                Ok(before.contains(&(delivery.source.to_owned(), delivery.id.to_string())))
-            }
-            None => delivery_seen(tx, delivery),
+        if self.ask_each {
+            return delivery_seen(tx, delivery);
         }
+        Ok(false)
     }
 
     /// `delivery`'s row now says it was recorded (accepted, duplicate or
     /// outdated): the same delivery later in the batch is a duplicate.
     fn recorded(&mut self, delivery: &'d Delivery) {
-        self.in_batch
+        self.recorded
             .insert((delivery.source, delivery.id.as_str()));
     }
 }
@@ -154,16 +155,12 @@ struct LedgerRow<'d> {
 /// take turns; different applications proceed in parallel. The read sees
 /// what was committed when the statement began: of two replicas taking one
 /// delivery at once, the second may find none, and its events then meet the
-/// first one's rows (a duplicate all the same). SQLite: `None`, no lock
-/// (it has one writer) and the deliveries are asked about one by one (a
-/// statement there is a function call, not a round trip).
-fn lock_and_recall(
+/// first one's rows (a duplicate all the same). SQLite needs neither: it
+/// has one writer, and [`Recording`] asks it about each delivery.
+fn lock_and_recall<'d>(
     tx: &mut dyn Sql,
-    deliveries: &[&Delivery],
-) -> Result<Option<HashSet<(String, String)>>, DbError> {
-    if tx.dialect() != super::sql::Dialect::Postgres {
-        return Ok(None);
-    }
+    deliveries: &[&'d Delivery],
+) -> Result<HashSet<(&'static str, &'d str)>, DbError> {
     let with_events: Vec<&Delivery> = deliveries
         .iter()
         .copied()
@@ -171,7 +168,7 @@ fn lock_and_recall(
         .collect();
     let mut seen = HashSet::new();
     if with_events.is_empty() {
-        return Ok(Some(seen));
+        return Ok(seen);
     }
     let mut apps: Vec<&str> = with_events
         .iter()
@@ -198,20 +195,24 @@ fn lock_and_recall(
     // rows long, whatever its length), and names `locked` so that the
     // locks are taken first.
     tx.each(
-        "SELECT p.value->>0, p.value->>1 FROM \
+        "SELECT CAST(p.n AS BIGINT) FROM \
            (SELECT count(pg_advisory_xact_lock(hashtextextended('hookgauge app ' || a, 0))) AS n \
             FROM json_array_elements_text(CAST(CAST(?1 AS TEXT) AS json)) AS a) AS locked \
-         CROSS JOIN json_array_elements(CAST(CAST(?2 AS TEXT) AS json)) AS p \
+         CROSS JOIN json_array_elements(CAST(CAST(?2 AS TEXT) AS json)) WITH ORDINALITY AS p(value, n) \
          CROSS JOIN LATERAL (SELECT 1 FROM deliveries AS d WHERE locked.n >= 0 \
            AND d.source = p.value->>0 AND d.delivery_id = p.value->>1 \
            AND d.outcome IN ('accepted', 'duplicate', 'outdated') LIMIT 1) AS hit",
         &[&apps, &pairs],
         &mut |r| {
-            seen.insert((r.get(0)?, r.get(1)?));
+            // The position (from 1) of a delivery of `with_events`.
+            let n = r.get::<i64>(0)?;
+            if let Some(d) = usize::try_from(n - 1).ok().and_then(|i| with_events.get(i)) {
+                seen.insert((d.source, d.id.as_str()));
+            }
             Ok(())
         },
     )?;
-    Ok(Some(seen))
+    Ok(seen)
 }
 
 /// Columns of a new ledger row, and the insert statements of 1, 2, 4 …
