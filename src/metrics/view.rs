@@ -386,11 +386,7 @@ impl View {
                     escape_label(out, &key.app);
                     let _ = write!(out, "\",image_sha=\"{}\",namespace=\"", key.image_sha);
                     escape_label(out, &key.namespace);
-                    out.extend_from_slice(b"\"} ");
-                    write_int(out, time);
-                    out.push(b' ');
-                    write_int(out, time * 1000);
-                    out.push(b'\n');
+                    end_timestamp_sample(out, time);
                 }
             }
             _ => {
@@ -413,11 +409,7 @@ impl View {
                     escape_label(out, &key.app);
                     out.extend_from_slice(b"\",issue_number=\"");
                     escape_label(out, &key.issue_number);
-                    out.extend_from_slice(b"\"} ");
-                    write_int(out, time);
-                    out.push(b' ');
-                    write_int(out, time * 1000);
-                    out.push(b'\n');
+                    end_timestamp_sample(out, time);
                 }
             }
         }
@@ -737,6 +729,16 @@ pub(super) fn write_value(out: &mut Vec<u8>, value: f64) {
     } else {
         let _ = write!(out, "{value}");
     }
+}
+
+/// Ends a Pelorus timestamp sample whose labels are written: the value
+/// `time` (epoch seconds) and the sample's own timestamp (milliseconds).
+fn end_timestamp_sample(out: &mut Vec<u8>, time: i64) {
+    out.extend_from_slice(b"\"} ");
+    write_int(out, time);
+    out.push(b' ');
+    write_int(out, time * 1000);
+    out.push(b'\n');
 }
 
 /// Writes an integer in decimal.

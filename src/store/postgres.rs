@@ -628,13 +628,12 @@ pub fn follow(
 /// analyzes each table as it doubles (a handful of times while it grows);
 /// at its size, autovacuum keeps it analyzed.
 fn analyze_grown(client: &mut Client) -> Result<(), DbError> {
-    let tables: Vec<&str> = LOOKED_UP.to_vec();
     let grown = client.query(
         "SELECT s.relname, s.n_mod_since_analyze FROM pg_stat_user_tables AS s \
          JOIN pg_class AS c ON c.oid = s.relid \
          WHERE s.schemaname = current_schema() AND s.relname = ANY($1) \
          AND s.n_mod_since_analyze > GREATEST(500, c.reltuples)",
-        &[&tables],
+        &[&LOOKED_UP],
     )?;
     for row in grown {
         let table: String = row.get(0);

@@ -126,7 +126,7 @@ def pg1(cfg, run, shape, pool, table, threads=None, connections=None, name="pg1"
     try:
         before = pg.statements(database)
         cpu = Cpu(pg, [server])
-        lines = (0, pool.count if connections > 1 else max(pool.count // 2, 1))
+        lines = (0, min(pool.count, load.lines_for(cfg, "c32" if connections > 1 else "c1")))
         result = run.wrk(server, threads, connections, cfg.duration, pool, lines, name)
         cpu = cpu.stop()
         rows = pg.settle(database)
