@@ -3,8 +3,10 @@
 //! the link window with no deploy between), and the recoveries tied to a
 //! deploy. They are functions of the stored facts alone.
 
+use std::sync::OnceLock;
+
 use super::facts::observe_once;
-use super::FAILED_DEPLOYMENT_RECOVERY;
+use super::{statement, FAILED_DEPLOYMENT_RECOVERY};
 use crate::events::{App, Namespace};
 use crate::ledger::Effect;
 use crate::store::sql::{DbError, Row, Sql};
@@ -27,14 +29,17 @@ pub(super) fn redecide(
     to: i64,
     link_window: i64,
 ) -> Result<Vec<Effect>, DbError> {
+    static SQL: OnceLock<String> = OnceLock::new();
     let decisions = tx.rows(
-        &format!(
-            "SELECT d.namespace, d.image_sha, d.time, d.rework, d.failed, {}, {} \
-             FROM deploys AS d INDEXED BY deploys_by_app_time \
-             WHERE d.app = ?1 AND d.time >= ?2 AND d.time <= ?3",
-            rework_now(),
-            failed_now("?4")
-        ),
+        statement(&SQL, || {
+            format!(
+                "SELECT d.namespace, d.image_sha, d.time, d.rework, d.failed, {}, {} \
+                 FROM deploys AS d INDEXED BY deploys_by_app_time \
+                 WHERE d.app = ?1 AND d.time >= ?2 AND d.time <= ?3",
+                rework_now(),
+                failed_now("?4")
+            )
+        }),
         &[&app.as_str(), &from, &to, &link_window],
         |r| Decision::read(r, 0),
     )?;
@@ -158,12 +163,15 @@ pub(super) fn observe_linked_recoveries(
     until: i64,
     link_window: i64,
 ) -> Result<Vec<Effect>, DbError> {
+    static SQL: OnceLock<String> = OnceLock::new();
     let linked: Vec<(String, i64)> = tx.rows(
-        &format!(
-            "SELECT f.issue_number, f.resolved - f.created FROM failures AS f INDEXED BY failures_by_created \
-             WHERE f.app = ?1 AND f.created > ?2 AND f.created <= ?3 AND {}",
-            linked_recovery("?4")
-        ),
+        statement(&SQL, || {
+            format!(
+                "SELECT f.issue_number, f.resolved - f.created FROM failures AS f INDEXED BY failures_by_created \
+                 WHERE f.app = ?1 AND f.created > ?2 AND f.created <= ?3 AND {}",
+                linked_recovery("?4")
+            )
+        }),
         &[&app.as_str(), &after, &until, &link_window],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;

@@ -2,11 +2,13 @@
 //! failures, each inserted against its identity, and the lead-time
 //! observations they complete.
 
+use std::sync::OnceLock;
+
 use super::decisions::{
     apply_decisions, failed_now, linked_recovery, observe_linked_recoveries, observe_recoveries,
     redecide, rework_now, Decision,
 };
-use super::{FAILED_DEPLOYMENT_RECOVERY, LEAD_TIME, TIME_TO_RESTORE};
+use super::{statement, FAILED_DEPLOYMENT_RECOVERY, LEAD_TIME, TIME_TO_RESTORE};
 use crate::events::{
     App, Commit, CommitLink, CommitSha, Deploy, Event, Failure, FailureChange, ImageSha, Link,
     Namespace,
@@ -229,8 +231,11 @@ fn observe_deployed(
     commit: &str,
     deployed: i64,
 ) -> Result<Vec<Effect>, DbError> {
+    static SQL: OnceLock<String> = OnceLock::new();
     let commits: Vec<(String, i64)> = tx.rows(
-        &format!("SELECT commit_sha, MIN(time) FROM ({BUILT}) AS built GROUP BY commit_sha"),
+        statement(&SQL, || {
+            format!("SELECT commit_sha, MIN(time) FROM ({BUILT}) AS built GROUP BY commit_sha")
+        }),
         &[&app.as_str(), &image, &commit],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
@@ -352,13 +357,14 @@ fn deploy_context(
         decisions: Vec::new(),
         recoveries: Vec::new(),
     };
-    let decided = format!(
-        "CAST(1 AS BIGINT), d.namespace, d.image_sha, d.time, d.rework, d.failed, {}, {}",
-        rework_now(),
-        failed_now("?6")
-    );
-    tx.each(
-        &format!(
+    static SQL: OnceLock<String> = OnceLock::new();
+    let sql = statement(&SQL, || {
+        let decided = format!(
+            "CAST(1 AS BIGINT), d.namespace, d.image_sha, d.time, d.rework, d.failed, {}, {}",
+            rework_now(),
+            failed_now("?6")
+        );
+        format!(
             "SELECT CAST(0 AS BIGINT), commit_sha, '', MIN(time), 0, 0, 1 = 0, 1 = 0 FROM ({BUILT}) AS built \
              GROUP BY commit_sha \
              UNION ALL SELECT {decided} FROM deploys AS d \
@@ -372,7 +378,10 @@ fn deploy_context(
              FROM failures AS f INDEXED BY failures_by_created WHERE f.app = ?1 AND f.created > ?4 \
              AND f.created <= ?7 AND {}",
             linked_recovery("?6")
-        ),
+        )
+    });
+    tx.each(
+        sql,
         &[
             &app.as_str(),
             &image,

@@ -12,6 +12,7 @@
 //! and a failure's row is locked before its newer end is kept.
 
 use std::collections::HashSet;
+use std::sync::OnceLock;
 
 use super::sql::{DbError, Sql};
 use facts::{apply_event, EventResult};
@@ -130,6 +131,13 @@ impl<'d> Recording<'d> {
         self.recorded
             .insert((delivery.source, delivery.id.as_str()));
     }
+}
+
+/// The text of a statement assembled from shared parts, built the first
+/// time it is needed rather than on every call (the deploy path runs them
+/// per event; the text is also the key of the prepared-statement caches).
+fn statement(cell: &'static OnceLock<String>, build: fn() -> String) -> &'static str {
+    cell.get_or_init(build)
 }
 
 /// A new ledger row, inserted by [`insert_ledger_rows`].
