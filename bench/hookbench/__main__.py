@@ -126,7 +126,9 @@ def settings():
         soak_seconds=duration_seconds(soak or ("2s" if smoke else "0")),
         soak_interval=duration_seconds(os.environ.get("BENCH_SOAK_INTERVAL", "1s" if smoke else "1m")),
         soak_rate=10000 if smoke else 20000,
-        target_rps=30000, target_scrape_ms=60, target_rss_mib=40,
+        # RSS after 100k series: 40 MiB for one app's (the scrape scenario), 60 MiB
+        # for 100k applications' (S3, S4: each application has its own series).
+        target_rps=30000, target_scrape_ms=60, target_rss_mib=40, target_rss_mib_apps=60,
     )
     if cfg.soak_interval <= 0:
         raise BenchError("BENCH_SOAK_INTERVAL must be at least 1s")
