@@ -119,6 +119,7 @@ class Cluster:
                        "unix_socket_directories = '%s'\npassword_encryption = 'scram-sha-256'\n"
                        "# Round trips counted per statement (pg1, pg2).\n"
                        "shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track_utility = on\n"
+                       "pg_stat_statements.track_planning = on\n"
                        % self.server_dir)
         for _ in range(3):
             (port,) = free_ports(1)
@@ -184,14 +185,15 @@ class Cluster:
 
     def top_statements(self, database, limit=12):
         """The statements the servers spent most time on: (calls, total
-        ms, mean us, text)."""
+        ms, mean us, mean planning us, text)."""
         out = self.psql(SUPERUSER, self.super_password, database,
                         "SELECT s.calls, round(s.total_exec_time), round(s.mean_exec_time * 1000), "
+                        "round(s.total_plan_time * 1000 / s.calls), "
                         "regexp_replace(left(s.query, 90), '\\s+', ' ', 'g') FROM pg_stat_statements s "
                         "JOIN pg_roles r ON r.oid = s.userid WHERE r.rolname = '%s' AND s.dbid = "
                         "(SELECT oid FROM pg_database WHERE datname = '%s') ORDER BY s.total_exec_time DESC LIMIT %d"
                         % (ROLE, database, limit))
-        return [line.split("|", 3) for line in out.splitlines() if line.count("|") >= 3]
+        return [line.split("|", 4) for line in out.splitlines() if line.count("|") >= 4]
 
     def settle(self, database):
         """Counts the rows until the count stops moving, at most ~5 s."""

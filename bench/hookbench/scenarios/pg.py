@@ -230,9 +230,9 @@ def round_trips(table, pg, database, acked, before, after):
          % (commas(statements), commas(commits), commas(acked), statements / acked, acked / commits,
             statements / commits))
     if os.environ.get("BENCH_VERBOSE") == "1":
-        note("  %10s %10s %8s  %s" % ("calls", "total ms", "mean us", "statement (by total time)"))
-        for calls, total, mean, query in pg.top_statements(database):
-            note("  %10s %10s %8s  %s" % (calls, total, mean, query))
+        note("  %10s %10s %8s %8s  %s" % ("calls", "total ms", "mean us", "plan us", "statement (by total time)"))
+        for calls, total, mean, plan, query in pg.top_statements(database):
+            note("  %10s %10s %8s %8s  %s" % (calls, total, mean, plan, query))
     table.row("  round trips per delivery (statements; deliveries per batch)",
               "%.2f (%.1f)" % (statements / acked, acked / commits))
 
