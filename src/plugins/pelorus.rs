@@ -6,6 +6,7 @@
 
 use serde_json::{Map, Value};
 
+use super::payload;
 use crate::events::{
     App, Commit, CommitLink, CommitSha, Deploy, Event, EventTime, Failure, FailureChange,
     FieldError, ImageSha, IssueNumber, Namespace,
@@ -74,18 +75,9 @@ impl<'a> Fields<'a> {
     }
 
     fn text(&mut self, field: &'static str, required: bool) -> Option<&'a str> {
-        match self.object.get(field) {
-            None | Some(Value::Null) => {
-                if required {
-                    self.fail(field, FieldError::Missing);
-                }
-                None
-            }
-            Some(Value::String(s)) => Some(s),
-            Some(_) => {
-                self.fail(field, FieldError::WrongType);
-                None
-            }
+        match payload::string(self.object.get(field)) {
+            Err(FieldError::Missing) if !required => None,
+            found => found.map_err(|reason| self.fail(field, reason)).ok(),
         }
     }
 
