@@ -74,8 +74,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use sql::DbError;
 use writer::Writer;
 
-use crate::events::{App, CommitLink, CommitSha, ImageSha, IssueNumber, Namespace};
-use crate::ledger::{Delivery, Effect, Recorded, State};
+use crate::events::{App, ImageSha, IssueNumber, Namespace};
+use crate::ledger::{Delivery, Effect, Recorded, ShownCommit, State};
 
 /// Most deliveries applied in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -208,14 +208,7 @@ impl std::fmt::Display for FaultKind {
 /// A stored fact the view is rebuilt from at start-up.
 #[derive(Debug, Clone)]
 pub enum Restored {
-    Commit {
-        app: App,
-        commit: CommitSha,
-        image_sha: Option<ImageSha>,
-        namespace: Option<Namespace>,
-        commit_link: Option<CommitLink>,
-        time: i64,
-    },
+    Commit(ShownCommit),
     /// The newest deploy of one `deploy_timestamp` series.
     Deploy {
         app: App,

@@ -13,7 +13,7 @@ use crate::events::{
     App, Commit, CommitLink, CommitSha, Deploy, Event, Failure, FailureChange, ImageSha, Link,
     Namespace,
 };
-use crate::ledger::Effect;
+use crate::ledger::{Effect, ShownCommit};
 use crate::store::sql::{DbError, Sql};
 
 /// A failure is open from its creation until a resolution at or after it.
@@ -108,14 +108,14 @@ fn apply_commit(
     if inserted == 0 {
         return Ok(EventResult::Duplicate);
     }
-    let mut effects = vec![Effect::Commit {
+    let mut effects = vec![Effect::Commit(ShownCommit {
         app: commit.app.clone(),
         commit: commit.commit.clone(),
         image_sha: commit.image_sha,
         namespace: commit.namespace.clone(),
         commit_link: commit.commit_link.clone(),
         time: commit.time.seconds(),
-    }];
+    })];
     // A commit that names its image is also a commit→digest link.
     if let Some(image_sha) = commit.image_sha {
         let link = Link {
