@@ -396,36 +396,24 @@ mod tests {
         let target = target();
         let mut s = Schedule::new(&target, Duration::ZERO, |_| None);
         let d = Stream::Deployments;
-        s.record(
-            d,
-            Duration::ZERO,
-            Outcome::Changed {
-                mean: Some(minutes(2.0)),
-            },
-            Some(minutes(2.0)),
-            Duration::ZERO,
-        );
+        // A change every two minutes, with the provider's hint (if any) and
+        // the budget's floor.
+        let changed = |s: &mut Schedule, hint, budget_floor| {
+            let mean = Some(minutes(2.0));
+            s.record(
+                d,
+                Duration::ZERO,
+                Outcome::Changed { mean },
+                hint,
+                budget_floor,
+            )
+        };
+        changed(&mut s, Some(minutes(2.0)), Duration::ZERO);
         assert!(due(&s, d) >= minutes(1.8));
         // The hint is kept until the provider sends another.
-        s.record(
-            d,
-            Duration::ZERO,
-            Outcome::Changed {
-                mean: Some(minutes(2.0)),
-            },
-            None,
-            Duration::ZERO,
-        );
+        changed(&mut s, None, Duration::ZERO);
         assert!(due(&s, d) >= minutes(1.8));
-        s.record(
-            d,
-            Duration::ZERO,
-            Outcome::Changed {
-                mean: Some(minutes(2.0)),
-            },
-            None,
-            minutes(10.0),
-        );
+        changed(&mut s, None, minutes(10.0));
         assert!(due(&s, d) >= minutes(9.0));
     }
 
