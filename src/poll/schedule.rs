@@ -422,15 +422,17 @@ mod tests {
         let target = target();
         let mut s = Schedule::new(&target, Duration::ZERO, |_| None);
         let now = minutes(10.0);
-        s.record(
-            Stream::Incidents,
-            now,
-            Outcome::RateLimited {
-                wait: Duration::from_secs(30),
-            },
-            None,
-            Duration::ZERO,
-        );
+        let rate_limited = |s: &mut Schedule| {
+            let wait = Duration::from_secs(30);
+            s.record(
+                Stream::Incidents,
+                now,
+                Outcome::RateLimited { wait },
+                None,
+                Duration::ZERO,
+            )
+        };
+        rate_limited(&mut s);
         for stream in Provider::Github.streams() {
             assert!(
                 due(&s, *stream) >= now + Duration::from_secs(30),
@@ -440,15 +442,7 @@ mod tests {
         assert_eq!(s.backoff(), Duration::from_secs(30));
         let mut waits = vec![s.backoff()];
         for _ in 0..4 {
-            s.record(
-                Stream::Incidents,
-                now,
-                Outcome::RateLimited {
-                    wait: Duration::from_secs(30),
-                },
-                None,
-                Duration::ZERO,
-            );
+            rate_limited(&mut s);
             waits.push(s.backoff());
         }
         assert!(waits.windows(2).all(|w| w[1] >= w[0]), "{waits:?}");
