@@ -818,24 +818,33 @@ fn kustomization_lists_every_manifest_that_exists_except_the_examples() {
         .collect();
     let unique: BTreeSet<&str> = resources.iter().copied().collect();
     assert_eq!(unique.len(), resources.len(), "duplicate resources");
-    for resource in &resources {
+    assert_lists_the_manifests(KUBERNETES_BASE, "base/kustomization.yaml", &unique);
+}
+
+/// The kustomization of `dir` (named `kustomization` in messages) lists
+/// exactly the YAML files of `dir` applied with the rest: each entry is
+/// there (a file, or a folder with a kustomization of its own) and none is
+/// one of [`NOT_IN_KUSTOMIZATION`].
+fn assert_lists_the_manifests(dir: &str, kustomization: &str, listed: &BTreeSet<&str>) {
+    for entry in listed {
+        let path = Path::new(dir).join(entry);
         assert!(
-            Path::new(KUBERNETES_BASE).join(resource).is_file(),
-            "base/kustomization.yaml lists {resource}, which does not exist"
+            path.is_file() || path.join("kustomization.yaml").is_file(),
+            "{kustomization} lists {entry}, which does not exist"
         );
         assert!(
-            !NOT_IN_KUSTOMIZATION.contains(resource),
-            "{resource} must not be applied with the rest"
+            !NOT_IN_KUSTOMIZATION.contains(entry),
+            "{entry} must not be applied with the rest"
         );
     }
-    for file in yaml_files(KUBERNETES_BASE) {
+    for file in yaml_files(dir) {
         let name = file_name(&file);
         if name == "kustomization.yaml" || NOT_IN_KUSTOMIZATION.contains(&name.as_str()) {
             continue;
         }
         assert!(
-            unique.contains(name.as_str()),
-            "{name} is not listed in base/kustomization.yaml"
+            listed.contains(name.as_str()),
+            "{name} is not listed in {kustomization}"
         );
     }
 }
@@ -1564,27 +1573,11 @@ fn postgres_overlay_builds_on_the_base_from_files_that_exist() {
         resources.len() + patches.len(),
         "listed twice"
     );
-    for entry in &listed {
-        let path = overlay.join(entry);
-        assert!(
-            path.is_file() || path.join("kustomization.yaml").is_file(),
-            "the overlay lists {entry}, which does not exist"
-        );
-        assert!(
-            !NOT_IN_KUSTOMIZATION.contains(entry),
-            "{entry} must not be applied with the rest"
-        );
-    }
-    for file in yaml_files(KUBERNETES_POSTGRES) {
-        let name = file_name(&file);
-        if name == "kustomization.yaml" || NOT_IN_KUSTOMIZATION.contains(&name.as_str()) {
-            continue;
-        }
-        assert!(
-            listed.contains(name.as_str()),
-            "{name} is not listed in the overlay's kustomization.yaml"
-        );
-    }
+    assert_lists_the_manifests(
+        KUBERNETES_POSTGRES,
+        "the overlay's kustomization.yaml",
+        &listed,
+    );
 
     // Each patch names one object of the base, and the overlay's own objects
     // are named, labelled and namespaced like the base's.
