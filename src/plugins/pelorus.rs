@@ -264,26 +264,19 @@ mod tests {
         };
         assert!(parse_event(PelorusEvent::Failure, body("1683022198").as_bytes()).is_ok());
         assert!(parse_event(PelorusEvent::Failure, body("\"1683022198\"").as_bytes()).is_ok());
-        assert_eq!(
-            problems(PelorusEvent::Failure, &body("1683022198.5")),
-            vec![("timestamp", "not_integer")]
-        );
-        assert_eq!(
-            problems(PelorusEvent::Failure, &body("\"soon\"")),
-            vec![("timestamp", "not_integer")]
-        );
-        assert_eq!(
-            problems(PelorusEvent::Failure, &body("true")),
-            vec![("timestamp", "wrong_type")]
-        );
-        assert_eq!(
-            problems(PelorusEvent::Failure, &body("-5")),
-            vec![("timestamp", "out_of_range")]
-        );
-        assert_eq!(
-            problems(PelorusEvent::Failure, &body("99999999999999999999")),
-            vec![("timestamp", "not_integer")]
-        );
+        for (timestamp, reason) in [
+            ("1683022198.5", "not_integer"),
+            ("\"soon\"", "not_integer"),
+            ("true", "wrong_type"),
+            ("-5", "out_of_range"),
+            ("99999999999999999999", "not_integer"),
+        ] {
+            assert_eq!(
+                problems(PelorusEvent::Failure, &body(timestamp)),
+                vec![("timestamp", reason)],
+                "{timestamp}"
+            );
+        }
     }
 
     #[test]
