@@ -74,6 +74,21 @@ pub(super) fn observe_once(
     }))
 }
 
+/// [`observe_once`] for each (subject, seconds) of `spans`; the effects of
+/// those that are new.
+pub(super) fn observe_each(
+    tx: &mut dyn Sql,
+    kind: &str,
+    app: &App,
+    spans: impl IntoIterator<Item = (String, i64)>,
+) -> Result<Vec<Effect>, DbError> {
+    let mut effects = Vec::new();
+    for (subject, seconds) in spans {
+        effects.extend(observe_once(tx, kind, app, &subject, seconds)?);
+    }
+    Ok(effects)
+}
+
 fn apply_commit(
     tx: &mut dyn Sql,
     commit: &Commit,
@@ -200,17 +215,10 @@ fn observe_lead_times(
     commits: Vec<(String, i64)>,
     deployed: i64,
 ) -> Result<Vec<Effect>, DbError> {
-    let mut effects = Vec::new();
-    for (commit_sha, commit_time) in commits {
-        effects.extend(observe_once(
-            tx,
-            LEAD_TIME,
-            app,
-            &commit_sha,
-            deployed - commit_time,
-        )?);
-    }
-    Ok(effects)
+    let spans = commits
+        .into_iter()
+        .map(|(commit_sha, commit_time)| (commit_sha, deployed - commit_time));
+    observe_each(tx, LEAD_TIME, app, spans)
 }
 
 /// The commits (sha, time; a commit can be in more than one image) of app
