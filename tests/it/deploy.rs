@@ -1326,10 +1326,7 @@ fn servicemonitor_scrapes_the_metrics_service_as_job_hookgauge() {
 fn prometheus_config_passes_promtool_and_scrapes_job_hookgauge() {
     promtool_check_config(Path::new(PROMETHEUS_CONFIG));
     let config = single_document(Path::new(PROMETHEUS_CONFIG));
-    let job = list(&config["scrape_configs"], "scrape_configs")
-        .iter()
-        .find(|j| j["job_name"].as_str() == Some("hookgauge"))
-        .expect("a scrape job named hookgauge");
+    let job = hookgauge_job(&config);
     assert_eq!(job["honor_timestamps"].as_bool(), Some(true));
     let targets = list(&job["static_configs"][0]["targets"], "targets");
     assert_eq!(
@@ -1349,14 +1346,19 @@ fn compose_prometheus_config_passes_promtool_with_the_rules_where_it_looks_for_t
     let config = compose_prometheus_config(&compose);
 
     // The scrape target is the compose service.
-    let job = list(&config["scrape_configs"], "scrape_configs")
-        .iter()
-        .find(|j| j["job_name"].as_str() == Some("hookgauge"))
-        .expect("a scrape job named hookgauge");
+    let job = hookgauge_job(&config);
     let target = text(&job["static_configs"][0]["targets"][0], "target");
     let (host, port) = target.split_once(':').unwrap();
     compose_service(&compose, host);
     assert_eq!(port, METRICS_PORT.to_string());
+}
+
+/// The scrape job `hookgauge` of a Prometheus configuration.
+fn hookgauge_job(config: &Value) -> &Value {
+    list(&config["scrape_configs"], "scrape_configs")
+        .iter()
+        .find(|j| j["job_name"].as_str() == Some("hookgauge"))
+        .expect("a scrape job named hookgauge")
 }
 
 /// The configuration the compose service `prometheus` is started with, after
@@ -2153,10 +2155,7 @@ fn compose_postgres_runs_two_replicas_on_the_postgres_service() {
 fn compose_postgres_prometheus_scrapes_every_replica_with_the_rules() {
     let compose = compose_postgres();
     let config = compose_prometheus_config(&compose);
-    let job = list(&config["scrape_configs"], "scrape_configs")
-        .iter()
-        .find(|j| j["job_name"].as_str() == Some("hookgauge"))
-        .expect("a scrape job named hookgauge");
+    let job = hookgauge_job(&config);
     assert_eq!(job["honor_timestamps"].as_bool(), Some(true));
     let targets: BTreeSet<&str> = list(&job["static_configs"], "static_configs")
         .iter()
