@@ -22,16 +22,16 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hookgauge::metrics::view::{View, Windows};
-use hookgauge::metrics::Metrics;
 use hookgauge::poll::{
     budget_floor, token_gates, Clock, GithubPoller, Outcome, PollTarget, Poller, Provider,
     RawTarget, Schedule,
 };
-use hookgauge::store::deliveries::Ledger;
-use hookgauge::store::{Location, Store, StoreConfig};
 use serde_json::{json, Value};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+#[path = "../tests/it/embedded.rs"]
+mod embedded;
+use embedded::EmbeddedStore;
 
 /// The fake's state: each repository's deployments and what was asked.
 #[derive(Default)]
@@ -243,28 +243,14 @@ async fn main() {
         world.lock().unwrap().deployments.insert(name.clone(), list);
     }
 
-    let dir = tempfile::tempdir().unwrap();
-    let metrics = Arc::new(Metrics::new());
-    let windows = Windows {
-        commit: Duration::from_secs(30 * 86_400),
-        exposure: Duration::from_secs(30 * 86_400),
-    };
-    let view = Arc::new(View::new(Arc::clone(&metrics), windows));
-    let location = Location::Sqlite(dir.path().join("hookgauge.db"));
-    let (store, opened) = Store::start(
-        StoreConfig {
-            location: location.clone(),
-            synchronous: hookgauge::store::Synchronous::Normal,
-            busy_timeout: Duration::from_secs(5),
-            max_body_bytes: 64 * 1024,
-            max_unauthenticated_rows: 10_000,
-            windows: windows.into(),
-            failure_link_window: Duration::from_secs(86_400),
-        },
-        view,
-    );
-    opened.expect("the store opens");
-    let ledger = Ledger::new(&location);
+    // Kept to the end: the view the store reports to, the store's directory.
+    let EmbeddedStore {
+        metrics,
+        store,
+        ledger,
+        view: _view,
+        dir: _dir,
+    } = EmbeddedStore::start();
 
     let targets: Vec<PollTarget> = names
         .iter()

@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use crate::events::{App, Event, ImageSha, IssueNumber, Namespace};
+use crate::events::{App, CommitLink, CommitSha, Event, ImageSha, IssueNumber, Namespace};
 
 /// What happened to a delivery. A closed set: these strings are labels and JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -187,6 +187,18 @@ pub struct Recorded {
     pub superseded_by: Option<String>,
 }
 
+/// A stored commit as the view shows it (its `commit_timestamp` series):
+/// when it is new, and again when the view is rebuilt.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ShownCommit {
+    pub app: App,
+    pub commit: CommitSha,
+    pub image_sha: Option<ImageSha>,
+    pub namespace: Option<Namespace>,
+    pub commit_link: Option<CommitLink>,
+    pub time: i64,
+}
+
 /// A committed change the metric view must reflect. Applying effects is
 /// commutative (counters add, gauges keep the newest time), so the order in
 /// which concurrent commits report them does not matter. Replicas sharing
@@ -194,14 +206,7 @@ pub struct Recorded {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "effect", rename_all = "snake_case")]
 pub enum Effect {
-    Commit {
-        app: App,
-        commit: crate::events::CommitSha,
-        image_sha: Option<ImageSha>,
-        namespace: Option<Namespace>,
-        commit_link: Option<crate::events::CommitLink>,
-        time: i64,
-    },
+    Commit(ShownCommit),
     /// A new deploy: counted, and shown with its image when it is known.
     Deploy {
         app: App,
@@ -264,6 +269,24 @@ pub enum Effect {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_commit_effect_is_one_flat_object_on_the_change_feed() {
+        let effect = Effect::Commit(ShownCommit {
+            app: App::parse("shop").unwrap(),
+            commit: CommitSha::parse("abc1234").unwrap(),
+            image_sha: None,
+            namespace: None,
+            commit_link: None,
+            time: 7,
+        });
+        let json = serde_json::to_string(&effect).unwrap();
+        assert_eq!(
+            json,
+            r#"{"effect":"commit","app":"shop","commit":"abc1234","image_sha":null,"namespace":null,"commit_link":null,"time":7}"#
+        );
+        assert_eq!(serde_json::from_str::<Effect>(&json).unwrap(), effect);
+    }
 
     #[test]
     fn derived_ids_separate_their_parts() {

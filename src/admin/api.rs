@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -288,13 +289,23 @@ pub fn bad_query(error: &actix_web::error::QueryPayloadError) -> HttpResponse {
         .json(json!({"error": "bad_query", "field": field, "reason": message}))
 }
 
+/// The request's query, once the request is authorized with `credentials`;
+/// else the answer refusing it.
+fn authorized_query<Q: DeserializeOwned>(
+    req: &HttpRequest,
+    state: &AdminState,
+    credentials: Credentials,
+) -> Result<Q, Box<HttpResponse>> {
+    authorize(req, &state.api_keys, credentials).map_err(|denied| denied.response())?;
+    web::Query::<Q>::from_query(req.query_string())
+        .map(web::Query::into_inner)
+        .map_err(|e| Box::new(bad_query(&e)))
+}
+
 async fn list(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
-    if let Err(denied) = authorize(&req, &state.api_keys, Credentials::Bearer) {
-        return denied.response();
-    }
-    let query = match web::Query::<ListQuery>::from_query(req.query_string()) {
-        Ok(q) => q.into_inner(),
-        Err(e) => return bad_query(&e),
+    let query: ListQuery = match authorized_query(&req, &state, Credentials::Bearer) {
+        Ok(query) => query,
+        Err(refused) => return *refused,
     };
     let filter = match query.filter() {
         Ok(f) => f,
@@ -385,12 +396,9 @@ struct EventsQuery {
 }
 
 async fn events(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
-    if let Err(denied) = authorize(&req, &state.api_keys, Credentials::Bearer) {
-        return denied.response();
-    }
-    let query = match web::Query::<EventsQuery>::from_query(req.query_string()) {
-        Ok(q) => q.into_inner(),
-        Err(e) => return bad_query(&e),
+    let query: EventsQuery = match authorized_query(&req, &state, Credentials::Bearer) {
+        Ok(query) => query,
+        Err(refused) => return *refused,
     };
     if let Some(kind) = &query.kind {
         if !EVENT_KINDS.contains(&kind.as_str()) {
@@ -426,12 +434,9 @@ struct IntervalsQuery {
 /// consecutive events per application and kind (docs/operations.md, "Event intervals").
 /// Needs a configured API key even from loopback.
 async fn event_intervals(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
-    if let Err(denied) = authorize(&req, &state.api_keys, Credentials::KeyRequired) {
-        return denied.response();
-    }
-    let query = match web::Query::<IntervalsQuery>::from_query(req.query_string()) {
-        Ok(q) => q.into_inner(),
-        Err(e) => return bad_query(&e),
+    let query: IntervalsQuery = match authorized_query(&req, &state, Credentials::KeyRequired) {
+        Ok(query) => query,
+        Err(refused) => return *refused,
     };
     let kind = match query.kind.as_deref() {
         None => None,
@@ -472,12 +477,9 @@ struct KeysQuery {
 /// 90 days (default 30) with their tiers and 13 weekly trend points, for one
 /// application or for all of them and each (docs/operations.md, "Keys page").
 async fn keys(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
-    if let Err(denied) = authorize(&req, &state.api_keys, Credentials::Bearer) {
-        return denied.response();
-    }
-    let query = match web::Query::<KeysQuery>::from_query(req.query_string()) {
-        Ok(q) => q.into_inner(),
-        Err(e) => return bad_query(&e),
+    let query: KeysQuery = match authorized_query(&req, &state, Credentials::Bearer) {
+        Ok(query) => query,
+        Err(refused) => return *refused,
     };
     let days = match query.days.as_deref() {
         None => 30,

@@ -120,7 +120,7 @@ impl SourceInstance {
             self.max_body_bytes
         );
         let o = &self.options;
-        let options = self.plugin.options();
+        let options = self.plugin.profile().options;
         let mut line = |name: &str, value: String| {
             if options.contains(&name) {
                 out.push_str(&format!("{name} = {value}\n"));
@@ -215,7 +215,7 @@ const MIN_BODY_CAP: usize = 1024;
 const MAX_BODY_CAP: usize = 25 * 1024 * 1024;
 
 fn is_option(plugin: &dyn Plugin, key: &str) -> bool {
-    COMMON_OPTIONS.contains(&key) || plugin.options().contains(&key)
+    COMMON_OPTIONS.contains(&key) || plugin.profile().options.contains(&key)
 }
 
 /// Builds the native source instances of `[sources.*]`.
@@ -267,7 +267,7 @@ pub(super) fn native_sources(
                         "not an option of {source}; its options: {}",
                         COMMON_OPTIONS
                             .iter()
-                            .chain(plugin.options())
+                            .chain(plugin.profile().options)
                             .copied()
                             .collect::<Vec<_>>()
                             .join(", ")
@@ -351,7 +351,7 @@ fn source_instance(
             .map_err(|reason| ConfigError::invalid(&format!("{key}.secrets"), reason))?
     };
     let max_body_bytes = match raw.max_body_bytes {
-        None => plugin.max_body_bytes(),
+        None => plugin.profile().max_body_bytes,
         Some(n) if (MIN_BODY_CAP..=MAX_BODY_CAP).contains(&n) => n,
         Some(_) => {
             return Err(ConfigError::invalid(

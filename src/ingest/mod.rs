@@ -22,12 +22,12 @@ pub use error::{IngestError, MAX_REQUEST_HEADERS, MAX_REQUEST_HEADER_BYTES, RETR
 
 use crate::clock::{now_ms, now_seconds};
 use crate::config::{PelorusSettings, SourceInstance};
-use crate::ledger::{Delivery, DeliveryId, Disposition, Outcome};
+use crate::ledger::{Delivery, DeliveryId, Disposition, Outcome, Recorded};
 use crate::metrics::Metrics;
 use crate::plugins::pelorus::{self, PelorusEvent};
 use crate::plugins::{payload, Plugin};
 use crate::signature::{self, AuthFailure, SignatureError};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// How long `/readyz` waits for the store before answering 503.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -355,24 +355,32 @@ async fn pelorus_webhook(
                 Outcome::Accepted => StatusCode::ACCEPTED,
                 _ => StatusCode::OK,
             };
-            let mut body = json!({
-                "outcome": recorded.outcome.as_str(),
-                "delivery_id": id.as_str(),
-                "detail": recorded.detail,
-            });
-            if let Some(by) = recorded.superseded_by {
-                body["superseded_by"] = by.into();
-            }
-            HttpResponse::build(status).json(body)
+            HttpResponse::build(status).json(recorded_body(&id, recorded))
         }
-        Err(error) => {
-            tracing::error!(
-                error = &error as &dyn std::error::Error,
-                "Delivery not acknowledged: store unavailable"
-            );
-            IngestError::StoreUnavailable.to_response(Some(&id))
-        }
+        Err(error) => store_unavailable(&error).to_response(Some(&id)),
     }
+}
+
+/// The answer to a delivery whose outcome committed.
+fn recorded_body(id: &DeliveryId, recorded: Recorded) -> Value {
+    let mut body = json!({
+        "outcome": recorded.outcome.as_str(),
+        "delivery_id": id.as_str(),
+        "detail": recorded.detail,
+    });
+    if let Some(by) = recorded.superseded_by {
+        body["superseded_by"] = by.into();
+    }
+    body
+}
+
+/// The refusal of a delivery the store could not take, the cause logged.
+fn store_unavailable(error: &StoreError) -> IngestError {
+    tracing::error!(
+        error = error as &dyn std::error::Error,
+        "Delivery not acknowledged: store unavailable"
+    );
+    IngestError::StoreUnavailable
 }
 
 /// Parts of header names that mark a credential: such values are stored
@@ -799,25 +807,11 @@ async fn record_native(
                 event = checked.event,
                 "Delivery recorded"
             );
-            let mut body = json!({
-                "outcome": recorded.outcome.as_str(),
-                "delivery_id": checked.id.as_str(),
-                "detail": recorded.detail,
-            });
-            if let Some(by) = recorded.superseded_by {
-                body["superseded_by"] = by.into();
-            }
             // Every committed outcome is a 200: senders disable hooks that
             // answer 4xx to what they consider ordinary events.
-            Ok(body)
+            Ok(recorded_body(&checked.id, recorded))
         }
-        Err(error) => {
-            tracing::error!(
-                error = &error as &dyn std::error::Error,
-                "Delivery not acknowledged: store unavailable"
-            );
-            Err((IngestError::StoreUnavailable, checked.id))
-        }
+        Err(error) => Err((store_unavailable(&error), checked.id)),
     }
 }
 

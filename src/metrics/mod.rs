@@ -11,8 +11,8 @@ pub mod reviews;
 pub mod view;
 
 use prometheus::{
-    exponential_buckets, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec,
-    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    core::Collector, exponential_buckets, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts,
+    HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 use crate::ledger::Outcome;
@@ -71,24 +71,30 @@ pub struct Metrics {
     pub review_waits: reviews::ReviewWaits,
 }
 
+/// `metric`, registered with `registry`: each metric is made and
+/// registered once.
+fn registered<M: Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric registered once");
+    metric
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            let vec =
-                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
-            registry
-                .register(Box::new(vec.clone()))
-                .expect("metric registered once");
-            vec
+            registered(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition"),
+            )
         };
         let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
-            let vec = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
-                .expect("valid metric definition");
-            registry
-                .register(Box::new(vec.clone()))
-                .expect("metric registered once");
-            vec
+            registered(
+                &registry,
+                HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+                    .expect("valid metric definition"),
+            )
         };
         let deliveries = counter(
             "hookgauge_deliveries_total",
@@ -101,17 +107,17 @@ impl Metrics {
             &["route", "status"],
             exponential_buckets(0.000_25, 2.0, 16).expect("valid buckets"),
         );
-        let store_commit_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "hookgauge_store_commit_duration_seconds",
-                "Time to apply and commit one batch of deliveries to the store.",
+        let store_commit_duration = registered(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "hookgauge_store_commit_duration_seconds",
+                    "Time to apply and commit one batch of deliveries to the store.",
+                )
+                .buckets(exponential_buckets(0.000_1, 2.0, 16).expect("valid buckets")),
             )
-            .buckets(exponential_buckets(0.000_1, 2.0, 16).expect("valid buckets")),
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(store_commit_duration.clone()))
-            .expect("metric registered once");
+            .expect("valid metric definition"),
+        );
         let store_errors = counter(
             "hookgauge_store_errors_total",
             "Store operations that failed, by kind of fault; deliveries in them were answered 503.",
@@ -121,20 +127,16 @@ impl Metrics {
             store_errors.with_label_values(&[kind.as_str()]);
         }
         let gauge = |name: &str, help: &str, labels: &[&str]| {
-            let vec =
-                GaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
-            registry
-                .register(Box::new(vec.clone()))
-                .expect("metric registered once");
-            vec
+            registered(
+                &registry,
+                GaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition"),
+            )
         };
         let int_gauge_vec = |name: &str, help: &str, labels: &[&str]| {
-            let vec =
-                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
-            registry
-                .register(Box::new(vec.clone()))
-                .expect("metric registered once");
-            vec
+            registered(
+                &registry,
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition"),
+            )
         };
         let build_info = int_gauge_vec(
             "hookgauge_build_info",
@@ -145,11 +147,10 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         let int_gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).expect("valid metric definition");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("metric registered once");
-            g
+            registered(
+                &registry,
+                IntGauge::new(name, help).expect("valid metric definition"),
+            )
         };
         let store_rows = int_gauge(
             "hookgauge_store_ledger_rows",
@@ -168,23 +169,20 @@ impl Metrics {
             "1 while this process runs retention, the pollers and redeliveries (with a shared \
              PostgreSQL store, one replica at a time holds them); 0 otherwise.",
         );
-        let follow_lag = Gauge::new(
+        let follow_lag = registered(&registry, Gauge::new(
             "hookgauge_store_follow_lag_seconds",
             "Shared store: how long after its commit on another replica the last change applied \
              reached this replica's metric view.",
         )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(follow_lag.clone()))
-            .expect("metric registered once");
-        let store_last_prune = Gauge::new(
-            "hookgauge_store_last_prune_timestamp_seconds",
-            "When retention last completed a run.",
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(store_last_prune.clone()))
-            .expect("metric registered once");
+        .expect("valid metric definition"));
+        let store_last_prune = registered(
+            &registry,
+            Gauge::new(
+                "hookgauge_store_last_prune_timestamp_seconds",
+                "When retention last completed a run.",
+            )
+            .expect("valid metric definition"),
+        );
         let store_pruned = counter(
             "hookgauge_store_pruned_total",
             "What retention removed: bodies dropped, ledger rows and events deleted.",
@@ -232,10 +230,7 @@ impl Metrics {
             "The wait before the repository's next poll caused by failures or rate limits; 0 when none.",
             &["repo"],
         );
-        let review_waits = reviews::ReviewWaits::new();
-        registry
-            .register(Box::new(review_waits.clone()))
-            .expect("metric registered once");
+        let review_waits = registered(&registry, reviews::ReviewWaits::new());
         Metrics {
             registry,
             deliveries,

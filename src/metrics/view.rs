@@ -20,7 +20,7 @@ use super::apps::{AppSeries, Mark, Span};
 use super::Metrics;
 use crate::clock::now_seconds;
 use crate::events::{App, ImageSha, Namespace};
-use crate::ledger::Effect;
+use crate::ledger::{Effect, ShownCommit};
 use crate::store::{CommitSink, FaultKind, RestoreWindows, Restored};
 
 pub(super) const SHARDS: usize = 32;
@@ -192,25 +192,18 @@ impl View {
         now - self.windows.commit.as_secs() as i64
     }
 
-    fn set_commit(
-        &self,
-        app: &App,
-        commit: &str,
-        image_sha: Option<ImageSha>,
-        namespace: Option<&str>,
-        link: Option<&str>,
-        time: i64,
-    ) {
+    fn set_commit(&self, commit: &ShownCommit) {
+        let time = commit.time;
         if time < self.commit_since(now_seconds()) {
             return;
         }
         let key = CommitKey {
-            app: self.intern(app.as_str()),
-            commit: commit.into(),
-            image_sha,
+            app: self.intern(commit.app.as_str()),
+            commit: commit.commit.as_str().into(),
+            image_sha: commit.image_sha,
         };
-        let namespace = namespace.map(|n| self.intern(n));
-        let link: Option<Box<str>> = link.map(Into::into);
+        let namespace = commit.namespace.as_ref().map(|n| self.intern(n.as_str()));
+        let link: Option<Box<str>> = commit.commit_link.as_ref().map(|l| l.as_str().into());
         self.commits.update(
             key,
             |entry| {
@@ -541,21 +534,7 @@ impl CommitSink for View {
     fn restore(&self, items: &mut dyn Iterator<Item = Restored>) {
         for item in items {
             match item {
-                Restored::Commit {
-                    app,
-                    commit,
-                    image_sha,
-                    namespace,
-                    commit_link,
-                    time,
-                } => self.set_commit(
-                    &app,
-                    commit.as_str(),
-                    image_sha,
-                    namespace.as_ref().map(|n| n.as_str()),
-                    commit_link.as_ref().map(|l| l.as_str()),
-                    time,
-                ),
+                Restored::Commit(commit) => self.set_commit(&commit),
                 Restored::Deploy {
                     app,
                     namespace,
@@ -613,21 +592,7 @@ impl CommitSink for View {
     fn apply(&self, effects: &[Effect]) {
         for effect in effects {
             match effect {
-                Effect::Commit {
-                    app,
-                    commit,
-                    image_sha,
-                    namespace,
-                    commit_link,
-                    time,
-                } => self.set_commit(
-                    app,
-                    commit.as_str(),
-                    *image_sha,
-                    namespace.as_ref().map(|n| n.as_str()),
-                    commit_link.as_ref().map(|l| l.as_str()),
-                    *time,
-                ),
+                Effect::Commit(commit) => self.set_commit(commit),
                 Effect::Deploy {
                     app,
                     namespace,

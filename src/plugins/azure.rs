@@ -7,12 +7,11 @@
 //!
 //! Maps headers and payload only; never touches the store or the metrics.
 
-use actix_web::http::header::HeaderMap;
 use serde_json::Value;
 
 use super::github::{pushed_commits, PushFields};
 use super::payload::{self, Reader};
-use super::{Mapping, Naming, PayloadError, Place, Plugin, SourceOptions};
+use super::{Incoming, Mapping, Naming, PayloadError, Place, Plugin, Profile, SourceOptions};
 use crate::events::{CommitSha, FailureChange, FieldError};
 use crate::signature::{Secret, Verifier};
 
@@ -29,11 +28,16 @@ const EVENTS: &[&str] = &[
     "workitem.updated",
 ];
 
-/// The body names the event (`eventType`) and the delivery (`id`).
-const NAMING: Naming = Naming {
-    event: Place::Body("eventType"),
-    events: EVENTS,
-    delivery_id: Place::Body("id"),
+const PROFILE: Profile = Profile {
+    source: "azure-devops",
+    options: super::LIST_OPTIONS,
+    // The body names the event (`eventType`) and the delivery (`id`).
+    naming: Naming {
+        event: Place::Body("eventType"),
+        events: EVENTS,
+        delivery_id: Place::Body("id"),
+    },
+    max_body_bytes: Profile::MAX_BODY_BYTES,
 };
 
 /// `System.State` values that close a work item in the stock processes
@@ -45,16 +49,8 @@ const CLOSED_STATES: &[&str] = &["Closed", "Resolved", "Done"];
 const SAMPLE_ACCOUNT: &str = "f844ec47-a9db-4511-8281-8b63f4eaf94e";
 
 impl Plugin for AzureDevOps {
-    fn source(&self) -> &'static str {
-        "azure-devops"
-    }
-
-    fn naming(&self) -> &'static Naming {
-        &NAMING
-    }
-
-    fn options(&self) -> &'static [&'static str] {
-        super::LIST_OPTIONS
+    fn profile(&self) -> Profile {
+        PROFILE
     }
 
     fn defaults(&self) -> SourceOptions {
@@ -70,16 +66,12 @@ impl Plugin for AzureDevOps {
         Ok(Verifier::Bearer { secrets })
     }
 
-    fn map(
-        &self,
-        headers: &HeaderMap,
-        payload: &Value,
-        options: &SourceOptions,
-    ) -> Result<Mapping, PayloadError> {
+    fn map(&self, incoming: &Incoming<'_>) -> Result<Mapping, PayloadError> {
+        let (payload, options) = (incoming.payload, incoming.options);
         if payload::text(payload, "resourceContainers.account.id") == Some(SAMPLE_ACCOUNT) {
             return Ok(Mapping::Ignored("test_sample"));
         }
-        match self.event(headers, Some(payload)) {
+        match incoming.event {
             "git.push" => push(payload, options),
             "build.complete" => build(payload, options),
             "ms.vss-pipelines.run-state-changed-event" => run(payload, options),
@@ -112,10 +104,7 @@ fn push(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadErro
     let Some(app) = r.parsed("resource.repository.name", |key| options.app(key)) else {
         return r.finish(None);
     };
-    let commits = payload::at(payload, "resource.commits")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+    let commits = payload::items(payload, "resource.commits");
     let events = pushed_commits(
         &mut r,
         commits,

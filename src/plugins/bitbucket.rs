@@ -5,11 +5,12 @@
 //!
 //! Maps headers and payload only; never touches the store or the metrics.
 
-use actix_web::http::header::HeaderMap;
 use serde_json::Value;
 
 use super::payload::{self, Reader};
-use super::{DeployFields, Mapping, Naming, PayloadError, Place, Plugin, SourceOptions};
+use super::{
+    DeployFields, Incoming, Mapping, Naming, PayloadError, Place, Plugin, Profile, SourceOptions,
+};
 use crate::events::{App, Commit, CommitLink, CommitSha, Event, FailureChange};
 use crate::signature::{HmacHeader, Secret, Verifier};
 
@@ -24,50 +25,37 @@ const EVENTS: &[&str] = &[
     "pullrequest:fulfilled",
 ];
 
-/// `X-Event-Key` names the event, `X-Request-UUID` the delivery.
-const NAMING: Naming = Naming {
-    event: Place::Headers(&["x-event-key"]),
-    events: EVENTS,
-    delivery_id: Place::Headers(&["x-request-uuid"]),
+const PROFILE: Profile = Profile {
+    source: "bitbucket",
+    options: &[
+        "branches",
+        "environments",
+        "namespaces",
+        "apps",
+        "deploy_workflows",
+    ],
+    // `X-Event-Key` names the event, `X-Request-UUID` the delivery.
+    naming: Naming {
+        event: Place::Headers(&["x-event-key"]),
+        events: EVENTS,
+        delivery_id: Place::Headers(&["x-request-uuid"]),
+    },
+    // Bitbucket drops payloads over 256 KB; nothing larger is genuine.
+    max_body_bytes: 256 * 1024,
 };
 
-/// Bitbucket drops payloads over 256 KB; nothing larger is genuine.
-const MAX_BODY_BYTES: usize = 256 * 1024;
-
 impl Plugin for BitbucketCloud {
-    fn source(&self) -> &'static str {
-        "bitbucket"
-    }
-
-    fn naming(&self) -> &'static Naming {
-        &NAMING
-    }
-
-    fn options(&self) -> &'static [&'static str] {
-        &[
-            "branches",
-            "environments",
-            "namespaces",
-            "apps",
-            "deploy_workflows",
-        ]
+    fn profile(&self) -> Profile {
+        PROFILE
     }
 
     fn verifier(&self, secrets: Vec<Secret>, _options: &SourceOptions) -> Result<Verifier, String> {
         Ok(signed(secrets))
     }
 
-    fn max_body_bytes(&self) -> usize {
-        MAX_BODY_BYTES
-    }
-
-    fn map(
-        &self,
-        headers: &HeaderMap,
-        payload: &Value,
-        options: &SourceOptions,
-    ) -> Result<Mapping, PayloadError> {
-        match self.event(headers, Some(payload)) {
+    fn map(&self, incoming: &Incoming<'_>) -> Result<Mapping, PayloadError> {
+        let (payload, options) = (incoming.payload, incoming.options);
+        match incoming.event {
             "repo:push" => push(payload, options),
             "repo:commit_status_created" | "repo:commit_status_updated" => status(payload, options),
             "issue:created" | "issue:updated" => issue(payload, options),
@@ -89,10 +77,7 @@ fn app_of(r: &mut Reader<'_>, options: &SourceOptions) -> Option<App> {
 }
 
 fn push(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadError> {
-    let changes = payload::at(payload, "push.changes")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+    let changes = payload::items(payload, "push.changes");
     let main_branch = payload::text(payload, "repository.mainbranch.name");
     let tracked: Vec<&Value> = changes
         .iter()
@@ -114,11 +99,7 @@ fn push(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadErro
     for change in tracked {
         let tip = payload::text(change, "new.target.hash");
         let tip_time = payload::at(change, "new.target.date");
-        for commit in payload::at(change, "commits")
-            .and_then(Value::as_array)
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-        {
+        for commit in payload::items(change, "commits") {
             let hash = r.text_in(commit, "hash", "push.changes[].commits[].hash");
             let Some(sha) = hash.and_then(|h| {
                 CommitSha::parse(h)
@@ -216,24 +197,21 @@ const DATA_CENTER_EVENTS: &[&str] = &[
     "diagnostics:ping",
 ];
 
-/// `X-Event-Key` names the event, `X-Request-Id` the delivery.
-const DATA_CENTER_NAMING: Naming = Naming {
-    event: Place::Headers(&["x-event-key"]),
-    events: DATA_CENTER_EVENTS,
-    delivery_id: Place::Headers(&["x-request-id"]),
+const DATA_CENTER_PROFILE: Profile = Profile {
+    source: "bitbucket-datacenter",
+    options: &["branches", "apps"],
+    // `X-Event-Key` names the event, `X-Request-Id` the delivery.
+    naming: Naming {
+        event: Place::Headers(&["x-event-key"]),
+        events: DATA_CENTER_EVENTS,
+        delivery_id: Place::Headers(&["x-request-id"]),
+    },
+    max_body_bytes: Profile::MAX_BODY_BYTES,
 };
 
 impl Plugin for BitbucketDataCenter {
-    fn source(&self) -> &'static str {
-        "bitbucket-datacenter"
-    }
-
-    fn naming(&self) -> &'static Naming {
-        &DATA_CENTER_NAMING
-    }
-
-    fn options(&self) -> &'static [&'static str] {
-        &["branches", "apps"]
+    fn profile(&self) -> Profile {
+        DATA_CENTER_PROFILE
     }
 
     /// The payload does not name the default branch: `main` and `master`
@@ -249,13 +227,9 @@ impl Plugin for BitbucketDataCenter {
         Ok(signed(secrets))
     }
 
-    fn map(
-        &self,
-        headers: &HeaderMap,
-        payload: &Value,
-        options: &SourceOptions,
-    ) -> Result<Mapping, PayloadError> {
-        match self.event(headers, Some(payload)) {
+    fn map(&self, incoming: &Incoming<'_>) -> Result<Mapping, PayloadError> {
+        let (payload, options) = (incoming.payload, incoming.options);
+        match incoming.event {
             "repo:refs_changed" => refs_changed(payload, options),
             "diagnostics:ping" => Ok(Mapping::Ignored("ping")),
             _ => Ok(Mapping::Ignored("event_not_used")),
@@ -267,10 +241,7 @@ impl Plugin for BitbucketDataCenter {
 /// push's `date` stands for it, which makes the lead time of such a commit
 /// a little short (the time between commit and push is not counted).
 fn refs_changed(payload: &Value, options: &SourceOptions) -> Result<Mapping, PayloadError> {
-    let changes = payload::at(payload, "changes")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+    let changes = payload::items(payload, "changes");
     let tracked: Vec<&Value> = changes
         .iter()
         .filter(|c| payload::text(c, "ref.type") == Some("BRANCH"))

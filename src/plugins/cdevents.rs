@@ -18,7 +18,10 @@ use actix_web::http::header::{self, HeaderMap};
 use serde_json::Value;
 
 use super::payload::{self, Reader};
-use super::{AuthScheme, FieldProblem, Mapping, PayloadError, Plugin, SourceOptions};
+use super::{
+    AuthScheme, FieldProblem, Incoming, Mapping, Naming, PayloadError, Plugin, Profile,
+    SourceOptions,
+};
 use crate::events::{Commit, EventTime};
 use crate::events::{CommitLink, Deploy, Event, FailureChange, FieldError, ImageSha, IssueNumber};
 use crate::ledger::DeliveryId;
@@ -58,18 +61,21 @@ const TYPE_VERSIONS: &[(u64, u64)] = &[(0, 2), (0, 3)];
 const SPEC_VERSIONS: &[&str] = &["0.4", "0.5"];
 
 impl Plugin for CdEvents {
-    fn source(&self) -> &'static str {
-        SOURCE
-    }
-
-    fn options(&self) -> &'static [&'static str] {
-        &[
-            "environments",
-            "namespaces",
-            "apps",
-            "auth",
-            "signature_header",
-        ]
+    /// Neither the event nor the delivery id is in one place: `event` and
+    /// `delivery_id` below read the envelope.
+    fn profile(&self) -> Profile {
+        Profile {
+            source: SOURCE,
+            options: &[
+                "environments",
+                "namespaces",
+                "apps",
+                "auth",
+                "signature_header",
+            ],
+            naming: Naming::NOWHERE,
+            max_body_bytes: Profile::MAX_BODY_BYTES,
+        }
     }
 
     fn verifier(&self, secrets: Vec<Secret>, options: &SourceOptions) -> Result<Verifier, String> {
@@ -135,13 +141,9 @@ impl Plugin for CdEvents {
         )
     }
 
-    fn map(
-        &self,
-        headers: &HeaderMap,
-        payload: &Value,
-        options: &SourceOptions,
-    ) -> Result<Mapping, PayloadError> {
-        let cdevent = envelope(headers, payload)?.cdevent;
+    fn map(&self, incoming: &Incoming<'_>) -> Result<Mapping, PayloadError> {
+        let options = incoming.options;
+        let cdevent = envelope(incoming.headers, incoming.payload)?.cdevent;
         let invalid = |field, reason| PayloadError::Invalid(vec![FieldProblem { field, reason }]);
         let kind = match payload::at(cdevent, "context.type") {
             None => return Err(invalid("context.type", FieldError::Missing)),
@@ -475,7 +477,7 @@ mod tests {
     }
 
     fn map(payload: &Value) -> Result<Mapping, PayloadError> {
-        CdEvents.map(&json_headers(), payload, &options())
+        CdEvents.classify(&json_headers(), payload, &options()).1
     }
 
     fn one_event(payload: &Value) -> Event {
@@ -738,12 +740,12 @@ mod tests {
             "/argo#ce-9"
         );
         assert!(matches!(
-            CdEvents.map(&structured, &event, &options()),
+            CdEvents.classify(&structured, &event, &options()).1,
             Ok(Mapping::Events(_))
         ));
         let empty = json!({"specversion": "1.0", "id": "ce-9"});
         assert_eq!(
-            problems(CdEvents.map(&structured, &empty, &options())),
+            problems(CdEvents.classify(&structured, &empty, &options()).1),
             vec![("data", "missing_field")]
         );
     }

@@ -23,7 +23,10 @@ use serde_json_path::JsonPath;
 use toml::Spanned;
 
 use super::payload::Reader;
-use super::{timestamp, FieldProblem, Mapping, PayloadError, Plugin, SourceOptions};
+use super::{
+    timestamp, FieldProblem, Incoming, Mapping, Naming, PayloadError, Plugin, Profile,
+    SourceOptions,
+};
 use crate::events::{
     App, Commit, CommitSha, Deploy, Event, EventTime, Failure, FailureChange, FieldError, ImageSha,
     IssueNumber, Link, Namespace,
@@ -1028,12 +1031,15 @@ impl Declarative {
 }
 
 impl Plugin for Declarative {
-    fn source(&self) -> &'static str {
-        self.source
-    }
-
-    fn options(&self) -> &'static [&'static str] {
-        super::LIST_OPTIONS
+    /// The rules name the event and `event`, `classify` and `delivery_id`
+    /// below read them.
+    fn profile(&self) -> Profile {
+        Profile {
+            source: self.source,
+            options: super::LIST_OPTIONS,
+            naming: Naming::NOWHERE,
+            max_body_bytes: self.max_body_bytes,
+        }
     }
 
     fn verifier(&self, secrets: Vec<Secret>, _options: &SourceOptions) -> Result<Verifier, String> {
@@ -1062,10 +1068,6 @@ impl Plugin for Declarative {
                 ))
             }
         })
-    }
-
-    fn max_body_bytes(&self) -> usize {
-        self.max_body_bytes
     }
 
     fn event(&self, headers: &HeaderMap, payload: Option<&Value>) -> &'static str {
@@ -1106,14 +1108,9 @@ impl Plugin for Declarative {
         })
     }
 
-    fn map(
-        &self,
-        headers: &HeaderMap,
-        payload: &Value,
-        options: &SourceOptions,
-    ) -> Result<Mapping, PayloadError> {
-        let rule = self.rule(headers, payload, Some(options));
-        self.outcome(rule, payload, options)
+    fn map(&self, incoming: &Incoming<'_>) -> Result<Mapping, PayloadError> {
+        let rule = self.rule(incoming.headers, incoming.payload, Some(incoming.options));
+        self.outcome(rule, incoming.payload, incoming.options)
     }
 }
 

@@ -5,12 +5,13 @@
 //!
 //! Maps headers and payload only; never touches the store or the metrics.
 
-use actix_web::http::header::HeaderMap;
 use serde_json::Value;
 
 use super::github::{branch_push, forge_issue};
 use super::payload;
-use super::{DeployFields, Mapping, Naming, PayloadError, Place, Plugin, SourceOptions};
+use super::{
+    DeployFields, Incoming, Mapping, Naming, PayloadError, Place, Plugin, Profile, SourceOptions,
+};
 use crate::signature::{HmacHeader, Secret, Verifier};
 
 pub struct Gitea;
@@ -26,24 +27,21 @@ const EVENTS: &[&str] = &[
     "workflow_run",
 ];
 
-/// The Forgejo, Gitea or Gogs headers name the event and the delivery.
-const NAMING: Naming = Naming {
-    event: Place::Headers(&["x-forgejo-event", "x-gitea-event", "x-gogs-event"]),
-    events: EVENTS,
-    delivery_id: Place::Headers(&["x-forgejo-delivery", "x-gitea-delivery", "x-gogs-delivery"]),
+const PROFILE: Profile = Profile {
+    source: "gitea",
+    options: &super::FORGE_OPTIONS,
+    // The Forgejo, Gitea or Gogs headers name the event and the delivery.
+    naming: Naming {
+        event: Place::Headers(&["x-forgejo-event", "x-gitea-event", "x-gogs-event"]),
+        events: EVENTS,
+        delivery_id: Place::Headers(&["x-forgejo-delivery", "x-gitea-delivery", "x-gogs-delivery"]),
+    },
+    max_body_bytes: Profile::MAX_BODY_BYTES,
 };
 
 impl Plugin for Gitea {
-    fn source(&self) -> &'static str {
-        "gitea"
-    }
-
-    fn naming(&self) -> &'static Naming {
-        &NAMING
-    }
-
-    fn options(&self) -> &'static [&'static str] {
-        super::FORGE_OPTIONS
+    fn profile(&self) -> Profile {
+        PROFILE
     }
 
     fn verifier(&self, secrets: Vec<Secret>, _options: &SourceOptions) -> Result<Verifier, String> {
@@ -57,13 +55,9 @@ impl Plugin for Gitea {
         })
     }
 
-    fn map(
-        &self,
-        headers: &HeaderMap,
-        payload: &Value,
-        options: &SourceOptions,
-    ) -> Result<Mapping, PayloadError> {
-        match self.event(headers, Some(payload)) {
+    fn map(&self, incoming: &Incoming<'_>) -> Result<Mapping, PayloadError> {
+        let (payload, options) = (incoming.payload, incoming.options);
+        match incoming.event {
             "push" => push(payload, options),
             "issues" => forge_issue(payload, options),
             "status" => status(payload, options),

@@ -5,11 +5,12 @@
 //!
 //! Maps headers and payload only; never touches the store or the metrics.
 
-use actix_web::http::header::HeaderMap;
 use serde_json::Value;
 
 use super::payload::{self, Reader};
-use super::{DeployFields, Mapping, Naming, PayloadError, Place, Plugin, SourceOptions};
+use super::{
+    DeployFields, Incoming, Mapping, Naming, PayloadError, Place, Plugin, Profile, SourceOptions,
+};
 use crate::events::{App, Commit, CommitLink, CommitSha, Deploy, Event, FailureChange, ImageSha};
 use crate::signature::{HmacAlgorithm, HmacHeader, MacEncoding, Secret, Verifier};
 
@@ -26,37 +27,27 @@ const EVENTS: &[&str] = &[
     "package",
 ];
 
-/// `X-GitHub-Event` names the event, `X-GitHub-Delivery` the delivery.
-const NAMING: Naming = Naming {
-    event: Place::Headers(&["x-github-event"]),
-    events: EVENTS,
-    delivery_id: Place::Headers(&["x-github-delivery"]),
+const OPTIONS: [&str; 9] =
+    super::forge_options_and(["legacy_sha1_signatures", "rework_refs", "rework_tasks"]);
+
+const PROFILE: Profile = Profile {
+    source: "github",
+    options: &OPTIONS,
+    // `X-GitHub-Event` names the event, `X-GitHub-Delivery` the delivery.
+    naming: Naming {
+        event: Place::Headers(&["x-github-event"]),
+        events: EVENTS,
+        delivery_id: Place::Headers(&["x-github-delivery"]),
+    },
+    max_body_bytes: Profile::MAX_BODY_BYTES,
 };
 
 /// All-zero SHA GitHub and GitLab send for a deleted or created ref.
 pub const ZERO_SHA: &str = "0000000000000000000000000000000000000000";
 
 impl Plugin for GitHub {
-    fn source(&self) -> &'static str {
-        "github"
-    }
-
-    fn naming(&self) -> &'static Naming {
-        &NAMING
-    }
-
-    fn options(&self) -> &'static [&'static str] {
-        &[
-            "branches",
-            "environments",
-            "namespaces",
-            "incident_labels",
-            "apps",
-            "deploy_workflows",
-            "legacy_sha1_signatures",
-            "rework_refs",
-            "rework_tasks",
-        ]
+    fn profile(&self) -> Profile {
+        PROFILE
     }
 
     /// `X-Hub-Signature-256`; the SHA-1 `X-Hub-Signature` only when
@@ -75,13 +66,9 @@ impl Plugin for GitHub {
         Ok(Verifier::Hmac { headers, secrets })
     }
 
-    fn map(
-        &self,
-        headers: &HeaderMap,
-        payload: &Value,
-        options: &SourceOptions,
-    ) -> Result<Mapping, PayloadError> {
-        match self.event(headers, Some(payload)) {
+    fn map(&self, incoming: &Incoming<'_>) -> Result<Mapping, PayloadError> {
+        let (payload, options) = (incoming.payload, incoming.options);
+        match incoming.event {
             "ping" => Ok(Mapping::Ignored("ping")),
             "push" => push(payload, options),
             "deployment" => Ok(Mapping::Ignored("deployment_created_awaiting_status")),
@@ -186,10 +173,7 @@ pub fn branch_push(
     if !options.is_tracked_branch(branch, default_branch) {
         return Ok(Mapping::Ignored("branch_not_tracked"));
     }
-    let commits = payload::at(payload, "commits")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+    let commits = payload::items(payload, "commits");
     if commits.is_empty() {
         return Ok(Mapping::Ignored("push_without_commits"));
     }

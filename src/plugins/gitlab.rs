@@ -12,7 +12,8 @@ use serde_json::Value;
 use super::github::branch_push;
 use super::payload::{self, Reader};
 use super::{
-    known_event, DeployFields, Mapping, Naming, PayloadError, Place, Plugin, SourceOptions,
+    known_event, DeployFields, Incoming, Mapping, Naming, PayloadError, Place, Plugin, Profile,
+    SourceOptions,
 };
 use crate::events::{App, CommitSha, Deploy, Event, FailureChange, FieldError};
 use crate::signature::{self, Secret, Verifier};
@@ -36,33 +37,23 @@ const KINDS: &[&str] = &[
     "note",
 ];
 
-/// The Standard Webhooks id, else GitLab's own event UUID, names the
-/// delivery.
-const NAMING: Naming = Naming {
-    delivery_id: Place::Headers(&["idempotency-key", "webhook-id", "x-gitlab-event-uuid"]),
-    ..Naming::NOWHERE
+const OPTIONS: [&str; 7] = super::forge_options_and(["rework_refs"]);
+
+const PROFILE: Profile = Profile {
+    source: "gitlab",
+    options: &OPTIONS,
+    // Only the delivery id: `event` below reads the kind its own way. The
+    // Standard Webhooks id, else GitLab's own event UUID, names the delivery.
+    naming: Naming {
+        delivery_id: Place::Headers(&["idempotency-key", "webhook-id", "x-gitlab-event-uuid"]),
+        ..Naming::NOWHERE
+    },
+    max_body_bytes: Profile::MAX_BODY_BYTES,
 };
 
 impl Plugin for GitLab {
-    fn source(&self) -> &'static str {
-        "gitlab"
-    }
-
-    /// Only the delivery id: `event` below reads the kind its own way.
-    fn naming(&self) -> &'static Naming {
-        &NAMING
-    }
-
-    fn options(&self) -> &'static [&'static str] {
-        &[
-            "branches",
-            "environments",
-            "namespaces",
-            "incident_labels",
-            "apps",
-            "deploy_workflows",
-            "rework_refs",
-        ]
+    fn profile(&self) -> Profile {
+        PROFILE
     }
 
     fn verifier(&self, secrets: Vec<Secret>, _options: &SourceOptions) -> Result<Verifier, String> {
@@ -108,13 +99,9 @@ impl Plugin for GitLab {
         }
     }
 
-    fn map(
-        &self,
-        headers: &HeaderMap,
-        payload: &Value,
-        options: &SourceOptions,
-    ) -> Result<Mapping, PayloadError> {
-        match self.event(headers, Some(payload)) {
+    fn map(&self, incoming: &Incoming<'_>) -> Result<Mapping, PayloadError> {
+        let (payload, options) = (incoming.payload, incoming.options);
+        match incoming.event {
             "push" => push(payload, options),
             "deployment" => deployment(payload, options),
             "issue" | "work_item" => issue(payload, options),

@@ -5,11 +5,10 @@
 //!
 //! Maps headers and payload only; never touches the store or the metrics.
 
-use actix_web::http::header::HeaderMap;
 use serde_json::Value;
 
 use super::payload::{self, Reader};
-use super::{Mapping, Naming, PayloadError, Place, Plugin, SourceOptions};
+use super::{Incoming, Mapping, Naming, PayloadError, Place, Plugin, Profile, SourceOptions};
 use crate::events::{App, FailureChange};
 use crate::signature::{HmacHeader, Secret, Verifier};
 
@@ -21,27 +20,24 @@ const EVENTS: &[&str] = &[
     "jira:issue_deleted",
 ];
 
-/// The body's `webhookEvent` names the event, `X-Atlassian-Webhook-Identifier` the delivery.
-const NAMING: Naming = Naming {
-    event: Place::Body("webhookEvent"),
-    events: EVENTS,
-    delivery_id: Place::Headers(&["x-atlassian-webhook-identifier"]),
+const PROFILE: Profile = Profile {
+    source: "jira",
+    options: &["incident_labels", "issue_types", "apps"],
+    // The body's `webhookEvent` names the event, `X-Atlassian-Webhook-Identifier` the delivery.
+    naming: Naming {
+        event: Place::Body("webhookEvent"),
+        events: EVENTS,
+        delivery_id: Place::Headers(&["x-atlassian-webhook-identifier"]),
+    },
+    max_body_bytes: Profile::MAX_BODY_BYTES,
 };
 
 /// Labels of the form `app:<name>` name the application outright.
 const APP_LABEL: &str = "app:";
 
 impl Plugin for Jira {
-    fn source(&self) -> &'static str {
-        "jira"
-    }
-
-    fn naming(&self) -> &'static Naming {
-        &NAMING
-    }
-
-    fn options(&self) -> &'static [&'static str] {
-        &["incident_labels", "issue_types", "apps"]
+    fn profile(&self) -> Profile {
+        PROFILE
     }
 
     fn defaults(&self) -> SourceOptions {
@@ -59,20 +55,15 @@ impl Plugin for Jira {
         })
     }
 
-    fn map(
-        &self,
-        headers: &HeaderMap,
-        payload: &Value,
-        options: &SourceOptions,
-    ) -> Result<Mapping, PayloadError> {
-        let event = self.event(headers, Some(payload));
+    fn map(&self, incoming: &Incoming<'_>) -> Result<Mapping, PayloadError> {
+        let (event, payload, options) = (incoming.event, incoming.payload, incoming.options);
         if !matches!(event, "jira:issue_created" | "jira:issue_updated") {
             return Ok(Mapping::Ignored("event_not_used"));
         }
-        let labels: Vec<&str> = payload::at(payload, "issue.fields.labels")
-            .and_then(Value::as_array)
-            .map(|l| l.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
+        let labels: Vec<&str> = payload::items(payload, "issue.fields.labels")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
         let typed = payload::text(payload, "issue.fields.issuetype.name").is_some_and(|t| {
             options
                 .issue_types
@@ -107,10 +98,7 @@ impl Plugin for Jira {
 /// (`Some(false)`), or leaves it alone (`None`). A status moved into the
 /// done category counts as resolving, for workflows without resolutions.
 fn resolution_change(payload: &Value) -> Option<bool> {
-    let items = payload::at(payload, "changelog.items")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+    let items = payload::items(payload, "changelog.items");
     let set =
         |item: &Value| payload::at(item, "to").is_some() || payload::at(item, "toString").is_some();
     if let Some(item) = items

@@ -254,14 +254,48 @@ pub enum Place {
     Nowhere,
 }
 
-/// A native source. Implementations are unit structs listed in [`SOURCES`].
-pub trait Plugin: Sync {
+/// What a source is, in one place: its name, the options it reads, where
+/// its deliveries name their event and carry their id, and its body cap.
+#[derive(Debug, Clone, Copy)]
+pub struct Profile {
     /// Name in paths (`/hooks/<source>`), configuration and labels.
-    fn source(&self) -> &'static str;
-
+    pub source: &'static str,
     /// The option keys this source reads, besides `enabled`, `secrets` and
     /// `secrets_file`.
-    fn options(&self) -> &'static [&'static str];
+    pub options: &'static [&'static str],
+    /// Where deliveries name their event and carry their id, read by
+    /// [`Plugin::event`] and [`Plugin::delivery_id`]. A plugin that reads
+    /// either its own way overrides that method instead.
+    pub naming: Naming,
+    /// Largest body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Profile {
+    /// The body cap unless a source says otherwise: the largest body any
+    /// provider sends (GitHub).
+    pub const MAX_BODY_BYTES: usize = 25 * 1024 * 1024;
+}
+
+/// A parsed delivery as [`Plugin::map`] reads it: the event label it was
+/// given, its headers and body, and the instance's options.
+#[derive(Debug, Clone, Copy)]
+pub struct Incoming<'a> {
+    pub event: &'static str,
+    pub headers: &'a HeaderMap,
+    pub payload: &'a Value,
+    pub options: &'a SourceOptions,
+}
+
+/// A native source. Implementations are unit structs listed in [`SOURCES`].
+pub trait Plugin: Sync {
+    /// What this source is: its name, options, naming and body cap.
+    fn profile(&self) -> Profile;
+
+    /// Name in paths (`/hooks/<source>`), configuration and labels.
+    fn source(&self) -> &'static str {
+        self.profile().source
+    }
 
     /// Option defaults, applied before the configured values.
     fn defaults(&self) -> SourceOptions {
@@ -276,22 +310,10 @@ pub trait Plugin: Sync {
     /// least one; without any, the instance is open and loopback-only).
     fn verifier(&self, secrets: Vec<Secret>, options: &SourceOptions) -> Result<Verifier, String>;
 
-    /// Largest body accepted, in bytes.
-    fn max_body_bytes(&self) -> usize {
-        25 * 1024 * 1024
-    }
-
-    /// Where this source's deliveries name their event and carry their id,
-    /// read by [`Plugin::event`] and [`Plugin::delivery_id`]. A plugin that
-    /// reads either its own way overrides that method instead.
-    fn naming(&self) -> &'static Naming {
-        &Naming::NOWHERE
-    }
-
     /// The event label, from a closed set: from the headers, or from the
     /// payload once it is parsed (`None` before authentication).
     fn event(&self, headers: &HeaderMap, payload: Option<&Value>) -> &'static str {
-        let naming = self.naming();
+        let naming = self.profile().naming;
         match naming.event {
             Place::Headers(names) => known_event(first_header(headers, names), naming.events),
             Place::Body(path) => body_event(payload, path, naming.events),
@@ -308,10 +330,14 @@ pub trait Plugin: Sync {
         payload: &Value,
         options: &SourceOptions,
     ) -> (&'static str, Result<Mapping, PayloadError>) {
-        (
-            self.event(headers, Some(payload)),
-            self.map(headers, payload, options),
-        )
+        let event = self.event(headers, Some(payload));
+        let incoming = Incoming {
+            event,
+            headers,
+            payload,
+            options,
+        };
+        (event, self.map(&incoming))
     }
 
     /// True when the request carries several deliveries (a CloudEvents
@@ -324,7 +350,7 @@ pub trait Plugin: Sync {
     /// The sender's id of this delivery, if it has one (else the runner
     /// derives one from the body).
     fn delivery_id(&self, headers: &HeaderMap, payload: &Value) -> Option<DeliveryId> {
-        match self.naming().delivery_id {
+        match self.profile().naming.delivery_id {
             Place::Headers(names) => header_delivery_id(headers, names),
             Place::Body(path) => payload::text(payload, path).and_then(DeliveryId::from_header),
             Place::Nowhere => None,
@@ -332,12 +358,7 @@ pub trait Plugin: Sync {
     }
 
     /// What the delivery means.
-    fn map(
-        &self,
-        headers: &HeaderMap,
-        payload: &Value,
-        options: &SourceOptions,
-    ) -> Result<Mapping, PayloadError>;
+    fn map(&self, incoming: &Incoming<'_>) -> Result<Mapping, PayloadError>;
 }
 
 /// Every built-in native source, in documentation order. Declarative
@@ -369,7 +390,7 @@ pub fn all(
 }
 
 /// The options the forges (GitHub, GitLab, Gitea) read.
-pub const FORGE_OPTIONS: &[&str] = &[
+pub const FORGE_OPTIONS: [&str; 6] = [
     "branches",
     "environments",
     "namespaces",
@@ -377,6 +398,26 @@ pub const FORGE_OPTIONS: &[&str] = &[
     "apps",
     "deploy_workflows",
 ];
+
+/// [`FORGE_OPTIONS`] followed by `more`: the options of a forge that reads
+/// a few of its own. `N`, the length of the whole list, is the type of the
+/// constant it builds.
+pub const fn forge_options_and<const M: usize, const N: usize>(
+    more: [&'static str; M],
+) -> [&'static str; N] {
+    assert!(N == FORGE_OPTIONS.len() + M);
+    let mut all = [""; N];
+    let mut i = 0;
+    while i < N {
+        all[i] = if i < FORGE_OPTIONS.len() {
+            FORGE_OPTIONS[i]
+        } else {
+            more[i - FORGE_OPTIONS.len()]
+        };
+        i += 1;
+    }
+    all
+}
 
 /// The event named by the body field at `path` (one of `known`, else
 /// `other`); `unknown` before the body is parsed.

@@ -5,12 +5,11 @@
 //!
 //! Maps headers and payload only; never touches the store or the metrics.
 
-use actix_web::http::header::HeaderMap;
 use serde_json::Value;
 
 use super::payload::{self, Reader};
 use super::timestamp;
-use super::{Mapping, Naming, PayloadError, Place, Plugin, SourceOptions};
+use super::{Incoming, Mapping, Naming, PayloadError, Place, Plugin, Profile, SourceOptions};
 use crate::events::FailureChange;
 use crate::signature::{Secret, Verifier};
 
@@ -18,48 +17,41 @@ pub struct Opsgenie;
 
 const EVENTS: &[&str] = &["Create", "Close", "Acknowledge", "AddNote", "Delete"];
 
-/// The body's `action` names the event; no delivery id is sent.
-const NAMING: Naming = Naming {
-    event: Place::Body("action"),
-    events: EVENTS,
-    delivery_id: Place::Nowhere,
+const PROFILE: Profile = Profile {
+    source: "opsgenie",
+    options: &["incident_labels", "apps"],
+    // The body's `action` names the event; no delivery id is sent.
+    naming: Naming {
+        event: Place::Body("action"),
+        events: EVENTS,
+        delivery_id: Place::Nowhere,
+    },
+    max_body_bytes: Profile::MAX_BODY_BYTES,
 };
 
 /// Tags of the form `app:<name>` name the application outright.
 const APP_TAG: &str = "app:";
 
 impl Plugin for Opsgenie {
-    fn source(&self) -> &'static str {
-        "opsgenie"
-    }
-
-    fn naming(&self) -> &'static Naming {
-        &NAMING
-    }
-
-    fn options(&self) -> &'static [&'static str] {
-        &["incident_labels", "apps"]
+    fn profile(&self) -> Profile {
+        PROFILE
     }
 
     fn verifier(&self, secrets: Vec<Secret>, _options: &SourceOptions) -> Result<Verifier, String> {
         Ok(Verifier::Bearer { secrets })
     }
 
-    fn map(
-        &self,
-        headers: &HeaderMap,
-        payload: &Value,
-        options: &SourceOptions,
-    ) -> Result<Mapping, PayloadError> {
-        let change = match self.event(headers, Some(payload)) {
+    fn map(&self, incoming: &Incoming<'_>) -> Result<Mapping, PayloadError> {
+        let (payload, options) = (incoming.payload, incoming.options);
+        let change = match incoming.event {
             "Create" => FailureChange::Created,
             "Close" => FailureChange::Resolved,
             _ => return Ok(Mapping::Ignored("event_not_used")),
         };
-        let tags: Vec<&str> = payload::at(payload, "alert.tags")
-            .and_then(Value::as_array)
-            .map(|t| t.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
+        let tags: Vec<&str> = payload::items(payload, "alert.tags")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
         // Both ends need the tag: a close of an untagged alert must not
         // count as a restored failure.
         if !tags.iter().any(|t| options.is_incident_label(t)) {

@@ -6,11 +6,8 @@
 //!
 //! Maps headers and payload only; never touches the store or the metrics.
 
-use actix_web::http::header::HeaderMap;
-use serde_json::Value;
-
 use super::payload::Reader;
-use super::{Mapping, Naming, PayloadError, Place, Plugin, SourceOptions};
+use super::{Incoming, Mapping, Naming, PayloadError, Place, Plugin, Profile, SourceOptions};
 use crate::events::FailureChange;
 use crate::signature::{Secret, Verifier};
 
@@ -24,27 +21,22 @@ const EVENTS: &[&str] = &[
     "pagey.ping",
 ];
 
-/// The body's `event.event_type` names the event, `X-Webhook-Id` the delivery.
-const NAMING: Naming = Naming {
-    event: Place::Body("event.event_type"),
-    events: EVENTS,
-    delivery_id: Place::Headers(&["x-webhook-id"]),
+const PROFILE: Profile = Profile {
+    source: "pagerduty",
+    options: &["apps"],
+    // The body's `event.event_type` names the event, `X-Webhook-Id` the delivery.
+    naming: Naming {
+        event: Place::Body("event.event_type"),
+        events: EVENTS,
+        delivery_id: Place::Headers(&["x-webhook-id"]),
+    },
+    // PagerDuty drops payloads over 256 KB.
+    max_body_bytes: 256 * 1024,
 };
 
-/// PagerDuty drops payloads over 256 KB.
-const MAX_BODY_BYTES: usize = 256 * 1024;
-
 impl Plugin for PagerDuty {
-    fn source(&self) -> &'static str {
-        "pagerduty"
-    }
-
-    fn naming(&self) -> &'static Naming {
-        &NAMING
-    }
-
-    fn options(&self) -> &'static [&'static str] {
-        &["apps"]
+    fn profile(&self) -> Profile {
+        PROFILE
     }
 
     fn verifier(&self, secrets: Vec<Secret>, _options: &SourceOptions) -> Result<Verifier, String> {
@@ -55,17 +47,9 @@ impl Plugin for PagerDuty {
         })
     }
 
-    fn max_body_bytes(&self) -> usize {
-        MAX_BODY_BYTES
-    }
-
-    fn map(
-        &self,
-        headers: &HeaderMap,
-        payload: &Value,
-        options: &SourceOptions,
-    ) -> Result<Mapping, PayloadError> {
-        let change = match self.event(headers, Some(payload)) {
+    fn map(&self, incoming: &Incoming<'_>) -> Result<Mapping, PayloadError> {
+        let (payload, options) = (incoming.payload, incoming.options);
+        let change = match incoming.event {
             "incident.triggered" => FailureChange::Created,
             "incident.resolved" => FailureChange::Resolved,
             "pagey.ping" => return Ok(Mapping::Ignored("ping")),

@@ -41,6 +41,25 @@ pub fn text<'a>(root: &'a Value, path: &str) -> Option<&'a str> {
     at(root, path).and_then(Value::as_str)
 }
 
+/// The items of the array at a dotted path; none when it is absent or not
+/// an array.
+pub fn items<'a>(root: &'a Value, path: &str) -> &'a [Value] {
+    at(root, path)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+}
+
+/// A value that must be a string: `Missing` when absent (or null),
+/// `WrongType` when it is something else.
+pub fn string(value: Option<&Value>) -> Result<&str, FieldError> {
+    match value {
+        None | Some(Value::Null) => Err(FieldError::Missing),
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(FieldError::WrongType),
+    }
+}
+
 /// Collects field problems while values are read from one payload.
 pub struct Reader<'a> {
     root: &'a Value,
@@ -70,17 +89,9 @@ impl<'a> Reader<'a> {
         path: &str,
         field: &'static str,
     ) -> Option<&'a str> {
-        match at(value, path) {
-            None => {
-                self.fail(field, FieldError::Missing);
-                None
-            }
-            Some(Value::String(s)) => Some(s),
-            Some(_) => {
-                self.fail(field, FieldError::WrongType);
-                None
-            }
-        }
+        string(at(value, path))
+            .map_err(|reason| self.fail(field, reason))
+            .ok()
     }
 
     /// A required string at `path`.

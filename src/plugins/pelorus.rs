@@ -6,6 +6,7 @@
 
 use serde_json::{Map, Value};
 
+use super::payload;
 use crate::events::{
     App, Commit, CommitLink, CommitSha, Deploy, Event, EventTime, Failure, FailureChange,
     FieldError, ImageSha, IssueNumber, Namespace,
@@ -74,18 +75,9 @@ impl<'a> Fields<'a> {
     }
 
     fn text(&mut self, field: &'static str, required: bool) -> Option<&'a str> {
-        match self.object.get(field) {
-            None | Some(Value::Null) => {
-                if required {
-                    self.fail(field, FieldError::Missing);
-                }
-                None
-            }
-            Some(Value::String(s)) => Some(s),
-            Some(_) => {
-                self.fail(field, FieldError::WrongType);
-                None
-            }
+        match payload::string(self.object.get(field)) {
+            Err(FieldError::Missing) if !required => None,
+            found => found.map_err(|reason| self.fail(field, reason)).ok(),
         }
     }
 
@@ -272,26 +264,19 @@ mod tests {
         };
         assert!(parse_event(PelorusEvent::Failure, body("1683022198").as_bytes()).is_ok());
         assert!(parse_event(PelorusEvent::Failure, body("\"1683022198\"").as_bytes()).is_ok());
-        assert_eq!(
-            problems(PelorusEvent::Failure, &body("1683022198.5")),
-            vec![("timestamp", "not_integer")]
-        );
-        assert_eq!(
-            problems(PelorusEvent::Failure, &body("\"soon\"")),
-            vec![("timestamp", "not_integer")]
-        );
-        assert_eq!(
-            problems(PelorusEvent::Failure, &body("true")),
-            vec![("timestamp", "wrong_type")]
-        );
-        assert_eq!(
-            problems(PelorusEvent::Failure, &body("-5")),
-            vec![("timestamp", "out_of_range")]
-        );
-        assert_eq!(
-            problems(PelorusEvent::Failure, &body("99999999999999999999")),
-            vec![("timestamp", "not_integer")]
-        );
+        for (timestamp, reason) in [
+            ("1683022198.5", "not_integer"),
+            ("\"soon\"", "not_integer"),
+            ("true", "wrong_type"),
+            ("-5", "out_of_range"),
+            ("99999999999999999999", "not_integer"),
+        ] {
+            assert_eq!(
+                problems(PelorusEvent::Failure, &body(timestamp)),
+                vec![("timestamp", reason)],
+                "{timestamp}"
+            );
+        }
     }
 
     #[test]

@@ -8,12 +8,13 @@
 //!
 //! Maps headers and payload only; never touches the store or the metrics.
 
-use actix_web::http::header::HeaderMap;
 use serde_json::Value;
 
 use super::payload;
 use super::pelorus::{self, PelorusEvent};
-use super::{FieldProblem, Mapping, Naming, PayloadError, Place, Plugin, SourceOptions};
+use super::{
+    FieldProblem, Incoming, Mapping, Naming, PayloadError, Place, Plugin, Profile, SourceOptions,
+};
 use crate::events::FieldError;
 use crate::signature::{self, Secret, Verifier};
 
@@ -29,24 +30,21 @@ const EVENTS: &[&str] = &[
     "failure.resolved",
 ];
 
-/// The body's `type` names the event, `webhook-id` the delivery.
-const NAMING: Naming = Naming {
-    event: Place::Body("type"),
-    events: EVENTS,
-    delivery_id: Place::Headers(&["webhook-id"]),
+const PROFILE: Profile = Profile {
+    source: "standard-webhooks",
+    options: &[],
+    // The body's `type` names the event, `webhook-id` the delivery.
+    naming: Naming {
+        event: Place::Body("type"),
+        events: EVENTS,
+        delivery_id: Place::Headers(&["webhook-id"]),
+    },
+    max_body_bytes: Profile::MAX_BODY_BYTES,
 };
 
 impl Plugin for StandardWebhooks {
-    fn source(&self) -> &'static str {
-        "standard-webhooks"
-    }
-
-    fn naming(&self) -> &'static Naming {
-        &NAMING
-    }
-
-    fn options(&self) -> &'static [&'static str] {
-        &[]
+    fn profile(&self) -> Profile {
+        PROFILE
     }
 
     fn verifier(&self, secrets: Vec<Secret>, _options: &SourceOptions) -> Result<Verifier, String> {
@@ -60,14 +58,10 @@ impl Plugin for StandardWebhooks {
         Ok(Verifier::StandardWebhooks { keys })
     }
 
-    fn map(
-        &self,
-        headers: &HeaderMap,
-        payload: &Value,
-        _options: &SourceOptions,
-    ) -> Result<Mapping, PayloadError> {
+    fn map(&self, incoming: &Incoming<'_>) -> Result<Mapping, PayloadError> {
+        let payload = incoming.payload;
         let invalid = |field, reason| PayloadError::Invalid(vec![FieldProblem { field, reason }]);
-        let (event, failure_event) = match self.event(headers, Some(payload)) {
+        let (event, failure_event) = match incoming.event {
             "committime" | "commit" => (PelorusEvent::CommitTime, None),
             "deploytime" | "deploy" => (PelorusEvent::DeployTime, None),
             "failure" => (PelorusEvent::Failure, None),

@@ -498,6 +498,21 @@ fn issue_deliveries(target: &PollTarget, header: &'static str, issue: &Value) ->
     out
 }
 
+/// [`push_delivery`] for each hundred of `commits` (oldest first), as a
+/// push of more commits is sent.
+pub(super) fn push_deliveries<'a>(
+    target: &'a PollTarget,
+    header: &'static str,
+    branch: &'a str,
+    after: &'a str,
+    commits: &'a [Value],
+    time: &'a str,
+) -> impl Iterator<Item = Delivery> + 'a {
+    commits
+        .chunks(100)
+        .map(move |chunk| push_delivery(target, header, branch, after, chunk, time))
+}
+
 /// Commits (API objects: `sha`, `html_url`, `commit.message`, and the
 /// commit time at the JSON pointer `time`) as one `push` webhook of
 /// `branch` to `after` would carry them, mapped by the provider's plugin;

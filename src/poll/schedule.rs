@@ -396,36 +396,24 @@ mod tests {
         let target = target();
         let mut s = Schedule::new(&target, Duration::ZERO, |_| None);
         let d = Stream::Deployments;
-        s.record(
-            d,
-            Duration::ZERO,
-            Outcome::Changed {
-                mean: Some(minutes(2.0)),
-            },
-            Some(minutes(2.0)),
-            Duration::ZERO,
-        );
+        // A change every two minutes, with the provider's hint (if any) and
+        // the budget's floor.
+        let changed = |s: &mut Schedule, hint, budget_floor| {
+            let mean = Some(minutes(2.0));
+            s.record(
+                d,
+                Duration::ZERO,
+                Outcome::Changed { mean },
+                hint,
+                budget_floor,
+            )
+        };
+        changed(&mut s, Some(minutes(2.0)), Duration::ZERO);
         assert!(due(&s, d) >= minutes(1.8));
         // The hint is kept until the provider sends another.
-        s.record(
-            d,
-            Duration::ZERO,
-            Outcome::Changed {
-                mean: Some(minutes(2.0)),
-            },
-            None,
-            Duration::ZERO,
-        );
+        changed(&mut s, None, Duration::ZERO);
         assert!(due(&s, d) >= minutes(1.8));
-        s.record(
-            d,
-            Duration::ZERO,
-            Outcome::Changed {
-                mean: Some(minutes(2.0)),
-            },
-            None,
-            minutes(10.0),
-        );
+        changed(&mut s, None, minutes(10.0));
         assert!(due(&s, d) >= minutes(9.0));
     }
 
@@ -434,15 +422,17 @@ mod tests {
         let target = target();
         let mut s = Schedule::new(&target, Duration::ZERO, |_| None);
         let now = minutes(10.0);
-        s.record(
-            Stream::Incidents,
-            now,
-            Outcome::RateLimited {
-                wait: Duration::from_secs(30),
-            },
-            None,
-            Duration::ZERO,
-        );
+        let rate_limited = |s: &mut Schedule| {
+            let wait = Duration::from_secs(30);
+            s.record(
+                Stream::Incidents,
+                now,
+                Outcome::RateLimited { wait },
+                None,
+                Duration::ZERO,
+            )
+        };
+        rate_limited(&mut s);
         for stream in Provider::Github.streams() {
             assert!(
                 due(&s, *stream) >= now + Duration::from_secs(30),
@@ -452,15 +442,7 @@ mod tests {
         assert_eq!(s.backoff(), Duration::from_secs(30));
         let mut waits = vec![s.backoff()];
         for _ in 0..4 {
-            s.record(
-                Stream::Incidents,
-                now,
-                Outcome::RateLimited {
-                    wait: Duration::from_secs(30),
-                },
-                None,
-                Duration::ZERO,
-            );
+            rate_limited(&mut s);
             waits.push(s.backoff());
         }
         assert!(waits.windows(2).all(|w| w[1] >= w[0]), "{waits:?}");

@@ -716,12 +716,7 @@ fn read_events(conn: &mut dyn Sql, filter: &EventFilter) -> Result<Vec<StoredEve
                  WHERE time >= ?1 AND time < ?2 AND (CAST(?3 AS TEXT) IS NULL OR app = ?3) ORDER BY time DESC LIMIT ?4"
             ),
             &[&since, &until, &app, &limit],
-            |r| {
-                Ok(fact(kind, r.get(0)?, r.get(1)?, r.get(5)?)
-                    .namespace(r.get(2)?)
-                    .commit(r.get(3)?)
-                    .image(r.get(4)?))
-            },
+            |r| commit_or_deploy(kind, r, r.get(5)?),
         )?);
     }
     for (kind, column) in [
@@ -739,14 +734,8 @@ fn read_events(conn: &mut dyn Sql, filter: &EventFilter) -> Result<Vec<StoredEve
             ),
             &[&since, &until, &app, &limit],
             |r| {
-                let mut event = fact(
-                    kind,
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get::<Option<String>>(3)?.unwrap_or_default(),
-                );
-                event.issue_number = Some(r.get(2)?);
-                Ok(event)
+                let delivery_id = r.get::<Option<String>>(3)?.unwrap_or_default();
+                Ok(fact(kind, r.get(0)?, r.get(1)?, delivery_id).issue(r.get(2)?))
             },
         )?);
     }
@@ -767,6 +756,19 @@ fn fact(kind: &'static str, app: String, time: i64, delivery_id: String) -> Stor
     }
 }
 
+/// A commit or a deploy read as `app, time, namespace, commit_sha,
+/// image_sha`.
+fn commit_or_deploy(
+    kind: &'static str,
+    r: &Row<'_>,
+    delivery_id: String,
+) -> Result<StoredEvent, DbError> {
+    Ok(fact(kind, r.get(0)?, r.get(1)?, delivery_id)
+        .namespace(r.get(2)?)
+        .commit(r.get(3)?)
+        .image(r.get(4)?))
+}
+
 impl StoredEvent {
     fn namespace(mut self, value: String) -> Self {
         self.namespace = (!value.is_empty()).then_some(value);
@@ -782,6 +784,11 @@ impl StoredEvent {
         self.image_sha = (!value.is_empty()).then_some(value);
         self
     }
+
+    fn issue(mut self, number: String) -> Self {
+        self.issue_number = Some(number);
+        self
+    }
 }
 
 /// The facts first stored by `delivery_id`.
@@ -793,12 +800,7 @@ fn produced(conn: &mut dyn Sql, delivery_id: &str) -> Result<Vec<StoredEvent>, D
                 "SELECT app, time, namespace, commit_sha, image_sha FROM {table} WHERE delivery_id = ?1"
             ),
             &[&delivery_id],
-            |r| {
-                Ok(fact(kind, r.get(0)?, r.get(1)?, delivery_id.to_owned())
-                    .namespace(r.get(2)?)
-                    .commit(r.get(3)?)
-                    .image(r.get(4)?))
-            },
+            |r| commit_or_deploy(kind, r, delivery_id.to_owned()),
         )?);
     }
     for (kind, column) in [
@@ -810,11 +812,7 @@ fn produced(conn: &mut dyn Sql, delivery_id: &str) -> Result<Vec<StoredEvent>, D
                 "SELECT app, {column}, issue_number FROM failures WHERE {column}_delivery = ?1"
             ),
             &[&delivery_id],
-            |r| {
-                let mut event = fact(kind, r.get(0)?, r.get(1)?, delivery_id.to_owned());
-                event.issue_number = Some(r.get(2)?);
-                Ok(event)
-            },
+            |r| Ok(fact(kind, r.get(0)?, r.get(1)?, delivery_id.to_owned()).issue(r.get(2)?)),
         )?);
     }
     Ok(events)

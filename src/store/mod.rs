@@ -22,9 +22,22 @@
 //! numbers, and the work that must run once runs on the one replica that
 //! holds the background lock ([`Store::background`]).
 
-/// `(name, SQL)` of each migration file under `dir`, in order.
+/// `(name, SQL)` of each migration file under `dir`, in order: the same
+/// numbered steps for every backend, each in its own dialect.
 macro_rules! migrations {
-    ($dir:literal, $($name:literal),* $(,)?) => {
+    ($dir:literal) => {
+        migrations!(
+            @files $dir,
+            "0001_init",
+            "0002_native_sources",
+            "0003_ledger_admin",
+            "0004_poll_state",
+            "0005_replicas",
+            "0006_links_by_image",
+            "0007_rework",
+        )
+    };
+    (@files $dir:literal, $($name:literal),* $(,)?) => {
         &[$(($name, include_str!(concat!($dir, $name, ".sql")))),*]
     };
 }
@@ -61,8 +74,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use sql::DbError;
 use writer::Writer;
 
-use crate::events::{App, CommitLink, CommitSha, ImageSha, IssueNumber, Namespace};
-use crate::ledger::{Delivery, Effect, Recorded, State};
+use crate::events::{App, ImageSha, IssueNumber, Namespace};
+use crate::ledger::{Delivery, Effect, Recorded, ShownCommit, State};
 
 /// Most deliveries applied in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -195,14 +208,7 @@ impl std::fmt::Display for FaultKind {
 /// A stored fact the view is rebuilt from at start-up.
 #[derive(Debug, Clone)]
 pub enum Restored {
-    Commit {
-        app: App,
-        commit: CommitSha,
-        image_sha: Option<ImageSha>,
-        namespace: Option<Namespace>,
-        commit_link: Option<CommitLink>,
-        time: i64,
-    },
+    Commit(ShownCommit),
     /// The newest deploy of one `deploy_timestamp` series.
     Deploy {
         app: App,
@@ -323,11 +329,7 @@ enum Command {
         reply: oneshot::Sender<Result<Result<i64, ReplayRefusal>, StoreError>>,
     },
     Mark {
-        row: i64,
-        state: State,
-        error: Option<String>,
-        next_attempt_ms: Option<i64>,
-        claim: Option<i64>,
+        mark: replay::Mark,
         reply: oneshot::Sender<Result<bool, StoreError>>,
     },
     Prune {
@@ -453,12 +455,7 @@ impl Store {
     /// Records one delivery; returns once its transaction has committed.
     #[tracing::instrument(skip_all, fields(source = delivery.source, delivery_id = %delivery.id))]
     pub async fn record(&self, delivery: Delivery) -> Result<Recorded, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Record { delivery, reply })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        self.ask(|reply| Command::Record { delivery, reply }).await
     }
 
     /// Records the facts of one poll together with the stream state that
@@ -470,27 +467,18 @@ impl Store {
         cursors: Vec<PollCursor>,
         forget: Vec<String>,
     ) -> Result<Vec<Recorded>, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Polled {
-                deliveries,
-                cursors,
-                forget,
-                reply,
-            })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        self.ask(|reply| Command::Polled {
+            deliveries,
+            cursors,
+            forget,
+            reply,
+        })
+        .await
     }
 
     /// Checks that the store can take a write lock right now.
     pub async fn check_writable(&self) -> Result<(), StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Probe { reply })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        self.ask(|reply| Command::Probe { reply }).await
     }
 
     /// Queues a redelivery of ledger row `original`; the new row's seq.
@@ -499,14 +487,12 @@ impl Store {
         original: i64,
         now_ms: i64,
     ) -> Result<Result<i64, ReplayRefusal>, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::Enqueue {
+        self.ask(|reply| Command::Enqueue {
             original,
             now_ms,
             reply,
         })
-        .await?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        .await
     }
 
     /// Sets the processing state of a queued row.
@@ -517,7 +503,14 @@ impl Store {
         error: Option<String>,
         next_attempt_ms: Option<i64>,
     ) -> Result<(), StoreError> {
-        self.mark_if(row, state, error, next_attempt_ms, None)
+        let mark = replay::Mark {
+            row,
+            state,
+            error,
+            next_attempt_ms,
+            claim: None,
+        };
+        self.ask(|reply| Command::Mark { mark, reply })
             .await
             .map(|_| ())
     }
@@ -531,35 +524,14 @@ impl Store {
         attempts: i64,
         retry_at_ms: i64,
     ) -> Result<bool, StoreError> {
-        self.mark_if(
+        let mark = replay::Mark {
             row,
-            State::Processing,
-            None,
-            Some(retry_at_ms),
-            Some(attempts),
-        )
-        .await
-    }
-
-    async fn mark_if(
-        &self,
-        row: i64,
-        state: State,
-        error: Option<String>,
-        next_attempt_ms: Option<i64>,
-        claim: Option<i64>,
-    ) -> Result<bool, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::Mark {
-            row,
-            state,
-            error,
-            next_attempt_ms,
-            claim,
-            reply,
-        })
-        .await?;
-        answer.await.map_err(|_| StoreError::Closed)?
+            state: State::Processing,
+            error: None,
+            next_attempt_ms: Some(retry_at_ms),
+            claim: Some(attempts),
+        };
+        self.ask(|reply| Command::Mark { mark, reply }).await
     }
 
     /// One bounded retention step (see [`RetentionPolicy`]); it queues
@@ -571,23 +543,28 @@ impl Store {
         batch: u32,
         body_excess: u64,
     ) -> Result<Pruned, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::Prune {
+        self.ask(|reply| Command::Prune {
             policy,
             now_ms,
             batch,
             body_excess,
             reply,
         })
-        .await?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        .await
     }
 
-    async fn send(&self, command: Command) -> Result<(), StoreError> {
+    /// Sends the writer the command `command` builds around a reply channel
+    /// and waits for the answer.
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
+    ) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
         self.commands
-            .send(command)
+            .send(command(reply))
             .await
-            .map_err(|_| StoreError::Closed)
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Finishes the queued work, checkpoints and closes the database.

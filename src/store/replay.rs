@@ -65,32 +65,35 @@ pub fn enqueue_replay(
     Ok(Ok(row))
 }
 
-/// Moves a queued row to `processing`, or to `errored` with the error and
-/// the time of the next attempt (`None`: no more attempts). With `claim`,
-/// only while the row has that many attempts made (compare and set: of two
-/// workers that read the row, one moves it). True when the row changed.
-pub fn mark(
-    tx: &mut dyn Sql,
-    row: i64,
-    state: State,
-    error: Option<&str>,
-    next_attempt_ms: Option<i64>,
-    claim: Option<i64>,
-) -> Result<bool, DbError> {
+/// A move of a queued row to `processing`, or to `errored` with the error
+/// and the time of the next attempt (`None`: no more attempts). With
+/// `claim`, only while the row has that many attempts made (compare and
+/// set: of two workers that read the row, one moves it).
+#[derive(Debug)]
+pub struct Mark {
+    pub row: i64,
+    pub state: State,
+    pub error: Option<String>,
+    pub next_attempt_ms: Option<i64>,
+    pub claim: Option<i64>,
+}
+
+/// Applies `mark`; true when the row changed.
+pub fn mark(tx: &mut dyn Sql, mark: &Mark) -> Result<bool, DbError> {
     // An attempt counts when it starts: one that never finishes (a crash, a
     // panic) still uses one up.
-    let attempted = i64::from(state == State::Processing);
+    let attempted = i64::from(mark.state == State::Processing);
     let changed = tx.execute(
         "UPDATE deliveries SET state = ?2, error = ?3, next_attempt_ms = ?4, \
          attempts = attempts + ?5 WHERE seq = ?1 AND state <> 'done' \
          AND (CAST(?6 AS BIGINT) IS NULL OR attempts = ?6)",
         &[
-            &row,
-            &state.as_str(),
-            &error,
-            &next_attempt_ms,
+            &mark.row,
+            &mark.state.as_str(),
+            &mark.error.as_deref(),
+            &mark.next_attempt_ms,
             &attempted,
-            &claim,
+            &mark.claim,
         ],
     )?;
     Ok(changed == 1)

@@ -5,6 +5,7 @@ use super::rules::{FAILED_DEPLOYMENT_RECOVERY, LEAD_TIME, TIME_TO_RESTORE};
 use super::sql::{DbError, Sql};
 use super::{CommitSink, RestoreWindows, Restored};
 use crate::events::{App, CommitLink, CommitSha, ImageSha, IssueNumber, Namespace};
+use crate::ledger::ShownCommit;
 
 /// Streams every fact the view needs to `sink`.
 pub fn restore(
@@ -35,14 +36,14 @@ pub fn restore(
             let (Ok(app), Ok(commit)) = (App::parse(&app), CommitSha::parse(&commit)) else {
                 return Ok(());
             };
-            items.push(Restored::Commit {
+            items.push(Restored::Commit(ShownCommit {
                 app,
                 commit,
                 image_sha: ImageSha::parse(&r.get::<String>(2)?).ok(),
                 namespace: Namespace::parse(&r.get::<String>(3)?).ok(),
                 commit_link: CommitLink::parse(&r.get::<String>(4)?).ok(),
                 time: r.get(5)?,
-            });
+            }));
             Ok(())
         },
     )?;

@@ -13,16 +13,7 @@ use super::Synchronous;
 
 /// Embedded migrations, applied in order; `PRAGMA user_version` records how
 /// many have run.
-pub(super) const MIGRATIONS: &[(&str, &str)] = super::migrations!(
-    "migrations/",
-    "0001_init",
-    "0002_native_sources",
-    "0003_ledger_admin",
-    "0004_poll_state",
-    "0005_replicas",
-    "0006_links_by_image",
-    "0007_rework",
-);
+pub(super) const MIGRATIONS: &[(&str, &str)] = super::migrations!("migrations/");
 
 /// WAL size (in pages) at which the writer completes a checkpoint itself.
 const WAL_RESTART_PAGES: u32 = 16_384;

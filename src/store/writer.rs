@@ -252,18 +252,8 @@ impl Writer {
                         let result = self.write(|tx| replay::enqueue_replay(tx, original, now_ms));
                         let _ = reply.send(result);
                     }
-                    Command::Mark {
-                        row,
-                        state,
-                        error,
-                        next_attempt_ms,
-                        claim,
-                        reply,
-                    } => {
-                        let result = self.write(|tx| {
-                            replay::mark(tx, row, state, error.as_deref(), next_attempt_ms, claim)
-                        });
-                        let _ = reply.send(result);
+                    Command::Mark { mark, reply } => {
+                        let _ = reply.send(self.write(|tx| replay::mark(tx, &mark)));
                     }
                     Command::Prune {
                         policy,

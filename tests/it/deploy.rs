@@ -818,24 +818,33 @@ fn kustomization_lists_every_manifest_that_exists_except_the_examples() {
         .collect();
     let unique: BTreeSet<&str> = resources.iter().copied().collect();
     assert_eq!(unique.len(), resources.len(), "duplicate resources");
-    for resource in &resources {
+    assert_lists_the_manifests(KUBERNETES_BASE, "base/kustomization.yaml", &unique);
+}
+
+/// The kustomization of `dir` (named `kustomization` in messages) lists
+/// exactly the YAML files of `dir` applied with the rest: each entry is
+/// there (a file, or a folder with a kustomization of its own) and none is
+/// one of [`NOT_IN_KUSTOMIZATION`].
+fn assert_lists_the_manifests(dir: &str, kustomization: &str, listed: &BTreeSet<&str>) {
+    for entry in listed {
+        let path = Path::new(dir).join(entry);
         assert!(
-            Path::new(KUBERNETES_BASE).join(resource).is_file(),
-            "base/kustomization.yaml lists {resource}, which does not exist"
+            path.is_file() || path.join("kustomization.yaml").is_file(),
+            "{kustomization} lists {entry}, which does not exist"
         );
         assert!(
-            !NOT_IN_KUSTOMIZATION.contains(resource),
-            "{resource} must not be applied with the rest"
+            !NOT_IN_KUSTOMIZATION.contains(entry),
+            "{entry} must not be applied with the rest"
         );
     }
-    for file in yaml_files(KUBERNETES_BASE) {
+    for file in yaml_files(dir) {
         let name = file_name(&file);
         if name == "kustomization.yaml" || NOT_IN_KUSTOMIZATION.contains(&name.as_str()) {
             continue;
         }
         assert!(
-            unique.contains(name.as_str()),
-            "{name} is not listed in base/kustomization.yaml"
+            listed.contains(name.as_str()),
+            "{name} is not listed in {kustomization}"
         );
     }
 }
@@ -1317,10 +1326,7 @@ fn servicemonitor_scrapes_the_metrics_service_as_job_hookgauge() {
 fn prometheus_config_passes_promtool_and_scrapes_job_hookgauge() {
     promtool_check_config(Path::new(PROMETHEUS_CONFIG));
     let config = single_document(Path::new(PROMETHEUS_CONFIG));
-    let job = list(&config["scrape_configs"], "scrape_configs")
-        .iter()
-        .find(|j| j["job_name"].as_str() == Some("hookgauge"))
-        .expect("a scrape job named hookgauge");
+    let job = hookgauge_job(&config);
     assert_eq!(job["honor_timestamps"].as_bool(), Some(true));
     let targets = list(&job["static_configs"][0]["targets"], "targets");
     assert_eq!(
@@ -1340,14 +1346,19 @@ fn compose_prometheus_config_passes_promtool_with_the_rules_where_it_looks_for_t
     let config = compose_prometheus_config(&compose);
 
     // The scrape target is the compose service.
-    let job = list(&config["scrape_configs"], "scrape_configs")
-        .iter()
-        .find(|j| j["job_name"].as_str() == Some("hookgauge"))
-        .expect("a scrape job named hookgauge");
+    let job = hookgauge_job(&config);
     let target = text(&job["static_configs"][0]["targets"][0], "target");
     let (host, port) = target.split_once(':').unwrap();
     compose_service(&compose, host);
     assert_eq!(port, METRICS_PORT.to_string());
+}
+
+/// The scrape job `hookgauge` of a Prometheus configuration.
+fn hookgauge_job(config: &Value) -> &Value {
+    list(&config["scrape_configs"], "scrape_configs")
+        .iter()
+        .find(|j| j["job_name"].as_str() == Some("hookgauge"))
+        .expect("a scrape job named hookgauge")
 }
 
 /// The configuration the compose service `prometheus` is started with, after
@@ -1564,27 +1575,11 @@ fn postgres_overlay_builds_on_the_base_from_files_that_exist() {
         resources.len() + patches.len(),
         "listed twice"
     );
-    for entry in &listed {
-        let path = overlay.join(entry);
-        assert!(
-            path.is_file() || path.join("kustomization.yaml").is_file(),
-            "the overlay lists {entry}, which does not exist"
-        );
-        assert!(
-            !NOT_IN_KUSTOMIZATION.contains(entry),
-            "{entry} must not be applied with the rest"
-        );
-    }
-    for file in yaml_files(KUBERNETES_POSTGRES) {
-        let name = file_name(&file);
-        if name == "kustomization.yaml" || NOT_IN_KUSTOMIZATION.contains(&name.as_str()) {
-            continue;
-        }
-        assert!(
-            listed.contains(name.as_str()),
-            "{name} is not listed in the overlay's kustomization.yaml"
-        );
-    }
+    assert_lists_the_manifests(
+        KUBERNETES_POSTGRES,
+        "the overlay's kustomization.yaml",
+        &listed,
+    );
 
     // Each patch names one object of the base, and the overlay's own objects
     // are named, labelled and namespaced like the base's.
@@ -2160,10 +2155,7 @@ fn compose_postgres_runs_two_replicas_on_the_postgres_service() {
 fn compose_postgres_prometheus_scrapes_every_replica_with_the_rules() {
     let compose = compose_postgres();
     let config = compose_prometheus_config(&compose);
-    let job = list(&config["scrape_configs"], "scrape_configs")
-        .iter()
-        .find(|j| j["job_name"].as_str() == Some("hookgauge"))
-        .expect("a scrape job named hookgauge");
+    let job = hookgauge_job(&config);
     assert_eq!(job["honor_timestamps"].as_bool(), Some(true));
     let targets: BTreeSet<&str> = list(&job["static_configs"], "static_configs")
         .iter()

@@ -235,6 +235,23 @@ impl TestApp {
         self.post_signed("deploytime", &body).await
     }
 
+    /// Posts `body` to the Pelorus endpoint with exactly `headers` (a name
+    /// given twice is sent twice), for requests `post_pelorus` would not make.
+    pub async fn post_pelorus_with_headers(
+        &self,
+        headers: &[(&str, &str)],
+        body: impl Into<reqwest::Body>,
+    ) -> Reply {
+        let mut request = self
+            .client
+            .post(format!("{}/pelorus/webhook", self.ingest))
+            .body(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        Reply::from(request.send().await.unwrap()).await
+    }
+
     /// Posts a delivery signed with the test secret.
     pub async fn post_signed(&self, event: &str, body: &[u8]) -> Reply {
         self.post_pelorus(event, body, Some(SECRET)).await

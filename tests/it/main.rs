@@ -12,6 +12,7 @@ mod cli;
 mod crash;
 mod deploy;
 mod docs;
+mod embedded;
 mod fuzz;
 mod keys;
 mod limits;

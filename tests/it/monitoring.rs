@@ -13,6 +13,32 @@ use serde_json::Value;
 
 use crate::harness::{free_port, repo, wait_for_status};
 
+/// Spawns `command` with its output going to the file `log`; `installed`
+/// is what must hold for it to start.
+fn spawn_logged(command: &mut Command, log: &Path, installed: &str) -> Child {
+    command
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect(installed)
+}
+
+/// Waits (bounded: 30 s) until the program at `url` says it is ready;
+/// else fails with what it logged.
+async fn wait_ready(client: &reqwest::Client, url: &str, name: &str, log: &Path) {
+    let ready = format!("{url}/-/ready");
+    assert!(
+        wait_for_status(client, &ready, 200, Duration::from_secs(30)).await,
+        "{name} did not become ready; log:\n{}",
+        read_log(log)
+    );
+}
+
+/// What a program logged so far.
+fn read_log(log: &Path) -> String {
+    std::fs::read_to_string(log).unwrap_or_default()
+}
+
 /// One result of an instant query: its labels and value.
 pub type QueryResult = (BTreeMap<String, String>, f64);
 
@@ -88,35 +114,29 @@ impl Prometheus {
         std::fs::write(&config_path, config).unwrap();
         let port = free_port();
         let log = dir.join("prometheus.log");
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config_path.display()))
-            .arg(format!("--storage.tsdb.path={}", storage.display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--storage.tsdb.retention.time=30d")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect(
-                "prometheus is installed (Debian package `prometheus`; scripts/test installs it)",
-            );
+        let child = spawn_logged(
+            Command::new("prometheus")
+                .arg(format!("--config.file={}", config_path.display()))
+                .arg(format!("--storage.tsdb.path={}", storage.display()))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .arg("--storage.tsdb.retention.time=30d"),
+            &log,
+            "prometheus is installed (Debian package `prometheus`; scripts/test installs it)",
+        );
         let prometheus = Prometheus {
             child,
             url: format!("http://127.0.0.1:{port}"),
             log,
             client: reqwest::Client::new(),
         };
-        let ready = format!("{}/-/ready", prometheus.url);
-        assert!(
-            wait_for_status(&prometheus.client, &ready, 200, Duration::from_secs(30)).await,
-            "Prometheus did not become ready; log:\n{}",
-            prometheus.log()
-        );
+        let log = &prometheus.log;
+        wait_ready(&prometheus.client, &prometheus.url, "Prometheus", log).await;
         prometheus
     }
 
     /// What Prometheus logged so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        read_log(&self.log)
     }
 
     /// Runs an instant query; returns (labels, value) per result.
@@ -241,19 +261,17 @@ impl Alertmanager {
         let storage = dir.join("alertmanager-data");
         let port = free_port();
         let log = dir.join("alertmanager.log");
-        let child = Command::new("prometheus-alertmanager")
-            .arg(format!("--config.file={}", config_path.display()))
-            .arg(format!("--storage.path={}", storage.display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            // An empty address disables the gossip cluster.
-            .arg("--cluster.listen-address=")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect(
-                "Alertmanager is installed (Debian package `prometheus-alertmanager`; \
-                 scripts/test installs it)",
-            );
+        let child = spawn_logged(
+            Command::new("prometheus-alertmanager")
+                .arg(format!("--config.file={}", config_path.display()))
+                .arg(format!("--storage.path={}", storage.display()))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                // An empty address disables the gossip cluster.
+                .arg("--cluster.listen-address="),
+            &log,
+            "Alertmanager is installed (Debian package `prometheus-alertmanager`; \
+             scripts/test installs it)",
+        );
         let alertmanager = Alertmanager {
             child,
             address: format!("127.0.0.1:{port}"),
@@ -261,18 +279,14 @@ impl Alertmanager {
             log,
             client: reqwest::Client::new(),
         };
-        let ready = format!("{}/-/ready", alertmanager.url);
-        assert!(
-            wait_for_status(&alertmanager.client, &ready, 200, Duration::from_secs(30)).await,
-            "Alertmanager did not become ready; log:\n{}",
-            alertmanager.log()
-        );
+        let log = &alertmanager.log;
+        wait_ready(&alertmanager.client, &alertmanager.url, "Alertmanager", log).await;
         alertmanager
     }
 
     /// What Alertmanager logged so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        read_log(&self.log)
     }
 
     /// The alerts Alertmanager holds that are not resolved

@@ -678,32 +678,29 @@ async fn malformed_json_is_400_naming_the_reason() {
 async fn user_agent_other_than_pelorus_is_412() {
     let app = spawn_app().await;
     let body = fixture("pelorus/deploytime.json");
+    let signature = sign(SECRET, &body);
     for user_agent in [None, Some("curl/8.5.0")] {
-        let mut request = app
-            .client
-            .post(format!("{}/pelorus/webhook", app.ingest))
-            .header("X-Pelorus-Event", "deploytime")
-            .header("X-Hub-Signature-256", sign(SECRET, &body))
-            .body(body.clone());
-        if let Some(ua) = user_agent {
-            request = request.header("User-Agent", ua);
-        }
-        let reply = Reply::from(request.send().await.unwrap()).await;
+        let mut headers = vec![
+            ("X-Pelorus-Event", "deploytime"),
+            ("X-Hub-Signature-256", signature.as_str()),
+        ];
+        headers.extend(user_agent.map(|ua| ("User-Agent", ua)));
+        let reply = app.post_pelorus_with_headers(&headers, body.clone()).await;
         assert_eq!(reply.status, 412, "{user_agent:?}: {}", reply.text);
         assert_eq!(reply.json["field"], "User-Agent");
     }
     // The header check is case-insensitive, as in Pelorus.
     let reply = app
-        .client
-        .post(format!("{}/pelorus/webhook", app.ingest))
-        .header("User-Agent", "pelorus-webhook/1.2")
-        .header("X-Pelorus-Event", "ping")
-        .header("X-Hub-Signature-256", sign(SECRET, b"{}"))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(reply.status(), 200);
+        .post_pelorus_with_headers(
+            &[
+                ("User-Agent", "pelorus-webhook/1.2"),
+                ("X-Pelorus-Event", "ping"),
+                ("X-Hub-Signature-256", &sign(SECRET, b"{}")),
+            ],
+            "{}",
+        )
+        .await;
+    assert_eq!(reply.status, 200);
     app.shutdown().await;
 }
 
@@ -717,17 +714,16 @@ async fn missing_or_unknown_event_header_is_400() {
         (400, Some("unknown_event"))
     );
     assert_eq!(unknown.json["field"], "X-Pelorus-Event");
-    let missing = Reply::from(
-        app.client
-            .post(format!("{}/pelorus/webhook", app.ingest))
-            .header("User-Agent", USER_AGENT)
-            .header("X-Hub-Signature-256", sign(SECRET, &body))
-            .body(body.clone())
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let signature = sign(SECRET, &body);
+    let missing = app
+        .post_pelorus_with_headers(
+            &[
+                ("User-Agent", USER_AGENT),
+                ("X-Hub-Signature-256", &signature),
+            ],
+            body.clone(),
+        )
+        .await;
     assert_eq!(
         (missing.status, missing.json["reason"].as_str()),
         (400, Some("missing_header"))

@@ -17,10 +17,11 @@ async fn deliver(app: &TestApp, source: &str, event: &str, id: &str, body: &Valu
     reply.json
 }
 
-fn reason(app: &TestApp, delivery_id: &Value) -> Option<String> {
+/// The reason the ledger gives for the delivery that `reply` answered.
+fn reason(app: &TestApp, reply: &Value) -> Option<String> {
     app.ledger()
         .into_iter()
-        .find(|r| Some(r.delivery_id.as_str()) == delivery_id.as_str())
+        .find(|r| Some(r.delivery_id.as_str()) == reply["delivery_id"].as_str())
         .and_then(|r| r.reason)
 }
 
@@ -86,7 +87,7 @@ async fn jira_incidents_open_and_resolve() {
     let story = jira_issue("jira:issue_created", "SHOP-18", "Story", created, None);
     let reply = deliver(&app, "jira", "", "jira-3", &story).await;
     assert_eq!(
-        reason(&app, &reply["delivery_id"]).as_deref(),
+        reason(&app, &reply).as_deref(),
         Some("issue_not_an_incident")
     );
 
@@ -95,10 +96,7 @@ async fn jira_incidents_open_and_resolve() {
         {"field": "resolution", "fieldtype": "jira", "from": "10000", "fromString": "Done", "to": null, "toString": null}
     ]});
     let reply = deliver(&app, "jira", "", "jira-4", &reopened).await;
-    assert_eq!(
-        reason(&app, &reply["delivery_id"]).as_deref(),
-        Some("resolution_cleared")
-    );
+    assert_eq!(reason(&app, &reply).as_deref(), Some("resolution_cleared"));
 
     let scrape = app.scrape().await;
     let app_label = [("app", "SHOP")];
@@ -160,7 +158,7 @@ async fn opsgenie_alerts_tagged_as_incidents_are_failures() {
     let untagged = alert("Create", &["tag1"], created * 1_000_000_000);
     let reply = deliver(&app, "opsgenie", "", "", &untagged).await;
     assert_eq!(
-        reason(&app, &reply["delivery_id"]).as_deref(),
+        reason(&app, &reply).as_deref(),
         Some("alert_not_an_incident")
     );
     let scrape = app.scrape().await;
@@ -235,7 +233,7 @@ async fn tekton_build_links_the_digest_and_the_deploy_finds_it() {
     );
     let reply = deliver(&app, "tekton", successful, "ce-branch", &branch_only).await;
     assert_eq!(
-        reason(&app, &reply["delivery_id"]).as_deref(),
+        reason(&app, &reply).as_deref(),
         Some("pipeline_not_a_deploy"),
         "{reply}"
     );
@@ -248,10 +246,7 @@ async fn tekton_build_links_the_digest_and_the_deploy_finds_it() {
         &failed,
     )
     .await;
-    assert_eq!(
-        reason(&app, &reply["delivery_id"]).as_deref(),
-        Some("run_not_successful")
-    );
+    assert_eq!(reason(&app, &reply).as_deref(), Some("run_not_successful"));
     let task = json!({"taskRun": {"metadata": {"name": "t"}}});
     let reply = deliver(
         &app,
@@ -261,10 +256,7 @@ async fn tekton_build_links_the_digest_and_the_deploy_finds_it() {
         &task,
     )
     .await;
-    assert_eq!(
-        reason(&app, &reply["delivery_id"]).as_deref(),
-        Some("taskrun_not_used")
-    );
+    assert_eq!(reason(&app, &reply).as_deref(), Some("taskrun_not_used"));
 
     let scrape = app.scrape().await;
     let labels = [("app", "shop"), ("namespace", "shop-prod")];
@@ -325,11 +317,7 @@ async fn jenkins_finalized_successful_deploy_jobs_are_deploys() {
     for (body, outcome, why) in cases {
         let reply = deliver(&app, "jenkins", "", "", &body).await;
         assert_eq!(reply["outcome"], outcome, "{body}: {reply}");
-        assert_eq!(
-            reason(&app, &reply["delivery_id"]).as_deref(),
-            why,
-            "{body}"
-        );
+        assert_eq!(reason(&app, &reply).as_deref(), why, "{body}");
     }
     let scrape = app.scrape().await;
     let labels = [("app", "shop-deploy"), ("namespace", "production")];
@@ -410,14 +398,11 @@ async fn a_plugin_file_from_plugins_dir_is_a_source() {
     assert_eq!(reply.json["outcome"], "accepted");
     assert_eq!(reply.json["delivery_id"], "d-1");
     let reply = send(json!({"delivery": "d-2", "kind": "rollback"}), None).await;
-    assert_eq!(
-        reason(&app, &reply.json["delivery_id"]).as_deref(),
-        Some("not_a_release")
-    );
+    assert_eq!(reason(&app, &reply.json).as_deref(), Some("not_a_release"));
     let staging = json!({"delivery": "d-3", "kind": "release", "result": "ok", "service": "svc-shop", "stage": "staging", "at": t, "sha": COMMIT});
     let reply = send(staging, None).await;
     assert_eq!(
-        reason(&app, &reply.json["delivery_id"]).as_deref(),
+        reason(&app, &reply.json).as_deref(),
         Some("environment_not_production")
     );
     // A missing field is a 422 naming its path.
@@ -551,7 +536,7 @@ async fn azure_devops_pushes_builds_and_work_items_map() {
     )
     .await;
     assert_eq!(
-        reason(&app, &reply["delivery_id"]).as_deref(),
+        reason(&app, &reply).as_deref(),
         Some("work_item_change_not_used"),
         "{reply}"
     );

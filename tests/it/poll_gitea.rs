@@ -321,6 +321,11 @@ fn issue(number: u64, labels: &[&str], created: i64, closed: Option<i64>) -> Val
     })
 }
 
+/// A commit SHA: forty times the digit `n`.
+fn sha(n: u8) -> String {
+    format!("{n}").repeat(40)
+}
+
 /// A commit as Gitea's `/commits` lists it: `created` is the committer
 /// time, the author time is what push webhooks carry.
 fn commit(sha: &str, authored: i64, committed: i64) -> Value {
@@ -498,7 +503,6 @@ async fn commits_of_the_default_branch_are_recorded_once_across_restarts() {
     let server = MockServer::start().await;
     let fake = FakeGitea::start(&server).await;
     let t = now();
-    let sha = |n: u8| format!("{n}").repeat(40);
     let (c0, c1, c2, c3) = (sha(1), sha(2), sha(3), sha(4));
     fake.with(|repo| {
         repo.max_items = 1;
@@ -872,7 +876,6 @@ async fn a_rewritten_history_is_read_by_date_from_the_old_heads_time() {
     let server = MockServer::start().await;
     let fake = FakeGitea::start(&server).await;
     let t = now();
-    let sha = |n: u8| format!("{n}").repeat(40);
     let (c1, c2, c8, c9) = (sha(1), sha(2), sha(8), sha(9));
     fake.with(|repo| {
         repo.commits = vec![commit(&c2, t - 600, t - 600), commit(&c1, t - 900, t - 900)]

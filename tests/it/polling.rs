@@ -7,16 +7,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hookgauge::config::RawConfig;
-use hookgauge::metrics::view::{View, Windows};
+use hookgauge::metrics::view::View;
 use hookgauge::metrics::Metrics;
 use hookgauge::poll::{
     budget_floor, token_gates, Clock, Outcome, PollError, PollTarget, Poller, Provider, RawTarget,
     Schedule, Stream, TokenGate,
 };
 use hookgauge::store::deliveries::Ledger;
-use hookgauge::store::{Location, Store, StoreConfig, Synchronous};
+use hookgauge::store::Store;
 use wiremock::{MockServer, Request};
 
+use crate::embedded::EmbeddedStore;
 use crate::harness::{spawn_app_with, Scrape, TestApp, SECRET};
 use crate::sources::{post, provider_headers};
 
@@ -229,35 +230,20 @@ pub struct Rig {
 
 impl Rig {
     pub async fn start() -> Rig {
-        let dir = tempfile::tempdir().unwrap();
-        let metrics = Arc::new(Metrics::new());
-        let windows = Windows {
-            commit: Duration::from_secs(30 * 86_400),
-            exposure: Duration::from_secs(30 * 86_400),
-        };
-        let view = Arc::new(View::new(Arc::clone(&metrics), windows));
-        let database = dir.path().join("hookgauge.db");
-        let location = Location::Sqlite(database);
-        let (store, opened) = Store::start(
-            StoreConfig {
-                location: location.clone(),
-                synchronous: Synchronous::Normal,
-                busy_timeout: Duration::from_secs(5),
-                max_body_bytes: 64 * 1024,
-                max_unauthenticated_rows: 10_000,
-                windows: windows.into(),
-                failure_link_window: Duration::from_secs(86_400),
-            },
-            Arc::clone(&view) as Arc<dyn hookgauge::store::CommitSink>,
-        );
-        opened.expect("the store opens");
+        let EmbeddedStore {
+            metrics,
+            view,
+            store,
+            ledger,
+            dir,
+        } = EmbeddedStore::start();
         let clock = Clock::simulated(Clock::default().now_ms());
         Rig {
             epoch_ms: clock.now_ms(),
             clock,
             metrics,
             view,
-            ledger: Ledger::new(&location),
+            ledger,
             store,
             _dir: dir,
         }

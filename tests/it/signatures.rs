@@ -118,33 +118,28 @@ async fn one_changed_byte_of_body_is_rejected() {
     // Change one digit of the timestamp: still valid JSON, different bytes.
     let last_digit = sent.iter().rposition(u8::is_ascii_digit).unwrap();
     sent[last_digit] = if sent[last_digit] == b'0' { b'1' } else { b'0' };
-    let reply = Reply::from(
-        app.client
-            .post(format!("{}/pelorus/webhook", app.ingest))
-            .header("User-Agent", USER_AGENT)
-            .header("X-Pelorus-Event", "deploytime")
-            .header("X-Hub-Signature-256", sign(SECRET, &signed))
-            .body(sent)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let signature = sign(SECRET, &signed);
+    let reply = app
+        .post_pelorus_with_headers(
+            &[
+                ("User-Agent", USER_AGENT),
+                ("X-Pelorus-Event", "deploytime"),
+                ("X-Hub-Signature-256", &signature),
+            ],
+            sent,
+        )
+        .await;
     assert_rejected(&app, reply, "bad_signature").await;
     app.shutdown().await;
 }
 
 async fn post_with_signature_header(app: &TestApp, body: &[u8], values: &[&str]) -> Reply {
-    let mut request = app
-        .client
-        .post(format!("{}/pelorus/webhook", app.ingest))
-        .header("User-Agent", USER_AGENT)
-        .header("X-Pelorus-Event", "deploytime")
-        .body(body.to_vec());
-    for value in values {
-        request = request.header("X-Hub-Signature-256", *value);
-    }
-    Reply::from(request.send().await.unwrap()).await
+    let mut headers = vec![
+        ("User-Agent", USER_AGENT),
+        ("X-Pelorus-Event", "deploytime"),
+    ];
+    headers.extend(values.iter().map(|value| ("X-Hub-Signature-256", *value)));
+    app.post_pelorus_with_headers(&headers, body.to_vec()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -108,17 +108,15 @@ impl BranchCommits for GiteaPoller {
                 .max()
                 .or(mark.as_ref().map(|m| m.at))
                 .unwrap_or_else(|| self.api.server_now());
-            for chunk in commits.chunks(100) {
-                deliveries.push(forge::push_delivery(
-                    &self.target,
-                    EVENT_HEADER,
-                    branch,
-                    &sha,
-                    chunk,
-                    // Gitea's push webhooks carry the author date.
-                    "/commit/author/date",
-                ));
-            }
+            deliveries.extend(forge::push_deliveries(
+                &self.target,
+                EVENT_HEADER,
+                branch,
+                &sha,
+                &commits,
+                // Gitea's push webhooks carry the author date.
+                "/commit/author/date",
+            ));
             let mut deploys = mark.map(|m| m.deploys).unwrap_or_default();
             if deploys_wanted {
                 deploys.insert(sha.clone(), self.api.server_now());

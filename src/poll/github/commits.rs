@@ -82,16 +82,14 @@ impl BranchCommits for GithubPoller {
             .max()
             .or(mark.as_ref().map(|m| m.at))
             .unwrap_or_else(|| self.api.server_now());
-        for chunk in commits.chunks(100) {
-            deliveries.push(forge::push_delivery(
-                &self.target,
-                "x-github-event",
-                branch,
-                &sha,
-                chunk,
-                "/commit/committer/date",
-            ));
-        }
+        deliveries.extend(forge::push_deliveries(
+            &self.target,
+            "x-github-event",
+            branch,
+            &sha,
+            &commits,
+            "/commit/committer/date",
+        ));
         cursors.push(PollCursor {
             // The validator is the SHA itself: it survives token rotation.
             etag: Some(format!("\"{sha}\"")),

@@ -5,7 +5,7 @@
 
 use std::sync::OnceLock;
 
-use super::facts::observe_once;
+use super::facts::observe_each;
 use super::{statement, FAILED_DEPLOYMENT_RECOVERY};
 use crate::events::{App, Namespace};
 use crate::ledger::Effect;
@@ -184,15 +184,5 @@ pub(super) fn observe_recoveries(
     app: &App,
     linked: Vec<(String, i64)>,
 ) -> Result<Vec<Effect>, DbError> {
-    let mut effects = Vec::new();
-    for (issue, seconds) in linked {
-        effects.extend(observe_once(
-            tx,
-            FAILED_DEPLOYMENT_RECOVERY,
-            app,
-            &issue,
-            seconds,
-        )?);
-    }
-    Ok(effects)
+    observe_each(tx, FAILED_DEPLOYMENT_RECOVERY, app, linked)
 }

@@ -13,7 +13,7 @@ use crate::events::{
     App, Commit, CommitLink, CommitSha, Deploy, Event, Failure, FailureChange, ImageSha, Link,
     Namespace,
 };
-use crate::ledger::Effect;
+use crate::ledger::{Effect, ShownCommit};
 use crate::store::sql::{DbError, Sql};
 
 /// A failure is open from its creation until a resolution at or after it.
@@ -74,6 +74,21 @@ pub(super) fn observe_once(
     }))
 }
 
+/// [`observe_once`] for each (subject, seconds) of `spans`; the effects of
+/// those that are new.
+pub(super) fn observe_each(
+    tx: &mut dyn Sql,
+    kind: &str,
+    app: &App,
+    spans: impl IntoIterator<Item = (String, i64)>,
+) -> Result<Vec<Effect>, DbError> {
+    let mut effects = Vec::new();
+    for (subject, seconds) in spans {
+        effects.extend(observe_once(tx, kind, app, &subject, seconds)?);
+    }
+    Ok(effects)
+}
+
 fn apply_commit(
     tx: &mut dyn Sql,
     commit: &Commit,
@@ -108,14 +123,14 @@ fn apply_commit(
     if inserted == 0 {
         return Ok(EventResult::Duplicate);
     }
-    let mut effects = vec![Effect::Commit {
+    let mut effects = vec![Effect::Commit(ShownCommit {
         app: commit.app.clone(),
         commit: commit.commit.clone(),
         image_sha: commit.image_sha,
         namespace: commit.namespace.clone(),
         commit_link: commit.commit_link.clone(),
         time: commit.time.seconds(),
-    }];
+    })];
     // A commit that names its image is also a commit→digest link.
     if let Some(image_sha) = commit.image_sha {
         let link = Link {
@@ -200,17 +215,10 @@ fn observe_lead_times(
     commits: Vec<(String, i64)>,
     deployed: i64,
 ) -> Result<Vec<Effect>, DbError> {
-    let mut effects = Vec::new();
-    for (commit_sha, commit_time) in commits {
-        effects.extend(observe_once(
-            tx,
-            LEAD_TIME,
-            app,
-            &commit_sha,
-            deployed - commit_time,
-        )?);
-    }
-    Ok(effects)
+    let spans = commits
+        .into_iter()
+        .map(|(commit_sha, commit_time)| (commit_sha, deployed - commit_time));
+    observe_each(tx, LEAD_TIME, app, spans)
 }
 
 /// The commits (sha, time; a commit can be in more than one image) of app
