@@ -175,13 +175,28 @@ impl ImageSha {
     }
 }
 
+impl ImageSha {
+    /// The 64 lowercase hex digits.
+    fn hex(&self) -> [u8; 64] {
+        let mut buf = [0u8; 64];
+        // 32 bytes always fit 64 digits.
+        let _ = hex::encode_to_slice(self.0, &mut buf);
+        buf
+    }
+
+    /// Appends the canonical text form (what `Display` writes) to `out`,
+    /// without the formatting machinery: a scrape writes one per series.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(Self::PREFIX.as_bytes());
+        out.extend_from_slice(&self.hex());
+    }
+}
+
 impl fmt::Display for ImageSha {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(Self::PREFIX)?;
-        let mut buf = [0u8; 64];
-        hex::encode_to_slice(self.0, &mut buf).map_err(|_| fmt::Error)?;
         // hex output is ASCII by construction.
-        f.write_str(std::str::from_utf8(&buf).map_err(|_| fmt::Error)?)
+        f.write_str(std::str::from_utf8(&self.hex()).map_err(|_| fmt::Error)?)
     }
 }
 

@@ -11,8 +11,8 @@
 //! encodes (a test below compares them).
 
 use std::io::Write;
-use std::sync::Arc;
 
+use super::name::Name;
 use super::view::{escape_label, write_value, Sharded};
 use super::SPAN_BUCKETS;
 
@@ -163,8 +163,8 @@ const DEPLOY_FAMILIES: usize = 6;
 
 /// The per-application DORA series.
 pub struct AppSeries {
-    deploys: Sharded<(Arc<str>, Arc<str>), DeployEntry>,
-    apps: Sharded<Arc<str>, AppEntry>,
+    deploys: Sharded<(Name, Name), DeployEntry>,
+    apps: Sharded<Name, AppEntry>,
     /// `le` label values, formatted once.
     bounds: Vec<String>,
 }
@@ -184,17 +184,17 @@ impl AppSeries {
         }
     }
 
-    fn deploy(&self, app: Arc<str>, namespace: Arc<str>, f: impl FnOnce(&mut DeployEntry)) {
+    fn deploy(&self, app: Name, namespace: Name, f: impl FnOnce(&mut DeployEntry)) {
         self.deploys
             .update((app, namespace), f, DeployEntry::default);
     }
 
-    fn app(&self, app: Arc<str>, f: impl FnOnce(&mut AppEntry)) {
+    fn app(&self, app: Name, f: impl FnOnce(&mut AppEntry)) {
         self.apps.update(app, f, AppEntry::default);
     }
 
     /// Raises the deployment count to at least `count` (creating it at 0).
-    pub fn raise_deployments(&self, app: Arc<str>, namespace: Arc<str>, count: u64) {
+    pub fn raise_deployments(&self, app: Name, namespace: Name, count: u64) {
         self.deploy(app, namespace, |e| {
             let c = e.deployments.get_or_insert(0);
             *c = (*c).max(count);
@@ -203,7 +203,7 @@ impl AppSeries {
 
     /// One more deployment: its count, the four marks at 0 if they are new,
     /// the last-deploy gauge raised to `time`.
-    pub fn count_deploy(&self, app: Arc<str>, namespace: Arc<str>, time: i64) {
+    pub fn count_deploy(&self, app: Name, namespace: Name, time: i64) {
         self.deploy(app, namespace, |e| {
             *e.deployments.get_or_insert(0) += 1;
             e.marks.get_or_insert([0; 4]);
@@ -215,8 +215,8 @@ impl AppSeries {
     /// (never lowered), the last-deploy gauge raised to `last`.
     pub fn restore_deploys(
         &self,
-        app: Arc<str>,
-        namespace: Arc<str>,
+        app: Name,
+        namespace: Name,
         count: u64,
         marks: [u64; 4],
         last: i64,
@@ -234,7 +234,7 @@ impl AppSeries {
 
     /// Counts one rework or failed decision (or its withdrawal); the four
     /// marks exist together.
-    pub fn mark(&self, app: Arc<str>, namespace: Arc<str>, mark: Mark) {
+    pub fn mark(&self, app: Name, namespace: Name, mark: Mark) {
         self.deploy(app, namespace, |e| {
             e.marks.get_or_insert([0; 4])[mark as usize] += 1;
         });
@@ -242,7 +242,7 @@ impl AppSeries {
 
     /// Counts a failure created or resolved (when `first`); both counters
     /// exist together.
-    pub fn count_failure(&self, app: Arc<str>, resolved: bool, first: bool) {
+    pub fn count_failure(&self, app: Name, resolved: bool, first: bool) {
         self.app(app, |e| {
             let counts = e.failures.get_or_insert([0; 2]);
             if first {
@@ -253,7 +253,7 @@ impl AppSeries {
 
     /// Restores the failure counters (raised, never lowered); the open
     /// failures gauge exists (at 0 when none is open).
-    pub fn restore_failures(&self, app: Arc<str>, created: u64, resolved: u64) {
+    pub fn restore_failures(&self, app: Name, created: u64, resolved: u64) {
         self.app(app, |e| {
             let counts = e.failures.get_or_insert([0; 2]);
             counts[0] = counts[0].max(created);
@@ -264,14 +264,14 @@ impl AppSeries {
 
     /// Sets the open-failure gauges: how many, and the oldest creation time
     /// (no series when none is open).
-    pub fn set_open(&self, app: Arc<str>, open: usize, oldest: Option<i64>) {
+    pub fn set_open(&self, app: Name, open: usize, oldest: Option<i64>) {
         self.app(app, |e| {
             e.open_failures = Some(open as i64);
             e.oldest_open_failure = oldest.map(|t| t as f64);
         });
     }
 
-    pub fn observe(&self, app: Arc<str>, span: Span, seconds: f64) {
+    pub fn observe(&self, app: Name, span: Span, seconds: f64) {
         self.app(app, |e| {
             let h = match span {
                 Span::LeadTime => &mut e.lead_time,
@@ -297,6 +297,9 @@ impl AppSeries {
                 write_head(out, family);
             }
         };
+        // The text before a series' first label value, written once per
+        // series as one piece.
+        let prefix = format!("{name}{{app=\"");
         if family < DEPLOY_FAMILIES {
             let shard = self.deploys.read_shard(shard);
             for ((app, namespace), e) in shard.iter() {
@@ -307,9 +310,11 @@ impl AppSeries {
                 };
                 let Some(value) = value else { continue };
                 head(out);
-                out.extend_from_slice(name.as_bytes());
-                labels(out, &[("app", app), ("namespace", namespace)], None);
-                out.push(b' ');
+                out.extend_from_slice(prefix.as_bytes());
+                escape_label(out, app.as_bytes());
+                out.extend_from_slice(b"\",namespace=\"");
+                escape_label(out, namespace.as_bytes());
+                out.extend_from_slice(b"\"} ");
                 write_value(out, value);
                 out.push(b'\n');
             }
@@ -325,7 +330,7 @@ impl AppSeries {
                 };
                 let Some(h) = h else { continue };
                 head(out);
-                self.write_histogram(out, name, app, h);
+                self.write_histogram(out, name, app.as_bytes(), h);
                 continue;
             }
             let value = match family {
@@ -336,15 +341,15 @@ impl AppSeries {
             };
             let Some(value) = value else { continue };
             head(out);
-            out.extend_from_slice(name.as_bytes());
-            labels(out, &[("app", app)], None);
-            out.push(b' ');
+            out.extend_from_slice(prefix.as_bytes());
+            escape_label(out, app.as_bytes());
+            out.extend_from_slice(b"\"} ");
             write_value(out, value);
             out.push(b'\n');
         }
     }
 
-    fn write_histogram(&self, out: &mut Vec<u8>, name: &str, app: &str, h: &Histogram) {
+    fn write_histogram(&self, out: &mut Vec<u8>, name: &str, app: &[u8], h: &Histogram) {
         let mut cumulative = 0;
         for (bound, count) in self.bounds.iter().zip(h.buckets) {
             cumulative += count;
@@ -402,7 +407,7 @@ fn write_head(out: &mut Vec<u8>, family: usize) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
-fn labels(out: &mut Vec<u8>, pairs: &[(&str, &str)], le: Option<&str>) {
+fn labels(out: &mut Vec<u8>, pairs: &[(&str, &[u8])], le: Option<&str>) {
     let mut separator = b'{';
     for (name, value) in pairs {
         out.push(separator);
@@ -481,8 +486,14 @@ mod tests {
         registry.register(Box::new(last.clone())).unwrap();
 
         for n in 0..300 {
-            let app: Arc<str> = format!("app-\"{n}\"\\\n").into();
-            let ns: Arc<str> = format!("ns{}", n % 7).into();
+            // Short names are kept inline, long ones shared: both kinds.
+            let app = if n % 3 == 0 {
+                format!("an-application-with-a-long-name-\"{n}\"\\\n")
+            } else {
+                format!("app-\"{n}\"\\\n")
+            };
+            let app = Name::from(app.as_str());
+            let ns = Name::from(format!("ns{}", n % 7).as_str());
             for _ in 0..=(n % 3) {
                 series.count_deploy(app.clone(), ns.clone(), 1_700_000_000 + n as i64);
                 deployments.with_label_values(&[&app, &ns]).inc();

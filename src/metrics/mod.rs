@@ -7,6 +7,7 @@
 //! committed. Labels come from closed sets or from validated event fields.
 
 pub mod apps;
+mod name;
 pub mod reviews;
 pub mod view;
 

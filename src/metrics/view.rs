@@ -17,6 +17,7 @@ use bytes::Bytes;
 use indexmap::IndexMap;
 
 use super::apps::{AppSeries, Mark, Span};
+use super::name::Name;
 use super::Metrics;
 use crate::clock::now_seconds;
 use crate::events::{App, ImageSha, Namespace};
@@ -78,27 +79,27 @@ impl<K: Hash + Eq, V> Sharded<K, V> {
 
 #[derive(Hash, PartialEq, Eq)]
 struct CommitKey {
-    app: Arc<str>,
+    app: Name,
     commit: Box<str>,
     image_sha: Option<ImageSha>,
 }
 
 struct CommitEntry {
-    namespace: Option<Arc<str>>,
+    namespace: Option<Name>,
     link: Option<Box<str>>,
     time: i64,
 }
 
 #[derive(Hash, PartialEq, Eq)]
 struct DeployKey {
-    app: Arc<str>,
-    namespace: Arc<str>,
+    app: Name,
+    namespace: Name,
     image_sha: ImageSha,
 }
 
 #[derive(Hash, PartialEq, Eq)]
 struct FailureKey {
-    app: Arc<str>,
+    app: Name,
     issue_number: Box<str>,
 }
 
@@ -137,7 +138,7 @@ pub struct View {
     apps: AppSeries,
     names: Mutex<HashSet<Arc<str>>>,
     /// Unresolved failures of each app, with their creation times.
-    open_failures: Mutex<HashMap<Arc<str>, OpenFailures>>,
+    open_failures: Mutex<HashMap<Name, OpenFailures>>,
     /// The event intervals as last computed, by application and kind.
     intervals: RwLock<Arc<[Interval]>>,
     scrapes: Arc<tokio::sync::Semaphore>,
@@ -173,15 +174,18 @@ impl View {
         &self.metrics
     }
 
-    /// One shared allocation per distinct app or namespace name.
-    fn intern(&self, name: &str) -> Arc<str> {
-        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(existing) = names.get(name) {
-            return existing.clone();
-        }
-        let interned: Arc<str> = name.into();
-        names.insert(interned.clone());
-        interned
+    /// An app or namespace name as the series keep it: inline when short,
+    /// else one shared allocation per distinct name.
+    fn intern(&self, name: &str) -> Name {
+        Name::new(name, |name| {
+            let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(existing) = names.get(name) {
+                return existing.clone();
+            }
+            let interned: Arc<str> = name.into();
+            names.insert(interned.clone());
+            interned
+        })
     }
 
     fn exposure_since(&self, now: i64) -> i64 {
@@ -363,17 +367,17 @@ impl View {
                 let commits = self.commits.read_shard(shard);
                 for (key, entry) in commits.iter().filter(|(_, e)| e.time >= since) {
                     out.extend_from_slice(b"commit_timestamp{app=\"");
-                    escape_label(out, &key.app);
+                    escape_label(out, key.app.as_bytes());
                     out.extend_from_slice(b"\",commit=\"");
-                    escape_label(out, &key.commit);
+                    escape_label(out, key.commit.as_bytes());
                     out.extend_from_slice(b"\",image_sha=\"");
                     if let Some(image_sha) = &key.image_sha {
-                        let _ = write!(out, "{image_sha}");
+                        image_sha.write_to(out);
                     }
                     out.extend_from_slice(b"\",namespace=\"");
-                    escape_label(out, entry.namespace.as_deref().unwrap_or(""));
+                    escape_label(out, entry.namespace.as_ref().map_or(b"", |n| n.as_bytes()));
                     out.extend_from_slice(b"\",commit_link=\"");
-                    escape_label(out, entry.link.as_deref().unwrap_or(""));
+                    escape_label(out, entry.link.as_deref().unwrap_or("").as_bytes());
                     out.extend_from_slice(b"\"} ");
                     write_int(out, entry.time);
                     out.push(b'\n');
@@ -383,9 +387,11 @@ impl View {
                 let deploys = self.deploys.read_shard(shard);
                 for (key, &time) in deploys.iter().filter(|(_, t)| **t >= exposure_since) {
                     out.extend_from_slice(b"deploy_timestamp{app=\"");
-                    escape_label(out, &key.app);
-                    let _ = write!(out, "\",image_sha=\"{}\",namespace=\"", key.image_sha);
-                    escape_label(out, &key.namespace);
+                    escape_label(out, key.app.as_bytes());
+                    out.extend_from_slice(b"\",image_sha=\"");
+                    key.image_sha.write_to(out);
+                    out.extend_from_slice(b"\",namespace=\"");
+                    escape_label(out, key.namespace.as_bytes());
                     end_timestamp_sample(out, time);
                 }
             }
@@ -406,9 +412,9 @@ impl View {
                         continue;
                     };
                     out.extend_from_slice(name);
-                    escape_label(out, &key.app);
+                    escape_label(out, key.app.as_bytes());
                     out.extend_from_slice(b"\",issue_number=\"");
-                    escape_label(out, &key.issue_number);
+                    escape_label(out, key.issue_number.as_bytes());
                     end_timestamp_sample(out, time);
                 }
             }
@@ -450,9 +456,9 @@ impl View {
             }
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(b"{repo=\"");
-            escape_label(out, &i.repo);
+            escape_label(out, i.repo.as_bytes());
             out.extend_from_slice(b"\",type=\"");
-            escape_label(out, i.kind);
+            escape_label(out, i.kind.as_bytes());
             out.extend_from_slice(b"\"} ");
             write_value(out, value);
             out.push(b'\n');
@@ -480,7 +486,7 @@ impl View {
 pub const CONCURRENT_SCRAPES: usize = 2;
 
 /// A chunk of a streamed scrape stops growing past this size.
-pub const CHUNK_BYTES: usize = 64 * 1024;
+pub const CHUNK_BYTES: usize = 256 * 1024;
 
 const PELORUS_PARTS: usize = 4 * SHARDS;
 const PARTS: usize = PELORUS_PARTS + (AppSeries::FAMILIES + 2) * SHARDS + 1;
@@ -515,12 +521,12 @@ const PELORUS_FAMILIES: [(&str, &str); 4] = [
 ];
 
 /// Escapes a label value for the text exposition format.
-pub(super) fn escape_label(out: &mut Vec<u8>, value: &str) {
-    if !value.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
-        out.extend_from_slice(value.as_bytes());
+pub(super) fn escape_label(out: &mut Vec<u8>, value: &[u8]) {
+    if !value.iter().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
+        out.extend_from_slice(value);
         return;
     }
-    for &b in value.as_bytes() {
+    for &b in value {
         match b {
             b'\\' => out.extend_from_slice(b"\\\\"),
             b'"' => out.extend_from_slice(b"\\\""),
@@ -739,7 +745,7 @@ mod tests {
     #[test]
     fn label_values_are_escaped() {
         let mut out = Vec::new();
-        escape_label(&mut out, "a\"b\\c\nd");
+        escape_label(&mut out, b"a\"b\\c\nd");
         assert_eq!(out, b"a\\\"b\\\\c\\nd");
     }
 
