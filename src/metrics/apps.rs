@@ -1,12 +1,12 @@
 //! The DORA counters, histograms and gauges of each application, kept the
-//! way the Pelorus gauges are: interned labels in sharded maps, written
+//! way the Pelorus gauges are: names kept in the keys (`Name`), sharded maps, written
 //! straight into the text exposition format shard by shard.
 //!
 //! A `prometheus` vector keeps owned label pairs for every series behind one
 //! lock per family and builds a `MetricFamily` with owned strings for every
 //! series on every scrape; at 100 000 applications that is hundreds of
 //! megabytes and a lock held for the whole encoding. Here a series costs a
-//! few words beside its interned labels, and a scrape holds one shard's read
+//! few words beside its names, and a scrape holds one shard's read
 //! lock at a time. The text is byte for byte what the `prometheus` crate
 //! encodes (a test below compares them).
 

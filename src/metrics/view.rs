@@ -29,7 +29,7 @@ pub(super) const SHARDS: usize = 32;
 /// A hash map split into independently locked shards.
 ///
 /// Each shard is an [`IndexMap`]: a scrape walks its entries in the order
-/// they were inserted, which is about the order their interned labels were
+/// they were inserted, which is about the order their shared names were
 /// allocated in, so the walk reads memory mostly in sequence. Walking a
 /// `HashMap` visits the entries in hash order and takes a cache miss on
 /// every label string; at 100 000 applications that was half of a scrape.
