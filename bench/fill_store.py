@@ -29,6 +29,7 @@ def hex_of(kind, n, length):
 
 
 def fill_deliveries(db, count, apps):
+    apps = args.apps
     now = int(time.time())
     span = 90 * 86400
     first = now - 3600 - span
@@ -97,6 +98,7 @@ def main():
         fill_deliveries(args.db, args.deliveries, args.apps)
         return
 
+    apps = args.apps
     now = int(time.time())
     span = 90 * 86400
     commits = int(args.events * 0.45)
@@ -111,20 +113,20 @@ def main():
             "INSERT INTO commits (app, commit_sha, image_sha, namespace, commit_link, time, delivery_id) "
             "VALUES (?, ?, ?, ?, '', ?, ?)",
             (
-                (f"app-{n % 50}", hex_of("c", n, 40), "sha256:" + hex_of("i", n, 64), "prod",
+                (f"app-{n % apps}", hex_of("c", n, 40), "sha256:" + hex_of("i", n, 64), "prod",
                  now - span + n * span // commits, f"fill-c-{n}")
                 for n in range(commits)
             ),
         )
         conn.executemany(
             "INSERT INTO observations (kind, app, subject, seconds) VALUES ('lead_time', ?, ?, ?)",
-            ((f"app-{n % 50}", hex_of("c", n, 40), 600 + n % 86400) for n in range(commits)),
+            ((f"app-{n % apps}", hex_of("c", n, 40), 600 + n % 86400) for n in range(commits)),
         )
         conn.executemany(
             "INSERT INTO deploys (app, namespace, time, image_sha, commit_sha, environment, delivery_id) "
             "VALUES (?, 'prod', ?, ?, ?, 'production', ?)",
             (
-                (f"app-{n % 50}", now - span + n * span // deploys, "sha256:" + hex_of("i", n, 64),
+                (f"app-{n % apps}", now - span + n * span // deploys, "sha256:" + hex_of("i", n, 64),
                  hex_of("c", n, 40), f"fill-d-{n}")
                 for n in range(deploys)
             ),
@@ -133,14 +135,14 @@ def main():
             "INSERT INTO failures (app, issue_number, created, created_delivery, resolved, resolved_delivery) "
             "VALUES (?, ?, ?, ?, ?, ?)",
             (
-                (f"app-{n % 50}", f"INC-{n}", now - span + n * span // max(failures, 1),
+                (f"app-{n % apps}", f"INC-{n}", now - span + n * span // max(failures, 1),
                  f"fill-f-{n}", now - span + n * span // max(failures, 1) + 3600, f"fill-r-{n}")
                 for n in range(failures)
             ),
         )
         conn.executemany(
             "INSERT INTO observations (kind, app, subject, seconds) VALUES ('time_to_restore', ?, ?, 3600)",
-            ((f"app-{n % 50}", f"INC-{n}") for n in range(failures)),
+            ((f"app-{n % apps}", f"INC-{n}") for n in range(failures)),
         )
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()

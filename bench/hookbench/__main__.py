@@ -57,6 +57,7 @@ Environment (all optional):
   BENCH_SCRAPES        timed idle /metrics scrapes                           [20]
   BENCH_PREFILL        deliveries in S5's store                         [1000000]
   BENCH_STARTUP_EVENTS events stored for the startup scenario           [1000000]
+  BENCH_STARTUP_APPS   applications those events belong to                [10000]
   BENCH_SOAK           soak duration (30m, 2h): runs the soak on S5 (or BENCH_SHAPES)
   BENCH_SOAK_INTERVAL  a soak line every ...                                  [1m]
   BENCH_READY_TIMEOUT  seconds to wait for /readyz                           [10]
@@ -123,6 +124,7 @@ def settings():
         scrapes=env_int("BENCH_SCRAPES", 3 if smoke else 20),
         prefill=env_int("BENCH_PREFILL", 2000 if smoke else 1000000),
         startup_events=env_int("BENCH_STARTUP_EVENTS", 2000 if smoke else 1000000),
+        startup_apps=env_int("BENCH_STARTUP_APPS", 20 if smoke else 10000),
         soak_seconds=duration_seconds(soak or ("2s" if smoke else "0")),
         soak_interval=duration_seconds(os.environ.get("BENCH_SOAK_INTERVAL", "1s" if smoke else "1m")),
         soak_rate=10000 if smoke else 20000,

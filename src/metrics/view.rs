@@ -721,21 +721,7 @@ fn end_timestamp_sample(out: &mut Vec<u8>, time: i64) {
 
 /// Writes an integer in decimal.
 pub(super) fn write_int(out: &mut Vec<u8>, value: i64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    let mut n = value.unsigned_abs();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    if value < 0 {
-        out.push(b'-');
-    }
-    out.extend_from_slice(&buf[i..]);
+    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
 }
 
 #[cfg(test)]
