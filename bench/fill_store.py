@@ -29,7 +29,6 @@ def hex_of(kind, n, length):
 
 
 def fill_deliveries(db, count, apps):
-    apps = args.apps
     now = int(time.time())
     span = 90 * 86400
     first = now - 3600 - span
