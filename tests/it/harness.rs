@@ -785,3 +785,17 @@ pub async fn wait_for_status(
     }
     false
 }
+
+/// Waits (bounded: 15 s) for `check` to hold.
+pub async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) {
+    for _ in 0..300 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}

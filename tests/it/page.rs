@@ -9,7 +9,7 @@ use std::time::Duration;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 
-use crate::harness::{fixture, free_port, now, spawn_app_with, TestApp, SECRET};
+use crate::harness::{eventually, fixture, free_port, now, spawn_app_with, TestApp, SECRET};
 use crate::sources::{post, provider_headers};
 
 const KEY: &str = "page-test-admin-key";
@@ -217,16 +217,11 @@ async fn a_person_filters_opens_and_redelivers_in_the_browser() {
 
         // Redeliver: a new row, which ends accepted.
         click(&client, "button#redeliver").await;
-        let mut outcome = String::new();
-        for _ in 0..150 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        eventually("the redelivery's badge to read accepted", || async {
             client.refresh().await.unwrap();
-            outcome = texts(&client, "h1 .badge").await.join(" ");
-            if outcome == "accepted" {
-                break;
-            }
-        }
-        assert_eq!(outcome, "accepted", "the redelivery's badge");
+            texts(&client, "h1 .badge").await.join(" ") == "accepted"
+        })
+        .await;
         assert!(client.source().await.unwrap().contains("Redelivery of"));
         save_screenshot(&client, "deliveries-page.png").await;
 

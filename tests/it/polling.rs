@@ -18,22 +18,9 @@ use hookgauge::store::Store;
 use wiremock::{MockServer, Request};
 
 use crate::embedded::EmbeddedStore;
+pub use crate::harness::eventually;
 use crate::harness::{spawn_app_with, Scrape, TestApp, SECRET};
 use crate::sources::{post, provider_headers};
-
-/// Waits (bounded: 15 s) for `check` to hold.
-pub async fn eventually<F: std::future::Future<Output = bool>>(
-    what: &str,
-    mut check: impl FnMut() -> F,
-) {
-    for _ in 0..300 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
 
 /// The requests `server` received whose path ends with `suffix`.
 pub async fn requests_to(server: &MockServer, suffix: &str) -> Vec<Request> {
