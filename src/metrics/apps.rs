@@ -167,6 +167,9 @@ pub struct AppSeries {
     apps: Sharded<Name, AppEntry>,
     /// `le` label values, formatted once.
     bounds: Vec<String>,
+    /// Each family's text before a series' first label value
+    /// (`name{app="`), formatted once.
+    prefixes: Vec<String>,
 }
 
 impl Default for AppSeries {
@@ -181,6 +184,10 @@ impl AppSeries {
             deploys: Sharded::new(),
             apps: Sharded::new(),
             bounds: SPAN_BUCKETS.iter().map(|b| b.to_string()).collect(),
+            prefixes: FAMILIES
+                .iter()
+                .map(|(name, _, _)| format!("{name}{{app=\""))
+                .collect(),
         }
     }
 
@@ -297,9 +304,7 @@ impl AppSeries {
                 write_head(out, family);
             }
         };
-        // The text before a series' first label value, written once per
-        // series as one piece.
-        let prefix = format!("{name}{{app=\"");
+        let prefix = &self.prefixes[family];
         if family < DEPLOY_FAMILIES {
             let shard = self.deploys.read_shard(shard);
             for ((app, namespace), e) in shard.iter() {
