@@ -113,7 +113,8 @@ pub fn sqlite_to_postgres(
         return Err(MigrateError::NoSource(from.display().to_string()));
     }
     // Opening migrates both schemas to this binary's version.
-    let mut source = sqlite::Database::open(from, store).map_err(DbError::from)?;
+    let mut source =
+        sqlite::Database::open(from, store, Default::default()).map_err(DbError::from)?;
     let mut target = to.connect()?;
     pg::migrate(&mut target)?;
     let held: i64 = target

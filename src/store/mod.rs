@@ -65,7 +65,7 @@ pub use retention::{Pruned, RetentionPolicy};
 pub use settings::{postgres_config, InvalidSetting, RawStore, Synchronous};
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -83,8 +83,6 @@ const MAX_BATCH: usize = 1024;
 const QUEUE_DEPTH: usize = 8192;
 /// Least time between two attempts to open an unopenable database.
 const REOPEN_INTERVAL: Duration = Duration::from_millis(500);
-/// How often committed WAL frames are copied into the database file.
-const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 /// How often a replica tries to take the background lock, and its holder
 /// checks the lock's connection: the failover time when a holder dies.
 const LOCK_INTERVAL: Duration = Duration::from_secs(1);
@@ -372,19 +370,19 @@ impl Store {
         let cursor = Arc::new(Mutex::new(postgres::FeedCursor::default()));
         let mut helpers = Vec::new();
         let mut always_held = None;
+        let wal_restart = Arc::new(sqlite::WalRestart::default());
         let background = match &config.location {
             Location::Sqlite(path) => {
                 let stop = Arc::clone(&stop);
-                let mut checkpointer = sqlite::Checkpointer::new(path.clone(), config.busy_timeout);
+                let mut checkpointer = sqlite::Checkpointer::new(
+                    path.clone(),
+                    config.busy_timeout,
+                    Arc::clone(&wal_restart),
+                );
                 helpers.push(
                     std::thread::Builder::new()
                         .name("hookgauge-checkpoint".into())
-                        .spawn(move || {
-                            while !stop.load(Ordering::Acquire) {
-                                std::thread::sleep(CHECKPOINT_INTERVAL);
-                                checkpointer.run();
-                            }
-                        })
+                        .spawn(move || checkpointer.run_until(&stop))
                         .expect("the store checkpoint thread can be spawned"),
                 );
                 // One process owns the file: its background work always runs
@@ -419,7 +417,8 @@ impl Store {
             .name("hookgauge-store".into())
             .spawn(move || {
                 let _always_held = always_held;
-                let mut writer = Writer::new(config, sink, stop_writer, helpers, cursor);
+                let mut writer =
+                    Writer::new(config, sink, stop_writer, helpers, cursor, wal_restart);
                 let _ = first_open.send(writer.ensure_open().map(|_| ()));
                 writer.run(receiver);
             })

@@ -5,6 +5,10 @@
 //!
 //! Runs only on the store's writer thread (one writer: SQLite's own lock).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use rusqlite::{Connection, OpenFlags};
 
 use super::sql::{DbError, Lite, Sql};
@@ -15,15 +19,61 @@ use super::Synchronous;
 /// many have run.
 pub(super) const MIGRATIONS: &[(&str, &str)] = super::migrations!("migrations/");
 
-/// WAL size (in pages) at which the writer completes a checkpoint itself.
-const WAL_RESTART_PAGES: u32 = 16_384;
+/// WAL size (in frames) past which the WAL is started again from its
+/// beginning (see [`WalRestart`]).
+const WAL_RESTART_FRAMES: i64 = 16_384;
+/// Pause of the checkpoint thread after a pass that copied frames (the
+/// writer is busy: keep the backlog small) and after one that did not.
+const CHECKPOINT_BUSY_PAUSE: Duration = Duration::from_millis(20);
+const CHECKPOINT_IDLE_PAUSE: Duration = Duration::from_millis(100);
+/// How long the checkpoint thread leaves the WAL to the writer once it has
+/// asked for a restart; an idle writer does not answer, and the WAL then
+/// restarts by itself at the next write after a complete pass.
+const RESTART_HANDOVER: Duration = Duration::from_millis(100);
+
+/// The WAL restart, shared by the writer and the checkpoint thread.
+///
+/// SQLite starts the WAL again from its beginning when a write transaction
+/// begins with every frame copied into the database. The checkpoint thread
+/// copies frames while the writer appends, so under steady load it never
+/// copies the last ones and the WAL would grow without bound. Once the WAL
+/// passes [`WAL_RESTART_FRAMES`], the checkpoint thread stops and sets
+/// `due`; before its next transaction the writer copies the few frames
+/// appended since the thread's last pass (a small checkpoint, not the whole
+/// WAL and its fsyncs on the ack path, which is what SQLite's own
+/// auto-checkpoint on the writer did), and that transaction restarts the WAL.
+pub struct WalRestart {
+    due: AtomicBool,
+    /// WAL frames past which the restart is asked for.
+    frames: i64,
+}
+
+impl Default for WalRestart {
+    fn default() -> Self {
+        WalRestart::after(WAL_RESTART_FRAMES)
+    }
+}
+
+impl WalRestart {
+    fn after(frames: i64) -> Self {
+        WalRestart {
+            due: AtomicBool::new(false),
+            frames,
+        }
+    }
+}
 
 pub struct Database {
     conn: Connection,
+    restart: Arc<WalRestart>,
 }
 
 impl Database {
-    pub fn open(path: &std::path::Path, config: &StoreConfig) -> rusqlite::Result<Database> {
+    pub fn open(
+        path: &std::path::Path,
+        config: &StoreConfig,
+        restart: Arc<WalRestart>,
+    ) -> rusqlite::Result<Database> {
         if let Some(dir) = path.parent() {
             // A missing directory is created; failing that, open() reports it.
             let _ = std::fs::create_dir_all(dir);
@@ -47,18 +97,31 @@ impl Database {
             Synchronous::Full => "FULL",
         };
         // The checkpoint thread (`Checkpointer`) copies WAL frames into the
-        // database in the background. It cannot finish while the writer keeps
-        // appending, so the WAL would never restart and would grow without
-        // bound; the writer's own checkpoint at WAL_RESTART_PAGES finds
-        // little left to copy, completes, and lets the next transaction
-        // reuse the WAL from its start. The page cache keeps hot index pages.
+        // database, never the writer (no auto-checkpoint): see WalRestart.
+        // The page cache keeps hot index pages.
         conn.execute_batch(&format!(
             "PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = OFF; \
-             PRAGMA wal_autocheckpoint = {WAL_RESTART_PAGES}; PRAGMA cache_size = -8192; \
+             PRAGMA wal_autocheckpoint = 0; PRAGMA cache_size = -8192; \
              PRAGMA temp_store = MEMORY;"
         ))?;
         migrate(&conn)?;
-        Ok(Database { conn })
+        Ok(Database { conn, restart })
+    }
+
+    /// The writer's part of a WAL restart, between two transactions.
+    fn finish_restart(&mut self) {
+        if !self.restart.due.load(Ordering::Acquire) {
+            return;
+        }
+        match checkpoint(&self.conn) {
+            // The checkpoint thread is in a pass: at the next transaction.
+            Ok(pass) if pass.busy => {}
+            Ok(_) => self.restart.due.store(false, Ordering::Release),
+            Err(error) => {
+                tracing::debug!(error = %error, "WAL restart checkpoint failed");
+                self.restart.due.store(false, Ordering::Release);
+            }
+        }
     }
 
     /// Runs `f` in one write transaction (`BEGIN IMMEDIATE`: the write lock
@@ -67,6 +130,7 @@ impl Database {
         &mut self,
         mut f: impl FnMut(&mut dyn Sql) -> Result<T, DbError>,
     ) -> Result<T, DbError> {
+        self.finish_restart();
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -118,29 +182,101 @@ pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// What a `PASSIVE` checkpoint did.
+struct Pass {
+    /// Another connection was checkpointing: nothing was done.
+    busy: bool,
+    /// Frames in the WAL, and how many of them are in the database.
+    frames: i64,
+    copied: i64,
+}
+
+fn checkpoint(conn: &Connection) -> rusqlite::Result<Pass> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+        Ok(Pass {
+            busy: row.get::<_, i64>(0)? != 0,
+            frames: row.get(1)?,
+            copied: row.get(2)?,
+        })
+    })
+}
+
 /// Copies committed WAL frames into the database file from its own
-/// connection, so that the writer never does it (nor its fsync) while
+/// connection, so that the writer never does it (nor its fsyncs) while
 /// deliveries wait for their commit. PASSIVE: never blocks the writer.
 pub struct Checkpointer {
     path: std::path::PathBuf,
-    busy_timeout: std::time::Duration,
+    busy_timeout: Duration,
     conn: Option<Connection>,
+    restart: Arc<WalRestart>,
+    /// Frames in the WAL and frames copied at the last pass, and when the
+    /// restart was asked for.
+    frames: i64,
+    copied: i64,
+    asked: Option<Instant>,
 }
 
 impl Checkpointer {
-    pub fn new(path: std::path::PathBuf, busy_timeout: std::time::Duration) -> Self {
+    pub fn new(path: std::path::PathBuf, busy_timeout: Duration, restart: Arc<WalRestart>) -> Self {
         Checkpointer {
             path,
             busy_timeout,
             conn: None,
+            restart,
+            frames: 0,
+            copied: 0,
+            asked: None,
         }
     }
 
-    pub fn run(&mut self) {
+    /// Runs passes until `stop` is set.
+    pub fn run_until(&mut self, stop: &AtomicBool) {
+        lower_priority();
+        while !stop.load(Ordering::Acquire) {
+            let pause = self.step();
+            std::thread::sleep(pause);
+        }
+    }
+
+    /// One step: a pass, or waiting for the writer's part of a restart.
+    /// Returns how long to wait before the next.
+    fn step(&mut self) -> Duration {
+        if let Some(asked) = self.asked {
+            if self.restart.due.load(Ordering::Acquire) && asked.elapsed() < RESTART_HANDOVER {
+                return Duration::from_millis(2);
+            }
+            self.asked = None;
+        }
+        let Some(conn) = self.connection() else {
+            return CHECKPOINT_IDLE_PAUSE;
+        };
+        let pass = match checkpoint(conn) {
+            Ok(pass) => pass,
+            Err(error) => {
+                tracing::debug!(error = %error, "Checkpoint failed; reopening");
+                self.conn = None;
+                return CHECKPOINT_IDLE_PAUSE;
+            }
+        };
+        let progressed = pass.copied != self.copied;
+        (self.frames, self.copied) = (pass.frames, pass.copied);
+        if pass.frames >= self.restart.frames {
+            self.restart.due.store(true, Ordering::Release);
+            self.asked = Some(Instant::now());
+            return Duration::from_millis(2);
+        }
+        if progressed && !pass.busy {
+            CHECKPOINT_BUSY_PAUSE
+        } else {
+            CHECKPOINT_IDLE_PAUSE
+        }
+    }
+
+    fn connection(&mut self) -> Option<&Connection> {
         if self.conn.is_none() {
             // The writer creates the file; until then there is nothing to do.
             if !self.path.exists() {
-                return;
+                return None;
             }
             match Connection::open_with_flags(
                 &self.path,
@@ -151,14 +287,124 @@ impl Checkpointer {
                 Ok(conn) => self.conn = Some(conn),
                 Err(error) => {
                     tracing::debug!(error = %error, "Checkpointer cannot open the store yet");
-                    return;
+                    return None;
                 }
             }
         }
-        let Some(conn) = &self.conn else { return };
-        if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::debug!(error = %error, "Checkpoint failed; reopening");
-            self.conn = None;
+        self.conn.as_ref()
+    }
+}
+
+/// Niceness of the checkpoint thread: copying frames is bulk work that may
+/// wait, while the threads of a delivery's path (HTTP worker, writer) should
+/// not wait for a CPU behind it.
+#[cfg(target_os = "linux")]
+const CHECKPOINT_NICE: libc::c_int = 10;
+
+#[cfg(target_os = "linux")]
+fn lower_priority() {
+    // SAFETY: neither call takes a pointer; on Linux the niceness belongs to
+    // the thread named by its id, and a refusal leaves it as it was.
+    let refused = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, CHECKPOINT_NICE) != 0
+    };
+    if refused {
+        tracing::debug!("Checkpoint thread keeps the default priority");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_priority() {}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::{Checkpointer, Database, WalRestart};
+    use crate::store::{Location, RestoreWindows, StoreConfig, Synchronous};
+
+    fn config(path: &std::path::Path) -> StoreConfig {
+        StoreConfig {
+            location: Location::Sqlite(path.to_owned()),
+            synchronous: Synchronous::Normal,
+            busy_timeout: Duration::from_secs(1),
+            max_body_bytes: 1 << 16,
+            max_unauthenticated_rows: 1000,
+            windows: RestoreWindows {
+                commit_window: Duration::from_secs(3600),
+                exposure_window: Duration::from_secs(3600),
+            },
+            failure_link_window: Duration::from_secs(3600),
         }
+    }
+
+    fn write(db: &mut Database, n: i64) {
+        db.transaction(|tx| {
+            tx.execute(
+                "INSERT OR REPLACE INTO probe (id, at) VALUES (?1, ?1)",
+                &[&n],
+            )
+            .map(|_| ())
+        })
+        .unwrap();
+    }
+
+    /// Under steady load the checkpoint thread's pass never copies the last
+    /// frames (the writer appends during it), so SQLite would never start
+    /// the WAL again. Once the thread asks, the writer's next transaction
+    /// copies the rest first and starts the WAL from its beginning.
+    #[test]
+    fn a_due_restart_starts_the_wal_again_at_the_next_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.db");
+        let restart = Arc::new(WalRestart::after(16));
+        let mut db = Database::open(&path, &config(&path), Arc::clone(&restart)).unwrap();
+        let mut checkpointer =
+            Checkpointer::new(path.clone(), Duration::from_secs(1), Arc::clone(&restart));
+        for n in 0..20 {
+            write(&mut db, n);
+        }
+        // A reader's snapshot stands for the writes the pass cannot copy:
+        // it copies up to the snapshot only.
+        let reader = rusqlite::Connection::open(&path).unwrap();
+        reader.execute_batch("BEGIN").unwrap();
+        let _: i64 = reader
+            .query_row("SELECT COUNT(*) FROM probe", [], |r| r.get(0))
+            .unwrap();
+        for n in 20..30 {
+            write(&mut db, n);
+        }
+        checkpointer.step();
+        assert!(restart.due.load(Ordering::Acquire), "restart not asked");
+        let before = checkpointer.frames;
+        assert!(checkpointer.copied < before, "the pass copied every frame");
+        reader.execute_batch("COMMIT").unwrap();
+
+        write(&mut db, 30);
+        assert!(
+            !restart.due.load(Ordering::Acquire),
+            "the writer left it due"
+        );
+        checkpointer.asked = None;
+        checkpointer.step();
+        assert!(
+            checkpointer.frames < 16,
+            "the WAL went on from {before} to {} frames instead of starting again",
+            checkpointer.frames
+        );
+        assert_eq!(checkpointer.copied, checkpointer.frames);
+        // The file is as long as it was when the restart was asked.
+        assert!(wal_frames(&path) <= before as u64);
+    }
+
+    /// Frames in the WAL file, from its size (a 32-byte header, then frames
+    /// of a 24-byte header and a page).
+    fn wal_frames(path: &std::path::Path) -> u64 {
+        let wal = path.with_extension("db-wal");
+        let size = std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0);
+        size.saturating_sub(32) / (24 + 4096)
     }
 }

@@ -31,9 +31,14 @@ impl Backend {
     fn open(
         config: &StoreConfig,
         cursor: &Arc<Mutex<postgres::FeedCursor>>,
+        wal_restart: &Arc<sqlite::WalRestart>,
     ) -> Result<Backend, DbError> {
         Ok(match &config.location {
-            Location::Sqlite(path) => Backend::Sqlite(sqlite::Database::open(path, config)?),
+            Location::Sqlite(path) => Backend::Sqlite(sqlite::Database::open(
+                path,
+                config,
+                Arc::clone(wal_restart),
+            )?),
             Location::Postgres(pg) => {
                 Backend::Postgres(Box::new(postgres::Database::open(pg, Arc::clone(cursor))?))
             }
@@ -108,6 +113,8 @@ pub(super) struct Writer {
     stop_helpers: Arc<AtomicBool>,
     helpers: Vec<std::thread::JoinHandle<()>>,
     cursor: Arc<Mutex<postgres::FeedCursor>>,
+    /// Shared with the SQLite checkpoint thread.
+    wal_restart: Arc<sqlite::WalRestart>,
     db: Option<Backend>,
     restored: bool,
     /// Unauthenticated ledger rows, counted at open (SQLite, whose only
@@ -126,6 +133,7 @@ impl Writer {
         stop_helpers: Arc<AtomicBool>,
         helpers: Vec<std::thread::JoinHandle<()>>,
         cursor: Arc<Mutex<postgres::FeedCursor>>,
+        wal_restart: Arc<sqlite::WalRestart>,
     ) -> Self {
         Writer {
             config,
@@ -133,6 +141,7 @@ impl Writer {
             stop_helpers,
             helpers,
             cursor,
+            wal_restart,
             db: None,
             restored: false,
             unauthenticated_rows: None,
@@ -155,7 +164,7 @@ impl Writer {
                 }));
             }
             self.last_open_attempt = Some(Instant::now());
-            match Backend::open(&self.config, &self.cursor) {
+            match Backend::open(&self.config, &self.cursor, &self.wal_restart) {
                 Ok(mut db) => {
                     if !self.restored {
                         db.restore(self.config.windows, &*self.sink)
