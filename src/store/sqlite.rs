@@ -26,6 +26,11 @@ const WAL_RESTART_FRAMES: i64 = 16_384;
 /// writer is busy: keep the backlog small) and after one that did not.
 const CHECKPOINT_BUSY_PAUSE: Duration = Duration::from_millis(20);
 const CHECKPOINT_IDLE_PAUSE: Duration = Duration::from_millis(100);
+/// The writer's part of a restart is asked for once a pass began with at
+/// most this many frames appended since the previous one (or after
+/// `MAX_CHASES` passes in a row that did not get there).
+const RESTART_BACKLOG_FRAMES: i64 = 128;
+const MAX_CHASES: u32 = 4;
 /// How long the checkpoint thread leaves the WAL to the writer once it has
 /// asked for a restart; an idle writer does not answer, and the WAL then
 /// restarts by itself at the next write after a complete pass.
@@ -44,6 +49,7 @@ const RESTART_HANDOVER: Duration = Duration::from_millis(100);
 /// auto-checkpoint on the writer did), and that transaction restarts the WAL.
 pub struct WalRestart {
     due: AtomicBool,
+    pacing: pacing::Pacing,
     /// WAL frames past which the restart is asked for.
     frames: i64,
 }
@@ -58,6 +64,7 @@ impl WalRestart {
     fn after(frames: i64) -> Self {
         WalRestart {
             due: AtomicBool::new(false),
+            pacing: pacing::Pacing::default(),
             frames,
         }
     }
@@ -106,6 +113,11 @@ impl Database {
         ))?;
         migrate(&conn)?;
         Ok(Database { conn, restart })
+    }
+
+    /// Tells the checkpoint thread's pacing the size of a batch.
+    pub fn batch(&self, size: usize) {
+        self.restart.pacing.batch(size);
     }
 
     /// The writer's part of a WAL restart, between two transactions.
@@ -202,18 +214,23 @@ fn checkpoint(conn: &Connection) -> rusqlite::Result<Pass> {
 }
 
 /// Copies committed WAL frames into the database file from its own
-/// connection, so that the writer never does it (nor its fsyncs) while
-/// deliveries wait for their commit. PASSIVE: never blocks the writer.
+/// connection and syncs them, so that the writer never does it (nor its
+/// fsyncs) while deliveries wait for their commit, but for the last frames
+/// of a restart. PASSIVE: never blocks the writer. Scheduled by `pacing`.
 pub struct Checkpointer {
     path: std::path::PathBuf,
     busy_timeout: Duration,
     conn: Option<Connection>,
+    /// The database file, for syncing what the passes copied.
+    file: Option<std::fs::File>,
     restart: Arc<WalRestart>,
     /// Frames in the WAL and frames copied at the last pass, and when the
     /// restart was asked for.
     frames: i64,
     copied: i64,
     asked: Option<Instant>,
+    /// Passes run back to back to shrink what the writer's part copies.
+    chases: u32,
 }
 
 impl Checkpointer {
@@ -222,16 +239,18 @@ impl Checkpointer {
             path,
             busy_timeout,
             conn: None,
+            file: None,
             restart,
             frames: 0,
             copied: 0,
             asked: None,
+            chases: 0,
         }
     }
 
     /// Runs passes until `stop` is set.
     pub fn run_until(&mut self, stop: &AtomicBool) {
-        lower_priority();
+        self.restart.pacing.started();
         while !stop.load(Ordering::Acquire) {
             let pause = self.step();
             std::thread::sleep(pause);
@@ -259,8 +278,21 @@ impl Checkpointer {
             }
         };
         let progressed = pass.copied != self.copied;
+        if progressed {
+            self.sync_database();
+        }
+        // Frames the writer appended since the previous pass began: about
+        // what the writer's part would copy if asked now.
+        let appended = pass.frames - self.frames.min(pass.frames);
         (self.frames, self.copied) = (pass.frames, pass.copied);
         if pass.frames >= self.restart.frames {
+            if appended > RESTART_BACKLOG_FRAMES && self.chases < MAX_CHASES {
+                // Another pass at once: it has less to copy than this one
+                // had, and leaves less behind for the writer.
+                self.chases += 1;
+                return Duration::ZERO;
+            }
+            self.chases = 0;
             self.restart.due.store(true, Ordering::Release);
             self.asked = Some(Instant::now());
             return Duration::from_millis(2);
@@ -269,6 +301,22 @@ impl Checkpointer {
             CHECKPOINT_BUSY_PAUSE
         } else {
             CHECKPOINT_IDLE_PAUSE
+        }
+    }
+
+    /// Writes the pages a pass copied to the disk. SQLite syncs the database
+    /// file only after a pass that reached the end of the WAL, which under
+    /// steady load is the writer's part of a restart: it would then write
+    /// every page copied since the last restart, on the ack path.
+    fn sync_database(&mut self) {
+        if self.file.is_none() {
+            self.file = std::fs::File::open(&self.path).ok();
+        }
+        if let Some(file) = &self.file {
+            if let Err(error) = file.sync_data() {
+                tracing::debug!(error = %error, "Syncing the database file failed");
+                self.file = None;
+            }
         }
     }
 
@@ -295,27 +343,101 @@ impl Checkpointer {
     }
 }
 
-/// Niceness of the checkpoint thread: copying frames is bulk work that may
-/// wait, while the threads of a delivery's path (HTTP worker, writer) should
-/// not wait for a CPU behind it.
-#[cfg(target_os = "linux")]
-const CHECKPOINT_NICE: libc::c_int = 10;
+/// How the checkpoint thread is scheduled, decided by the writer.
+///
+/// While deliveries come one at a time, the thread is in the idle class: it
+/// runs only on a CPU that no thread of a delivery's path (HTTP worker,
+/// writer) wants, so a delivery never waits for a CPU behind a pass. Once
+/// deliveries queue (a batch of more than one), every CPU is busy and an
+/// idle-class thread would hardly run, leaving the whole WAL to the writer's
+/// part of the restart; the thread then runs in the normal class at a lower
+/// priority, until no batch has queued for `CALM_AFTER`.
+mod pacing {
+    use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+    use std::time::{Duration, Instant};
 
-#[cfg(target_os = "linux")]
-fn lower_priority() {
-    // SAFETY: neither call takes a pointer; on Linux the niceness belongs to
-    // the thread named by its id, and a refusal leaves it as it was.
-    let refused = unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, CHECKPOINT_NICE) != 0
-    };
-    if refused {
-        tracing::debug!("Checkpoint thread keeps the default priority");
+    const CALM_AFTER: Duration = Duration::from_secs(1);
+    #[cfg(target_os = "linux")]
+    const NICE: libc::c_int = 10;
+
+    #[derive(Default)]
+    pub struct Pacing {
+        /// The checkpoint thread's id (0: not started).
+        tid: AtomicI32,
+        normal: AtomicBool,
+        last_queue: std::sync::Mutex<Option<Instant>>,
     }
-}
 
-#[cfg(not(target_os = "linux"))]
-fn lower_priority() {}
+    impl Pacing {
+        /// Called by the checkpoint thread when it starts.
+        pub fn started(&self) {
+            let tid = current_thread();
+            self.tid.store(tid, Ordering::Release);
+            set_idle(tid, true);
+        }
+
+        /// Called by the writer with each batch's size.
+        pub fn batch(&self, size: usize) {
+            let tid = self.tid.load(Ordering::Acquire);
+            if tid == 0 {
+                return;
+            }
+            let mut last = self.last_queue.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            if size > 1 {
+                *last = Some(now);
+                if !self.normal.swap(true, Ordering::AcqRel) {
+                    set_idle(tid, false);
+                }
+            } else if self.normal.load(Ordering::Acquire)
+                && last.is_none_or(|at| now.duration_since(at) >= CALM_AFTER)
+            {
+                self.normal.store(false, Ordering::Release);
+                set_idle(tid, true);
+            }
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    fn current_thread() -> i32 {
+        // SAFETY: takes no argument and cannot fail.
+        unsafe { libc::gettid() }
+    }
+
+    /// Moves thread `tid` of this process to the idle class, or back to the
+    /// normal class at niceness `NICE`. A refusal (leaving the idle class
+    /// needs RLIMIT_NICE to allow `NICE`) leaves it as it was.
+    #[cfg(target_os = "linux")]
+    fn set_idle(tid: i32, idle: bool) {
+        let param = libc::sched_param { sched_priority: 0 };
+        let policy = if idle {
+            libc::SCHED_IDLE
+        } else {
+            libc::SCHED_OTHER
+        };
+        // SAFETY: `param` outlives the call; the calls act on a thread of
+        // this process, by id, and touch no memory of ours otherwise.
+        let refused = unsafe {
+            libc::sched_setscheduler(tid, policy, &param) != 0
+                || (!idle && libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, NICE) != 0)
+        };
+        if refused {
+            tracing::debug!(
+                idle,
+                error = %std::io::Error::last_os_error(),
+                "The checkpoint thread's scheduling was not changed"
+            );
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn current_thread() -> i32 {
+        0
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn set_idle(_tid: i32, _idle: bool) {}
+}
 
 #[cfg(test)]
 mod tests {
