@@ -23,6 +23,9 @@ Scenarios (BENCH_SCENARIOS), run on each shape:
   c1       the same with one connection (wrk -t1 -c1)
   full     c32 with synchronous=full (S1, S2)
   ceil32, ceil1  the same load against bench/ceiling (bare actix-web)
+  pel32, pel1    the same load against Pelorus' webhook exporter, a fresh
+           one per run (BENCH_PELORUS); on S3 and S4, pel32 puts the
+           exporter through the same fill, scrapes and loads first
   scrape   on S1, S2: fill BENCH_FILL deliveries (that many series), idle
            and loaded scrape times, bytes and RSS per series, ingest p99
            quiet vs scraped every second. S3 and S4 always measure these.
@@ -46,7 +49,12 @@ fill did not produce exactly its number of series.
 Environment (all optional):
   BENCH_SHAPES         shapes to run, e.g. "S1 S2"           [S1; all with BENCH_COMPARE]
   BENCH_SCENARIOS      scenarios to run                          [c32 c1 full scrape]
-  BENCH_COMPARE=1      "ceil32 c32 ceil1 c1" on every shape (S1-S5), interleaved
+  BENCH_COMPARE=1      "ceil32 c32 ceil1 c1" on every shape (S1-S5), interleaved;
+                       "ceil32 pel32 c32 ceil1 pel1 c1" when BENCH_PELORUS is set
+  BENCH_PELORUS        the command that runs Pelorus' webhook exporter (a checkout
+                       of it with its Python requirements; not part of this
+                       repository) on 127.0.0.1:$PORT with SECRET_TOKEN as its
+                       secret: both are set by the harness; run without a shell
   BENCH_ROUNDS         interleaved rounds; tables show medians                [1]
   BENCH_DURATION       wrk duration of each load run (10s, 1m)               [10s]
   BENCH_CONNECTIONS    connections of c32, full, fills                       [32]
@@ -84,10 +92,11 @@ import time
 from types import SimpleNamespace
 
 from .core import BenchError, Run, Table, commas, duration_seconds, env_int, say
-from .scenarios import flood, growth, load, pg, series, startup
+from .scenarios import flood, growth, load, pelorus, pg, series, startup
 from .shapes import SHAPES
 
-KNOWN = ("ceil32", "ceil1", "c32", "c1", "full", "scrape", "flood", "startup", "pg1", "pg1c1", "pg2", "soak")
+KNOWN = ("ceil32", "ceil1", "pel32", "pel1", "c32", "c1", "full", "scrape", "flood", "startup", "pg1", "pg1c1",
+         "pg2", "soak")
 
 
 def settings():
@@ -99,6 +108,8 @@ def settings():
         shapes = list(SHAPES)
     elif compare:
         scenarios = ["ceil32", "c32", "ceil1", "c1"]
+        if pelorus.command():
+            scenarios = ["ceil32", "pel32", "c32", "ceil1", "pel1", "c1"]
         shapes = os.environ.get("BENCH_SHAPES", "S1 S2 S3 S4 S5").split()
     elif soak:
         scenarios = ["soak"]
@@ -178,7 +189,8 @@ def run_shape(cfg, run, shape, tables):
             pg.run_pg(cfg, run, shape, names, table)
     elif shape.kind == "series":
         if loads or "scrape" in names:
-            series.session(cfg, run, shape, [n for n in loads if n != "full"] or ["c32"], table, figures)
+            series.session(cfg, run, shape, [n for n in loads if n not in ("full",) + pelorus.NAMES] or ["c32"],
+                           table, figures, with_pelorus="pel32" in names)
     elif shape.kind == "growth":
         if loads:
             growth.session(cfg, run, shape, [n for n in loads if n != "full"], table, figures)

@@ -500,9 +500,10 @@ def median(values):
 
 
 class Table:
-    """A table of figures: measurement, hookgauge, ceiling, target, verdict."""
+    """A table of figures: measurement, hookgauge, ceiling, Pelorus, target,
+    verdict. The Pelorus column is shown when a row has a figure in it."""
 
-    HEADER = ("measurement", "hookgauge", "ceiling", "target", "verdict")
+    HEADER = ("measurement", "hookgauge", "ceiling", "Pelorus", "target", "verdict")
     # False in the smoke run: its figures are not measurements, so no
     # target is met or missed (correctness verdicts stay).
     targets = True
@@ -510,24 +511,27 @@ class Table:
     def __init__(self, title):
         self.title, self.rows = title, []
 
-    def row(self, measurement, result, ceiling="", target="", verdict=""):
-        self.rows.append((measurement, result, ceiling, target, verdict))
+    def row(self, measurement, result, ceiling="", target="", verdict="", pelorus=""):
+        self.rows.append((measurement, result, ceiling, pelorus, target, verdict))
 
-    def check(self, measurement, result, value, op, goal, target, ceiling=""):
+    def check(self, measurement, result, value, op, goal, target, ceiling="", pelorus=""):
         if not self.targets:
-            self.row(measurement, result, ceiling)
+            self.row(measurement, result, ceiling, pelorus=pelorus)
             return
         met = value >= goal if op == ">=" else value <= goal
-        self.row(measurement, result, ceiling, target, "met" if met else "MISSED")
+        self.row(measurement, result, ceiling, target, "met" if met else "MISSED", pelorus)
 
     def correctness(self, measurement, acked, stored):
         self.row(measurement, "%s / %s" % (commas(acked), commas(stored)), "", "acked <= stored",
                  "ok" if acked <= stored else "FAILED")
 
     def render(self, machine):
-        widths = [max(len(str(row[i])) for row in self.rows + [self.HEADER]) for i in range(5)]
+        columns = [i for i in range(len(self.HEADER)) if i != 3 or any(row[3] for row in self.rows)]
+        rows = [tuple(row[i] for i in columns) for row in [self.HEADER] + self.rows]
+        widths = [max(len(str(row[i])) for row in rows) for i in range(len(columns))]
         lines = [self.title, "machine: " + machine]
-        for row in [self.HEADER, tuple("-" * len(h) for h in self.HEADER)] + self.rows:
+        rows.insert(1, tuple("-" * len(h) for h in rows[0]))
+        for row in rows:
             lines.append("  ".join(str(cell).ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
         return "\n".join(lines)
 

@@ -6,6 +6,8 @@ comparison run interleaves them ("ceil32 c32 ceil1 c1", BENCH_ROUNDS times).
   c1     the same with one connection (wrk -t1 -c1)
   full   as c32 with synchronous=full (fresh-server shapes only)
   ceil32, ceil1  the same requests against the ceiling
+  pel32, pel1    the same requests against Pelorus' webhook exporter
+                 (BENCH_PELORUS; pelorus.py), a fresh one per run
 
 Every hookgauge run checks that every acknowledged (2xx) delivery was
 stored: the growth of hookgauge_deployments_total over the run must be at
@@ -13,13 +15,14 @@ least the 2xx answers (acked > stored is a lost delivery).
 """
 
 from ..core import commas, median, ms, note, say
+from . import pelorus
 
-NAMES = ("ceil32", "c32", "ceil1", "c1", "full")
+NAMES = ("ceil32", "c32", "ceil1", "c1", "full") + pelorus.NAMES
 
 
 def shape_of(cfg, name):
     """(threads, connections) of a load scenario."""
-    if name in ("c1", "ceil1"):
+    if name in ("c1", "ceil1", "pel1"):
         return 1, 1
     return cfg.threads, cfg.connections
 
@@ -27,7 +30,7 @@ def shape_of(cfg, name):
 def lines_for(cfg, name):
     """How much of a pool a run may use: c1 runs send at most about half of
     what c32 runs send (the ceiling's c1 a quarter of its c32 on 2 cores)."""
-    if name in ("c1", "ceil1"):
+    if name in ("c1", "ceil1", "pel1"):
         return max(cfg.pool // 2, 1000)
     return cfg.pool
 
@@ -95,6 +98,11 @@ def fresh_servers(cfg, run, shape, names, figures):
                     % (label, threads, connections, cfg.duration, suffix))
                 measure_ceiling(cfg, run, name, pool, (0, lines_for(cfg, name)), figures)
                 continue
+            if name.startswith("pel"):
+                say("%s: the same requests against Pelorus' exporter, wrk -t%d -c%d -d%s%s"
+                    % (label, threads, connections, cfg.duration, suffix))
+                pelorus.measure(cfg, run, name, pool, (0, lines_for(cfg, name)), figures, threads, connections)
+                continue
             sync = "full" if name == "full" else "normal"
             say("%s: wrk -t%d -c%d -d%s, synchronous=%s%s"
                 % (label, threads, connections, cfg.duration, sync, suffix))
@@ -123,6 +131,12 @@ def shared_server(cfg, run, shape, server, names, pool, figures):
                 count = min(count, pool.count - pool.cursor)
                 measure_ceiling(cfg, run, name, pool, (pool.cursor, count), figures)
                 continue
+            if name.startswith("pel"):
+                say("%s %s: the same requests against Pelorus' exporter, wrk -t%d -c%d -d%s%s"
+                    % (shape.name, name, threads, connections, cfg.duration, suffix))
+                count = min(count, pool.count - pool.cursor)
+                pelorus.measure(cfg, run, name, pool, (pool.cursor, count), figures, threads, connections)
+                continue
             say("%s %s: wrk -t%d -c%d -d%s on the same server%s"
                 % (shape.name, name, threads, connections, cfg.duration, suffix))
             measure(cfg, run, server, name, pool, pool.take(count), figures, shape.name)
@@ -134,29 +148,36 @@ def summarize(cfg, table, figures, prefix=""):
         return median([f[key] for f in figures.get(name, [])])
 
     rounds = " (median of %d)" % cfg.rounds if cfg.rounds > 1 else ""
-    for name, ceiling in (("c32", "ceil32"), ("c1", "ceil1"), ("full", None)):
-        if name not in figures and (ceiling is None or ceiling not in figures):
+    latencies = "%s / %s / %s ms"
+    for name, ceiling, other in (("c32", "ceil32", "pel32"), ("c1", "ceil1", "pel1"), ("full", None, None)):
+        if not any(n in figures for n in (name, ceiling, other) if n):
             continue
         has = name in figures
         has_ceiling = ceiling is not None and ceiling in figures
+        has_other = other is not None and other in figures
         rps = commas(med(name, "rps")) if has else "-"
         ceiling_rps = commas(med(ceiling, "rps")) if has_ceiling else ""
+        other_rps = commas(med(other, "rps")) if has_other else ""
         threads, connections = shape_of(cfg, name)
         what = "%s%s req/s (wrk -t%d -c%d)%s" % (prefix, name, threads, connections, rounds)
         if has and name == "c32":
             table.check(what, rps, med(name, "rps"), ">=", cfg.target_rps,
-                        ">= %s" % commas(cfg.target_rps), ceiling_rps)
+                        ">= %s" % commas(cfg.target_rps), ceiling_rps, other_rps)
         else:
-            table.row(what, rps, ceiling_rps)
-        latencies = "%s / %s / %s ms"
-        table.row("  p50 / p99 / p99.9",
-                  latencies % (ms(med(name, "p50")), ms(med(name, "p99")), ms(med(name, "p999"))) if has else "-",
-                  latencies % (ms(med(ceiling, "p50")), ms(med(ceiling, "p99")), ms(med(ceiling, "p999")))
-                  if has_ceiling else "")
+            table.row(what, rps, ceiling_rps, pelorus=other_rps)
+
+        def spread(n, present):
+            return latencies % (ms(med(n, "p50")), ms(med(n, "p99")), ms(med(n, "p999"))) if present else ""
+
+        table.row("  p50 / p99 / p99.9", spread(name, has) or "-", spread(ceiling, has_ceiling),
+                  pelorus=spread(other, has_other))
         if has:
             table.row("  VmRSS / peak (VmHWM) after the run",
                       "%.1f / %.1f MiB" % (max(f["rss"] for f in figures[name]) / 1024,
-                                           max(f["hwm"] for f in figures[name]) / 1024))
+                                           max(f["hwm"] for f in figures[name]) / 1024),
+                      pelorus="%.1f / %.1f MiB" % (max(f["rss"] for f in figures[other]) / 1024,
+                                                   max(f["hwm"] for f in figures[other]) / 1024)
+                      if has_other else "")
             table.correctness("  acked / stored", sum(f["acked"] for f in figures[name]),
                               sum(f["stored"] for f in figures[name]))
     if "c32" in figures and "ceil32" in figures:
@@ -166,3 +187,10 @@ def summarize(cfg, table, figures, prefix=""):
     if "c1" in figures and "ceil1" in figures:
         extra = (med("c1", "p99") - med("ceil1", "p99")) / 1000.0
         table.check(prefix + "c1 p99 above the ceiling's", "%.2f ms" % extra, extra, "<=", 0.1, "<= 0.1 ms")
+    if "c1" in figures and "pel1" in figures:
+        table.check(prefix + "c1 p99 against Pelorus' c1 p99 (same run)",
+                    "%s ms" % ms(med("c1", "p99")), med("c1", "p99"), "<=", med("pel1", "p99"),
+                    "<= %s ms" % ms(med("pel1", "p99")), pelorus="%s ms" % ms(med("pel1", "p99")))
+    if "c1" in figures:
+        table.check(prefix + "c1 p99.9", "%s ms" % ms(med("c1", "p999")), med("c1", "p999") / 1000.0,
+                    "<=", 5, "<= 5 ms")

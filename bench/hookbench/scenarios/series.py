@@ -14,13 +14,17 @@ same on S1 or S2 (100k digests of one app, resp. of 50 apps).
   load     the shape's load scenarios on the filled server (load.py)
   scraped  c32 once more with a scrape every second: ingest p99 quiet (the
            c32 run before) vs scraped, and the scrapes' times under load
+
+With "pel32" among the scenarios (and BENCH_PELORUS set), Pelorus' webhook
+exporter goes through the same steps first (pelorus.py), and its figures
+stand in the table's Pelorus column next to hookgauge's.
 """
 
 import os
 import time
 
 from ..core import Scraper, commas, median, mib, note, say
-from . import load
+from . import load, pelorus
 
 
 def fill(cfg, run, shape, server, count, name):
@@ -69,12 +73,13 @@ def idle_scrapes(cfg, run, server):
     return sorted(times), size
 
 
-def session(cfg, run, shape, names, table, figures):
+def session(cfg, run, shape, names, table, figures, with_pelorus=False):
     """The whole series session of one shape on one server."""
     count = cfg.fill
     if shape.kind == "series":
         shape = shape.series_for(count)
         count = shape.apps * shape.namespaces
+    other = pelorus.series_session(cfg, run, shape, count) if with_pelorus else None
     name = shape.name + "-series"
     say("%s: %s series on one server (fill, idle scrapes, %s, c32 scraped every second)"
         % (shape.name, commas(count), " ".join(names) or "no load scenarios"))
@@ -113,7 +118,8 @@ def session(cfg, run, shape, names, table, figures):
 
     prefix = "" if shape.kind == "series" else "at %s series: " % commas(count)
     table.row("%sfill of %s series" % (prefix, commas(count)),
-              "%.1f s (~%s req/s)" % (filled["seconds"], commas(count / max(filled["seconds"], 1e-9))))
+              "%.1f s (~%s req/s)" % (filled["seconds"], commas(count / max(filled["seconds"], 1e-9))),
+              pelorus="%.1f s" % other["fill_seconds"] if other else "")
     table.row("  deploy_timestamp series after the fill", commas(filled["series"]), "", "= %s" % commas(count),
               "ok" if filled["series"] == count else "FAILED")
     table.correctness("  fill acked / stored", filled["acked"], filled["stored"])
@@ -121,20 +127,30 @@ def session(cfg, run, shape, names, table, figures):
     scrape_ms = median(times) * 1000
     what = "%s/metrics scrape, idle (median of %d)" % (prefix, len(times))
     figure = "%.1f ms (%.1f-%.1f)" % (scrape_ms, times[0] * 1000, times[-1] * 1000)
+    other_figure = ""
+    if other:
+        t = other["times"]
+        other_figure = "%.1f ms (%.1f-%.1f)" % (median(t) * 1000, t[0] * 1000, t[-1] * 1000)
     if full_scale:
-        table.check(what, figure, scrape_ms, "<=", cfg.target_scrape_ms, "<= %d ms" % cfg.target_scrape_ms)
+        table.check(what, figure, scrape_ms, "<=", cfg.target_scrape_ms, "<= %d ms" % cfg.target_scrape_ms,
+                    pelorus=other_figure)
     else:
-        table.row(what, figure, "", "(set at 100k)")
+        table.row(what, figure, "", "(set at 100k)", pelorus=other_figure)
     if busy:
+        b = other["busy"] if other else []
         table.row("  under load (c32, one a second; median / max)",
-                  "%.1f / %.1f ms" % (median(busy) * 1000, busy[-1] * 1000))
-    table.row("  scrape size, bytes per deploy_timestamp series", "%s bytes, %.0f" % (commas(size), size / series))
+                  "%.1f / %.1f ms" % (median(busy) * 1000, busy[-1] * 1000),
+                  pelorus="%.1f / %.1f ms" % (median(b) * 1000, b[-1] * 1000) if b else "")
+    table.row("  scrape size, bytes per deploy_timestamp series", "%s bytes, %.0f" % (commas(size), size / series),
+              pelorus="%s bytes, %.0f" % (commas(other["size"]), other["size"] / count) if other else "")
     what = "%sVmHWM (peak RSS) after the fill" % prefix
     if full_scale:
         target = cfg.target_rss_mib_apps if shape.kind == "series" else cfg.target_rss_mib
-        table.check(what, "%s MiB" % mib(hwm), hwm / 1024.0, "<=", target, "<= %d MiB" % target)
+        table.check(what, "%s MiB" % mib(hwm), hwm / 1024.0, "<=", target, "<= %d MiB" % target,
+                    pelorus="%s MiB" % mib(other["hwm"]) if other else "")
     else:
-        table.row(what, "%s MiB" % mib(hwm), "", "(set at 100k)")
+        table.row(what, "%s MiB" % mib(hwm), "", "(set at 100k)",
+                  pelorus="%s MiB" % mib(other["hwm"]) if other else "")
     table.row("  VmRSS, RSS bytes per series", "%s MiB, %.0f" % (mib(rss), (rss - rss_before) * 1024.0 / series))
     if shape.kind == "series":
         load.summarize(cfg, table, figures)
@@ -143,5 +159,11 @@ def session(cfg, run, shape, names, table, figures):
         limit = 2 * quiet
         table.check("%singest p99 at c32, quiet / scraped each second" % prefix,
                     "%.1f / %.1f ms" % (quiet / 1000.0, scraped["p99"] / 1000.0), scraped["p99"], "<=", limit,
-                    "<= 2x quiet")
+                    "<= 2x quiet",
+                    pelorus="%.1f / %.1f ms" % (other["quiet"]["p99"] / 1000.0, other["scraped"]["p99"] / 1000.0)
+                    if other else "")
+    if other:
+        table.row("  c32 req/s, quiet / scraped each second",
+                  "%s / %s" % (commas(figures["c32"][-1]["rps"]), commas(scraped["rps"])),
+                  pelorus="%s / %s" % (commas(other["quiet"]["rps"]), commas(other["scraped"]["rps"])))
     table.correctness("  scraped run acked / stored", scraped["acked"], scraped["stored"])
