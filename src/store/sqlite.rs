@@ -369,11 +369,18 @@ mod pacing {
     }
 
     impl Pacing {
-        /// Called by the checkpoint thread when it starts.
+        /// Called by the checkpoint thread when it starts. Where the process
+        /// may not leave the idle class again (an unprivileged process whose
+        /// RLIMIT_NICE does not allow `NICE`, as in most containers), the
+        /// thread stays in the normal class at `NICE`: an idle-class thread
+        /// that cannot leave it would starve under load.
         pub fn started(&self) {
             let tid = current_thread();
-            self.tid.store(tid, Ordering::Release);
-            set_idle(tid, true);
+            if can_leave_idle() && set_idle(tid, true) {
+                self.tid.store(tid, Ordering::Release);
+            } else {
+                set_idle(tid, false);
+            }
         }
 
         /// Called by the writer with each batch's size.
@@ -404,11 +411,24 @@ mod pacing {
         unsafe { libc::gettid() }
     }
 
-    /// Moves thread `tid` of this process to the idle class, or back to the
-    /// normal class at niceness `NICE`. A refusal (leaving the idle class
-    /// needs RLIMIT_NICE to allow `NICE`) leaves it as it was.
+    /// Whether a thread of this process may go into the idle class and
+    /// back, tried on a thread of its own that ends right after.
+    fn can_leave_idle() -> bool {
+        std::thread::Builder::new()
+            .name("hookgauge-probe".into())
+            .spawn(|| {
+                let tid = current_thread();
+                set_idle(tid, true) && set_idle(tid, false)
+            })
+            .ok()
+            .and_then(|probe| probe.join().ok())
+            .unwrap_or(false)
+    }
+
+    /// Moves thread `tid` of this process to the idle class, or to the normal
+    /// class at niceness `NICE`; false when refused (it is then as it was).
     #[cfg(target_os = "linux")]
-    fn set_idle(tid: i32, idle: bool) {
+    fn set_idle(tid: i32, idle: bool) -> bool {
         let param = libc::sched_param { sched_priority: 0 };
         let policy = if idle {
             libc::SCHED_IDLE
@@ -425,9 +445,10 @@ mod pacing {
             tracing::debug!(
                 idle,
                 error = %std::io::Error::last_os_error(),
-                "The checkpoint thread's scheduling was not changed"
+                "A thread's scheduling was not changed"
             );
         }
+        !refused
     }
 
     #[cfg(not(target_os = "linux"))]
@@ -436,7 +457,9 @@ mod pacing {
     }
 
     #[cfg(not(target_os = "linux"))]
-    fn set_idle(_tid: i32, _idle: bool) {}
+    fn set_idle(_tid: i32, _idle: bool) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]
