@@ -11,12 +11,15 @@ hookgauge's /pelorus/webhook and answers every GET with its metrics.
   pel32, pel1  the load of c32 and c1 against a fresh exporter per run
                (S1, S2, S5: a column next to hookgauge's and the ceiling's)
   series       on S3 and S4, when BENCH_PELORUS is set: the exporter filled
-               with the same number of series, then its idle scrapes, size,
+               with the same deliveries, then its idle scrapes, size,
                RSS, c32 quiet and c32 scraped every second, each next to
                hookgauge's figure in the shape's table
 
 The exporter keeps its series in memory only: it stores nothing, so its
-figures are what hookgauge replaces, not a durable path.
+figures are what hookgauge replaces, not a durable path. It keys a deploy
+by application and timestamp: S4's ten namespaces of an application,
+deployed in the same second, are one series there (10k, not 100k); the
+table says how many it kept and the bytes per series are its own.
 """
 
 import os
@@ -105,9 +108,12 @@ def fill(cfg, run, shape, server, count, name):
     note("Pelorus fill: %s acked, non-2xx %d, in %.1f s; %s deploy_timestamp series"
          % (commas(result["s2xx"]), result["non2xx"], seconds, commas(series)))
     if series != count:
-        run.fail("%s: Pelorus' exporter shows %d deploy_timestamp series after a fill of %d"
-                 % (shape.name, series, count))
-    return seconds
+        # Not a fault of the run: the exporter keeps one deploy per
+        # application and timestamp (its own key), so S4's namespaces of
+        # one application, deployed in the same second, are one series.
+        note("Pelorus keeps %s deploy_timestamp series of the %s deliveries (one per application and"
+             " timestamp)" % (commas(series), commas(count)))
+    return seconds, series
 
 
 def series_session(cfg, run, shape, count):
@@ -117,7 +123,7 @@ def series_session(cfg, run, shape, count):
     server = start(run, name)
     try:
         rss_before, _ = server.rss()
-        seconds = fill(cfg, run, shape, server, count, name)
+        seconds, series = fill(cfg, run, shape, server, count, name)
         times, size = [], 0
         for _ in range(cfg.scrapes):
             scrape = server.scrape(timeout=120)
@@ -143,5 +149,5 @@ def series_session(cfg, run, shape, count):
         busy = sorted(scraper.times)
     finally:
         server.stop()
-    return {"fill_seconds": seconds, "times": times, "size": size, "rss": rss, "hwm": hwm,
+    return {"fill_seconds": seconds, "series": series, "times": times, "size": size, "rss": rss, "hwm": hwm,
             "rss_before": rss_before, "quiet": quiet, "scraped": scraped, "busy": busy}

@@ -121,7 +121,7 @@ def session(cfg, run, shape, names, table, figures, with_pelorus=False):
               "%.1f s (~%s req/s)" % (filled["seconds"], commas(count / max(filled["seconds"], 1e-9))),
               pelorus="%.1f s" % other["fill_seconds"] if other else "")
     table.row("  deploy_timestamp series after the fill", commas(filled["series"]), "", "= %s" % commas(count),
-              "ok" if filled["series"] == count else "FAILED")
+              "ok" if filled["series"] == count else "FAILED", pelorus=commas(other["series"]) if other else "")
     table.correctness("  fill acked / stored", filled["acked"], filled["stored"])
     full_scale = count >= 100_000
     scrape_ms = median(times) * 1000
@@ -142,7 +142,8 @@ def session(cfg, run, shape, names, table, figures, with_pelorus=False):
                   "%.1f / %.1f ms" % (median(busy) * 1000, busy[-1] * 1000),
                   pelorus="%.1f / %.1f ms" % (median(b) * 1000, b[-1] * 1000) if b else "")
     table.row("  scrape size, bytes per deploy_timestamp series", "%s bytes, %.0f" % (commas(size), size / series),
-              pelorus="%s bytes, %.0f" % (commas(other["size"]), other["size"] / count) if other else "")
+              pelorus="%s bytes, %.0f" % (commas(other["size"]), other["size"] / max(other["series"], 1))
+              if other else "")
     what = "%sVmHWM (peak RSS) after the fill" % prefix
     if full_scale:
         target = cfg.target_rss_mib_apps if shape.kind == "series" else cfg.target_rss_mib
