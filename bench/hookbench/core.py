@@ -317,8 +317,12 @@ class Run:
     # -- the machine line
 
     def machine(self):
-        data_fs = subprocess.run(["stat", "-f", "-c", "%T", self.tmp], capture_output=True,
-                                 text=True).stdout.strip() or "?"
+        # findmnt names the file system as mounted (ext4); stat -f only
+        # knows its magic number, which ext2, ext3 and ext4 share.
+        data_fs = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "--target", self.tmp],
+                                 capture_output=True, text=True).stdout.strip()
+        data_fs = data_fs or subprocess.run(["stat", "-f", "-c", "%T", self.tmp], capture_output=True,
+                                            text=True).stdout.strip() or "?"
         with open("/proc/loadavg") as loadavg:
             load = " ".join(loadavg.read().split()[:3])
         return "%d cores, Linux %s, data dir on %s (%s), load average %s" % (

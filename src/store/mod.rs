@@ -43,6 +43,7 @@ macro_rules! migrations {
 }
 use migrations;
 
+mod checkpoint;
 mod cursors;
 pub mod deliveries;
 pub mod history;
@@ -370,11 +371,11 @@ impl Store {
         let cursor = Arc::new(Mutex::new(postgres::FeedCursor::default()));
         let mut helpers = Vec::new();
         let mut always_held = None;
-        let wal_restart = Arc::new(sqlite::WalRestart::default());
+        let wal_restart = Arc::new(checkpoint::WalRestart::default());
         let background = match &config.location {
             Location::Sqlite(path) => {
                 let stop = Arc::clone(&stop);
-                let mut checkpointer = sqlite::Checkpointer::new(
+                let mut checkpointer = checkpoint::Checkpointer::new(
                     path.clone(),
                     config.busy_timeout,
                     Arc::clone(&wal_restart),

@@ -14,9 +14,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::rules::{self, Committed};
 use super::sql::{DbError, Sql};
 use super::{
-    cursors, postgres, replay, restore, retention, sqlite, Command, CommitSink, FaultKind,
-    Location, PollCursor, Pruned, RestoreWindows, RetentionPolicy, StoreConfig, StoreError,
-    Unusable, MAX_BATCH, REOPEN_INTERVAL,
+    checkpoint, cursors, postgres, replay, restore, retention, sqlite, Command, CommitSink,
+    FaultKind, Location, PollCursor, Pruned, RestoreWindows, RetentionPolicy, StoreConfig,
+    StoreError, Unusable, MAX_BATCH, REOPEN_INTERVAL,
 };
 use crate::clock::now_seconds;
 use crate::ledger::{Delivery, Recorded};
@@ -31,7 +31,7 @@ impl Backend {
     fn open(
         config: &StoreConfig,
         cursor: &Arc<Mutex<postgres::FeedCursor>>,
-        wal_restart: &Arc<sqlite::WalRestart>,
+        wal_restart: &Arc<checkpoint::WalRestart>,
     ) -> Result<Backend, DbError> {
         Ok(match &config.location {
             Location::Sqlite(path) => Backend::Sqlite(sqlite::Database::open(
@@ -114,7 +114,7 @@ pub(super) struct Writer {
     helpers: Vec<std::thread::JoinHandle<()>>,
     cursor: Arc<Mutex<postgres::FeedCursor>>,
     /// Shared with the SQLite checkpoint thread.
-    wal_restart: Arc<sqlite::WalRestart>,
+    wal_restart: Arc<checkpoint::WalRestart>,
     db: Option<Backend>,
     restored: bool,
     /// Unauthenticated ledger rows, counted at open (SQLite, whose only
@@ -133,7 +133,7 @@ impl Writer {
         stop_helpers: Arc<AtomicBool>,
         helpers: Vec<std::thread::JoinHandle<()>>,
         cursor: Arc<Mutex<postgres::FeedCursor>>,
-        wal_restart: Arc<sqlite::WalRestart>,
+        wal_restart: Arc<checkpoint::WalRestart>,
     ) -> Self {
         Writer {
             config,
