@@ -10,7 +10,7 @@ use rusqlite::{Connection, OpenFlags};
 
 /// WAL size (in frames) past which the WAL is started again from its
 /// beginning (see [`WalRestart`]).
-const WAL_RESTART_FRAMES: i64 = 16_384;
+pub(super) const WAL_RESTART_FRAMES: i64 = 16_384;
 /// Pause of the checkpoint thread after a pass that copied frames (the
 /// writer is busy: keep the backlog small) and after one that did not.
 const CHECKPOINT_BUSY_PAUSE: Duration = Duration::from_millis(20);

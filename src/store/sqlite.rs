@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::checkpoint::WalRestart;
+use super::checkpoint::{self, WalRestart};
 use super::sql::{DbError, Lite, Sql};
 use super::StoreConfig;
 use super::Synchronous;
@@ -51,11 +51,14 @@ impl Database {
             Synchronous::Full => "FULL",
         };
         // The checkpoint thread (`Checkpointer`) copies WAL frames into the
-        // database, never the writer (no auto-checkpoint): see WalRestart.
-        // The page cache keeps hot index pages.
+        // database, not the writer: see WalRestart. SQLite's auto-checkpoint
+        // stays as a net, at four times the restart size, which the WAL
+        // reaches only if that thread cannot work (it could not open the
+        // file, say). The page cache keeps hot index pages.
+        let net = 4 * checkpoint::WAL_RESTART_FRAMES;
         conn.execute_batch(&format!(
             "PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = OFF; \
-             PRAGMA wal_autocheckpoint = 0; PRAGMA cache_size = -8192; \
+             PRAGMA wal_autocheckpoint = {net}; PRAGMA cache_size = -8192; \
              PRAGMA temp_store = MEMORY;"
         ))?;
         migrate(&conn)?;

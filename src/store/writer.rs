@@ -21,6 +21,10 @@ use super::{
 use crate::clock::now_seconds;
 use crate::ledger::{Delivery, Recorded};
 
+/// How long a batch's fault keeps the readiness probe failing (unless a
+/// batch commits first): as long as a refused sender is told to wait.
+const FAULT_MEMORY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// An open database of either backend.
 pub(super) enum Backend {
     Sqlite(sqlite::Database),
@@ -124,6 +128,9 @@ pub(super) struct Writer {
     body_watermark: i64,
     last_open_attempt: Option<Instant>,
     last_open_error: Option<StoreError>,
+    /// The fault of the last batch of deliveries, when it failed on one
+    /// and no batch has committed since.
+    batch_fault: Option<(Instant, StoreError)>,
 }
 
 impl Writer {
@@ -148,6 +155,7 @@ impl Writer {
             body_watermark: 0,
             last_open_attempt: None,
             last_open_error: None,
+            batch_fault: None,
         }
     }
 
@@ -291,7 +299,7 @@ impl Writer {
                 self.commit_batch(&mut records);
             }
             for reply in probes.drain(..) {
-                let _ = reply.send(self.write(probe));
+                let _ = reply.send(self.probe());
             }
             if let Some(reply) = shutdown {
                 receiver.close();
@@ -314,6 +322,21 @@ impl Writer {
                 return;
             }
         }
+    }
+
+    /// The readiness probe: a one-row write. A store that just refused a
+    /// batch of deliveries on a fault is not ready either, for
+    /// `FAULT_MEMORY` unless a batch commits first, even when the probe's
+    /// row fits where a delivery did not (a full disk leaves room for one
+    /// small row in files SQLite already holds).
+    fn probe(&mut self) -> Result<(), StoreError> {
+        if let Some((at, error)) = &self.batch_fault {
+            if at.elapsed() < FAULT_MEMORY {
+                return Err(error.clone());
+            }
+            self.batch_fault = None;
+        }
+        self.write(probe)
     }
 
     /// Runs one transaction outside the batch path, reopening as needed.
@@ -439,6 +462,7 @@ impl Writer {
                 }
                 if let Some(fault) = fault_seen {
                     self.forget_connection_after(fault.kind());
+                    self.batch_fault = Some((Instant::now(), fault));
                 }
                 each
             }
@@ -454,10 +478,14 @@ impl Writer {
                 for (_, reply) in records.drain(..) {
                     let _ = reply.send(Err(error.clone()));
                 }
+                self.batch_fault = Some((Instant::now(), error));
                 return;
             }
         };
         self.sink.commit_finished(started.elapsed(), Ok(()));
+        if parts.iter().all(Result::is_ok) {
+            self.batch_fault = None;
+        }
         let mut outcomes = Vec::with_capacity(records.len());
         for part in parts {
             match part {
