@@ -24,6 +24,8 @@ const MAX_CHASES: u32 = 4;
 /// asked for a restart; an idle writer does not answer, and the WAL then
 /// restarts by itself at the next write after a complete pass.
 const RESTART_HANDOVER: Duration = Duration::from_millis(100);
+/// How often the checkpoint thread looks whether the writer took its part.
+const HANDOVER_POLL: Duration = Duration::from_millis(2);
 
 /// The WAL restart, shared by the writer and the checkpoint thread.
 ///
@@ -76,7 +78,8 @@ impl WalRestart {
         }
     }
 
-    /// Tells the checkpoint thread's pacing the size of a batch.
+    /// Tells the checkpoint thread's pacing the size of a batch (nothing to
+    /// do where no checkpoint thread runs: PostgreSQL).
     pub(super) fn batch(&self, size: usize) {
         self.pacing.batch(size);
     }
@@ -150,7 +153,7 @@ impl Checkpointer {
     fn step(&mut self) -> Duration {
         if let Some(asked) = self.asked {
             if self.restart.due.load(Ordering::Acquire) && asked.elapsed() < RESTART_HANDOVER {
-                return Duration::from_millis(2);
+                return HANDOVER_POLL;
             }
             self.asked = None;
         }
@@ -183,7 +186,7 @@ impl Checkpointer {
             self.chases = 0;
             self.restart.due.store(true, Ordering::Release);
             self.asked = Some(Instant::now());
-            return Duration::from_millis(2);
+            return HANDOVER_POLL;
         }
         if progressed && !pass.busy {
             CHECKPOINT_BUSY_PAUSE
@@ -241,7 +244,8 @@ impl Checkpointer {
 /// part of the restart; the thread then runs in the normal class at a lower
 /// priority, until no batch has queued for `CALM_AFTER`.
 mod pacing {
-    use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+    use std::sync::atomic::{AtomicI32, Ordering};
+    use std::sync::Mutex;
     use std::time::{Duration, Instant};
 
     const CALM_AFTER: Duration = Duration::from_secs(1);
@@ -250,10 +254,19 @@ mod pacing {
 
     #[derive(Default)]
     pub struct Pacing {
-        /// The checkpoint thread's id (0: not started).
+        /// The checkpoint thread's id (0: not started, or kept in the
+        /// normal class).
         tid: AtomicI32,
-        normal: AtomicBool,
-        last_queue: std::sync::Mutex<Option<Instant>>,
+        /// Only the writer changes it, once per batch.
+        state: Mutex<State>,
+    }
+
+    #[derive(Default)]
+    struct State {
+        /// The thread is in the normal class.
+        normal: bool,
+        /// When a batch last had more than one delivery.
+        last_queue: Option<Instant>,
     }
 
     impl Pacing {
@@ -277,17 +290,20 @@ mod pacing {
             if tid == 0 {
                 return;
             }
-            let mut last = self.last_queue.lock().unwrap_or_else(|e| e.into_inner());
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
             if size > 1 {
-                *last = Some(now);
-                if !self.normal.swap(true, Ordering::AcqRel) {
+                state.last_queue = Some(now);
+                if !state.normal {
+                    state.normal = true;
                     set_idle(tid, false);
                 }
-            } else if self.normal.load(Ordering::Acquire)
-                && last.is_none_or(|at| now.duration_since(at) >= CALM_AFTER)
+            } else if state.normal
+                && state
+                    .last_queue
+                    .is_none_or(|at| now.duration_since(at) >= CALM_AFTER)
             {
-                self.normal.store(false, Ordering::Release);
+                state.normal = false;
                 set_idle(tid, true);
             }
         }

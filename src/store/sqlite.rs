@@ -65,11 +65,6 @@ impl Database {
         Ok(Database { conn, restart })
     }
 
-    /// Tells the checkpoint thread's pacing the size of a batch.
-    pub fn batch(&self, size: usize) {
-        self.restart.batch(size);
-    }
-
     /// Runs `f` in one write transaction (`BEGIN IMMEDIATE`: the write lock
     /// is taken first, so a busy database fails before any work is done).
     pub fn transaction<T>(

@@ -428,9 +428,7 @@ impl Writer {
     /// full, read-only, I/O, unreachable) fails the whole batch.
     fn commit_batch(&mut self, records: &mut Batch) {
         let started = Instant::now();
-        if let Some(Backend::Sqlite(db)) = &self.db {
-            db.batch(records.len());
-        }
+        self.wal_restart.batch(records.len());
         let deliveries: Vec<&Delivery> = records.iter().map(|(d, _)| d).collect();
         let parts: Vec<Result<Committed, StoreError>> = match self
             .record_in_one_transaction(&deliveries)
