@@ -315,13 +315,7 @@ impl AppSeries {
                 };
                 let Some(value) = value else { continue };
                 head(out);
-                out.extend_from_slice(prefix.as_bytes());
-                escape_label(out, app.as_bytes());
-                out.extend_from_slice(b"\",namespace=\"");
-                escape_label(out, namespace.as_bytes());
-                out.extend_from_slice(b"\"} ");
-                write_value(out, value);
-                out.push(b'\n');
+                write_series(out, prefix, app, Some(namespace), value);
             }
             return;
         }
@@ -346,11 +340,7 @@ impl AppSeries {
             };
             let Some(value) = value else { continue };
             head(out);
-            out.extend_from_slice(prefix.as_bytes());
-            escape_label(out, app.as_bytes());
-            out.extend_from_slice(b"\"} ");
-            write_value(out, value);
-            out.push(b'\n');
+            write_series(out, prefix, app, None, value);
         }
     }
 
@@ -400,6 +390,19 @@ fn raise_gauge(gauge: &mut Option<f64>, value: f64) {
     if value > *g {
         *g = value;
     }
+}
+
+/// One sample line: `prefix` is the family's `name{app="`.
+fn write_series(out: &mut Vec<u8>, prefix: &str, app: &Name, namespace: Option<&Name>, value: f64) {
+    out.extend_from_slice(prefix.as_bytes());
+    escape_label(out, app.as_bytes());
+    if let Some(namespace) = namespace {
+        out.extend_from_slice(b"\",namespace=\"");
+        escape_label(out, namespace.as_bytes());
+    }
+    out.extend_from_slice(b"\"} ");
+    write_value(out, value);
+    out.push(b'\n');
 }
 
 fn write_head(out: &mut Vec<u8>, family: usize) {
