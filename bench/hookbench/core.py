@@ -441,6 +441,25 @@ class Run:
         process.wait()
         return self.wrk_result(process, out_path, name)
 
+    def wrk_whole_pool(self, server, threads, connections, timeout, pool, name):
+        """wrk over every line of `pool`, until every thread has had the
+        answer to its last line (bench/webhook.lua's markers) or `timeout`
+        seconds; returns (result, seconds, finished)."""
+        markers = self.dir(name, "markers")
+        started = time.monotonic()
+        process, out_path = self.wrk(server, threads, connections, "%ds" % timeout, pool, pool.whole(),
+                                     name, marker_dir=markers, background=True)
+        finished = False
+        while process.poll() is None:
+            if len([m for m in os.listdir(markers) if m.startswith("done.")]) >= threads:
+                finished = True
+                break
+            time.sleep(0.05)
+        seconds = time.monotonic() - started
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)  # wrk prints its results and done() runs
+        return self.wrk_result(process, out_path, name + " fill"), seconds, finished
+
     def wrk_result(self, process, out_path, name):
         rc = process.wait()
         if process in self.processes:

@@ -87,18 +87,9 @@ def fill(cfg, run, shape, server, count, name):
     """Sends exactly `count` deliveries (one per series) and waits until the
     exporter shows them: it records each one in a task after answering."""
     pool = run.pool(name + "-fill", count, shape, apps=shape.apps)
-    markers = run.dir(name, "markers")
     say("%s: fill Pelorus' exporter with %s series" % (shape.name, commas(count)))
     started = time.monotonic()
-    process, out_path = run.wrk(server, cfg.threads, cfg.connections, "%ds" % cfg.fill_timeout,
-                                pool, pool.whole(), name, marker_dir=markers, background=True)
-    while process.poll() is None:
-        if len([m for m in os.listdir(markers) if m.startswith("done.")]) >= cfg.threads:
-            break
-        time.sleep(0.05)
-    if process.poll() is None:
-        process.send_signal(2)
-    result = run.wrk_result(process, out_path, name + " fill")
+    result, _, _ = run.wrk_whole_pool(server, cfg.threads, cfg.connections, cfg.fill_timeout, pool, name)
     series = deploy_series(server)
     deadline = time.monotonic() + 30
     while series < count and time.monotonic() < deadline:

@@ -20,9 +20,6 @@ exporter goes through the same steps first (pelorus.py), and its figures
 stand in the table's Pelorus column next to hookgauge's.
 """
 
-import os
-import time
-
 from ..core import Scraper, commas, median, mib, note, say
 from . import load, pelorus
 
@@ -31,23 +28,11 @@ def fill(cfg, run, shape, server, count, name):
     """Sends exactly `count` deliveries of `shape` (one per series) and waits
     for every answer; checks the series and acked <= stored."""
     pool = run.pool(name + "-fill", count, shape, apps=shape.apps)
-    markers = run.dir(name, "markers")
     say("%s: fill %s series (wrk -t%d -c%d, every delivery answered)"
         % (shape.name, commas(count), cfg.threads, cfg.connections))
     before = server.scrape().stored()
-    started = time.monotonic()
-    process, out_path = run.wrk(server, cfg.threads, cfg.connections, "%ds" % cfg.fill_timeout,
-                                pool, pool.whole(), name, marker_dir=markers, background=True)
-    done = False
-    while process.poll() is None:
-        if len([m for m in os.listdir(markers) if m.startswith("done.")]) >= cfg.threads:
-            done = True
-            break
-        time.sleep(0.05)
-    seconds = time.monotonic() - started
-    if process.poll() is None:
-        process.send_signal(2)  # SIGINT: wrk prints its results and done() runs
-    result = run.wrk_result(process, out_path, name + " fill")
+    result, seconds, done = run.wrk_whole_pool(server, cfg.threads, cfg.connections, cfg.fill_timeout,
+                                               pool, name)
     if not done:
         run.fail("%s: the fill did not finish within %d s" % (shape.name, cfg.fill_timeout))
     settled = server.settle(lambda scrape: (scrape.stored(), scrape.series("deploy_timestamp")))
