@@ -816,3 +816,127 @@ async fn open_failures_and_last_deploy_are_tracked_across_restarts() {
         .is_empty());
     app.shutdown().await;
 }
+
+/// A burst of deploys over many applications records what the same
+/// deploys record one at a time. Each application has a commit built into
+/// the deployed image (a lead time); every third has a failure open at the
+/// deploy (rework); every third an earlier deploy whose failure the new
+/// deploy now stands before (the earlier deploy's failure withdrawn, the
+/// new one failed, the recovery tied). The writer takes the burst in
+/// batches; on PostgreSQL a batch inserts the deploys of different
+/// applications together and decides each in one read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_over_many_apps_records_what_one_at_a_time_records() {
+    const APPS: u64 = 24;
+    let app = std::sync::Arc::new(spawn_app().await);
+    let t = now();
+    let name = |set: &str, n: u64| format!("{set}-{n:02}");
+    let deploy_time = |n: u64| if n % 3 == 1 { t - 300 } else { t - 60 };
+    for set in ["one", "burst"] {
+        for n in 0..APPS {
+            let app_name = name(set, n);
+            let mut before = vec![(
+                "committime",
+                serde_json::json!({
+                    "app": app_name, "commit_hash": format!("{:040x}", n + 1),
+                    "image_sha": image(n), "namespace": "prod", "timestamp": t - 3_600,
+                }),
+            )];
+            let failure = |change: &str, at: i64| {
+                serde_json::json!({
+                    "app": app_name, "failure_id": "1", "failure_event": change, "timestamp": at,
+                })
+            };
+            match n % 3 {
+                0 => before.push(("failure", failure("created", t - 120))),
+                1 => {
+                    before.push((
+                        "deploytime",
+                        serde_json::json!({
+                            "app": app_name, "image_sha": image(1_000 + n),
+                            "namespace": "prod", "timestamp": t - 600,
+                        }),
+                    ));
+                    before.push(("failure", failure("created", t - 100)));
+                    before.push(("failure", failure("resolved", t - 50)));
+                }
+                _ => {}
+            }
+            for (event, body) in before {
+                let reply = app
+                    .post_signed(event, &serde_json::to_vec(&body).unwrap())
+                    .await;
+                assert_eq!(
+                    reply.outcome(),
+                    "accepted",
+                    "{app_name} {event}: {}",
+                    reply.text
+                );
+            }
+        }
+    }
+    for n in 0..APPS {
+        let body = deploy_body(&name("one", n), "prod", &image(n), deploy_time(n));
+        assert_eq!(
+            app.post_signed("deploytime", &body).await.outcome(),
+            "accepted"
+        );
+    }
+    let mut tasks = Vec::new();
+    for n in 0..APPS {
+        let app = app.clone();
+        let body = deploy_body(&name("burst", n), "prod", &image(n), deploy_time(n));
+        tasks.push(tokio::spawn(async move {
+            // Each sent twice at once: a retry racing the original.
+            let (a, b) = tokio::join!(
+                app.post_signed("deploytime", &body),
+                app.post_signed("deploytime", &body)
+            );
+            let mut outcomes = [a.outcome().to_owned(), b.outcome().to_owned()];
+            outcomes.sort();
+            outcomes
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), ["accepted", "duplicate"]);
+    }
+
+    let scrape = app.scrape().await;
+    type Sample3 = (String, Vec<(String, String)>, f64);
+    let of_set = |set: &str| -> Vec<Sample3> {
+        let prefix = format!("{set}-");
+        scrape
+            .dora_samples()
+            .into_iter()
+            .filter(|s| s.labels.get("app").is_some_and(|a| a.starts_with(&prefix)))
+            .map(|s| {
+                let labels = s
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.replacen(&prefix, "", 1)))
+                    .collect();
+                (s.name, labels, s.value)
+            })
+            .collect()
+    };
+    let (one, burst) = (of_set("one"), of_set("burst"));
+    assert!(one.len() > APPS as usize * 10, "{} samples", one.len());
+    let only = |a: &[Sample3], b: &[Sample3]| -> Vec<Sample3> {
+        a.iter().filter(|s| !b.contains(s)).cloned().collect()
+    };
+    assert_eq!(
+        (only(&burst, &one), only(&one, &burst)),
+        (vec![], vec![]),
+        "samples of the burst alone, and of one at a time alone"
+    );
+    for n in 0..APPS {
+        let labels = [("app", &*name("burst", n))];
+        let lead_time = scrape.value("hookgauge_lead_time_seconds_sum", &labels);
+        assert_eq!(lead_time, (deploy_time(n) - (t - 3_600)) as f64, "{n}");
+        let rework = scrape.value_or_zero("hookgauge_rework_deployments_total", &labels);
+        assert_eq!(rework, f64::from(n % 3 == 0), "{n}");
+        let withdrawn =
+            scrape.value_or_zero("hookgauge_failed_deployments_withdrawn_total", &labels);
+        assert_eq!(withdrawn, f64::from(n % 3 == 1), "{n}");
+    }
+}

@@ -2,6 +2,7 @@
 //! failures, each inserted against its identity, and the lead-time
 //! observations they complete.
 
+use std::collections::HashSet;
 use std::sync::OnceLock;
 
 use super::decisions::{
@@ -14,7 +15,7 @@ use crate::events::{
     Namespace,
 };
 use crate::ledger::{Effect, ShownCommit};
-use crate::store::sql::{DbError, Sql};
+use crate::store::sql::{DbError, Dialect, Row, Sql};
 
 /// A failure is open from its creation until a resolution at or after it.
 fn open_since(created: Option<i64>, resolved: Option<i64>) -> Option<i64> {
@@ -28,15 +29,18 @@ pub(super) enum EventResult {
     Outdated { superseded_by: String },
 }
 
+/// Applies `event`; `prepared` is what [`prepare_deploys`] already did for
+/// it (a deploy inserted with others of its batch), if anything.
 pub(super) fn apply_event(
     tx: &mut dyn Sql,
     event: &Event,
     delivery_id: &str,
     link_window: i64,
+    prepared: Option<Prepared>,
 ) -> Result<EventResult, DbError> {
     match event {
         Event::Commit(commit) => apply_commit(tx, commit, delivery_id),
-        Event::Deploy(deploy) => apply_deploy(tx, deploy, delivery_id, link_window),
+        Event::Deploy(deploy) => apply_deploy(tx, deploy, delivery_id, link_window, prepared),
         Event::Failure(failure) => apply_failure(tx, failure, delivery_id, link_window),
         Event::Link(link) => apply_link(tx, link, delivery_id),
     }
@@ -255,8 +259,8 @@ fn apply_deploy(
     deploy: &Deploy,
     delivery_id: &str,
     link_window: i64,
+    prepared: Option<Prepared>,
 ) -> Result<EventResult, DbError> {
-    let app = deploy.app.as_str();
     let commit = deploy.commit.as_ref().map(CommitSha::as_str).unwrap_or("");
     let time = deploy.time.seconds();
     // A deploy that names only its commit takes the newest image linked to it.
@@ -266,54 +270,30 @@ fn apply_deploy(
         (None, None) => None,
     };
     let image = image_text(image_sha.as_ref());
-    // The same deploy reported again, by this sender or another: same time,
-    // and the same image or the same commit. (PostgreSQL also holds this as
-    // two unique indexes, which the insert below meets when another replica
-    // stores the same deploy at the same moment.)
-    let seen = tx.dialect() != crate::store::sql::Dialect::Postgres
-        && tx.exists(
-        "SELECT 1 FROM deploys WHERE ?4 <> '' AND app = ?1 AND image_sha = ?4 AND namespace = ?2 AND time = ?3 \
-         UNION ALL SELECT 1 FROM deploys INDEXED BY deploys_by_commit \
-           WHERE ?5 <> '' AND app = ?1 AND commit_sha = ?5 AND time = ?3 AND namespace = ?2 \
-         LIMIT 1",
-        &[&app, &deploy.namespace.as_str(), &time, &image, &commit],
-    )?;
-    if seen {
-        return Ok(EventResult::Duplicate);
-    }
-    let inserted = tx.execute(
-        "INSERT INTO deploys (app, namespace, time, image_sha, commit_sha, environment, delivery_id, \
-         rework_reported) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
-        &[
-            &app,
-            &deploy.namespace.as_str(),
-            &time,
-            &image,
-            &commit,
-            // PostgreSQL text cannot hold NUL; no environment name needs one.
-            &deploy.environment.as_deref().unwrap_or("").replace('\0', ""),
-            &delivery_id,
-            &i64::from(deploy.rework),
-        ],
-    )?;
-    if inserted == 0 {
-        return Ok(EventResult::Duplicate);
-    }
+    let context = match prepared {
+        Some(Prepared::New(context)) => context,
+        Some(Prepared::Duplicate) => return Ok(EventResult::Duplicate),
+        None => {
+            if !insert_deploy(tx, deploy, &image, delivery_id)? {
+                return Ok(EventResult::Duplicate);
+            }
+            deploy_context(
+                tx,
+                &deploy.app,
+                &deploy.namespace,
+                &image,
+                commit,
+                time,
+                link_window,
+            )?
+        }
+    };
     let mut effects = vec![Effect::Deploy {
         app: deploy.app.clone(),
         namespace: deploy.namespace.clone(),
         image_sha,
         time,
     }];
-    let context = deploy_context(
-        tx,
-        &deploy.app,
-        &deploy.namespace,
-        &image,
-        commit,
-        time,
-        link_window,
-    )?;
     // Every commit built into this image (or named by the deploy) that has no
     // lead time yet gets one: this is its first deployment we know of.
     effects.extend(observe_lead_times(tx, &deploy.app, context.built, time)?);
@@ -325,6 +305,57 @@ fn apply_deploy(
     effects.extend(apply_decisions(tx, &deploy.app, context.decisions)?);
     effects.extend(observe_recoveries(tx, &deploy.app, context.recoveries)?);
     Ok(EventResult::New(effects))
+}
+
+/// Inserts `deploy` against its identity; false when it was stored before.
+fn insert_deploy(
+    tx: &mut dyn Sql,
+    deploy: &Deploy,
+    image: &str,
+    delivery_id: &str,
+) -> Result<bool, DbError> {
+    let app = deploy.app.as_str();
+    let commit = deploy.commit.as_ref().map(CommitSha::as_str).unwrap_or("");
+    let time = deploy.time.seconds();
+    // The same deploy reported again, by this sender or another: same time,
+    // and the same image or the same commit. (PostgreSQL holds this as two
+    // unique indexes, which the insert meets, also when another replica
+    // stores the same deploy at the same moment.)
+    let seen = tx.dialect() != Dialect::Postgres
+        && tx.exists(
+        "SELECT 1 FROM deploys WHERE ?4 <> '' AND app = ?1 AND image_sha = ?4 AND namespace = ?2 AND time = ?3 \
+         UNION ALL SELECT 1 FROM deploys INDEXED BY deploys_by_commit \
+           WHERE ?5 <> '' AND app = ?1 AND commit_sha = ?5 AND time = ?3 AND namespace = ?2 \
+         LIMIT 1",
+        &[&app, &deploy.namespace.as_str(), &time, &image, &commit],
+    )?;
+    if seen {
+        return Ok(false);
+    }
+    let inserted = tx.execute(
+        "INSERT INTO deploys (app, namespace, time, image_sha, commit_sha, environment, delivery_id, \
+         rework_reported) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
+        &[
+            &app,
+            &deploy.namespace.as_str(),
+            &time,
+            &image,
+            &commit,
+            &environment(deploy),
+            &delivery_id,
+            &i64::from(deploy.rework),
+        ],
+    )?;
+    Ok(inserted > 0)
+}
+
+/// PostgreSQL text cannot hold NUL; no environment name needs one.
+fn environment(deploy: &Deploy) -> String {
+    deploy
+        .environment
+        .as_deref()
+        .unwrap_or("")
+        .replace('\0', "")
 }
 
 /// What a new deploy at `time` decides, read in one statement (one round
@@ -345,28 +376,31 @@ fn apply_deploy(
 /// created after it and the deploys just before it; older ones already
 /// have those in between. Reading the whole window cost a scan of every
 /// deploy of the application in the last `link_window`, per deploy.
-struct DeployContext {
+#[derive(Default)]
+pub(super) struct DeployContext {
     built: Vec<(String, i64)>,
     decisions: Vec<Decision>,
     recoveries: Vec<(String, i64)>,
 }
 
-fn deploy_context(
-    tx: &mut dyn Sql,
-    app: &App,
-    namespace: &Namespace,
-    image: &str,
-    commit: &str,
-    time: i64,
-    link_window: i64,
-) -> Result<DeployContext, DbError> {
-    let mut context = DeployContext {
-        built: Vec::new(),
-        decisions: Vec::new(),
-        recoveries: Vec::new(),
-    };
+impl DeployContext {
+    /// Adds a row of [`context_sql`] whose columns begin at `first`.
+    fn add(&mut self, r: &Row<'_>, first: usize) -> Result<(), DbError> {
+        match r.get::<i64>(first)? {
+            0 => self.built.push((r.get(first + 1)?, r.get(first + 3)?)),
+            1 => self.decisions.push(Decision::read(r, first + 1)?),
+            _ => self.recoveries.push((r.get(first + 1)?, r.get(first + 3)?)),
+        }
+        Ok(())
+    }
+}
+
+/// The read of one deploy's context. Parameters: ?1 app, ?2 image, ?3
+/// commit, ?4 time, ?5 time − window, ?6 window, ?7 time + window, ?8
+/// namespace.
+fn context_sql() -> &'static str {
     static SQL: OnceLock<String> = OnceLock::new();
-    let sql = statement(&SQL, || {
+    statement(&SQL, || {
         let decided = format!(
             "CAST(1 AS BIGINT), d.namespace, d.image_sha, d.time, d.rework, d.failed, {}, {}",
             rework_now(),
@@ -387,9 +421,21 @@ fn deploy_context(
              AND f.created <= ?7 AND {}",
             linked_recovery("?6")
         )
-    });
+    })
+}
+
+fn deploy_context(
+    tx: &mut dyn Sql,
+    app: &App,
+    namespace: &Namespace,
+    image: &str,
+    commit: &str,
+    time: i64,
+    link_window: i64,
+) -> Result<DeployContext, DbError> {
+    let mut context = DeployContext::default();
     tx.each(
-        sql,
+        context_sql(),
         &[
             &app.as_str(),
             &image,
@@ -400,16 +446,125 @@ fn deploy_context(
             &(time + link_window),
             &namespace.as_str(),
         ],
-        &mut |r| {
-            match r.get::<i64>(0)? {
-                0 => context.built.push((r.get(1)?, r.get(3)?)),
-                1 => context.decisions.push(Decision::read(r, 1)?),
-                _ => context.recoveries.push((r.get(1)?, r.get(3)?)),
-            }
-            Ok(())
-        },
+        &mut |r| context.add(r, 0),
     )?;
     Ok(context)
+}
+
+/// A deploy that [`prepare_deploys`] inserted ahead of its turn: whether
+/// it was new and, if so, what it decides.
+pub(super) enum Prepared {
+    New(DeployContext),
+    Duplicate,
+}
+
+/// PostgreSQL: inserts the deploys of `group`, each naming its image and
+/// each of another application, in one statement, and reads what each new
+/// one decides in a second: two round trips for the group where one at a
+/// time takes two per deploy. What follows from each (lead times,
+/// decisions, recoveries) is then applied in turn, as for a deploy alone.
+///
+/// This is what they would do one at a time, because the facts of one
+/// application never read another's: every statement of the rules names
+/// its application. So a deploy's insert and read meet the same rows
+/// whether the others of the group, of other applications, were applied
+/// before them or not. Two deploys of one application never share a group.
+///
+/// A deploy is `(deploy, delivery id)`; the answers are in `group`'s order.
+pub(super) fn prepare_deploys(
+    tx: &mut dyn Sql,
+    group: &[(&Deploy, &str)],
+    link_window: i64,
+) -> Result<Vec<Prepared>, DbError> {
+    let rows: Vec<serde_json::Value> = group
+        .iter()
+        .map(|(deploy, delivery_id)| {
+            serde_json::json!([
+                deploy.app.as_str(),
+                deploy.namespace.as_str(),
+                deploy.time.seconds(),
+                image_text(deploy.image_sha.as_ref()),
+                deploy.commit.as_ref().map(CommitSha::as_str).unwrap_or(""),
+                environment(deploy),
+                delivery_id,
+                i64::from(deploy.rework),
+            ])
+        })
+        .collect();
+    let inserted: HashSet<String> = tx
+        .rows(
+            "INSERT INTO deploys (app, namespace, time, image_sha, commit_sha, environment, delivery_id, \
+             rework_reported) \
+             SELECT e.v->>0, e.v->>1, CAST(e.v->>2 AS BIGINT), e.v->>3, e.v->>4, e.v->>5, e.v->>6, \
+               CAST(e.v->>7 AS BIGINT) \
+             FROM jsonb_array_elements(CAST(CAST(?1 AS TEXT) AS jsonb)) AS e(v) \
+             ON CONFLICT DO NOTHING RETURNING app",
+            &[&serde_json::Value::Array(rows.clone()).to_string()],
+            |r| r.get(0),
+        )?
+        .into_iter()
+        .collect();
+    let new: Vec<usize> = (0..group.len())
+        .filter(|&i| inserted.contains(group[i].0.app.as_str()))
+        .collect();
+    let mut contexts: Vec<DeployContext> = new.iter().map(|_| DeployContext::default()).collect();
+    if !new.is_empty() {
+        let asked: Vec<&serde_json::Value> = new.iter().map(|&i| &rows[i]).collect();
+        let asked = serde_json::to_string(&asked)
+            .map_err(|e| DbError::Broken(format!("a batch's deploys cannot be encoded: {e}")))?;
+        tx.each(group_context_sql(), &[&asked, &link_window], &mut |r| {
+            // The position (from 1) of a deploy in `asked`.
+            let n = r.get::<i64>(0)?;
+            match usize::try_from(n - 1)
+                .ok()
+                .and_then(|i| contexts.get_mut(i))
+            {
+                Some(context) => context.add(r, 1),
+                None => Err(DbError::Broken(format!(
+                    "a context row for deploy {n} of {}",
+                    new.len()
+                ))),
+            }
+        })?;
+    }
+    let mut contexts = contexts.into_iter();
+    Ok((0..group.len())
+        .map(|i| match new.contains(&i) {
+            true => Prepared::New(contexts.next().unwrap_or_default()),
+            false => Prepared::Duplicate,
+        })
+        .collect())
+}
+
+/// [`context_sql`] for each deploy of a JSON array (?1, as
+/// [`prepare_deploys`] writes it; `link_window` is ?2), its rows led by
+/// the deploy's position in the array, from 1.
+fn group_context_sql() -> &'static str {
+    static SQL: OnceLock<String> = OnceLock::new();
+    statement(&SQL, || {
+        // The parameters of one deploy's read become the columns of `g`
+        // (from ?8 down, so that ?1 does not also match the start of ?10).
+        let mut each = context_sql().to_owned();
+        for (param, column) in [
+            ("?8", "g.ns"),
+            ("?7", "g.hi"),
+            ("?6", "g.win"),
+            ("?5", "g.lo"),
+            ("?4", "g.t"),
+            ("?3", "g.sha"),
+            ("?2", "g.image"),
+            ("?1", "g.app"),
+        ] {
+            each = each.replace(param, column);
+        }
+        format!(
+            "SELECT g.n, ctx.* FROM (SELECT e.n, e.v->>0 AS app, e.v->>1 AS ns, CAST(e.v->>2 AS BIGINT) AS t, \
+               e.v->>3 AS image, e.v->>4 AS sha, CAST(e.v->>2 AS BIGINT) - CAST(?2 AS BIGINT) AS lo, \
+               CAST(?2 AS BIGINT) AS win, CAST(e.v->>2 AS BIGINT) + CAST(?2 AS BIGINT) AS hi \
+             FROM jsonb_array_elements(CAST(CAST(?1 AS TEXT) AS jsonb)) WITH ORDINALITY AS e(v, n)) AS g \
+             CROSS JOIN LATERAL ({each}) AS ctx"
+        )
+    })
 }
 
 /// The image most recently linked to `commit` of `app`, if any.

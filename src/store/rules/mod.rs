@@ -11,17 +11,17 @@
 //! the same fact waits for the first one's commit, then inserts nothing),
 //! and a failure's row is locked before its newer end is kept.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
 use super::sql::{DbError, Sql};
-use facts::{apply_event, EventResult};
+use facts::{apply_event, prepare_deploys, EventResult, Prepared};
 
 mod decisions;
 mod facts;
 #[cfg(test)]
 mod tests;
-use crate::events::{Event, FailureChange};
+use crate::events::{Deploy, Event, FailureChange};
 use crate::ledger::{Delivery, Disposition, Effect, Outcome, Recorded};
 
 /// What recording one delivery produced: its outcome and committed effects.
@@ -59,7 +59,9 @@ pub const FAILED_DEPLOYMENT_RECOVERY: &str = "failed_deployment_recovery";
 /// statement, "was this delivery recorded before" is one read for the
 /// whole batch (answered from memory for deliveries of the batch itself),
 /// and the ledger rows are inserted together at the end, several per
-/// statement. The facts are applied one event at a time, as before.
+/// statement. On PostgreSQL, deploys of different applications are
+/// inserted and decided together, two statements for a group of them
+/// ([`prepare_group`]); everything else is applied one event at a time.
 pub fn record_all(
     tx: &mut dyn Sql,
     deliveries: &[&Delivery],
@@ -79,6 +81,7 @@ pub fn record_all(
         ask_each: tx.dialect() != super::sql::Dialect::Postgres,
         rows: Vec::with_capacity(deliveries.len()),
         current: 0,
+        prepared: HashMap::new(),
     };
     if !recording.ask_each {
         recording.recorded = lock_and_recall(tx, deliveries)?;
@@ -86,6 +89,10 @@ pub fn record_all(
     let mut results = Vec::with_capacity(deliveries.len());
     for (index, delivery) in deliveries.iter().enumerate() {
         recording.current = index;
+        if !recording.ask_each && !recording.prepared.contains_key(&index) {
+            prepare_group(tx, deliveries, link_window, &mut recording)
+                .map_err(|e| not_fault(e, index, failed))?;
+        }
         let result = record_one(tx, delivery, max_body_bytes, link_window, &mut recording)
             .map_err(|e| not_fault(e, index, failed))?;
         results.push(result);
@@ -109,6 +116,9 @@ struct Recording<'d> {
     rows: Vec<LedgerRow<'d>>,
     /// The index in the batch of the delivery being recorded.
     current: usize,
+    /// PostgreSQL: deploys already inserted with others of their group
+    /// ([`prepare_group`]), by index in the batch.
+    prepared: HashMap<usize, Prepared>,
 }
 
 impl<'d> Recording<'d> {
@@ -205,8 +215,8 @@ fn lock_and_recall<'d>(
     tx.each(
         "SELECT CAST(p.n AS BIGINT) FROM \
            (SELECT count(pg_advisory_xact_lock(hashtextextended('hookgauge app ' || a, 0))) AS n \
-            FROM json_array_elements_text(CAST(CAST(?1 AS TEXT) AS json)) AS a) AS locked \
-         CROSS JOIN json_array_elements(CAST(CAST(?2 AS TEXT) AS json)) WITH ORDINALITY AS p(value, n) \
+            FROM jsonb_array_elements_text(CAST(CAST(?1 AS TEXT) AS jsonb)) AS a) AS locked \
+         CROSS JOIN jsonb_array_elements(CAST(CAST(?2 AS TEXT) AS jsonb)) WITH ORDINALITY AS p(value, n) \
          CROSS JOIN LATERAL (SELECT 1 FROM deliveries AS d WHERE locked.n >= 0 \
            AND d.source = p.value->>0 AND d.delivery_id = p.value->>1 \
            AND d.outcome IN ('accepted', 'duplicate', 'outdated') LIMIT 1) AS hit",
@@ -221,6 +231,72 @@ fn lock_and_recall<'d>(
         },
     )?;
     Ok(seen)
+}
+
+/// PostgreSQL: when the delivery being recorded is a lone deploy naming
+/// its image, inserts it together with the lone deploys after it in the
+/// batch that can go with it, and leaves what each did in `recording`
+/// ([`prepare_deploys`]). A deploy goes with the group unless its
+/// application is already the group's or a skipped delivery's: a delivery
+/// before it in the batch that touches its application is applied before
+/// it, as in order. Skipped, and touching nothing: a delivery without
+/// events or recorded before. Skipped, and its applications kept out: any
+/// other delivery with events, one whose id came before in the group's
+/// stretch (it will be a duplicate, and must not insert anything), and a
+/// deploy of an earlier group (inserted, its consequences not yet
+/// applied). A group of one is left to the ordinary path: it saves no
+/// round trip.
+fn prepare_group(
+    tx: &mut dyn Sql,
+    deliveries: &[&Delivery],
+    link_window: i64,
+    recording: &mut Recording<'_>,
+) -> Result<(), DbError> {
+    /// The deploy of a delivery whose only event is a deploy naming its image.
+    fn lone_deploy(delivery: &Delivery) -> Option<&Deploy> {
+        match &delivery.disposition {
+            Disposition::Events(events) => match events.as_slice() {
+                [Event::Deploy(deploy)] if deploy.image_sha.is_some() => Some(deploy),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+    if lone_deploy(deliveries[recording.current]).is_none() {
+        return Ok(());
+    }
+    let mut group = Vec::new();
+    let mut apps = HashSet::new();
+    let mut ids = HashSet::new();
+    for (index, delivery) in deliveries.iter().enumerate().skip(recording.current) {
+        let Disposition::Events(events) = &delivery.disposition else {
+            continue;
+        };
+        let id = (delivery.source, delivery.id.as_str());
+        if recording.recorded.contains(&id) {
+            continue;
+        }
+        let first_of_id = ids.insert(id);
+        match lone_deploy(delivery) {
+            Some(deploy)
+                if first_of_id
+                    && !recording.prepared.contains_key(&index)
+                    && apps.insert(deploy.app.as_str()) =>
+            {
+                group.push((index, deploy, delivery.id.as_str()));
+            }
+            _ => apps.extend(events.iter().map(|e| e.app().as_str())),
+        }
+    }
+    if group.len() < 2 {
+        return Ok(());
+    }
+    let deploys: Vec<_> = group.iter().map(|(_, deploy, id)| (*deploy, *id)).collect();
+    let prepared = prepare_deploys(tx, &deploys, link_window)?;
+    for ((index, ..), prepared) in group.iter().zip(prepared) {
+        recording.prepared.insert(*index, prepared);
+    }
+    Ok(())
 }
 
 /// Columns of a new ledger row, and the insert statements of 1, 2, 4 …
@@ -341,6 +417,10 @@ fn record_one<'d>(
         Disposition::Events(events) => {
             let keys: Vec<String> = events.iter().map(Event::identity).collect();
             if recording.seen(tx, delivery)? {
+                debug_assert!(
+                    !recording.prepared.contains_key(&recording.current),
+                    "a deploy was inserted for a delivery recorded before"
+                );
                 (
                     Outcome::Duplicate,
                     Some("delivery_seen"),
@@ -354,8 +434,15 @@ fn record_one<'d>(
                 let mut effects = Vec::new();
                 let mut any_new = false;
                 let mut superseded = None;
+                let mut prepared = recording.prepared.remove(&recording.current);
                 for event in events {
-                    match apply_event(tx, event, delivery.id.as_str(), link_window)? {
+                    match apply_event(
+                        tx,
+                        event,
+                        delivery.id.as_str(),
+                        link_window,
+                        prepared.take(),
+                    )? {
                         EventResult::New(mut e) => {
                             any_new = true;
                             effects.append(&mut e);
