@@ -236,6 +236,16 @@ class Server:
         self.run.stop_process(self.process, "server " + self.name)
 
 
+
+def file_system(path):
+    """The type of the file system `path` is on, as mounted (ext4): findmnt
+    knows it; stat -f only knows its magic number, which ext2, ext3 and ext4
+    share."""
+    mounted = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "--target", path],
+                             capture_output=True, text=True).stdout.strip()
+    return mounted or subprocess.run(["stat", "-f", "-c", "%T", path], capture_output=True,
+                                     text=True).stdout.strip() or "?"
+
 class Run:
     """One benchmark run: settings, temporary directory, child processes,
     failures. Used as a context manager: everything it started is stopped
@@ -317,12 +327,7 @@ class Run:
     # -- the machine line
 
     def machine(self):
-        # findmnt names the file system as mounted (ext4); stat -f only
-        # knows its magic number, which ext2, ext3 and ext4 share.
-        data_fs = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "--target", self.tmp],
-                                 capture_output=True, text=True).stdout.strip()
-        data_fs = data_fs or subprocess.run(["stat", "-f", "-c", "%T", self.tmp], capture_output=True,
-                                            text=True).stdout.strip() or "?"
+        data_fs = file_system(self.tmp)
         with open("/proc/loadavg") as loadavg:
             load = " ".join(loadavg.read().split()[:3])
         return "%d cores, Linux %s, data dir on %s (%s), load average %s" % (

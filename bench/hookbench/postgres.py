@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import tempfile
 
-from .core import BenchError, free_ports, note, say
+from .core import BenchError, file_system, free_ports, note, say
 
 ROLE = "hookgauge"
 SUPERUSER = "postgres"
@@ -102,7 +102,7 @@ class Cluster:
             os.chmod(self.root, 0o711)
             os.chown(self.server_dir, uid, gid)
         run.postgres = self
-        self.fs = subprocess.run(["stat", "-f", "-c", "%T", self.root], capture_output=True, text=True).stdout.strip()
+        self.fs = file_system(self.root)
         pwfile = os.path.join(self.server_dir, "superuser.pw")
         with open(os.open(pwfile, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
             f.write(self.super_password + "\n")
