@@ -35,6 +35,7 @@ macro_rules! migrations {
             "0005_replicas",
             "0006_links_by_image",
             "0007_rework",
+            "0008_commit_index_partial",
         )
     };
     (@files $dir:literal, $($name:literal),* $(,)?) => {

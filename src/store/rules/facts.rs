@@ -152,7 +152,7 @@ fn apply_commit(
     let deployed: Option<i64> = tx.value(
         "SELECT MIN(time) FROM (\
            SELECT time FROM deploys WHERE app = ?1 AND image_sha = ?2 AND ?2 <> '' \
-           UNION ALL SELECT time FROM deploys WHERE app = ?1 AND commit_sha = ?3 \
+           UNION ALL SELECT time FROM deploys WHERE app = ?1 AND commit_sha = ?3 AND commit_sha <> '' \
            UNION ALL SELECT d.time FROM links AS l JOIN deploys AS d \
              ON d.app = l.app AND d.image_sha = l.image_sha \
              WHERE l.app = ?1 AND l.commit_sha = ?3) AS deployed",
@@ -195,7 +195,8 @@ fn observe_shipped(
         .row(
             "SELECT c.pushed_seq FROM commits AS c INDEXED BY commits_by_pushed_seq \
              WHERE c.app = ?1 AND c.pushed_seq IS NOT NULL AND c.pushed_seq < ?2 AND EXISTS (\
-               SELECT 1 FROM deploys d WHERE d.app = c.app AND d.commit_sha = c.commit_sha) \
+               SELECT 1 FROM deploys d WHERE d.app = c.app AND d.commit_sha = c.commit_sha \
+                 AND d.commit_sha <> '') \
              ORDER BY c.pushed_seq DESC LIMIT 1",
             &[&app.as_str(), &seq],
             |r| r.get(0),
@@ -325,7 +326,7 @@ fn insert_deploy(
         && tx.exists(
         "SELECT 1 FROM deploys WHERE ?4 <> '' AND app = ?1 AND image_sha = ?4 AND namespace = ?2 AND time = ?3 \
          UNION ALL SELECT 1 FROM deploys INDEXED BY deploys_by_commit \
-           WHERE ?5 <> '' AND app = ?1 AND commit_sha = ?5 AND time = ?3 AND namespace = ?2 \
+           WHERE ?5 <> '' AND app = ?1 AND commit_sha = ?5 AND commit_sha <> '' AND time = ?3 AND namespace = ?2 \
          LIMIT 1",
         &[&app, &deploy.namespace.as_str(), &time, &image, &commit],
     )?;
@@ -602,7 +603,7 @@ fn apply_link(tx: &mut dyn Sql, link: &Link, delivery_id: &str) -> Result<EventR
         return Ok(EventResult::Duplicate);
     }
     let resolved: Vec<(String, i64)> = tx.rows(
-        "UPDATE deploys SET image_sha = ?3 WHERE app = ?1 AND commit_sha = ?2 AND image_sha = '' \
+        "UPDATE deploys SET image_sha = ?3 WHERE app = ?1 AND commit_sha = ?2 AND commit_sha <> '' AND image_sha = '' \
          AND NOT EXISTS (SELECT 1 FROM deploys AS same WHERE same.app = deploys.app \
            AND same.image_sha = ?3 AND same.namespace = deploys.namespace AND same.time = deploys.time) \
          RETURNING namespace, time",
