@@ -347,16 +347,13 @@ async fn resolution_before_creation_still_measures_time_to_restore() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_unique_deliveries_are_all_committed_once() {
-    let app = std::sync::Arc::new(spawn_app().await);
-    let t = now();
+/// Posts every deploy of `bodies` at once, each twice at once (a retry
+/// racing the original): one of the two is accepted, the other a duplicate.
+async fn deploy_each_twice_at_once(app: &std::sync::Arc<TestApp>, bodies: Vec<Vec<u8>>) {
     let mut tasks = Vec::new();
-    for n in 0..200u64 {
+    for body in bodies {
         let app = app.clone();
         tasks.push(tokio::spawn(async move {
-            // Each deploy is sent twice at once: a retry racing the original.
-            let body = deploy_body("busy", "prod", &image(n), t);
             let (a, b) = tokio::join!(
                 app.post_signed("deploytime", &body),
                 app.post_signed("deploytime", &body)
@@ -369,6 +366,14 @@ async fn concurrent_unique_deliveries_are_all_committed_once() {
     for task in tasks {
         assert_eq!(task.await.unwrap(), ["accepted", "duplicate"]);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_unique_deliveries_are_all_committed_once() {
+    let app = std::sync::Arc::new(spawn_app().await);
+    let t = now();
+    let deploys = (0..200u64).map(|n| deploy_body("busy", "prod", &image(n), t));
+    deploy_each_twice_at_once(&app, deploys.collect()).await;
     let scrape = app.scrape().await;
     assert_eq!(
         scrape.value("hookgauge_deployments_total", &[("app", "busy")]),
@@ -882,24 +887,9 @@ async fn a_burst_over_many_apps_records_what_one_at_a_time_records() {
             "accepted"
         );
     }
-    let mut tasks = Vec::new();
-    for n in 0..APPS {
-        let app = app.clone();
-        let body = deploy_body(&name("burst", n), "prod", &image(n), deploy_time(n));
-        tasks.push(tokio::spawn(async move {
-            // Each sent twice at once: a retry racing the original.
-            let (a, b) = tokio::join!(
-                app.post_signed("deploytime", &body),
-                app.post_signed("deploytime", &body)
-            );
-            let mut outcomes = [a.outcome().to_owned(), b.outcome().to_owned()];
-            outcomes.sort();
-            outcomes
-        }));
-    }
-    for task in tasks {
-        assert_eq!(task.await.unwrap(), ["accepted", "duplicate"]);
-    }
+    let burst =
+        (0..APPS).map(|n| deploy_body(&name("burst", n), "prod", &image(n), deploy_time(n)));
+    deploy_each_twice_at_once(&app, burst.collect()).await;
 
     let scrape = app.scrape().await;
     type Sample3 = (String, Vec<(String, String)>, f64);
