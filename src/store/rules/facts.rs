@@ -500,7 +500,7 @@ pub(super) fn prepare_deploys(
                CAST(e.v->>7 AS BIGINT) \
              FROM jsonb_array_elements(CAST(CAST(?1 AS TEXT) AS jsonb)) AS e(v) \
              ON CONFLICT DO NOTHING RETURNING app",
-            &[&serde_json::Value::Array(rows.clone()).to_string()],
+            &[&encode(&rows)?],
             |r| r.get(0),
         )?
         .into_iter()
@@ -511,22 +511,24 @@ pub(super) fn prepare_deploys(
     let mut contexts: Vec<DeployContext> = new.iter().map(|_| DeployContext::default()).collect();
     if !new.is_empty() {
         let asked: Vec<&serde_json::Value> = new.iter().map(|&i| &rows[i]).collect();
-        let asked = serde_json::to_string(&asked)
-            .map_err(|e| DbError::Broken(format!("a batch's deploys cannot be encoded: {e}")))?;
-        tx.each(group_context_sql(), &[&asked, &link_window], &mut |r| {
-            // The position (from 1) of a deploy in `asked`.
-            let n = r.get::<i64>(0)?;
-            match usize::try_from(n - 1)
-                .ok()
-                .and_then(|i| contexts.get_mut(i))
-            {
-                Some(context) => context.add(r, 1),
-                None => Err(DbError::Broken(format!(
-                    "a context row for deploy {n} of {}",
-                    new.len()
-                ))),
-            }
-        })?;
+        tx.each(
+            group_context_sql(),
+            &[&encode(&asked)?, &link_window],
+            &mut |r| {
+                // The position (from 1) of a deploy in `asked`.
+                let n = r.get::<i64>(0)?;
+                match usize::try_from(n - 1)
+                    .ok()
+                    .and_then(|i| contexts.get_mut(i))
+                {
+                    Some(context) => context.add(r, 1),
+                    None => Err(DbError::Broken(format!(
+                        "a context row for deploy {n} of {}",
+                        new.len()
+                    ))),
+                }
+            },
+        )?;
     }
     let mut contexts = contexts.into_iter();
     Ok((0..group.len())
@@ -535,6 +537,11 @@ pub(super) fn prepare_deploys(
             false => Prepared::Duplicate,
         })
         .collect())
+}
+
+fn encode(rows: &[impl serde::Serialize]) -> Result<String, DbError> {
+    serde_json::to_string(rows)
+        .map_err(|e| DbError::Broken(format!("a batch's deploys cannot be encoded: {e}")))
 }
 
 /// [`context_sql`] for each deploy of a JSON array (?1, as
