@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::harness::{deploy_body, fixture, image, now, spawn_app_with, Reply, TestApp, SECRET};
+use crate::harness::{
+    deploy_body, eventually, fixture, image, now, spawn_app_with, Reply, TestApp, SECRET,
+};
 use crate::sources::{post, provider_headers};
 
 const KEY: &str = "admin-test-key-0123456789";
@@ -326,18 +328,26 @@ async fn retention_prunes_old_bodies_and_rows_while_ingest_goes_on() {
             app.count("SELECT COUNT(*) FROM deliveries WHERE body IS NOT NULL"),
         )
     };
-    let mut last = (0, 0);
-    for _ in 0..300 {
-        last = counts();
-        if last == (50, 30) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(last, (50, 30), "rows and bodies after retention");
+    eventually("50 rows and 30 bodies left after retention", || async {
+        counts() == (50, 30)
+    })
+    .await;
     // Events are the history: all 60 deploys are still stored.
     assert_eq!(app.count("SELECT COUNT(*) FROM deploys"), 60);
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    // A retention run counts what it deleted after each commit, and sets
+    // the ledger's size once it is done.
+    eventually(
+        "the deletions counted and the ledger's size set",
+        || async {
+            let scrape = app.scrape().await;
+            let pruned =
+                |what| scrape.value_or_zero("hookgauge_store_pruned_total", &[("what", what)]);
+            pruned("bodies") >= 30.0
+                && pruned("rows") >= 10.0
+                && scrape.value_or_zero("hookgauge_store_ledger_rows", &[]) == 50.0
+        },
+    )
+    .await;
     let scrape = app.scrape().await;
     assert_eq!(scrape.value("hookgauge_store_ledger_rows", &[]), 50.0);
     assert_eq!(
