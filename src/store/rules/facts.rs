@@ -2,7 +2,6 @@
 //! failures, each inserted against its identity, and the lead-time
 //! observations they complete.
 
-use std::collections::HashSet;
 use std::sync::OnceLock;
 
 use super::decisions::{
@@ -29,7 +28,7 @@ pub(super) enum EventResult {
     Outdated { superseded_by: String },
 }
 
-/// Applies `event`; `prepared` is what [`prepare_deploys`] already did for
+/// Applies `event`; `prepared` is what [`super::groups::prepare_deploys`] already did for
 /// it (a deploy inserted with others of its batch), if anything.
 pub(super) fn apply_event(
     tx: &mut dyn Sql,
@@ -46,7 +45,7 @@ pub(super) fn apply_event(
     }
 }
 
-fn image_text(image_sha: Option<&ImageSha>) -> String {
+pub(super) fn image_text(image_sha: Option<&ImageSha>) -> String {
     image_sha.map(ToString::to_string).unwrap_or_default()
 }
 
@@ -351,7 +350,7 @@ fn insert_deploy(
 }
 
 /// PostgreSQL text cannot hold NUL; no environment name needs one.
-fn environment(deploy: &Deploy) -> String {
+pub(super) fn environment(deploy: &Deploy) -> String {
     deploy
         .environment
         .as_deref()
@@ -386,7 +385,7 @@ pub(super) struct DeployContext {
 
 impl DeployContext {
     /// Adds a row of [`context_sql`] whose columns begin at `first`.
-    fn add(&mut self, r: &Row<'_>, first: usize) -> Result<(), DbError> {
+    pub(super) fn add(&mut self, r: &Row<'_>, first: usize) -> Result<(), DbError> {
         match r.get::<i64>(first)? {
             0 => self.built.push((r.get(first + 1)?, r.get(first + 3)?)),
             1 => self.decisions.push(Decision::read(r, first + 1)?),
@@ -399,7 +398,7 @@ impl DeployContext {
 /// The read of one deploy's context. Parameters: ?1 app, ?2 image, ?3
 /// commit, ?4 time, ?5 time − window, ?6 window, ?7 time + window, ?8
 /// namespace.
-fn context_sql() -> &'static str {
+pub(super) fn context_sql() -> &'static str {
     static SQL: OnceLock<String> = OnceLock::new();
     statement(&SQL, || {
         let decided = format!(
@@ -452,127 +451,11 @@ fn deploy_context(
     Ok(context)
 }
 
-/// A deploy that [`prepare_deploys`] inserted ahead of its turn: whether
+/// A deploy that [`super::groups::prepare_deploys`] inserted ahead of its turn: whether
 /// it was new and, if so, what it decides.
 pub(super) enum Prepared {
     New(DeployContext),
     Duplicate,
-}
-
-/// PostgreSQL: inserts the deploys of `group`, each naming its image and
-/// each of another application, in one statement, and reads what each new
-/// one decides in a second: two round trips for the group where one at a
-/// time takes two per deploy. What follows from each (lead times,
-/// decisions, recoveries) is then applied in turn, as for a deploy alone.
-///
-/// This is what they would do one at a time, because the facts of one
-/// application never read another's: every statement of the rules names
-/// its application. So a deploy's insert and read meet the same rows
-/// whether the others of the group, of other applications, were applied
-/// before them or not. Two deploys of one application never share a group.
-///
-/// A deploy is `(deploy, delivery id)`; the answers are in `group`'s order.
-pub(super) fn prepare_deploys(
-    tx: &mut dyn Sql,
-    group: &[(&Deploy, &str)],
-    link_window: i64,
-) -> Result<Vec<Prepared>, DbError> {
-    let rows: Vec<serde_json::Value> = group
-        .iter()
-        .map(|(deploy, delivery_id)| {
-            serde_json::json!([
-                deploy.app.as_str(),
-                deploy.namespace.as_str(),
-                deploy.time.seconds(),
-                image_text(deploy.image_sha.as_ref()),
-                deploy.commit.as_ref().map(CommitSha::as_str).unwrap_or(""),
-                environment(deploy),
-                delivery_id,
-                i64::from(deploy.rework),
-            ])
-        })
-        .collect();
-    let inserted: HashSet<String> = tx
-        .rows(
-            "INSERT INTO deploys (app, namespace, time, image_sha, commit_sha, environment, delivery_id, \
-             rework_reported) \
-             SELECT e.v->>0, e.v->>1, CAST(e.v->>2 AS BIGINT), e.v->>3, e.v->>4, e.v->>5, e.v->>6, \
-               CAST(e.v->>7 AS BIGINT) \
-             FROM jsonb_array_elements(CAST(CAST(?1 AS TEXT) AS jsonb)) AS e(v) \
-             ON CONFLICT DO NOTHING RETURNING app",
-            &[&encode(&rows)?],
-            |r| r.get(0),
-        )?
-        .into_iter()
-        .collect();
-    let new: Vec<usize> = (0..group.len())
-        .filter(|&i| inserted.contains(group[i].0.app.as_str()))
-        .collect();
-    let mut contexts: Vec<DeployContext> = new.iter().map(|_| DeployContext::default()).collect();
-    if !new.is_empty() {
-        let asked: Vec<&serde_json::Value> = new.iter().map(|&i| &rows[i]).collect();
-        tx.each(
-            group_context_sql(),
-            &[&encode(&asked)?, &link_window],
-            &mut |r| {
-                // The position (from 1) of a deploy in `asked`.
-                let n = r.get::<i64>(0)?;
-                match usize::try_from(n - 1)
-                    .ok()
-                    .and_then(|i| contexts.get_mut(i))
-                {
-                    Some(context) => context.add(r, 1),
-                    None => Err(DbError::Broken(format!(
-                        "a context row for deploy {n} of {}",
-                        new.len()
-                    ))),
-                }
-            },
-        )?;
-    }
-    let mut contexts = contexts.into_iter();
-    Ok((0..group.len())
-        .map(|i| match new.contains(&i) {
-            true => Prepared::New(contexts.next().unwrap_or_default()),
-            false => Prepared::Duplicate,
-        })
-        .collect())
-}
-
-fn encode(rows: &[impl serde::Serialize]) -> Result<String, DbError> {
-    serde_json::to_string(rows)
-        .map_err(|e| DbError::Broken(format!("a batch's deploys cannot be encoded: {e}")))
-}
-
-/// [`context_sql`] for each deploy of a JSON array (?1, as
-/// [`prepare_deploys`] writes it; `link_window` is ?2), its rows led by
-/// the deploy's position in the array, from 1.
-fn group_context_sql() -> &'static str {
-    static SQL: OnceLock<String> = OnceLock::new();
-    statement(&SQL, || {
-        // The parameters of one deploy's read become the columns of `g`
-        // (from ?8 down, so that ?1 does not also match the start of ?10).
-        let mut each = context_sql().to_owned();
-        for (param, column) in [
-            ("?8", "g.ns"),
-            ("?7", "g.hi"),
-            ("?6", "g.win"),
-            ("?5", "g.lo"),
-            ("?4", "g.t"),
-            ("?3", "g.sha"),
-            ("?2", "g.image"),
-            ("?1", "g.app"),
-        ] {
-            each = each.replace(param, column);
-        }
-        format!(
-            "SELECT g.n, ctx.* FROM (SELECT e.n, e.v->>0 AS app, e.v->>1 AS ns, CAST(e.v->>2 AS BIGINT) AS t, \
-               e.v->>3 AS image, e.v->>4 AS sha, CAST(e.v->>2 AS BIGINT) - CAST(?2 AS BIGINT) AS lo, \
-               CAST(?2 AS BIGINT) AS win, CAST(e.v->>2 AS BIGINT) + CAST(?2 AS BIGINT) AS hi \
-             FROM jsonb_array_elements(CAST(CAST(?1 AS TEXT) AS jsonb)) WITH ORDINALITY AS e(v, n)) AS g \
-             CROSS JOIN LATERAL ({each}) AS ctx"
-        )
-    })
 }
 
 /// The image most recently linked to `commit` of `app`, if any.

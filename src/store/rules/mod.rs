@@ -15,13 +15,15 @@ use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
 use super::sql::{DbError, Sql};
-use facts::{apply_event, prepare_deploys, EventResult, Prepared};
+use facts::{apply_event, EventResult, Prepared};
+use groups::prepare_group;
 
 mod decisions;
 mod facts;
+mod groups;
 #[cfg(test)]
 mod tests;
-use crate::events::{Deploy, Event, FailureChange};
+use crate::events::{Event, FailureChange};
 use crate::ledger::{Delivery, Disposition, Effect, Outcome, Recorded};
 
 /// What recording one delivery produced: its outcome and committed effects.
@@ -231,72 +233,6 @@ fn lock_and_recall<'d>(
         },
     )?;
     Ok(seen)
-}
-
-/// PostgreSQL: when the delivery being recorded is a lone deploy naming
-/// its image, inserts it together with the lone deploys after it in the
-/// batch that can go with it, and leaves what each did in `recording`
-/// ([`prepare_deploys`]). A deploy goes with the group unless its
-/// application is already the group's or a skipped delivery's: a delivery
-/// before it in the batch that touches its application is applied before
-/// it, as in order. Skipped, and touching nothing: a delivery without
-/// events or recorded before. Skipped, and its applications kept out: any
-/// other delivery with events, one whose id came before in the group's
-/// stretch (it will be a duplicate, and must not insert anything), and a
-/// deploy of an earlier group (inserted, its consequences not yet
-/// applied). A group of one is left to the ordinary path: it saves no
-/// round trip.
-fn prepare_group(
-    tx: &mut dyn Sql,
-    deliveries: &[&Delivery],
-    link_window: i64,
-    recording: &mut Recording<'_>,
-) -> Result<(), DbError> {
-    /// The deploy of a delivery whose only event is a deploy naming its image.
-    fn lone_deploy(delivery: &Delivery) -> Option<&Deploy> {
-        match &delivery.disposition {
-            Disposition::Events(events) => match events.as_slice() {
-                [Event::Deploy(deploy)] if deploy.image_sha.is_some() => Some(deploy),
-                _ => None,
-            },
-            _ => None,
-        }
-    }
-    if lone_deploy(deliveries[recording.current]).is_none() {
-        return Ok(());
-    }
-    let mut group = Vec::new();
-    let mut apps = HashSet::new();
-    let mut ids = HashSet::new();
-    for (index, delivery) in deliveries.iter().enumerate().skip(recording.current) {
-        let Disposition::Events(events) = &delivery.disposition else {
-            continue;
-        };
-        let id = (delivery.source, delivery.id.as_str());
-        if recording.recorded.contains(&id) {
-            continue;
-        }
-        let first_of_id = ids.insert(id);
-        match lone_deploy(delivery) {
-            Some(deploy)
-                if first_of_id
-                    && !recording.prepared.contains_key(&index)
-                    && apps.insert(deploy.app.as_str()) =>
-            {
-                group.push((index, deploy, delivery.id.as_str()));
-            }
-            _ => apps.extend(events.iter().map(|e| e.app().as_str())),
-        }
-    }
-    if group.len() < 2 {
-        return Ok(());
-    }
-    let deploys: Vec<_> = group.iter().map(|(_, deploy, id)| (*deploy, *id)).collect();
-    let prepared = prepare_deploys(tx, &deploys, link_window)?;
-    for ((index, ..), prepared) in group.iter().zip(prepared) {
-        recording.prepared.insert(*index, prepared);
-    }
-    Ok(())
 }
 
 /// Columns of a new ledger row, and the insert statements of 1, 2, 4 …
