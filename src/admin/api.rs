@@ -192,7 +192,8 @@ impl Problem {
     pub fn response(self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status);
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response.insert_header((header::RETRY_AFTER, "5"));
+            let wait = crate::store::FAULT_RETRY_AFTER.as_secs();
+            response.insert_header((header::RETRY_AFTER, wait.to_string()));
         }
         response.json(json!({"error": self.reason, "field": self.field, "reason": self.reason}))
     }

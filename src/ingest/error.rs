@@ -10,8 +10,9 @@ use crate::ledger::{DeliveryId, Outcome};
 use crate::plugins::{FieldProblem, PayloadError};
 use crate::signature::AuthFailure;
 
-/// Seconds a sender is asked to wait after a 503.
-pub const RETRY_AFTER_SECONDS: u64 = 5;
+/// Seconds a sender is asked to wait after a 503: as long as the store
+/// reports a fault.
+pub const RETRY_AFTER_SECONDS: u64 = crate::store::FAULT_RETRY_AFTER.as_secs();
 
 /// The most request headers a webhook may carry, and their total size
 /// (names and values). Providers send 10 to 25; proxies add a few. Beyond

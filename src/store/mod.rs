@@ -81,6 +81,11 @@ use crate::ledger::{Delivery, Effect, Recorded, ShownCommit, State};
 
 /// Most deliveries applied in one transaction.
 const MAX_BATCH: usize = 1024;
+/// How long a store fault is reported: a sender refused on one is asked to
+/// wait this long (`Retry-After`), and the readiness probe fails this long
+/// after a batch of deliveries was refused on one, unless a batch commits
+/// first.
+pub const FAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
 /// Deliveries that may wait for the writer before handlers wait to queue.
 const QUEUE_DEPTH: usize = 8192;
 /// Least time between two attempts to open an unopenable database.

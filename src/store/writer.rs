@@ -16,14 +16,10 @@ use super::sql::{DbError, Sql};
 use super::{
     checkpoint, cursors, postgres, replay, restore, retention, sqlite, Command, CommitSink,
     FaultKind, Location, PollCursor, Pruned, RestoreWindows, RetentionPolicy, StoreConfig,
-    StoreError, Unusable, MAX_BATCH, REOPEN_INTERVAL,
+    StoreError, Unusable, FAULT_RETRY_AFTER, MAX_BATCH, REOPEN_INTERVAL,
 };
 use crate::clock::now_seconds;
 use crate::ledger::{Delivery, Recorded};
-
-/// How long a batch's fault keeps the readiness probe failing (unless a
-/// batch commits first): as long as a refused sender is told to wait.
-const FAULT_MEMORY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// An open database of either backend.
 pub(super) enum Backend {
@@ -326,12 +322,12 @@ impl Writer {
 
     /// The readiness probe: a one-row write. A store that just refused a
     /// batch of deliveries on a fault is not ready either, for
-    /// `FAULT_MEMORY` unless a batch commits first, even when the probe's
+    /// [`FAULT_RETRY_AFTER`] unless a batch commits first, even when the probe's
     /// row fits where a delivery did not (a full disk leaves room for one
     /// small row in files SQLite already holds).
     fn probe(&mut self) -> Result<(), StoreError> {
         if let Some((at, error)) = &self.batch_fault {
-            if at.elapsed() < FAULT_MEMORY {
+            if at.elapsed() < FAULT_RETRY_AFTER {
                 return Err(error.clone());
             }
             self.batch_fault = None;
