@@ -12,9 +12,15 @@ use crate::events::{CommitSha, Deploy, Event};
 use crate::ledger::{Delivery, Disposition};
 use crate::store::sql::{DbError, Sql};
 
+/// How many deliveries, from the one being recorded, a group is looked for
+/// in. A delivery that finds no partner is looked past again by the next
+/// one: the bound keeps that from growing with the square of a large batch
+/// of one application's deploys.
+const GROUP_STRETCH: usize = 64;
+
 /// PostgreSQL: when the delivery being recorded is a lone deploy naming
 /// its image, inserts it together with the lone deploys after it in the
-/// batch that can go with it, and leaves what each did in `recording`
+/// batch (the next [`GROUP_STRETCH`]) that can go with it, and leaves what each did in `recording`
 /// ([`prepare_deploys`]). A deploy goes with the group unless its
 /// application is already the group's or a skipped delivery's: a delivery
 /// before it in the batch that touches its application is applied before
@@ -47,7 +53,12 @@ pub(super) fn prepare_group(
     let mut group = Vec::new();
     let mut apps = HashSet::new();
     let mut ids = HashSet::new();
-    for (index, delivery) in deliveries.iter().enumerate().skip(recording.current) {
+    let stretch = deliveries
+        .iter()
+        .enumerate()
+        .skip(recording.current)
+        .take(GROUP_STRETCH);
+    for (index, delivery) in stretch {
         let Disposition::Events(events) = &delivery.disposition else {
             continue;
         };
@@ -124,10 +135,17 @@ pub(super) fn prepare_deploys(
         )?
         .into_iter()
         .collect();
-    let new: Vec<usize> = (0..group.len())
-        .filter(|&i| inserted.contains(group[i].0.app.as_str()))
+    let mut prepared: Vec<Prepared> = group
+        .iter()
+        .map(|(deploy, _)| match inserted.contains(deploy.app.as_str()) {
+            true => Prepared::New(DeployContext::default()),
+            false => Prepared::Duplicate,
+        })
         .collect();
-    let mut contexts: Vec<DeployContext> = new.iter().map(|_| DeployContext::default()).collect();
+    // The deploys read, by their position in the array of the read.
+    let new: Vec<usize> = (0..group.len())
+        .filter(|&i| matches!(prepared[i], Prepared::New(_)))
+        .collect();
     if !new.is_empty() {
         let asked: Vec<&serde_json::Value> = new.iter().map(|&i| &rows[i]).collect();
         tx.each(
@@ -136,12 +154,10 @@ pub(super) fn prepare_deploys(
             &mut |r| {
                 // The position (from 1) of a deploy in `asked`.
                 let n = r.get::<i64>(0)?;
-                match usize::try_from(n - 1)
-                    .ok()
-                    .and_then(|i| contexts.get_mut(i))
-                {
-                    Some(context) => context.add(r, 1),
-                    None => Err(DbError::Broken(format!(
+                let deploy = usize::try_from(n - 1).ok().and_then(|i| new.get(i));
+                match deploy.map(|&i| &mut prepared[i]) {
+                    Some(Prepared::New(context)) => context.add(r, 1),
+                    _ => Err(DbError::Broken(format!(
                         "a context row for deploy {n} of {}",
                         new.len()
                     ))),
@@ -149,13 +165,7 @@ pub(super) fn prepare_deploys(
             },
         )?;
     }
-    let mut contexts = contexts.into_iter();
-    Ok((0..group.len())
-        .map(|i| match new.contains(&i) {
-            true => Prepared::New(contexts.next().unwrap_or_default()),
-            false => Prepared::Duplicate,
-        })
-        .collect())
+    Ok(prepared)
 }
 
 fn encode(rows: &[impl serde::Serialize]) -> Result<String, DbError> {
